@@ -1,0 +1,1 @@
+"""twelvefactor reference services."""
