@@ -1,0 +1,364 @@
+"""Certificate authority for the reference set-up: broker, services and devices.
+
+Two independent CAs live in one directory. The *device CA* (``ca.crt``) signs
+the broker's server certificates and every device certificate; the *service
+CA* (``service-ca.crt``) signs only the management and solution service
+certificates. The broker's device listeners trust only the device CA and its
+service listener only the service CA, so a device certificate can never reach
+the listener where the services' shared subscriptions live, and a service
+certificate can never pose as a device.
+
+Layout of a PKI directory::
+
+    ca.crt ca.key                      device CA (also signs server certs)
+    service-ca.crt service-ca.key      service CA
+    servers/NAME.crt servers/NAME.key  broker server certificates
+    services/NAME.crt services/NAME.key
+    devices/ID/device.crt devices/ID/device.key devices/ID/ca.crt
+
+Private keys are created with mode 0600 from the start (never chmod'ed after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+DEVICE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+SERVICE_NAMES = ("management", "solution")
+RESERVED_IDS = frozenset(SERVICE_NAMES)
+DEFAULT_DAYS = 825
+CA_DAYS = 3650
+
+
+class PkiError(Exception):
+    """A PKI request that cannot be honoured (bad name, missing CA, file exists)."""
+
+
+@dataclass(frozen=True)
+class Validity:
+    """Explicit validity window; tests use it to make expired certificates."""
+
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    @classmethod
+    def days(cls, days: int) -> Validity:
+        if days < 1:
+            raise PkiError(f"--days must be at least 1, got {days}")
+        # Backdate a little: a peer whose clock is slightly behind still accepts it.
+        now = dt.datetime.now(dt.UTC)
+        return cls(now - dt.timedelta(minutes=5), now + dt.timedelta(days=days))
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def validate_device_id(device_id: str) -> str:
+    if not DEVICE_ID_RE.fullmatch(device_id):
+        raise PkiError(f"invalid device id {device_id!r}: must match [a-z0-9][a-z0-9-]{{0,62}}")
+    if device_id in RESERVED_IDS:
+        raise PkiError(f"device id {device_id!r} is reserved for a service")
+    return device_id
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise PkiError(f"{path} exists; refusing to overwrite a private key") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _write_cert(path: Path, cert: x509.Certificate) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _load_ca(
+    cert_path: Path, key_path: Path
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    if not cert_path.exists() or not key_path.exists():
+        raise PkiError(f"no CA at {cert_path}: run 'twelvefactor-pki init' first")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{key_path}: expected an EC private key")
+    return cert, key
+
+
+def _make_ca(
+    common_name: str, validity: Validity
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity.not_before)
+        .not_valid_after(validity.not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _issue(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    validity: Validity,
+    sans: Sequence[x509.GeneralName] = (),
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity.not_before)
+        .not_valid_after(validity.not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=True,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+class Pki:
+    """A PKI directory (see the module docstring for its layout)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / "ca.crt"
+
+    @property
+    def service_ca_cert(self) -> Path:
+        return self.root / "service-ca.crt"
+
+    def init(self, validity: Validity | None = None) -> None:
+        """Create both CAs; refuses to run over an existing CA."""
+        if self.ca_cert.exists() or self.service_ca_cert.exists():
+            raise PkiError(f"{self.root} already holds a CA")
+        validity = validity or Validity.days(CA_DAYS)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stem, cn in (
+            ("ca", "twelvefactor device CA"),
+            ("service-ca", "twelvefactor service CA"),
+        ):
+            cert, key = _make_ca(cn, validity)
+            _write_key(self.root / f"{stem}.key", key)
+            _write_cert(self.root / f"{stem}.crt", cert)
+
+    def server(
+        self,
+        name: str,
+        dns: Sequence[str] = (),
+        ips: Sequence[str] = (),
+        validity: Validity | None = None,
+    ) -> CertPaths:
+        """A broker server certificate (serverAuth) signed by the device CA."""
+        if not DEVICE_ID_RE.fullmatch(name):
+            raise PkiError(f"invalid server name {name!r}: must match [a-z0-9][a-z0-9-]{{0,62}}")
+        if not dns and not ips:
+            raise PkiError("a server certificate needs at least one --dns or --ip")
+        sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        for ip in ips:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(ip)))
+            except ValueError:
+                raise PkiError(f"invalid IP address {ip!r}") from None
+        ca_cert, ca_key = _load_ca(self.ca_cert, self.root / "ca.key")
+        cert, key = _issue(
+            ca_cert,
+            ca_key,
+            name,
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            validity or Validity.days(DEFAULT_DAYS),
+            sans,
+        )
+        paths = self.server_paths(name)
+        _write_key(paths.key, key)
+        _write_cert(paths.cert, cert)
+        return paths
+
+    def service(self, name: str, validity: Validity | None = None) -> CertPaths:
+        """A client certificate for a service identity, signed by the service CA."""
+        if name not in SERVICE_NAMES:
+            raise PkiError(f"unknown service {name!r}: expected one of {', '.join(SERVICE_NAMES)}")
+        ca_cert, ca_key = _load_ca(self.service_ca_cert, self.root / "service-ca.key")
+        cert, key = _issue(
+            ca_cert,
+            ca_key,
+            name,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            validity or Validity.days(DEFAULT_DAYS),
+        )
+        paths = self.service_paths(name)
+        _write_key(paths.key, key)
+        _write_cert(paths.cert, cert)
+        return paths
+
+    def device(self, device_id: str, validity: Validity | None = None) -> CertPaths:
+        """A device client certificate (CN = device id) signed by the device CA.
+
+        The device directory also gets ``ca.crt``, the CA a device uses to check the broker.
+        """
+        validate_device_id(device_id)
+        ca_cert, ca_key = _load_ca(self.ca_cert, self.root / "ca.key")
+        paths = self.device_paths(device_id)
+        if paths.cert.exists():
+            raise PkiError(f"device {device_id!r} already has a certificate at {paths.cert}")
+        cert, key = _issue(
+            ca_cert,
+            ca_key,
+            device_id,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            validity or Validity.days(DEFAULT_DAYS),
+        )
+        _write_key(paths.key, key)
+        _write_cert(paths.cert, cert)
+        _write_cert(paths.ca, ca_cert)
+        return paths
+
+    def server_paths(self, name: str) -> CertPaths:
+        d = self.root / "servers"
+        return CertPaths(d / f"{name}.crt", d / f"{name}.key", self.ca_cert)
+
+    def service_paths(self, name: str) -> CertPaths:
+        # ``ca`` is what the service trusts for the broker: the device CA signed the server cert.
+        d = self.root / "services"
+        return CertPaths(d / f"{name}.crt", d / f"{name}.key", self.ca_cert)
+
+    def device_paths(self, device_id: str) -> CertPaths:
+        d = self.root / "devices" / device_id
+        return CertPaths(d / "device.crt", d / "device.key", d / "ca.crt")
+
+
+def _parse_time(text: str) -> dt.datetime:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _validity(args: argparse.Namespace) -> Validity | None:
+    if args.not_before or args.not_after:
+        if not (args.not_before and args.not_after):
+            raise PkiError("--not-before and --not-after go together")
+        if args.not_after <= args.not_before:
+            raise PkiError("--not-after must be later than --not-before")
+        return Validity(args.not_before, args.not_after)
+    return Validity.days(args.days) if args.days is not None else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="twelvefactor-pki", description="Certificates for broker, services and devices."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("dir", type=Path, help="PKI directory")
+    common.add_argument("--days", type=int, help="validity in days from now")
+    common.add_argument("--not-before", type=_parse_time, help="explicit start (ISO 8601)")
+    common.add_argument("--not-after", type=_parse_time, help="explicit end (ISO 8601)")
+    sub.add_parser("init", parents=[common], help="create the device CA and the service CA")
+    p = sub.add_parser("server", parents=[common], help="broker server certificate")
+    p.add_argument("name")
+    p.add_argument("--dns", action="append", default=[], help="DNS name (repeatable)")
+    p.add_argument("--ip", action="append", default=[], help="IP address (repeatable)")
+    p = sub.add_parser("service", parents=[common], help="service client certificate")
+    p.add_argument("name", choices=SERVICE_NAMES)
+    p = sub.add_parser("device", parents=[common], help="device client certificate")
+    p.add_argument("id")
+    args = parser.parse_args(argv)
+    pki = Pki(args.dir)
+    try:
+        validity = _validity(args)
+        if args.command == "init":
+            pki.init(validity)
+            print(pki.ca_cert)
+            print(pki.service_ca_cert)
+            return 0
+        if args.command == "server":
+            paths = pki.server(args.name, args.dns, args.ip, validity)
+        elif args.command == "service":
+            paths = pki.service(args.name, validity)
+        else:
+            paths = pki.device(args.id, validity)
+    except PkiError as exc:
+        print(f"twelvefactor-pki: {exc}", file=sys.stderr)
+        return 2
+    print(paths.cert)
+    print(paths.key)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
