@@ -1,0 +1,342 @@
+"""Agent configuration: one TOML file, validated before anything starts.
+
+`validate` is a pure function over the parsed document (every rule is unit
+tested without files); `check_files` is the separate step that looks at the
+file system (certificates readable, socket group present). Every error names
+the key it is about, in the form `config: <key>: <problem>`.
+"""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEVICE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+RESERVED_IDS = frozenset({"management", "solution"})
+HOSTNAME_RE = re.compile(
+    r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+GROUP_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+# sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+# A publish request is one JSON line of at most 1 MiB; the payload travels as
+# base64 (4/3 larger), so a message larger than this could never be sent.
+MAX_MESSAGE_BYTES_LIMIT = 700 * 1024
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; each line names its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    id: str
+    certificate: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    data_dir: Path
+    socket: Path
+    socket_group: str | None
+    state_file: Path
+    health_interval: int
+    keepalive: int
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    max_bytes: int
+    max_age: int
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class BackoffSettings:
+    initial: float
+    multiplier: float
+    cap: float
+
+
+@dataclass(frozen=True)
+class Config:
+    device: DeviceSettings
+    management: Endpoint
+    solution: Endpoint
+    agent: AgentSettings
+    queue: QueueSettings
+    backoff: BackoffSettings
+
+
+_TYPE_NAMES = {
+    str: "string",
+    int: "integer",
+    float: "float",
+    bool: "boolean",
+    list: "array",
+    dict: "table",
+}
+
+
+def _type_name(value: object) -> str:
+    for typ, name in _TYPE_NAMES.items():
+        if type(value) is typ:
+            return name
+    return type(value).__name__  # TOML dates and times
+
+
+@dataclass(frozen=True)
+class _Field:
+    kind: str  # "string", "integer", "number", "path", "host", "group"
+    default: object = None  # None: required (unless optional)
+    optional: bool = False
+    low: float | None = None
+    high: float | None = None
+    check: Callable[[Any], str | None] | None = None
+
+
+def _check_device_id(value: str) -> str | None:
+    if not DEVICE_ID_RE.fullmatch(value):
+        return f"{value!r} is not a device id ([a-z0-9][a-z0-9-]{{0,62}})"
+    if value in RESERVED_IDS:
+        return f"{value!r} is reserved for a service"
+    return None
+
+
+def _check_socket_path(value: str) -> str | None:
+    if len(value.encode()) > MAX_SOCKET_PATH:
+        return f"path is longer than {MAX_SOCKET_PATH} bytes, too long for a Unix socket"
+    return None
+
+
+_SCHEMA: dict[str, dict[str, _Field]] = {
+    "device": {
+        "id": _Field("string", check=_check_device_id),
+        "certificate": _Field("path"),
+        "key": _Field("path"),
+        "ca": _Field("path"),
+    },
+    "management": {
+        "host": _Field("host"),
+        "port": _Field("integer", 8883, low=1, high=65535),
+    },
+    "solution": {
+        "host": _Field("host"),
+        "port": _Field("integer", 8884, low=1, high=65535),
+    },
+    "agent": {
+        "data_dir": _Field("path", "/data/agent"),
+        "socket": _Field("path", "/run/twelvefactor/agent.sock", check=_check_socket_path),
+        "socket_group": _Field("group", optional=True),
+        "state_file": _Field("path", "/run/twelvefactor/state.json"),
+        "health_interval": _Field("integer", 60, low=5, high=86400),
+        "keepalive": _Field("integer", 30, low=5, high=3600),
+    },
+    "queue": {
+        "max_bytes": _Field("integer", 16 * 1024 * 1024, low=64 * 1024, high=1 << 40),
+        "max_age": _Field("integer", 7 * 86400, low=60, high=10 * 365 * 86400),
+        "max_message_bytes": _Field("integer", 256 * 1024, low=1, high=MAX_MESSAGE_BYTES_LIMIT),
+    },
+    "backoff": {
+        "initial": _Field("number", 1.0, low=0.01, high=3600.0),
+        "multiplier": _Field("number", 2.0, low=1.0, high=10.0),
+        "cap": _Field("number", 300.0, low=0.01, high=86400.0),
+    },
+}
+
+ENDPOINT_TABLES = ("management", "solution")
+
+
+def defaults() -> dict[str, dict[str, object]]:
+    """The documented default of every key that has one (docs/agent.md lists them)."""
+    return {
+        table: {k: f.default for k, f in fields.items() if f.default is not None}
+        for table, fields in _SCHEMA.items()
+    }
+
+
+def _check_value(key: str, field: _Field, value: object) -> str | None:
+    """Problem with one value, or None. `key` is the dotted name for messages."""
+    kind = field.kind
+    if kind in ("string", "path", "host", "group"):
+        if not isinstance(value, str):
+            return f"config: {key}: expected a string, got {_type_name(value)}"
+        if value == "" or value.strip() != value or "\x00" in value:
+            return f"config: {key}: must be a non-empty string without surrounding spaces"
+        if kind == "path" and not value.startswith("/"):
+            return f"config: {key}: expected an absolute path, got {value!r}"
+        if kind == "host" and not _is_host(value):
+            return f"config: {key}: {value!r} is not a host name or IP address"
+        if kind == "group" and not GROUP_RE.fullmatch(value):
+            return f"config: {key}: {value!r} is not a group name"
+    elif kind == "integer":
+        if type(value) is not int:
+            return f"config: {key}: expected an integer, got {_type_name(value)}"
+    elif kind == "number":
+        if type(value) not in (int, float):
+            return f"config: {key}: expected a number, got {_type_name(value)}"
+    else:  # pragma: no cover - schema error
+        raise AssertionError(kind)
+    if field.low is not None or field.high is not None:
+        assert isinstance(value, int | float)
+        if value != value or (field.low is not None and value < field.low):
+            return f"config: {key}: {value!r} is out of range [{field.low}, {field.high}]"
+        if field.high is not None and value > field.high:
+            return f"config: {key}: {value!r} is out of range [{field.low}, {field.high}]"
+    if field.check is not None:
+        problem = field.check(value)
+        if problem is not None:
+            return f"config: {key}: {problem}"
+    return None
+
+
+def _is_host(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return len(value) <= 253 and HOSTNAME_RE.fullmatch(value) is not None
+    return True
+
+
+def validate(doc: Mapping[str, object]) -> Config:
+    """Check a parsed TOML document and build the configuration, or raise ConfigError."""
+    problems: list[str] = []
+    values: dict[str, dict[str, Any]] = {}
+    for name, value in doc.items():
+        if name in _SCHEMA:
+            continue
+        if isinstance(value, dict | list):
+            problems.append(
+                f"config: {name}: only two endpoints exist, [management] and [solution]; "
+                "a third endpoint is not allowed"
+            )
+        else:
+            problems.append(f"config: {name}: unknown key")
+    for table, fields in _SCHEMA.items():
+        raw = doc.get(table)
+        if raw is None:
+            raw = {}
+        elif not isinstance(raw, dict):
+            problems.append(f"config: {table}: expected a table, got {_type_name(raw)}")
+            raw = {}
+        for key in raw:
+            if key not in fields:
+                problems.append(f"config: {table}.{key}: unknown key")
+        section: dict[str, Any] = {}
+        for key, field in fields.items():
+            dotted = f"{table}.{key}"
+            if key not in raw:
+                if field.default is None and not field.optional:
+                    problems.append(f"config: {dotted}: required key is missing")
+                section[key] = field.default
+                continue
+            problem = _check_value(dotted, field, raw[key])
+            if problem is not None:
+                problems.append(problem)
+            section[key] = raw[key]
+        values[table] = section
+    if not problems:
+        problems.extend(_cross_checks(values))
+    if problems:
+        raise ConfigError(problems)
+    return _build(values)
+
+
+def _cross_checks(v: dict[str, dict[str, Any]]) -> list[str]:
+    problems = []
+    q, b = v["queue"], v["backoff"]
+    if q["max_message_bytes"] > q["max_bytes"]:
+        problems.append(
+            f"config: queue.max_message_bytes: {q['max_message_bytes']} is larger than "
+            f"queue.max_bytes ({q['max_bytes']})"
+        )
+    if b["cap"] < b["initial"]:
+        problems.append(
+            f"config: backoff.cap: {b['cap']} is smaller than backoff.initial ({b['initial']})"
+        )
+    a = v["agent"]
+    if a["socket"] == a["state_file"]:
+        problems.append("config: agent.state_file: must differ from agent.socket")
+    return problems
+
+
+def _build(v: dict[str, dict[str, Any]]) -> Config:
+    d, a, q, b = v["device"], v["agent"], v["queue"], v["backoff"]
+    return Config(
+        device=DeviceSettings(
+            id=d["id"], certificate=Path(d["certificate"]), key=Path(d["key"]), ca=Path(d["ca"])
+        ),
+        management=Endpoint(v["management"]["host"], v["management"]["port"]),
+        solution=Endpoint(v["solution"]["host"], v["solution"]["port"]),
+        agent=AgentSettings(
+            data_dir=Path(a["data_dir"]),
+            socket=Path(a["socket"]),
+            socket_group=a["socket_group"],
+            state_file=Path(a["state_file"]),
+            health_interval=a["health_interval"],
+            keepalive=a["keepalive"],
+        ),
+        queue=QueueSettings(q["max_bytes"], q["max_age"], q["max_message_bytes"]),
+        backoff=BackoffSettings(float(b["initial"]), float(b["multiplier"]), float(b["cap"])),
+    )
+
+
+def parse(text: str) -> Config:
+    """Parse and validate TOML text."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"config: not valid TOML: {exc}"]) from exc
+    return validate(doc)
+
+
+def check_files(config: Config) -> list[str]:
+    """Problems the file system shows: identity files unreadable, socket group absent."""
+    problems = []
+    for key in ("certificate", "key", "ca"):
+        path: Path = getattr(config.device, key)
+        try:
+            with path.open("rb") as f:
+                if not f.read(1):
+                    problems.append(f"config: device.{key}: {path} is empty")
+        except OSError as exc:
+            problems.append(f"config: device.{key}: cannot read {path}: {exc.strerror}")
+    group = config.agent.socket_group
+    if group is not None:
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            problems.append(f"config: agent.socket_group: group {group!r} does not exist")
+    return problems
+
+
+def load(path: Path) -> Config:
+    """Read, parse, validate and check a configuration file; ConfigError on any problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise ConfigError([f"config: cannot read {path}: {reason}"]) from exc
+    config = parse(text)
+    problems = check_files(config)
+    if problems:
+        raise ConfigError(problems)
+    return config
