@@ -1,0 +1,30 @@
+SUMMARY = "twelvefactor partitions: persistent /data and the EFI system partition on /boot"
+DESCRIPTION = "Mount units for the data partition (ext4, label data) on /data \
+and the EFI system partition (FAT, label esp) on /boot, where the bootloader \
+environment lives, plus the empty mount point /data in the read-only root."
+HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+SECTION = "base"
+LICENSE = "MIT"
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
+
+SRC_URI = " \
+    file://data.mount \
+    file://boot.mount \
+"
+
+S = "${UNPACKDIR}"
+
+inherit systemd features_check allarch
+
+REQUIRED_DISTRO_FEATURES = "systemd"
+
+SYSTEMD_SERVICE:${PN} = "data.mount boot.mount"
+
+do_install() {
+    install -d ${D}/data
+    install -d ${D}${systemd_system_unitdir}
+    install -m 0644 ${UNPACKDIR}/data.mount ${D}${systemd_system_unitdir}/data.mount
+    install -m 0644 ${UNPACKDIR}/boot.mount ${D}${systemd_system_unitdir}/boot.mount
+}
+
+FILES:${PN} += "/data"
