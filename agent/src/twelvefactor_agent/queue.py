@@ -1,0 +1,255 @@
+"""The store-and-forward queue: SQLite in WAL mode under agent.data_dir.
+
+`seq INTEGER PRIMARY KEY AUTOINCREMENT` makes the device's sequence numbers
+monotonic and never reused, across restarts and after deletions. A row is
+deleted only after its PUBACK. Retention (bytes and age, retention.py) drops
+oldest rows first and counts them in `meta.dropped`, which never goes back.
+
+Two connections share the file: the local API appends with synchronous=FULL
+(an answered publish survives power loss: the WAL is fsynced at each commit,
+once per batch), the forwarder deletes with synchronous=NORMAL (a delete lost
+to power loss only resends a message, which the solution service
+deduplicates). Both survive kill -9: a committed transaction is in the WAL.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import QueueSettings
+from .retention import CLOCK_FLOOR, Row, age_cutoff, bytes_to_drop
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        stream TEXT NOT NULL,
+        ts REAL NOT NULL,
+        payload BLOB NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0), ('bytes', 0), ('depth', 0)",
+)
+
+# How many rows to look at per query while trimming for bytes.
+_TRIM_CHUNK = 500
+
+
+class QueueUnavailable(Exception):
+    """The queue cannot take the message (disk full, database locked or damaged)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    seq: int
+    stream: str
+    ts: float
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    depth: int
+    bytes: int
+    dropped: int
+    oldest_ts: float | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "depth": self.depth,
+            "bytes": self.bytes,
+            "dropped": self.dropped,
+            "oldest_ts": self.oldest_ts,
+        }
+
+
+class Queue:
+    """One connection to the queue file. Not thread-safe: one per thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        settings: QueueSettings,
+        *,
+        durable: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.settings = settings
+        self._clock = clock
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout = 10000")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            with self._transaction():
+                for statement in SCHEMA:
+                    self._db.execute(statement)
+                # Recount once at open so the running totals can never drift.
+                depth, size = self._db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages"
+                ).fetchone()
+                self._set("depth", depth)
+                self._set("bytes", size)
+        except sqlite3.Error as exc:
+            raise QueueUnavailable(f"queue {path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    # Writing
+
+    def append_many(self, items: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Store messages in one transaction; their seqs, in order. Nothing is
+        stored if this raises QueueUnavailable."""
+        if not items:
+            return []
+        limit = self.settings.max_message_bytes
+        for _, payload in items:
+            if len(payload) > limit:
+                raise ValueError(f"payload of {len(payload)} bytes is over {limit}")
+        now = self._clock()
+        try:
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT INTO messages (stream, ts, payload) VALUES (?, ?, ?)",
+                    ((stream, now, payload) for stream, payload in items),
+                )
+                last = self._db.execute("SELECT last_insert_rowid()").fetchone()[0]
+                added = sum(len(p) for _, p in items)
+                self._add("depth", len(items))
+                total = self._add("bytes", added)
+                if total > self.settings.max_bytes:
+                    drop = bytes_to_drop(self._oldest(), total, self.settings.max_bytes)
+                    self._delete(drop, dropped=True)
+        except sqlite3.Error as exc:
+            raise QueueUnavailable(str(exc)) from exc
+        return list(range(last - len(items) + 1, last + 1))
+
+    def remove(self, seqs: Iterable[int], *, dropped: bool = False) -> None:
+        """Delete delivered (or, with dropped=True, undeliverable) messages in one transaction."""
+        seqs = list(seqs)
+        if not seqs:
+            return
+        try:
+            with self._transaction():
+                self._delete(seqs, dropped=dropped)
+        except sqlite3.Error as exc:
+            raise QueueUnavailable(str(exc)) from exc
+
+    def expire(self) -> int:
+        """Drop messages older than max_age; how many were dropped."""
+        cutoff = age_cutoff(self._clock(), self.settings.max_age)
+        if cutoff is None:
+            return 0
+        try:
+            with self._transaction():
+                seqs = [
+                    seq
+                    for (seq,) in self._db.execute(
+                        "SELECT seq FROM messages WHERE ts >= ? AND ts < ?", (CLOCK_FLOOR, cutoff)
+                    )
+                ]
+                self._delete(seqs, dropped=True)
+        except sqlite3.Error as exc:
+            raise QueueUnavailable(str(exc)) from exc
+        return len(seqs)
+
+    # Reading
+
+    def pending(self, after: int, limit: int) -> list[Message]:
+        """Up to `limit` messages with seq > after, in seq order."""
+        rows = self._db.execute(
+            "SELECT seq, stream, ts, payload FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        ).fetchall()
+        return [Message(seq, stream, ts, bytes(payload)) for seq, stream, ts, payload in rows]
+
+    def stats(self) -> QueueStats:
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        oldest = self._db.execute("SELECT ts FROM messages ORDER BY seq LIMIT 1").fetchone()
+        return QueueStats(
+            depth=meta["depth"],
+            bytes=meta["bytes"],
+            dropped=meta["dropped"],
+            oldest_ts=None if oldest is None else oldest[0],
+        )
+
+    def last_seq(self) -> int:
+        """Highest seq ever assigned (0 for a new queue)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    # Internals (inside a transaction)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def _oldest(self) -> Iterator[Row]:
+        after = 0
+        while True:
+            rows = self._db.execute(
+                "SELECT seq, LENGTH(payload), ts FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, _TRIM_CHUNK),
+            ).fetchall()
+            if not rows:
+                return
+            for seq, size, ts in rows:
+                yield Row(seq, size, ts)
+            after = rows[-1][0]
+
+    def _delete(self, seqs: list[int], *, dropped: bool) -> None:
+        for start in range(0, len(seqs), _TRIM_CHUNK):
+            chunk = seqs[start : start + _TRIM_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            count, size = self._db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM messages "
+                f"WHERE seq IN ({marks})",
+                chunk,
+            ).fetchone()
+            if count == 0:
+                continue
+            self._db.execute(f"DELETE FROM messages WHERE seq IN ({marks})", chunk)
+            self._add("depth", -count)
+            self._add("bytes", -size)
+            if dropped:
+                self._add("dropped", count)
+
+    def _add(self, key: str, delta: int) -> int:
+        row = self._db.execute(
+            "UPDATE meta SET value = value + ? WHERE key = ? RETURNING value", (delta, key)
+        ).fetchone()
+        return int(row[0])
+
+    def _set(self, key: str, value: int) -> None:
+        self._db.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error.
+
+    IMMEDIATE takes the write lock at the start, so two connections never
+    deadlock upgrading a read lock; busy_timeout makes the other one wait."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            try:
+                self._db.execute("COMMIT")
+                return
+            except sqlite3.Error:
+                self._rollback()
+                raise
+        self._rollback()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
