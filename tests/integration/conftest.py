@@ -8,8 +8,15 @@ them. A missing host tool (mosquitto, openssl) fails the test, never skips it.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from twelvefactor_services.broker import BrokerError
+from twelvefactor_services.launcher import Stack
+from twelvefactor_services.mqtt import Endpoint, Identity
+from twelvefactor_services.probe import Probe
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +27,33 @@ def openssl() -> str:
             "this test needs 'openssl' (a Debian package): run scripts/setup", pytrace=False
         )
     return path
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """PKI in tmp_path and a broker running on free ports (services: start what you need)."""
+    s = Stack(tmp_path / "stack")
+    try:
+        s.start_broker()
+    except BrokerError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def probes() -> Iterator[Callable[..., Probe]]:
+    """Factory for connected MQTT probes; all are disconnected at teardown."""
+    made: list[Probe] = []
+
+    def make(endpoint: Endpoint, identity: Identity, client_id: str, **kw: Any) -> Probe:
+        p = Probe(endpoint, identity, client_id, **kw)
+        p.connect()
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.disconnect()

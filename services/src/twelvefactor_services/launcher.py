@@ -1,0 +1,255 @@
+"""Start the reference cloud side in a directory: PKI, broker, management, solution.
+
+Plain classes used by the integration fixtures, the end-to-end tests and the
+demo. Everything runs as child processes on 127.0.0.1 with ports picked free
+at start; ``Stack.stop()`` ends what it started.
+
+Directory layout under ``root``: ``pki/``, ``broker/`` (config, ACLs,
+persistence, log), ``management/`` (registry.db, log), ``solution/``
+(solution.db, archive/, log).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from twelvefactor_services.broker import Broker, BrokerConfig
+from twelvefactor_services.mqtt import Endpoint, Identity
+from twelvefactor_services.pki import Pki, Validity
+
+LOCALHOST = "127.0.0.1"
+
+
+class LaunchError(RuntimeError):
+    """A child process did not start or did not become ready."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOCALHOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def make_pki(root: Path) -> Pki:
+    """A PKI with the broker's server certificate and both service certificates."""
+    pki = Pki(root)
+    pki.init()
+    pki.server("broker", dns=["localhost"], ips=[LOCALHOST, "::1"])
+    for name in ("management", "solution"):
+        pki.service(name)
+    return pki
+
+
+class ServiceProcess:
+    """A service run as ``python -m <module> serve ...``, ready once it writes its ready file.
+
+    The services write the ready file after their shared subscription is
+    granted, so a test may publish as soon as ``start()`` returns.
+    """
+
+    def __init__(self, name: str, argv: Sequence[str], run_dir: Path) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.run_dir = run_dir
+        self.ready_file = run_dir / f"{name}.ready"
+        self.log_file = run_dir / f"{name}.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self, timeout: float = 60.0) -> None:
+        if self.running:
+            raise LaunchError(f"{self.name} already running")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        argv = [*self.argv, "--ready-file", str(self.ready_file)]
+        with open(self.log_file, "ab") as log:
+            self._proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + timeout
+        while not self.ready_file.exists():
+            if self._proc.poll() is not None:
+                raise LaunchError(
+                    f"{self.name} exited with status {self._proc.returncode}:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise LaunchError(
+                    f"{self.name} not ready within {timeout:.0f} s:\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for tests of what survives one."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Stack:
+    """PKI + broker + services in ``root``; start the pieces a test needs."""
+
+    def __init__(self, root: Path, *, address: str = LOCALHOST) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        pki_dir = root / "pki"
+        self.pki = Pki(pki_dir) if (pki_dir / "ca.crt").exists() else make_pki(pki_dir)
+        self.broker = Broker(
+            BrokerConfig(
+                pki_dir=pki_dir,
+                run_dir=root / "broker",
+                management_port=free_port(),
+                solution_port=free_port(),
+                service_port=free_port(),
+                address=address,
+            )
+        )
+        self.services: list[ServiceProcess] = []
+        self._copies = {"management": 0, "solution": 0}
+
+    # -- endpoints and identities -------------------------------------------------
+
+    @property
+    def management_endpoint(self) -> Endpoint:
+        return Endpoint(LOCALHOST, self.broker.cfg.management_port)
+
+    @property
+    def solution_endpoint(self) -> Endpoint:
+        return Endpoint(LOCALHOST, self.broker.cfg.solution_port)
+
+    @property
+    def service_endpoint(self) -> Endpoint:
+        return Endpoint(LOCALHOST, self.broker.cfg.service_port)
+
+    def device(self, device_id: str, validity: Validity | None = None) -> Identity:
+        """The device's certificate, created on first use."""
+        paths = self.pki.device_paths(device_id)
+        if not paths.cert.exists():
+            paths = self.pki.device(device_id, validity)
+        return Identity(paths.cert, paths.key, paths.ca)
+
+    def service_identity(self, name: str) -> Identity:
+        paths = self.pki.service_paths(name)
+        return Identity(paths.cert, paths.key, paths.ca)
+
+    # -- processes ----------------------------------------------------------------
+
+    def start_broker(self) -> Broker:
+        self.broker.start()
+        return self.broker
+
+    def _next_copy(self, name: str) -> int:
+        self._copies[name] += 1
+        return self._copies[name]
+
+    def management(self, *, http_port: int | None = None) -> ServiceProcess:
+        """A management service copy (not started); copies share one registry."""
+        n = self._next_copy("management")
+        run = self.root / "management"
+        svc = ServiceProcess(
+            f"management-{n}",
+            [
+                sys.executable,
+                "-m",
+                "twelvefactor_services.management.cli",
+                "serve",
+                *self._service_args("management"),
+                "--db",
+                str(run / "registry.db"),
+                "--instance",
+                str(n),
+                "--http-port",
+                str(http_port if http_port is not None else free_port()),
+            ],
+            run,
+        )
+        self.services.append(svc)
+        return svc
+
+    def solution(self, *, webhook: str | None = None) -> ServiceProcess:
+        """A solution service copy (not started); copies share one database and archive."""
+        n = self._next_copy("solution")
+        run = self.root / "solution"
+        argv = [
+            sys.executable,
+            "-m",
+            "twelvefactor_services.solution.cli",
+            "serve",
+            *self._service_args("solution"),
+            "--db",
+            str(run / "solution.db"),
+            "--archive-dir",
+            str(run / "archive"),
+            "--instance",
+            str(n),
+        ]
+        if webhook:
+            argv += ["--webhook", webhook]
+        svc = ServiceProcess(f"solution-{n}", argv, run)
+        self.services.append(svc)
+        return svc
+
+    def _service_args(self, name: str) -> list[str]:
+        return [
+            "--pki",
+            str(self.pki.root),
+            "--broker-host",
+            LOCALHOST,
+            "--broker-port",
+            str(self.broker.cfg.service_port),
+        ]
+
+    @property
+    def registry_db(self) -> Path:
+        return self.root / "management" / "registry.db"
+
+    @property
+    def solution_db(self) -> Path:
+        return self.root / "solution" / "solution.db"
+
+    @property
+    def archive_dir(self) -> Path:
+        return self.root / "solution" / "archive"
+
+    def stop(self) -> None:
+        for svc in reversed(self.services):
+            svc.stop()
+        self.broker.stop()

@@ -1,0 +1,203 @@
+"""The broker's identity and ACL rules, tried from the attacker's side with real clients."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from twelvefactor_services.launcher import Stack
+from twelvefactor_services.mqtt import Identity
+from twelvefactor_services.pki import Pki, Validity
+from twelvefactor_services.probe import Probe, ProbeError
+from twelvefactor_services.topics import MANAGEMENT_UP, SOLUTION_DATA_UP, share_group, shared
+
+MakeProbe = Callable[..., Probe]
+QUIET = 2.0  # seconds of silence taken as "nothing more is coming"
+
+
+def _group(stack: Stack, service: str) -> str:
+    return share_group(service, stack.service_identity(service).key)
+
+
+def _mgmt_service(stack: Stack, probes: MakeProbe, cid: str = "management-1") -> Probe:
+    p = probes(stack.service_endpoint, stack.service_identity("management"), cid)
+    assert not p.subscribe(shared(_group(stack, "management"), MANAGEMENT_UP)).is_failure
+    return p
+
+
+def test_device_uses_its_own_topics_both_ways(stack: Stack, probes: MakeProbe) -> None:
+    service = _mgmt_service(stack, probes)
+    dev = probes(stack.management_endpoint, stack.device("dev-a"), "dev-a-mgmt")
+    assert not dev.subscribe("mgmt/dev-a/down/#").is_failure
+    dev.publish("mgmt/dev-a/up/health", b'{"v":1}')
+    got = service.wait_for()
+    assert got.topic == "mgmt/dev-a/up/health"
+    service.publish("mgmt/dev-a/down/config", b"{}")
+    assert dev.wait_for().topic == "mgmt/dev-a/down/config"
+
+
+def test_device_cannot_publish_into_another_devices_topics(stack: Stack, probes: MakeProbe) -> None:
+    service = _mgmt_service(stack, probes)
+    a = probes(stack.management_endpoint, stack.device("dev-a"), "dev-a-mgmt")
+    a.publish("mgmt/dev-b/up/online", b'{"v":1,"online":false}', retain=True)
+    a.publish("mgmt/dev-b/up/health", b'{"v":1}')
+    a.publish("mgmt/dev-a/down/x", b"{}")  # its own, but the wrong direction
+    a.publish("sol/dev-a/up/data/s", b"{}")  # solution topics on the management listener
+    a.publish("mgmt/dev-a/up/health", b'{"v":1,"marker":true}')
+    # Messages from one client arrive in order: once the marker is here, the rest were dropped.
+    first = service.wait_for()
+    assert first.topic == "mgmt/dev-a/up/health"
+    assert service.drain(QUIET) == []
+
+
+def test_device_receives_nothing_of_another_device(stack: Stack, probes: MakeProbe) -> None:
+    b = probes(stack.management_endpoint, stack.device("dev-b"), "dev-b-mgmt")
+    assert not b.subscribe("mgmt/dev-b/down/#").is_failure
+    b.publish("mgmt/dev-b/up/online", b'{"v":1,"online":true}', retain=True)
+    a = probes(stack.management_endpoint, stack.device("dev-a"), "dev-a-mgmt")
+    # mosquitto 2.0.11 grants any subscription and filters on delivery: whatever the
+    # reason code, nothing of dev-b's may arrive, live or retained.
+    for pattern in ("mgmt/dev-b/down/#", "mgmt/dev-b/up/#", "#", "mgmt/+/up/#"):
+        a.subscribe(pattern)
+    service = _mgmt_service(stack, probes)
+    service.publish("mgmt/dev-b/down/config", b'{"secret":1}')
+    assert b.wait_for().topic == "mgmt/dev-b/down/config"  # it was delivered, to dev-b
+    assert a.drain(QUIET) == []
+
+
+def test_device_cannot_join_the_services_shared_group(stack: Stack, probes: MakeProbe) -> None:
+    """A device in the group would make the broker drop every message routed to it."""
+    service = _mgmt_service(stack, probes)
+    thief = probes(stack.management_endpoint, stack.device("dev-a"), "dev-a-mgmt")
+    # It knows the filters and the documented service names, not the secret group.
+    for group in ("management", "solution", "twelvefactor", "management-1"):
+        thief.subscribe(shared(group, MANAGEMENT_UP))
+    thief_sol = probes(stack.solution_endpoint, stack.device("dev-a"), "dev-a-sol")
+    thief_sol.subscribe(shared("management", MANAGEMENT_UP))
+    b = probes(stack.management_endpoint, stack.device("dev-b"), "dev-b-mgmt")
+    for i in range(20):
+        b.publish("mgmt/dev-b/up/health", f'{{"v":1,"i":{i}}}'.encode())
+    got = [service.wait_for().json()["i"] for _ in range(20)]
+    assert got == list(range(20))
+    assert thief.drain(0.5) == [] and thief_sol.drain(0.5) == []
+
+
+def test_services_read_only_what_they_consume(stack: Stack, probes: MakeProbe) -> None:
+    mgmt = probes(stack.service_endpoint, stack.service_identity("management"), "management-1")
+    sol = probes(stack.service_endpoint, stack.service_identity("solution"), "solution-1")
+    for p in (mgmt, sol):
+        p.subscribe("#")
+    dev_m = probes(stack.management_endpoint, stack.device("dev-a"), "dev-a-mgmt")
+    dev_s = probes(stack.solution_endpoint, stack.device("dev-a"), "dev-a-sol")
+    dev_s.subscribe("sol/dev-a/down/#")
+    dev_m.publish("mgmt/dev-a/up/health", b'{"v":1}')
+    dev_s.publish("sol/dev-a/up/data/t", b'{"v":1}')
+    assert [m.topic for m in mgmt.drain(QUIET)] == ["mgmt/dev-a/up/health"]
+    assert [m.topic for m in sol.drain(0.5)] == ["sol/dev-a/up/data/t"]
+    # Writing: management may not talk on the solution side, nor fake device uploads.
+    mgmt.publish("sol/dev-a/down/x", b"{}")
+    mgmt.publish("mgmt/dev-a/up/online", b'{"v":1,"online":false}')
+    sol.publish("sol/dev-a/up/data/t", b"{}")
+    sol.publish("sol/dev-a/down/ok", b"{}")
+    assert [m.topic for m in dev_s.drain(QUIET)] == ["sol/dev-a/down/ok"]
+    assert mgmt.drain(0.5) == [] and sol.drain(0.5) == []
+
+
+def test_certificates_are_bound_to_their_listener(stack: Stack) -> None:
+    with pytest.raises(ProbeError):
+        Probe(stack.management_endpoint, stack.service_identity("management"), "m").connect()
+    with pytest.raises(ProbeError):
+        Probe(stack.service_endpoint, stack.device("dev-a"), "dev-a-x").connect()
+
+
+def test_certificate_from_another_ca_is_refused(stack: Stack, tmp_path: Path) -> None:
+    rogue = Pki(tmp_path / "rogue")
+    rogue.init()
+    paths = rogue.device("dev-a")
+    # It trusts our broker's CA but its own certificate comes from elsewhere.
+    identity = Identity(paths.cert, paths.key, stack.pki.ca_cert)
+    for endpoint in (stack.management_endpoint, stack.solution_endpoint):
+        with pytest.raises(ProbeError):
+            Probe(endpoint, identity, "dev-a-mgmt").connect()
+
+
+def test_expired_certificate_is_refused(stack: Stack) -> None:
+    now = dt.datetime.now(dt.UTC)
+    expired = stack.device("dev-old", Validity(now - dt.timedelta(days=30), now - dt.timedelta(1)))
+    with pytest.raises(ProbeError):
+        Probe(stack.management_endpoint, expired, "dev-old-mgmt").connect()
+    future = stack.device("dev-new", Validity(now + dt.timedelta(days=1), now + dt.timedelta(9)))
+    with pytest.raises(ProbeError):
+        Probe(stack.management_endpoint, future, "dev-new-mgmt").connect()
+
+
+def test_no_certificate_and_plain_tcp_are_refused(stack: Stack) -> None:
+    for endpoint in (stack.management_endpoint, stack.solution_endpoint, stack.service_endpoint):
+        # Plain MQTT: a CONNECT on a TLS port gets no CONNACK.
+        plain = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="x", protocol=mqtt.MQTTv5)
+        connacks: list[object] = []
+        plain.on_connect = lambda *a, seen=connacks: seen.append(a)
+        try:
+            plain.connect(endpoint.host, endpoint.port, keepalive=5)
+            for _ in range(30):
+                plain.loop(timeout=0.1)
+        except OSError:
+            pass
+        assert connacks == []
+        # TLS without a client certificate: the handshake or the first read fails.
+        ctx = ssl.create_default_context(cafile=str(stack.pki.ca_cert))
+        ctx.check_hostname = False
+        with pytest.raises((ssl.SSLError, ConnectionError, TimeoutError)):
+            _tls_without_certificate(endpoint.host, endpoint.port, ctx)
+
+
+def _tls_without_certificate(host: str, port: int, ctx: ssl.SSLContext) -> None:
+    with (
+        socket.create_connection((host, port), timeout=10) as raw,
+        ctx.wrap_socket(raw) as tls,
+    ):
+        tls.sendall(b"\x10\x00")  # any bytes; under TLS 1.3 the refusal shows up here
+        if tls.recv(1) == b"":
+            raise ConnectionError("closed by the broker")
+
+
+def test_retained_messages_and_sessions_survive_a_broker_restart(
+    stack: Stack, probes: MakeProbe
+) -> None:
+    dev = probes(
+        stack.management_endpoint,
+        stack.device("dev-a"),
+        "dev-a-mgmt",
+        clean_start=False,
+        session_expiry=3600,
+    )
+    dev.subscribe("mgmt/dev-a/down/#")
+    dev.publish("mgmt/dev-a/up/meta", b'{"v":1,"ts":1}', retain=True)
+    dev.disconnect()
+    stack.broker.restart()
+    service = _mgmt_service(stack, probes)
+    # Retained messages reach a new shared subscriber on subscribe (mosquitto 2.0.11).
+    assert service.wait_for().topic == "mgmt/dev-a/up/meta"
+    service.publish("mgmt/dev-a/down/config", b"{}")  # queued in dev-a's session
+    again = probes(
+        stack.management_endpoint,
+        stack.device("dev-a"),
+        "dev-a-mgmt",
+        clean_start=False,
+        session_expiry=3600,
+    )
+    assert again.wait_for().topic == "mgmt/dev-a/down/config"
+
+
+def test_solution_group_is_separate(stack: Stack, probes: MakeProbe) -> None:
+    sol = probes(stack.service_endpoint, stack.service_identity("solution"), "solution-1")
+    assert not sol.subscribe(shared(_group(stack, "solution"), SOLUTION_DATA_UP)).is_failure
+    dev = probes(stack.solution_endpoint, stack.device("dev-a"), "dev-a-sol")
+    dev.publish("sol/dev-a/up/data/temp", b'{"v":1}')
+    assert sol.wait_for().topic == "sol/dev-a/up/data/temp"
