@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from twelvefactor_services.broker import BrokerError
-from twelvefactor_services.launcher import Stack
+from twelvefactor_services.launcher import LaunchError, ServiceProcess, Stack
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.probe import Probe
 
@@ -57,3 +57,14 @@ def probes() -> Iterator[Callable[..., Probe]]:
     yield make
     for p in made:
         p.disconnect()
+
+
+@pytest.fixture
+def management(stack: Stack) -> ServiceProcess:
+    """One running management service on the stack (stopped with the stack)."""
+    svc = stack.management()
+    try:
+        svc.start()
+    except LaunchError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return svc

@@ -11,20 +11,25 @@ persistence, log), ``management/`` (registry.db, log), ``solution/``
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from twelvefactor_services.broker import Broker, BrokerConfig
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Pki, Validity
 
 LOCALHOST = "127.0.0.1"
+T = TypeVar("T")
 
 
 class LaunchError(RuntimeError):
@@ -56,8 +61,11 @@ class ServiceProcess:
     granted, so a test may publish as soon as ``start()`` returns.
     """
 
-    def __init__(self, name: str, argv: Sequence[str], run_dir: Path) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], run_dir: Path, http_port: int | None = None
+    ) -> None:
         self.name = name
+        self.http_port = http_port
         self.argv = list(argv)
         self.run_dir = run_dir
         self.ready_file = run_dir / f"{name}.ready"
@@ -124,6 +132,30 @@ class ServiceProcess:
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
 
+def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+    """GET a JSON document from a local HTTP API: (status, decoded body)."""
+    url = f"http://{LOCALHOST}:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def wait_until(
+    condition: Callable[[], T | None], timeout: float = 30.0, what: str = "condition"
+) -> T:
+    """Poll until ``condition()`` returns something truthy; that value, or TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
 class Stack:
     """PKI + broker + services in ``root``; start the pieces a test needs."""
 
@@ -184,6 +216,7 @@ class Stack:
         """A management service copy (not started); copies share one registry."""
         n = self._next_copy("management")
         run = self.root / "management"
+        port = http_port if http_port is not None else free_port()
         svc = ServiceProcess(
             f"management-{n}",
             [
@@ -197,9 +230,10 @@ class Stack:
                 "--instance",
                 str(n),
                 "--http-port",
-                str(http_port if http_port is not None else free_port()),
+                str(port),
             ],
             run,
+            http_port=port,
         )
         self.services.append(svc)
         return svc

@@ -1,0 +1,1 @@
+"""Management service v1: device registry, online state and health, over MQTT 5."""

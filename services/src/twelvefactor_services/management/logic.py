@@ -1,0 +1,118 @@
+"""What the management service decides, without I/O: payload checks and online transitions.
+
+The device id always comes from the topic, never from the payload: the broker's
+ACL ties ``mgmt/<id>/...`` to the certificate whose CN is ``<id>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("online", "meta", "health")
+
+
+class PayloadError(ValueError):
+    """A payload the protocol says to drop (with a log line)."""
+
+
+def parse_object(raw: bytes) -> dict[str, Any]:
+    """A UTF-8 JSON object with ``"v": 1``, or PayloadError saying what is wrong."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("not UTF-8") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(f"not JSON: {exc.msg}") from None
+    if not isinstance(obj, dict):
+        raise PayloadError(f"not a JSON object but {type(obj).__name__}")
+    v = obj.get("v")
+    if v != 1 or isinstance(v, bool):
+        raise PayloadError(f"unsupported schema version v={v!r}")
+    return obj
+
+
+def number(obj: dict[str, Any], field: str) -> float:
+    value = obj.get(field)
+    if value is None:
+        raise PayloadError(f"missing field {field!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PayloadError(f"field {field!r} is not a finite number: {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class OnlineReport:
+    online: bool
+    reason: str | None
+    device_ts: float | None  # absent in the will
+
+
+@dataclass(frozen=True)
+class MetaReport:
+    device_ts: float
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    device_ts: float
+    body: dict[str, Any]
+
+
+Report = OnlineReport | MetaReport | HealthReport
+
+
+def parse_report(device: str, kind: str, raw: bytes) -> Report:
+    if kind not in KINDS:
+        raise PayloadError(f"unknown management topic kind {kind!r}")
+    obj = parse_object(raw)
+    if kind == "online":
+        online = obj.get("online")
+        if not isinstance(online, bool):
+            raise PayloadError(f"field 'online' is not a boolean: {online!r}")
+        reason = obj.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise PayloadError(f"field 'reason' is not a string: {reason!r}")
+        return OnlineReport(online, reason, number(obj, "ts") if "ts" in obj else None)
+    ts = number(obj, "ts")
+    if kind == "meta":
+        named = obj.get("device")
+        if named is not None and named != device:
+            raise PayloadError(f"meta names device {named!r} but came from {device!r}")
+        return MetaReport(ts, obj)
+    return HealthReport(ts, obj)
+
+
+@dataclass(frozen=True)
+class OnlineState:
+    online: bool | None  # None: never reported
+    last_change: float | None
+
+
+@dataclass(frozen=True)
+class Transition:
+    online: bool
+    reason: str | None
+    at: float  # the service's clock: a device may not have synced its clock yet
+    device_ts: float | None
+
+
+def online_transition(state: OnlineState, report: OnlineReport, now: float) -> Transition | None:
+    """A history entry when the online state changes; None when it does not.
+
+    Retained ``online`` messages are redelivered to every new subscriber, so
+    the same state arriving again must change nothing.
+    """
+    if state.online is report.online:
+        return None
+    return Transition(report.online, report.reason, now, report.device_ts)
+
+
+def is_newer(stored_ts: float | None, new_ts: float) -> bool:
+    """Keep the latest meta/health by the device's timestamp (copies may race)."""
+    return stored_ts is None or new_ts >= stored_ts

@@ -1,0 +1,140 @@
+"""The management service process: MQTT consumer, registry writer, HTTP API."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+from twelvefactor_services.management.http_api import ApiServer
+from twelvefactor_services.management.logic import PayloadError, parse_report
+from twelvefactor_services.management.registry import Registry
+from twelvefactor_services.mqtt import (
+    Connection,
+    Endpoint,
+    Identity,
+    connect_properties,
+    make_client,
+)
+from twelvefactor_services.topics import MANAGEMENT_UP, parse_up, shared
+
+log = logging.getLogger("twelvefactor.management")
+KEEPALIVE = 30
+
+
+@dataclass(frozen=True)
+class ManagementConfig:
+    db: Path
+    identity: Identity
+    broker: Endpoint
+    group: str
+    instance: int = 1
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    ready_file: Path | None = None
+
+
+class ManagementService:
+    def __init__(self, cfg: ManagementConfig) -> None:
+        self.cfg = cfg
+        self.registry: Registry | None = None  # opened in the MQTT thread that uses it
+        self.conn = Connection()
+        self.subscribed = threading.Event()
+        self.handled = 0  # messages taken from the broker, valid or not (load sharing is visible)
+        self.client = make_client(f"management-{cfg.instance}", cfg.identity)
+        self.client.reconnect_delay_set(1, 30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.http = ApiServer((cfg.http_host, cfg.http_port), cfg.db, self.health)
+
+    def health(self) -> dict[str, Any]:
+        ok = self.conn.connected.is_set() and self.subscribed.is_set()
+        return {
+            "ok": ok,
+            "instance": self.cfg.instance,
+            "mqtt": "connected" if self.conn.connected.is_set() else "disconnected",
+            "subscribed": self.subscribed.is_set(),
+            "handled": self.handled,
+        }
+
+    def _on_connect(self, c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self.conn.on_connect(rc)
+        if rc.is_failure:
+            log.error("broker refused the connection: %s", rc)
+            return
+        log.info("connected to %s:%d", self.cfg.broker.host, self.cfg.broker.port)
+        c.subscribe(shared(self.cfg.group, MANAGEMENT_UP), qos=1)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self.conn.on_disconnect(rc)
+        self.subscribed.clear()
+        log.warning("disconnected from the broker: %s", rc)
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[ReasonCode], _p: Any
+    ) -> None:
+        if codes[0].is_failure:
+            log.error("subscription refused: %s", codes[0])
+            return
+        self.subscribed.set()
+        if self.cfg.ready_file is not None and not self.cfg.ready_file.exists():
+            self.cfg.ready_file.write_text(f"{self.cfg.http_port}\n")
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self.handled += 1
+        try:
+            self.handle(msg.topic, bytes(msg.payload))
+        except Exception:  # one bad message must never stop the service
+            log.exception("failed to handle a message on %s", msg.topic)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        up = parse_up(topic)
+        if up is None or up.side != "mgmt" or len(up.rest) != 1:
+            log.warning("dropped message on unexpected topic %r", topic)
+            return
+        try:
+            report = parse_report(up.device, up.rest[0], payload)
+        except PayloadError as exc:
+            log.warning("dropped %s from %s: %s", up.rest[0], up.device, exc)
+            return
+        if self.registry is None:
+            self.registry = Registry(self.cfg.db)
+        t = self.registry.apply(up.device, report, time.time())
+        if t is not None:
+            state = "online" if t.online else f"offline ({t.reason or 'no reason'})"
+            log.info("%s is %s", up.device, state)
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT."""
+        self.http.start()
+        log.info("HTTP API on http://%s:%d", self.cfg.http_host, self.http.server_address[1])
+
+        def stop(_sig: int, _frame: FrameType | None) -> None:
+            self.client.disconnect()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.client.connect_async(
+            self.cfg.broker.host,
+            self.cfg.broker.port,
+            keepalive=KEEPALIVE,
+            clean_start=True,
+            properties=connect_properties(0),
+        )
+        self.client.loop_forever(retry_first_connection=True)
+        self.http.shutdown()
+        if self.registry is not None:
+            self.registry.close()
+        if self.cfg.ready_file is not None:
+            self.cfg.ready_file.unlink(missing_ok=True)
+        log.info("stopped")

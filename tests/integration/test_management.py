@@ -1,0 +1,197 @@
+"""Management service with fake devices: real paho clients with device certificates."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from twelvefactor_services.launcher import ServiceProcess, Stack, http_get, wait_until
+from twelvefactor_services.management.cli import main as management_cli
+from twelvefactor_services.probe import Probe
+
+MakeProbe = Callable[..., Probe]
+WILL = b'{"v":1,"online":false,"reason":"lost"}'
+
+
+def meta(device: str, ts: float) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "ts": ts,
+        "device": device,
+        "agent_version": "0.1.0",
+        "os": {"id": "twelvefactor", "version": "1.0", "pretty": "twelvefactor 1.0"},
+        "kernel": "6.12.0",
+        "machine": "x86_64",
+        "hardware": "qemux86-64 1.0",
+        "slot": "A",
+        "boot": {"slot": "A", "bootcount": 1, "upgrade_available": False},
+    }
+
+
+def health(ts: float, uptime: float = 10.0) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "ts": ts,
+        "uptime_s": uptime,
+        "load": [0.1, 0.05, 0.0],
+        "memory": {"total_kb": 1000000, "available_kb": 800000},
+        "data": {"path": "/data", "total_bytes": 10**9, "free_bytes": 9 * 10**8},
+        "slot": "A",
+        "os_version": "1.0",
+        "agent_version": "0.1.0",
+        "queue": {"depth": 0, "bytes": 0, "dropped": 0, "oldest_ts": None},
+        "last_error": None,
+    }
+
+
+def fake_device(stack: Stack, probes: MakeProbe, device: str, keepalive: int = 30) -> Probe:
+    """Connects as the agent does: persistent session, retained will, online + meta."""
+    dev = probes(
+        stack.management_endpoint,
+        stack.device(device),
+        f"{device}-mgmt",
+        clean_start=False,
+        session_expiry=7 * 86400,
+        keepalive=keepalive,
+        will=(f"mgmt/{device}/up/online", WILL, True),
+    )
+    dev.publish(
+        f"mgmt/{device}/up/online", {"v": 1, "online": True, "ts": time.time()}, retain=True
+    )
+    dev.publish(f"mgmt/{device}/up/meta", meta(device, time.time()), retain=True)
+    return dev
+
+
+def device_state(svc: ServiceProcess, device: str) -> dict[str, Any] | None:
+    assert svc.http_port is not None
+    status, body = http_get(svc.http_port, f"/devices/{device}")
+    return body if status == 200 else None
+
+
+def wait_device(
+    svc: ServiceProcess, device: str, cond: Callable[[dict[str, Any]], bool], what: str
+) -> dict[str, Any]:
+    return wait_until(lambda: d if (d := device_state(svc, device)) and cond(d) else None, 30, what)
+
+
+def test_device_appears_online_with_meta_and_health(
+    stack: Stack, management: ServiceProcess, probes: MakeProbe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev = fake_device(stack, probes, "dev-001")
+    ts = time.time()
+    dev.publish("mgmt/dev-001/up/health", health(ts))
+    d = wait_device(management, "dev-001", lambda d: d["health_ts"] == ts, "health recorded")
+    assert d["online"] is True
+    assert d["meta"]["agent_version"] == "0.1.0"
+    assert d["meta"]["boot"]["slot"] == "A"
+    assert d["health"]["queue"]["dropped"] == 0
+    assert management.http_port is not None
+    status, listing = http_get(management.http_port, "/devices")
+    assert status == 200 and [x["id"] for x in listing] == ["dev-001"]
+    assert listing[0]["online"] is True
+    status, hist = http_get(management.http_port, "/devices/dev-001/history")
+    assert status == 200 and [h["online"] for h in hist] == [True]
+    assert http_get(management.http_port, "/devices/nope")[0] == 404
+    assert http_get(management.http_port, "/elsewhere")[0] == 404
+    status, h = http_get(management.http_port, "/healthz")
+    assert status == 200 and h["ok"] is True and h["mqtt"] == "connected"
+    # The CLI reads the same registry.
+    assert management_cli(["devices", "--db", str(stack.registry_db)]) == 0
+    out = capsys.readouterr().out
+    assert "dev-001" in out and "online" in out
+    assert management_cli(["device", "dev-001", "--db", str(stack.registry_db)]) == 0
+    assert json.loads(capsys.readouterr().out)["meta"]["device"] == "dev-001"
+    assert management_cli(["device", "dev-404", "--db", str(stack.registry_db)]) == 1
+
+
+def test_last_will_marks_a_device_offline_when_its_socket_dies(
+    stack: Stack, management: ServiceProcess, probes: MakeProbe
+) -> None:
+    dev = fake_device(stack, probes, "dev-002", keepalive=5)
+    wait_device(management, "dev-002", lambda d: d["online"] is True, "online")
+    dev.kill()
+    d = wait_device(management, "dev-002", lambda d: d["online"] is False, "offline by will")
+    assert management.http_port is not None
+    _, hist = http_get(management.http_port, "/devices/dev-002/history")
+    assert [(h["online"], h["reason"]) for h in hist] == [(True, None), (False, "lost")]
+    assert d["last_online_change"] == hist[-1]["ts"]
+    # Back again: the same session, online again.
+    fake_device(stack, probes, "dev-002")
+    wait_device(management, "dev-002", lambda d: d["online"] is True, "online again")
+
+
+def test_retained_state_reaches_a_service_started_later(stack: Stack, probes: MakeProbe) -> None:
+    dev = fake_device(stack, probes, "dev-003")
+    dev.disconnect()  # no clean "offline" message: the retained online/meta stay
+    svc = stack.management()
+    svc.start()
+    d = wait_device(svc, "dev-003", lambda d: d["meta"] is not None, "retained meta")
+    assert d["online"] is True and d["meta"]["device"] == "dev-003"
+
+
+def test_malformed_payloads_are_dropped_and_change_nothing(
+    stack: Stack, management: ServiceProcess, probes: MakeProbe
+) -> None:
+    dev = fake_device(stack, probes, "dev-004")
+    good = time.time()
+    dev.publish("mgmt/dev-004/up/health", health(good))
+    before = wait_device(management, "dev-004", lambda d: d["health_ts"] == good, "health")
+    bad: list[tuple[str, bytes | dict[str, Any]]] = [
+        ("online", b"\xff\xfe not utf-8"),
+        ("online", b"{not json"),
+        ("online", b"[1, 2]"),
+        ("online", {"v": 2, "online": False}),
+        ("online", {"online": False}),
+        ("online", {"v": 1, "online": "no"}),
+        ("online", {"v": True, "online": False}),
+        ("health", {"v": 1, "uptime_s": 1}),
+        ("health", {"v": 1, "ts": "yesterday"}),
+        ("health", {"v": 1, "ts": float("inf")}),
+        ("meta", {"v": 1, "ts": good + 99, "device": "dev-999"}),
+        ("meta", b""),
+        ("reboot", {"v": 1, "ts": good + 99}),
+        ("health/extra", {"v": 1, "ts": good + 99}),
+    ]
+    for kind, payload in bad:
+        dev.publish(f"mgmt/dev-004/up/{kind}", payload)
+    marker = good + 1
+    dev.publish("mgmt/dev-004/up/health", health(marker, uptime=11.0))
+    after = wait_device(management, "dev-004", lambda d: d["health_ts"] == marker, "marker")
+    assert management.running
+    assert after["online"] is True and after["meta"] == before["meta"]
+    assert after["health"]["uptime_s"] == 11.0
+    assert management.http_port is not None
+    assert len(http_get(management.http_port, "/devices/dev-004/history")[1]) == 1
+    log = management.log_file.read_text()
+    assert log.count("dropped") >= len(bad)
+    assert "meta names device 'dev-999'" in log
+
+
+def test_two_copies_share_the_load_and_the_registry(stack: Stack, probes: MakeProbe) -> None:
+    copies = [stack.management(), stack.management()]
+    for c in copies:
+        c.start()
+    devices = [f"dev-{i:03d}" for i in range(10, 14)]
+    last: dict[str, float] = {}
+    for device in devices:
+        dev = fake_device(stack, probes, device)
+        for i in range(10):
+            last[device] = time.time() + i
+            dev.publish(f"mgmt/{device}/up/health", health(last[device]))
+    for device in devices:
+        wait_device(copies[0], device, lambda d, dv=device: d["health_ts"] == last[dv], device)
+
+    def counts() -> list[int] | None:
+        got = []
+        for c in copies:
+            assert c.http_port is not None
+            got.append(http_get(c.http_port, "/healthz")[1]["handled"])
+        return got if sum(got) >= len(devices) * 12 else None
+
+    handled = wait_until(counts, 30, "all messages handled")
+    assert sum(handled) == len(devices) * 12  # online + meta + 10 health each, exactly once
+    assert all(n > 0 for n in handled), handled
