@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from twelvefactor_services.launcher import ServiceProcess, Stack, http_get, wait_until
 from twelvefactor_services.management.cli import main as management_cli
 from twelvefactor_services.probe import Probe
