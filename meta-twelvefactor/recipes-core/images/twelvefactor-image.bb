@@ -1,0 +1,51 @@
+SUMMARY = "twelvefactor device image"
+DESCRIPTION = "Read-only A/B root file system for a device that talks only to \
+its management and solution services through a WireGuard tunnel: the agent, \
+the firewall, the tunnel configuration, SWUpdate with signed images, the data \
+partition and the boot confirmation service."
+HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+LICENSE = "MIT"
+
+inherit core-image
+
+IMAGE_FEATURES += "read-only-rootfs"
+
+TWELVEFACTOR_BOOT_PACKAGE ??= ""
+TWELVEFACTOR_BOOT_PACKAGE:x86-64 = "twelvefactor-boot-grub"
+TWELVEFACTOR_BOOT_PACKAGE:aarch64 = "twelvefactor-boot-uboot"
+
+IMAGE_INSTALL = " \
+    packagegroup-core-boot \
+    kernel-image \
+    kernel-module-wireguard \
+    ${TWELVEFACTOR_BOOT_PACKAGE} \
+    twelvefactor-base \
+    twelvefactor-firewall \
+    twelvefactor-netconfig \
+    twelvefactor-agent \
+    twelvefactor-confirm \
+    swupdate \
+    ${CORE_IMAGE_EXTRA_INSTALL} \
+"
+
+# A/B disk: ESP, rootfs-a, rootfs-b, data (files/wic/*.wks.in)
+IMAGE_FSTYPES = "wic ext4.gz"
+WKS_FILE = "twelvefactor-ab.wks.in"
+WKS_FILE:aarch64 = "twelvefactor-ab-uboot.wks.in"
+# mounts come from the layer's mount units, not from fstab lines wic would add
+WIC_CREATE_EXTRA_ARGS = "--no-fstab-update"
+
+TWELVEFACTOR_ESP_SIZE ?= "64M"
+TWELVEFACTOR_ROOTFS_SIZE ?= "768M"
+TWELVEFACTOR_DATA_SIZE ?= "512M"
+IMAGE_ROOTFS_MAXSIZE = "786432"
+
+IMAGE_BOOT_FILES:x86-64 = " \
+    grub-efi-bootx64.efi;EFI/BOOT/bootx64.efi \
+    twelvefactor/grub.cfg;EFI/BOOT/grub.cfg \
+    twelvefactor/grubenv;grub/grubenv \
+"
+IMAGE_BOOT_FILES:qemuarm64 = "boot.scr"
+WKS_FILE_DEPENDS:append = " ${TWELVEFACTOR_BOOT_PACKAGE}"
+WKS_FILE_DEPENDS:append:x86-64 = " grub-efi"
+WKS_FILE_DEPENDS:append:qemuarm64 = " u-boot"

@@ -1,0 +1,31 @@
+SUMMARY = "twelvefactor boot confirmation service"
+DESCRIPTION = "Root service that confirms a good boot (upgrade_available=0, \
+bootcount=0) once the agent has both sessions online and the required units \
+are active, and reboots a freshly installed slot that does not get there \
+within the window, so that the bootloader falls back."
+HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+SECTION = "base"
+LICENSE = "MIT"
+LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
+
+SRC_URI = " \
+    file://twelvefactor-confirm \
+    file://twelvefactor-confirm.service \
+"
+
+S = "${UNPACKDIR}"
+
+inherit systemd features_check allarch
+
+REQUIRED_DISTRO_FEATURES = "systemd"
+
+SYSTEMD_SERVICE:${PN} = "twelvefactor-confirm.service"
+
+do_install() {
+    install -d ${D}${libexecdir}/twelvefactor
+    install -m 0755 ${UNPACKDIR}/twelvefactor-confirm ${D}${libexecdir}/twelvefactor/twelvefactor-confirm
+    install -d ${D}${systemd_system_unitdir}
+    install -m 0644 ${UNPACKDIR}/twelvefactor-confirm.service ${D}${systemd_system_unitdir}/twelvefactor-confirm.service
+}
+
+RDEPENDS:${PN} = "python3-core python3-json twelvefactor-agent"
