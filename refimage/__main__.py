@@ -1,0 +1,5 @@
+import sys
+
+from refimage.cli import main
+
+sys.exit(main())

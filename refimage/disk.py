@@ -1,0 +1,156 @@
+"""GPT disk assembly without mounting anything.
+
+File systems are created from directories (`mkfs.ext4 -d`; mkfs.vfat plus
+mtools for the ESP), then copied into a sparse disk file at their partition
+offsets with `dd conv=notrunc,sparse`; sfdisk writes the partition table.
+The host kernel here has no vfat and `losetup -P` makes no partition devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from refimage.progress import BuildError, run
+
+MIB = 1024 * 1024
+ESP_TYPE = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+LINUX_TYPE = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One GPT partition: its name is also its file-system label."""
+
+    name: str
+    size_mib: int
+    type_uuid: str
+
+
+# Names and labels are fixed decisions shared with the layer's wic layout,
+# grub.cfg (search by label) and the kernel command line (root=PARTLABEL=).
+LAYOUT: tuple[Partition, ...] = (
+    Partition("esp", 64, ESP_TYPE),
+    Partition("rootfs-a", 768, LINUX_TYPE),
+    Partition("rootfs-b", 768, LINUX_TYPE),
+    Partition("data", 256, LINUX_TYPE),
+)
+FIRST_MIB = 1  # first partition starts at 1 MiB
+BACKUP_GPT_MIB = 1  # room for the backup GPT at the end
+
+
+def offsets(layout: tuple[Partition, ...] = LAYOUT) -> dict[str, tuple[int, int]]:
+    """Partition name -> (offset in bytes, size in bytes)."""
+    out: dict[str, tuple[int, int]] = {}
+    start = FIRST_MIB
+    for part in layout:
+        out[part.name] = (start * MIB, part.size_mib * MIB)
+        start += part.size_mib
+    return out
+
+
+def disk_size(layout: tuple[Partition, ...] = LAYOUT) -> int:
+    return (FIRST_MIB + sum(p.size_mib for p in layout) + BACKUP_GPT_MIB) * MIB
+
+
+def make_ext4(src: Path | None, out: Path, label: str, size: int, log: Path) -> None:
+    """An ext4 image of `size` bytes holding the tree `src` (or empty)."""
+    out.unlink(missing_ok=True)
+    with out.open("wb") as f:
+        f.truncate(size)
+    argv: list[str | Path] = [
+        "mkfs.ext4",
+        "-q",
+        "-F",
+        "-L",
+        label,
+        # GRUB 2.06's ext2 driver refuses the metadata_csum_seed incompat feature.
+        "-O",
+        "^metadata_csum_seed",
+        "-E",
+        "root_owner=0:0",
+    ]
+    if src is not None:
+        argv += ["-d", src]
+    argv += [out]
+    run(argv, log=log)
+
+
+def make_esp(out: Path, size: int, files: dict[str, Path], log: Path) -> None:
+    """A FAT ESP labelled 'esp' holding `files` (ESP path -> host file)."""
+    out.unlink(missing_ok=True)
+    run(["mkfs.vfat", "-F", "32", "-n", "esp", "-C", out, str(size // 1024)], log=log)
+    dirs: set[str] = set()
+    for dest in files:
+        parts = dest.strip("/").split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            dirs.add("/".join(parts[:i]))
+    for d in sorted(dirs, key=lambda p: p.count("/")):
+        run(["mmd", "-i", out, f"::/{d}"], log=log)
+    for dest, src in files.items():
+        run(["mcopy", "-o", "-i", out, src, f"::/{dest.strip('/')}"], log=log)
+
+
+def write_into(disk: Path, image: Path, offset: int, size: int) -> None:
+    """Copy a file-system image into the disk file at `offset`, sparsely."""
+    if image.stat().st_size > size:
+        raise BuildError(f"{image} ({image.stat().st_size} bytes) exceeds its partition ({size})")
+    run(
+        [
+            "dd",
+            f"if={image}",
+            f"of={disk}",
+            "bs=1M",
+            f"seek={offset}",
+            "oflag=seek_bytes",
+            "conv=notrunc,sparse",
+            "status=none",
+        ]
+    )
+
+
+def partition_table(disk: Path, layout: tuple[Partition, ...] = LAYOUT) -> None:
+    """A new sparse disk file with a GPT holding `layout`."""
+    disk.unlink(missing_ok=True)
+    with disk.open("wb") as f:
+        f.truncate(disk_size(layout))
+    script = "label: gpt\nunit: sectors\n"
+    for part in layout:
+        offset, size = offsets(layout)[part.name]
+        script += (
+            f"start={offset // 512}, size={size // 512}, type={part.type_uuid}, name={part.name}\n"
+        )
+    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", disk], input_bytes=script.encode())
+
+
+def read_table(disk: Path) -> dict[str, tuple[int, int]]:
+    """Partition name -> (offset, size) in bytes, read from the disk's GPT."""
+    raw = run(["sfdisk", "--json", disk])
+    table = json.loads(raw)["partitiontable"]
+    sector = int(table.get("sectorsize", 512))
+    out: dict[str, tuple[int, int]] = {}
+    for p in table["partitions"]:
+        if "name" in p:
+            out[p["name"]] = (int(p["start"]) * sector, int(p["size"]) * sector)
+    return out
+
+
+def extract(disk: Path, name: str, out: Path) -> None:
+    """Copy one partition of the disk into its own file (sparse)."""
+    offset, size = read_table(disk)[name]
+    run(
+        [
+            "dd",
+            f"if={disk}",
+            f"of={out}",
+            "bs=1M",
+            f"skip={offset}",
+            f"count={size}",
+            "iflag=skip_bytes,count_bytes",
+            "conv=sparse",
+            "status=none",
+        ]
+    )
+    os.truncate(out, size)

@@ -1,0 +1,176 @@
+"""Build the reference disk image, cached by a hash of everything that goes in."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from refimage import agent, disk, grub, layer, rootfs, system
+from refimage.progress import BuildError, run, say, step
+
+TOP = Path(__file__).resolve().parent.parent
+BUILDER = Path(__file__).resolve().parent
+DISK_NAME = "twelvefactor-refimage.img"
+ROOTFS_NAME = "rootfs.ext4"  # slot A's file system, kept for the .swu
+MANIFEST = "manifest.json"
+KEEP_IMAGES = 2  # older cached images are removed
+
+
+@dataclass(frozen=True)
+class Image:
+    directory: Path
+    disk: Path  # the bootable GPT disk
+    rootfs: Path  # the ext4 image of rootfs-a
+    manifest: dict[str, object]
+
+
+def _sha(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()
+
+
+def base_key() -> str:
+    return _sha(
+        (BUILDER / "packages.py").read_bytes(),
+        (BUILDER / "rootfs.py").read_bytes(),
+    )
+
+
+def image_key(
+    base: str,
+    files: list[layer.DeviceFile],
+    units: list[str],
+    grub_cfg: Path,
+    top: Path,
+    console_login: bool,
+) -> str:
+    parts = [base.encode(), b"console_login=%d" % console_login, grub_cfg.read_bytes()]
+    parts += [p.read_bytes() for p in sorted(BUILDER.glob("*.py"))]
+    parts += [f"{f.destination} {f.mode:o} {f.digest()}".encode() for f in files]
+    parts += [" ".join(units).encode()]
+    for src in agent.source_files(top / "agent"):
+        parts += [str(src.relative_to(top)).encode(), src.read_bytes()]
+    return _sha(*parts)
+
+
+def _base_tree(out: Path, log: Path) -> Path:
+    key = base_key()[:16]
+    base = out / f"base-{key}"
+    done = base / "done"
+    if done.exists():
+        say(f"base rootfs: cached ({base.name})")
+        return base / "root"
+    for old in out.glob("base-*"):
+        shutil.rmtree(old)
+    with step("base rootfs: mmdebstrap (Debian trixie packages)"):
+        base.mkdir(parents=True)
+        rootfs.build_base(base / "root", out / "apt-cache", log)
+        done.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    return base / "root"
+
+
+def _prune(out: Path, keep: Path) -> None:
+    images = sorted(out.glob("image-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [p for p in images if p != keep][KEEP_IMAGES - 1 :]:
+        shutil.rmtree(old)
+
+
+def _load(directory: Path) -> Image:
+    manifest = json.loads((directory / MANIFEST).read_text())
+    return Image(directory, directory / DISK_NAME, directory / ROOTFS_NAME, manifest)
+
+
+def build(out: Path, *, top: Path = TOP, console_login: bool = True) -> Image:
+    """The reference image for the current sources, built or taken from the cache."""
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "build.log"
+    files = layer.device_files(top)
+    units = layer.enabled_units(top)
+    grub_cfg = layer.grub_cfg(top)
+    base = _base_tree(out, log)
+    key = image_key(base_key(), files, units, grub_cfg, top, console_login)[:16]
+    directory = out / f"image-{key}"
+    if (directory / MANIFEST).exists():
+        say(f"image: cached ({directory.name})")
+        os.utime(directory)
+        _link_latest(out, directory)
+        return _load(directory)
+    if directory.exists():
+        shutil.rmtree(directory)
+    work = out / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    stage = work / "root"
+    with step("root tree: copy of the base"):
+        run(["cp", "-a", "--reflink=auto", base, stage])
+    with step(f"root tree: {len(files)} layer files, the agent, system settings"):
+        layer.install(files, stage)
+        scripts = agent.install(top / "agent", stage)
+        for params in layer.group_params(top):
+            system.chroot_quiet(stage, "groupadd", *params)
+        for params in layer.user_params(top):
+            system.chroot_quiet(stage, "useradd", *params)
+        system.configure(stage, console_login=console_login)
+        system.enable(stage, units)
+    sizes = disk.offsets()
+    with step("file systems: rootfs-a (mkfs.ext4 -d), data, ESP (mtools)"):
+        tmp = out / f"tmp-{key}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        disk.make_ext4(stage, tmp / ROOTFS_NAME, "rootfs-a", sizes["rootfs-a"][1], log)
+        disk.make_ext4(None, work / "data.ext4", "data", sizes["data"][1], log)
+        efi = work / "BOOTX64.EFI"
+        grub.make_efi(grub_cfg, efi, log)
+        env = work / "grubenv"
+        env.write_bytes(grub.env_block(grub.INITIAL_ENV))
+        disk.make_esp(
+            work / "esp.vfat",
+            sizes["esp"][1],
+            {"EFI/BOOT/BOOTX64.EFI": efi, "grub/grubenv": env},
+            log,
+        )
+    with step("disk: GPT (sfdisk) and partitions (dd conv=sparse)"):
+        image = tmp / DISK_NAME
+        disk.partition_table(image)
+        disk.write_into(image, work / "esp.vfat", *sizes["esp"])
+        disk.write_into(image, tmp / ROOTFS_NAME, *sizes["rootfs-a"])
+        disk.write_into(image, work / "data.ext4", *sizes["data"])
+        manifest: dict[str, object] = {
+            "key": key,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "console_login": console_login,
+            "layer_files": [[f.destination, f"{f.mode:04o}", f.digest()] for f in files],
+            "enabled_units": units,
+            "agent_scripts": scripts,
+            "partitions": {name: list(v) for name, v in sizes.items()},
+            "grub_cfg": str(grub_cfg),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        tmp.rename(directory)
+    shutil.rmtree(work)
+    _prune(out, directory)
+    _link_latest(out, directory)
+    return _load(directory)
+
+
+def _link_latest(out: Path, directory: Path) -> None:
+    link = out / "latest"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(directory.name)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise BuildError("building the image needs root (mmdebstrap --mode=root, chroot)")
