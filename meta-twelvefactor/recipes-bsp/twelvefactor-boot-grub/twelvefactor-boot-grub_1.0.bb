@@ -1,13 +1,12 @@
 SUMMARY = "twelvefactor A/B boot script for GRUB (EFI) and its initial environment"
-DESCRIPTION = "grub.cfg that picks the root file system slot from the GRUB \
-environment block on the EFI system partition, counts boot attempts of a new \
-slot and falls back after bootlimit attempts; the initial 1024-byte grubenv."
+DESCRIPTION = "grub.cfg that picks the root file system slot from the GRUB environment block on the EFI system partition, counts boot attempts of a new slot and falls back after bootlimit attempts; the initial 1024-byte grubenv."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "bootloaders"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
-SRC_URI = " \
+SRC_URI = "\
     file://grub.cfg \
     file://grubenv \
 "
@@ -33,4 +32,4 @@ do_deploy() {
 }
 addtask deploy after do_install before do_build
 
-FILES:${PN} = "${datadir}/twelvefactor/boot"
+FILES:${PN} += "${datadir}/twelvefactor/boot"

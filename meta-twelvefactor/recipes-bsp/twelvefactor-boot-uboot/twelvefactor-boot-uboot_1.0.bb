@@ -1,16 +1,18 @@
 SUMMARY = "twelvefactor A/B boot script for U-Boot and the fw_env.config for libubootenv"
-DESCRIPTION = "boot.scr that boots the root file system slot named in the \
-U-Boot environment (with U-Boot's boot counter and an altbootcmd that falls \
-back to the other slot), and /etc/fw_env.config pointing fw_setenv and \
-SWUpdate at the two redundant environment copies on the EFI system partition."
+DESCRIPTION = "boot.scr that boots the root file system slot named in the U-Boot environment (with U-Boot's boot counter and an altbootcmd that falls back to the other slot), and /etc/fw_env.config pointing fw_setenv and SWUpdate at the two redundant environment copies on the EFI system partition."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "bootloaders"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
 DEPENDS = "u-boot-mkimage-native"
 
-SRC_URI = " \
+# meta-raspberrypi takes its boot.scr from this provider (PREFERRED_PROVIDER
+# in kas/raspberrypi4-64.yml).
+PROVIDES += "u-boot-default-script"
+
+SRC_URI = "\
     file://boot.cmd \
     file://fw_env.config \
 "
@@ -20,10 +22,6 @@ S = "${UNPACKDIR}"
 COMPATIBLE_HOST = "(aarch64|arm).*-linux"
 
 inherit deploy kernel-arch
-
-# meta-raspberrypi takes its boot.scr from this provider (PREFERRED_PROVIDER
-# in kas/raspberrypi4-64.yml).
-PROVIDES += "u-boot-default-script"
 
 do_compile() {
     mkimage -A ${UBOOT_ARCH} -T script -C none -n "twelvefactor A/B" -d ${UNPACKDIR}/boot.cmd ${B}/boot.scr
@@ -42,5 +40,5 @@ do_deploy() {
 }
 addtask deploy after do_compile before do_build
 
-FILES:${PN} = "${sysconfdir}/fw_env.config ${datadir}/twelvefactor/boot"
+FILES:${PN} += "${sysconfdir}/fw_env.config ${datadir}/twelvefactor/boot"
 CONFFILES:${PN} = "${sysconfdir}/fw_env.config"

@@ -1,14 +1,12 @@
 SUMMARY = "twelvefactor device firewall"
-DESCRIPTION = "nftables ruleset (table inet twelvefactor) that drops all \
-unsolicited inbound traffic and allows outbound traffic only to the hub and, \
-inside the tunnel, to the two services; a unit that loads it before any \
-network interface comes up, and a systemd-networkd drop-in that requires it."
+DESCRIPTION = "nftables ruleset (table inet twelvefactor) that drops all unsolicited inbound traffic and allows outbound traffic only to the hub and, inside the tunnel, to the two services; a unit that loads it before any network interface comes up, and a systemd-networkd drop-in that requires it."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "net"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
-SRC_URI = " \
+SRC_URI = "\
     file://twelvefactor.nft \
     file://twelvefactor-firewall.service \
     file://10-twelvefactor-firewall.conf \

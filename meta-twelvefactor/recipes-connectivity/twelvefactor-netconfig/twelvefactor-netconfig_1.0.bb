@@ -1,14 +1,12 @@
 SUMMARY = "twelvefactor tunnel and time configuration rendered from provisioning data"
-DESCRIPTION = "twelvefactor-netconfig reads /data/provisioning/network.conf at \
-boot, renders the WireGuard netdev/network and the timesyncd drop-in into \
-/run, and fills the firewall's named sets. Also the underlay network file and \
-the timesyncd drop-in that keeps the saved clock on /data."
+DESCRIPTION = "twelvefactor-netconfig reads /data/provisioning/network.conf at boot, renders the WireGuard netdev/network and the timesyncd drop-in into /run, and fills the firewall's named sets. Also the underlay network file and the timesyncd drop-in that keeps the saved clock on /data."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "net"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
-SRC_URI = " \
+SRC_URI = "\
     file://twelvefactor-netconfig \
     file://twelvefactor-netconfig.service \
     file://50-twelvefactor-tunnel.netdev.in \
@@ -44,14 +42,14 @@ do_install() {
     install -m 0644 ${UNPACKDIR}/twelvefactor-netconfig-tmpfiles.conf ${D}${nonarch_libdir}/tmpfiles.d/twelvefactor-netconfig.conf
 }
 
-FILES:${PN} += " \
+FILES:${PN} += "\
     ${datadir}/twelvefactor \
     ${systemd_system_unitdir}/systemd-timesyncd.service.d \
     ${nonarch_libdir}/systemd/network \
     ${nonarch_libdir}/tmpfiles.d \
 "
 
-RDEPENDS:${PN} = " \
+RDEPENDS:${PN} = "\
     nftables \
     python3-core \
     python3-io \

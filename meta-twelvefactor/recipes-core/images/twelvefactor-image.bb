@@ -1,9 +1,8 @@
 SUMMARY = "twelvefactor device image"
-DESCRIPTION = "Read-only A/B root file system for a device that talks only to \
-its management and solution services through a WireGuard tunnel: the agent, \
-the firewall, the tunnel configuration, SWUpdate with signed images, the data \
-partition and the boot confirmation service."
+DESCRIPTION = "Read-only A/B root file system for a device that talks only to its management and solution services through a WireGuard tunnel: the agent, the firewall, the tunnel configuration, SWUpdate with signed images, the data partition and the boot confirmation service."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
+SECTION = "images"
 LICENSE = "MIT"
 
 inherit core-image
@@ -14,7 +13,7 @@ TWELVEFACTOR_BOOT_PACKAGE ??= ""
 TWELVEFACTOR_BOOT_PACKAGE:x86-64 = "twelvefactor-boot-grub"
 TWELVEFACTOR_BOOT_PACKAGE:aarch64 = "twelvefactor-boot-uboot"
 
-IMAGE_INSTALL = " \
+IMAGE_INSTALL = "\
     packagegroup-core-boot \
     kernel-image \
     kernel-module-wireguard \
@@ -40,7 +39,7 @@ TWELVEFACTOR_ROOTFS_SIZE ?= "768M"
 TWELVEFACTOR_DATA_SIZE ?= "512M"
 IMAGE_ROOTFS_MAXSIZE = "786432"
 
-IMAGE_BOOT_FILES:x86-64 = " \
+IMAGE_BOOT_FILES:x86-64 = "\
     grub-efi-bootx64.efi;EFI/BOOT/bootx64.efi \
     twelvefactor/grub.cfg;EFI/BOOT/grub.cfg \
     twelvefactor/grubenv;grub/grubenv \

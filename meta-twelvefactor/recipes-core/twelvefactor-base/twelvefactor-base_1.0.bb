@@ -1,13 +1,12 @@
 SUMMARY = "twelvefactor partitions: persistent /data and the EFI system partition on /boot"
-DESCRIPTION = "Mount units for the data partition (ext4, label data) on /data \
-and the EFI system partition (FAT, label esp) on /boot, where the bootloader \
-environment lives, plus the empty mount point /data in the read-only root."
+DESCRIPTION = "Mount units for the data partition (ext4, label data) on /data and the EFI system partition (FAT, label esp) on /boot, where the bootloader environment lives, plus the empty mount point /data in the read-only root."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "base"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
-SRC_URI = " \
+SRC_URI = "\
     file://data.mount \
     file://boot.mount \
 "

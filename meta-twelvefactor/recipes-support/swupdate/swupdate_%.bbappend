@@ -1,33 +1,31 @@
-# twelvefactor: signed images only (CMS), hardware compatibility, systemd, the
-# bootloader of the machine (GRUB on EFI machines, U-Boot on arm boards), the
-# selection of the other slot at run time, and no web server.
-FILESEXTRAPATHS:prepend := "${THISDIR}/files:"
+# twelvefactor distribution: signed images only (CMS), hardware compatibility,
+# systemd, the machine's bootloader (GRUB on EFI machines, U-Boot on arm
+# boards), the selection of the slot that is not running, the certificate the
+# device trusts, and no web server.
+FILESEXTRAPATHS:prepend:twelvefactor := "${THISDIR}/files:"
 
-SRC_URI += " \
+SRC_URI:append:twelvefactor = " \
     file://twelvefactor.cfg \
     file://hwrevision \
     file://twelvefactor-swupdate-selection \
     file://20-twelvefactor \
 "
-SRC_URI:append:x86-64 = " file://twelvefactor-grub.cfg"
-SRC_URI:append:aarch64 = " file://twelvefactor-uboot.cfg"
+SRC_URI:append:twelvefactor:x86-64 = " file://twelvefactor-grub.cfg"
+SRC_URI:append:twelvefactor:aarch64 = " file://twelvefactor-uboot.cfg"
 
-# The certificate the device trusts for .swu signatures. The default is the
-# development certificate; a release build (TWELVEFACTOR_RELEASE = "1") must
-# point this at the release certificate.
-TWELVEFACTOR_SWU_CERT ??= "${TWELVEFACTOR_LAYERDIR}/files/dev-signing/twelvefactor-dev-update.crt"
+# /etc/hwrevision names the machine
+PACKAGE_ARCH:twelvefactor = "${MACHINE_ARCH}"
+
+# TWELVEFACTOR_SWU_CERT (conf/distro/twelvefactor.conf): the certificate the
+# device trusts for .swu signatures. A release build must not trust the
+# development certificate.
 do_install[file-checksums] += "${TWELVEFACTOR_SWU_CERT}:True"
 
-python twelvefactor_check_swu_cert() {
-    import os
-    cert = d.getVar('TWELVEFACTOR_SWU_CERT')
-    dev = os.path.join(d.getVar('TWELVEFACTOR_LAYERDIR'), 'files', 'dev-signing')
-    if d.getVar('TWELVEFACTOR_RELEASE') == '1' and os.path.realpath(cert).startswith(os.path.realpath(dev) + os.sep):
-        bb.fatal("TWELVEFACTOR_RELEASE = \"1\" but TWELVEFACTOR_SWU_CERT is the development certificate %s" % cert)
-}
-do_install[prefuncs] += "twelvefactor_check_swu_cert"
-
-do_install:append() {
+do_install:append:twelvefactor() {
+    if [ "${TWELVEFACTOR_RELEASE}" = "1" ] && \
+       [ "$(readlink -f ${TWELVEFACTOR_SWU_CERT})" = "$(readlink -f ${TWELVEFACTOR_DEV_SWU_CERT})" ]; then
+        bbfatal "TWELVEFACTOR_RELEASE = 1 but TWELVEFACTOR_SWU_CERT is the development certificate ${TWELVEFACTOR_SWU_CERT}"
+    fi
     install -d ${D}${sysconfdir}
     install -m 0644 ${UNPACKDIR}/hwrevision ${D}${sysconfdir}/hwrevision
     install -d ${D}${sysconfdir}/swupdate
@@ -38,10 +36,8 @@ do_install:append() {
     install -m 0644 ${UNPACKDIR}/20-twelvefactor ${D}${libdir}/swupdate/conf.d/20-twelvefactor
 }
 
-FILES:${PN} += " \
+FILES:${PN}:append:twelvefactor = " \
     ${sysconfdir}/hwrevision \
     ${sysconfdir}/swupdate/update-signing.crt \
     ${bindir}/twelvefactor-swupdate-selection \
 "
-
-PACKAGE_ARCH = "${MACHINE_ARCH}"

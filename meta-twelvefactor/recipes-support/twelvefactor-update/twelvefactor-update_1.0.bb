@@ -1,8 +1,7 @@
 SUMMARY = "twelvefactor update (.swu) for the twelvefactor-image root file system"
-DESCRIPTION = "Signed (CMS) SWUpdate archive holding the compressed root file \
-system. Two selections, stable,copy1 (writes rootfs-a) and stable,copy2 \
-(writes rootfs-b); the device picks the one for the slot it is not running."
+DESCRIPTION = "Signed (CMS) SWUpdate archive holding the compressed root file system. Two selections, stable,copy1 (writes rootfs-a) and stable,copy2 (writes rootfs-b); the device picks the one for the slot it is not running."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "base"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
@@ -39,4 +38,5 @@ python twelvefactor_check_signing_key() {
             if os.path.realpath(path).startswith(dev):
                 bb.fatal('TWELVEFACTOR_RELEASE = "1" but %s is the development key material %s' % (var, path))
 }
+twelvefactor_check_signing_key[doc] = "Stops a release build (TWELVEFACTOR_RELEASE = 1) that would sign with the development key"
 do_swuimage[prefuncs] += "twelvefactor_check_signing_key"

@@ -1,8 +1,7 @@
 SUMMARY = "twelvefactor device agent"
-DESCRIPTION = "The only process that talks off the device: two MQTT 5 sessions \
-over mutual TLS (management and solution), a store-and-forward queue on /data, \
-health reports, update handling, and a local Unix-socket API for applications."
+DESCRIPTION = "The only process that talks off the device: two MQTT 5 sessions over mutual TLS (management and solution), a store-and-forward queue on /data, health reports, update handling, and a local Unix-socket API for applications."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "net"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
@@ -11,7 +10,7 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda
 # (TWELVEFACTOR_REPO_DIR, set in conf/layer.conf), so a kas build of a checkout
 # builds the agent of that same checkout.
 FILESEXTRAPATHS:prepend := "${TWELVEFACTOR_REPO_DIR}:"
-SRC_URI = " \
+SRC_URI = "\
     file://agent \
     file://twelvefactor-agent-tmpfiles.conf \
 "
@@ -38,13 +37,13 @@ do_install:append() {
 FILES:${PN} += "${nonarch_libdir}/tmpfiles.d"
 CONFFILES:${PN} = "${sysconfdir}/twelvefactor/agent.toml"
 
-RDEPENDS:${PN} = " \
-    python3-core \
+RDEPENDS:${PN} = "\
     python3-asyncio \
+    python3-core \
+    python3-io \
     python3-json \
     python3-logging \
     python3-netclient \
-    python3-io \
     python3-paho-mqtt \
     python3-sqlite3 \
     python3-tomllib \

@@ -1,14 +1,12 @@
 SUMMARY = "twelvefactor boot confirmation service"
-DESCRIPTION = "Root service that confirms a good boot (upgrade_available=0, \
-bootcount=0) once the agent has both sessions online and the required units \
-are active, and reboots a freshly installed slot that does not get there \
-within the window, so that the bootloader falls back."
+DESCRIPTION = "Root service that confirms a good boot (upgrade_available=0, bootcount=0) once the agent has both sessions online and the required units are active, and reboots a freshly installed slot that does not get there within the window, so that the bootloader falls back."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
+BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "base"
 LICENSE = "MIT"
 LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda2f7b4f302"
 
-SRC_URI = " \
+SRC_URI = "\
     file://twelvefactor-confirm \
     file://twelvefactor-confirm.service \
 "
