@@ -238,7 +238,9 @@ class Stack:
         self.services.append(svc)
         return svc
 
-    def solution(self, *, webhook: str | None = None) -> ServiceProcess:
+    def solution(
+        self, *, webhook: str | None = None, max_backoff: float | None = None
+    ) -> ServiceProcess:
         """A solution service copy (not started); copies share one database and archive."""
         n = self._next_copy("solution")
         run = self.root / "solution"
@@ -257,6 +259,8 @@ class Stack:
         ]
         if webhook:
             argv += ["--webhook", webhook]
+        if max_backoff is not None:
+            argv += ["--max-backoff", str(max_backoff)]
         svc = ServiceProcess(f"solution-{n}", argv, run)
         self.services.append(svc)
         return svc

@@ -1,0 +1,80 @@
+"""twelvefactor-solution: serve, or read the archive."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from twelvefactor_services import service_args
+from twelvefactor_services.solution.receivers import ArchiveReceiver, Receiver, WebhookReceiver
+
+
+def _archive(directory: Path, device: str | None) -> int:
+    if not directory.is_dir():
+        print(f"twelvefactor-solution: no archive at {directory}", file=sys.stderr)
+        return 1
+    archive = ArchiveReceiver(directory)
+    if device is not None:
+        try:
+            path = archive.path(device)
+        except ValueError as exc:
+            print(f"twelvefactor-solution: {exc}", file=sys.stderr)
+            return 2
+        if not path.exists():
+            print(f"twelvefactor-solution: nothing archived for {device!r}", file=sys.stderr)
+            return 1
+        sys.stdout.write(path.read_text())
+        return 0
+    print(f"{'DEVICE':<24} {'MESSAGES':>8} {'FIRST SEQ':>10} {'LAST SEQ':>10}")
+    for path in sorted(directory.glob("*.jsonl")):
+        seqs = [json.loads(line)["seq"] for line in path.read_text().splitlines() if line]
+        first = min(seqs) if seqs else "-"
+        last = max(seqs) if seqs else "-"
+        print(f"{path.stem:<24} {len(seqs):>8} {first:>10} {last:>10}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="twelvefactor-solution")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the service in the foreground")
+    service_args.add_service_args(serve)
+    serve.add_argument("--db", type=Path, required=True, help="dedup + outbox (SQLite)")
+    serve.add_argument("--archive-dir", type=Path, required=True)
+    serve.add_argument("--webhook", help="also POST every message to this URL")
+    serve.add_argument("--webhook-timeout", type=float, default=10.0)
+    serve.add_argument("--max-backoff", type=float, default=30.0, help="longest retry delay (s)")
+    p = sub.add_parser("archive", help="per-device counts, or one device's archive")
+    p.add_argument("--archive-dir", type=Path, required=True)
+    p.add_argument("--device")
+    args = parser.parse_args(argv)
+    if args.command == "archive":
+        return _archive(args.archive_dir, args.device)
+    from twelvefactor_services.solution.service import SolutionConfig, SolutionService
+
+    service_args.setup_logging(args.log_level)
+    receivers: list[Receiver] = [ArchiveReceiver(args.archive_dir)]
+    if args.webhook:
+        try:
+            receivers.append(WebhookReceiver(args.webhook, args.webhook_timeout))
+        except ValueError as exc:
+            parser.error(str(exc))
+    ident = service_args.identity(args, "solution")
+    cfg = SolutionConfig(
+        db=args.db,
+        identity=ident,
+        broker=service_args.endpoint(args),
+        group=service_args.group(args, "solution", ident),
+        receivers=receivers,
+        instance=args.instance,
+        ready_file=args.ready_file,
+        max_backoff=args.max_backoff,
+    )
+    return SolutionService(cfg).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

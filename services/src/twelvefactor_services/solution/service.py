@@ -1,0 +1,154 @@
+"""The solution service process: MQTT consumer (manual acks), dedup store, delivery workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+from twelvefactor_services.management.logic import PayloadError
+from twelvefactor_services.mqtt import (
+    Connection,
+    Endpoint,
+    Identity,
+    connect_properties,
+    make_client,
+)
+from twelvefactor_services.solution.delivery import DeliveryWorker
+from twelvefactor_services.solution.envelope import parse_envelope
+from twelvefactor_services.solution.receivers import Receiver
+from twelvefactor_services.solution.store import Store
+from twelvefactor_services.topics import SOLUTION_DATA_UP, parse_up, shared
+
+log = logging.getLogger("twelvefactor.solution")
+KEEPALIVE = 30
+# A persistent session: while every copy is down the broker keeps the messages,
+# and a message not yet acknowledged when a copy dies is delivered again.
+SESSION_EXPIRY = 7 * 86400
+
+
+@dataclass(frozen=True)
+class SolutionConfig:
+    db: Path
+    identity: Identity
+    broker: Endpoint
+    group: str
+    receivers: Sequence[Receiver]
+    instance: int = 1
+    ready_file: Path | None = None
+    max_backoff: float = 30.0
+
+
+class SolutionService:
+    def __init__(self, cfg: SolutionConfig) -> None:
+        self.cfg = cfg
+        self.store: Store | None = None  # opened in the MQTT thread
+        self.conn = Connection()
+        self.stop_event = threading.Event()
+        self.failed = False
+        owner = f"{socket.gethostname()}:{os.getpid()}:solution-{cfg.instance}"
+        self.workers = [
+            DeliveryWorker(cfg.db, r, owner, self.stop_event, max_backoff=cfg.max_backoff)
+            for r in cfg.receivers
+        ]
+        self.client = make_client(f"solution-{cfg.instance}", cfg.identity, manual_ack=True)
+        self.client.reconnect_delay_set(1, 30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+
+    def _on_connect(self, c: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any) -> None:
+        self.conn.on_connect(rc)
+        if rc.is_failure:
+            log.error("broker refused the connection: %s", rc)
+            return
+        log.info("connected (session present: %s)", flags.session_present)
+        c.subscribe(shared(self.cfg.group, SOLUTION_DATA_UP), qos=1)
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self.conn.on_disconnect(rc)
+        log.warning("disconnected from the broker: %s", rc)
+
+    def _on_subscribe(
+        self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[ReasonCode], _p: Any
+    ) -> None:
+        if codes[0].is_failure:
+            log.error("subscription refused: %s", codes[0])
+            return
+        if self.cfg.ready_file is not None and not self.cfg.ready_file.exists():
+            self.cfg.ready_file.write_text("ready\n")
+
+    def _on_message(self, c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            new = self.handle(msg.topic, bytes(msg.payload))
+        except Exception:
+            # Not acknowledged: stop, and the broker hands the message over again
+            # when this copy (or its restart) resumes the session.
+            log.exception("could not store a message from %s; stopping", msg.topic)
+            self.failed = True
+            c.disconnect()
+            return
+        c.ack(msg.mid, msg.qos)
+        if new:
+            for w in self.workers:
+                w.wake.set()
+
+    def handle(self, topic: str, payload: bytes) -> bool:
+        """Validate and store one message; True if it was new. Invalid ones are dropped."""
+        up = parse_up(topic)
+        if up is None or up.side != "sol":
+            log.warning("dropped message on unexpected topic %r", topic)
+            return False
+        try:
+            env = parse_envelope(up.device, up.rest, payload)
+        except PayloadError as exc:
+            log.warning("dropped message from %s on %s: %s", up.device, topic, exc)
+            return False
+        if self.store is None:
+            self.store = Store(self.cfg.db)
+        names = [r.name for r in self.cfg.receivers]
+        new = self.store.accept(env, time.time(), names)
+        if not new:
+            log.info("duplicate %s seq %d ignored", env.device, env.seq)
+        return new
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; 1 if stopped by a storage failure."""
+
+        def stop(_sig: int, _frame: FrameType | None) -> None:
+            self.client.disconnect()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        for w in self.workers:
+            w.start()
+        self.client.connect_async(
+            self.cfg.broker.host,
+            self.cfg.broker.port,
+            keepalive=KEEPALIVE,
+            clean_start=False,
+            properties=connect_properties(SESSION_EXPIRY),
+        )
+        self.client.loop_forever(retry_first_connection=True)
+        self.stop_event.set()
+        for w in self.workers:
+            w.wake.set()
+            w.join(timeout=15)
+        if self.store is not None:
+            self.store.close()
+        if self.cfg.ready_file is not None:
+            self.cfg.ready_file.unlink(missing_ok=True)
+        log.info("stopped")
+        return 1 if self.failed else 0

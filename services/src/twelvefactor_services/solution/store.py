@@ -1,0 +1,137 @@
+"""Deduplication, outbox and receiver leases in SQLite (shared by all service copies).
+
+A message is accepted once per (device, seq): the dedup row and one outbox row
+per receiver are written in one transaction, and the MQTT message is
+acknowledged only after it commits. Outbox rows leave only when their
+receiver has taken the message.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from twelvefactor_services.solution.envelope import Envelope
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    stream TEXT NOT NULL,
+    ts REAL NOT NULL,
+    received_ts REAL NOT NULL,
+    PRIMARY KEY (device, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    receiver TEXT NOT NULL,
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    UNIQUE (receiver, device, seq)
+);
+CREATE TABLE IF NOT EXISTS leases (
+    receiver TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    until REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Pending:
+    id: int
+    device: str
+    seq: int
+    record: str
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")  # an acked message must survive power loss
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def accept(self, env: Envelope, received_ts: float, receivers: Sequence[str]) -> bool:
+        """True for a new (device, seq); False for a duplicate (nothing written)."""
+        with self._write():
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO messages (device, seq, stream, ts, received_ts)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (env.device, env.seq, env.stream, env.ts, received_ts),
+            )
+            if cur.rowcount != 1:
+                return False
+            record = env.record(received_ts)
+            self.db.executemany(
+                "INSERT INTO outbox (receiver, device, seq, record) VALUES (?, ?, ?, ?)",
+                [(r, env.device, env.seq, record) for r in receivers],
+            )
+            return True
+
+    def pending(self, receiver: str, limit: int = 100) -> list[Pending]:
+        """The receiver's backlog, in seq order per device."""
+        rows = self.db.execute(
+            "SELECT id, device, seq, record FROM outbox WHERE receiver = ?"
+            " ORDER BY device, seq LIMIT ?",
+            (receiver, limit),
+        ).fetchall()
+        return [Pending(*r) for r in rows]
+
+    def delivered(self, item_id: int) -> None:
+        self.db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+
+    def failed(self, item_id: int, error: str) -> None:
+        self.db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+            (error[:500], item_id),
+        )
+
+    def lease(self, receiver: str, owner: str, now: float, ttl: float) -> bool:
+        """Take or renew the right to deliver to ``receiver`` (one copy at a time, in order)."""
+        with self._write():
+            row = self.db.execute(
+                "SELECT owner, until FROM leases WHERE receiver = ?", (receiver,)
+            ).fetchone()
+            if row is not None and row[0] != owner and row[1] > now:
+                return False
+            self.db.execute(
+                "INSERT INTO leases (receiver, owner, until) VALUES (?, ?, ?)"
+                " ON CONFLICT (receiver) DO UPDATE SET owner = excluded.owner,"
+                " until = excluded.until",
+                (receiver, owner, now + ttl),
+            )
+            return True
+
+    def release(self, receiver: str, owner: str) -> None:
+        self.db.execute("DELETE FROM leases WHERE receiver = ? AND owner = ?", (receiver, owner))
+
+    def counts(self) -> dict[str, int]:
+        """Accepted messages and each receiver's backlog."""
+        out = {"accepted": self.db.execute("SELECT count(*) FROM messages").fetchone()[0]}
+        for receiver, n in self.db.execute(
+            "SELECT receiver, count(*) FROM outbox GROUP BY receiver"
+        ):
+            out[f"pending.{receiver}"] = n
+        return out

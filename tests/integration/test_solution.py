@@ -1,0 +1,234 @@
+"""Solution service: dedup, the archive, a failing webhook, crashes and restarts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twelvefactor_services.launcher import ServiceProcess, Stack, wait_until
+from twelvefactor_services.probe import Probe
+from twelvefactor_services.solution.cli import main as solution_cli
+from twelvefactor_services.solution.envelope import parse_envelope
+from twelvefactor_services.solution.receivers import ArchiveReceiver
+from twelvefactor_services.solution.store import Store
+
+MakeProbe = Callable[..., Probe]
+
+
+def envelope(device: str, seq: int, stream: str = "temperature") -> dict[str, Any]:
+    data = json.dumps({"t": 20 + seq / 10}).encode()
+    return {
+        "v": 1,
+        "device": device,
+        "seq": seq,
+        "stream": stream,
+        "ts": time.time(),
+        "payload": base64.b64encode(data).decode(),
+    }
+
+
+def sensor(stack: Stack, probes: MakeProbe, device: str) -> Probe:
+    return probes(
+        stack.solution_endpoint,
+        stack.device(device),
+        f"{device}-sol",
+        clean_start=False,
+        session_expiry=7 * 86400,
+    )
+
+
+def send(dev: Probe, device: str, seqs: range | list[int]) -> None:
+    for seq in seqs:
+        dev.publish(f"sol/{device}/up/data/temperature", envelope(device, seq))
+
+
+def archived(stack: Stack, device: str) -> list[int]:
+    path = stack.archive_dir / f"{device}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line)["seq"] for line in path.read_text().splitlines()]
+
+
+def wait_archived(stack: Stack, device: str, expected: list[int]) -> None:
+    wait_until(lambda: archived(stack, device) == expected, 60, f"archive of {device}")
+
+
+@pytest.fixture
+def solution(stack: Stack) -> ServiceProcess:
+    svc = stack.solution(max_backoff=2.0)
+    svc.start()
+    return svc
+
+
+class Webhook:
+    """A local receiver that answers 500 while ``failing`` is set, and records what it took."""
+
+    def __init__(self) -> None:
+        self.failing = threading.Event()
+        self.taken: list[dict[str, Any]] = []
+        self.refused = 0
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if hook.failing.is_set():
+                    hook.refused += 1
+                    self.send_response(500)
+                else:
+                    hook.taken.append(json.loads(body))
+                    self.send_response(204)
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ingest"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.server.shutdown()
+    hook.server.server_close()
+
+
+def test_duplicates_are_archived_once(
+    stack: Stack, solution: ServiceProcess, probes: MakeProbe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dev = sensor(stack, probes, "dev-101")
+    send(dev, "dev-101", [1, 2, 3, 2, 3, 1, 4])
+    wait_archived(stack, "dev-101", [1, 2, 3, 4])
+    lines = (stack.archive_dir / "dev-101.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert first["device"] == "dev-101" and first["stream"] == "temperature"
+    assert json.loads(base64.b64decode(first["payload"])) == {"t": 20.1}
+    assert first["received_ts"] >= first["ts"] - 5
+    assert solution.log_file.read_text().count("duplicate dev-101") == 3
+    assert solution_cli(["archive", "--archive-dir", str(stack.archive_dir)]) == 0
+    assert "dev-101" in capsys.readouterr().out
+    args = ["archive", "--archive-dir", str(stack.archive_dir), "--device", "dev-101"]
+    assert solution_cli(args) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+def test_invalid_envelopes_are_dropped(
+    stack: Stack, solution: ServiceProcess, probes: MakeProbe
+) -> None:
+    dev = sensor(stack, probes, "dev-102")
+    topic = "sol/dev-102/up/data/temperature"
+    bad: list[bytes | dict[str, Any]] = [
+        b"not json",
+        {**envelope("dev-102", 1), "v": 2},
+        {**envelope("dev-102", 1), "device": "dev-999"},
+        {**envelope("dev-102", 1), "seq": True},
+        {**envelope("dev-102", 1), "seq": -1},
+        {**envelope("dev-102", 1), "seq": "1"},
+        {**envelope("dev-102", 1), "stream": "other"},
+        {**envelope("dev-102", 1), "payload": "not base64!"},
+        {k: v for k, v in envelope("dev-102", 1).items() if k != "ts"},
+    ]
+    for payload in bad:
+        dev.publish(topic, payload)
+    dev.publish("sol/dev-102/up/data/bad stream", envelope("dev-102", 1))
+    send(dev, "dev-102", [7])
+    wait_archived(stack, "dev-102", [7])
+    assert solution.running
+    assert solution.log_file.read_text().count("dropped message from dev-102") == len(bad) + 1
+
+
+def test_failing_webhook_gets_everything_in_order_and_archive_is_unaffected(
+    stack: Stack, probes: MakeProbe, webhook: Webhook
+) -> None:
+    webhook.failing.set()
+    svc = stack.solution(webhook=webhook.url, max_backoff=2.0)
+    svc.start()
+    dev = sensor(stack, probes, "dev-103")
+    send(dev, "dev-103", range(1, 21))
+    wait_archived(stack, "dev-103", list(range(1, 21)))  # while the webhook still fails
+    wait_until(lambda: webhook.refused >= 3, 60, "webhook retried")
+    assert webhook.taken == []
+    webhook.failing.clear()
+    wait_until(lambda: len(webhook.taken) >= 20, 60, "webhook caught up")
+    time.sleep(1.0)  # anything extra (a duplicate) would show up now
+    assert [m["seq"] for m in webhook.taken] == list(range(1, 21))
+    assert all(m["device"] == "dev-103" and "received_ts" in m for m in webhook.taken)
+    assert archived(stack, "dev-103") == list(range(1, 21))
+
+
+def test_nothing_lost_while_the_service_is_down_or_killed(stack: Stack, probes: MakeProbe) -> None:
+    svc = stack.solution(max_backoff=2.0)
+    svc.start()
+    dev = sensor(stack, probes, "dev-104")
+    send(dev, "dev-104", range(1, 11))
+    wait_archived(stack, "dev-104", list(range(1, 11)))
+    svc.stop()
+    send(dev, "dev-104", range(11, 21))  # kept in the service's broker session
+    svc.start()
+    wait_archived(stack, "dev-104", list(range(1, 21)))
+    # A crash in the middle of a burst, and the device resending what it is unsure of.
+    send(dev, "dev-104", range(21, 41))
+    svc.kill()
+    send(dev, "dev-104", range(41, 51))
+    svc.start()
+    send(dev, "dev-104", range(31, 51))
+    wait_archived(stack, "dev-104", list(range(1, 51)))
+
+
+def test_archive_is_exactly_once_across_a_restart(stack: Stack, probes: MakeProbe) -> None:
+    svc = stack.solution()
+    svc.start()
+    dev = sensor(stack, probes, "dev-105")
+    send(dev, "dev-105", range(1, 6))
+    wait_archived(stack, "dev-105", [1, 2, 3, 4, 5])
+    svc.stop()
+    # Forget the dedup table: only the archive's own check stands between us and a duplicate.
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{stack.solution_db}{suffix}").unlink(missing_ok=True)
+    svc.start()
+    send(dev, "dev-105", range(1, 8))
+    wait_archived(stack, "dev-105", [1, 2, 3, 4, 5, 6, 7])
+
+
+def test_archive_receiver_skips_what_it_already_wrote_and_repairs_a_torn_line(
+    tmp_path: Path,
+) -> None:
+    first = ArchiveReceiver(tmp_path)
+    for seq in (1, 2):
+        first.deliver("dev-1", seq, json.dumps({"seq": seq}))
+    # A new process (restart) redelivers seq 2: the file already has it.
+    path = tmp_path / "dev-1.jsonl"
+    with open(path, "ab") as f:
+        f.write(b'{"seq": 3, "pay')  # a crash in the middle of writing seq 3
+    again = ArchiveReceiver(tmp_path)
+    for seq in (2, 3):
+        again.deliver("dev-1", seq, json.dumps({"seq": seq}))
+    assert [json.loads(x)["seq"] for x in path.read_text().splitlines()] == [1, 2, 3]
+    with pytest.raises(ValueError):
+        again.path("../etc")
+
+
+def test_store_dedups_in_one_transaction_and_leases_one_deliverer(tmp_path: Path) -> None:
+    env = parse_envelope("dev-1", ("data", "s"), json.dumps(envelope("dev-1", 1, "s")).encode())
+    a, b = Store(tmp_path / "s.db"), Store(tmp_path / "s.db")
+    assert a.accept(env, 1.0, ["archive", "webhook"]) is True
+    assert b.accept(env, 2.0, ["archive", "webhook"]) is False
+    assert a.counts() == {"accepted": 1, "pending.archive": 1, "pending.webhook": 1}
+    [item] = b.pending("webhook")
+    assert json.loads(item.record)["received_ts"] == 1.0
+    b.delivered(item.id)
+    assert a.pending("webhook") == []
+    assert a.lease("archive", "copy-a", now=100.0, ttl=10.0)
+    assert not b.lease("archive", "copy-b", now=105.0, ttl=10.0)
+    assert a.lease("archive", "copy-a", now=105.0, ttl=10.0)  # renewal
+    assert b.lease("archive", "copy-b", now=116.0, ttl=10.0)  # expired: taken over
