@@ -37,7 +37,9 @@ def require_tool(name: str) -> str:
     """Path of a host tool, or fail: scripts/setup installs every tool the tests use."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
-        pytest.fail(f"this test needs '{name}' (a Debian package): run scripts/setup", pytrace=False)
+        pytest.fail(
+            f"this test needs '{name}' (a Debian package): run scripts/setup", pytrace=False
+        )
     return path
 
 
