@@ -68,3 +68,17 @@ def management(stack: Stack) -> ServiceProcess:
     except LaunchError as exc:
         pytest.fail(str(exc), pytrace=False)
     return svc
+
+
+@pytest.fixture
+def services(stack: Stack) -> tuple[ServiceProcess, ServiceProcess]:
+    """Running management and solution services on the stack: (management, solution).
+
+    Devices connect to ``stack.management_endpoint`` / ``stack.solution_endpoint``
+    with ``stack.device(id)``; the registry is on ``management.http_port``, the
+    archive in ``stack.archive_dir``.
+    """
+    try:
+        return stack.start_all(max_backoff=2.0)
+    except LaunchError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -232,3 +232,13 @@ def test_store_dedups_in_one_transaction_and_leases_one_deliverer(tmp_path: Path
     assert not b.lease("archive", "copy-b", now=105.0, ttl=10.0)
     assert a.lease("archive", "copy-a", now=105.0, ttl=10.0)  # renewal
     assert b.lease("archive", "copy-b", now=116.0, ttl=10.0)  # expired: taken over
+
+
+def test_full_stack_fixture_serves_both_sides(
+    stack: Stack, services: tuple[ServiceProcess, ServiceProcess], probes: MakeProbe
+) -> None:
+    management, solution = services
+    assert management.running and solution.running
+    dev = sensor(stack, probes, "dev-106")
+    send(dev, "dev-106", [1])
+    wait_archived(stack, "dev-106", [1])

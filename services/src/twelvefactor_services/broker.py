@@ -146,7 +146,8 @@ def render_config(cfg: BrokerConfig) -> dict[str, str]:
             f"persistence_location {run}/",
             "persistence_file mosquitto.db",
             "autosave_interval 30",
-            f"log_dest file {run / 'mosquitto.log'}",
+            # stderr: the launcher sends it to run_dir/mosquitto.log, the CLI to the terminal.
+            "log_dest stderr",
             "log_type error",
             "log_type warning",
             "log_type notice",
@@ -227,7 +228,7 @@ class Broker:
             raise BrokerError("broker already running")
         mosquitto = find_mosquitto()
         conf = write_config(self.cfg)
-        out = open(self.cfg.run_dir / "mosquitto.stdout", "ab")  # noqa: SIM115 - owned by child
+        out = open(self.cfg.log_file, "ab")  # noqa: SIM115 - the child owns it
         try:
             self._proc = subprocess.Popen(
                 [mosquitto, "-c", str(conf)],
@@ -267,11 +268,8 @@ class Broker:
                 time.sleep(0.1)
 
     def log_tail(self, lines: int = 30) -> str:
-        text = ""
-        for name in ("mosquitto.stdout", "mosquitto.log"):
-            path = self.cfg.run_dir / name
-            if path.exists():
-                text += path.read_text(errors="replace")
+        path = self.cfg.log_file
+        text = path.read_text(errors="replace") if path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -321,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokerError as exc:
         print(f"twelvefactor-broker: {exc}", file=sys.stderr)
         return 2
-    print(f"twelvefactor-broker: {conf}, log in {cfg.log_file}", file=sys.stderr)
+    print(f"twelvefactor-broker: running mosquitto -c {conf}", file=sys.stderr)
     os.execv(mosquitto, [mosquitto, "-c", str(conf)])
 
 

@@ -287,6 +287,18 @@ class Stack:
     def archive_dir(self) -> Path:
         return self.root / "solution" / "archive"
 
+    def start_all(
+        self, *, webhook: str | None = None, max_backoff: float | None = None
+    ) -> tuple[ServiceProcess, ServiceProcess]:
+        """Broker (if not running), one management and one solution copy, all ready."""
+        if not self.broker.running:
+            self.start_broker()
+        management = self.management()
+        solution = self.solution(webhook=webhook, max_backoff=max_backoff)
+        management.start()
+        solution.start()
+        return management, solution
+
     def stop(self) -> None:
         for svc in reversed(self.services):
             svc.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
@@ -57,7 +56,9 @@ class SolutionService:
         self.conn = Connection()
         self.stop_event = threading.Event()
         self.failed = False
-        owner = f"{socket.gethostname()}:{os.getpid()}:solution-{cfg.instance}"
+        # Stable across restarts: a copy restarted after a crash takes its lease back at once
+        # (two live copies never share an instance number: the broker allows one client id).
+        owner = f"{socket.gethostname()}:solution-{cfg.instance}"
         self.workers = [
             DeliveryWorker(cfg.db, r, owner, self.stop_event, max_backoff=cfg.max_backoff)
             for r in cfg.receivers
