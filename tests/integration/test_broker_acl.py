@@ -11,6 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from twelvefactor_services.broker import BrokerConfig, BrokerError, render_config
 from twelvefactor_services.launcher import Stack
 from twelvefactor_services.mqtt import Identity
 from twelvefactor_services.pki import Pki, Validity
@@ -201,3 +202,24 @@ def test_solution_group_is_separate(stack: Stack, probes: MakeProbe) -> None:
     dev = probes(stack.solution_endpoint, stack.device("dev-a"), "dev-a-sol")
     dev.publish("sol/dev-a/up/data/temp", b'{"v":1}')
     assert sol.wait_for().topic == "sol/dev-a/up/data/temp"
+
+
+def test_broker_config_refuses_bad_settings_with_a_reason(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+
+    def cfg(m: int, s: int, v: int) -> BrokerConfig:
+        return BrokerConfig(pki.root, tmp_path / "run", m, s, v)
+
+    with pytest.raises(BrokerError, match="create the PKI"):
+        render_config(cfg(1883, 1884, 1885))
+    pki.init()
+    pki.server("broker", dns=["localhost"])
+    with pytest.raises(BrokerError, match="must differ"):
+        render_config(cfg(1883, 1883, 1885))
+    with pytest.raises(BrokerError, match="out of range"):
+        render_config(cfg(0, 1884, 1885))
+    files = render_config(cfg(1883, 1884, 1885))
+    conf = files["mosquitto.conf"]
+    assert conf.count("require_certificate true") == 3
+    assert "allow_anonymous true" not in conf and "listener 1883 127.0.0.1" in conf
+    assert f"cafile {pki.service_ca_cert.resolve()}" in conf
