@@ -162,15 +162,21 @@ class Queue:
 
     def pending(self, after: int, limit: int) -> list[Message]:
         """Up to `limit` messages with seq > after, in seq order."""
-        rows = self._db.execute(
-            "SELECT seq, stream, ts, payload FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, limit),
-        ).fetchall()
+        try:
+            rows = self._db.execute(
+                "SELECT seq, stream, ts, payload FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise QueueUnavailable(str(exc)) from exc
         return [Message(seq, stream, ts, bytes(payload)) for seq, stream, ts, payload in rows]
 
     def stats(self) -> QueueStats:
-        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-        oldest = self._db.execute("SELECT ts FROM messages ORDER BY seq LIMIT 1").fetchone()
+        try:
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            oldest = self._db.execute("SELECT ts FROM messages ORDER BY seq LIMIT 1").fetchone()
+        except sqlite3.Error as exc:
+            raise QueueUnavailable(str(exc)) from exc
         return QueueStats(
             depth=meta["depth"],
             bytes=meta["bytes"],

@@ -51,6 +51,10 @@ class SessionMachine:
         self.last_delay: float | None = None
 
     @property
+    def stopped(self) -> bool:
+        return self.phase is Phase.STOPPED
+
+    @property
     def online(self) -> bool:
         return self.phase is Phase.CONNECTED
 

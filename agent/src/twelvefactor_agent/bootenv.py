@@ -1,0 +1,258 @@
+"""The A/B boot environment: GRUB's environment block, or U-Boot's via fw_*env.
+
+A GRUB environment block is exactly 1024 bytes: the header line
+`# GRUB Environment Block\\n`, then `key=value\\n` lines, padded with `#`.
+It is written here with that one comment line only: grub-editenv adds a
+second one, which SWUpdate's GRUB parser misreads. Parsing and serialising
+are pure; `write_atomic` replaces the file safely (temp file, fsync, rename,
+fsync of the directory), so a power cut leaves the old or the new block.
+
+Variables of the A/B scheme: `slot` (A|B), `upgrade_available` (0|1),
+`bootcount` and `bootlimit` (3). `twelvefactor-bootenv confirm` marks the
+running slot good: upgrade_available=0, bootcount=0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+HEADER = b"# GRUB Environment Block\n"
+SIZE = 1024
+DEFAULT_GRUBENV = Path("/boot/grub/grubenv")
+FW_ENV_CONFIG = Path("/etc/fw_env.config")
+KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Allowed values of the A/B variables; other keys are free-form.
+AB_VALUES: dict[str, re.Pattern[str]] = {
+    "slot": re.compile(r"[AB]"),
+    "upgrade_available": re.compile(r"[01]"),
+    "bootcount": re.compile(r"0|[1-9][0-9]{0,8}"),
+    "bootlimit": re.compile(r"[1-9][0-9]{0,8}"),
+}
+
+
+class BootEnvError(Exception):
+    pass
+
+
+def _check_storable(key: str, value: str) -> None:
+    if not KEY_RE.fullmatch(key):
+        raise BootEnvError(f"bootenv: {key!r} is not a variable name")
+    if "\n" in value or "\\" in value or "\x00" in value:
+        raise BootEnvError(f"bootenv: {key}: value may not hold newlines, backslashes or NUL")
+
+
+def check(key: str, value: str) -> None:
+    """Refuse a variable that cannot be stored, or a wrong value of an A/B variable."""
+    _check_storable(key, value)
+    pattern = AB_VALUES.get(key)
+    if pattern is not None and not pattern.fullmatch(value):
+        raise BootEnvError(f"bootenv: {key}: {value!r} is not allowed ({pattern.pattern})")
+
+
+def parse(block: bytes) -> dict[str, str]:
+    """Variables of a GRUB environment block, in file order."""
+    if len(block) != SIZE:
+        raise BootEnvError(f"grubenv: expected {SIZE} bytes, got {len(block)}")
+    if not block.startswith(HEADER):
+        raise BootEnvError("grubenv: no '# GRUB Environment Block' header")
+    *lines, padding = block[len(HEADER) :].split(b"\n")
+    if padding.strip(b"#"):
+        raise BootEnvError("grubenv: padding after the last variable is not '#'")
+    env: dict[str, str] = {}
+    for number, raw in enumerate(lines, start=2):
+        if raw.startswith(b"#"):
+            continue  # grub-editenv's extra comment: read, never written
+        try:
+            line = raw.decode()
+        except UnicodeDecodeError as exc:
+            raise BootEnvError(f"grubenv: line {number} is not UTF-8") from exc
+        key, sep, value = line.partition("=")
+        if not sep or not KEY_RE.fullmatch(key):
+            raise BootEnvError(f"grubenv: line {number} is not key=value: {line[:40]!r}")
+        if key in env:
+            raise BootEnvError(f"grubenv: {key} is set twice")
+        env[key] = value
+    return env
+
+
+def serialise(env: Mapping[str, str]) -> bytes:
+    """The 1024-byte block holding `env`, with a single comment line."""
+    body = bytearray(HEADER)
+    for key, value in env.items():
+        _check_storable(key, value)
+        body += f"{key}={value}\n".encode()
+    if len(body) > SIZE:
+        raise BootEnvError(f"grubenv: {len(body)} bytes of variables do not fit in {SIZE}")
+    return bytes(body) + b"#" * (SIZE - len(body))
+
+
+def read(path: Path) -> dict[str, str]:
+    try:
+        return parse(path.read_bytes())
+    except OSError as exc:
+        raise BootEnvError(f"grubenv: cannot read {path}: {exc.strerror}") from exc
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` so that a power cut leaves either the old or the new content."""
+    tmp = path.with_name(f".{path.name}.new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass  # some file systems (vfat on old kernels) refuse fsync on a directory
+    finally:
+        os.close(dfd)
+
+
+def parse_fw_printenv(text: str) -> dict[str, str]:
+    """Variables from `fw_printenv` output (`key=value` lines)."""
+    env = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            env[key] = value
+    return env
+
+
+def boot_info(env: Mapping[str, str]) -> dict[str, object]:
+    """The `boot` object of the meta message (docs/protocol.md)."""
+    count = env.get("bootcount")
+    upgrade = env.get("upgrade_available")
+    return {
+        "slot": env.get("slot"),
+        "bootcount": int(count) if count is not None and count.isdigit() else None,
+        "upgrade_available": None if upgrade is None else upgrade == "1",
+    }
+
+
+class Backend:
+    """Where the environment lives: a GRUB block file, or U-Boot through fw_*env."""
+
+    def get_all(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def update(self, changes: Mapping[str, str]) -> None:
+        raise NotImplementedError
+
+
+class GrubBackend(Backend):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def get_all(self) -> dict[str, str]:
+        return read(self.path)
+
+    def update(self, changes: Mapping[str, str]) -> None:
+        env = read(self.path)
+        env.update(changes)
+        try:
+            write_atomic(self.path, serialise(env))
+        except OSError as exc:
+            raise BootEnvError(f"grubenv: cannot write {self.path}: {exc.strerror}") from exc
+
+
+class UbootBackend(Backend):
+    def get_all(self) -> dict[str, str]:
+        done = _run(["fw_printenv"])
+        return parse_fw_printenv(done)
+
+    def update(self, changes: Mapping[str, str]) -> None:
+        for key, value in changes.items():
+            _run(["fw_setenv", key, value])
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BootEnvError(f"bootenv: {argv[0]}: {exc}") from exc
+    if done.returncode != 0:
+        raise BootEnvError(f"bootenv: {' '.join(argv)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def read_boot_env(grubenv: Path = DEFAULT_GRUBENV) -> dict[str, str] | None:
+    """What the bootloader environment says, or None off-device or when unreadable."""
+    try:
+        if grubenv.exists():
+            return read(grubenv)
+        if shutil.which("fw_printenv") and FW_ENV_CONFIG.exists():
+            return UbootBackend().get_all()
+    except BootEnvError:
+        return None
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="twelvefactor-bootenv", description="Read and change the A/B boot environment."
+    )
+    parser.add_argument(
+        "--file",
+        type=Path,
+        help=f"GRUB environment block (default {DEFAULT_GRUBENV}; "
+        f"U-Boot's fw_printenv/fw_setenv are used instead when {FW_ENV_CONFIG} exists)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    get = sub.add_parser("get", help="print all variables, or the value of one")
+    get.add_argument("key", nargs="?")
+    put = sub.add_parser("set", help="set variables")
+    put.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
+    sub.add_parser("confirm", help="mark the running slot good: upgrade_available=0 bootcount=0")
+    args = parser.parse_args(argv)
+
+    backend: Backend
+    if args.file is None and FW_ENV_CONFIG.exists():
+        backend = UbootBackend()
+    else:
+        backend = GrubBackend(args.file or DEFAULT_GRUBENV)
+    try:
+        if args.command == "get":
+            env = backend.get_all()
+            if args.key is None:
+                for key, value in env.items():
+                    print(f"{key}={value}")
+            elif args.key in env:
+                print(env[args.key])
+            else:
+                print(f"bootenv: {args.key} is not set", file=sys.stderr)
+                return 1
+        elif args.command == "set":
+            changes = {}
+            for item in args.assignments:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise BootEnvError(f"bootenv: {item!r} is not KEY=VALUE")
+                check(key, value)
+                changes[key] = value
+            backend.update(changes)
+        else:
+            confirmed = {"upgrade_available": "0", "bootcount": "0"}
+            env = backend.get_all()
+            # Only write when something changes: the environment lives on flash.
+            if any(env.get(k) != v for k, v in confirmed.items()):
+                backend.update(confirmed)
+    except BootEnvError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

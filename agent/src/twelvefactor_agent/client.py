@@ -1,0 +1,152 @@
+"""A small client of the local API, for applications on the device.
+
+from twelvefactor_agent.client import AgentClient
+with AgentClient() as agent:
+    seq = agent.publish("temperature", b'{"t": 21.5}')
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+
+DEFAULT_SOCKET = Path("/run/twelvefactor/agent.sock")
+# Requests sent before reading their answers (pipelining), bounded so neither
+# side ever holds much: the agent stops reading a client that does not read.
+BATCH_REQUESTS = 256
+BATCH_BYTES = 512 * 1024
+
+
+class AgentError(Exception):
+    """The agent refused a request: code is bad_request, too_large or unavailable."""
+
+    def __init__(self, code: str, message: str, accepted: list[int] | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        # For publish_many: seqs of the messages stored before the refusal.
+        self.accepted = accepted or []
+
+
+class AgentClient:
+    def __init__(self, path: Path | str = DEFAULT_SOCKET, timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buf = bytearray()
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self._buf.clear()
+
+    def publish(self, stream: str, data: bytes) -> int:
+        """Store one message; its seq once it is durable in the agent's queue."""
+        (seq,) = self.publish_many(stream, [data])
+        return seq
+
+    def publish_many(self, stream: str, items: Iterable[bytes]) -> list[int]:
+        """Store many messages, pipelined; their seqs in order.
+
+        On a refusal the rest of that batch is still answered; AgentError then
+        carries the seqs stored before the first refusal in `accepted`."""
+        seqs: list[int] = []
+        for batch in _batches(_publish_line(stream, data) for data in items):
+            self._send(b"".join(batch))
+            error: AgentError | None = None
+            for _ in batch:
+                answer = self._receive()
+                if answer.get("ok") is True and error is None:
+                    seq = answer.get("seq")
+                    if not isinstance(seq, int):
+                        raise ValueError(f"agent answered without a seq: {answer!r}")
+                    seqs.append(seq)
+                elif error is None:
+                    error = _error(answer, seqs)
+            if error is not None:
+                raise error
+        return seqs
+
+    def status(self) -> dict[str, object]:
+        self._send(b'{"op":"status"}\n')
+        answer = self._receive()
+        if answer.get("ok") is not True:
+            raise _error(answer, [])
+        return answer
+
+    def _connect(self) -> socket.socket:
+        if self._sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(str(self.path))
+            except OSError:
+                sock.close()
+                raise
+            self._sock = sock
+        return self._sock
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._connect().sendall(data)
+        except OSError:
+            self.close()
+            raise
+
+    def _receive(self) -> dict[str, object]:
+        sock = self._connect()
+        try:
+            while True:
+                end = self._buf.find(b"\n")
+                if end != -1:
+                    line = bytes(self._buf[:end])
+                    del self._buf[: end + 1]
+                    answer = json.loads(line)
+                    if not isinstance(answer, dict):
+                        raise ValueError(f"agent answered {line[:80]!r}")
+                    return answer
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("the agent closed the connection")
+                self._buf += data
+        except (OSError, ValueError):
+            self.close()
+            raise
+
+
+def _publish_line(stream: str, data: bytes) -> bytes:
+    payload = base64.b64encode(data).decode("ascii")
+    return json.dumps({"op": "publish", "stream": stream, "payload": payload}).encode() + b"\n"
+
+
+def _batches(lines: Iterable[bytes]) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        batch.append(line)
+        size += len(line)
+        if len(batch) >= BATCH_REQUESTS or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _error(answer: dict[str, object], accepted: list[int]) -> AgentError:
+    return AgentError(str(answer.get("error")), str(answer.get("message")), list(accepted))
