@@ -8,11 +8,12 @@ dependency must never pass silently in CI.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
+from helpers import require_root, require_tool
+
+__all__ = ["require_root", "require_tool"]
 
 ROOT = Path(__file__).resolve().parent.parent
 TIER_OF_FOLDER = {
@@ -31,18 +32,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if tier is None:
             raise pytest.UsageError(f"{rel}: tests live in one of {sorted(TIER_OF_FOLDER)}")
         item.add_marker(getattr(pytest.mark, tier))
-
-
-def require_tool(name: str) -> str:
-    """Path of a host tool, or fail: scripts/setup installs every tool the tests use."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
-    if path is None:
-        pytest.fail(
-            f"this test needs '{name}' (a Debian package): run scripts/setup", pytrace=False
-        )
-    return path
-
-
-def require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.fail("this test needs root (network namespaces, nftables)", pytrace=False)
