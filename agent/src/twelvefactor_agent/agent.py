@@ -42,9 +42,9 @@ class Agent:
         self.state = StateFile(config.agent.state_file)
 
     def _on_state(self, session: str, online: bool) -> None:
-        log.info("%s session %s", session, "online" if online else "offline")
         try:
-            self.state.set(session, online)
+            if self.state.set(session, online):
+                log.info("%s session %s", session, "online" if online else "offline")
         except OSError as exc:
             log.error("cannot write %s: %s", self.state.path, exc)
 

@@ -134,8 +134,8 @@ def bind_socket(path: Path, group: str | None) -> socket.socket:
     finally:
         os.umask(old)
     os.chmod(path, 0o660)
-    if gid != -1:
-        os.chown(path, -1, gid)
+    if gid != -1 and path.stat().st_gid != gid:
+        os.chown(path, -1, gid)  # the agent must be a member of the group
     sock.listen(128)
     sock.setblocking(False)
     return sock

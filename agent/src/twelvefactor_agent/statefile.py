@@ -24,13 +24,16 @@ class StateFile:
         self.state = dict.fromkeys(SESSIONS, "offline")
         self.since = dict.fromkeys(SESSIONS, now)
 
-    def set(self, session: str, online: bool) -> None:
+    def set(self, session: str, online: bool) -> bool:
+        """Record a session going up or down; True if that changed anything."""
         with self._lock:
             value = "online" if online else "offline"
-            if self.state[session] != value:
-                self.state[session] = value
-                self.since[session] = time.time()
+            if self.state[session] == value:
+                return False
+            self.state[session] = value
+            self.since[session] = time.time()
             self._write()
+            return True
 
     def write(self) -> None:
         with self._lock:
