@@ -145,3 +145,29 @@ def test_initial_grubenv_is_one_block_with_one_comment_line() -> None:
         "bootcount": "0",
         "bootlimit": "3",
     }
+
+
+def _confirm_module() -> dict[str, object]:
+    import runpy
+
+    path = lf.LAYER / "recipes-twelvefactor/twelvefactor-confirm/files/twelvefactor-confirm"
+    return runpy.run_path(str(path), run_name="twelvefactor_confirm")
+
+
+@pytest.mark.parametrize(
+    ("content", "online"),
+    [
+        ('{"v":1,"ts":1.0,"management":"online","solution":"online"}', True),
+        ('{"v":1,"ts":1.0,"management":"online","solution":"offline"}', False),
+        ('{"v":1,"management":"offline","solution":"online"}', False),
+        ("[1, 2]", False),
+        ("{not json", False),
+    ],
+)
+def test_confirm_reads_the_agent_state_file(tmp_path: Path, content: str, online: bool) -> None:
+    state = tmp_path / "state.json"
+    state.write_text(content)
+    sessions_online = _confirm_module()["sessions_online"]
+    assert callable(sessions_online)
+    assert sessions_online(state) is online
+    assert sessions_online(tmp_path / "missing.json") is False
