@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import re
 import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ def _load(top: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise BuildError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the class is made
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 

@@ -34,6 +34,11 @@ DISABLED_UNITS = (
 )
 
 
+# Units oe-core's systemd recipe enables by default (its presets) that Debian
+# does not: the layer's networkd configuration needs networkd running.
+YOCTO_DEFAULT_UNITS = ("systemd-networkd.service",)
+
+
 def chroot(root: Path, *argv: str) -> bytes:
     return run(["chroot", root, *argv])
 
@@ -80,5 +85,4 @@ def chroot_quiet(root: Path, *argv: str) -> None:
 
 def enable(root: Path, units: list[str]) -> None:
     """Enable the units the recipes enable (systemd.bbclass does it at image time)."""
-    if units:
-        run(["systemctl", f"--root={root}", "enable", "--quiet", *units])
+    run(["systemctl", f"--root={root}", "enable", "--quiet", *YOCTO_DEFAULT_UNITS, *units])

@@ -1,0 +1,225 @@
+"""A QEMU x86-64 machine (OVMF + the disk image) driven over its serial console.
+
+QEMU runs with -no-reboot: a reboot or a power cut ends the process, and the
+test starts it again, which is what a power cycle looks like (an OVMF warm
+reboot is slower than a fresh start under TCG anyway). The console is read
+with pexpect; after login the shell is set to no echo and a wide terminal, so
+long commands do not wrap and break the matching, and the kernel's console
+messages are silenced so they do not interleave with command output.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import pexpect
+
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+PROMPT = "TFBOOT-PROMPT# "
+# Generous: a boot is about 30-60 s under TCG here, and 2-3x that on a loaded machine.
+BOOT_TIMEOUT = 300.0
+COMMAND_TIMEOUT = 120.0
+
+
+class VMError(AssertionError):
+    """The machine did not do what the test waited for; the message has the console tail."""
+
+
+@dataclass(frozen=True)
+class Result:
+    status: int
+    output: str
+
+    def check(self, command: str) -> str:
+        if self.status != 0:
+            raise VMError(f"`{command}` exited {self.status}:\n{self.output}")
+        return self.output
+
+
+class VM:
+    """One disk image, booted as often as a test needs (each boot a fresh QEMU)."""
+
+    def __init__(
+        self,
+        disk: Path,
+        workdir: Path,
+        *,
+        netns: str | None = None,
+        accel: str = "tcg",
+        memory_mib: int = 1024,
+    ) -> None:
+        self.disk = disk
+        self.workdir = workdir
+        self.netns = netns
+        self.accel = accel
+        self.memory_mib = memory_mib
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.vars = workdir / "OVMF_VARS.fd"
+        shutil.copyfile(OVMF_VARS, self.vars)
+        self.console_log = workdir / "console.log"
+        self.boots = 0
+        self.powered_on_at = 0.0
+        self._child: pexpect.spawn | None = None
+        self._log: TextIO | None = None
+
+    # -- power ----------------------------------------------------------------
+
+    def argv(self) -> list[str]:
+        qemu = [
+            "qemu-system-x86_64",
+            "-machine",
+            f"q35,accel={self.accel}",
+            "-m",
+            str(self.memory_mib),
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-drive",
+            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive",
+            f"if=pflash,format=raw,unit=1,file={self.vars}",
+            "-drive",
+            f"if=virtio,format=raw,file={self.disk},cache=unsafe",
+            "-nic",
+            "user,model=virtio-net-pci",
+            "-object",
+            "rng-random,filename=/dev/urandom,id=rng0",
+            "-device",
+            "virtio-rng-pci,rng=rng0",
+        ]
+        if self.netns is not None:
+            return ["ip", "netns", "exec", self.netns, *qemu]
+        return qemu
+
+    def power_on(self) -> None:
+        if self.running:
+            raise VMError("power_on: the machine is already running")
+        self.boots += 1
+        self._log = self.console_log.open("a", encoding="utf-8", errors="replace")
+        self._log.write(f"\n===== boot {self.boots}: {' '.join(self.argv())}\n")
+        self.powered_on_at = time.monotonic()
+        argv = self.argv()
+        self._child = pexpect.spawn(
+            argv[0],
+            argv[1:],
+            encoding="utf-8",
+            codec_errors="replace",
+            timeout=COMMAND_TIMEOUT,
+            maxread=65536,
+            searchwindowsize=None,
+            dimensions=(50, 500),
+        )
+        self._child.logfile_read = self._log
+
+    @property
+    def running(self) -> bool:
+        return self._child is not None and self._child.isalive()
+
+    def power_cut(self) -> None:
+        """Pull the plug: QEMU is killed, nothing is flushed or shut down."""
+        child, self._child = self._child, None
+        if child is not None:
+            child.terminate(force=True)
+            child.close()
+        self._close_log()
+
+    def wait_power_off(self, timeout: float = BOOT_TIMEOUT) -> None:
+        """Wait for QEMU to exit (a reboot or power-off under -no-reboot)."""
+        child = self._require()
+        child.expect(pexpect.EOF, timeout=timeout)
+        child.close()
+        self._child = None
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def _require(self) -> pexpect.spawn:
+        if self._child is None:
+            raise VMError("the machine is not running")
+        return self._child
+
+    # -- console ----------------------------------------------------------------
+
+    def tail(self, chars: int = 4000) -> str:
+        if self._log is not None:
+            self._log.flush()
+        if not self.console_log.exists():
+            return ""
+        return self.console_log.read_text(errors="replace")[-chars:]
+
+    def expect(self, patterns: str | Sequence[str], timeout: float) -> int:
+        """Wait for one of the regular expressions on the console; its index."""
+        child = self._require()
+        pats = [patterns] if isinstance(patterns, str) else list(patterns)
+        try:
+            index: int = child.expect(pats, timeout=timeout)
+        except pexpect.TIMEOUT:
+            raise VMError(
+                f"console: none of {pats} within {timeout:.0f} s; console tail:\n{self.tail()}"
+            ) from None
+        except pexpect.EOF:
+            raise VMError(f"console: QEMU exited waiting for {pats}:\n{self.tail()}") from None
+        return index
+
+    def login(self, timeout: float = BOOT_TIMEOUT) -> float:
+        """Log in as root on the serial console; seconds since power-on."""
+        child = self._require()
+        self.expect(r"login: ", timeout)
+        child.sendline("root")
+        if self.expect([r"Password: ", r"# "], 60) == 0:
+            child.sendline("")
+            self.expect(r"# ", 60)
+        since = time.monotonic() - self.powered_on_at
+        # No echo and a wide terminal (long commands would wrap), a prompt of our
+        # own, no bracketed-paste codes, and neither kernel messages nor systemd's
+        # status lines (SIGRTMIN+21) in the middle of command output.
+        child.sendline(
+            f"stty -echo cols 1000; export PS1='{PROMPT}' PS2='';"
+            " bind 'set enable-bracketed-paste off'; dmesg -n 1; kill -s RTMIN+21 1"
+        )
+        self.expect(re.escape(PROMPT), 60)
+        return since
+
+    def run(self, command: str, timeout: float = COMMAND_TIMEOUT) -> Result:
+        """Run a shell command as root; its exit status and output (stdout+stderr)."""
+        child = self._require()
+        tag = secrets.token_hex(4)
+        # The markers are split in the command text, so only the output matches.
+        child.sendline(f"echo TF-BEG''{tag}; {{ {command.strip()} ; }} 2>&1; echo TF-END''{tag}=$?")
+        self.expect(f"TF-BEG{tag}\r*\n", timeout)
+        self.expect(f"TF-END{tag}=(\\d+)", timeout)
+        output = (child.before or "").replace("\r", "")
+        status = int(child.match.group(1))
+        self.expect(re.escape(PROMPT), 30)
+        return Result(status, output.rstrip("\n"))
+
+    def check(self, command: str, timeout: float = COMMAND_TIMEOUT) -> str:
+        """Output of a command that must succeed."""
+        return self.run(command, timeout).check(command)
+
+    def wait_for(self, command: str, expected: str, timeout: float) -> str:
+        """Poll a command until its output (stripped) equals `expected`; the last output."""
+        deadline = time.monotonic() + timeout
+        out = ""
+        while time.monotonic() < deadline:
+            out = self.run(command).output.strip()
+            if out == expected:
+                return out
+            time.sleep(3)
+        raise VMError(f"`{command}` gave {out!r}, not {expected!r}, for {timeout:.0f} s")
