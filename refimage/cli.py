@@ -1,4 +1,10 @@
-"""Command line: build the image, a .swu for the other slot, a provisioned copy."""
+"""refimage: build the reference image, a .swu for the other slot, a provisioned copy.
+
+refimage build [--out DIR]                 the disk image (cached); prints its path
+refimage swu --out FILE [--slot B]         a signed .swu of the image's root fs
+refimage provision --image IMG --out COPY --device-id ID --cert C --key K --ca CA
+                   --hub-endpoint ADDR:PORT --hub-public-key KEY ...
+"""
 
 from __future__ import annotations
 
@@ -7,14 +13,18 @@ import sys
 import time
 from pathlib import Path
 
-from refimage import image
-from refimage.progress import BuildError, say
+from refimage import image, provision, swu
+from refimage.progress import BuildError, say, step
 
 DEFAULT_OUT = image.TOP / "build" / "refimage"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="refimage", description=__doc__)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refimage",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or take from the cache) the reference disk image")
     b.add_argument("--out", type=Path, default=DEFAULT_OUT, help="build and cache folder")
@@ -24,7 +34,56 @@ def main(argv: list[str] | None = None) -> int:
         help="lock root (default: root logs in on the serial console without a password, "
         "for the boot tests)",
     )
-    args = parser.parse_args(argv)
+    s = sub.add_parser("swu", help="a signed .swu installing the image's root fs into a slot")
+    s.add_argument("--out", type=Path, required=True, help="the .swu file to write")
+    s.add_argument("--build-dir", type=Path, default=DEFAULT_OUT)
+    s.add_argument("--slot", choices=["A", "B"], default="B", help="slot it installs (default B)")
+    s.add_argument("--version", default="1.0", help="sw-description version")
+    p = sub.add_parser("provision", help="a copy of an image with one device's identity on /data")
+    p.add_argument("--image", type=Path, required=True, help="disk image (not modified)")
+    p.add_argument("--out", type=Path, required=True, help="the provisioned copy")
+    p.add_argument("--device-id", required=True)
+    p.add_argument("--cert", type=Path, required=True, help="device certificate (PEM)")
+    p.add_argument("--key", type=Path, required=True, help="device private key (PEM)")
+    p.add_argument("--ca", type=Path, required=True, help="CA that signed the broker (PEM)")
+    p.add_argument("--wg-private-key", type=Path, help="file with the device's WireGuard key")
+    p.add_argument("--hub-endpoint", required=True, help="ADDRESS:PORT of the hub's WireGuard")
+    p.add_argument("--hub-public-key", required=True)
+    p.add_argument("--tunnel-address", default="10.77.0.2/24")
+    p.add_argument("--service-address", default="10.77.0.1")
+    p.add_argument("--management-port", type=int, default=8883)
+    p.add_argument("--solution-port", type=int, default=8884)
+    p.add_argument("--https-port", type=int, default=8443)
+    return parser
+
+
+def _provision(args: argparse.Namespace) -> Path:
+    address, sep, port = str(args.hub_endpoint).rpartition(":")
+    if not sep or not port.isdigit():
+        raise BuildError(f"--hub-endpoint {args.hub_endpoint!r} is not ADDRESS:PORT")
+    if args.wg_private_key is not None:
+        private = args.wg_private_key.read_text().strip()
+    else:
+        private, public = provision.wg_keypair()
+        say(f"new WireGuard key pair; the device's public key: {public}")
+    ident = provision.Identity(args.device_id, args.cert, args.key, args.ca)
+    tunnel = provision.Tunnel(
+        private_key=private,
+        hub_public_key=args.hub_public_key,
+        hub_endpoint_address=address.strip("[]"),
+        hub_endpoint_port=int(port),
+        tunnel_address=args.tunnel_address,
+        service_address=args.service_address,
+        management_mqtt_port=args.management_port,
+        solution_mqtt_port=args.solution_port,
+        management_https_port=args.https_port,
+    )
+    with step(f"provision {args.device_id} onto a copy of {args.image}"):
+        return provision.provision(args.image, args.out, ident, tunnel)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     began = time.monotonic()
     try:
         image.require_root()
@@ -32,6 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             img = image.build(args.out, console_login=not args.no_console_login)
             say(f"image ready in {time.monotonic() - began:.1f} s: {img.disk}")
             print(img.disk)
+        elif args.command == "swu":
+            img = image.build(args.build_dir)
+            with step(f"swu for slot {args.slot}"):
+                out = swu.build_swu(
+                    image.TOP, img.disk, img.rootfs, args.out, slot=args.slot, version=args.version
+                )
+            print(out)
+        elif args.command == "provision":
+            print(_provision(args))
     except BuildError as exc:
         print(f"refimage: {exc}", file=sys.stderr)
         return 1

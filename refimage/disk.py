@@ -97,6 +97,9 @@ def write_into(disk: Path, image: Path, offset: int, size: int) -> None:
     """Copy a file-system image into the disk file at `offset`, sparsely."""
     if image.stat().st_size > size:
         raise BuildError(f"{image} ({image.stat().st_size} bytes) exceeds its partition ({size})")
+    # Zero the partition first: conv=sparse skips zero blocks, which must not
+    # leave an older file system's bytes (a stale journal) behind.
+    run(["fallocate", "--punch-hole", f"--offset={offset}", f"--length={size}", disk])
     run(
         [
             "dd",

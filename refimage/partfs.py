@@ -1,0 +1,46 @@
+"""Read files from an ext4 partition of a disk image without mounting it (debugfs)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from refimage import disk
+from refimage.progress import BuildError
+
+
+def _spec(image: Path, partition: str) -> str:
+    offset, _ = disk.read_table(image)[partition]
+    # debugfs passes "?offset=N" to its I/O manager: the file system starts there
+    return f"{image}?offset={offset}"
+
+
+def read(image: Path, partition: str, path: str) -> bytes:
+    """Bytes of `path` in the ext4 file system of `partition` (a GPT name)."""
+    if "\n" in path or '"' in path:
+        raise BuildError(f"unusable path {path!r}")
+    spec = _spec(image, partition)
+    stat = subprocess.run(
+        ["debugfs", "-R", f'stat "{path}"', spec], capture_output=True, text=True, check=False
+    )
+    if "Type: regular" not in stat.stdout:
+        what = "not found" if "not found" in stat.stderr else "not a regular file"
+        raise FileNotFoundError(f"{path} in {partition} of {image}: {what}")
+    cat = ["debugfs", "-R", f'cat "{path}"', spec]
+    done = subprocess.run(cat, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise BuildError(f"debugfs cat {path}: {done.stderr.decode(errors='replace')}")
+    return done.stdout
+
+
+def read_text(image: Path, partition: str, path: str) -> str:
+    return read(image, partition, path).decode()
+
+
+def account_ids(image: Path, name: str, partition: str = "rootfs-a") -> tuple[int, int]:
+    """(uid, gid) of a user in the image's /etc/passwd."""
+    for line in read_text(image, partition, "/etc/passwd").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[0] == name:
+            return int(fields[2]), int(fields[3])
+    raise BuildError(f"user {name!r} is not in /etc/passwd of {partition} in {image}")
