@@ -46,6 +46,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--archive-dir", type=Path, required=True)
     serve.add_argument("--webhook", help="also POST every message to this URL")
     serve.add_argument("--webhook-timeout", type=float, default=10.0)
+    serve.add_argument(
+        "--subscription",
+        choices=("durable", "shared"),
+        default="durable",
+        help="durable: each copy keeps its own persistent subscription and copies dedup "
+        "against each other (safe across broker restarts with mosquitto 2.0); "
+        "shared: an MQTT 5 shared subscription (for brokers that persist them)",
+    )
     serve.add_argument("--max-backoff", type=float, default=30.0, help="longest retry delay (s)")
     p = sub.add_parser("archive", help="per-device counts, or one device's archive")
     p.add_argument("--archive-dir", type=Path, required=True)
@@ -67,7 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         db=args.db,
         identity=ident,
         broker=service_args.endpoint(args),
-        group=service_args.group(args, "solution", ident),
+        group=(
+            service_args.group(args, "solution", ident) if args.subscription == "shared" else None
+        ),
         receivers=receivers,
         instance=args.instance,
         ready_file=args.ready_file,

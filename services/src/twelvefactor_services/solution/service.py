@@ -42,7 +42,12 @@ class SolutionConfig:
     db: Path
     identity: Identity
     broker: Endpoint
-    group: str
+    # None: a plain persistent subscription per copy (the default). mosquitto 2.0
+    # does not restore shared subscriptions from its persistence file, so after a
+    # broker restart everything published before the service is back would be
+    # lost (measured: docs/decisions.md). Copies then all receive every message
+    # and the shared dedup table lets one of them keep it.
+    group: str | None
     receivers: Sequence[Receiver]
     instance: int = 1
     ready_file: Path | None = None
@@ -76,7 +81,10 @@ class SolutionService:
             log.error("broker refused the connection: %s", rc)
             return
         log.info("connected (session present: %s)", flags.session_present)
-        c.subscribe(shared(self.cfg.group, SOLUTION_DATA_UP), qos=1)
+        topic = (
+            SOLUTION_DATA_UP if self.cfg.group is None else shared(self.cfg.group, SOLUTION_DATA_UP)
+        )
+        c.subscribe(topic, qos=1)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self.conn.on_disconnect(rc)

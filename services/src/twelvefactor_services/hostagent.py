@@ -1,0 +1,176 @@
+"""Run a real twelvefactor-agent on this machine against a Stack.
+
+The demo and the end-to-end tests use it before devices move into QEMU: the
+agent is the same program the device runs, with a configuration that points
+its two sessions at the stack's listeners and keeps its state in a folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from twelvefactor_agent.client import AgentClient
+
+from twelvefactor_services.launcher import LaunchError, Stack
+
+
+def agent_config(
+    stack: Stack,
+    device_id: str,
+    data_dir: Path,
+    socket_path: Path,
+    *,
+    health_interval: int = 5,
+    keepalive: int = 10,
+    queue_max_bytes: int | None = None,
+    backoff_cap: float = 2.0,
+) -> str:
+    """The TOML configuration of a host agent for ``device_id`` on ``stack``."""
+    identity = stack.device(device_id)
+    lines = [
+        "[device]",
+        f'id = "{device_id}"',
+        f'certificate = "{identity.cert}"',
+        f'key = "{identity.key}"',
+        f'ca = "{identity.ca}"',
+        "[management]",
+        f'host = "{stack.management_endpoint.host}"',
+        f"port = {stack.management_endpoint.port}",
+        "[solution]",
+        f'host = "{stack.solution_endpoint.host}"',
+        f"port = {stack.solution_endpoint.port}",
+        "[agent]",
+        f'data_dir = "{data_dir}"',
+        f'socket = "{socket_path}"',
+        f'state_file = "{data_dir / "state.json"}"',
+        f"health_interval = {health_interval}",
+        f"keepalive = {keepalive}",
+        "[backoff]",
+        "initial = 0.2",
+        f"cap = {backoff_cap}",
+    ]
+    if queue_max_bytes is not None:
+        lines += ["[queue]", f"max_bytes = {queue_max_bytes}"]
+    return "\n".join(lines) + "\n"
+
+
+class HostAgent:
+    """One device agent process; its state survives stop/kill and start again."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        device_id: str,
+        root: Path,
+        *,
+        health_interval: int = 5,
+        keepalive: int = 10,
+        queue_max_bytes: int | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self.root = root
+        self.data_dir = root / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # sun_path is 108 bytes: test folders are too deep, so sockets live in a short one.
+        self._sock_dir = Path(tempfile.mkdtemp(prefix="tf-agent-"))
+        self.socket = self._sock_dir / "agent.sock"
+        self.config_file = root / "agent.toml"
+        self.config_file.write_text(
+            agent_config(
+                stack,
+                device_id,
+                self.data_dir,
+                self.socket,
+                health_interval=health_interval,
+                keepalive=keepalive,
+                queue_max_bytes=queue_max_bytes,
+            )
+        )
+        self.log_file = root / "agent.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the agent and wait until its local API answers."""
+        if self.running:
+            raise LaunchError(f"agent {self.device_id} already running")
+        with open(self.log_file, "ab") as log:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "twelvefactor_agent.cli",
+                    "run",
+                    "--config",
+                    str(self.config_file),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.poll() is not None:
+                raise LaunchError(
+                    f"agent {self.device_id} exited with status {self._proc.returncode}:\n"
+                    + self.log_tail()
+                )
+            try:
+                self.client().status()
+                return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise LaunchError(f"agent {self.device_id} not ready within {timeout:.0f} s")
+            time.sleep(0.1)
+
+    def client(self) -> AgentClient:
+        return AgentClient(str(self.socket))
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait: the agent says goodbye (online=false, reason shutdown)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return None if proc is None else proc.returncode
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise LaunchError(
+                f"agent {self.device_id} ignored SIGTERM for {timeout:.0f} s"
+            ) from None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash or a power cut, as far as the process can tell."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+    def close(self) -> None:
+        self.kill()
+        shutil.rmtree(self._sock_dir, ignore_errors=True)

@@ -1,0 +1,207 @@
+"""The real agent against the real broker and services, over TLS with client certificates.
+
+These are the issue's end-to-end claims: online/health/metadata and the will,
+store-and-forward through broker outages and kill -9, the queue's byte bound,
+and no listening network socket.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twelvefactor_services.hostagent import HostAgent
+from twelvefactor_services.launcher import Stack, http_get, wait_until
+
+KEEPALIVE = 10
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Iterator[list[HostAgent]]:
+    made: list[HostAgent] = []
+    yield made
+    for agent in made:
+        agent.close()
+
+
+def start_agent(stack: Stack, agents: list[HostAgent], device_id: str, **kw: Any) -> HostAgent:
+    agent = HostAgent(stack, device_id, stack.root.parent / device_id, **kw)
+    agents.append(agent)
+    agent.start()
+    return agent
+
+
+def device_view(port: int, device_id: str) -> dict[str, Any] | None:
+    status, body = http_get(port, f"/devices/{device_id}")
+    return body if status == 200 else None
+
+
+def archive_records(stack: Stack, device_id: str) -> list[dict[str, Any]]:
+    path = stack.archive_dir / f"{device_id}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def test_online_health_metadata_and_offline_after_kill9(
+    stack: Stack, services: Any, agents: list[HostAgent], probes: Any
+) -> None:
+    management, _ = services
+    agent = start_agent(stack, agents, "dev-a", health_interval=5, keepalive=KEEPALIVE)
+
+    view = wait_until(
+        lambda: (
+            (v := device_view(management.http_port, "dev-a"))
+            and v["online"]
+            and v.get("health")
+            and v.get("meta")
+            and v
+        ),
+        timeout=60,
+        what="dev-a online with health and metadata",
+    )
+    assert view["meta"]["device"] == "dev-a"
+    assert view["meta"]["agent_version"] == "0.1.0"
+    assert view["health"]["queue"]["depth"] >= 0
+    assert "uptime_s" in view["health"]
+
+    # Metadata is retained: a subscriber that comes later still gets it at once.
+    eye = probes(stack.service_endpoint, stack.service_identity("management"), "eye-1")
+    assert not eye.subscribe("mgmt/dev-a/up/meta").is_failure
+    retained = eye.wait_for(lambda m: m.topic == "mgmt/dev-a/up/meta", timeout=10)
+    assert retained.retain and retained.json()["device"] == "dev-a"
+
+    killed_at = time.monotonic()
+    agent.kill()
+    wait_until(
+        lambda: (v := device_view(management.http_port, "dev-a")) and v["online"] is False,
+        timeout=1.5 * KEEPALIVE + 15,
+        what="dev-a offline after kill -9",
+    )
+    print(f"offline shown {time.monotonic() - killed_at:.1f} s after kill -9")
+
+
+def test_ten_thousand_messages_survive_broker_outage_and_kill9(
+    stack: Stack, services: Any, agents: list[HostAgent]
+) -> None:
+    device = "dev-sf"
+    agent = start_agent(stack, agents, device)
+    total = 10_000
+    payloads = [json.dumps({"i": i}).encode() for i in range(total)]
+
+    stack.broker.stop()
+    stopped_at = time.monotonic()
+    seqs = agent.client().publish_many("counter", payloads[: total // 2])
+    agent.kill()  # a crash in the middle, with half of the data handed over
+    agent.start()
+    seqs += agent.client().publish_many("counter", payloads[total // 2 :])
+    assert seqs == sorted(seqs) and len(set(seqs)) == total
+
+    time.sleep(max(0.0, 30 - (time.monotonic() - stopped_at)))
+    stack.broker.start()
+
+    # Another crash while the backlog drains, so some messages are sent twice.
+    wait_until(lambda: len(archive_records(stack, device)) > 500, timeout=120, what="draining")
+    agent.kill()
+    agent.start()
+
+    records = wait_until(
+        lambda: (r := archive_records(stack, device)) and len(r) >= total and r,
+        timeout=300,
+        what=f"{total} messages archived",
+    )
+    assert len(records) == total, "each message exactly once"
+    archived_seqs = [r["seq"] for r in records]
+    assert archived_seqs == sorted(archived_seqs), "in order"
+    assert archived_seqs == seqs
+    assert [base64.b64decode(r["payload"]) for r in records] == payloads
+
+
+def test_queue_stays_within_byte_limit_and_health_reports_drops(
+    stack: Stack, services: Any, agents: list[HostAgent]
+) -> None:
+    management, _ = services
+    limit = 64 * 1024
+    agent = start_agent(stack, agents, "dev-q", health_interval=5, queue_max_bytes=limit)
+    wait_until(
+        lambda: (v := device_view(management.http_port, "dev-q")) and v["online"],
+        timeout=60,
+        what="dev-q online",
+    )
+    stack.broker.stop()
+    sent = 2000
+    client = agent.client()
+    for _ in range(sent // 100):
+        client.publish_many("blob", [os.urandom(256) for _ in range(100)])
+        queue = client.status()["queue"]
+        assert isinstance(queue, dict)
+        assert queue["bytes"] <= limit
+    dropped = client.status()["queue"]["dropped"]  # type: ignore[index]
+    assert dropped > 0
+    stack.broker.start()
+
+    health = wait_until(
+        lambda: (
+            (v := device_view(management.http_port, "dev-q"))
+            and v.get("health")
+            and v["health"]["queue"]["dropped"] == dropped
+            and v["health"]["queue"]["depth"] == 0
+            and v["health"]
+        ),
+        timeout=120,
+        what="health with the drop count after reconnecting",
+    )
+    archived = wait_until(
+        lambda: len(archive_records(stack, "dev-q")) == sent - dropped and sent - dropped,
+        timeout=60,
+        what="the kept messages archived",
+    )
+    assert archived + health["queue"]["dropped"] == sent
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def test_agent_holds_no_listening_network_socket(
+    stack: Stack, services: Any, agents: list[HostAgent]
+) -> None:
+    management, _ = services
+    agent = start_agent(stack, agents, "dev-s")
+    wait_until(
+        lambda: (v := device_view(management.http_port, "dev-s")) and v["online"],
+        timeout=60,
+        what="dev-s online",
+    )
+    assert agent.pid is not None
+    mine = _socket_inodes(agent.pid)
+    assert mine, "the agent has its sessions and its local API open"
+    listening, connected = [], 0
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        lines = Path(f"/proc/{agent.pid}/net/{table}").read_text().splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            state, inode = fields[3], fields[9]
+            if inode not in mine:
+                continue
+            # TCP 0A is LISTEN; any bound UDP socket would receive unsolicited datagrams.
+            if table.startswith("udp") or state == "0A":
+                listening.append(f"{table} {fields[1]}")
+            else:
+                connected += 1
+    assert listening == []
+    assert connected == 2, "exactly the two MQTT sessions"
