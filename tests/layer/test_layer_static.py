@@ -224,3 +224,24 @@ def test_layer_conf() -> None:
         "networking-layer",
         "swupdate",
     }
+
+
+def test_distro_leaves_out_graphics_sound_and_ssh() -> None:
+    values = lf.layer_variables()
+    features = set(values["DISTRO_FEATURES_DEFAULTS"].split())
+    unwanted = {
+        "x11",
+        "wayland",
+        "opengl",
+        "vulkan",
+        "alsa",
+        "pulseaudio",
+        "bluetooth",
+        "nfc",
+        "3g",
+    }
+    assert not features & unwanted
+    assert values["INIT_MANAGER"] == "systemd"
+    text = (LAYER / "conf/distro/twelvefactor.conf").read_text()
+    assert re.search(r'^IMAGE_FEATURES:remove = ".*ssh-server-openssh', text, re.M)
+    assert re.search(r'^EXTRA_IMAGE_FEATURES:append = " read-only-rootfs"', text, re.M)
