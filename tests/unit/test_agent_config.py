@@ -55,6 +55,11 @@ def test_shipped_device_config_is_valid_and_spells_out_the_defaults() -> None:
     assert c.agent.socket_group == "twelvefactor"
 
 
+def test_default_message_limit_follows_a_small_queue() -> None:
+    c = cfg.parse(MINIMAL + "[queue]\nmax_bytes = 65536\n")
+    assert (c.queue.max_bytes, c.queue.max_message_bytes) == (65536, 65536)
+
+
 def test_integers_are_accepted_where_numbers_are_expected() -> None:
     c = cfg.parse(MINIMAL + "[backoff]\ninitial = 2\ncap = 60\n")
     assert c.backoff.initial == 2.0 and isinstance(c.backoff.initial, float)

@@ -254,6 +254,12 @@ def validate(doc: Mapping[str, object]) -> Config:
             section[key] = raw[key]
         values[table] = section
     if not problems:
+        queue = doc.get("queue")
+        if not (isinstance(queue, dict) and "max_message_bytes" in queue):
+            # The default message limit follows a smaller queue bound.
+            values["queue"]["max_message_bytes"] = min(
+                values["queue"]["max_message_bytes"], values["queue"]["max_bytes"]
+            )
         problems.extend(_cross_checks(values))
     if problems:
         raise ConfigError(problems)
