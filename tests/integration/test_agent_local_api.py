@@ -1,0 +1,328 @@
+"""The real agent process and its local API, with no broker: data is accepted offline.
+
+Both endpoints point at a loopback port nobody listens on, so the sessions keep
+backing off while the local API, the queue, sd_notify and the state file are
+exercised through the agent's real interfaces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import require_tool
+from twelvefactor_agent.client import AgentClient, AgentError
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not met within {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA and device certificate (openssl CLI)."""
+    openssl = require_tool("openssl")
+    d = tmp_path_factory.mktemp("identity")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=d, check=True, capture_output=True)
+
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=ca")
+    run("req", *ec, "-keyout", "device.key", "-out", "device.csr", "-subj", "/CN=dev-001")
+    run("x509", "-req", "-in", "device.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "device.crt", "-days", "2")  # fmt: skip
+    return d
+
+
+class Agent:
+    def __init__(self, root: Path, identity: Path, extra: str = "") -> None:
+        self.root = root
+        # sun_path is 108 bytes: pytest's folders are too deep for the socket.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="tf-api-"))
+        self.socket = self.run_dir / "agent.sock"
+        self.state_file = self.run_dir / "state.json"
+        self.notify_path = self.run_dir / "notify"
+        self.config = root / "agent.toml"
+        self.config.write_text(
+            f"""
+[device]
+id = "dev-001"
+certificate = "{identity / "device.crt"}"
+key = "{identity / "device.key"}"
+ca = "{identity / "ca.crt"}"
+[management]
+host = "127.0.0.1"
+port = {closed_port()}
+[solution]
+host = "127.0.0.1"
+port = {closed_port()}
+[agent]
+data_dir = "{root / "data"}"
+socket = "{self.socket}"
+state_file = "{self.state_file}"
+[queue]
+max_message_bytes = 4096
+[backoff]
+initial = 0.2
+cap = 1.0
+{extra}"""
+        )
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.settimeout(0.2)
+        self.messages: list[str] = []
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = root / "agent.log"
+
+    def start(self, watchdog_usec: int = 2_000_000) -> None:
+        env = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(self.notify_path),
+            "WATCHDOG_USEC": str(watchdog_usec),
+            "PYTHONUNBUFFERED": "1",
+        }
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "twelvefactor_agent.cli", "run", "--config",
+                 str(self.config)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        self.wait_notify("READY=1")
+
+    def receive_notifications(self) -> None:
+        try:
+            while True:
+                self.messages += self.notify.recv(4096).decode().splitlines()
+        except TimeoutError:
+            pass
+
+    def wait_notify(self, message: str, count: int = 1) -> None:
+        def seen() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited: {self.log.read_text()[-2000:]}")
+            self.receive_notifications()
+            return self.messages.count(message) >= count
+
+        wait_for(seen, what=f"{message} x{count} from the agent")
+
+    def client(self) -> AgentClient:
+        return AgentClient(self.socket, timeout=30)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.kill()
+        self.notify.close()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def agent(tmp_path: Path, identity: Path) -> Iterator[Agent]:
+    a = Agent(tmp_path, identity)
+    a.start()
+    yield a
+    a.close()
+
+
+def test_publish_and_status_while_offline(agent: Agent) -> None:
+    with agent.client() as client:
+        assert client.publish("temperature", b'{"t":21.5}') == 1
+        assert client.publish_many("temperature", [b"a", b"b", b"c"]) == [2, 3, 4]
+        status = client.status()
+    assert status["ok"] is True and status["device"] == "dev-001"
+    assert (status["management"], status["solution"]) == ("offline", "offline")
+    queue = status["queue"]
+    assert isinstance(queue, dict)
+    assert (queue["depth"], queue["bytes"], queue["dropped"]) == (4, 13, 0)
+    state = json.loads(agent.state_file.read_text())
+    assert (state["v"], state["management"], state["solution"]) == (1, "offline", "offline")
+
+
+def test_socket_is_group_only(agent: Agent) -> None:
+    mode = agent.socket.stat().st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o660
+
+
+def test_errors_keep_the_connection_usable(agent: Agent) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(agent.socket))
+        s.settimeout(30)
+        s.sendall(
+            b"not json\n"
+            b'{"op":"launch"}\n'
+            b'{"op":"publish","stream":"a b","payload":""}\n'
+            b'{"op":"publish","stream":"s","payload":"' + b"A" * 8000 + b'"}\n'
+            b'{"op":"publish","stream":"s","payload":"aGk="}\n'
+            b"\n"
+            b'{"op":"status"}'  # the last request may lack its newline
+        )
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    answers = [json.loads(line) for line in data.splitlines()]
+    assert [a.get("error") for a in answers] == [
+        "bad_request", "bad_request", "bad_request", "too_large", None, None,
+    ]  # fmt: skip
+    assert answers[4] == {"ok": True, "seq": 1}
+    assert answers[5]["queue"]["depth"] == 1
+
+
+def test_client_raises_the_agents_refusal(agent: Agent) -> None:
+    with agent.client() as client:
+        with pytest.raises(AgentError) as info:
+            client.publish_many("s", [b"ok", b"x" * 5000, b"after"])
+        assert info.value.code == "too_large" and info.value.accepted == [1]
+        # The refused message was not stored; the one after it in the batch was.
+        assert client.status()["queue"] == {
+            "depth": 2, "bytes": 7, "dropped": 0, "oldest_ts": pytest.approx(time.time(), abs=60),
+        }  # fmt: skip
+
+
+def test_overlong_line_is_refused_and_the_connection_closed(agent: Agent) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(str(agent.socket))
+        s.settimeout(30)
+        # The agent may close before reading everything.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            s.sendall(b'{"op":"publish","payload":"' + b"A" * (1024 * 1024 + 10))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert json.loads(data)["error"] == "bad_request"
+    assert agent.client().status()["ok"] is True  # the agent is fine
+
+
+def test_many_concurrent_pipelined_clients(agent: Agent) -> None:
+    clients, each = 8, 400
+    results: dict[int, list[int]] = {}
+
+    def work(n: int) -> None:
+        with agent.client() as client:
+            results[n] = client.publish_many(f"c{n}", (b"%d" % i for i in range(each)))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == clients
+    every = [seq for seqs in results.values() for seq in seqs]
+    assert sorted(every) == list(range(1, clients * each + 1))  # unique, no gaps
+    for seqs in results.values():
+        assert seqs == sorted(seqs)  # each client's answers come back in order
+    assert agent.client().status()["queue"]["depth"] == clients * each
+
+
+def test_accepted_messages_survive_kill9(agent: Agent) -> None:
+    with agent.client() as client:
+        seqs = client.publish_many("s", (b"m%d" % i for i in range(3000)))
+    agent.kill()
+    assert agent.socket.exists()  # left behind, stale
+    agent.start()  # removes the stale socket file and binds again
+    with agent.client() as client:
+        assert client.status()["queue"]["depth"] == 3000
+        assert client.publish("s", b"next") == seqs[-1] + 1
+
+
+def test_watchdog_ready_and_stopping(agent: Agent) -> None:
+    agent.wait_notify("WATCHDOG=1", count=2)  # WATCHDOG_USEC=2 s: a ping every second
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGTERM)
+    assert agent.proc.wait(60) == 0
+    agent.receive_notifications()
+    assert "STOPPING=1" in agent.messages
+    assert not agent.socket.exists()
+    state = json.loads(agent.state_file.read_text())
+    assert (state["management"], state["solution"]) == ("offline", "offline")
+
+
+def test_no_listening_network_socket(agent: Agent) -> None:
+    """Every socket the agent holds is checked against the kernel's tables: no TCP
+    socket in LISTEN state and no bound UDP socket, over IPv4 or IPv6."""
+    assert agent.proc is not None
+    inodes = set()
+    fd_dir = Path(f"/proc/{agent.proc.pid}/fd")
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    assert inodes, "the agent holds sockets (at least its Unix listener)"
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            inode, state = fields[9], fields[3]
+            if inode in inodes:
+                assert table.startswith("tcp") and state != "0A", f"{table} socket {line}"
+
+
+def test_a_live_agents_socket_is_not_taken_over(agent: Agent) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "twelvefactor_agent.cli", "run", "--config", str(agent.config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "another agent is listening" in proc.stderr
+    assert agent.client().status()["ok"] is True
+
+
+def test_cli_publish_status_and_check_config(agent: Agent) -> None:
+    cli = [sys.executable, "-m", "twelvefactor_agent.cli"]
+    out = subprocess.run(
+        [*cli, "publish", "temperature", "--config", str(agent.config)],
+        input=b'{"t":21.5}\n', capture_output=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert out.stdout == b"1\n"
+    out = subprocess.run(
+        [*cli, "status", "--socket", str(agent.socket)], capture_output=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    assert json.loads(out.stdout)["queue"]["depth"] == 1
+    ok = subprocess.run([*cli, "check-config", "--config", str(agent.config)], timeout=60)
+    assert ok.returncode == 0
+    bad = agent.root / "bad.toml"
+    bad.write_text(agent.config.read_text() + '[weather]\nhost = "api.example.com"\n')
+    refused = subprocess.run(
+        [*cli, "check-config", "--config", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("config: weather: only two endpoints exist")
+    refused = subprocess.run(
+        [*cli, "run", "--config", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
