@@ -57,13 +57,15 @@ def _report(management: ServiceProcess, stack: Stack, started: float) -> str:
     lines = [f"-- t+{time.monotonic() - started:5.0f} s " + "-" * 60]
     if status != 200:
         return lines[0] + f"\n  management API answered {status}"
-    for dev in devices:
+    for summary in devices:
+        _, dev = http_get(management.http_port, f"/devices/{summary['id']}")
         health: dict[str, Any] = dev.get("health") or {}
         queue = health.get("queue") or {}
         load = health.get("load") or ["-"]
         lines.append(
             f"  {dev['id']:<10} {'online ' if dev.get('online') else 'OFFLINE'}"
-            f"  uptime {health.get('uptime_s', 0):>9.0f} s  load {load[0]!s:<5}"
+            f"  slot {health.get('slot') or '-'}  uptime {health.get('uptime_s', 0):>8.0f} s"
+            f"  load {load[0]!s:<5}"
             f"  queue {queue.get('depth', '-')!s:>4}  dropped {queue.get('dropped', '-')!s:>3}"
             f"  archived {archive.get(dev['id'], 0):>5}"
         )
