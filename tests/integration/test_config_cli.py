@@ -87,7 +87,10 @@ def test_malformed_config_exits_2_naming_the_key(
 def test_unparseable_and_missing_files_exit_2(tmp_path: Path) -> None:
     broken = tmp_path / "broken.toml"
     broken.write_text("[device\nid = ")
-    for path, words in ((broken, "not valid TOML"), (tmp_path / "absent.toml", "absent.toml")):
+    for path, words in (
+        (broken, f"{broken}: config: not valid TOML"),
+        (tmp_path / "absent.toml", "absent.toml"),
+    ):
         proc = subprocess.run(
             [sys.executable, "-m", "twelvefactor_agent.cli", "run", "--config", str(path)],
             capture_output=True,

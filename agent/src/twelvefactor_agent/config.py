@@ -341,7 +341,11 @@ def load(path: Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
         raise ConfigError([f"config: cannot read {path}: {reason}"]) from exc
-    config = parse(text)
+    try:
+        config = parse(text)
+    except ConfigError as exc:
+        # Name the file too: the journal line must say which file to fix.
+        raise ConfigError([f"{path}: {p}" for p in exc.problems]) from exc
     problems = check_files(config)
     if problems:
         raise ConfigError(problems)
