@@ -44,3 +44,12 @@ def account_ids(image: Path, name: str, partition: str = "rootfs-a") -> tuple[in
         if len(fields) >= 4 and fields[0] == name:
             return int(fields[2]), int(fields[3])
     raise BuildError(f"user {name!r} is not in /etc/passwd of {partition} in {image}")
+
+
+def group_id(image: Path, name: str, partition: str = "rootfs-a") -> int:
+    """gid of a group in the image's /etc/group."""
+    for line in read_text(image, partition, "/etc/group").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == name:
+            return int(fields[2])
+    raise BuildError(f"group {name!r} is not in /etc/group of {partition} in {image}")

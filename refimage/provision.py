@@ -25,6 +25,7 @@ from refimage.progress import BuildError, run
 
 AGENT_USER = "twelvefactor"
 AGENT_TEMPLATE = "/etc/twelvefactor/agent.toml"
+NETWORKD_GROUP = "systemd-network"
 
 
 @dataclass(frozen=True)
@@ -114,13 +115,15 @@ def agent_config(template: str, identity: Identity, tunnel: Tunnel) -> str:
 def data_tree(root: Path, image: Path, identity: Identity, tunnel: Tunnel) -> None:
     """Lay out the provisioned /data in `root` with the image's owners."""
     uid, gid = partfs.account_ids(image, AGENT_USER)
+    # systemd-networkd (user systemd-network) reads the WireGuard key itself
+    network_gid = partfs.group_id(image, NETWORKD_GROUP)
     template = partfs.read_text(image, "rootfs-a", AGENT_TEMPLATE)
     files: list[tuple[str, bytes, int, int, int]] = [
         # path, content, mode, uid, gid: the agent (its own group) reads its key
         ("identity/device.crt", identity.certificate.read_bytes(), 0o644, 0, 0),
         ("identity/device.key", identity.key.read_bytes(), 0o640, 0, gid),
         ("identity/ca.crt", identity.ca.read_bytes(), 0o644, 0, 0),
-        ("identity/wg.key", (tunnel.private_key + "\n").encode(), 0o600, 0, 0),
+        ("identity/wg.key", (tunnel.private_key + "\n").encode(), 0o640, 0, network_gid),
         ("provisioning/network.conf", tunnel.network_conf().encode(), 0o644, 0, 0),
         ("config/agent.toml", agent_config(template, identity, tunnel).encode(), 0o644, 0, 0),
     ]

@@ -190,7 +190,7 @@ class VM:
         # own, no bracketed-paste codes, and neither kernel messages nor systemd's
         # status lines (SIGRTMIN+21) in the middle of command output.
         child.sendline(
-            f"stty -echo cols 1000; export PS1='{PROMPT}' PS2='';"
+            f"stty -echo cols 1000; export PS1='{PROMPT}' PS2='' TERM=dumb SYSTEMD_COLORS=0;"
             " bind 'set enable-bracketed-paste off'; dmesg -n 1; kill -s RTMIN+21 1"
         )
         self.expect(re.escape(PROMPT), 60)
