@@ -60,6 +60,7 @@ class AgentSettings:
     state_file: Path
     health_interval: int
     keepalive: int
+    confirm_window: int
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,9 @@ _SCHEMA: dict[str, dict[str, _Field]] = {
         "state_file": _Field("path", "/run/twelvefactor/state.json"),
         "health_interval": _Field("integer", 60, low=5, high=86400),
         "keepalive": _Field("integer", 30, low=5, high=3600),
+        # How long a remotely managed change of connectivity settings has to
+        # reach the management service before it is reverted (docs/agent.md).
+        "confirm_window": _Field("integer", 120, low=5, high=86400),
     },
     "queue": {
         "max_bytes": _Field("integer", 16 * 1024 * 1024, low=64 * 1024, high=1 << 40),
@@ -299,6 +303,7 @@ def _build(v: dict[str, dict[str, Any]]) -> Config:
             state_file=Path(a["state_file"]),
             health_interval=a["health_interval"],
             keepalive=a["keepalive"],
+            confirm_window=a["confirm_window"],
         ),
         queue=QueueSettings(q["max_bytes"], q["max_age"], q["max_message_bytes"]),
         backoff=BackoffSettings(float(b["initial"]), float(b["multiplier"]), float(b["cap"])),
@@ -336,17 +341,26 @@ def check_files(config: Config) -> list[str]:
 
 def load(path: Path) -> Config:
     """Read, parse, validate and check a configuration file; ConfigError on any problem."""
+    return load_document(path)[1]
+
+
+def load_document(path: Path) -> tuple[dict[str, Any], Config]:
+    """As `load`, and the parsed document too (the base that managed overlays go on)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
         raise ConfigError([f"config: cannot read {path}: {reason}"]) from exc
     try:
-        config = parse(text)
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: config: not valid TOML: {exc}"]) from exc
+    try:
+        config = validate(doc)
     except ConfigError as exc:
         # Name the file too: the journal line must say which file to fix.
         raise ConfigError([f"{path}: {p}" for p in exc.problems]) from exc
     problems = check_files(config)
     if problems:
         raise ConfigError(problems)
-    return config
+    return doc, config
