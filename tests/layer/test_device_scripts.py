@@ -9,7 +9,7 @@ from pathlib import Path
 
 import layer_files as lf
 import pytest
-from conftest import require_root, require_tool
+from helpers import require_root, require_tool
 
 NETCONFIG = lf.LAYER / "recipes-connectivity/twelvefactor-netconfig/files"
 RULESET = lf.LAYER / "recipes-connectivity/twelvefactor-firewall/files/twelvefactor.nft"

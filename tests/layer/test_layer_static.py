@@ -15,7 +15,7 @@ import layer_files as lf
 import libconf
 import pytest
 import yaml
-from conftest import require_root, require_tool
+from helpers import require_root, require_tool
 
 import kas
 
