@@ -53,3 +53,43 @@ def group_id(image: Path, name: str, partition: str = "rootfs-a") -> int:
         if len(fields) >= 3 and fields[0] == name:
             return int(fields[2])
     raise BuildError(f"group {name!r} is not in /etc/group of {partition} in {image}")
+
+
+def mode(image: Path, partition: str, path: str) -> int:
+    """Permission bits of `path` (debugfs stat)."""
+    spec = _spec(image, partition)
+    stat = subprocess.run(
+        ["debugfs", "-R", f'stat "{path}"', spec], capture_output=True, text=True, check=False
+    )
+    for line in stat.stdout.splitlines():
+        if "Mode:" in line:
+            return int(line.split("Mode:")[1].split()[0], 8) & 0o7777
+    raise FileNotFoundError(f"{path} in {partition} of {image}: {stat.stderr.strip()}")
+
+
+def dump_tree(image: Path, partition: str, path: str, dest: Path) -> Path:
+    """Copy the directory `path` (with its symlinks) out of the partition into `dest`."""
+    dest.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["debugfs", "-R", f'rdump "{path}" "{dest}"', _spec(image, partition)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out = dest / Path(path).name
+    if done.returncode != 0 or not out.is_dir():
+        raise BuildError(f"debugfs rdump {path}: {done.stderr.strip()}")
+    return out
+
+
+def read_fat(image: Path, partition: str, path: str) -> bytes:
+    """Bytes of `path` in the FAT file system of `partition` (mtools, image@@offset)."""
+    offset, _ = disk.read_table(image)[partition]
+    done = subprocess.run(
+        ["mcopy", "-n", "-i", f"{image}@@{offset}", f"::{path}", "-"],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise FileNotFoundError(f"{path} in {partition} of {image}: {done.stderr.decode().strip()}")
+    return done.stdout

@@ -177,6 +177,13 @@ class VM:
             raise VMError(f"console: QEMU exited waiting for {pats}:\n{self.tail()}") from None
         return index
 
+    def last_match(self, group: int = 0) -> str:
+        """A group of what the last expect() matched."""
+        match = self._require().match
+        if not isinstance(match, re.Match):
+            raise VMError("no regular-expression match to read")
+        return str(match.group(group))
+
     def login(self, timeout: float = BOOT_TIMEOUT) -> float:
         """Log in as root on the serial console; seconds since power-on."""
         child = self._require()

@@ -88,8 +88,8 @@ def test_firewall_is_the_layers_ruleset(device: Device) -> None:
     assert "10.0.2.2" in vm.check("nft -j list set inet twelvefactor hub_v4")
 
 
-def _non_loopback(sockets: str) -> list[tuple[str, str]]:
-    """(address, port) of `ss -lnH` sockets whose local address is not loopback."""
+def _non_loopback(sockets: str) -> list[tuple[str, str, str]]:
+    """(address, port, process) of `ss -lnpH` sockets bound beyond loopback."""
     out = []
     for line in sockets.splitlines():
         fields = line.split()
@@ -102,20 +102,29 @@ def _non_loopback(sockets: str) -> list[tuple[str, str]]:
                 continue
         except ValueError:
             pass  # "*" or an interface-bound wildcard
-        out.append((host, port))
+        process = re.search(r'users:\(\("([^"]+)"', line)
+        out.append((host, port, process.group(1) if process else "kernel"))
     return out
 
 
 def test_nothing_listens_beyond_loopback(device: Device) -> None:
     vm = device.vm
-    tcp = _non_loopback(vm.check("ss -lntH"))
+    tcp = _non_loopback(vm.check("ss -lntpH"))
     assert tcp == [], f"TCP sockets listening beyond loopback: {tcp}"
-    # UDP: only the sockets the device cannot do without, each named here: the
-    # tunnel's own port (WireGuard receives the hub's answers on it) and the
-    # underlay's DHCP clients. The firewall admits the first from the hub only.
-    allowed = {vm.check("wg show tf0 listen-port"), "68", "546"}
-    udp = _non_loopback(vm.check("ss -lnuH"))
-    unexpected = [(host, port) for host, port in udp if port not in allowed]
+    # UDP: only the client sockets the device cannot do without, each named
+    # here; the firewall admits nothing to them but answers (and the tunnel's
+    # packets from the hub endpoint):
+    wg_port = vm.check("wg show tf0 listen-port")
+    udp = _non_loopback(vm.check("ss -lnupH"))
+    unexpected = [
+        (host, port, proc)
+        for host, port, proc in udp
+        if not (
+            (proc == "kernel" and port == wg_port)  # the WireGuard tunnel itself
+            or (proc == "systemd-network" and port in ("68", "546"))  # DHCP clients
+            or proc == "systemd-timesyncd"  # NTP client (to the hub, inside the tunnel)
+        )
+    ]
     assert unexpected == [], f"UDP sockets bound beyond loopback: {unexpected}"
 
 
