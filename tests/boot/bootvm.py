@@ -27,6 +27,8 @@ PROMPT = "TFBOOT-PROMPT# "
 # Generous: a boot is about 30-60 s under TCG here, and 2-3x that on a loaded machine.
 BOOT_TIMEOUT = 300.0
 COMMAND_TIMEOUT = 120.0
+# The kernel prints its command line early; the layer's grub.cfg puts the slot on it.
+KERNEL_SLOT = r"Command line:[^\n]*twelvefactor\.slot=([AB])"
 
 
 class VMError(AssertionError):
@@ -66,6 +68,8 @@ class VM:
         shutil.copyfile(OVMF_VARS, self.vars)
         self.console_log = workdir / "console.log"
         self.boots = 0
+        # read-only raw disks attached from the next power-on (e.g. an update file)
+        self.extra_drives: list[Path] = []
         self.powered_on_at = 0.0
         self._child: pexpect.spawn | None = None
         self._log: TextIO | None = None
@@ -100,6 +104,8 @@ class VM:
             "-device",
             "virtio-rng-pci,rng=rng0",
         ]
+        for extra in self.extra_drives:
+            qemu += ["-drive", f"if=virtio,format=raw,readonly=on,file={extra}"]
         if self.netns is not None:
             return ["ip", "netns", "exec", self.netns, *qemu]
         return qemu

@@ -16,13 +16,12 @@ import re
 import tempfile
 from pathlib import Path
 
-from bootvm import BOOT_TIMEOUT
+from bootvm import BOOT_TIMEOUT, KERNEL_SLOT
 from conftest import Device
 
 from refimage import disk, grub, partfs
 
 BOOTLIMIT = 3  # the layer's grub.cfg default, also in the initial grubenv
-KERNEL_SLOT = r"Command line:[^\n]*twelvefactor\.slot=([AB])"
 
 
 def _break_slot_b(image: Path) -> None:
