@@ -321,7 +321,7 @@ def test_cli_publish_status_and_check_config(agent: Agent) -> None:
         [*cli, "check-config", "--config", str(bad)], capture_output=True, text=True, timeout=60
     )
     assert refused.returncode == 2
-    assert refused.stderr.startswith("config: weather: only two endpoints exist")
+    assert refused.stderr.startswith(f"{bad}: config: weather: only two endpoints exist")
     refused = subprocess.run(
         [*cli, "run", "--config", str(bad)], capture_output=True, text=True, timeout=60
     )

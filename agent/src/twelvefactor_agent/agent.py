@@ -1,9 +1,11 @@
-"""The agent process: queue, local API, both sessions, state file, systemd.
+"""The agent process: queue, local API, both sessions, managed configuration, systemd.
 
-Threads: one per MQTT session, one for the local API; the main thread only
-waits for a signal and pets the systemd watchdog, and only while every worker
-thread is alive and has been through its loop recently, so a wedged thread
-gets the agent restarted.
+Threads: one per MQTT session, one for the local API. The main thread waits
+for events (a signal, a desired configuration, a session coming up), carries
+out what the configuration machine (reconfig.py) decides, restarting both
+sessions on a new configuration, and pets the systemd watchdog, but only
+while every worker thread is alive and has been through its loop recently, so
+a wedged thread gets the agent restarted.
 """
 
 from __future__ import annotations
@@ -11,18 +13,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from types import FrameType
+from typing import Any
 
 from . import __version__, sdnotify
 from .config import Config
 from .forwarder import SolutionSession
 from .localapi import ApiServer, bind_socket
+from .managedfile import ManagedFile
 from .management import ManagementSession
 from .mqtt import LastError, MqttSession
+from .payloads import dumps
 from .queue import Queue, QueueUnavailable
+from .reconfig import Action, ApplyLive, ConfigMachine, Ignore, Publish, Restart, Save
 from .statefile import StateFile
 
 log = logging.getLogger("twelvefactor.agent")
@@ -32,37 +40,78 @@ log = logging.getLogger("twelvefactor.agent")
 # at most tens of seconds.
 STUCK_AFTER = 45.0
 STOP_GRACE = 10.0
+TICK = 1.0
 
 
 class Agent:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, base_doc: Mapping[str, Any] | None = None) -> None:
         self.config = config
         self.last_error = LastError()
         self.stop_event = threading.Event()
         self.state = StateFile(config.agent.state_file)
+        # The provisioned document managed overlays go on; without it, a document
+        # rebuilt from `config` (same values) stands in.
+        self.base_doc = base_doc if base_doc is not None else _document(config)
+        # put() is reentrant (safe from the signal handler).
+        self.events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.generation = 0
+        self.mgmt: ManagementSession | None = None
+        self.sol: SolutionSession | None = None
+        self.queues: list[Queue] = []
+        self.api: ApiServer | None = None
+        # What status shows: taken after the actions of a decision are carried out
+        # (a trial shows once it is on disk and the sessions restarted).
+        self.config_status: dict[str, Any] = {}
 
-    def _on_state(self, session: str, online: bool) -> None:
-        try:
-            if self.state.set(session, online):
-                log.info("%s session %s", session, "online" if online else "offline")
-        except OSError as exc:
-            log.error("cannot write %s: %s", self.state.path, exc)
+    # -- callbacks from the session threads ------------------------------------------
+
+    def _state_callback(self, generation: int) -> Any:
+        def on_state(session: str, online: bool) -> None:
+            if generation != self.generation:
+                return  # a session that is being replaced
+            try:
+                if self.state.set(session, online):
+                    log.info("%s session %s", session, "online" if online else "offline")
+            except OSError as exc:
+                log.error("cannot write %s: %s", self.state.path, exc)
+            if online:
+                self.events.put(("up", session, generation))
+
+        return on_state
 
     def _request_stop(self, signum: int, frame: FrameType | None) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         self.stop_event.set()
+        self.events.put(("stop",))
+
+    # -- run ---------------------------------------------------------------------
 
     def run(self) -> int:
-        cfg = self.config
         signal.signal(signal.SIGTERM, self._request_stop)
         signal.signal(signal.SIGINT, self._request_stop)
-        log.info("twelvefactor-agent %s for device %s", __version__, cfg.device.id)
+        base = self.config
+        log.info("twelvefactor-agent %s for device %s", __version__, base.device.id)
         try:
-            cfg.agent.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+            base.agent.data_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("cannot create %s: %s", base.agent.data_dir, exc)
+            return 1
+        self.managed = ManagedFile(base.agent.data_dir)
+        self.machine = ConfigMachine(
+            self.base_doc, self.managed.load(), float(base.agent.confirm_window)
+        )
+        first = self.machine.start(time.monotonic())
+        cfg = self.machine.config
+        if self.machine.version is not None:
+            log.info("managed configuration version %d in force", self.machine.version)
+        try:
             queue_path = cfg.agent.data_dir / "queue.db"
             api_queue = Queue(queue_path, cfg.queue, durable=True)
-            sol_queue = Queue(queue_path, cfg.queue, durable=False)
-            mgmt_queue = Queue(queue_path, cfg.queue, durable=False)
+            self.queues = [
+                api_queue,
+                Queue(queue_path, cfg.queue, durable=False),  # solution thread
+                Queue(queue_path, cfg.queue, durable=False),  # management thread
+            ]
         except (OSError, QueueUnavailable) as exc:
             log.error("cannot open the queue in %s: %s", cfg.agent.data_dir, exc)
             return 1
@@ -81,53 +130,81 @@ class Agent:
             log.error("cannot set up %s: %s", cfg.agent.socket, exc.strerror or exc)
             return 1
 
-        mgmt = ManagementSession(cfg, mgmt_queue, self._on_state, self.last_error)
-        sol = SolutionSession(cfg, sol_queue, self._on_state, self.last_error)
-        sessions: dict[str, MqttSession] = {"management": mgmt, "solution": sol}
-
-        def status() -> dict[str, object]:
-            return {
-                "device": cfg.device.id,
-                "management": "online" if mgmt.online else "offline",
-                "solution": "online" if sol.online else "offline",
-                "queue": api_queue.stats().as_json(),
-            }
-
-        api = ApiServer(listener, api_queue, status, on_commit=sol.wake)
+        api = ApiServer(
+            listener,
+            api_queue,
+            self._status,
+            on_commit=lambda: self.sol.wake() if self.sol is not None else None,
+            submit_call=self._submit_call,
+        )
         api.last_error = self.last_error.set
+        self.api = api
         api.start()
-        mgmt.start()
-        sol.start()
+        self._carry_out(first)
         sdnotify.notify(f"READY=1\nSTATUS=serving {cfg.agent.socket}\nMAINPID={os.getpid()}")
         log.info("local API on %s", cfg.agent.socket)
 
-        workers: list[ApiServer | MqttSession] = [api, mgmt, sol]
-        rc = self._supervise(workers)
+        rc = self._serve()
 
         sdnotify.notify("STOPPING=1")
-        for session in sessions.values():
-            session.stop()
-        deadline = time.monotonic() + STOP_GRACE
-        for session in sessions.values():
-            session.join(max(0.0, deadline - time.monotonic()))
+        self._stop_sessions("shutdown")
         api.stop()
-        api.join(max(0.1, deadline - time.monotonic()))
+        api.join(STOP_GRACE)
         listener.close()
         with contextlib.suppress(OSError):
             cfg.agent.socket.unlink()
-        for name in sessions:
-            self._on_state(name, False)  # also covers a thread that did not stop in time
-        for q in (api_queue, sol_queue, mgmt_queue):
+        self.generation += 1
+        for name in ("management", "solution"):
+            self.state.set(name, False)  # also covers a thread that did not stop in time
+        for q in self.queues:
             q.close()
         log.info("stopped")
         return rc
 
-    def _supervise(self, workers: list[ApiServer | MqttSession]) -> int:
+    def _status(self) -> dict[str, object]:
+        mgmt, sol = self.mgmt, self.sol
+        return {
+            "device": self.config.device.id,
+            "management": "online" if mgmt is not None and mgmt.online else "offline",
+            "solution": "online" if sol is not None and sol.online else "offline",
+            "queue": self.queues[0].stats().as_json(),
+            "config": self.config_status,
+        }
+
+    def _submit_call(self, call_id: bytes, request: bytes, timeout: float) -> bool:
+        """Hand a proxy call to the solution session; False if it is offline."""
+        sol = self.sol
+        if sol is None or not sol.online:
+            return False
+        sol.send_call(call_id, request, timeout)
+        return True
+
+    # -- the main loop -------------------------------------------------------------
+
+    def _serve(self) -> int:
         interval = sdnotify.watchdog_interval()
-        tick = min(interval, 5.0) if interval else 5.0
         next_ping = 0.0
-        while not self.stop_event.wait(tick):
+        while not self.stop_event.is_set():
             now = time.monotonic()
+            wake = self.machine.next_wakeup()
+            timeout = TICK if wake is None else min(TICK, max(0.0, wake - now))
+            try:
+                event = self.events.get(timeout=timeout)
+            except queue.Empty:
+                event = None
+            if self.stop_event.is_set():
+                break
+            now = time.monotonic()
+            actions: list[Action] = []
+            if event is not None and event[0] == "desired":
+                actions += self.machine.desired(event[1], now)
+            elif event is not None and event[0] == "up":
+                actions += self.machine.session_up(event[1], event[2], now)
+            actions += self.machine.poll(now)
+            self._carry_out(actions)
+            workers: list[ApiServer | MqttSession] = [
+                w for w in (self.api, self.mgmt, self.sol) if w is not None
+            ]
             for worker in workers:
                 if not worker.is_alive():
                     log.error(
@@ -143,3 +220,124 @@ class Agent:
                 sdnotify.notify("WATCHDOG=1")
                 next_ping = now + interval
         return 0
+
+    def _carry_out(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Save):
+                try:
+                    self.managed.save(action.stored)
+                except OSError as exc:
+                    log.error("cannot write %s: %s", self.managed.path, exc)
+                    self.last_error.set(f"config: cannot write {self.managed.path}: {exc}")
+            elif isinstance(action, Restart):
+                self._apply_settings(action.config)
+                self._restart_sessions(action.config, action.generation)
+            elif isinstance(action, ApplyLive):
+                self._apply_settings(action.config)
+                log.info("managed configuration version %s in force", self.machine.version)
+            elif isinstance(action, Publish):
+                r = action.report
+                text = f"configuration version {r.version} {r.status}"
+                if r.error:
+                    log.warning("%s: %s", text, r.error)
+                else:
+                    log.info("%s", text)
+                if self.mgmt is not None:
+                    self.mgmt.publish_report()
+            elif isinstance(action, Ignore):
+                log.info("%s", action.reason)
+        self.config_status = self.machine.status()
+
+    def _apply_settings(self, config: Config) -> None:
+        """Settings that change without restarting anything: the queue's bounds."""
+        self.config = config
+        for q in self.queues:
+            q.settings = config.queue
+        if self.api is not None:
+            self.api.max_message_bytes = config.queue.max_message_bytes
+
+    def _report(self) -> bytes | None:
+        report = self.machine.stored.report
+        return None if report is None else dumps(report.as_json())
+
+    def _restart_sessions(self, config: Config, generation: int) -> None:
+        had_sessions = self.mgmt is not None
+        self._stop_sessions("reconfigure")
+        self.generation = generation
+        if had_sessions:
+            log.info(
+                "sessions restart on management %s:%d, solution %s:%d",
+                config.management.host,
+                config.management.port,
+                config.solution.host,
+                config.solution.port,
+            )
+        on_state = self._state_callback(generation)
+        self.mgmt = ManagementSession(
+            config,
+            self.queues[2],
+            on_state,
+            self.last_error,
+            on_desired=lambda raw: self.events.put(("desired", raw)),
+            report=self._report,
+        )
+        self.sol = SolutionSession(
+            config,
+            self.queues[1],
+            on_state,
+            self.last_error,
+            on_call_answer=self._answer_call,
+        )
+        self.mgmt.start()
+        self.sol.start()
+
+    def _answer_call(self, call_id: bytes, answer: dict[str, object]) -> None:
+        if self.api is not None:
+            self.api.complete_call(call_id, answer)
+
+    def _stop_sessions(self, reason: str) -> None:
+        sessions: list[MqttSession] = [s for s in (self.mgmt, self.sol) if s is not None]
+        if self.mgmt is not None:
+            self.mgmt.farewell_reason = reason
+        for session in sessions:
+            session.stop()
+        deadline = time.monotonic() + STOP_GRACE
+        for session in sessions:
+            session.join(max(0.0, deadline - time.monotonic()))
+        self.generation += 1  # late callbacks of the old threads are ignored
+        for name in ("management", "solution"):
+            with contextlib.suppress(OSError):
+                self.state.set(name, False)
+        self.mgmt = self.sol = None
+
+
+def _document(config: Config) -> dict[str, Any]:
+    """A configuration as the document it could have been parsed from."""
+    a, q, b = config.agent, config.queue, config.backoff
+    agent: dict[str, Any] = {
+        "data_dir": str(a.data_dir),
+        "socket": str(a.socket),
+        "state_file": str(a.state_file),
+        "health_interval": a.health_interval,
+        "keepalive": a.keepalive,
+        "confirm_window": a.confirm_window,
+    }
+    if a.socket_group is not None:
+        agent["socket_group"] = a.socket_group
+    return {
+        "device": {
+            "id": config.device.id,
+            "certificate": str(config.device.certificate),
+            "key": str(config.device.key),
+            "ca": str(config.device.ca),
+        },
+        "management": {"host": config.management.host, "port": config.management.port},
+        "solution": {"host": config.solution.host, "port": config.solution.port},
+        "agent": agent,
+        "queue": {
+            "max_bytes": q.max_bytes,
+            "max_age": q.max_age,
+            "max_message_bytes": q.max_message_bytes,
+        },
+        "backoff": {"initial": b.initial, "multiplier": b.multiplier, "cap": b.cap},
+    }

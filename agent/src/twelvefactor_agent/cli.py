@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .client import DEFAULT_SOCKET, AgentClient, AgentError
-from .config import ConfigError, load, parse
+from .config import ConfigError, load_document, parse
 
 DEFAULT_CONFIG = Path("/data/config/agent.toml")
 EXIT_CONFIG = 2
@@ -84,13 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     config_path = Path(getattr(args, "config", DEFAULT_CONFIG))
     try:
         if command in ("run", "check-config"):
-            config = load(config_path)
+            doc, config = load_document(config_path)
             if command == "check-config":
                 print(f"{config_path}: ok")
                 return 0
             from .agent import Agent  # only the daemon needs paho
 
-            return Agent(config).run()
+            return Agent(config, doc).run()
         socket_path = _socket_path(args)
         with AgentClient(socket_path) as client:
             if command == "publish":

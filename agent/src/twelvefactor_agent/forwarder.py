@@ -1,16 +1,29 @@
-"""The solution session: forwards the queue, in seq order, through a bounded window."""
+"""The solution session: forwards the queue, in seq order, through a bounded window.
+
+It also carries proxy calls: a request goes out on `sol/<id>/up/proxy` with
+the MQTT 5 response topic `sol/<id>/down/proxy`, the call's id as correlation
+data and the call's timeout as message expiry (a request that waits in the
+broker longer than anyone waits for its answer is dropped there, never
+executed late). Calls are not stored for retry: if the session goes down
+while a call is out, the call fails with `unavailable`.
+"""
 
 from __future__ import annotations
 
+import math
 import random
 import time
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import payloads
 from .config import Config
 from .mqtt import LastError, MqttSession, StateCallback
+from .proxycall import parse_answer, refusal
 from .queue import Queue, QueueUnavailable
 from .window import ForwardWindow
 
@@ -36,8 +49,15 @@ class SolutionSession(MqttSession):
         on_state: StateCallback,
         last_error: LastError,
         rng: random.Random | None = None,
+        *,
+        on_call_answer: Callable[[bytes, dict[str, object]], None] = lambda cid, answer: None,
     ) -> None:
         super().__init__("solution", config, config.solution, on_state, last_error, rng)
+        self._on_call_answer = on_call_answer
+        # Calls published on this connection, by correlation id; mid -> id until PUBACK.
+        # A call whose answer never comes is forgotten after its deadline.
+        self._calls_out: dict[bytes, float] = {}
+        self._call_mids: dict[int, bytes] = {}
         self.queue = queue  # this thread's own connection (synchronous=NORMAL)
         self.forward = ForwardWindow(WINDOW)
         self._delivered: list[int] = []
@@ -52,8 +72,71 @@ class SolutionSession(MqttSession):
         # Settle what was delivered before rewinding, or it would be sent again.
         self.on_stopped()
         self.forward.reset()
+        self._fail_calls("the connection to the solution service was lost")
+
+    def subscriptions(self) -> list[str]:
+        return [payloads.sol_down(self.device, "#")]
+
+    # -- proxy calls ---------------------------------------------------------------
+
+    def send_call(self, call_id: bytes, request: bytes, timeout: float) -> None:
+        """Publish a proxy call (from any thread); its answer comes through on_call_answer."""
+        self.call_soon(lambda: self._send_call(call_id, request, timeout))
+
+    def _send_call(self, call_id: bytes, request: bytes, timeout: float) -> None:
+        client = self.client
+        if client is None or not self.online:
+            self._on_call_answer(
+                call_id, refusal("unavailable", "the solution service is not connected")
+            )
+            return
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = payloads.sol_down(self.device, "proxy")
+        props.CorrelationData = call_id
+        props.MessageExpiryInterval = max(1, math.ceil(timeout))
+        info = client.publish(
+            payloads.sol_up(self.device, "proxy"), request, qos=1, properties=props
+        )
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            self._on_call_answer(
+                call_id, refusal("unavailable", "the solution service is not connected")
+            )
+            return
+        now = time.monotonic()
+        if len(self._calls_out) > 4096:
+            self._calls_out = {c: d for c, d in self._calls_out.items() if d > now}
+        self._calls_out[call_id] = now + timeout + 5.0
+        self._call_mids[info.mid] = call_id
+
+    def on_message(self, topic: str, payload: bytes, properties: Properties | None) -> None:
+        if topic != payloads.sol_down(self.device, "proxy"):
+            self.log.warning("dropped a message on %s: not a topic this agent handles", topic)
+            return
+        call_id = getattr(properties, "CorrelationData", None)
+        if not isinstance(call_id, bytes) or call_id not in self._calls_out:
+            # Late (the call timed out and the connection changed) or not ours.
+            self.log.info("dropped a proxy answer that matches no call in progress")
+            return
+        del self._calls_out[call_id]
+        self._on_call_answer(call_id, parse_answer(payload))
+
+    def _fail_calls(self, why: str) -> None:
+        for call_id in self._calls_out:
+            self._on_call_answer(call_id, refusal("unavailable", why))
+        self._calls_out.clear()
+        self._call_mids.clear()
+
+    # -- forwarding ----------------------------------------------------------------
 
     def on_publish(self, mid: int, reason: ReasonCode) -> None:
+        call_id = self._call_mids.pop(mid, None)
+        if call_id is not None:
+            if reason.is_failure and call_id in self._calls_out:
+                del self._calls_out[call_id]
+                self._on_call_answer(
+                    call_id, refusal("unavailable", f"the broker refused the call: {reason}")
+                )
+            return
         seq = self.forward.acked(mid)
         if seq is None:
             return
@@ -94,6 +177,7 @@ class SolutionSession(MqttSession):
         self._delete_due = None
 
     def on_stopped(self) -> None:
+        self._fail_calls("the agent is restarting its sessions")
         try:
             self.flush_deletes()
         except QueueUnavailable as exc:

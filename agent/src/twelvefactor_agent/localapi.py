@@ -6,6 +6,10 @@ connection, commits all the publishes of the round in one transaction (one
 fsync however many clients and requests), then answers each request in order.
 A client that does not read its answers stops being read (bounded memory).
 The agent never listens on a network socket: this is its only listener.
+
+A `call` (proxy.py) is answered later, when the solution service's response
+arrives or its timeout passes; answers stay in request order per connection,
+so the answers behind a call wait for it (slots).
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import socket
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .proxycall import Call, CallRefused, parse_call, refusal
 from .queue import Queue, QueueUnavailable
 
 MAX_LINE = 1024 * 1024
@@ -37,6 +43,10 @@ READ_BUDGET = 4 * MAX_LINE
 # Stop reading from a client whose unread answers exceed this.
 MAX_PENDING_OUTPUT = 1024 * 1024
 EXPIRE_INTERVAL = 60.0
+# Proxy calls waiting for their answer, over all connections.
+MAX_CALLS = 1024
+# The solution service answers within the call's timeout; this is for the trip back.
+CALL_GRACE = 1.0
 
 log = logging.getLogger("twelvefactor.api")
 
@@ -61,7 +71,12 @@ class Refusal:
         return {"ok": False, "error": self.error, "message": self.message}
 
 
-Request = Publish | Status | Refusal
+@dataclass(frozen=True)
+class CallRequest:
+    call: Call
+
+
+Request = Publish | Status | CallRequest | Refusal
 
 
 def parse_request(line: bytes, max_message_bytes: int) -> Request:
@@ -75,6 +90,11 @@ def parse_request(line: bytes, max_message_bytes: int) -> Request:
     op = doc.get("op")
     if op == "status":
         return Status()
+    if op == "call":
+        try:
+            return CallRequest(parse_call(doc))
+        except CallRefused as exc:
+            return Refusal(exc.error, exc.message)
     if op != "publish":
         return Refusal("bad_request", f"unknown op {op!r}"[:200])
     stream = doc.get("stream")
@@ -147,8 +167,25 @@ class _Conn:
     inbuf: bytearray = field(default_factory=bytearray)
     outbuf: bytearray = field(default_factory=bytearray)
     eof: bool = False
-    closing: bool = False  # close once outbuf is flushed
-    events: int = 0
+    closing: bool = False  # close once outbuf is flushed and no call is pending
+    closed: bool = False
+    broken: bool = False  # a socket error: close at once
+    events: int = 0  # 0: not registered with the selector
+    # Answers waiting behind an unanswered call, in request order.
+    slots: deque[_Slot] = field(default_factory=deque)
+
+
+@dataclass(eq=False)
+class _Slot:
+    data: bytes | None = None
+
+
+@dataclass(eq=False)
+class _PendingCall:
+    conn: _Conn
+    slot: _Slot
+    deadline: float
+    timeout: float
 
 
 class ApiServer(threading.Thread):
@@ -158,6 +195,7 @@ class ApiServer(threading.Thread):
         queue: Queue,
         status: Callable[[], dict[str, object]],
         on_commit: Callable[[], None],
+        submit_call: Callable[[bytes, bytes, float], bool] | None = None,
     ) -> None:
         super().__init__(name="local-api", daemon=True)
         self.listener = listener
@@ -167,16 +205,31 @@ class ApiServer(threading.Thread):
         self.max_message_bytes = queue.settings.max_message_bytes
         self.sel = selectors.DefaultSelector()
         self._stop_r, self._stop_w = socket.socketpair()
+        self._stop_r.setblocking(False)
+        self._stop_w.setblocking(False)
         self._stopping = False
         self.heartbeat = time.monotonic()
         self.error: BaseException | None = None
         self._next_expire = 0.0
         self.last_error: Callable[[str], None] = lambda text: None
+        self.submit_call = submit_call
+        self._calls: dict[bytes, _PendingCall] = {}
+        self._completed: deque[tuple[bytes, dict[str, object]]] = deque()
+
+    def complete_call(self, call_id: bytes, answer: dict[str, object]) -> None:
+        """The answer to a call arrived (from any thread)."""
+        self._completed.append((call_id, answer))
+        with contextlib.suppress(OSError):
+            self._stop_w.send(b"\1")
 
     def stop(self) -> None:
         self._stopping = True
         with contextlib.suppress(OSError):
             self._stop_w.send(b"\0")
+
+    @property
+    def calls_pending(self) -> int:
+        return len(self._calls)
 
     def run(self) -> None:
         try:
@@ -199,13 +252,19 @@ class ApiServer(threading.Thread):
             if now >= self._next_expire:
                 self._next_expire = now + EXPIRE_INTERVAL
                 self._expire()
-            ready = self.sel.select(timeout=min(1.0, max(0.0, self._next_expire - now)))
+            due = min([self._next_expire, *(c.deadline for c in self._calls.values())])
+            ready = self.sel.select(timeout=min(1.0, max(0.0, due - now)))
             touched: list[_Conn] = []
             for key, mask in ready:
                 if key.data == "listen":
                     self._accept()
                 elif key.data == "stop":
-                    return
+                    try:
+                        signal = self._stop_r.recv(4096)
+                    except BlockingIOError:
+                        signal = b""
+                    if self._stopping or b"\0" in signal:
+                        return
                 else:
                     conn = key.data
                     assert isinstance(conn, _Conn)
@@ -213,8 +272,57 @@ class ApiServer(threading.Thread):
                         self._read(conn)
                     touched.append(conn)
             self._answer(touched)
+            touched += self._settle_calls(time.monotonic())
             for conn in touched:
-                self._flush(conn)
+                if not conn.closed:
+                    self._flush(conn)
+
+    def _settle_calls(self, now: float) -> list[_Conn]:
+        """Answers that arrived and calls that timed out; the connections they touch."""
+        touched = []
+        while self._completed:
+            call_id, answer = self._completed.popleft()
+            pending = self._calls.pop(call_id, None)
+            if pending is not None:  # else: answered already (timed out)
+                touched.append(self._fill(pending, answer))
+        for call_id, pending in list(self._calls.items()):
+            if now >= pending.deadline:
+                del self._calls[call_id]
+                answer = refusal(
+                    "timeout", f"no answer from the solution service within {pending.timeout:g} s"
+                )
+                touched.append(self._fill(pending, answer))
+        return touched
+
+    def _fill(self, pending: _PendingCall, answer: dict[str, object]) -> _Conn:
+        pending.slot.data = encode(answer)
+        conn = pending.conn
+        while conn.slots and conn.slots[0].data is not None:
+            conn.outbuf += conn.slots.popleft().data or b""
+        return conn
+
+    def _emit(self, conn: _Conn, data: bytes) -> None:
+        if conn.slots:
+            conn.slots.append(_Slot(data))
+        else:
+            conn.outbuf += data
+
+    def _start_call(self, conn: _Conn, call: Call) -> None:
+        if len(self._calls) >= MAX_CALLS:
+            self._emit(conn, encode(refusal("unavailable", "too many calls in progress")))
+            return
+        if self.submit_call is None:
+            self._emit(conn, encode(refusal("unavailable", "calls are not available")))
+            return
+        call_id = os.urandom(16)
+        if not self.submit_call(call_id, call.request_payload(), call.timeout):
+            answer = refusal("unavailable", "the solution service is not connected")
+            self._emit(conn, encode(answer))
+            return
+        slot = _Slot()
+        conn.slots.append(slot)
+        deadline = time.monotonic() + call.timeout + CALL_GRACE
+        self._calls[call_id] = _PendingCall(conn, slot, deadline, call.timeout)
 
     def _expire(self) -> None:
         try:
@@ -249,6 +357,7 @@ class ApiServer(threading.Thread):
             except OSError:
                 conn.eof = True
                 conn.closing = True
+                conn.broken = True
                 return
             if not data:
                 conn.eof = True
@@ -310,16 +419,19 @@ class ApiServer(threading.Thread):
                 if isinstance(request, Publish):
                     if failure is None:
                         # The common answer, formatted directly (hot path).
-                        conn.outbuf += b'{"ok":true,"seq":%d}\n' % next(next_seq)
+                        self._emit(conn, b'{"ok":true,"seq":%d}\n' % next(next_seq))
                         continue
                     answer: dict[str, object] = Refusal("unavailable", failure).answer()
+                elif isinstance(request, CallRequest):
+                    self._start_call(conn, request.call)
+                    continue
                 elif isinstance(request, Status):
                     if status is None:
                         status = self._status()
                     answer = status
                 else:
                     answer = request.answer()
-                conn.outbuf += encode(answer)
+                self._emit(conn, encode(answer))
 
     def _status(self) -> dict[str, object]:
         try:
@@ -336,16 +448,26 @@ class ApiServer(threading.Thread):
             except OSError:
                 conn.outbuf.clear()
                 conn.closing = True
+                conn.broken = True
                 break
             del conn.outbuf[:sent]
-        if conn.closing and not conn.outbuf:
-            self.sel.unregister(conn.sock)
+        if conn.broken or (conn.closing and not conn.outbuf and not conn.slots):
+            if conn.events:
+                self.sel.unregister(conn.sock)
             conn.sock.close()
+            conn.closed = True
+            conn.slots.clear()  # answers to calls still running go nowhere
             return
         # Closing with answers left: only write. Too many unread answers: only write.
+        # Waiting for a call after the client's EOF: nothing to select on until it ends.
         events = selectors.EVENT_WRITE if conn.outbuf else 0
         if len(conn.outbuf) < MAX_PENDING_OUTPUT and not conn.closing:
             events |= selectors.EVENT_READ
         if events != conn.events:
+            if not events:
+                self.sel.unregister(conn.sock)
+            elif not conn.events:
+                self.sel.register(conn.sock, events, conn)
+            else:
+                self.sel.modify(conn.sock, events, conn)
             conn.events = events
-            self.sel.modify(conn.sock, events, conn)

@@ -1,11 +1,19 @@
-"""The management session: online state, metadata, periodic health, clean shutdown."""
+"""The management session: online state, metadata, periodic health, configuration, shutdown.
+
+It subscribes to `mgmt/<id>/down/#`. The desired configuration
+(`down/config`) goes to the agent's configuration machine; anything else
+arriving there (update jobs included: this agent does not install updates
+yet) is dropped with a log line and changes nothing.
+"""
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from . import __version__, bootenv, payloads, sysinfo
@@ -24,11 +32,35 @@ class ManagementSession(MqttSession):
         on_state: StateCallback,
         last_error: LastError,
         rng: random.Random | None = None,
+        *,
+        on_desired: Callable[[bytes], None] = lambda raw: None,
+        report: Callable[[], bytes | None] = lambda: None,
     ) -> None:
         super().__init__("management", config, config.management, on_state, last_error, rng)
         self.queue = queue  # this thread's own connection, for queue figures in health
         self._next_health: float | None = None
         self._farewell_mid: int | None = None
+        self._on_desired = on_desired
+        self._report = report
+        self.farewell_reason = "shutdown"
+
+    def subscriptions(self) -> list[str]:
+        return [payloads.mgmt_down(self.device, "#")]
+
+    def on_message(self, topic: str, payload: bytes, properties: Properties | None) -> None:
+        if topic == payloads.mgmt_down(self.device, "config"):
+            self._on_desired(payload)
+        else:
+            self.log.warning("dropped a message on %s: not a topic this agent handles", topic)
+
+    def publish_report(self) -> None:
+        """Publish the configuration report now if online (from any thread)."""
+        self.call_soon(self._publish_report)
+
+    def _publish_report(self) -> None:
+        report = self._report()
+        if report is not None and self.client is not None and self.online:
+            self.client.publish(self.topic("config"), report, qos=1, retain=True)
 
     def topic(self, leaf: str) -> str:
         return payloads.mgmt_topic(self.device, leaf)
@@ -40,6 +72,7 @@ class ManagementSession(MqttSession):
         client.publish(self.topic("online"), payloads.online(time.time()), qos=1, retain=True)
         client.publish(self.topic("meta"), self.meta(), qos=1, retain=True)
         self._publish_health(client)
+        self._publish_report()
 
     def on_down(self) -> None:
         self._next_health = None
@@ -51,7 +84,10 @@ class ManagementSession(MqttSession):
 
     def farewell(self, client: mqtt.Client) -> bool:
         info = client.publish(
-            self.topic("online"), payloads.shutdown(time.time()), qos=1, retain=True
+            self.topic("online"),
+            payloads.shutdown(time.time(), self.farewell_reason),
+            qos=1,
+            retain=True,
         )
         self._farewell_mid = info.mid
         return info.rc == mqtt.MQTT_ERR_SUCCESS

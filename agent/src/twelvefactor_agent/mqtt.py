@@ -142,6 +142,13 @@ class MqttSession(threading.Thread):
     def will(self) -> tuple[str, bytes] | None:
         return None
 
+    def subscriptions(self) -> list[str]:
+        """Topic filters to subscribe to (QoS 1) each time the session comes up."""
+        return []
+
+    def on_message(self, topic: str, payload: bytes, properties: Properties | None) -> None:
+        """A message arrived on one of the subscriptions."""
+
     def on_stopped(self) -> None:
         """The thread is about to end (flush what waits)."""
 
@@ -221,6 +228,12 @@ class MqttSession(threading.Thread):
                 self._apply(self.machine.lost(now))
             elif kind == "farewell_done":
                 self._apply(self.machine.farewell_done(now))
+            elif kind == "message":
+                topic, payload, properties = arg
+                try:
+                    self.on_message(topic, payload, properties)
+                except Exception:  # a message must never end the session thread
+                    self.log.exception("failed to handle a message on %s", topic)
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -233,6 +246,8 @@ class MqttSession(threading.Thread):
             elif action is Action.UP:
                 assert self.client is not None
                 self._on_state(self.session, True)
+                for topic in self.subscriptions():
+                    self.client.subscribe(topic, qos=1)
                 self.on_up(self.client)
             elif action is Action.DOWN:
                 self.on_down()
@@ -257,6 +272,7 @@ class MqttSession(threading.Thread):
         client.on_connect = self._cb_connect
         client.on_disconnect = self._cb_disconnect
         client.on_publish = self._cb_publish
+        client.on_message = self._cb_message
         will = self.will()
         if will is not None:
             props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
@@ -322,6 +338,11 @@ class MqttSession(threading.Thread):
     ) -> None:
         if client is self.client:
             self._events.append(("disconnect", reason))
+
+    def _cb_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if client is self.client:
+            props = getattr(msg, "properties", None)
+            self._events.append(("message", (msg.topic, bytes(msg.payload), props)))
 
     def _cb_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any

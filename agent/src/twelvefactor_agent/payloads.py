@@ -18,6 +18,18 @@ def mgmt_topic(device: str, leaf: str) -> str:
     return f"mgmt/{device}/up/{leaf}"
 
 
+def mgmt_down(device: str, leaf: str) -> str:
+    return f"mgmt/{device}/down/{leaf}"
+
+
+def sol_up(device: str, leaf: str) -> str:
+    return f"sol/{device}/up/{leaf}"
+
+
+def sol_down(device: str, leaf: str) -> str:
+    return f"sol/{device}/down/{leaf}"
+
+
 def data_topic(device: str, stream: str) -> str:
     return f"sol/{device}/up/data/{stream}"
 
@@ -30,8 +42,9 @@ def will() -> bytes:
     return dumps({"v": V, "online": False, "reason": "lost"})
 
 
-def shutdown(ts: float) -> bytes:
-    return dumps({"v": V, "online": False, "reason": "shutdown", "ts": ts})
+def shutdown(ts: float, reason: str = "shutdown") -> bytes:
+    """The goodbye: reason "shutdown", or "reconfigure" when the sessions restart."""
+    return dumps({"v": V, "online": False, "reason": reason, "ts": ts})
 
 
 def meta(

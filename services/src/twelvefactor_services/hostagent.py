@@ -31,6 +31,7 @@ def agent_config(
     keepalive: int = 10,
     queue_max_bytes: int | None = None,
     backoff_cap: float = 2.0,
+    confirm_window: int | None = None,
 ) -> str:
     """The TOML configuration of a host agent for ``device_id`` on ``stack``."""
     identity = stack.device(device_id)
@@ -52,6 +53,7 @@ def agent_config(
         f'state_file = "{data_dir / "state.json"}"',
         f"health_interval = {health_interval}",
         f"keepalive = {keepalive}",
+        *([] if confirm_window is None else [f"confirm_window = {confirm_window}"]),
         "[backoff]",
         "initial = 0.2",
         f"cap = {backoff_cap}",
@@ -73,6 +75,7 @@ class HostAgent:
         health_interval: int = 5,
         keepalive: int = 10,
         queue_max_bytes: int | None = None,
+        confirm_window: int | None = None,
     ) -> None:
         self.device_id = device_id
         self.root = root
@@ -91,6 +94,7 @@ class HostAgent:
                 health_interval=health_interval,
                 keepalive=keepalive,
                 queue_max_bytes=queue_max_bytes,
+                confirm_window=confirm_window,
             )
         )
         self.log_file = root / "agent.log"

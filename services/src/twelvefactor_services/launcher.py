@@ -142,6 +142,24 @@ def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
+def http_send(
+    port: int, method: str, path: str, body: Any = None, timeout: float = 10.0
+) -> tuple[int, Any]:
+    """Send a JSON body (PUT, POST, DELETE) to a local HTTP API: (status, decoded answer)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://{LOCALHOST}:{port}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def wait_until(
     condition: Callable[[], T | None], timeout: float = 30.0, what: str = "condition"
 ) -> T:

@@ -1,4 +1,8 @@
-"""twelvefactor-management: serve, or print the registry."""
+"""twelvefactor-management: serve, print the registry, set desired configurations.
+
+`config ...` writes the registry directly; a running service publishes the
+change within a second (it polls for unpublished versions).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,19 @@ import json
 import sqlite3
 import sys
 import time
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from twelvefactor_services import service_args
 from twelvefactor_services.management import registry
+from twelvefactor_services.management.configlogic import (
+    OverlayError,
+    check_device,
+    check_group,
+    check_overlay,
+)
 
 
 def _ts(value: float | None) -> str:
@@ -40,6 +52,101 @@ def _device(db_path: Path, device: str) -> int:
     return 0
 
 
+def _read_overlay(args: argparse.Namespace) -> Any:
+    """The overlay from --json TEXT or --file PATH (.toml read as TOML, anything else as JSON)."""
+    if args.json is not None:
+        text, is_toml = args.json, False
+    else:
+        path = Path(args.file)
+        text = sys.stdin.read() if args.file == "-" else path.read_text(encoding="utf-8")
+        is_toml = path.suffix == ".toml"
+    try:
+        return tomllib.loads(text) if is_toml else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise OverlayError([f"not valid {'TOML' if is_toml else 'JSON'}: {exc}"]) from None
+
+
+def _config(args: argparse.Namespace) -> int:
+    now = time.time()
+    if args.action == "show":
+        db = registry.connect(args.db, readonly=True)
+        if args.target == "device":
+            found: Any = registry.device_config(db, check_device(args.name))
+        else:
+            found = (
+                registry.list_groups(db)
+                if args.name is None
+                else registry.group_config(db, check_group(args.name))
+            )
+        if found is None:
+            print(f"twelvefactor-management: nothing set for {args.name!r}", file=sys.stderr)
+            return 1
+        print(json.dumps(found, indent=2))
+        return 0
+    reg = registry.Registry(args.db)
+    try:
+        if args.target == "device":
+            device = check_device(args.name)
+            overlay = None if args.action == "clear" else check_overlay(_read_overlay(args))
+            version = reg.set_device_config(device, overlay, now)
+            print(f"{device}: desired configuration version {version}")
+            return 0
+        group = check_group(args.name)
+        if args.action == "set":
+            versions = reg.set_group_config(group, check_overlay(_read_overlay(args)), now)
+        else:
+            devices = [check_device(d) for d in args.devices]
+            change = reg.add_members if args.action == "add" else reg.remove_members
+            versions = change(group, devices, now)
+        for device, version in sorted(versions.items()):
+            print(f"{device}: desired configuration version {version}")
+        print(f"group {group}: {len(versions)} device(s) changed")
+        return 0
+    except KeyError:
+        print(f"twelvefactor-management: no group {args.name!r}", file=sys.stderr)
+        return 1
+    finally:
+        reg.close()
+
+
+def _config_parser(sub: Any) -> None:
+    config = sub.add_parser("config", help="desired configuration of devices and groups")
+    csub = config.add_subparsers(dest="action", required=True)
+
+    def overlay_source(p: argparse.ArgumentParser) -> None:
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--file", help="overlay file (.toml as TOML, else JSON; - for stdin)")
+        src.add_argument("--json", help="overlay as JSON text")
+
+    p = csub.add_parser("set", help="set a device's own overlay")
+    p.add_argument("name", metavar="DEVICE")
+    overlay_source(p)
+    p.set_defaults(target="device")
+    p = csub.add_parser("clear", help="remove a device's own overlay (its group's stays)")
+    p.add_argument("name", metavar="DEVICE")
+    p.set_defaults(target="device", file=None, json=None)
+    p = csub.add_parser("show", help="a device's desired and reported configuration")
+    p.add_argument("name", metavar="DEVICE")
+    p.set_defaults(target="device")
+    group = csub.add_parser("group", help="group overlays and membership")
+    gsub = group.add_subparsers(dest="action", required=True)
+    p = gsub.add_parser("set", help="create or replace a group's overlay")
+    p.add_argument("name", metavar="GROUP")
+    overlay_source(p)
+    p = gsub.add_parser("add", help="put devices in the group (moving them out of another)")
+    p.add_argument("name", metavar="GROUP")
+    p.add_argument("devices", nargs="+", metavar="DEVICE")
+    p = gsub.add_parser("remove", help="take devices out of the group")
+    p.add_argument("name", metavar="GROUP")
+    p.add_argument("devices", nargs="+", metavar="DEVICE")
+    p = gsub.add_parser("show", help="one group, or all")
+    p.add_argument("name", metavar="GROUP", nargs="?")
+    group.set_defaults(target="group")
+    leaves = [p for name, p in csub.choices.items() if name != "group"]
+    for parser in (*leaves, *gsub.choices.values()):
+        parser.add_argument("--db", type=Path, required=True, help="registry (SQLite)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="twelvefactor-management")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,13 +160,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("device", help="one device as JSON, with its online history")
     p.add_argument("id")
     p.add_argument("--db", type=Path, required=True)
+    _config_parser(sub)
     args = parser.parse_args(argv)
     try:
+        if args.command == "config":
+            return _config(args)
         if args.command == "devices":
             return _devices(args.db)
         if args.command == "device":
             return _device(args.db, args.id)
-    except (FileNotFoundError, sqlite3.Error) as exc:
+    except OverlayError as exc:
+        for problem in exc.problems:
+            print(f"twelvefactor-management: {problem}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as exc:
         print(f"twelvefactor-management: {exc}", file=sys.stderr)
         return 1
     from twelvefactor_services.management.service import ManagementConfig, ManagementService

@@ -1,6 +1,10 @@
-"""Read-only HTTP JSON API over the registry (http.server, bound to 127.0.0.1 by default).
+"""HTTP JSON API over the registry (http.server, bound to 127.0.0.1 by default).
 
-GET /devices, /devices/<id>, /devices/<id>/history, /healthz.
+GET /devices, /devices/<id>, /devices/<id>/history, /devices/<id>/config, /groups,
+/groups/<name>, /healthz; PUT /devices/<id>/config, /groups/<name>/config;
+DELETE /devices/<id>/config; POST /groups/<name>/members; DELETE
+/groups/<name>/members/<id>. There is no authentication: bind it to loopback
+or put it behind a proxy that authenticates operators.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,19 +21,33 @@ from pathlib import Path
 from typing import Any
 
 from twelvefactor_services.management import registry
+from twelvefactor_services.management.configlogic import (
+    OverlayError,
+    check_device,
+    check_group,
+    check_overlay,
+)
 
 log = logging.getLogger(__name__)
-DEVICE_PATH = re.compile(r"/devices/([a-z0-9][a-z0-9-]{0,62})(/history)?")
+DEVICE_PATH = re.compile(r"/devices/([a-z0-9][a-z0-9-]{0,62})(/history|/config)?")
+GROUP_PATH = re.compile(r"/groups/([a-z0-9][a-z0-9_-]{0,62})(/config|/members)?")
+MEMBER_PATH = re.compile(r"/groups/([a-z0-9][a-z0-9_-]{0,62})/members/([a-z0-9][a-z0-9-]{0,62})")
+MAX_BODY = 64 * 1024
 
 
 class ApiServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], db_path: Path, health: Callable[[], dict[str, Any]]
+        self,
+        address: tuple[str, int],
+        db_path: Path,
+        health: Callable[[], dict[str, Any]],
+        changed: Callable[[], None] = lambda: None,
     ) -> None:
         self.db_path = db_path
         self.health = health
+        self.changed = changed  # a desired configuration changed: publish soon
         super().__init__(address, Handler)
 
     def start(self) -> threading.Thread:
@@ -52,8 +71,115 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0].rstrip("/") or "/"
+
+    def _body(self) -> Any:
+        """The request's JSON body; OverlayError if there is none or it is not JSON."""
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise OverlayError(["a JSON body with Content-Length is required"]) from None
+        if not 0 <= length <= MAX_BODY:
+            raise OverlayError([f"the body must be at most {MAX_BODY} bytes"])
+        try:
+            return json.loads(self.rfile.read(length))
+        except (ValueError, UnicodeDecodeError):
+            raise OverlayError(["the body is not JSON"]) from None
+
+    def _change(self, work: Callable[[registry.Registry], Any]) -> None:
+        """Run a registry change; 200 with its result, 400 with the problems, 404 if unknown."""
+        try:
+            reg = registry.Registry(self.server.db_path)
+        except Exception:
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "registry_unavailable"})
+            raise
+        try:
+            result = work(reg)
+        except OverlayError as exc:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "invalid", "problems": exc.problems})
+            return
+        except KeyError as exc:
+            self._send(HTTPStatus.NOT_FOUND, {"error": "unknown_group", "name": exc.args[0]})
+            return
+        finally:
+            reg.close()
+        self.server.changed()
+        self._send(HTTPStatus.OK, result)
+
+    def do_PUT(self) -> None:
+        path = self._path()
+        m = DEVICE_PATH.fullmatch(path)
+        if m is not None and m.group(2) == "/config":
+            device = m.group(1)
+
+            def set_device(reg: registry.Registry) -> Any:
+                overlay = check_overlay(self._body())
+                reg.set_device_config(check_device(device), overlay, time.time())
+                return registry.device_config(reg.db, device)
+
+            self._change(set_device)
+            return
+        g = GROUP_PATH.fullmatch(path)
+        if g is not None and g.group(2) == "/config":
+            name = g.group(1)
+
+            def set_group(reg: registry.Registry) -> Any:
+                overlay = check_overlay(self._body())
+                versions = reg.set_group_config(check_group(name), overlay, time.time())
+                return {"name": name, "config": overlay, "versions": versions}
+
+            self._change(set_group)
+            return
+        self._send(HTTPStatus.NOT_FOUND, {"error": "not_found", "path": path})
+
+    def do_POST(self) -> None:
+        path = self._path()
+        g = GROUP_PATH.fullmatch(path)
+        if g is None or g.group(2) != "/members":
+            self._send(HTTPStatus.NOT_FOUND, {"error": "not_found", "path": path})
+            return
+        name = g.group(1)
+
+        def add(reg: registry.Registry) -> Any:
+            body = self._body()
+            devices = body.get("devices") if isinstance(body, dict) else None
+            if isinstance(body, dict) and isinstance(body.get("device"), str):
+                devices = [body["device"]]
+            if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+                raise OverlayError(['the body must be {"device": ID} or {"devices": [ID, ...]}'])
+            for d in devices:
+                check_device(d)
+            return {"name": name, "versions": reg.add_members(name, devices, time.time())}
+
+        self._change(add)
+
+    def do_DELETE(self) -> None:
+        path = self._path()
+        mm = MEMBER_PATH.fullmatch(path)
+        if mm is not None:
+            name, device = mm.group(1), mm.group(2)
+            self._change(
+                lambda reg: {
+                    "name": name,
+                    "versions": reg.remove_members(name, [device], time.time()),
+                }
+            )
+            return
+        m = DEVICE_PATH.fullmatch(path)
+        if m is not None and m.group(2) == "/config":
+            device = m.group(1)
+            self._change(
+                lambda reg: {
+                    "device": device,
+                    "version": reg.set_device_config(device, None, time.time()),
+                }
+            )
+            return
+        self._send(HTTPStatus.NOT_FOUND, {"error": "not_found", "path": path})
+
     def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        path = self._path()
         if path == "/healthz":
             h = self.server.health()
             self._send(HTTPStatus.OK if h["ok"] else HTTPStatus.SERVICE_UNAVAILABLE, h)
@@ -63,9 +189,27 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/devices":
                 self._send(HTTPStatus.OK, registry.list_devices(db))
                 return
+            if path == "/groups":
+                self._send(HTTPStatus.OK, registry.list_groups(db))
+                return
+            g = GROUP_PATH.fullmatch(path)
+            if g is not None and g.group(2) is None:
+                group = registry.group_config(db, g.group(1))
+                if group is None:
+                    self._send(HTTPStatus.NOT_FOUND, {"error": "unknown_group", "name": g.group(1)})
+                else:
+                    self._send(HTTPStatus.OK, group)
+                return
             m = DEVICE_PATH.fullmatch(path)
             if m is None:
                 self._send(HTTPStatus.NOT_FOUND, {"error": "not_found", "path": path})
+                return
+            if m.group(2) == "/config":
+                cfg = registry.device_config(db, m.group(1))
+                if cfg is None:
+                    self._send(HTTPStatus.NOT_FOUND, {"error": "no_config", "id": m.group(1)})
+                else:
+                    self._send(HTTPStatus.OK, cfg)
                 return
             device = registry.get_device(db, m.group(1))
             if device is None:

@@ -11,7 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("online", "meta", "health")
+KINDS = ("online", "meta", "health", "config")
+STATUSES = ("applied", "rejected", "reverted")
 
 
 class PayloadError(ValueError):
@@ -64,12 +65,36 @@ class HealthReport:
     body: dict[str, Any]
 
 
-Report = OnlineReport | MetaReport | HealthReport
+@dataclass(frozen=True)
+class ConfigReport:
+    version: int
+    status: str
+    error: str | None
+
+
+def _config_report(raw: bytes) -> ConfigReport:
+    """`{"v":1,"version":N,"status":"applied|rejected|reverted","error":...}` or PayloadError."""
+    obj = parse_object(raw)
+    version = obj.get("version")
+    if type(version) is not int or version < 1:
+        raise PayloadError(f"field 'version' is not a positive integer: {version!r}"[:200])
+    status = obj.get("status")
+    if status not in STATUSES:
+        raise PayloadError(f"field 'status' is not one of {STATUSES}: {status!r}"[:200])
+    error = obj.get("error")
+    if error is not None and not isinstance(error, str):
+        raise PayloadError("field 'error' is not a string")
+    return ConfigReport(version, str(status), None if error is None else error[:4000])
+
+
+Report = OnlineReport | MetaReport | HealthReport | ConfigReport
 
 
 def parse_report(device: str, kind: str, raw: bytes) -> Report:
     if kind not in KINDS:
         raise PayloadError(f"unknown management topic kind {kind!r}")
+    if kind == "config":
+        return _config_report(raw)
     obj = parse_object(raw)
     if kind == "online":
         online = obj.get("online")

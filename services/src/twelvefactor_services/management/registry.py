@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from twelvefactor_services.management.configlogic import Overlay, effective
 from twelvefactor_services.management.logic import (
+    ConfigReport,
     HealthReport,
     MetaReport,
     OnlineReport,
@@ -40,6 +42,27 @@ CREATE TABLE IF NOT EXISTS online_history (
     device_ts REAL
 );
 CREATE INDEX IF NOT EXISTS online_history_device ON online_history(device, id);
+CREATE TABLE IF NOT EXISTS config_groups (
+    name TEXT PRIMARY KEY,
+    overlay TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS config_members (
+    device TEXT PRIMARY KEY,            -- a device is in at most one group
+    grp TEXT NOT NULL REFERENCES config_groups(name)
+);
+CREATE TABLE IF NOT EXISTS device_config (
+    device TEXT PRIMARY KEY,
+    overlay TEXT,                       -- the device's own overlay (JSON), or NULL
+    version INTEGER NOT NULL,           -- desired version: only ever goes up
+    desired TEXT NOT NULL,              -- effective configuration of that version (JSON)
+    updated REAL NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,  -- the version last published (retained)
+    reported_version INTEGER,
+    reported_status TEXT,
+    reported_error TEXT,
+    reported_ts REAL
+);
 """
 
 
@@ -101,6 +124,9 @@ class Registry:
                         (device, int(t.online), t.reason, t.at, t.device_ts),
                     )
                 return t
+            if isinstance(report, ConfigReport):
+                self._record_config_report(device, report, now)
+                return None
             if isinstance(report, MetaReport):
                 if is_newer(row["meta_ts"], report.device_ts):
                     self.db.execute(
@@ -115,6 +141,193 @@ class Registry:
                     (json.dumps(report.body), report.device_ts, device),
                 )
             return None
+
+    # -- desired configuration ----------------------------------------------------
+
+    def _record_config_report(self, device: str, report: ConfigReport, now: float) -> None:
+        row = self.db.execute(
+            "SELECT reported_version FROM device_config WHERE device = ?", (device,)
+        ).fetchone()
+        if row is None:
+            # A report without a desired configuration here (the registry was reset):
+            # keep it; the next version set for the device starts above it.
+            self.db.execute(
+                "INSERT INTO device_config (device, overlay, version, desired, updated, published,"
+                " reported_version, reported_status, reported_error, reported_ts)"
+                " VALUES (?, NULL, ?, '{}', ?, ?, ?, ?, ?, ?)",
+                (
+                    device,
+                    report.version,
+                    now,
+                    report.version,
+                    report.version,
+                    report.status,
+                    report.error,
+                    now,
+                ),
+            )
+            return
+        if row["reported_version"] is not None and report.version < row["reported_version"]:
+            return  # an older report arriving late
+        self.db.execute(
+            "UPDATE device_config SET reported_version = ?, reported_status = ?,"
+            " reported_error = ?, reported_ts = ? WHERE device = ?",
+            (report.version, report.status, report.error, now, device),
+        )
+
+    def set_device_config(self, device: str, overlay: Overlay | None, now: float) -> int:
+        """Set (or with None clear) a device's own overlay; its desired version."""
+        with _write(self.db):
+            self._ensure_config_row(device, now)
+            self.db.execute(
+                "UPDATE device_config SET overlay = ? WHERE device = ?",
+                (None if overlay is None else json.dumps(overlay), device),
+            )
+            return self._refresh(device, now)
+
+    def set_group_config(self, group: str, overlay: Overlay, now: float) -> dict[str, int]:
+        """Create or replace a group's overlay; the new desired version of each member."""
+        with _write(self.db):
+            self.db.execute(
+                "INSERT INTO config_groups (name, overlay, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET overlay = excluded.overlay,"
+                " updated = excluded.updated",
+                (group, json.dumps(overlay), now),
+            )
+            members = [
+                r["device"]
+                for r in self.db.execute(
+                    "SELECT device FROM config_members WHERE grp = ? ORDER BY device", (group,)
+                )
+            ]
+            return {d: self._refresh(d, now) for d in members}
+
+    def add_members(self, group: str, devices: list[str], now: float) -> dict[str, int]:
+        """Put devices in a group (moving them out of any other); their desired versions."""
+        with _write(self.db):
+            if not self._group_exists(group):
+                raise KeyError(group)
+            out = {}
+            for device in devices:
+                self._ensure_config_row(device, now)
+                self.db.execute(
+                    "INSERT INTO config_members (device, grp) VALUES (?, ?)"
+                    " ON CONFLICT(device) DO UPDATE SET grp = excluded.grp",
+                    (device, group),
+                )
+                out[device] = self._refresh(device, now)
+            return out
+
+    def remove_members(self, group: str, devices: list[str], now: float) -> dict[str, int]:
+        with _write(self.db):
+            if not self._group_exists(group):
+                raise KeyError(group)
+            out = {}
+            for device in devices:
+                cur = self.db.execute(
+                    "DELETE FROM config_members WHERE device = ? AND grp = ?", (device, group)
+                )
+                if cur.rowcount:
+                    out[device] = self._refresh(device, now)
+            return out
+
+    def unpublished(self) -> list[tuple[str, int, Overlay]]:
+        """Desired configurations not yet published: (device, version, config)."""
+        rows = self.db.execute(
+            "SELECT device, version, desired FROM device_config WHERE published < version"
+            " ORDER BY device"
+        ).fetchall()
+        return [(r["device"], r["version"], json.loads(r["desired"])) for r in rows]
+
+    def mark_published(self, device: str, version: int) -> None:
+        with _write(self.db):
+            self.db.execute(
+                "UPDATE device_config SET published = MAX(published, ?) WHERE device = ?",
+                (version, device),
+            )
+
+    def _group_exists(self, group: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM config_groups WHERE name = ?", (group,)).fetchone()
+        return row is not None
+
+    def _ensure_config_row(self, device: str, now: float) -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO device_config (device, overlay, version, desired, updated)"
+            " VALUES (?, NULL, 0, '{}', ?)",
+            (device, now),
+        )
+
+    def _refresh(self, device: str, now: float) -> int:
+        """Recompute a device's effective configuration; a new version if it changed."""
+        row = self.db.execute(
+            "SELECT d.overlay, d.version, d.desired, d.reported_version, g.overlay AS group_overlay"
+            " FROM device_config d LEFT JOIN config_members m ON m.device = d.device"
+            " LEFT JOIN config_groups g ON g.name = m.grp WHERE d.device = ?",
+            (device,),
+        ).fetchone()
+        group = json.loads(row["group_overlay"]) if row["group_overlay"] else None
+        own = json.loads(row["overlay"]) if row["overlay"] else None
+        wanted = effective(group, own)
+        version: int = row["version"]
+        if version > 0 and json.loads(row["desired"]) == wanted:
+            return version
+        # Above anything the device may have seen, even from an older registry.
+        version = max(version, row["reported_version"] or 0) + 1
+        self.db.execute(
+            "UPDATE device_config SET version = ?, desired = ?, updated = ? WHERE device = ?",
+            (version, json.dumps(wanted), now, device),
+        )
+        return version
+
+
+def device_config(db: sqlite3.Connection, device: str) -> dict[str, Any] | None:
+    """A device's configuration as the API and CLI show it, or None if it has none."""
+    row = db.execute(
+        "SELECT d.*, m.grp FROM device_config d LEFT JOIN config_members m"
+        " ON m.device = d.device WHERE d.device = ?",
+        (device,),
+    ).fetchone()
+    if row is None:
+        return None
+    return {
+        "device": device,
+        "version": row["version"] or None,
+        "group": row["grp"],
+        "overlay": json.loads(row["overlay"]) if row["overlay"] else None,
+        "desired": json.loads(row["desired"]),
+        "published": row["published"] or None,
+        "reported": None
+        if row["reported_version"] is None
+        else {
+            "version": row["reported_version"],
+            "status": row["reported_status"],
+            "error": row["reported_error"],
+            "ts": row["reported_ts"],
+        },
+    }
+
+
+def group_config(db: sqlite3.Connection, group: str) -> dict[str, Any] | None:
+    row = db.execute("SELECT * FROM config_groups WHERE name = ?", (group,)).fetchone()
+    if row is None:
+        return None
+    members = [
+        r["device"]
+        for r in db.execute(
+            "SELECT device FROM config_members WHERE grp = ? ORDER BY device", (group,)
+        )
+    ]
+    return {
+        "name": group,
+        "config": json.loads(row["overlay"]),
+        "updated": row["updated"],
+        "members": members,
+    }
+
+
+def list_groups(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    names = [r["name"] for r in db.execute("SELECT name FROM config_groups ORDER BY name")]
+    return [g for g in (group_config(db, n) for n in names) if g is not None]
 
 
 def _device(row: sqlite3.Row, *, full: bool) -> dict[str, Any]:

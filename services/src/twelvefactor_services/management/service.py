@@ -1,4 +1,13 @@
-"""The management service process: MQTT consumer, registry writer, HTTP API."""
+"""The management service process: MQTT consumer, registry writer, HTTP API, config publisher.
+
+Desired configurations are set through the HTTP API or the CLI (which writes
+the registry directly); a publisher thread publishes every device whose
+desired version is newer than the one last published, retained, on
+`mgmt/<id>/down/config`, and marks it published once the broker acknowledged
+it. It looks at once when the HTTP API changed something and every second
+otherwise, so a change made with the CLI reaches the device too. Several
+copies may publish the same version: it is the same retained document.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +23,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from twelvefactor_services.management.configlogic import desired_document
 from twelvefactor_services.management.http_api import ApiServer
-from twelvefactor_services.management.logic import PayloadError, parse_report
+from twelvefactor_services.management.logic import ConfigReport, PayloadError, parse_report
 from twelvefactor_services.management.registry import Registry
 from twelvefactor_services.mqtt import (
     Connection,
@@ -28,6 +38,7 @@ from twelvefactor_services.topics import MANAGEMENT_UP, parse_up, shared
 
 log = logging.getLogger("twelvefactor.management")
 KEEPALIVE = 30
+PUBLISH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,11 @@ class ManagementService:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.http = ApiServer((cfg.http_host, cfg.http_port), cfg.db, self.health)
+        self.stopping = threading.Event()
+        self.publish_wake = threading.Event()
+        self.http = ApiServer(
+            (cfg.http_host, cfg.http_port), cfg.db, self.health, changed=self.publish_wake.set
+        )
 
     def health(self) -> dict[str, Any]:
         ok = self.conn.connected.is_set() and self.subscribed.is_set()
@@ -110,13 +125,52 @@ class ManagementService:
         if self.registry is None:
             self.registry = Registry(self.cfg.db)
         t = self.registry.apply(up.device, report, time.time())
+        if isinstance(report, ConfigReport):
+            log.info(
+                "%s: configuration version %d %s%s",
+                up.device,
+                report.version,
+                report.status,
+                f": {report.error}" if report.error else "",
+            )
         if t is not None:
             state = "online" if t.online else f"offline ({t.reason or 'no reason'})"
             log.info("%s is %s", up.device, state)
 
+    def _publisher(self) -> None:
+        registry = Registry(self.cfg.db)  # this thread's own connection
+        try:
+            while not self.stopping.is_set():
+                self.publish_wake.wait(PUBLISH_INTERVAL)
+                self.publish_wake.clear()
+                if self.conn.connected.is_set():
+                    self._publish_desired(registry)
+        finally:
+            registry.close()
+
+    def _publish_desired(self, registry: Registry) -> None:
+        for device, version, config in registry.unpublished():
+            info = self.client.publish(
+                f"mgmt/{device}/down/config",
+                desired_document(version, config),
+                qos=1,
+                retain=True,
+            )
+            try:
+                info.wait_for_publish(timeout=10)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("desired configuration for %s not published: %s", device, exc)
+                return
+            if not info.is_published():
+                return  # the connection is gone; the next round tries again
+            registry.mark_published(device, version)
+            log.info("published configuration version %d for %s", version, device)
+
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""
         self.http.start()
+        publisher = threading.Thread(target=self._publisher, name="publisher", daemon=True)
+        publisher.start()
         log.info("HTTP API on http://%s:%d", self.cfg.http_host, self.http.server_address[1])
 
         def stop(_sig: int, _frame: FrameType | None) -> None:
@@ -132,6 +186,9 @@ class ManagementService:
             properties=connect_properties(0),
         )
         self.client.loop_forever(retry_first_connection=True)
+        self.stopping.set()
+        self.publish_wake.set()
+        publisher.join(15)
         self.http.shutdown()
         if self.registry is not None:
             self.registry.close()
