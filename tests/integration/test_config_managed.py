@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -187,6 +186,7 @@ def test_crash_inside_the_window_restarts_on_the_previous_configuration(
     status, body = http_send(
         port, "PUT", "/devices/dev-k/config", {"management": {"port": free_port()}}
     )
+    assert status == 200, body
     version = body["version"]
     wait_until(lambda: agent_config(agent)["trial"] == version, timeout=60, what="under trial")
     agent.kill()  # a power cut inside the window
