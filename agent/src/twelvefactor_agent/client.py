@@ -3,6 +3,7 @@
 from twelvefactor_agent.client import AgentClient
 with AgentClient() as agent:
     seq = agent.publish("temperature", b'{"t": 21.5}')
+    reply = agent.call("weather", path="/now", query={"city": "Lyon"})
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -22,14 +24,33 @@ BATCH_BYTES = 512 * 1024
 
 
 class AgentError(Exception):
-    """The agent refused a request: code is bad_request, too_large or unavailable."""
+    """The agent refused a request or a call failed; `code` is the protocol's error code
+    (bad_request, too_large, unavailable; for calls also unknown_service, not_allowed,
+    upstream_error, timeout)."""
 
-    def __init__(self, code: str, message: str, accepted: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        accepted: list[int] | None = None,
+        status: int | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         # For publish_many: seqs of the messages stored before the refusal.
         self.accepted = accepted or []
+        # For call: the upstream's HTTP status, when it answered 5xx.
+        self.status = status
+
+
+@dataclass(frozen=True)
+class CallResponse:
+    """What a third-party service answered through the solution service."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
 
 class AgentClient:
@@ -89,6 +110,52 @@ class AgentClient:
         if answer.get("ok") is not True:
             raise _error(answer, [])
         return answer
+
+    def call(
+        self,
+        service: str,
+        method: str = "GET",
+        path: str = "/",
+        *,
+        query: Mapping[str, str | list[str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        timeout: float = 30.0,
+    ) -> CallResponse:
+        """Call a third-party service by name through the solution service.
+
+        Raises AgentError with the error code (and `.status` for an upstream 5xx)."""
+        request = {
+            "op": "call",
+            "service": service,
+            "method": method,
+            "path": path,
+            "query": dict(query or {}),
+            "headers": dict(headers or {}),
+            "body": base64.b64encode(body).decode("ascii"),
+            "timeout": timeout,
+        }
+        self._send(json.dumps(request).encode() + b"\n")
+        sock = self._connect()
+        sock.settimeout(max(self.timeout, timeout + 10.0))  # the agent answers by then
+        try:
+            answer = self._receive()
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(self.timeout)
+        if answer.get("ok") is not True:
+            status = answer.get("status")
+            raise AgentError(
+                str(answer.get("error")),
+                str(answer.get("message")),
+                status=status if isinstance(status, int) else None,
+            )
+        status, hdrs, data = answer.get("status"), answer.get("headers"), answer.get("body")
+        if not isinstance(status, int) or not isinstance(hdrs, dict) or not isinstance(data, str):
+            raise ValueError(f"agent answered a call without status, headers or body: {answer!r}")
+        return CallResponse(
+            status, {str(k): str(v) for k, v in hdrs.items()}, base64.b64decode(data)
+        )
 
     def _connect(self) -> socket.socket:
         if self._sock is None:

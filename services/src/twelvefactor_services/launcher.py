@@ -257,7 +257,11 @@ class Stack:
         return svc
 
     def solution(
-        self, *, webhook: str | None = None, max_backoff: float | None = None
+        self,
+        *,
+        webhook: str | None = None,
+        max_backoff: float | None = None,
+        proxy_config: Path | None = None,
     ) -> ServiceProcess:
         """A solution service copy (not started); copies share one database and archive."""
         n = self._next_copy("solution")
@@ -279,6 +283,8 @@ class Stack:
             argv += ["--webhook", webhook]
         if max_backoff is not None:
             argv += ["--max-backoff", str(max_backoff)]
+        if proxy_config is not None:
+            argv += ["--proxy-config", str(proxy_config)]
         svc = ServiceProcess(f"solution-{n}", argv, run)
         self.services.append(svc)
         return svc

@@ -19,6 +19,7 @@ from pathlib import Path
 
 MANAGEMENT_UP = "mgmt/+/up/#"
 SOLUTION_DATA_UP = "sol/+/up/data/+"
+SOLUTION_PROXY_UP = "sol/+/up/proxy"
 
 
 def share_group(service: str, key_file: Path) -> str:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from twelvefactor_services import service_args
+from twelvefactor_services.solution import proxyconfig
 from twelvefactor_services.solution.receivers import ArchiveReceiver, Receiver, WebhookReceiver
 
 
@@ -55,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "shared: an MQTT 5 shared subscription (for brokers that persist them)",
     )
     serve.add_argument("--max-backoff", type=float, default=30.0, help="longest retry delay (s)")
+    serve.add_argument(
+        "--proxy-config",
+        type=Path,
+        help="TOML file naming the third-party services devices may call (docs/services.md)",
+    )
+    serve.add_argument("--proxy-workers", type=int, default=32, help="concurrent upstream calls")
     p = sub.add_parser("archive", help="per-device counts, or one device's archive")
     p.add_argument("--archive-dir", type=Path, required=True)
     p.add_argument("--device")
@@ -70,6 +77,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             receivers.append(WebhookReceiver(args.webhook, args.webhook_timeout))
         except ValueError as exc:
             parser.error(str(exc))
+    proxy = proxyconfig.EMPTY
+    if args.proxy_config is not None:
+        try:
+            proxy = proxyconfig.load(args.proxy_config)
+        except proxyconfig.ProxyConfigError as exc:
+            for problem in exc.problems:
+                print(f"twelvefactor-solution: {problem}", file=sys.stderr)
+            return 2
     ident = service_args.identity(args, "solution")
     cfg = SolutionConfig(
         db=args.db,
@@ -82,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         instance=args.instance,
         ready_file=args.ready_file,
         max_backoff=args.max_backoff,
+        proxy=proxy,
+        proxy_group=service_args.group(args, "solution", ident) + "-proxy",
+        proxy_workers=args.proxy_workers,
     )
     return SolutionService(cfg).run()
 

@@ -1,4 +1,10 @@
-"""The solution service process: MQTT consumer (manual acks), dedup store, delivery workers."""
+"""The solution service process: MQTT consumer (manual acks), dedup store, delivery workers,
+and the proxy for third-party APIs (proxyexec.py).
+
+Application data comes through a durable plain subscription (docs/decisions.md);
+proxy requests through a *shared* subscription (`$share/<group>-proxy/sol/+/up/proxy`),
+so among several copies exactly one gets each request and no call is made twice.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from twelvefactor_services.management.logic import PayloadError
@@ -26,9 +34,11 @@ from twelvefactor_services.mqtt import (
 )
 from twelvefactor_services.solution.delivery import DeliveryWorker
 from twelvefactor_services.solution.envelope import parse_envelope
+from twelvefactor_services.solution.proxyconfig import EMPTY, ProxyConfig
+from twelvefactor_services.solution.proxyexec import Proxy
 from twelvefactor_services.solution.receivers import Receiver
 from twelvefactor_services.solution.store import Store
-from twelvefactor_services.topics import SOLUTION_DATA_UP, parse_up, shared
+from twelvefactor_services.topics import SOLUTION_DATA_UP, SOLUTION_PROXY_UP, parse_up, shared
 
 log = logging.getLogger("twelvefactor.solution")
 KEEPALIVE = 30
@@ -52,6 +62,10 @@ class SolutionConfig:
     instance: int = 1
     ready_file: Path | None = None
     max_backoff: float = 30.0
+    proxy: ProxyConfig = EMPTY
+    # The proxy's shared-subscription group (secret, like the management one).
+    proxy_group: str = "solution-proxy"
+    proxy_workers: int = 32
 
 
 class SolutionService:
@@ -74,6 +88,12 @@ class SolutionService:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.proxy = Proxy(cfg.proxy, self._publish_answer, workers=cfg.proxy_workers)
+
+    def _publish_answer(self, topic: str, correlation: bytes, payload: bytes) -> None:
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.CorrelationData = correlation
+        self.client.publish(topic, payload, qos=1, properties=props)
 
     def _on_connect(self, c: mqtt.Client, _u: Any, flags: Any, rc: ReasonCode, _p: Any) -> None:
         self.conn.on_connect(rc)
@@ -84,7 +104,7 @@ class SolutionService:
         topic = (
             SOLUTION_DATA_UP if self.cfg.group is None else shared(self.cfg.group, SOLUTION_DATA_UP)
         )
-        c.subscribe(topic, qos=1)
+        c.subscribe([(topic, 1), (shared(self.cfg.proxy_group, SOLUTION_PROXY_UP), 1)])
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self.conn.on_disconnect(rc)
@@ -93,13 +113,23 @@ class SolutionService:
     def _on_subscribe(
         self, _c: mqtt.Client, _u: Any, _mid: int, codes: list[ReasonCode], _p: Any
     ) -> None:
-        if codes[0].is_failure:
-            log.error("subscription refused: %s", codes[0])
+        refused = [c for c in codes if c.is_failure]
+        if refused:
+            log.error("subscription refused: %s", refused[0])
             return
         if self.cfg.ready_file is not None and not self.cfg.ready_file.exists():
             self.cfg.ready_file.write_text("ready\n")
 
     def _on_message(self, c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        up = parse_up(msg.topic)
+        if up is not None and up.side == "sol" and up.rest == ("proxy",):
+            # Acknowledged first: a call is never made twice, not even after a crash.
+            c.ack(msg.mid, msg.qos)
+            try:
+                self.proxy.handle(up.device, bytes(msg.payload), getattr(msg, "properties", None))
+            except Exception:
+                log.exception("proxy request from %s not handled", up.device)
+            return
         try:
             new = self.handle(msg.topic, bytes(msg.payload))
         except Exception:
@@ -151,6 +181,7 @@ class SolutionService:
             properties=connect_properties(SESSION_EXPIRY),
         )
         self.client.loop_forever(retry_first_connection=True)
+        self.proxy.close()
         self.stop_event.set()
         for w in self.workers:
             w.wake.set()

@@ -1,0 +1,142 @@
+"""The proxy's I/O: requests checked by `proxy.plan`, made with http.client on a thread pool.
+
+A call is interactive, so nothing is stored or retried: the MQTT request is
+acknowledged when it arrives (a copy that dies mid-call does not get it
+again, so no call is made twice) and the answer goes to the device's
+response topic once. The timeout covers the whole exchange (connect, send,
+headers, body), not each socket operation.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from twelvefactor_services.solution.proxy import Plan, Refused, answer_error, answer_ok, plan
+from twelvefactor_services.solution.proxyconfig import ProxyConfig
+
+log = logging.getLogger("twelvefactor.proxy")
+CHUNK = 64 * 1024
+
+# (response topic, correlation data, payload)
+Publish = Callable[[str, bytes, bytes], None]
+
+
+def call(p: Plan) -> bytes:
+    """Make the planned HTTP request; the response payload for the device."""
+    deadline = time.monotonic() + p.timeout
+    up = p.upstream
+    conn: http.client.HTTPConnection
+    if up.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            up.host, up.port, timeout=p.timeout, context=ssl.create_default_context()
+        )
+    else:
+        conn = http.client.HTTPConnection(up.host, up.port, timeout=p.timeout)
+    try:
+        conn.request(p.method, p.target, body=p.body or None, headers=p.headers)
+        _shorten(conn, deadline)
+        resp = conn.getresponse()
+        body = bytearray()
+        while True:
+            _shorten(conn, deadline)
+            chunk = resp.read(CHUNK)
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > up.max_response_bytes:
+                return answer_error(
+                    "too_large",
+                    f"the response of {up.name} is over {up.max_response_bytes} bytes",
+                    resp.status,
+                )
+        if resp.status >= 500:
+            return answer_error("upstream_error", f"{up.name} answered {resp.status}", resp.status)
+        return answer_ok(resp.status, resp.getheaders(), bytes(body))
+    except TimeoutError:
+        return answer_error("timeout", f"{up.name} did not answer within {p.timeout:g} s")
+    except (OSError, http.client.HTTPException) as exc:
+        # No text from the exception: it may name the upstream's host.
+        why = (
+            errno.errorcode.get(exc.errno, "error")
+            if isinstance(exc, OSError) and exc.errno
+            else type(exc).__name__
+        )
+        return answer_error("upstream_error", f"cannot reach {up.name} ({why})")
+    finally:
+        conn.close()
+
+
+def _shorten(conn: http.client.HTTPConnection, deadline: float) -> None:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    if conn.sock is not None:
+        conn.sock.settimeout(left)
+
+
+class Proxy:
+    def __init__(
+        self, config: ProxyConfig, publish: Publish, workers: int = 32, max_pending: int = 2000
+    ) -> None:
+        self.config = config
+        self.publish = publish
+        self.max_pending = max_pending
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="proxy")
+        self._lock = threading.Lock()
+        self.pending = 0
+        self.calls = 0  # upstream calls made (tests and logs)
+
+    def handle(self, device: str, payload: bytes, properties: Any) -> None:
+        """One request from the MQTT thread: refuse it at once or queue the call."""
+        decision = plan(
+            self.config,
+            device,
+            payload,
+            getattr(properties, "ResponseTopic", None),
+            getattr(properties, "CorrelationData", None),
+            getattr(properties, "MessageExpiryInterval", None),
+        )
+        if isinstance(decision, Refused):
+            log.info(
+                "proxy request from %s refused: %s: %s", device, decision.error, decision.message
+            )
+            if decision.reply is not None:
+                topic, correlation = decision.reply
+                self.publish(topic, correlation, answer_error(decision.error, decision.message))
+            return
+        with self._lock:
+            if self.pending >= self.max_pending:
+                busy = True
+            else:
+                busy = False
+                self.pending += 1
+        if busy:
+            topic, correlation = decision.reply
+            self.publish(topic, correlation, answer_error("unavailable", "the proxy is busy"))
+            return
+        self.pool.submit(self._run, decision)
+
+    def _run(self, p: Plan) -> None:
+        try:
+            answer = call(p)
+        except Exception:  # a bug must not leave the device waiting
+            log.exception("proxy call to %s failed", p.upstream.name)
+            answer = answer_error("upstream_error", f"the call to {p.upstream.name} failed")
+        finally:
+            with self._lock:
+                self.pending -= 1
+                self.calls += 1
+        topic, correlation = p.reply
+        log.info("%s %s %s for %s", p.method, p.upstream.name, p.target.split("?")[0], p.device)
+        self.publish(topic, correlation, answer)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
