@@ -139,4 +139,5 @@ class Proxy:
         self.publish(topic, correlation, answer)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        # Queued calls are dropped (their devices time out); running ones end by their timeout.
+        self.pool.shutdown(wait=False, cancel_futures=True)
