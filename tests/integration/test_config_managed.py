@@ -28,8 +28,10 @@ def agents() -> Iterator[list[HostAgent]]:
         agent.close()
 
 
-def start_agent(stack: Stack, agents: list[HostAgent], device: str) -> HostAgent:
-    agent = HostAgent(stack, device, stack.root.parent / device, confirm_window=WINDOW)
+def start_agent(
+    stack: Stack, agents: list[HostAgent], device: str, window: int = WINDOW
+) -> HostAgent:
+    agent = HostAgent(stack, device, stack.root.parent / device, confirm_window=window)
     agents.append(agent)
     agent.start()
     return agent
@@ -114,7 +116,6 @@ def test_change_applied_invalid_rejected_unreachable_reverted(
     assert status == 200, body
     v4 = body["version"]
     set_at = time.monotonic()
-    wait_until(lambda: agent_config(agent)["trial"] == v4, timeout=60, what="v4 under trial")
     report = wait_until(
         lambda: reported(port, "dev-c", v4), timeout=WINDOW + 60, what="v4 reported"
     )
@@ -181,7 +182,7 @@ def test_crash_inside_the_window_restarts_on_the_previous_configuration(
 ) -> None:
     management, _ = services
     port = management.http_port
-    agent = start_agent(stack, agents, "dev-k")
+    agent = start_agent(stack, agents, "dev-k", window=120)  # room to cut the power in it
     wait_until(lambda: online(port, "dev-k"), timeout=60, what="dev-k online")
     status, body = http_send(
         port, "PUT", "/devices/dev-k/config", {"management": {"port": free_port()}}

@@ -79,7 +79,7 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/v1/missing":
             self._reply(404, b'{"error":"no such thing"}')
         elif url.path == "/v1/slow":
-            time.sleep(4)
+            time.sleep(15)
             with contextlib.suppress(OSError):  # the proxy gave up on us, as it should
                 self._reply(200, b"{}")
         elif url.path == "/v1/big":
@@ -112,7 +112,7 @@ url = "http://127.0.0.1:{upstream.port}/v1"
 headers = {{ "X-Api-Key" = "{API_KEY}" }}
 query = {{ appid = "{APP_ID}" }}
 methods = ["GET", "POST"]
-timeout = 2
+timeout = 5
 max_response_bytes = 10000
 groups = ["field"]
 
@@ -222,9 +222,9 @@ def test_round_trip_errors_and_no_credentials_on_the_device(
     assert error_of(agent, "weather", path="/../admin").code == "bad_request"
     failed = error_of(agent, "weather", path="/fail")
     assert (failed.code, failed.status) == ("upstream_error", 500)
-    started = time.monotonic()
-    assert error_of(agent, "weather", path="/slow").code == "timeout"
-    assert time.monotonic() - started < 4, "the service's 2 s timeout, not the upstream's pace"
+    slow = error_of(agent, "weather", path="/slow")
+    # The service's own timeout for the name, not the agent's 30 s wait.
+    assert (slow.code, slow.message) == ("timeout", "weather did not answer within 5 s")
     assert error_of(agent, "weather", path="/big").code == "too_large"
     sock = str(agent.socket)
     cli = subprocess.run(
