@@ -39,6 +39,17 @@ DISABLED_UNITS = (
 YOCTO_DEFAULT_UNITS = ("systemd-networkd.service",)
 
 
+# The layer builds SWUpdate with CONFIG_BOOTLOADER_DEFAULT_GRUB (its config
+# fragment twelvefactor-grub.cfg); Debian's build defaults to no bootloader, so
+# an update would never switch slots. This drop-in, sourced by swupdate.sh
+# before the layer's 20-twelvefactor, selects GRUB the same way at run time.
+SWUPDATE_BOOTLOADER = (
+    Path("usr/lib/swupdate/conf.d/10-refimage-bootloader"),
+    "# refimage: Debian's SWUpdate has no default bootloader; the layer's build selects GRUB.\n"
+    'SWUPDATE_ARGS="${SWUPDATE_ARGS} -B grub"\n',
+)
+
+
 def chroot(root: Path, *argv: str) -> bytes:
     return run(["chroot", root, *argv])
 
@@ -60,6 +71,9 @@ def configure(root: Path, *, console_login: bool) -> None:
     else:
         chroot(root, "passwd", "--lock", "root")
     kernel_links(root)
+    path, text = SWUPDATE_BOOTLOADER
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    (root / path).write_text(text)
 
 
 def kernel_links(root: Path) -> None:
