@@ -139,11 +139,18 @@ def test_installed_files_resolve(machine: str) -> None:
     assert ("/etc/fw_env.config" in dests) == (machine != "qemux86-64")
 
 
-def test_agent_recipe_version_matches_pyproject() -> None:
-    project = tomllib.loads((REPO / "agent/pyproject.toml").read_text())["project"]
+def test_agent_recipe_version_matches_the_agent() -> None:
+    # pyproject takes the version from the package (one source); the recipe must agree.
+    pyproject = tomllib.loads((REPO / "agent/pyproject.toml").read_text())
+    assert pyproject["project"]["dynamic"] == ["version"]
+    attr = pyproject["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    assert attr == "twelvefactor_agent.__version__"
+    init = (REPO / "agent/src/twelvefactor_agent/__init__.py").read_text()
+    match = re.search(r'^__version__ = "([^"]+)"$', init, re.MULTILINE)
+    assert match is not None
     recipes = list(LAYER.glob("recipes-*/twelvefactor-agent/twelvefactor-agent_*.bb"))
     assert len(recipes) == 1
-    assert recipes[0].stem.split("_", 1)[1] == project["version"]
+    assert recipes[0].stem.split("_", 1)[1] == match.group(1)
 
 
 def test_ruleset_passes_nft_check_without_protocols_files() -> None:

@@ -1,12 +1,9 @@
 """twelvefactor device agent.
 
-The version has one source: agent/pyproject.toml. The installed distribution's
-metadata carries it (pip and the Yocto recipe both install from that file).
+The version has one source, this line: agent/pyproject.toml reads it
+(setuptools' dynamic version), and the Yocto recipe's PV is checked against
+it. A literal rather than importlib.metadata: that import alone costs the
+agent over 1 MB of resident memory on the device.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("twelvefactor-agent")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = "0.1.0"

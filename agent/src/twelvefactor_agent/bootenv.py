@@ -14,7 +14,6 @@ running slot good: upgrade_available=0, bootcount=0.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -200,6 +199,8 @@ def read_boot_env(grubenv: Path = DEFAULT_GRUBENV) -> dict[str, str] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import argparse  # the command line only: the agent imports this module too
+
     parser = argparse.ArgumentParser(
         prog="twelvefactor-bootenv", description="Read and change the A/B boot environment."
     )
