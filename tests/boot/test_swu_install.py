@@ -48,7 +48,9 @@ def test_swu_installs_into_slot_b_and_boots(device: Device, update_file: Path) -
     assert vm.check("twelvefactor-swupdate-selection") == "stable,copy2"
     # SWUpdate's daemon, as the layer starts it (20-twelvefactor: the selection for
     # the slot not running, the trusted certificate), installs what the client hands it.
-    result = vm.run("swupdate-client -v /dev/vdb", timeout=INSTALL_TIMEOUT)
+    # The daemon's sockets are systemd's (/run/swupdate); the client finds both
+    # (control and progress) below $TMPDIR.
+    result = vm.run("TMPDIR=/run/swupdate swupdate-client -v /dev/vdb", timeout=INSTALL_TIMEOUT)
     assert result.status == 0 and "SUCCESS" in result.output.upper(), result.output
     env = _env(device)
     assert (env["slot"], env["upgrade_available"], env["bootcount"]) == ("B", "1", "0")
