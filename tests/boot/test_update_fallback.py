@@ -42,12 +42,9 @@ def _env(device: Device) -> dict[str, str]:
 def test_broken_slot_b_falls_back_to_a(device: Device) -> None:
     vm = device.vm
     vm.check("twelvefactor-bootenv set slot=B upgrade_available=1 bootcount=0 && sync")
-    assert _env(device) | {"bootlimit": str(BOOTLIMIT)} == {
-        "slot": "B",
-        "upgrade_available": "1",
-        "bootcount": "0",
-        "bootlimit": str(BOOTLIMIT),
-    }
+    env = _env(device)
+    assert (env["slot"], env["upgrade_available"], env["bootcount"]) == ("B", "1", "0")
+    assert env.get("bootlimit", str(BOOTLIMIT)) == str(BOOTLIMIT)
     vm.power_cut()
     _break_slot_b(vm.disk)
 
