@@ -1,0 +1,86 @@
+"""The hub's tunnel peers, kept in the management registry's SQLite database.
+
+A device's WireGuard key and tunnel addresses are registry data like its
+certificate's name: one table `tunnel_peers` next to the management
+service's tables (the service never reads it; the hub only reads and writes
+this table). A device is a tunnel peer before it ever connects, so this is
+not the `devices` table, which fills on first contact.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+import time
+from pathlib import Path
+
+from twelvefactor_services.hub.plan import Peer, PlanError, Tunnel, allocate, check_public_key
+from twelvefactor_services.pki import PkiError, validate_device_id
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tunnel_peers (
+    device TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL UNIQUE,
+    address_v4 TEXT NOT NULL UNIQUE,
+    address_v6 TEXT UNIQUE,
+    added REAL NOT NULL
+);
+"""
+
+
+class PeerStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA busy_timeout=10000")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def peers(self) -> list[Peer]:
+        rows = self.db.execute(
+            "SELECT device, public_key, address_v4, address_v6 FROM tunnel_peers ORDER BY device"
+        ).fetchall()
+        return [
+            Peer(
+                device,
+                key,
+                ipaddress.IPv4Address(v4),
+                None if v6 is None else ipaddress.IPv6Address(v6),
+            )
+            for device, key, v4, v6 in rows
+        ]
+
+    def get(self, device: str) -> Peer | None:
+        return next((p for p in self.peers() if p.device == device), None)
+
+    def add(self, tunnel: Tunnel, device: str, public_key: str) -> Peer:
+        """Register a device's key; it gets the next free /32 (and /128)."""
+        try:
+            validate_device_id(device)
+        except PkiError as exc:
+            raise PlanError(str(exc)) from None
+        check_public_key(public_key)
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            existing = self.peers()
+            for p in existing:
+                if p.device == device:
+                    raise PlanError(f"{device} is already a tunnel peer ({p.address_v4})")
+                if p.public_key == public_key:
+                    raise PlanError(f"{p.device} already uses public key {public_key}")
+            v4, v6 = allocate(tunnel, existing)
+            self.db.execute(
+                "INSERT INTO tunnel_peers VALUES (?, ?, ?, ?, ?)",
+                (device, public_key, str(v4), None if v6 is None else str(v6), time.time()),
+            )
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return Peer(device, public_key, v4, v6)
+
+    def remove(self, device: str) -> bool:
+        return self.db.execute("DELETE FROM tunnel_peers WHERE device = ?", (device,)).rowcount > 0

@@ -1,0 +1,259 @@
+"""Run the hub: WireGuard (wireguard-go), its nftables table, broker, services, NTP.
+
+Meant to run as root in the hub's own network namespace (tests, the demo) or
+on a hub host. The cloud side listens on the hub's tunnel address only, so a
+device reaches it through the tunnel or not at all. Layout under the hub's
+root folder:
+
+  hub/settings.json   tunnel networks, ports (`init`)
+  hub/wg.key          the hub's WireGuard private key (0600), hub/wg.pub
+  hub/wg.conf         the peers as last applied (0600, holds the private key)
+  hub/hub.nft         the hub's table as last loaded
+  hub.json            what runs where, written once everything is up
+  pki/, broker/, management/, solution/   the services' launcher (launcher.Stack)
+
+Peers come from the registry's `tunnel_peers` table and are re-read every
+second: adding a device takes effect without a restart (`wg syncconf` keeps
+the sessions of the others).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from twelvefactor_services.broker import Broker
+from twelvefactor_services.hub.peers import PeerStore
+from twelvefactor_services.hub.plan import (
+    NTP_PORT,
+    TABLE,
+    Peer,
+    PlanError,
+    ServicePorts,
+    Tunnel,
+    check_peers,
+    nft_ruleset,
+    wg_config,
+)
+from twelvefactor_services.launcher import LOCALHOST, Stack
+from twelvefactor_services.ntp import SntpServer
+from twelvefactor_services.pki import Pki
+
+
+class HubError(RuntimeError):
+    """A step of starting the hub failed; the message names the command."""
+
+
+def run(*argv: str, input_text: str | None = None) -> str:
+    done = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise HubError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+@dataclass(frozen=True)
+class Settings:
+    tunnel_v4: str
+    tunnel_v6: str | None
+    listen_port: int
+    management_mqtt: int
+    solution_mqtt: int
+    management_https: int
+
+    @property
+    def tunnel(self) -> Tunnel:
+        return Tunnel.parse(self.tunnel_v4, self.tunnel_v6)
+
+    @property
+    def ports(self) -> ServicePorts:
+        return ServicePorts(self.management_mqtt, self.solution_mqtt, self.management_https)
+
+
+def settings_file(root: Path) -> Path:
+    return root / "hub" / "settings.json"
+
+
+def registry_path(root: Path) -> Path:
+    """The management registry (launcher.Stack's layout), which holds the peers too."""
+    return root / "management" / "registry.db"
+
+
+def load_settings(root: Path) -> Settings:
+    path = settings_file(root)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HubError(f"{path} does not exist: run `twelvefactor-hub init` first") from None
+    settings = Settings(**data)
+    settings.tunnel  # noqa: B018 - validates
+    return settings
+
+
+def public_key(root: Path) -> str:
+    return (root / "hub" / "wg.pub").read_text().strip()
+
+
+def init(root: Path, settings: Settings) -> str:
+    """Settings, the hub's WireGuard key pair and the PKI; returns the public key.
+    The broker's certificate names the hub's tunnel addresses (what devices dial)."""
+    tunnel = settings.tunnel
+    (root / "hub").mkdir(parents=True, exist_ok=True)
+    settings_file(root).write_text(json.dumps(dataclasses.asdict(settings), indent=1) + "\n")
+    key = root / "hub" / "wg.key"
+    if not key.exists():
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(run("wg", "genkey"))
+    pub = run("wg", "pubkey", input_text=key.read_text()).strip()
+    (root / "hub" / "wg.pub").write_text(pub + "\n")
+    pki_dir = root / "pki"
+    if not (pki_dir / "ca.crt").exists():
+        pki = Pki(pki_dir)
+        pki.init()
+        ips = [LOCALHOST, "::1", str(tunnel.hub_v4)]
+        if tunnel.hub_v6 is not None:
+            ips.append(str(tunnel.hub_v6))
+        pki.server("broker", dns=["localhost"], ips=ips)
+        for name in ("management", "solution"):
+            pki.service(name)
+    return pub
+
+
+class Hub:
+    """The running hub in the current network namespace."""
+
+    def __init__(self, root: Path, interface: str) -> None:
+        self.root = root
+        self.interface = interface
+        self.settings = load_settings(root)
+        self.tunnel = self.settings.tunnel
+        self.stack = Stack(root, address=str(self.tunnel.hub_v4))
+        # fixed ports: they are in every device's provisioning
+        cfg = dataclasses.replace(
+            self.stack.broker.cfg,
+            management_port=self.settings.management_mqtt,
+            solution_port=self.settings.solution_mqtt,
+        )
+        self.stack.broker = Broker(cfg)
+        self.peers = PeerStore(registry_path(root))
+        self._wg: subprocess.Popen[bytes] | None = None
+        self._ntp: SntpServer | None = None
+        self._applied: list[Peer] | None = None
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        log = (self.root / "hub" / "wireguard-go.log").open("ab")
+        self._wg = subprocess.Popen(
+            ["wireguard-go", "-f", self.interface], stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 30
+        while not Path(f"/sys/class/net/{self.interface}").exists():
+            if self._wg.poll() is not None or time.monotonic() > deadline:
+                raise HubError(f"wireguard-go did not create {self.interface}")
+            time.sleep(0.05)
+        self.sync_peers()
+        for address in self.tunnel.hub_interfaces():
+            # nodad: an IPv6 address is usable at once (bind() fails while tentative)
+            extra = ["nodad"] if ":" in address else []
+            run("ip", "addr", "add", address, "dev", self.interface, *extra)
+        run("ip", "link", "set", self.interface, "up")
+        ruleset = nft_ruleset(self.interface, self.tunnel, self.settings.ports.tcp())
+        (self.root / "hub" / "hub.nft").write_text(ruleset)
+        run("nft", "-f", str(self.root / "hub" / "hub.nft"))
+        ntp = [(str(self.tunnel.hub_v4), NTP_PORT)]
+        if self.tunnel.hub_v6 is not None:
+            ntp.append((str(self.tunnel.hub_v6), NTP_PORT))
+        self._ntp = SntpServer(ntp).start()
+        self.stack.start_broker()
+        management = self.stack.management()
+        management.start()
+        self.stack.solution().start()
+        info: dict[str, Any] = {
+            "interface": self.interface,
+            "public_key": public_key(self.root),
+            "listen_port": self.settings.listen_port,
+            "address_v4": str(self.tunnel.hub_v4),
+            "address_v6": None if self.tunnel.hub_v6 is None else str(self.tunnel.hub_v6),
+            "management_port": self.settings.management_mqtt,
+            "solution_port": self.settings.solution_mqtt,
+            "management_https_port": self.settings.management_https,
+            "management_http_port": management.http_port,
+            "registry": str(registry_path(self.root)),
+            "archive_dir": str(self.stack.archive_dir),
+            "pki_dir": str(self.stack.pki.root),
+            "wireguard_go_pid": self._wg.pid,
+        }
+        tmp = self.root / "hub.json.tmp"
+        tmp.write_text(json.dumps(info, indent=1) + "\n")
+        tmp.rename(self.root / "hub.json")
+
+    def sync_peers(self) -> bool:
+        """Apply the registry's peers if they changed; True if it did."""
+        peers = self.peers.peers()
+        if peers == self._applied:
+            return False
+        check_peers(self.tunnel, peers)
+        conf = self.root / "hub" / "wg.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        private = (self.root / "hub" / "wg.key").read_text().strip()
+        with os.fdopen(fd, "w") as fh:
+            fh.write(wg_config(private, self.settings.listen_port, peers))
+        run("wg", "syncconf", self.interface, str(conf))
+        self._applied = peers
+        return True
+
+    def serve(self, stopping: threading.Event) -> None:
+        while not stopping.wait(1.0):
+            try:
+                self.sync_peers()
+            except (PlanError, HubError) as exc:
+                print(f"twelvefactor-hub: peers not applied: {exc}", flush=True)
+
+    def stop(self) -> None:
+        self.stack.stop()
+        if self._ntp is not None:
+            self._ntp.stop()
+            self._ntp = None
+        subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True, check=False)
+        if self._wg is not None and self._wg.poll() is None:
+            self._wg.terminate()
+            try:
+                self._wg.wait(10)
+            except subprocess.TimeoutExpired:
+                self._wg.kill()
+                self._wg.wait()
+        self._wg = None
+        self.peers.close()
+
+
+def serve_forever(root: Path, interface: str) -> int:
+    hub = Hub(root, interface)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    hub.start()
+    print(f"twelvefactor-hub: up on {interface}", flush=True)
+    try:
+        hub.serve(stopping)
+    finally:
+        hub.stop()
+    return 0

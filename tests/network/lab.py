@@ -1,0 +1,187 @@
+"""The whole network-tier set-up: LAN, hub, devices A and B, an internet attacker."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from device import Device
+from netlab import LabError, Lan, Netns, stop, tag
+from twelvefactor_services.hub.peers import PeerStore
+from twelvefactor_services.hub.plan import provisioning
+from twelvefactor_services.hub.service import Settings, init, load_settings, registry_path
+from twelvefactor_services.management import registry
+from twelvefactor_services.pki import Pki
+
+TUNNEL_V4 = "10.99.0.0/24"
+TUNNEL_V6 = "fd00:99::/64"
+HUB_UNDERLAY = ("192.0.2.1", "2001:db8:2::1")
+INTERNET = ("192.0.2.66", "2001:db8:2::66")
+DEVICES = {"dev-a": ("192.0.2.10", "2001:db8:2::10"), "dev-b": ("192.0.2.11", "2001:db8:2::11")}
+WG_PORT = 51820
+PORTS = {"management_mqtt": 8883, "solution_mqtt": 8884, "management_https": 8443}
+
+
+class Lab:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tag = tag()
+        self.prefix = f"tfn{self.tag}"
+        self.lan = Lan(self.prefix)
+        self.hub_ns = Netns(f"{self.prefix}-hub")
+        self.inet = Netns(f"{self.prefix}-inet")
+        self.hub_root = root / "hub"
+        self.hub_if = f"tnh{self.tag}"
+        self.devices: dict[str, Device] = {}
+        self._hub: subprocess.Popen[bytes] | None = None
+        self.hub_info: dict[str, Any] = {}
+        self._namespaces = [self.lan.ns, self.hub_ns, self.inet]
+
+    # -- set-up -------------------------------------------------------------------
+
+    def start(self) -> Lab:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.lan.create()
+        for ns in (self.hub_ns, self.inet):
+            ns.create()
+        self.lan.attach(self.hub_ns, *HUB_UNDERLAY)
+        self.lan.attach(self.inet, *INTERNET)
+        # The hub forwards (as a router would): only its nftables table keeps
+        # spokes apart, which is what the isolation tests prove.
+        self.hub_ns.sysctl("net.ipv4.ip_forward", "1")
+        self.hub_ns.sysctl("net.ipv6.conf.all.forwarding", "1")
+        init(
+            self.hub_root,
+            Settings(
+                TUNNEL_V4,
+                TUNNEL_V6,
+                WG_PORT,
+                PORTS["management_mqtt"],
+                PORTS["solution_mqtt"],
+                PORTS["management_https"],
+            ),
+        )
+        pki = Pki(self.hub_root / "pki")
+        peers = PeerStore(registry_path(self.hub_root))
+        settings = load_settings(self.hub_root)
+        hub_public = (self.hub_root / "hub" / "wg.pub").read_text().strip()
+        for letter, (device_id, (v4, v6)) in zip("ab", DEVICES.items(), strict=True):
+            ns = Netns(f"{self.prefix}-{letter}")
+            self._namespaces.append(ns)
+            ns.create()
+            self.lan.attach(ns, v4, v6)
+            dev = Device(ns, device_id, self.root / device_id, f"tn{letter}{self.tag}")
+            self.devices[device_id] = dev
+            peer = peers.add(settings.tunnel, device_id, dev.wg_public)
+            conf = provisioning(
+                peer,
+                settings.tunnel,
+                hub_endpoint=HUB_UNDERLAY[0],
+                hub_port=WG_PORT,
+                hub_public_key=hub_public,
+                ports=settings.ports,
+            )
+            dev.provision(conf, pki.device(device_id).cert.parent)
+        peers.close()
+        self._hub = self.hub_ns.popen(
+            [
+                sys.executable,
+                "-m",
+                "twelvefactor_services.hub",
+                "serve",
+                str(self.hub_root),
+                "--interface",
+                self.hub_if,
+            ],
+            self.root / "hub.log",
+        )
+        info = self.hub_root / "hub.json"
+        deadline = time.monotonic() + 120
+        while not info.exists():
+            if self._hub.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"the hub did not start:\n{self.hub_log()}")
+            time.sleep(0.2)
+        self.hub_info = json.loads(info.read_text())
+        for dev in self.devices.values():
+            dev.load_firewall()
+            dev.render()
+            dev.bring_up_tunnel(self.root / f"{dev.id}-wireguard-go.log")
+            dev.write_agent_config(
+                self.hub_info["address_v4"],
+                self.hub_info["management_port"],
+                self.hub_info["solution_port"],
+            )
+            dev.start_agent(self.root / f"{dev.id}-agent.log")
+        for dev in self.devices.values():
+            self.wait_online(dev)
+
+    def wait_online(self, dev: Device, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = dev.status()
+            if status["management"] == "online" and status["solution"] == "online":
+                return
+            if time.monotonic() > deadline:
+                raise LabError(
+                    f"{dev.id} not online through the tunnel: {status}\n{self.hub_log()}"
+                )
+            time.sleep(0.2)
+
+    # -- views --------------------------------------------------------------------
+
+    @property
+    def a(self) -> Device:
+        return self.devices["dev-a"]
+
+    @property
+    def b(self) -> Device:
+        return self.devices["dev-b"]
+
+    def hub_log(self) -> str:
+        path = self.root / "hub.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def registry_device(self, device_id: str) -> dict[str, Any] | None:
+        db = registry.connect(Path(self.hub_info["registry"]), readonly=True)
+        try:
+            return registry.get_device(db, device_id)
+        finally:
+            db.close()
+
+    def tunnel_address(self, device_id: str, version: int = 4) -> str:
+        t = self.devices[device_id].tunnel
+        assert t is not None
+        found = [a.split("/")[0] for a in t.addresses if (":" in a) == (version == 6)]
+        return found[0]
+
+    # -- tear-down ----------------------------------------------------------------
+
+    def close(self) -> None:
+        for dev in self.devices.values():
+            dev.close()
+        stop(self._hub, 30)
+        self._hub = None
+        for ns in reversed(self._namespaces):
+            ns.delete()
+
+
+def make_lab() -> tuple[Lab, Path]:
+    root = Path(tempfile.mkdtemp(prefix="tf-network-"))
+    return Lab(root), root
+
+
+def remove(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)

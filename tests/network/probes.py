@@ -1,0 +1,109 @@
+"""Attacker-side tools: nmap with XML results, tcpdump captures read back."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from netlab import LabError, Netns
+
+
+@dataclass
+class ScanResult:
+    states: Counter[str]  # state -> number of ports, "extraports" included
+    listed: dict[str, str]  # "tcp/8883" -> state, for ports nmap lists one by one
+    elapsed: float
+
+    def ports_in(self, *states: str) -> set[str]:
+        return {p for p, s in self.listed.items() if s in states}
+
+    @property
+    def total(self) -> int:
+        return sum(self.states.values())
+
+
+def parse_nmap_xml(text: str) -> ScanResult:
+    root = ET.fromstring(text)
+    hosts = root.findall("host")
+    if len(hosts) != 1:
+        raise LabError(f"nmap reported {len(hosts)} hosts, expected 1:\n{text[-2000:]}")
+    ports = hosts[0].find("ports")
+    if ports is None:
+        raise LabError(f"nmap reported no ports:\n{text[-2000:]}")
+    states: Counter[str] = Counter()
+    listed: dict[str, str] = {}
+    for extra in ports.findall("extraports"):
+        states[extra.get("state", "?")] += int(extra.get("count", "0"))
+    for port in ports.findall("port"):
+        state_el = port.find("state")
+        state = "?" if state_el is None else state_el.get("state", "?")
+        listed[f"{port.get('protocol')}/{port.get('portid')}"] = state
+        states[state] += 1
+    finished = root.find("runstats/finished")
+    elapsed = float(finished.get("elapsed", "0")) if finished is not None else 0.0
+    return ScanResult(states, listed, elapsed)
+
+
+def nmap(ns: Netns, target: str, *options: str, timeout: float = 900) -> ScanResult:
+    """Run nmap in `ns` against `target` (an address inside the test's namespaces)."""
+    argv = ns.argv("nmap", "-Pn", "-n", "--reason", "-oX", "-", *options, target)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise LabError(f"nmap failed ({done.returncode}): {done.stderr.strip()}")
+    return parse_nmap_xml(done.stdout)
+
+
+class Capture:
+    """tcpdump on one interface of a namespace, written to a pcap file."""
+
+    def __init__(self, ns: Netns, interface: str, path: Path, bpf: str = "") -> None:
+        self.ns, self.interface, self.path, self.bpf = ns, interface, path, bpf
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log = path.with_suffix(".log")
+
+    def __enter__(self) -> Capture:
+        with open(self._log, "wb") as log:
+            argv = [
+                "tcpdump",
+                "-i",
+                self.interface,
+                "-n",
+                "-U",
+                "-B",
+                "16384",
+                "-w",
+                str(self.path),
+            ]
+            self._proc = subprocess.Popen(
+                self.ns.argv(*argv, *([self.bpf] if self.bpf else [])),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 30
+        while b"listening on" not in self._log.read_bytes():
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"tcpdump did not start: {self._log.read_text()}")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc is not None
+        time.sleep(0.5)  # let the kernel hand over the last packets
+        self._proc.terminate()
+        self._proc.wait(15)
+
+    def packets(self, bpf: str) -> list[str]:
+        """One line per captured packet matching `bpf` (tcpdump's own filter syntax)."""
+        done = subprocess.run(
+            ["tcpdump", "-n", "-r", str(self.path), bpf],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise LabError(f"tcpdump -r failed: {done.stderr.strip()}")
+        return done.stdout.splitlines()
