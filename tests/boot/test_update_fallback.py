@@ -74,5 +74,7 @@ def test_broken_slot_b_falls_back_to_a(device: Device) -> None:
     assert (env["slot"], env["upgrade_available"], env["bootcount"]) == ("A", "0", "0")
     meta = device.meta()
     assert meta["slot"] == "A"
+    # what the bootloader environment says, as the agent read it
+    assert meta["boot"] is not None, "the agent reports no boot environment (can it read it?)"
     assert meta["boot"]["slot"] == "A"
     assert meta["boot"]["upgrade_available"] is False
