@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the refimage builder and provisioning live at the top level
     sys.path.insert(0, str(ROOT))
 
+from bootdevice import BOOT_TIMES, Device  # noqa: E402
 from boothub import DEVICE_ADDRESS, HUB_ADDRESS, PREFIX, SLIRP_HOST, WG_PORT, Hub  # noqa: E402
-from bootvm import VM, VMError  # noqa: E402
+from bootvm import VM  # noqa: E402
 
 from refimage import image as refimage_image  # noqa: E402
 from refimage import provision  # noqa: E402
 
 DEVICE_ID = "boot-dev-1"
-ONLINE_TIMEOUT = 420.0  # power-on to online: about 1-2 min under TCG, more when loaded
-CLOCK_SLACK = 2.0  # the guest's clock comes from the host's RTC, to the second
-BOOT_TIMES: list[tuple[str, float]] = []
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -93,62 +89,6 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     h.start()
     yield h
     h.stop()
-
-
-@dataclass
-class Device:
-    """The provisioned device: its VM, its id, and the hub it reports to."""
-
-    vm: VM
-    hub: Hub
-    device_id: str
-    wg_public_key: str
-    onlines: list[float] = field(default_factory=list)
-
-    def power_on(self) -> None:
-        self.vm.power_on()
-        self._powered_on_wall = time.time()
-
-    def boot(self, what: str) -> float:
-        """Power on, log in, wait until the management service shows it online."""
-        self.power_on()
-        self.vm.login()
-        return self.wait_online(what)
-
-    def wait_online(self, what: str) -> float:
-        """Seconds from power-on until the management service has this boot's session.
-
-        The agent publishes its metadata on every connect, so metadata stamped
-        after power-on means this boot's session is up (after a quick power
-        cycle the broker may never have seen the old session go offline).
-        """
-        deadline = time.monotonic() + ONLINE_TIMEOUT
-        record: dict[str, Any] | None = None
-        while time.monotonic() < deadline:
-            record = self.hub.device(self.device_id)
-            if (
-                record is not None
-                and record.get("online")
-                and float(record.get("meta_ts") or 0) >= self._powered_on_wall - CLOCK_SLACK
-            ):
-                seconds = time.monotonic() - self.vm.powered_on_at
-                BOOT_TIMES.append((f"boot {self.vm.boots}: {what}", seconds))
-                print(f"power-on to online ({what}): {seconds:.1f} s")
-                return seconds
-            time.sleep(2)
-        journal = self.vm.run("journalctl -b -u twelvefactor-agent --no-pager | tail -40").output
-        raise VMError(
-            f"{self.device_id} not online at the management service {ONLINE_TIMEOUT:.0f} s "
-            f"after power-on; last record: {record}\nhub log:\n{self.hub.log_tail()}\n"
-            f"agent journal:\n{journal}"
-        )
-
-    def meta(self) -> dict[str, Any]:
-        record = self.hub.device(self.device_id)
-        if record is None or not isinstance(record.get("meta"), dict):
-            raise VMError(f"no metadata for {self.device_id}: {record}")
-        meta: dict[str, Any] = record["meta"]
-        return meta
 
 
 @pytest.fixture(scope="session")

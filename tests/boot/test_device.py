@@ -14,8 +14,8 @@ import secrets
 import time
 from typing import Any
 
+from bootdevice import Device
 from bootvm import VMError
-from conftest import Device
 
 RUNNING_TIMEOUT = 400.0  # twelvefactor-confirm waits for the agent before the boot is done
 MARKER = "/data/boot-test-marker"

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from bootdevice import ROOT, Device
 from bootvm import BOOT_TIMEOUT, KERNEL_SLOT
-from conftest import ROOT, Device
 
 from refimage import disk, swu
 

@@ -16,8 +16,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from bootdevice import Device
 from bootvm import BOOT_TIMEOUT, KERNEL_SLOT
-from conftest import Device
 
 from refimage import disk, grub, partfs
 

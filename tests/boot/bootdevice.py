@@ -1,0 +1,72 @@
+"""The device under test: its VM, its id and the hub it reports to."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from boothub import Hub
+from bootvm import VM, VMError
+
+ROOT = Path(__file__).resolve().parents[2]
+ONLINE_TIMEOUT = 420.0  # power-on to online: under a minute under TCG, more when loaded
+CLOCK_SLACK = 2.0  # the guest's clock comes from the host's RTC, to the second
+# (what, seconds) of every boot that came online, printed at the end of the run
+BOOT_TIMES: list[tuple[str, float]] = []
+
+
+@dataclass
+class Device:
+    """The provisioned device: its VM, its id, and the hub it reports to."""
+
+    vm: VM
+    hub: Hub
+    device_id: str
+    wg_public_key: str
+
+    def power_on(self) -> None:
+        self.vm.power_on()
+        self._powered_on_wall = time.time()
+
+    def boot(self, what: str) -> float:
+        """Power on, log in, wait until the management service shows it online."""
+        self.power_on()
+        self.vm.login()
+        return self.wait_online(what)
+
+    def wait_online(self, what: str) -> float:
+        """Seconds from power-on until the management service has this boot's session.
+
+        The agent publishes its metadata on every connect, so metadata stamped
+        after power-on means this boot's session is up (after a quick power
+        cycle the broker may never have seen the old session go offline).
+        """
+        deadline = time.monotonic() + ONLINE_TIMEOUT
+        record: dict[str, Any] | None = None
+        while time.monotonic() < deadline:
+            record = self.hub.device(self.device_id)
+            if (
+                record is not None
+                and record.get("online")
+                and float(record.get("meta_ts") or 0) >= self._powered_on_wall - CLOCK_SLACK
+            ):
+                seconds = time.monotonic() - self.vm.powered_on_at
+                BOOT_TIMES.append((f"boot {self.vm.boots}: {what}", seconds))
+                print(f"power-on to online ({what}): {seconds:.1f} s")
+                return seconds
+            time.sleep(2)
+        journal = self.vm.run("journalctl -b -u twelvefactor-agent --no-pager | tail -40").output
+        raise VMError(
+            f"{self.device_id} not online at the management service {ONLINE_TIMEOUT:.0f} s "
+            f"after power-on; last record: {record}\nhub log:\n{self.hub.log_tail()}\n"
+            f"agent journal:\n{journal}"
+        )
+
+    def meta(self) -> dict[str, Any]:
+        record = self.hub.device(self.device_id)
+        if record is None or not isinstance(record.get("meta"), dict):
+            raise VMError(f"no metadata for {self.device_id}: {record}")
+        meta: dict[str, Any] = record["meta"]
+        return meta
