@@ -11,6 +11,7 @@ host's kernel lacks.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -131,6 +132,10 @@ class Device:
         (root / "run").mkdir(parents=True, exist_ok=True)
         self.wg_private = run("wg", "genkey").strip()
         self.wg_public = run("wg", "pubkey", input_text=self.wg_private + "\n").strip()
+
+    @property
+    def mac(self) -> str:
+        return json.loads(self.ns.ip("-j", "link", "show", "eth0"))[0]["address"]  # type: ignore[no-any-return]
 
     def data(self, rel: str) -> Path:
         return self.root / "data" / rel

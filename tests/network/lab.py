@@ -23,6 +23,9 @@ TUNNEL_V4 = "10.99.0.0/24"
 TUNNEL_V6 = "fd00:99::/64"
 HUB_UNDERLAY = ("192.0.2.1", "2001:db8:2::1")
 INTERNET = ("192.0.2.66", "2001:db8:2::66")
+# addresses "beyond" the internet router, held on its loopback: a device's
+# default route leads there, so only the device's firewall stops the traffic
+FAR = ("198.51.100.7", "2001:db8:ff::7")
 DEVICES = {"dev-a": ("192.0.2.10", "2001:db8:2::10"), "dev-b": ("192.0.2.11", "2001:db8:2::11")}
 WG_PORT = 51820
 PORTS = {"management_mqtt": 8883, "solution_mqtt": 8884, "management_https": 8443}
@@ -59,6 +62,9 @@ class Lab:
             ns.create()
         self.lan.attach(self.hub_ns, *HUB_UNDERLAY)
         self.lan.attach(self.inet, *INTERNET)
+        self.inet.ip("addr", "add", f"{FAR[0]}/32", "dev", "lo")
+        self.inet.ip("addr", "add", f"{FAR[1]}/128", "dev", "lo")
+        self.inet.sysctl("net.ipv4.ip_forward", "1")
         # The hub forwards (as a router would): only its nftables table keeps
         # spokes apart, which is what the isolation tests prove.
         self.hub_ns.sysctl("net.ipv4.ip_forward", "1")
@@ -83,6 +89,9 @@ class Lab:
             self._namespaces.append(ns)
             ns.create()
             self.lan.attach(ns, v4, v6)
+            # the underlay's router (DHCP would say so on a real network)
+            ns.ip("route", "add", "default", "via", INTERNET[0])
+            ns.ip("-6", "route", "add", "default", "via", INTERNET[1])
             dev = Device(ns, device_id, self.root / device_id, f"tn{letter}{self.tag}")
             self.devices[device_id] = dev
             peer = peers.add(settings.tunnel, device_id, dev.wg_public)

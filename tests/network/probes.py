@@ -107,3 +107,23 @@ class Capture:
         if done.returncode != 0:
             raise LabError(f"tcpdump -r failed: {done.stderr.strip()}")
         return done.stdout.splitlines()
+
+
+WG_PORT = 51820
+# IPv6 router solicitation, neighbour solicitation and advertisement (ICMPv6
+# types 133, 135, 136 right after the 40-byte header): link-layer machinery the
+# layer's ruleset allows on the underlay, not a service
+ND = "(icmp6 and (ip6[40] == 133 or ip6[40] == 135 or ip6[40] == 136))"
+# MLDv2 reports (the kernel announcing its link-local multicast groups after
+# the link comes up) go to ff02::16 only, behind a hop-by-hop header
+MLD = "(ip6 dst host ff02::16)"
+
+
+def sent_by_device(cap: Capture, mac: str, hub: str) -> list[str]:
+    """Every IP packet the device put on its underlay apart from WireGuard to the
+    hub, neighbour discovery and MLD reports (what the layer's ruleset allows
+    on the link; ARP is not IP and not counted)."""
+    return cap.packets(
+        f"ether src {mac} and (ip or ip6)"
+        f" and not (udp and dst host {hub} and dst port {WG_PORT}) and not {ND} and not {MLD}"
+    )

@@ -193,6 +193,7 @@ class Hub:
             "solution_port": self.settings.solution_mqtt,
             "management_https_port": self.settings.management_https,
             "management_http_port": management.http_port,
+            "service_port": self.stack.broker.cfg.service_port,
             "registry": str(registry_path(self.root)),
             "archive_dir": str(self.stack.archive_dir),
             "pki_dir": str(self.stack.pki.root),
