@@ -72,9 +72,12 @@ def test_broken_slot_b_falls_back_to_a(device: Device) -> None:
     assert re.search(r"twelvefactor\.slot=A", vm.check("cat /proc/cmdline"))
     env = _env(device)
     assert (env["slot"], env["upgrade_available"], env["bootcount"]) == ("A", "0", "0")
+    assert env["rollback"] == "B", "GRUB records the slot it fell back from"
     meta = device.meta()
     assert meta["slot"] == "A"
     # what the bootloader environment says, as the agent read it
     assert meta["boot"] is not None, "the agent reports no boot environment (can it read it?)"
     assert meta["boot"]["slot"] == "A"
     assert meta["boot"]["upgrade_available"] is False
+    # the failed attempt, as the agent reports it to the management service
+    assert meta["boot"]["rollback"] == "B"

@@ -105,8 +105,33 @@ def test_boot_info() -> None:
         "slot": "B",
         "bootcount": 1,
         "upgrade_available": True,
+        "rollback": None,
     }
-    assert bootenv.boot_info({}) == {"slot": None, "bootcount": None, "upgrade_available": None}
+    assert bootenv.boot_info({}) == {
+        "slot": None,
+        "bootcount": None,
+        "upgrade_available": None,
+        "rollback": None,
+    }
+    after_fallback = {"slot": "A", "bootcount": "0", "upgrade_available": "0", "rollback": "B"}
+    assert bootenv.boot_info(after_fallback)["rollback"] == "B"
+    # GRUB clears it with an empty value when the next update starts
+    assert bootenv.boot_info({**after_fallback, "rollback": ""})["rollback"] is None
+
+
+def test_unreadable_environment_is_none_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An ESP mounted root-only makes stat() fail with EACCES for the agent's user;
+    # tests run as root, which reads through any mode, so the error is raised here.
+    grubenv = tmp_path / "grubenv"
+    grubenv.write_bytes(serialise(AB))
+
+    def denied(self: Path, *args: object, **kwargs: object) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", denied)
+    assert bootenv.read_boot_env(grubenv) is None
 
 
 def test_fw_printenv_output() -> None:

@@ -137,6 +137,8 @@ def boot_info(env: Mapping[str, str]) -> dict[str, object]:
         "slot": env.get("slot"),
         "bootcount": int(count) if count is not None and count.isdigit() else None,
         "upgrade_available": None if upgrade is None else upgrade == "1",
+        # set by the bootloader when a new slot used up its attempts and it fell back
+        "rollback": env.get("rollback") or None,
     }
 
 
@@ -193,7 +195,8 @@ def read_boot_env(grubenv: Path = DEFAULT_GRUBENV) -> dict[str, str] | None:
             return read(grubenv)
         if shutil.which("fw_printenv") and FW_ENV_CONFIG.exists():
             return UbootBackend().get_all()
-    except BootEnvError:
+    except (BootEnvError, OSError):
+        # Unreadable (permissions, a broken ESP): metadata says null, the agent goes on.
         return None
     return None
 
