@@ -32,3 +32,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if tier is None:
             raise pytest.UsageError(f"{rel}: tests live in one of {sorted(TIER_OF_FOLDER)}")
         item.add_marker(getattr(pytest.mark, tier))
+
+
+# The boot tier's options live here, in the top conftest: pytest only takes options
+# from conftests it loads before collecting, so `scripts/test -m boot --image X` works.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("boot", "boot tier (QEMU)")
+    group.addoption(
+        "--image",
+        type=Path,
+        default=None,
+        help="disk image to boot (default: build the reference image)",
+    )
+    group.addoption(
+        "--accel",
+        default="tcg",
+        choices=["tcg", "kvm"],
+        help="QEMU accelerator (default tcg: the CI machines have no KVM)",
+    )

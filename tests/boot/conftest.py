@@ -34,22 +34,6 @@ from refimage import provision  # noqa: E402
 DEVICE_ID = "boot-dev-1"
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("boot", "boot tier (QEMU)")
-    group.addoption(
-        "--image",
-        type=Path,
-        default=None,
-        help="disk image to boot (default: build the reference image)",
-    )
-    group.addoption(
-        "--accel",
-        default="tcg",
-        choices=["tcg", "kvm"],
-        help="QEMU accelerator (default tcg: the CI machines have no KVM)",
-    )
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if BOOT_TIMES:
         terminalreporter.section("boot: power-on to online")
@@ -58,11 +42,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def _option(config: pytest.Config, name: str, default: Any) -> Any:
-    # The option exists only when this conftest is an initial one (pytest tests/boot ...).
-    try:
-        return config.getoption(name)
-    except ValueError:
-        return default
+    # The options are declared in tests/conftest.py, so `pytest --image X` works from the top.
+    value = config.getoption(name)
+    return default if value is None else value
 
 
 @pytest.fixture(scope="session")
