@@ -14,13 +14,14 @@ running slot good: upgrade_available=0, bootcount=0.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from .atomicfile import write_atomic
 
 HEADER = b"# GRUB Environment Block\n"
 SIZE = 1024
@@ -98,25 +99,6 @@ def read(path: Path) -> dict[str, str]:
         return parse(path.read_bytes())
     except OSError as exc:
         raise BootEnvError(f"grubenv: cannot read {path}: {exc.strerror}") from exc
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` so that a power cut leaves either the old or the new content."""
-    tmp = path.with_name(f".{path.name}.new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass  # some file systems (vfat on old kernels) refuse fsync on a directory
-    finally:
-        os.close(dfd)
 
 
 def parse_fw_printenv(text: str) -> dict[str, str]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
+from .atomicfile import write_atomic
 from .reconfig import Stored
 
 log = logging.getLogger("twelvefactor.config")
@@ -44,15 +44,4 @@ class ManagedFile:
 
     def save(self, stored: Stored) -> None:
         data = json.dumps(stored.as_json(), indent=1, allow_nan=False).encode() + b"\n"
-        tmp = self.path.with_name(f".{NAME}.new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_atomic(self.path, data, 0o640)

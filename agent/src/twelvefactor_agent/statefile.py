@@ -8,10 +8,11 @@ so a reader never sees half a file.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
+
+from .atomicfile import write_atomic
 
 SESSIONS = ("management", "solution")
 
@@ -43,12 +44,4 @@ class StateFile:
         return {"v": 1, "ts": time.time(), **self.state, "since": dict(self.since)}
 
     def _write(self) -> None:
-        data = json.dumps(self.document()).encode() + b"\n"
-        tmp = self.path.with_name(f".{self.path.name}.new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.document()).encode() + b"\n", 0o640)
