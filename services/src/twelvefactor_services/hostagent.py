@@ -7,18 +7,14 @@ its two sessions at the stack's listeners and keeps its state in a folder.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from twelvefactor_agent.client import AgentClient
 
-from twelvefactor_services.launcher import LaunchError, Stack
+from twelvefactor_services.launcher import ChildProcess, Stack
 
 
 def agent_config(
@@ -63,7 +59,7 @@ def agent_config(
     return "\n".join(lines) + "\n"
 
 
-class HostAgent:
+class HostAgent(ChildProcess):
     """One device agent process; its state survives stop/kill and start again."""
 
     def __init__(
@@ -77,6 +73,7 @@ class HostAgent:
         queue_max_bytes: int | None = None,
         confirm_window: int | None = None,
     ) -> None:
+        super().__init__(f"agent {device_id}", root / "agent.log")
         self.device_id = device_id
         self.root = root
         self.data_dir = root / "data"
@@ -97,83 +94,21 @@ class HostAgent:
                 confirm_window=confirm_window,
             )
         )
-        self.log_file = root / "agent.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the agent and wait until its local API answers."""
-        if self.running:
-            raise LaunchError(f"agent {self.device_id} already running")
-        with open(self.log_file, "ab") as log:
-            self._proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "twelvefactor_agent.cli",
-                    "run",
-                    "--config",
-                    str(self.config_file),
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + timeout
-        while True:
-            if self._proc.poll() is not None:
-                raise LaunchError(
-                    f"agent {self.device_id} exited with status {self._proc.returncode}:\n"
-                    + self.log_tail()
-                )
-            try:
-                self.client().status()
-                return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.kill()
-                raise LaunchError(f"agent {self.device_id} not ready within {timeout:.0f} s")
-            time.sleep(0.1)
+        argv = [sys.executable, "-m", "twelvefactor_agent.cli", "run"]
+        self._spawn([*argv, "--config", str(self.config_file)], self._answers, timeout)
+
+    def _answers(self) -> bool:
+        try:
+            self.client().status()
+            return True
+        except OSError:
+            return False
 
     def client(self) -> AgentClient:
         return AgentClient(str(self.socket))
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM and wait: the agent says goodbye (online=false, reason shutdown)."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return None if proc is None else proc.returncode
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise LaunchError(
-                f"agent {self.device_id} ignored SIGTERM for {timeout:.0f} s"
-            ) from None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash or a power cut, as far as the process can tell."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_file.exists():
-            return ""
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
     def close(self) -> None:
         self.kill()

@@ -54,22 +54,16 @@ def make_pki(root: Path) -> Pki:
     return pki
 
 
-class ServiceProcess:
-    """A service run as ``python -m <module> serve ...``, ready once it writes its ready file.
+class ChildProcess:
+    """A child process in its own session with its output in a log file.
 
-    The services write the ready file after their shared subscription is
-    granted, so a test may publish as soon as ``start()`` returns.
+    ``stop()`` is SIGTERM and a wait (then SIGKILL); ``kill()`` is a crash,
+    for tests of what survives one.
     """
 
-    def __init__(
-        self, name: str, argv: Sequence[str], run_dir: Path, http_port: int | None = None
-    ) -> None:
+    def __init__(self, name: str, log_file: Path) -> None:
         self.name = name
-        self.http_port = http_port
-        self.argv = list(argv)
-        self.run_dir = run_dir
-        self.ready_file = run_dir / f"{name}.ready"
-        self.log_file = run_dir / f"{name}.log"
+        self.log_file = log_file
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,12 +74,11 @@ class ServiceProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    def start(self, timeout: float = 60.0) -> None:
+    def _spawn(self, argv: Sequence[str], ready: Callable[[], bool], timeout: float) -> None:
+        """Start ``argv`` and wait until ``ready()``; LaunchError if it exits or times out."""
         if self.running:
             raise LaunchError(f"{self.name} already running")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ready_file.unlink(missing_ok=True)
-        argv = [*self.argv, "--ready-file", str(self.ready_file)]
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self._proc = subprocess.Popen(
                 argv,
@@ -96,13 +89,13 @@ class ServiceProcess:
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + timeout
-        while not self.ready_file.exists():
+        while not ready():
             if self._proc.poll() is not None:
                 raise LaunchError(
                     f"{self.name} exited with status {self._proc.returncode}:\n{self.log_tail()}"
                 )
             if time.monotonic() > deadline:
-                self.stop()
+                self.kill()
                 raise LaunchError(
                     f"{self.name} not ready within {timeout:.0f} s:\n{self.log_tail()}"
                 )
@@ -130,6 +123,28 @@ class ServiceProcess:
         if not self.log_file.exists():
             return ""
         return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+class ServiceProcess(ChildProcess):
+    """A service run as ``python -m <module> serve ...``, ready once it writes its ready file.
+
+    The services write the ready file after their shared subscription is
+    granted, so a test may publish as soon as ``start()`` returns.
+    """
+
+    def __init__(
+        self, name: str, argv: Sequence[str], run_dir: Path, http_port: int | None = None
+    ) -> None:
+        super().__init__(name, run_dir / f"{name}.log")
+        self.http_port = http_port
+        self.argv = list(argv)
+        self.run_dir = run_dir
+        self.ready_file = run_dir / f"{name}.ready"
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.ready_file.unlink(missing_ok=True)
+        argv = [*self.argv, "--ready-file", str(self.ready_file)]
+        self._spawn(argv, self.ready_file.exists, timeout)
 
 
 def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
