@@ -41,6 +41,7 @@ TEMPLATES = _layer_source(
     "/usr/share/twelvefactor/netconfig/50-twelvefactor-tunnel.netdev.in"
 ).parent
 AGENT_TEMPLATE = _layer_source("/etc/twelvefactor/agent.toml")
+FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 NETDEV = "run/systemd/network/50-twelvefactor-tunnel.netdev"
 NETWORK = "run/systemd/network/50-twelvefactor-tunnel.network"
 TIMESYNCD = "run/systemd/timesyncd.conf.d/50-twelvefactor.conf"
@@ -245,9 +246,12 @@ class Device:
     ) -> None:
         if self.agent is not None and self.agent.poll() is None:
             raise LabError(f"agent of {self.id} already runs")
-        prefix = [] if faketime is None else ["faketime", "-f", faketime]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if faketime is not None:
+            # libfaketime preloaded into the agent itself (the `faketime` wrapper
+            # would stand between SIGTERM and the agent); the MT build for its threads
+            env |= {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": faketime}
         argv = [
-            *prefix,
             sys.executable,
             "-m",
             "twelvefactor_agent.cli",
@@ -255,7 +259,7 @@ class Device:
             "--config",
             str(config or self.data("config/agent.toml")),
         ]
-        self.agent = self.ns.popen(argv, log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.agent = self.ns.popen(argv, log, env=env)
         deadline = time.monotonic() + 60
         while True:
             if self.agent.poll() is not None:

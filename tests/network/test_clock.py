@@ -1,0 +1,89 @@
+"""Time before trust, in the network tier.
+
+A device whose clock is at 1970 (no RTC, nothing saved) or years ahead
+cannot check a certificate: the agent's TLS sessions fail with verification
+on, and it never falls back to connecting without it. The management
+service's tunnel address answers NTP (the only NTP the layer's firewall
+lets out), so the device learns the time inside the tunnel before any TLS
+session; with that time the same agent connects.
+
+The device's clock is faked per process with libfaketime (setting the real
+clock would change the host's). That systemd-timesyncd sets the clock from
+this server at boot, before the agent starts, and that the saved clock on
+/data survives a power cycle is the boot tier's part (QEMU).
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+from pathlib import Path
+
+import pytest
+from device import TIMESYNCD, unit_file, values
+from lab import Lab
+
+FAR_PAST = "1970-01-02 00:00:00"
+# years past the certificates (825 days), before NTP era 1 (2036), which
+# Debian's ntpdig cannot encode
+FAR_AHEAD = "2035-06-01 00:00:00"
+
+
+def _epoch(text: str) -> float:
+    return float(calendar.timegm(time.strptime(text, "%Y-%m-%d %H:%M:%S")))
+
+
+def _ntp_offset(lab: Lab, fake_now: str, server: str) -> float:
+    """ntpdig (Debian's SNTP client) run on the device under a faked clock."""
+    out = lab.a.ns.exec("faketime", "-f", f"@{fake_now}", "ntpdig", "-j", "-t", "5", server)
+    return float(json.loads(out)["offset"])
+
+
+def test_timesyncd_is_pointed_at_the_management_service_only(lab: Lab) -> None:
+    conf = unit_file((lab.a.root / TIMESYNCD).read_text())
+    assert values(conf, "Time", "NTP") == [
+        f"{lab.hub_info['address_v4']} {lab.hub_info['address_v6']}"
+    ] or values(conf, "Time", "NTP") == [lab.hub_info["address_v4"]]
+    assert values(conf, "Time", "FallbackNTP") == [""]
+
+
+@pytest.mark.parametrize("fake_now", [FAR_PAST, FAR_AHEAD])
+def test_device_learns_the_time_through_the_tunnel(lab: Lab, fake_now: str) -> None:
+    offset = _ntp_offset(lab, fake_now, lab.hub_info["address_v4"])
+    learned = _epoch(fake_now) + offset
+    assert abs(learned - time.time()) < 60
+
+
+def test_ntp_anywhere_else_gets_no_answer(lab: Lab) -> None:
+    done = lab.a.ns.exec("ntpdig", "-j", "-t", "2", "192.0.2.66", check=False)
+    assert '"offset"' not in done
+
+
+@pytest.mark.parametrize(
+    ("fake_now", "reason"),
+    [(FAR_PAST, "certificate is not yet valid"), (FAR_AHEAD, "certificate has expired")],
+)
+def test_agent_with_a_wrong_clock_refuses_tls_then_connects_once_synced(
+    lab: Lab, tmp_path: Path, fake_now: str, reason: str
+) -> None:
+    dev = lab.a
+    log = tmp_path / "agent.log"
+    dev.stop_agent()
+    try:
+        dev.start_agent(log, faketime=f"@{fake_now}")
+        time.sleep(10)  # several connection attempts (backoff cap 2 s)
+        status = dev.status()
+        assert status["management"] == "offline" and status["solution"] == "offline"
+        text = log.read_text(errors="replace")
+        assert f"CERTIFICATE_VERIFY_FAILED] certificate verify failed: {reason}" in text, text
+        dev.stop_agent()
+        # the time the device learns inside the tunnel, then the same agent connects
+        synced = _epoch(fake_now) + _ntp_offset(lab, fake_now, lab.hub_info["address_v4"])
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(synced))
+        dev.start_agent(tmp_path / "agent-synced.log", faketime=f"@{stamp}")
+        lab.wait_online(dev)
+    finally:
+        dev.stop_agent()
+        dev.start_agent(tmp_path / "agent-restored.log")
+        lab.wait_online(dev)
