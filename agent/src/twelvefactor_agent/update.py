@@ -1,0 +1,178 @@
+"""Decide whether to take an update job: pure logic, no I/O.
+
+The management service publishes a job, retained, on `mgmt/<id>/down/update`
+(docs/protocol.md). Before downloading anything the agent checks, in order,
+that the job is well formed, that it names this device, that the artifact is
+built for this hardware (`/etc/hwrevision`, SWUpdate's own file), that its
+version is newer than the running one (a downgrade or a reinstall only if the
+device's policy allows it) and that /data has room. Each refusal is a
+specific reason code that the agent reports as the job's `failed` reason.
+SWUpdate checks the signature and the hardware again when installing: these
+checks spare the download, they are not the security boundary.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+JOB_ID_RE = re.compile(r"j-[a-z0-9]{1,32}")
+VERSION_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,5}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_SIZE = 1 << 40
+# Room kept free on /data beyond the artifact: the queue and state files live there too.
+DEFAULT_RESERVE = 32 * 1024 * 1024
+
+INVALID_JOB = "invalid_job"
+WRONG_DEVICE = "wrong_device"
+NO_HWREVISION = "no_hwrevision"
+WRONG_HARDWARE = "wrong_hardware"
+VERSION_UNKNOWN = "version_unknown"
+SAME_VERSION = "same_version"
+DOWNGRADE = "downgrade"
+NO_SPACE = "no_space"
+
+
+@dataclass(frozen=True)
+class UpdateJob:
+    job: str
+    device: str
+    version: str
+    hardware: dict[str, tuple[str, ...]]  # board ("" = any board) -> revisions
+    sha256: str
+    size: int
+    url: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str  # one of the reason codes above
+    detail: str
+
+
+@dataclass(frozen=True)
+class Policy:
+    allow_downgrade: bool = False
+    reserve_bytes: int = DEFAULT_RESERVE
+
+
+class JobError(ValueError):
+    pass
+
+
+def parse_job(payload: bytes) -> UpdateJob:
+    """The job in a `down/update` payload; JobError says what is wrong."""
+    try:
+        doc = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise JobError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise JobError("not a JSON object")
+    if doc.get("v") != 1:
+        raise JobError(f"unsupported schema version {doc.get('v')!r}")
+    job = _str(doc, "job")
+    if not JOB_ID_RE.fullmatch(job):
+        raise JobError(f"invalid job id {job!r}")
+    version = _str(doc, "version")
+    if not VERSION_RE.fullmatch(version):
+        raise JobError(f"invalid version {version!r}: expected numbers separated by dots")
+    sha = _str(doc, "sha256")
+    if not SHA256_RE.fullmatch(sha):
+        raise JobError("sha256 must be 64 lowercase hex digits")
+    size = doc.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_SIZE:
+        raise JobError(f"invalid size {size!r}")
+    url = _str(doc, "url")
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise JobError(f"url must be https://host..., got {url!r}")
+    hw = doc.get("hardware")
+    if not isinstance(hw, dict) or not hw:
+        raise JobError("hardware must be a non-empty object {board: [revisions]}")
+    hardware: dict[str, tuple[str, ...]] = {}
+    for board, revs in hw.items():
+        if not isinstance(revs, list) or not revs or not all(isinstance(r, str) for r in revs):
+            raise JobError(f"hardware[{board!r}] must be a non-empty list of strings")
+        hardware[board] = tuple(revs)
+    return UpdateJob(job, _str(doc, "device"), version, hardware, sha, size, url)
+
+
+def _str(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not value:
+        raise JobError(f"{key} must be a non-empty string")
+    return value
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """Dotted numeric versions compare as numbers, trailing zeros ignored (1.2 == 1.2.0)."""
+    if not VERSION_RE.fullmatch(version):
+        raise ValueError(f"invalid version {version!r}")
+    parts = [int(p) for p in version.split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def hardware_matches(hardware: dict[str, tuple[str, ...]], hwrevision: str) -> bool:
+    """SWUpdate's rule: `<board> <revision>` from /etc/hwrevision, the revision listed for
+    the board (or in a list outside any board); `#RE:` entries are regular expressions."""
+    fields = hwrevision.split()
+    if len(fields) != 2:
+        return False
+    board, revision = fields
+    for key in (board, ""):
+        for accepted in hardware.get(key, ()):
+            if accepted.startswith("#RE:"):
+                try:
+                    if re.fullmatch(accepted[4:], revision):
+                        return True
+                except re.error:
+                    continue
+            elif accepted == revision:
+                return True
+    return False
+
+
+def decide(
+    job: UpdateJob,
+    *,
+    device: str,
+    hwrevision: str | None,
+    os_version: str | None,
+    free_bytes: int,
+    partial_bytes: int = 0,
+    policy: Policy = Policy(),
+) -> Refusal | None:
+    """None if the device should download and install `job`, else why not.
+
+    `partial_bytes` is what a previous attempt already has on /data (it resumes).
+    """
+    if job.device != device:
+        return Refusal(WRONG_DEVICE, f"job for {job.device!r}, this device is {device!r}")
+    if hwrevision is None:
+        return Refusal(NO_HWREVISION, "/etc/hwrevision is missing or empty")
+    if not hardware_matches(job.hardware, hwrevision):
+        return Refusal(WRONG_HARDWARE, f"artifact not built for {hwrevision!r}")
+    running = _maybe_key(os_version)
+    if running is None and not policy.allow_downgrade:
+        return Refusal(VERSION_UNKNOWN, f"running version {os_version!r} cannot be compared")
+    if running is not None and not policy.allow_downgrade:
+        offered = version_key(job.version)
+        if offered == running:
+            return Refusal(SAME_VERSION, f"version {job.version} is already running")
+        if offered < running:
+            return Refusal(DOWNGRADE, f"{job.version} is older than {os_version} (policy)")
+    needed = max(0, job.size - max(0, partial_bytes)) + policy.reserve_bytes
+    if free_bytes < needed:
+        return Refusal(NO_SPACE, f"needs {needed} bytes free on /data, {free_bytes} free")
+    return None
+
+
+def _maybe_key(version: str | None) -> tuple[int, ...] | None:
+    if version is None or not VERSION_RE.fullmatch(version):
+        return None
+    return version_key(version)

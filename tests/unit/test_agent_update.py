@@ -1,0 +1,137 @@
+"""Update job decision (agent/update.py): parsing, and each refusal with its reason code."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twelvefactor_agent.update import (
+    DOWNGRADE,
+    NO_HWREVISION,
+    NO_SPACE,
+    SAME_VERSION,
+    VERSION_UNKNOWN,
+    WRONG_DEVICE,
+    WRONG_HARDWARE,
+    JobError,
+    Policy,
+    UpdateJob,
+    decide,
+    hardware_matches,
+    parse_job,
+    version_key,
+)
+
+SHA = "ab" * 32
+MiB = 1024 * 1024
+
+
+def doc(**kw: Any) -> bytes:
+    d: dict[str, Any] = {
+        "v": 1,
+        "job": "j-1",
+        "device": "dev-001",
+        "version": "1.2.0",
+        "hardware": {"qemux86-64": ["1.0"]},
+        "sha256": SHA,
+        "size": 100 * MiB,
+        "url": "https://10.0.0.1:8443/artifacts/x.swu",
+    }
+    d.update(kw)
+    return json.dumps({k: v for k, v in d.items() if v is not ...}).encode()
+
+
+def run(job: UpdateJob | None = None, **kw: Any) -> Any:
+    args: dict[str, Any] = {
+        "device": "dev-001",
+        "hwrevision": "qemux86-64 1.0",
+        "os_version": "1.1",
+        "free_bytes": 1000 * MiB,
+    }
+    args.update(kw)
+    return decide(job or parse_job(doc()), **args)
+
+
+def test_parse_and_accept() -> None:
+    job = parse_job(doc())
+    assert job.hardware == {"qemux86-64": ("1.0",)} and job.size == 100 * MiB
+    assert run(job) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"{", "not JSON"),
+        (b"3", "not a JSON object"),
+        (doc(v=...), "schema version"),
+        (doc(job="job-1"), "invalid job id"),
+        (doc(version="1.2-rc1"), "invalid version"),
+        (doc(version=...), "version must be"),
+        (doc(sha256="AB" * 32), "sha256"),
+        (doc(size=0), "invalid size"),
+        (doc(size=True), "invalid size"),
+        (doc(url="http://10.0.0.1/x.swu"), "url must be https"),
+        (doc(hardware={}), "hardware must be"),
+        (doc(hardware={"b": []}), "hardware\\['b'\\]"),
+        (doc(hardware={"b": [1]}), "hardware\\['b'\\]"),
+        (doc(device=""), "device must be"),
+    ],
+)
+def test_parse_rejects(raw: bytes, message: str) -> None:
+    with pytest.raises(JobError, match=message):
+        parse_job(raw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"device": "dev-002"}, WRONG_DEVICE),
+        ({"hwrevision": None}, NO_HWREVISION),
+        ({"hwrevision": "qemux86-64 2.0"}, WRONG_HARDWARE),
+        ({"hwrevision": "raspberrypi4-64 1.0"}, WRONG_HARDWARE),
+        ({"hwrevision": "qemux86-64"}, WRONG_HARDWARE),
+        ({"os_version": "1.2"}, SAME_VERSION),
+        ({"os_version": "1.2.0.0"}, SAME_VERSION),
+        ({"os_version": "1.10"}, DOWNGRADE),
+        ({"os_version": None}, VERSION_UNKNOWN),
+        ({"os_version": "trixie/sid"}, VERSION_UNKNOWN),
+        ({"free_bytes": 100 * MiB}, NO_SPACE),
+    ],
+)
+def test_refusals(kw: dict[str, Any], reason: str) -> None:
+    refusal = run(**kw)
+    assert refusal is not None and refusal.reason == reason and refusal.detail
+
+
+def test_checks_run_in_order_device_first() -> None:
+    r = run(device="other", hwrevision=None, os_version="9", free_bytes=0)
+    assert r.reason == WRONG_DEVICE
+
+
+def test_downgrade_policy_allows_older_same_and_unknown() -> None:
+    policy = Policy(allow_downgrade=True)
+    for running in ("1.10", "1.2", None):
+        assert run(os_version=running, policy=policy) is None
+
+
+def test_space_counts_the_partial_download_and_the_reserve() -> None:
+    policy = Policy(reserve_bytes=10 * MiB)
+    assert run(free_bytes=110 * MiB, policy=policy) is None
+    assert run(free_bytes=110 * MiB - 1, policy=policy).reason == NO_SPACE
+    assert run(free_bytes=20 * MiB, partial_bytes=90 * MiB, policy=policy) is None
+
+
+def test_version_key_numeric_not_lexical() -> None:
+    assert version_key("1.10") > version_key("1.9")
+    assert version_key("2") == version_key("2.0.0")
+    with pytest.raises(ValueError):
+        version_key("1.x")
+
+
+def test_hardware_rules() -> None:
+    hw = {"qemux86-64": ("1.0", "#RE:^2\\.[0-9]+$"), "": ("9",)}
+    assert hardware_matches(hw, "qemux86-64 2.7")
+    assert not hardware_matches(hw, "qemux86-64 3.0")
+    assert hardware_matches(hw, "anyboard 9")
+    assert not hardware_matches({"b": ("#RE:(",)}, "b (")  # a broken pattern matches nothing

@@ -1,0 +1,113 @@
+"""Update job state machine (management/jobs.py): every legal and illegal transition."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twelvefactor_services.management.jobs import (
+    FINAL,
+    STATES,
+    TRANSITIONS,
+    JobReport,
+    JobReportError,
+    JobState,
+    TransitionError,
+    advance,
+    parse_job_report,
+)
+
+
+def report(state: str, percent: int | None = None, reason: str | None = None) -> JobReport:
+    return JobReport("j-1", state, percent, reason, 10.0)
+
+
+def payload(**kw: Any) -> bytes:
+    doc: dict[str, Any] = {"v": 1, "job": "j-abc", "state": "downloading", "percent": 5, "ts": 1.5}
+    doc.update(kw)
+    return json.dumps({k: v for k, v in doc.items() if v is not ...}).encode()
+
+
+def test_happy_path_to_succeeded() -> None:
+    s = JobState()
+    for st, pct in [
+        ("downloading", 0),
+        ("downloading", 50),
+        ("downloading", 100),
+        ("installing", 10),
+        ("installing", 100),
+        ("rebooting", None),
+        ("verifying", None),
+        ("succeeded", None),
+    ]:
+        s = advance(s, report(st, pct))
+        assert (s.state, s.percent) == (st, pct)
+    assert s.final and s.updated == 10.0
+
+
+def test_download_percent_may_go_down_after_a_refused_file() -> None:
+    s = advance(advance(JobState(), report("downloading", 80)), report("downloading", 0))
+    assert s.percent == 0
+
+
+@pytest.mark.parametrize("src", STATES)
+@pytest.mark.parametrize("dst", [s for s in STATES if s != "queued"])
+def test_transition_table(src: str, dst: str) -> None:
+    s = JobState(src)
+    r = report(dst, 1 if dst in ("downloading", "installing") else None, "x")
+    if dst in TRANSITIONS[src]:
+        assert advance(s, r).state == dst
+    else:
+        with pytest.raises(TransitionError, match=f"{src} -> {dst}"):
+            advance(s, r)
+
+
+def test_final_states_accept_nothing() -> None:
+    for st in FINAL:
+        assert TRANSITIONS[st] == frozenset()
+
+
+def test_success_only_after_verifying() -> None:
+    for st in STATES:
+        if "succeeded" in TRANSITIONS[st]:
+            assert st == "verifying"
+
+
+def test_refusal_from_queued_and_rollback_after_reboot() -> None:
+    assert advance(JobState(), report("failed", reason="wrong_hardware")).reason == "wrong_hardware"
+    s = advance(JobState("rebooting"), report("rolled_back", reason="bootcount"))
+    assert s.state == "rolled_back" and s.final
+
+
+def test_parse_valid_report() -> None:
+    r = parse_job_report(payload())
+    assert r == JobReport("j-abc", "downloading", 5, None, 1.5)
+    r = parse_job_report(payload(state="failed", percent=..., reason="no_space"))
+    assert (r.state, r.percent, r.reason) == ("failed", None, "no_space")
+    # a percent on a state without one is ignored
+    assert parse_job_report(payload(state="rebooting", percent=3)).percent is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b"[1]", "not a JSON object"),
+        (payload(v=2), "schema version"),
+        (payload(job="x"), "invalid job id"),
+        (payload(job=...), "invalid job id"),
+        (payload(state="queued"), "invalid state"),
+        (payload(state="bogus"), "invalid state"),
+        (payload(percent=101), "percent"),
+        (payload(percent=True), "percent"),
+        (payload(percent=...), "percent"),
+        (payload(state="failed", reason=None), "failed needs a reason"),
+        (payload(state="failed", reason="x" * 600), "reason must be"),
+        (payload(ts="now"), "invalid ts"),
+        (payload(ts=...), "invalid ts"),
+    ],
+)
+def test_parse_rejects(raw: bytes, message: str) -> None:
+    with pytest.raises(JobReportError, match=message):
+        parse_job_report(raw)
