@@ -72,9 +72,11 @@ class HostAgent(ChildProcess):
         keepalive: int = 10,
         queue_max_bytes: int | None = None,
         confirm_window: int | None = None,
+        python: str = sys.executable,
     ) -> None:
         super().__init__(f"agent {device_id}", root / "agent.log")
         self.device_id = device_id
+        self.python = python  # the interpreter that runs the agent (a device-like one in bench)
         self.root = root
         self.data_dir = root / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +99,7 @@ class HostAgent(ChildProcess):
 
     def start(self, timeout: float = 60.0) -> None:
         """Start the agent and wait until its local API answers."""
-        argv = [sys.executable, "-m", "twelvefactor_agent.cli", "run"]
+        argv = [self.python, "-m", "twelvefactor_agent.cli", "run"]
         self._spawn([*argv, "--config", str(self.config_file)], self._answers, timeout)
 
     def _answers(self) -> bool:
