@@ -1,0 +1,184 @@
+"""HTTPS artifact server: `.swu` files to devices, mutual TLS, HTTP Range.
+
+`GET /artifacts/<sha256>.swu` with a device client certificate (signed by the
+PKI's device CA; its CN is the device id). A device gets an artifact only if
+an update job addressed to it names that artifact (`may_fetch`); otherwise,
+or if the artifact does not exist, 404 with the same body, so a device learns
+nothing about other devices' jobs. `Range: bytes=N-` (or `N-M`) answers 206
+with `Content-Range`; no Range answers 200. The TLS handshake runs in the
+request's thread, so a client that stalls it holds up nobody else.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from twelvefactor_services.management.artifacts import ArtifactStore
+
+log = logging.getLogger("twelvefactor.artifacts")
+PATH_RE = re.compile(r"/artifacts/([0-9a-f]{64})\.swu")
+RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)")
+CHUNK = 64 * 1024
+HANDSHAKE_TIMEOUT = 30.0
+IDLE_TIMEOUT = 60.0
+
+MayFetch = Callable[[str, str], bool]  # (device id, sha256) -> allowed
+
+
+@dataclass(frozen=True)
+class Served:
+    """One answered request (kept for the operator's log and for tests)."""
+
+    device: str
+    sha256: str
+    status: int
+    start: int  # first byte sent (0 without Range)
+
+
+def server_context(cert: Path, key: Path, device_ca: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    ctx.load_verify_locations(cafile=str(device_ca))
+    ctx.verify_mode = ssl.CERT_REQUIRED  # no device certificate, no connection
+    return ctx
+
+
+def _common_name(peer: dict[str, Any]) -> str | None:
+    for rdn in peer.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName" and isinstance(value, str):
+                return value
+    return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ArtifactServer
+    protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT
+
+    def setup(self) -> None:
+        sock = self.request
+        assert isinstance(sock, ssl.SSLSocket)
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        sock.do_handshake()  # raises on a client without a valid device certificate
+        super().setup()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+    def _refuse(self, status: int, message: str) -> None:
+        body = (message + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        sock = self.request
+        assert isinstance(sock, ssl.SSLSocket)
+        device = _common_name(sock.getpeercert() or {})
+        m = PATH_RE.fullmatch(self.path)
+        if device is None or m is None:
+            self._refuse(404, "not found")
+            return
+        sha = m.group(1)
+        path = self.server.store.path(sha)
+        if not self.server.may_fetch(device, sha) or not path.exists():
+            self.server.record(Served(device, sha, 404, 0))
+            self._refuse(404, "not found")
+            return
+        size = path.stat().st_size
+        start, end, status = 0, size - 1, 200
+        spec = self.headers.get("Range")
+        if spec is not None:
+            r = RANGE_RE.fullmatch(spec.strip())
+            if r is None:
+                self._refuse(400, "only a single 'bytes=N-' or 'bytes=N-M' range is supported")
+                return
+            start = int(r.group(1))
+            if r.group(2):
+                end = min(int(r.group(2)), size - 1)
+            if start >= size or start > end:
+                self.server.record(Served(device, sha, 416, start))
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status = 206
+        self.server.record(Served(device, sha, status, start))
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        left = end - start + 1
+        with path.open("rb") as f:
+            f.seek(start)
+            while left > 0:
+                block = f.read(min(CHUNK, left))
+                if not block:
+                    break
+                self.wfile.write(block)
+                left -= len(block)
+
+
+class ArtifactServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        store: ArtifactStore,
+        context: ssl.SSLContext,
+        may_fetch: MayFetch,
+    ) -> None:
+        self.store = store
+        self.context = context
+        self.may_fetch = may_fetch
+        self.served: list[Served] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        # the handshake happens in the handler's thread (see _Handler.setup)
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # refused handshakes and clients that go away are routine: one line, no traceback
+
+        exc = sys.exc_info()[1]
+        log.warning("%s: %s", client_address[0], exc)
+
+    def record(self, served: Served) -> None:
+        with self._lock:
+            self.served.append(served)
+        log.info(
+            "%s %s from %s (%d)", served.status, served.sha256[:12], served.device, served.start
+        )
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="artifacts", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join(10)

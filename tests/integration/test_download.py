@@ -1,0 +1,245 @@
+"""Artifact server (mutual TLS, Range) and the agent's resumable downloader, end to end.
+
+The server runs in this process on loopback with certificates from a real PKI;
+the agent's downloader talks to it over real TLS. A link drop is a TCP proxy
+on loopback that closes both sides after N bytes from the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from twelvefactor_agent.download import (
+    ChecksumError,
+    ClientIdentity,
+    DownloadError,
+    DownloadInterrupted,
+    download,
+    tls_context,
+)
+from twelvefactor_services.launcher import make_pki
+from twelvefactor_services.management.artifact_server import (
+    ArtifactServer,
+    Served,
+    server_context,
+)
+from twelvefactor_services.management.artifacts import Artifact, ArtifactStore
+from twelvefactor_services.management.swu import newc_archive
+from twelvefactor_services.pki import Pki
+
+DESCRIPTION = b"""software = { version = "2.0";
+  qemux86-64 = { hardware-compatibility: [ "1.0" ]; }; };"""
+
+
+class Env:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pki: Pki = make_pki(root / "pki")
+        self.server_paths = self.pki.server("artifacts", dns=["localhost"], ips=["127.0.0.1"])
+        self.store = ArtifactStore(root / "artifacts")
+        swu = root / "update.swu"
+        swu.write_bytes(
+            newc_archive([("sw-description", DESCRIPTION), ("rootfs.zlib", os.urandom(3 << 20))])
+        )
+        self.artifact: Artifact = self.store.add(swu)
+        self.allowed = {("dev-001", self.artifact.sha256)}
+        self.server = ArtifactServer(
+            ("127.0.0.1", 0),
+            self.store,
+            server_context(self.server_paths.cert, self.server_paths.key, self.pki.ca_cert),
+            lambda device, sha: (device, sha) in self.allowed,
+        )
+        self.server.start()
+        self.port = self.server.server_address[1]
+
+    def identity(self, device: str) -> ClientIdentity:
+        paths = self.pki.device_paths(device)
+        if not paths.cert.exists():
+            paths = self.pki.device(device)
+        return ClientIdentity(paths.cert, paths.key, paths.ca)
+
+    def url(self, port: int | None = None, host: str = "127.0.0.1") -> str:
+        return f"https://{host}:{port or self.port}/artifacts/{self.artifact.sha256}.swu"
+
+    def fetch(self, dest: Path, port: int | None = None, device: str = "dev-001") -> Path:
+        return download(
+            self.url(port),
+            dest,
+            sha256=self.artifact.sha256,
+            size=self.artifact.size,
+            identity=self.identity(device),
+            timeout=20,
+        )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    e.server.stop()
+
+
+class CuttingProxy:
+    """Forwards loopback TCP to `port`; the first connection is closed after `cut` bytes
+    from the server (mid-TLS: the client sees the link drop)."""
+
+    def __init__(self, port: int, cut: int) -> None:
+        self.upstream = port
+        self.cut: int | None = cut
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            cut, self.cut = self.cut, None
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, cut), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while limit is None or sent < limit:
+                data = src.recv(65536 if limit is None else min(65536, limit - sent))
+                if not data:
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_full_download_with_progress(env: Env, tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    dest = tmp_path / "data" / "job.swu.part"
+    download(
+        env.url(),
+        dest,
+        sha256=env.artifact.sha256,
+        size=env.artifact.size,
+        identity=env.identity("dev-001"),
+        progress=lambda have, total: seen.append((have, total)),
+    )
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == env.artifact.sha256
+    assert seen[-1] == (env.artifact.size, env.artifact.size)
+    assert [h for h, _ in seen] == sorted(h for h, _ in seen)
+    assert env.server.served == [Served("dev-001", env.artifact.sha256, 200, 0)]
+
+
+def test_cut_link_resumes_with_range_from_the_byte_reached(env: Env, tmp_path: Path) -> None:
+    proxy = CuttingProxy(env.port, cut=1_000_000)
+    dest = tmp_path / "job.swu.part"
+    try:
+        with pytest.raises(DownloadInterrupted):
+            env.fetch(dest, port=proxy.port)
+        reached = dest.stat().st_size
+        assert 0 < reached < env.artifact.size
+        env.fetch(dest, port=proxy.port)
+    finally:
+        proxy.close()
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == env.artifact.sha256
+    assert env.server.served[-1] == Served("dev-001", env.artifact.sha256, 206, reached)
+    assert len(env.server.served) == 2
+
+
+def test_tampered_file_is_refused_and_deleted(env: Env, tmp_path: Path) -> None:
+    stored = env.store.path(env.artifact.sha256)
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    dest = tmp_path / "job.swu.part"
+    with pytest.raises(ChecksumError, match="deleted"):
+        env.fetch(dest)
+    assert not dest.exists()
+
+
+def test_partial_file_longer_than_the_artifact_starts_over(env: Env, tmp_path: Path) -> None:
+    dest = tmp_path / "job.swu.part"
+    dest.write_bytes(b"x" * (env.artifact.size + 1))
+    env.fetch(dest)
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == env.artifact.sha256
+    assert env.server.served[-1].status == 200
+
+
+def test_only_artifacts_of_jobs_addressed_to_the_device(env: Env, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        env.fetch(tmp_path / "x", device="dev-002")
+    assert env.server.served == [Served("dev-002", env.artifact.sha256, 404, 0)]
+    assert not (tmp_path / "x").exists() or (tmp_path / "x").stat().st_size == 0
+
+
+def _raw_get(env: Env, ctx: ssl.SSLContext, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    conn = http.client.HTTPSConnection("127.0.0.1", env.port, timeout=20, context=ctx)
+    try:
+        conn.request("GET", f"/artifacts/{env.artifact.sha256}.swu", headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, dict(resp.getheaders())
+    finally:
+        conn.close()
+
+
+def test_range_answers(env: Env) -> None:
+    ctx = tls_context(env.identity("dev-001"))
+    size = env.artifact.size
+    status, h = _raw_get(env, ctx, {"Range": "bytes=10-19"})
+    assert (status, h["Content-Range"], h["Content-Length"]) == (206, f"bytes 10-19/{size}", "10")
+    status, h = _raw_get(env, ctx, {"Range": f"bytes={size}-"})
+    assert (status, h["Content-Range"]) == (416, f"bytes */{size}")
+    status, _ = _raw_get(env, ctx, {"Range": "bytes=0-1,5-6"})
+    assert status == 400
+
+
+def test_client_without_a_device_certificate_is_refused(env: Env) -> None:
+    no_cert = ssl.create_default_context(cafile=str(env.pki.ca_cert))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _raw_get(env, no_cert, {})
+    # a service certificate is signed by the service CA, not the device CA
+    svc = env.pki.service_paths("management")
+    other_ca = ssl.create_default_context(cafile=str(env.pki.ca_cert))
+    other_ca.load_cert_chain(str(svc.cert), str(svc.key))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _raw_get(env, other_ca, {})
+    assert env.server.served == []
+    # the server keeps serving after refusing them
+    assert _raw_get(env, tls_context(env.identity("dev-001")), {})[0] == 200
+
+
+def test_server_name_is_verified(env: Env, tmp_path: Path) -> None:
+    # a server whose certificate (from the right CA) names another host
+    wrong = env.pki.server("elsewhere", dns=["artifacts.example"])
+    other = ArtifactServer(
+        ("127.0.0.1", 0),
+        env.store,
+        server_context(wrong.cert, wrong.key, env.pki.ca_cert),
+        lambda _d, _s: True,
+    )
+    other.start()
+    try:
+        with pytest.raises(DownloadError, match="certificate refused"):
+            env.fetch(tmp_path / "x", port=other.server_address[1])
+    finally:
+        other.stop()
+    assert other.served == []
