@@ -124,6 +124,7 @@ class Device:
         self.tunnel: Tunnel | None = None
         self._wg: subprocess.Popen[bytes] | None = None
         self.agent: subprocess.Popen[bytes] | None = None
+        self.agent_log: Path | None = None
         self.sock_dir = Path(f"/tmp/{ns.name}")  # sun_path is short
         self.sock_dir.mkdir(exist_ok=True)
         (root / "data" / "identity").mkdir(parents=True, exist_ok=True)
@@ -259,6 +260,7 @@ class Device:
             "--config",
             str(config or self.data("config/agent.toml")),
         ]
+        self.agent_log = log
         self.agent = self.ns.popen(argv, log, env=env)
         deadline = time.monotonic() + 60
         while True:

@@ -144,8 +144,11 @@ class Lab:
             if status["management"] == "online" and status["solution"] == "online":
                 return
             if time.monotonic() > deadline:
+                log = dev.agent_log
+                tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
                 raise LabError(
-                    f"{dev.id} not online through the tunnel: {status}\n{self.hub_log()}"
+                    f"{dev.id} not online through the tunnel: {status}\n"
+                    f"agent log {dev.agent_log}:\n{tail}\nhub:\n{self.hub_log()}"
                 )
             time.sleep(0.2)
 
