@@ -29,6 +29,7 @@ from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Pki, Validity
 
 LOCALHOST = "127.0.0.1"
+ARTIFACT_CERT = "artifacts"  # the artifact server's certificate in the PKI (servers/NAME.crt)
 T = TypeVar("T")
 
 
@@ -133,10 +134,16 @@ class ServiceProcess(ChildProcess):
     """
 
     def __init__(
-        self, name: str, argv: Sequence[str], run_dir: Path, http_port: int | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        run_dir: Path,
+        http_port: int | None = None,
+        artifact_port: int | None = None,
     ) -> None:
         super().__init__(name, run_dir / f"{name}.log")
         self.http_port = http_port
+        self.artifact_port = artifact_port
         self.argv = list(argv)
         self.run_dir = run_dir
         self.ready_file = run_dir / f"{name}.ready"
@@ -209,6 +216,11 @@ class Stack:
         )
         self.services: list[ServiceProcess] = []
         self._copies = {"management": 0, "solution": 0}
+        # The artifact server (HTTPS, mutual TLS) listens where devices reach the broker.
+        self.address = address
+        self.artifact_port = free_port()
+        if not self.pki.server_paths(ARTIFACT_CERT).cert.exists():
+            self.pki.server(ARTIFACT_CERT, dns=["localhost"], ips=sorted({LOCALHOST, address}))
 
     # -- endpoints and identities -------------------------------------------------
 
@@ -245,11 +257,19 @@ class Stack:
         self._copies[name] += 1
         return self._copies[name]
 
-    def management(self, *, http_port: int | None = None) -> ServiceProcess:
-        """A management service copy (not started); copies share one registry."""
+    def management(
+        self, *, http_port: int | None = None, artifact_port: int | None = None
+    ) -> ServiceProcess:
+        """A management service copy (not started); copies share one registry and .swu store.
+
+        The first copy serves artifacts on ``self.artifact_port``, later ones on a port of
+        their own, unless ``artifact_port`` says otherwise.
+        """
         n = self._next_copy("management")
         run = self.root / "management"
         port = http_port if http_port is not None else free_port()
+        if artifact_port is None:
+            artifact_port = self.artifact_port if n == 1 else free_port()
         svc = ServiceProcess(
             f"management-{n}",
             [
@@ -264,9 +284,16 @@ class Stack:
                 str(n),
                 "--http-port",
                 str(port),
+                "--artifact-host",
+                self.address,
+                "--artifact-port",
+                str(artifact_port),
+                "--artifact-cert",
+                ARTIFACT_CERT,
             ],
             run,
             http_port=port,
+            artifact_port=artifact_port,
         )
         self.services.append(svc)
         return svc
@@ -321,6 +348,10 @@ class Stack:
     @property
     def solution_db(self) -> Path:
         return self.root / "solution" / "solution.db"
+
+    @property
+    def artifact_dir(self) -> Path:
+        return self.root / "management" / "artifacts"
 
     @property
     def archive_dir(self) -> Path:

@@ -14,16 +14,20 @@ import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twelvefactor_services import service_args
-from twelvefactor_services.management import registry
+from twelvefactor_services.management import jobstore, registry
+from twelvefactor_services.management.artifacts import ArtifactError, ArtifactStore
 from twelvefactor_services.management.configlogic import (
     OverlayError,
     check_device,
     check_group,
     check_overlay,
 )
+
+if TYPE_CHECKING:
+    from twelvefactor_services.management.service import ArtifactServing
 
 
 def _ts(value: float | None) -> str:
@@ -109,6 +113,90 @@ def _config(args: argparse.Namespace) -> int:
         reg.close()
 
 
+def _store(args: argparse.Namespace) -> ArtifactStore:
+    return ArtifactStore(args.artifact_dir or args.db.parent / "artifacts")
+
+
+def _hardware(specs: list[str] | None) -> dict[str, list[str]] | None:
+    """--hardware BOARD=REV[,REV...] (repeatable; BOARD may be empty: =REV)."""
+    if not specs:
+        return None
+    out: dict[str, list[str]] = {}
+    for spec in specs:
+        board, sep, revs = spec.partition("=")
+        if not sep or not revs:
+            raise ArtifactError(f"--hardware {spec!r}: expected BOARD=REV[,REV...]")
+        out[board] = revs.split(",")
+    return out
+
+
+def _artifact(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.action == "add":
+        a = store.add(args.file, version=args.version, hardware=_hardware(args.hardware))
+        print(json.dumps(a.to_json(), indent=2))
+        return 0
+    rows = store.list()
+    print(f"{'SHA256':<16} {'VERSION':<12} {'SIZE':>12}  {'ADDED':<19}  HARDWARE")
+    for a in rows:
+        hw = " ".join(f"{b or '*'}={','.join(r)}" for b, r in a.hardware.items())
+        print(f"{a.sha256[:16]} {a.version:<12} {a.size:>12}  {_ts(a.added):<19}  {hw}")
+    print(f"{len(rows)} artifact(s)")
+    return 0
+
+
+def _job(args: argparse.Namespace) -> int:
+    if args.action == "create":
+        db = jobstore.connect(args.db)
+        try:
+            job = jobstore.create_job(
+                db,
+                _store(args),
+                args.artifact,
+                device=check_device(args.device) if args.device else None,
+                group=check_group(args.group) if args.group else None,
+                now=time.time(),
+            )
+        finally:
+            db.close()
+        print(json.dumps(job, indent=2))
+        return 0
+    db = jobstore.connect(args.db, readonly=True)
+    try:
+        found: Any = jobstore.list_jobs(db) if args.id is None else jobstore.get_job(db, args.id)
+    finally:
+        db.close()
+    if found is None:
+        print(f"twelvefactor-management: unknown job {args.id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(found, indent=2))
+    return 0
+
+
+def _update_parsers(sub: Any) -> None:
+    art = sub.add_parser("artifact", help=".swu artifacts (stored next to the registry)")
+    asub = art.add_subparsers(dest="action", required=True)
+    p = asub.add_parser("add", help="store a .swu; version and hardware are read from it")
+    p.add_argument("file", type=Path)
+    p.add_argument("--version", help="expected version (refused if the file says otherwise)")
+    p.add_argument(
+        "--hardware", action="append", metavar="BOARD=REV[,REV]", help="expected compatibility"
+    )
+    asub.add_parser("list", help="stored artifacts")
+    job = sub.add_parser("job", help="update jobs")
+    jsub = job.add_subparsers(dest="action", required=True)
+    p = jsub.add_parser("create", help="update a device or a group to an artifact")
+    p.add_argument("--artifact", required=True, metavar="SHA256")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", metavar="ID")
+    target.add_argument("--group", metavar="NAME")
+    p = jsub.add_parser("show", help="one job with each device's state, or all")
+    p.add_argument("id", nargs="?", metavar="JOB")
+    for parser in (*asub.choices.values(), *jsub.choices.values()):
+        parser.add_argument("--db", type=Path, required=True, help="registry (SQLite)")
+        parser.add_argument("--artifact-dir", type=Path, help="default: artifacts/ next to --db")
+
+
 def _config_parser(sub: Any) -> None:
     config = sub.add_parser("config", help="desired configuration of devices and groups")
     csub = config.add_subparsers(dest="action", required=True)
@@ -155,16 +243,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--db", type=Path, required=True, help="registry (SQLite)")
     serve.add_argument("--http-host", default="127.0.0.1")
     serve.add_argument("--http-port", type=int, default=8080)
+    serve.add_argument("--artifact-dir", type=Path, help="default: artifacts/ next to --db")
+    serve.add_argument("--artifact-port", type=int, help="serve artifacts over HTTPS here")
+    serve.add_argument("--artifact-host", default="127.0.0.1", help="address to bind")
+    serve.add_argument(
+        "--artifact-url", help="base URL devices use (default https://ARTIFACT_HOST:PORT)"
+    )
+    serve.add_argument(
+        "--artifact-cert",
+        default="artifacts",
+        metavar="NAME",
+        help="server certificate name in the PKI (servers/NAME.crt)",
+    )
     p = sub.add_parser("devices", help="list devices")
     p.add_argument("--db", type=Path, required=True)
     p = sub.add_parser("device", help="one device as JSON, with its online history")
     p.add_argument("id")
     p.add_argument("--db", type=Path, required=True)
     _config_parser(sub)
+    _update_parsers(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "config":
             return _config(args)
+        if args.command == "artifact":
+            return _artifact(args)
+        if args.command == "job":
+            return _job(args)
         if args.command == "devices":
             return _devices(args.db)
         if args.command == "device":
@@ -173,6 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"twelvefactor-management: {problem}", file=sys.stderr)
         return 2
+    except (ArtifactError, jobstore.JobError) as exc:
+        print(f"twelvefactor-management: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ArtifactError) else 1
     except (OSError, sqlite3.Error) as exc:
         print(f"twelvefactor-management: {exc}", file=sys.stderr)
         return 1
@@ -189,9 +297,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         http_host=args.http_host,
         http_port=args.http_port,
         ready_file=args.ready_file,
+        artifact_dir=args.artifact_dir,
+        artifacts=_serving(args),
     )
     ManagementService(cfg).run()
     return 0
+
+
+def _serving(args: argparse.Namespace) -> ArtifactServing | None:
+    from twelvefactor_services.management.service import ArtifactServing
+    from twelvefactor_services.pki import Pki
+
+    if args.artifact_port is None:
+        return None
+    pki = Pki(args.pki)
+    paths = pki.server_paths(args.artifact_cert)
+    for p in (paths.cert, paths.key, pki.ca_cert):
+        if not p.is_file():
+            cmd = f"twelvefactor-pki server {args.pki} {args.artifact_cert} --ip ADDRESS"
+            raise SystemExit(f"missing {p}: run '{cmd}'")
+    host = f"[{args.artifact_host}]" if ":" in args.artifact_host else args.artifact_host
+    url = args.artifact_url or f"https://{host}:{args.artifact_port}"
+    return ArtifactServing(
+        args.artifact_host, args.artifact_port, paths.cert, paths.key, pki.ca_cert, url
+    )
 
 
 if __name__ == "__main__":

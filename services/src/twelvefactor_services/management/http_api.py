@@ -1,10 +1,10 @@
 """HTTP JSON API over the registry (http.server, bound to 127.0.0.1 by default).
 
 GET /devices, /devices/<id>, /devices/<id>/history, /devices/<id>/config, /groups,
-/groups/<name>, /healthz; PUT /devices/<id>/config, /groups/<name>/config;
-DELETE /devices/<id>/config; POST /groups/<name>/members; DELETE
-/groups/<name>/members/<id>. There is no authentication: bind it to loopback
-or put it behind a proxy that authenticates operators.
+/groups/<name>, /artifacts, /jobs, /jobs/<id>, /healthz; POST /jobs;
+PUT /devices/<id>/config, /groups/<name>/config; DELETE /devices/<id>/config;
+POST /groups/<name>/members; DELETE /groups/<name>/members/<id>. There is no
+authentication: bind it to loopback or put it behind a proxy that authenticates operators.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from twelvefactor_services.management import registry
+from twelvefactor_services.management import jobstore, registry
+from twelvefactor_services.management.artifacts import ArtifactStore
 from twelvefactor_services.management.configlogic import (
     OverlayError,
     check_device,
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 DEVICE_PATH = re.compile(r"/devices/([a-z0-9][a-z0-9-]{0,62})(/history|/config)?")
 GROUP_PATH = re.compile(r"/groups/([a-z0-9][a-z0-9_-]{0,62})(/config|/members)?")
 MEMBER_PATH = re.compile(r"/groups/([a-z0-9][a-z0-9_-]{0,62})/members/([a-z0-9][a-z0-9-]{0,62})")
+JOB_PATH = re.compile(r"/jobs/(j-[a-z0-9]{1,32})")
 MAX_BODY = 64 * 1024
 
 
@@ -44,8 +46,10 @@ class ApiServer(ThreadingHTTPServer):
         db_path: Path,
         health: Callable[[], dict[str, Any]],
         changed: Callable[[], None] = lambda: None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.db_path = db_path
+        self.artifacts = artifacts or ArtifactStore(db_path.parent / "artifacts")
         self.health = health
         self.changed = changed  # a desired configuration changed: publish soon
         super().__init__(address, Handler)
@@ -133,8 +137,48 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._send(HTTPStatus.NOT_FOUND, {"error": "not_found", "path": path})
 
+    def _create_job(self) -> None:
+        try:
+            body = self._body()
+        except OverlayError as exc:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "invalid", "problems": exc.problems})
+            return
+        ok = isinstance(body, dict) and isinstance(body.get("artifact"), str)
+        device = body.get("device") if isinstance(body, dict) else None
+        group = body.get("group") if isinstance(body, dict) else None
+        if not ok or not (isinstance(device, str) or isinstance(group, str)):
+            problem = 'the body must be {"artifact": SHA256, "device": ID} or {..., "group": NAME}'
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "invalid", "problems": [problem]})
+            return
+        try:
+            device = check_device(device) if isinstance(device, str) else None
+            group = check_group(group) if isinstance(group, str) else None
+        except OverlayError as exc:
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "invalid", "problems": exc.problems})
+            return
+        db = jobstore.connect(self.server.db_path)
+        try:
+            job = jobstore.create_job(
+                db,
+                self.server.artifacts,
+                body["artifact"],
+                device=device,
+                group=group,
+                now=time.time(),
+            )
+        except jobstore.JobError as exc:
+            self._send(HTTPStatus.CONFLICT, {"error": "refused", "problems": [str(exc)]})
+            return
+        finally:
+            db.close()
+        self.server.changed()
+        self._send(HTTPStatus.CREATED, job)
+
     def do_POST(self) -> None:
         path = self._path()
+        if path == "/jobs":
+            self._create_job()
+            return
         g = GROUP_PATH.fullmatch(path)
         if g is None or g.group(2) != "/members":
             self._send(HTTPStatus.NOT_FOUND, {"error": "not_found", "path": path})
@@ -184,8 +228,22 @@ class Handler(BaseHTTPRequestHandler):
             h = self.server.health()
             self._send(HTTPStatus.OK if h["ok"] else HTTPStatus.SERVICE_UNAVAILABLE, h)
             return
-        db = registry.connect(self.server.db_path)
+        if path == "/artifacts":
+            self._send(HTTPStatus.OK, [a.to_json() for a in self.server.artifacts.list()])
+            return
+        db = jobstore.connect(self.server.db_path)
         try:
+            if path == "/jobs":
+                self._send(HTTPStatus.OK, jobstore.list_jobs(db))
+                return
+            j = JOB_PATH.fullmatch(path)
+            if j is not None:
+                job = jobstore.get_job(db, j.group(1))
+                if job is None:
+                    self._send(HTTPStatus.NOT_FOUND, {"error": "unknown_job", "id": j.group(1)})
+                else:
+                    self._send(HTTPStatus.OK, job)
+                return
             if path == "/devices":
                 self._send(HTTPStatus.OK, registry.list_devices(db))
                 return

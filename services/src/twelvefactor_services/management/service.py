@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -23,8 +24,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from twelvefactor_services.management import jobstore
+from twelvefactor_services.management.artifact_server import ArtifactServer, server_context
+from twelvefactor_services.management.artifacts import ArtifactStore
 from twelvefactor_services.management.configlogic import desired_document
 from twelvefactor_services.management.http_api import ApiServer
+from twelvefactor_services.management.jobs import JobReportError, parse_job_report
 from twelvefactor_services.management.logic import ConfigReport, PayloadError, parse_report
 from twelvefactor_services.management.registry import Registry
 from twelvefactor_services.mqtt import (
@@ -51,6 +56,24 @@ class ManagementConfig:
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     ready_file: Path | None = None
+    artifact_dir: Path | None = None  # default: "artifacts" next to the registry
+    artifacts: ArtifactServing | None = None  # None: no artifact server in this copy
+
+    @property
+    def artifact_store(self) -> ArtifactStore:
+        return ArtifactStore(self.artifact_dir or self.db.parent / "artifacts")
+
+
+@dataclass(frozen=True)
+class ArtifactServing:
+    """The HTTPS artifact server: where it listens, its certificate, what devices trust."""
+
+    host: str
+    port: int
+    cert: Path
+    key: Path
+    device_ca: Path
+    url: str  # base URL the devices use (https://<address inside the tunnel>:<port>)
 
 
 class ManagementService:
@@ -69,8 +92,29 @@ class ManagementService:
         self.stopping = threading.Event()
         self.publish_wake = threading.Event()
         self.http = ApiServer(
-            (cfg.http_host, cfg.http_port), cfg.db, self.health, changed=self.publish_wake.set
+            (cfg.http_host, cfg.http_port),
+            cfg.db,
+            self.health,
+            changed=self.publish_wake.set,
+            artifacts=cfg.artifact_store,
         )
+        self.jobs_db: sqlite3.Connection | None = None  # the MQTT thread's connection
+        self.artifact_server: ArtifactServer | None = None
+        if cfg.artifacts is not None:
+            a = cfg.artifacts
+            self.artifact_server = ArtifactServer(
+                (a.host, a.port),
+                cfg.artifact_store,
+                server_context(a.cert, a.key, a.device_ca),
+                self._may_fetch,
+            )
+
+    def _may_fetch(self, device: str, sha256: str) -> bool:
+        db = jobstore.connect(self.cfg.db, readonly=True)  # a request thread's own connection
+        try:
+            return jobstore.may_fetch(db, device, sha256)
+        finally:
+            db.close()
 
     def health(self) -> dict[str, Any]:
         ok = self.conn.connected.is_set() and self.subscribed.is_set()
@@ -117,6 +161,9 @@ class ManagementService:
         if up is None or up.side != "mgmt" or len(up.rest) != 1:
             log.warning("dropped message on unexpected topic %r", topic)
             return
+        if up.rest[0] == "update":
+            self._handle_update(up.device, payload)
+            return
         try:
             report = parse_report(up.device, up.rest[0], payload)
         except PayloadError as exc:
@@ -137,16 +184,59 @@ class ManagementService:
             state = "online" if t.online else f"offline ({t.reason or 'no reason'})"
             log.info("%s is %s", up.device, state)
 
+    def _handle_update(self, device: str, payload: bytes) -> None:
+        try:
+            report = parse_job_report(payload)
+        except JobReportError as exc:
+            log.warning("dropped update report from %s: %s", device, exc)
+            return
+        if self.jobs_db is None:
+            self.jobs_db = jobstore.connect(self.cfg.db)
+        out = jobstore.apply_report(self.jobs_db, device, report)
+        if out.ignored is not None:
+            log.warning("%s: update report for %s ignored: %s", device, report.job, out.ignored)
+        else:
+            log.info("%s: job %s %s -> %s", device, report.job, out.before, out.after)
+
     def _publisher(self) -> None:
-        registry = Registry(self.cfg.db)  # this thread's own connection
+        registry = Registry(self.cfg.db)  # this thread's own connections
+        jobs_db = jobstore.connect(self.cfg.db)
         try:
             while not self.stopping.is_set():
                 self.publish_wake.wait(PUBLISH_INTERVAL)
                 self.publish_wake.clear()
                 if self.conn.connected.is_set():
                     self._publish_desired(registry)
+                if self.conn.connected.is_set():
+                    self._publish_jobs(jobs_db)
         finally:
             registry.close()
+            jobs_db.close()
+
+    def _publish_jobs(self, db: sqlite3.Connection) -> None:
+        if self.cfg.artifacts is None:
+            return  # without an artifact server a job cannot be fetched: hold it
+        store = self.cfg.artifact_store
+        for device, job, sha in jobstore.unpublished(db):
+            artifact = store.get(sha)
+            if artifact is None:
+                log.error("job %s names artifact %s, which is gone from the store", job, sha)
+                continue
+            info = self.client.publish(
+                f"mgmt/{device}/down/update",
+                jobstore.job_document(job, device, artifact, self.cfg.artifacts.url),
+                qos=1,
+                retain=True,
+            )
+            try:
+                info.wait_for_publish(timeout=10)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("update job %s for %s not published: %s", job, device, exc)
+                return
+            if not info.is_published():
+                return
+            jobstore.mark_published(db, device, job)
+            log.info("published update job %s for %s", job, device)
 
     def _publish_desired(self, registry: Registry) -> None:
         for device, version, config in registry.unpublished():
@@ -169,6 +259,10 @@ class ManagementService:
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""
         self.http.start()
+        if self.artifact_server is not None:
+            self.artifact_server.start()
+            host, port = self.artifact_server.server_address[:2]
+            log.info("artifact server on https://%s:%d", host, port)
         publisher = threading.Thread(target=self._publisher, name="publisher", daemon=True)
         publisher.start()
         log.info("HTTP API on http://%s:%d", self.cfg.http_host, self.http.server_address[1])
@@ -190,8 +284,12 @@ class ManagementService:
         self.publish_wake.set()
         publisher.join(15)
         self.http.shutdown()
+        if self.artifact_server is not None:
+            self.artifact_server.stop()
         if self.registry is not None:
             self.registry.close()
+        if self.jobs_db is not None:
+            self.jobs_db.close()
         if self.cfg.ready_file is not None:
             self.cfg.ready_file.unlink(missing_ok=True)
         log.info("stopped")

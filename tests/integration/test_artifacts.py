@@ -1,0 +1,218 @@
+"""Update jobs through the real management service: artifacts, jobs, reports, the server.
+
+A fake device (an MQTT probe with the device's certificate, and the agent's own
+downloader) takes the retained job, fetches the artifact over mutual TLS from
+the service's artifact server and reports its progress; the job's state is read
+back through the HTTP API and the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twelvefactor_agent.download import ClientIdentity, DownloadError, download
+from twelvefactor_agent.update import decide, parse_job
+from twelvefactor_services.launcher import ServiceProcess, Stack, http_get, http_send, wait_until
+from twelvefactor_services.management.swu import newc_archive
+from twelvefactor_services.probe import Probe
+
+DESCRIPTION = """software = {{ version = "{version}";
+  qemux86-64 = {{ hardware-compatibility: [ "1.0" ]; }}; }};"""
+
+
+def make_swu(path: Path, version: str = "2.0", size: int = 600_000) -> Path:
+    desc = DESCRIPTION.format(version=version).encode()
+    path.write_bytes(newc_archive([("sw-description", desc), ("rootfs.zlib", os.urandom(size))]))
+    return path
+
+
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "twelvefactor_services.management.cli",
+            *args,
+            "--db",
+            str(stack.registry_db),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def identity(stack: Stack, device: str) -> ClientIdentity:
+    ident = stack.device(device)
+    return ClientIdentity(ident.cert, ident.key, ident.ca)
+
+
+def test_artifact_cli(stack: Stack, tmp_path: Path) -> None:
+    swu = make_swu(tmp_path / "a.swu", "2.1")
+    r = cli(stack, "artifact", "add", str(swu), "--version", "2.2")
+    assert r.returncode == 2 and "says version '2.1', not '2.2'" in r.stderr
+    r = cli(stack, "artifact", "add", str(swu), "--hardware", "qemux86-64=1.1")
+    assert r.returncode == 2 and "hardware" in r.stderr
+    (tmp_path / "bad.swu").write_bytes(b"PK\x03\x04 not a cpio archive" * 10)
+    r = cli(stack, "artifact", "add", str(tmp_path / "bad.swu"))
+    assert r.returncode == 2 and "not a cpio newc archive" in r.stderr
+    r = cli(stack, "artifact", "add", str(swu), "--version", "2.1", "--hardware", "qemux86-64=1.0")
+    assert r.returncode == 0, r.stderr
+    art = json.loads(r.stdout)
+    assert art["version"] == "2.1" and art["hardware"] == {"qemux86-64": ["1.0"]}
+    assert art["size"] == swu.stat().st_size
+    assert (stack.artifact_dir / f"{art['sha256']}.swu").read_bytes() == swu.read_bytes()
+    again = json.loads(cli(stack, "artifact", "add", str(swu)).stdout)
+    assert again == art  # the same file is the same artifact
+    r = cli(stack, "artifact", "list")
+    assert art["sha256"][:16] in r.stdout and "1 artifact(s)" in r.stdout
+    r = cli(stack, "job", "create", "--artifact", "0" * 64, "--device", "dev-001")
+    assert r.returncode == 1 and "unknown artifact" in r.stderr
+    r = cli(stack, "job", "create", "--artifact", art["sha256"], "--device", "dev-001")
+    assert r.returncode == 0, r.stderr
+    job = json.loads(r.stdout)
+    assert job["devices"][0]["state"] == "queued" and job["target"] == "device:dev-001"
+    r = cli(stack, "job", "create", "--artifact", art["sha256"], "--device", "dev-001")
+    assert r.returncode == 1 and "unfinished job for dev-001" in r.stderr
+    r = cli(stack, "job", "show", job["id"])
+    assert json.loads(r.stdout) == job
+    assert cli(stack, "job", "show", "j-nope").returncode == 1
+
+
+def report(probe: Probe, device: str, job: str, state: str, **kw: Any) -> None:
+    probe.publish(
+        f"mgmt/{device}/up/update", {"v": 1, "job": job, "state": state, "ts": time.time(), **kw}
+    )
+
+
+def device_state(svc: ServiceProcess, job: str, device: str) -> dict[str, Any]:
+    assert svc.http_port is not None
+    status, body = http_get(svc.http_port, f"/jobs/{job}")
+    assert status == 200
+    return next(d for d in body["devices"] if d["device"] == device)
+
+
+def wait_state(svc: ServiceProcess, job: str, device: str, state: str) -> dict[str, Any]:
+    return wait_until(
+        lambda: (d := device_state(svc, job, device))["state"] == state and d,
+        what=f"{device} {state}",
+    )
+
+
+def test_job_end_to_end(
+    stack: Stack,
+    management: ServiceProcess,
+    probes: Callable[..., Probe],
+    tmp_path: Path,
+) -> None:
+    assert management.http_port is not None
+    swu = make_swu(tmp_path / "u.swu", "2.0")
+    art = json.loads(cli(stack, "artifact", "add", str(swu)).stdout)
+    status, listed = http_get(management.http_port, "/artifacts")
+    assert status == 200 and [a["sha256"] for a in listed] == [art["sha256"]]
+    status, _body = http_send(management.http_port, "POST", "/jobs", {"artifact": art["sha256"]})
+    assert status == 400
+    status, job = http_send(
+        management.http_port, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-001"}
+    )
+    assert status == 201, job
+
+    dev = probes(stack.management_endpoint, stack.device("dev-001"), "dev-001-mgmt")
+    dev.subscribe("mgmt/dev-001/down/update")
+    msg = dev.wait_for(lambda m: m.topic == "mgmt/dev-001/down/update", timeout=30)
+    assert msg.retain
+    offered = parse_job(msg.payload)
+    assert (offered.job, offered.sha256, offered.size) == (job["id"], art["sha256"], art["size"])
+    assert offered.url == (
+        f"https://127.0.0.1:{management.artifact_port}/artifacts/{art['sha256']}.swu"
+    )
+    refusal = decide(
+        offered, device="dev-001", hwrevision="qemux86-64 1.0", os_version="1.0", free_bytes=1 << 34
+    )
+    assert refusal is None
+
+    # another device gets nothing from the artifact server
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download(
+            offered.url,
+            tmp_path / "other",
+            sha256=offered.sha256,
+            size=offered.size,
+            identity=identity(stack, "dev-002"),
+        )
+    report(dev, "dev-001", offered.job, "downloading", percent=0)
+    wait_state(management, offered.job, "dev-001", "downloading")
+    download(
+        offered.url,
+        tmp_path / "job.swu.part",
+        sha256=offered.sha256,
+        size=offered.size,
+        identity=identity(stack, "dev-001"),
+    )
+    report(dev, "dev-001", offered.job, "downloading", percent=100)
+    report(dev, "dev-001", offered.job, "installing", percent=40)
+    assert wait_state(management, offered.job, "dev-001", "installing")["percent"] == 40
+    report(dev, "dev-001", offered.job, "succeeded")  # not before verifying: ignored
+    report(dev, "dev-001", offered.job, "rebooting")
+    report(dev, "dev-001", offered.job, "verifying")
+    wait_state(management, offered.job, "dev-001", "verifying")
+    report(dev, "dev-001", offered.job, "succeeded")
+    wait_state(management, offered.job, "dev-001", "succeeded")
+    assert "verifying -> succeeded" in management.log_tail(80)
+    assert "installing -> succeeded is not a legal transition" in management.log_tail(80)
+
+    # a finished job no longer opens the artifact server to the device
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download(
+            offered.url,
+            tmp_path / "again",
+            sha256=offered.sha256,
+            size=offered.size,
+            identity=identity(stack, "dev-001"),
+        )
+
+
+def test_group_job_and_failure_reason(
+    stack: Stack,
+    management: ServiceProcess,
+    probes: Callable[..., Probe],
+    tmp_path: Path,
+) -> None:
+    assert management.http_port is not None
+    art = json.loads(cli(stack, "artifact", "add", str(make_swu(tmp_path / "g.swu"))).stdout)
+    r = cli(stack, "job", "create", "--artifact", art["sha256"], "--group", "field")
+    assert r.returncode == 1 and "has no members" in r.stderr
+    assert http_send(management.http_port, "PUT", "/groups/field/config", {})[0] == 200
+    assert (
+        http_send(
+            management.http_port, "POST", "/groups/field/members", {"devices": ["dev-a", "dev-b"]}
+        )[0]
+        == 200
+    )
+    status, job = http_send(
+        management.http_port, "POST", "/jobs", {"artifact": art["sha256"], "group": "field"}
+    )
+    assert status == 201 and [d["device"] for d in job["devices"]] == ["dev-a", "dev-b"]
+    for device in ("dev-a", "dev-b"):
+        p = probes(stack.management_endpoint, stack.device(device), f"{device}-mgmt")
+        p.subscribe(f"mgmt/{device}/down/update")
+        got = parse_job(p.wait_for(lambda m: m.topic.endswith("/down/update"), timeout=30).payload)
+        assert (got.job, got.device) == (job["id"], device)
+        if device == "dev-a":
+            report(p, device, got.job, "failed", reason="wrong_hardware")
+        else:
+            report(p, device, got.job, "downloading", percent=5)
+    assert wait_state(management, job["id"], "dev-a", "failed")["reason"] == "wrong_hardware"
+    wait_state(management, job["id"], "dev-b", "downloading")
+    status, body = http_send(
+        management.http_port, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-b"}
+    )
+    assert status == 409 and "unfinished job for dev-b" in body["problems"][0]
