@@ -13,6 +13,8 @@ import http.client
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +28,7 @@ from twelvefactor_agent.download import (
     download,
     tls_context,
 )
-from twelvefactor_services.launcher import make_pki
+from twelvefactor_services.launcher import make_pki, wait_until
 from twelvefactor_services.management.artifact_server import (
     ArtifactServer,
     Served,
@@ -90,11 +92,14 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 class CuttingProxy:
     """Forwards loopback TCP to `port`; the first connection is closed after `cut` bytes
-    from the server (mid-TLS: the client sees the link drop)."""
+    from the server (mid-TLS: the client sees the link drop), or with `stall` only stops
+    forwarding (the client waits, as on a dead link)."""
 
-    def __init__(self, port: int, cut: int) -> None:
+    def __init__(self, port: int, cut: int, stall: bool = False) -> None:
         self.upstream = port
         self.cut: int | None = cut
+        self.stall = stall
+        self.release = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -110,8 +115,7 @@ class CuttingProxy:
             threading.Thread(target=self._pipe, args=(client, server, None), daemon=True).start()
             threading.Thread(target=self._pipe, args=(server, client, cut), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket, limit: int | None) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
         sent = 0
         try:
             while limit is None or sent < limit:
@@ -122,12 +126,15 @@ class CuttingProxy:
                 sent += len(data)
         except OSError:
             pass
+        if limit is not None and self.stall:
+            self.release.wait(120)
         for s in (src, dst):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
 
     def close(self) -> None:
+        self.release.set()
         self.listener.close()
 
 
@@ -162,6 +169,59 @@ def test_cut_link_resumes_with_range_from_the_byte_reached(env: Env, tmp_path: P
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == env.artifact.sha256
     assert env.server.served[-1] == Served("dev-001", env.artifact.sha256, 206, reached)
     assert len(env.server.served) == 2
+
+
+KILLED_DOWNLOAD = """
+import sys
+from pathlib import Path
+from twelvefactor_agent.download import ClientIdentity, download
+url, dest, sha, size, cert, key, ca = sys.argv[1:]
+download(url, Path(dest), sha256=sha, size=int(size),
+         identity=ClientIdentity(Path(cert), Path(key), Path(ca)), timeout=120)
+"""
+
+
+def test_download_killed_midway_resumes_from_the_file_on_disk(env: Env, tmp_path: Path) -> None:
+    """The downloading process dies (SIGKILL) on a stalled link; a new one continues."""
+    proxy = CuttingProxy(env.port, cut=1_500_000, stall=True)
+    dest = tmp_path / "job.swu.part"
+    ident = env.identity("dev-001")
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            KILLED_DOWNLOAD,
+            env.url(proxy.port),
+            str(dest),
+            env.artifact.sha256,
+            str(env.artifact.size),
+            str(ident.cert),
+            str(ident.key),
+            str(ident.ca),
+        ]
+    )
+    try:
+        # the proxy stops forwarding after 1.5 MB: wait for the file to stop growing
+        sizes: list[int] = []
+
+        def stalled() -> bool:
+            sizes.append(dest.stat().st_size if dest.exists() else 0)
+            return len(sizes) > 10 and sizes[-1] > 0 and sizes[-1] == sizes[-11]
+
+        wait_until(stalled, timeout=60, what="the download to stall")
+        assert child.poll() is None
+        child.kill()
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+        proxy.close()
+    on_disk = dest.stat().st_size
+    assert 0 < on_disk < env.artifact.size
+    env.fetch(dest)
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == env.artifact.sha256
+    assert env.server.served[-1] == Served("dev-001", env.artifact.sha256, 206, on_disk)
 
 
 def test_tampered_file_is_refused_and_deleted(env: Env, tmp_path: Path) -> None:
