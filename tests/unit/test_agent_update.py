@@ -16,10 +16,13 @@ from twelvefactor_agent.update import (
     WRONG_HARDWARE,
     JobError,
     Policy,
+    ProgressGate,
     UpdateJob,
     decide,
     hardware_matches,
     parse_job,
+    refusal_payload,
+    report_payload,
     version_key,
 )
 
@@ -135,3 +138,35 @@ def test_hardware_rules() -> None:
     assert not hardware_matches(hw, "qemux86-64 3.0")
     assert hardware_matches(hw, "anyboard 9")
     assert not hardware_matches({"b": ("#RE:(",)}, "b (")  # a broken pattern matches nothing
+
+
+def test_reports_are_what_the_service_parses() -> None:
+    from twelvefactor_services.management.jobs import parse_job_report
+
+    r = parse_job_report(report_payload("j-1", "downloading", ts=5.0, percent=40))
+    assert (r.job, r.state, r.percent, r.reason) == ("j-1", "downloading", 40, None)
+    job = parse_job(doc())
+    refusal = run(job, hwrevision="qemux86-64 2.0")
+    r = parse_job_report(refusal_payload(job, refusal, 6.0))
+    assert r.state == "failed" and r.reason is not None and r.reason.startswith("wrong_hardware: ")
+
+
+def test_progress_gate() -> None:
+    gate = ProgressGate(step=10)
+    sent = [
+        (s, p)
+        for s, p in [("downloading", p) for p in (0, 3, 9, 10, 15, 20, 99, 100, 100)]
+        + [("installing", 0), ("installing", 5)]
+        if gate.should_report(s, p)
+    ]
+    assert sent == [
+        ("downloading", 0),
+        ("downloading", 10),
+        ("downloading", 20),
+        ("downloading", 99),
+        ("downloading", 100),
+        ("installing", 0),
+    ]
+    assert gate.percent(1, 3) == 33 and gate.percent(5, 0) == 100
+    with pytest.raises(ValueError, match="step"):
+        ProgressGate(0)

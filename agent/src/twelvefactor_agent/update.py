@@ -176,3 +176,48 @@ def _maybe_key(version: str | None) -> tuple[int, ...] | None:
     if version is None or not VERSION_RE.fullmatch(version):
         return None
     return version_key(version)
+
+
+def report_payload(
+    job: str, state: str, *, ts: float, percent: int | None = None, reason: str | None = None
+) -> bytes:
+    """A report for `mgmt/<id>/up/update` (docs/protocol.md, "Updates")."""
+    doc: dict[str, Any] = {"v": 1, "job": job, "state": state, "ts": ts}
+    if percent is not None:
+        doc["percent"] = percent
+    if reason is not None:
+        doc["reason"] = reason
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def refusal_payload(job: UpdateJob, refusal: Refusal, ts: float) -> bytes:
+    return report_payload(job.job, "failed", ts=ts, reason=f"{refusal.reason}: {refusal.detail}")
+
+
+class ProgressGate:
+    """Which progress reports to send: every state change, then every `step` percent.
+
+    A download calls back every 64 KiB; over a metered link a report each time
+    would cost more than the progress is worth.
+    """
+
+    def __init__(self, step: int = 5) -> None:
+        if not 1 <= step <= 100:
+            raise ValueError(f"step must be in 1..100, got {step}")
+        self.step = step
+        self._last: tuple[str, int] | None = None
+
+    def percent(self, done: int, total: int) -> int:
+        return 100 if total <= 0 else min(100, done * 100 // total)
+
+    def should_report(self, state: str, percent: int) -> bool:
+        last = self._last
+        if (
+            last is None
+            or last[0] != state
+            or percent == 100 != last[1]
+            or abs(percent - last[1]) >= self.step
+        ):
+            self._last = (state, percent)
+            return True
+        return False
