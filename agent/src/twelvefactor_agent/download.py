@@ -6,6 +6,8 @@ was written), and checks the sha256 over the whole file at the end. A link
 that drops raises `DownloadInterrupted` and leaves the partial file for the
 next attempt; a file whose digest is wrong is deleted and refused. The server
 certificate is checked against the provisioned CA *and* the host name.
+Name the partial file after the artifact's sha256, so that a partial file is
+only ever continued with the bytes of the same artifact.
 """
 
 from __future__ import annotations
