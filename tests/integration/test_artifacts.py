@@ -216,3 +216,49 @@ def test_group_job_and_failure_reason(
         management.http_port, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-b"}
     )
     assert status == 409 and "unfinished job for dev-b" in body["problems"][0]
+
+
+def test_foreign_and_malformed_reports_and_a_restart(
+    stack: Stack,
+    management: ServiceProcess,
+    probes: Callable[..., Probe],
+    tmp_path: Path,
+) -> None:
+    assert management.http_port is not None
+    art = json.loads(cli(stack, "artifact", "add", str(make_swu(tmp_path / "r.swu"))).stdout)
+    status, body = http_send(
+        management.http_port, "POST", "/jobs", {"artifact": "f" * 64, "device": "dev-001"}
+    )
+    assert status == 409 and "unknown artifact" in body["problems"][0]
+    job = json.loads(
+        cli(stack, "job", "create", "--artifact", art["sha256"], "--device", "dev-001").stdout
+    )
+    other = probes(stack.management_endpoint, stack.device("dev-002"), "dev-002-mgmt")
+    # another device reporting this job's id moves nothing
+    report(other, "dev-002", job["id"], "downloading", percent=50)
+    other.publish("mgmt/dev-002/up/update", b"{not json")
+    wait_until(
+        lambda: (
+            "no such job for this device" in management.log_tail(80)
+            and "dropped update report from dev-002" in management.log_tail(80)
+        ),
+        what="both reports logged and ignored",
+    )
+    assert device_state(management, job["id"], "dev-001")["state"] == "queued"
+
+    dev = probes(stack.management_endpoint, stack.device("dev-001"), "dev-001-mgmt")
+    report(dev, "dev-001", job["id"], "downloading", percent=10)
+    wait_state(management, job["id"], "dev-001", "downloading")
+    management.stop()
+    copy = stack.management()
+    copy.start()
+    assert copy.http_port is not None
+    assert device_state(copy, job["id"], "dev-001")["percent"] == 10
+    report(dev, "dev-001", job["id"], "failed", reason="sha256 mismatch")
+    failed = wait_state(copy, job["id"], "dev-001", "failed")
+    assert failed["reason"] == "sha256 mismatch"
+    # a finished job frees the device for the next one
+    status, _ = http_send(
+        copy.http_port, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-001"}
+    )
+    assert status == 201
