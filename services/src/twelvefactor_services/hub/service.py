@@ -180,7 +180,7 @@ class Hub:
             ntp.append((str(self.tunnel.hub_v6), NTP_PORT))
         self._ntp = SntpServer(ntp).start()
         self.stack.start_broker()
-        management = self.stack.management()
+        management = self.stack.management(artifact_port=self.settings.management_https)
         management.start()
         self.stack.solution().start()
         info: dict[str, Any] = {
