@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from twelvefactor_services.broker import BrokerError
-from twelvefactor_services.launcher import LaunchError, ServiceProcess, Stack
+from twelvefactor_services.launcher import ServiceProcess, Stack
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.probe import Probe
+from twelvefactor_services.process import LaunchError
 
 
 @pytest.fixture(scope="session")

@@ -26,20 +26,18 @@ import argparse
 import os
 import pwd
 import shutil
-import signal
 import socket
 import ssl
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from twelvefactor_services.pki import Pki
+from twelvefactor_services.process import ChildProcess, LaunchError
 
 
-class BrokerError(RuntimeError):
+class BrokerError(LaunchError):
     """The broker could not be started or did not become ready."""
 
 
@@ -208,81 +206,38 @@ def tls_listening(host: str, port: int, ca: Path, timeout: float = 2.0) -> bool:
     return True
 
 
-class Broker:
+class Broker(ChildProcess):
     """mosquitto as a child process with a generated configuration."""
 
     def __init__(self, cfg: BrokerConfig) -> None:
+        super().__init__("mosquitto", cfg.log_file)
         self.cfg = cfg
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
 
     def start(self, timeout: float = 30.0) -> None:
-        if self.running:
-            raise BrokerError("broker already running")
         mosquitto = find_mosquitto()
         conf = write_config(self.cfg)
-        out = open(self.cfg.log_file, "ab")  # noqa: SIM115 - the child owns it
-        try:
-            self._proc = subprocess.Popen(
-                [mosquitto, "-c", str(conf)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            out.close()
-        self._wait_ready(timeout)
-
-    def _wait_ready(self, timeout: float) -> None:
         pki = Pki(self.cfg.pki_dir)
         pending = {
-            (_probe_host(self.cfg.address), self.cfg.management_port): pki.ca_cert,
-            (_probe_host(self.cfg.address), self.cfg.solution_port): pki.ca_cert,
-            (_probe_host(self.cfg.service_address), self.cfg.service_port): pki.ca_cert,
+            (_probe_host(self.cfg.address), self.cfg.management_port),
+            (_probe_host(self.cfg.address), self.cfg.solution_port),
+            (_probe_host(self.cfg.service_address), self.cfg.service_port),
         }
-        deadline = time.monotonic() + timeout
-        while pending:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise BrokerError(
-                    f"mosquitto exited with status {self._proc.returncode}:\n{self.log_tail()}"
-                )
-            for (host, port), ca in list(pending.items()):
-                if tls_listening(host, port, ca):
-                    del pending[(host, port)]
-            if time.monotonic() > deadline:
-                self.stop()
-                raise BrokerError(
-                    f"mosquitto did not open ports {sorted(p for _, p in pending)} "
-                    f"within {timeout:.0f} s:\n{self.log_tail()}"
-                )
-            if pending:
-                time.sleep(0.1)
 
-    def log_tail(self, lines: int = 30) -> str:
-        path = self.cfg.log_file
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        def all_listening() -> bool:
+            for host, port in list(pending):
+                if tls_listening(host, port, pki.ca_cert):
+                    pending.discard((host, port))
+            return not pending
+
+        try:
+            self._spawn([mosquitto, "-c", str(conf)], all_listening, timeout)
+        except LaunchError as exc:
+            ports = sorted(p for _, p in pending)
+            raise BrokerError(f"mosquitto (ports not open: {ports}): {exc}") from exc
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM (mosquitto saves its persistence file on the way out), then SIGKILL."""
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        super().stop(timeout)
 
     def restart(self, timeout: float = 30.0) -> None:
         self.stop()

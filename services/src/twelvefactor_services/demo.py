@@ -22,7 +22,8 @@ from types import FrameType
 from typing import Any
 
 from twelvefactor_services.hostagent import HostAgent
-from twelvefactor_services.launcher import LaunchError, ServiceProcess, Stack, http_get
+from twelvefactor_services.launcher import ServiceProcess, Stack, http_get
+from twelvefactor_services.process import LaunchError
 
 
 def _reading(device_index: int, t: float) -> bytes:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from twelvefactor_agent.client import AgentClient
 
-from twelvefactor_services.launcher import ChildProcess, Stack
+from twelvefactor_services.launcher import Stack
+from twelvefactor_services.process import ChildProcess
 
 
 def agent_config(

@@ -12,10 +12,7 @@ persistence, log), ``management/`` (registry.db, log), ``solution/``
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -27,14 +24,11 @@ from typing import Any, TypeVar
 from twelvefactor_services.broker import Broker, BrokerConfig
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Pki, Validity
+from twelvefactor_services.process import ChildProcess
 
 LOCALHOST = "127.0.0.1"
 ARTIFACT_CERT = "artifacts"  # the artifact server's certificate in the PKI (servers/NAME.crt)
 T = TypeVar("T")
-
-
-class LaunchError(RuntimeError):
-    """A child process did not start or did not become ready."""
 
 
 def free_port() -> int:
@@ -53,77 +47,6 @@ def make_pki(root: Path) -> Pki:
     for name in ("management", "solution"):
         pki.service(name)
     return pki
-
-
-class ChildProcess:
-    """A child process in its own session with its output in a log file.
-
-    ``stop()`` is SIGTERM and a wait (then SIGKILL); ``kill()`` is a crash,
-    for tests of what survives one.
-    """
-
-    def __init__(self, name: str, log_file: Path) -> None:
-        self.name = name
-        self.log_file = log_file
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
-
-    def _spawn(self, argv: Sequence[str], ready: Callable[[], bool], timeout: float) -> None:
-        """Start ``argv`` and wait until ``ready()``; LaunchError if it exits or times out."""
-        if self.running:
-            raise LaunchError(f"{self.name} already running")
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if self._proc.poll() is not None:
-                raise LaunchError(
-                    f"{self.name} exited with status {self._proc.returncode}:\n{self.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise LaunchError(
-                    f"{self.name} not ready within {timeout:.0f} s:\n{self.log_tail()}"
-                )
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, for tests of what survives one."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_file.exists():
-            return ""
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
 
 
 class ServiceProcess(ChildProcess):
