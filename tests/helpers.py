@@ -25,3 +25,18 @@ def require_tool(name: str) -> str:
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.fail("this test needs root (network namespaces, nftables)", pytrace=False)
+
+
+# The smallest valid agent configuration (device dev-001, hub at 10.77.0.1):
+# the base the agent's unit and fuzz tests add their own keys to.
+MINIMAL_AGENT_CONFIG = """
+[device]
+id = "dev-001"
+certificate = "/data/identity/device.crt"
+key = "/data/identity/device.key"
+ca = "/data/identity/ca.crt"
+[management]
+host = "10.77.0.1"
+[solution]
+host = "10.77.0.1"
+"""

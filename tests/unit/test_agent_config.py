@@ -7,21 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import MINIMAL_AGENT_CONFIG
 from hypothesis import given
 from hypothesis import strategies as st
 from twelvefactor_agent import config as cfg
 
-MINIMAL = """
-[device]
-id = "dev-001"
-certificate = "/data/identity/device.crt"
-key = "/data/identity/device.key"
-ca = "/data/identity/ca.crt"
-[management]
-host = "10.77.0.1"
-[solution]
-host = "10.77.0.1"
-"""
+MINIMAL = MINIMAL_AGENT_CONFIG
 
 FULL = (Path(__file__).resolve().parents[2] / "agent" / "config" / "agent.toml").read_text()
 

@@ -7,6 +7,7 @@ import tomllib
 from typing import Any
 
 import pytest
+from helpers import MINIMAL_AGENT_CONFIG
 from twelvefactor_agent import overlay
 from twelvefactor_agent.config import ConfigError
 from twelvefactor_agent.reconfig import (
@@ -22,21 +23,7 @@ from twelvefactor_agent.reconfig import (
     parse_desired,
 )
 
-BASE: dict[str, Any] = tomllib.loads(
-    """
-[device]
-id = "dev-001"
-certificate = "/data/identity/device.crt"
-key = "/data/identity/device.key"
-ca = "/data/identity/ca.crt"
-[management]
-host = "10.77.0.1"
-[solution]
-host = "10.77.0.1"
-[agent]
-keepalive = 30
-"""
-)
+BASE: dict[str, Any] = tomllib.loads(MINIMAL_AGENT_CONFIG + "[agent]\nkeepalive = 30\n")
 WINDOW = 60.0
 
 

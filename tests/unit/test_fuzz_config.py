@@ -12,6 +12,7 @@ import json
 import tomllib
 from typing import Any
 
+from helpers import MINIMAL_AGENT_CONFIG
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twelvefactor_agent import overlay
@@ -21,20 +22,8 @@ from twelvefactor_services.management.configlogic import OverlayError, check_ove
 
 EXAMPLES = 10_000
 BASE: dict[str, Any] = tomllib.loads(
-    """
-[device]
-id = "dev-001"
-certificate = "/data/identity/device.crt"
-key = "/data/identity/device.key"
-ca = "/data/identity/ca.crt"
-[management]
-host = "10.77.0.1"
-[solution]
-host = "10.77.0.1"
-[agent]
-data_dir = "/data/agent"
-socket = "/run/twelvefactor/agent.sock"
-"""
+    MINIMAL_AGENT_CONFIG
+    + '[agent]\ndata_dir = "/data/agent"\nsocket = "/run/twelvefactor/agent.sock"\n'
 )
 TABLES = [*overlay.MANAGED, "device", "weather", "endpoints", "agent", "tunnel"]
 KEYS = [

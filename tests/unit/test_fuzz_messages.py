@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from helpers import MINIMAL_AGENT_CONFIG
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twelvefactor_agent.config import validate
@@ -42,19 +43,8 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 DEVICE = "dev-001"
-BASE: dict[str, Any] = tomllib.loads(
-    f"""
-[device]
-id = "{DEVICE}"
-certificate = "/data/identity/device.crt"
-key = "/data/identity/device.key"
-ca = "/data/identity/ca.crt"
-[management]
-host = "10.77.0.1"
-[solution]
-host = "10.77.0.1"
-"""
-)
+BASE: dict[str, Any] = tomllib.loads(MINIMAL_AGENT_CONFIG)
+assert BASE["device"]["id"] == DEVICE
 
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=10)),
