@@ -117,7 +117,9 @@ def build(out: Path, *, top: Path = TOP, console_login: bool = True) -> Image:
         layer.install(files, stage)
         scripts = agent.install(top / "agent", stage)
         for params in layer.group_params(top):
-            system.chroot_quiet(stage, "groupadd", *params)
+            # -f: a group Debian's packages already made (swupdate) is kept, as
+            # useradd.bbclass skips a group that exists
+            system.chroot_quiet(stage, "groupadd", "-f", *params)
         for params in layer.user_params(top):
             system.chroot_quiet(stage, "useradd", *params)
         system.configure(stage, console_login=console_login)

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
-from . import __version__, sdnotify
+from . import __version__, download, sdnotify
 from .config import Config
 from .forwarder import SolutionSession
 from .localapi import ApiServer, bind_socket
@@ -32,6 +32,7 @@ from .payloads import dumps
 from .queue import Queue, QueueUnavailable
 from .reconfig import Action, ApplyLive, ConfigMachine, Ignore, Publish, Restart, Save
 from .statefile import StateFile
+from .updater import Paths, Updater
 
 log = logging.getLogger("twelvefactor.agent")
 
@@ -59,6 +60,7 @@ class Agent:
         self.sol: SolutionSession | None = None
         self.queues: list[Queue] = []
         self.api: ApiServer | None = None
+        self.updater: Updater | None = None
         # What status shows: taken after the actions of a decision are carried out
         # (a trial shows once it is on disk and the sessions restarted).
         self.config_status: dict[str, Any] = {}
@@ -140,6 +142,13 @@ class Agent:
         api.last_error = self.last_error.set
         self.api = api
         api.start()
+        self.updater = Updater(
+            device=cfg.device.id,
+            identity=download.ClientIdentity(cfg.device.certificate, cfg.device.key, cfg.device.ca),
+            paths=Paths(cfg.agent.data_dir, cfg.agent.state_file.parent),
+            publish=self._publish_update,
+        )
+        self.updater.start()
         self._carry_out(first)
         sdnotify.notify(f"READY=1\nSTATUS=serving {cfg.agent.socket}\nMAINPID={os.getpid()}")
         log.info("local API on %s", cfg.agent.socket)
@@ -147,6 +156,7 @@ class Agent:
         rc = self._serve()
 
         sdnotify.notify("STOPPING=1")
+        self.updater.stop()
         self._stop_sessions("shutdown")
         api.stop()
         api.join(STOP_GRACE)
@@ -170,6 +180,10 @@ class Agent:
             "queue": self.queues[0].stats().as_json(),
             "config": self.config_status,
         }
+
+    def _publish_update(self, payload: bytes, acked: threading.Event | None) -> bool:
+        mgmt = self.mgmt
+        return mgmt is not None and mgmt.publish_update(payload, acked)
 
     def _submit_call(self, call_id: bytes, request: bytes, timeout: float) -> bool:
         """Hand a proxy call to the solution session; False if it is offline."""
@@ -205,6 +219,13 @@ class Agent:
             workers: list[ApiServer | MqttSession] = [
                 w for w in (self.api, self.mgmt, self.sol) if w is not None
             ]
+            # The update worker counts only if it died: a long SWUpdate run is not stuck.
+            if self.updater is not None and not self.updater.is_alive():
+                log.error(
+                    "update thread ended: %s; exiting so systemd restarts the agent",
+                    self.updater.error,
+                )
+                return 1
             for worker in workers:
                 if not worker.is_alive():
                     log.error(
@@ -280,6 +301,8 @@ class Agent:
             self.last_error,
             on_desired=lambda raw: self.events.put(("desired", raw)),
             report=self._report,
+            on_update=self.updater.offer if self.updater is not None else lambda raw: None,
+            on_connected=self.updater.session_up if self.updater is not None else lambda: None,
         )
         self.sol = SolutionSession(
             config,

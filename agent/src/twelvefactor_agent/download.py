@@ -18,8 +18,8 @@ import os
 import re
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 CHUNK = 64 * 1024
@@ -41,8 +41,7 @@ class ChecksumError(DownloadError):
     """The complete file does not have the announced sha256; it was deleted."""
 
 
-@dataclass(frozen=True)
-class ClientIdentity:
+class ClientIdentity(NamedTuple):
     cert: Path
     key: Path
     ca: Path

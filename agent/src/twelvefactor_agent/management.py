@@ -1,14 +1,16 @@
 """The management session: online state, metadata, periodic health, configuration, shutdown.
 
 It subscribes to `mgmt/<id>/down/#`. The desired configuration
-(`down/config`) goes to the agent's configuration machine; anything else
-arriving there (update jobs included: this agent does not install updates
-yet) is dropped with a log line and changes nothing.
+(`down/config`) goes to the agent's configuration machine, the update job
+(`down/update`) to the update worker; anything else arriving there is
+dropped with a log line and changes nothing. Update reports go out on
+`up/update` for the worker, which may wait for their acknowledgement.
 """
 
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 
@@ -35,6 +37,8 @@ class ManagementSession(MqttSession):
         *,
         on_desired: Callable[[bytes], None] = lambda raw: None,
         report: Callable[[], bytes | None] = lambda: None,
+        on_update: Callable[[bytes], None] = lambda raw: None,
+        on_connected: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__("management", config, config.management, on_state, last_error, rng)
         self.queue = queue  # this thread's own connection, for queue figures in health
@@ -42,6 +46,9 @@ class ManagementSession(MqttSession):
         self._farewell_mid: int | None = None
         self._on_desired = on_desired
         self._report = report
+        self._on_update = on_update
+        self._on_connected = on_connected
+        self._acks: dict[int, threading.Event] = {}
         self.farewell_reason = "shutdown"
 
     def subscriptions(self) -> list[str]:
@@ -50,6 +57,8 @@ class ManagementSession(MqttSession):
     def on_message(self, topic: str, payload: bytes, properties: Properties | None) -> None:
         if topic == payloads.mgmt_down(self.device, "config"):
             self._on_desired(payload)
+        elif topic == payloads.mgmt_down(self.device, "update"):
+            self._on_update(payload)
         else:
             self.log.warning("dropped a message on %s: not a topic this agent handles", topic)
 
@@ -62,6 +71,24 @@ class ManagementSession(MqttSession):
         if report is not None and self.client is not None and self.online:
             self.client.publish(self.topic("config"), report, qos=1, retain=True)
 
+    def publish_update(self, payload: bytes, acked: threading.Event | None) -> bool:
+        """Send an update report (from any thread); False if offline.
+
+        `acked` is set when the broker acknowledges it (QoS 1).
+        """
+        if not self.online:
+            return False
+
+        def send() -> None:
+            if self.client is None or not self.online:
+                return
+            info = self.client.publish(self.topic("update"), payload, qos=1)
+            if acked is not None:
+                self._acks[info.mid] = acked
+
+        self.call_soon(send)
+        return True
+
     def topic(self, leaf: str) -> str:
         return payloads.mgmt_topic(self.device, leaf)
 
@@ -73,6 +100,7 @@ class ManagementSession(MqttSession):
         client.publish(self.topic("meta"), self.meta(), qos=1, retain=True)
         self._publish_health(client)
         self._publish_report()
+        self._on_connected()
 
     def on_down(self) -> None:
         self._next_health = None
@@ -96,6 +124,9 @@ class ManagementSession(MqttSession):
         if mid == self._farewell_mid:
             self._farewell_mid = None
             self._events.append(("farewell_done", None))
+        acked = self._acks.pop(mid, None)
+        if acked is not None and not reason.is_failure:
+            acked.set()
         if reason.is_failure:
             self._fail(f"management: broker refused a message: {reason}")
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 JOB_ID_RE = re.compile(r"j-[a-z0-9]{1,32}")
@@ -36,8 +35,7 @@ DOWNGRADE = "downgrade"
 NO_SPACE = "no_space"
 
 
-@dataclass(frozen=True)
-class UpdateJob:
+class UpdateJob(NamedTuple):
     job: str
     device: str
     version: str
@@ -47,16 +45,17 @@ class UpdateJob:
     url: str
 
 
-@dataclass(frozen=True)
-class Refusal:
+class Refusal(NamedTuple):
     reason: str  # one of the reason codes above
     detail: str
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(NamedTuple):
     allow_downgrade: bool = False
     reserve_bytes: int = DEFAULT_RESERVE
+
+
+DEFAULT_POLICY = Policy()
 
 
 class JobError(ValueError):
@@ -145,7 +144,7 @@ def decide(
     os_version: str | None,
     free_bytes: int,
     partial_bytes: int = 0,
-    policy: Policy = Policy(),
+    policy: Policy = DEFAULT_POLICY,
 ) -> Refusal | None:
     """None if the device should download and install `job`, else why not.
 

@@ -9,6 +9,7 @@ SRC_URI:append:twelvefactor = " \
     file://hwrevision \
     file://twelvefactor-swupdate-selection \
     file://20-twelvefactor \
+    file://swupdate-socket-twelvefactor.conf \
 "
 SRC_URI:append:twelvefactor:x86-64 = " file://twelvefactor-grub.cfg"
 SRC_URI:append:twelvefactor:aarch64 = " file://twelvefactor-uboot.cfg"
@@ -34,10 +35,13 @@ do_install:append:twelvefactor() {
     install -m 0755 ${UNPACKDIR}/twelvefactor-swupdate-selection ${D}${bindir}/twelvefactor-swupdate-selection
     install -d ${D}${libdir}/swupdate/conf.d
     install -m 0644 ${UNPACKDIR}/20-twelvefactor ${D}${libdir}/swupdate/conf.d/20-twelvefactor
+    install -d ${D}${systemd_system_unitdir}/swupdate.socket.d
+    install -m 0644 ${UNPACKDIR}/swupdate-socket-twelvefactor.conf ${D}${systemd_system_unitdir}/swupdate.socket.d/twelvefactor.conf
 }
 
 FILES:${PN}:append:twelvefactor = " \
     ${sysconfdir}/hwrevision \
     ${sysconfdir}/swupdate/update-signing.crt \
     ${bindir}/twelvefactor-swupdate-selection \
+    ${systemd_system_unitdir}/swupdate.socket.d \
 "

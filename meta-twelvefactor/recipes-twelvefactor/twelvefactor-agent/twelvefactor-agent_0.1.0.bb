@@ -20,8 +20,10 @@ S = "${UNPACKDIR}/agent"
 inherit python_setuptools_build_meta systemd useradd
 
 USERADD_PACKAGES = "${PN}"
-GROUPADD_PARAM:${PN} = "--system twelvefactor"
-USERADD_PARAM:${PN} = "--system --home-dir /data/agent --no-create-home --shell /sbin/nologin --gid twelvefactor twelvefactor"
+# swupdate: the group of SWUpdate's control socket (swupdate.socket.d in the
+# swupdate bbappend), so the agent can hand an update to SWUpdate unprivileged.
+GROUPADD_PARAM:${PN} = "--system twelvefactor; --system swupdate"
+USERADD_PARAM:${PN} = "--system --home-dir /data/agent --no-create-home --shell /sbin/nologin --gid twelvefactor --groups swupdate twelvefactor"
 
 SYSTEMD_SERVICE:${PN} = "twelvefactor-agent.service"
 
@@ -47,4 +49,5 @@ RDEPENDS:${PN} = "\
     python3-paho-mqtt \
     python3-sqlite3 \
     python3-tomllib \
+    swupdate-client \
 "
