@@ -1,7 +1,7 @@
 """refimage: build the reference image, a .swu for the other slot, a provisioned copy.
 
 refimage build [--out DIR]                 the disk image (cached); prints its path
-refimage swu --out FILE [--slot B]         a signed .swu of the image's root fs
+refimage swu --out FILE [--version V]      a signed .swu of the image's root fs (either slot)
 refimage provision --image IMG --out COPY --device-id ID --cert C --key K --ca CA
                    --hub-endpoint ADDR:PORT --hub-public-key KEY ...
 """
@@ -34,10 +34,11 @@ def _parser() -> argparse.ArgumentParser:
         help="lock root (default: root logs in on the serial console without a password, "
         "for the boot tests)",
     )
-    s = sub.add_parser("swu", help="a signed .swu installing the image's root fs into a slot")
+    s = sub.add_parser(
+        "swu", help="a signed .swu installing the image's root fs into the slot not running"
+    )
     s.add_argument("--out", type=Path, required=True, help="the .swu file to write")
     s.add_argument("--build-dir", type=Path, default=DEFAULT_OUT)
-    s.add_argument("--slot", choices=["A", "B"], default="B", help="slot it installs (default B)")
     s.add_argument("--version", default="1.0", help="sw-description version")
     p = sub.add_parser("provision", help="a copy of an image with one device's identity on /data")
     p.add_argument("--image", type=Path, required=True, help="disk image (not modified)")
@@ -93,10 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             print(img.disk)
         elif args.command == "swu":
             img = image.build(args.build_dir)
-            with step(f"swu for slot {args.slot}"):
-                out = swu.build_swu(
-                    image.TOP, img.disk, img.rootfs, args.out, slot=args.slot, version=args.version
-                )
+            with step("swu"):
+                out = swu.build_swu(image.TOP, img.disk, img.rootfs, args.out, version=args.version)
             print(out)
         elif args.command == "provision":
             print(_provision(args))

@@ -5,6 +5,10 @@ the way meta-swupdate's class does it: @@VAR@@ values, $swupdate_get_sha256()
 replaced by the image file's digest, sw-description signed with `openssl cms`
 (the layer's CMS signing key), then a cpio archive in the "crc" (newc) format
 with sw-description first and its signature second.
+
+The .swu holds one ext4 image, whatever its label: sw-description writes it to
+the partition of the slot not running, and grub.cfg finds a slot by its
+partition number, so the same file installs from A to B and from B to A.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from refimage.progress import BuildError, run
 SIGNING_DIR = Path("meta-twelvefactor/files/dev-signing")
 SIGNING_KEY = SIGNING_DIR / "twelvefactor-dev-update.key"
 SIGNING_CERT = SIGNING_DIR / "twelvefactor-dev-update.crt"
-SLOT_LABELS = {"A": "rootfs-a", "B": "rootfs-b"}
+DESCRIPTION = "sw-description"
+SIGNATURE = "sw-description.sig"
+GZIP_LEVEL = 1  # a 768 MiB ext4 is mostly empty blocks: level 1 is as small, and fast
 
 
 def template(top: Path) -> Path:
@@ -41,6 +47,11 @@ def hwrevision(disk_image: Path) -> tuple[str, str]:
     return words[0], words[1]
 
 
+def image_name(board: str) -> str:
+    """The rootfs file's name in the .swu, as the twelvefactor-update recipe names it."""
+    return f"twelvefactor-image-{board}.rootfs.ext4.gz"
+
+
 def render(text: str, values: dict[str, str], files: dict[str, Path]) -> str:
     def value(m: re.Match[str]) -> str:
         if m.group(1) not in values:
@@ -53,66 +64,97 @@ def render(text: str, values: dict[str, str], files: dict[str, Path]) -> str:
         name = m.group(1).strip()
         if name not in files:
             raise BuildError(f"sw-description: $swupdate_get_sha256({name}) names no file")
-        return hashlib.sha256(files[name].read_bytes()).hexdigest()
+        return sha256_file(files[name])
 
     return re.sub(r"\$swupdate_get_sha256\(([^)]+)\)", digest, text)
 
 
-def build_swu(
-    top: Path, disk_image: Path, rootfs: Path, out: Path, *, slot: str, version: str
-) -> Path:
-    """`out`: a .swu whose image is `rootfs` labelled for `slot` (A or B)."""
-    if slot not in SLOT_LABELS:
-        raise BuildError(f"slot must be A or B, not {slot!r}")
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(4 * 1024 * 1024):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def description(
+    top: Path, *, version: str, board: str, revision: str, packed: Path, name: str
+) -> str:
+    """The layer's sw-description rendered for the compressed image `packed` (named `name`)."""
+    values = {
+        "TWELVEFACTOR_UPDATE_VERSION": version,
+        "MACHINE": board,
+        "TWELVEFACTOR_HW_REVISION": revision,
+        "TWELVEFACTOR_ROOTFS_IMAGE": name,
+    }
+    return render(template(top).read_text(), values, {name: packed})
+
+
+def compress(fs: Path, out: Path) -> Path:
+    """gzip (`compressed = "zlib"` in sw-description) with no name and mtime 0: reproducible."""
+    with (
+        fs.open("rb") as src,
+        out.open("wb") as raw,
+        gzip.GzipFile("", "wb", GZIP_LEVEL, raw, mtime=0) as dst,
+    ):
+        shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
+    return out
+
+
+def sign(top: Path, desc: Path, sig: Path) -> None:
+    """CMS signature (DER, detached) over sw-description with the layer's development key."""
+    run(
+        [
+            "openssl",
+            "cms",
+            "-sign",
+            "-in",
+            desc,
+            "-out",
+            sig,
+            "-signer",
+            top / SIGNING_CERT,
+            "-inkey",
+            top / SIGNING_KEY,
+            "-outform",
+            "DER",
+            "-nosmimecap",
+            "-binary",
+        ]
+    )
+
+
+def pack(folder: Path, names: list[str], out: Path) -> Path:
+    """cpio -H crc of `names` in `folder`, in that order (symlinks followed)."""
+    if names[0] != DESCRIPTION:
+        raise BuildError(f"a .swu starts with {DESCRIPTION}, not {names[0]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("wb") as archive:
+        done = subprocess.run(
+            ["cpio", "--quiet", "-o", "-H", "crc", "--dereference"],
+            input="\n".join(names).encode(),
+            cwd=folder,
+            stdout=archive,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    if done.returncode != 0:
+        raise BuildError(f"cpio: {done.stderr.decode(errors='replace')}")
+    return out
+
+
+def build_swu(top: Path, disk_image: Path, rootfs: Path, out: Path, *, version: str) -> Path:
+    """`out`: a signed .swu whose image is `rootfs`, installable into either slot."""
     board, revision = hwrevision(disk_image)
-    image_name = f"twelvefactor-image-{board}.rootfs.ext4.gz"
+    name = image_name(board)
     with tempfile.TemporaryDirectory(prefix="refimage-swu-") as tmp:
         work = Path(tmp)
-        fs = work / "rootfs.ext4"
-        run(["cp", "--sparse=always", rootfs, fs])
-        # grub.cfg finds a slot by its file-system label
-        run(["e2label", fs, SLOT_LABELS[slot]])
-        packed = work / image_name
-        with fs.open("rb") as src, gzip.open(packed, "wb", compresslevel=1) as dst:
-            shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
-        values = {
-            "TWELVEFACTOR_UPDATE_VERSION": version,
-            "MACHINE": board,
-            "TWELVEFACTOR_HW_REVISION": revision,
-            "TWELVEFACTOR_ROOTFS_IMAGE": image_name,
-        }
-        desc = work / "sw-description"
-        desc.write_text(render(template(top).read_text(), values, {image_name: packed}))
-        run(
-            [
-                "openssl",
-                "cms",
-                "-sign",
-                "-in",
-                desc,
-                "-out",
-                work / "sw-description.sig",
-                "-signer",
-                top / SIGNING_CERT,
-                "-inkey",
-                top / SIGNING_KEY,
-                "-outform",
-                "DER",
-                "-nosmimecap",
-                "-binary",
-            ]
+        packed = compress(rootfs, work / name)
+        text = description(
+            top, version=version, board=board, revision=revision, packed=packed, name=name
         )
-        names = ["sw-description", "sw-description.sig", image_name]
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.open("wb") as archive:
-            done = subprocess.run(
-                ["cpio", "--quiet", "-o", "-H", "crc"],
-                input="\n".join(names).encode(),
-                cwd=work,
-                stdout=archive,
-                stderr=subprocess.PIPE,
-                check=False,
-            )
-        if done.returncode != 0:
-            raise BuildError(f"cpio: {done.stderr.decode(errors='replace')}")
+        desc = work / DESCRIPTION
+        desc.write_text(text)
+        sign(top, desc, work / SIGNATURE)
+        pack(work, [DESCRIPTION, SIGNATURE, name], out)
     return out

@@ -26,7 +26,7 @@ def update_file(boot_image: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     work = tmp_path_factory.mktemp("swu")
     rootfs = work / "rootfs-a.ext4"
     disk.extract(boot_image, "rootfs-a", rootfs)
-    out = swu.build_swu(ROOT, boot_image, rootfs, work / "update-b.swu", slot="B", version="1.1")
+    out = swu.build_swu(ROOT, boot_image, rootfs, work / "update.swu", version="1.1")
     rootfs.unlink()
     return out
 
