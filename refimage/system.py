@@ -6,9 +6,14 @@ serial-console access for the tests, and Debian units a device does not run.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
+from refimage import layer
 from refimage.progress import BuildError, run
+
+TOP = Path(__file__).resolve().parent.parent
+DISTRO_CONF = layer.LAYER / "conf/distro/twelvefactor.conf"
 
 # Root is not in fstab: it stays as the kernel mounted it (`ro` on the command
 # line), so systemd-remount-fs never makes it writable. /data and the ESP on
@@ -31,6 +36,9 @@ DISABLED_UNITS = (
     "e2scrub_all.timer",
     "e2scrub_reap.service",
     "fstrim.timer",
+    # Debian runs `swupdate-progress -r`, which reboots as soon as an install
+    # succeeds; the agent chooses the moment (and the layer does not install it).
+    "swupdate-progress.service",
 )
 
 
@@ -50,6 +58,66 @@ SWUPDATE_BOOTLOADER = (
 )
 
 
+def distro_variables(top: Path = TOP) -> dict[str, str]:
+    """The distro conf's plain `VAR = "value"` assignments (what os-release needs)."""
+    path = top / DISTRO_CONF
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r'^([A-Z][A-Z0-9_]*)\s*(?:\?\?=|\?=|:=|=)\s*"([^"$]*)"\s*$', line)
+        if m and m.group(1) not in out:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def os_release(top: Path = TOP) -> str:
+    """/usr/lib/os-release as oe-core's os-release recipe writes it for this distro.
+
+    The same fields, order and quoting (ID and VERSION_ID unquoted, sanitised),
+    from DISTRO, DISTRO_NAME, DISTRO_VERSION and DISTRO_CODENAME; the agent
+    reports VERSION_ID and compares update versions with it.
+    """
+    values = distro_variables(top)
+    missing = [v for v in ("DISTRO", "DISTRO_NAME", "DISTRO_VERSION") if not values.get(v)]
+    if missing:
+        raise BuildError(f"{top / DISTRO_CONF} sets no {', '.join(missing)}")
+    version = values["DISTRO_VERSION"]
+    codename = values.get("DISTRO_CODENAME", "")
+    full = f"{version} ({codename})" if codename else version
+    fields = [
+        ("ID", values["DISTRO"], False),
+        ("NAME", values["DISTRO_NAME"], True),
+        ("VERSION", full, True),
+        ("VERSION_ID", version, False),
+        ("VERSION_CODENAME", codename, True),
+        ("PRETTY_NAME", f"{values['DISTRO_NAME']} {full}", True),
+        ("CPE_NAME", f"cpe:/o:openembedded:{values['DISTRO']}:{version}", True),
+    ]
+    lines = []
+    for name, value, quoted in fields:
+        if value:
+            lines.append(f'{name}="{value}"' if quoted else f"{name}={_sanitise(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _sanitise(value: str) -> str:
+    # oe-core's os-release.bb sanitise_value(), for the unquoted fields
+    return value.replace("+", "-").replace(" ", "_").lower()
+
+
+def write_os_release(root: Path, top: Path = TOP) -> None:
+    """/usr/lib/os-release, and /etc/os-release a relative link to it (as oe-core installs it)."""
+    target = root / "usr/lib/os-release"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink():
+        target.unlink()
+    target.write_text(os_release(top))
+    target.chmod(0o644)
+    link = root / "etc/os-release"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink("../usr/lib/os-release", link)
+
+
 def chroot(root: Path, *argv: str) -> bytes:
     return run(["chroot", root, *argv])
 
@@ -57,6 +125,7 @@ def chroot(root: Path, *argv: str) -> bytes:
 def configure(root: Path, *, console_login: bool) -> None:
     (root / "etc/fstab").write_text(FSTAB)
     (root / "etc/hostname").write_text(HOSTNAME)
+    write_os_release(root)
     # Empty: systemd uses a transient id on a read-only root and does not
     # treat every boot as the first one (as "uninitialized" would).
     (root / "etc/machine-id").write_text("")
