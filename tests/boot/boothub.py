@@ -163,6 +163,10 @@ class Hub:
         self._wg_cmd("set", self.ifname, "peer", public_key, "allowed-ips", f"{address}/32")
         self._peers.append(public_key)
 
+    def set_link(self, up: bool) -> None:
+        """Cut (or restore) the tunnel on the hub's side: its WireGuard interface down."""
+        _run("ip", "-n", self.netns, "link", "set", self.ifname, "up" if up else "down")
+
     def latest_handshake(self, public_key: str) -> int:
         for line in self._wg_cmd("show", self.ifname, "latest-handshakes").splitlines():
             key, _, stamp = line.partition("\t")
@@ -180,13 +184,61 @@ class Hub:
 
     def management_get(self, path: str) -> tuple[int, Any]:
         """GET from the management service's HTTP API (through the Unix socket)."""
+        return self.management_send("GET", path)
+
+    def management_send(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A request to the management service's HTTP API (through the Unix socket)."""
         conn = _UnixHTTPConnection(self.root / "stack" / "management.sock")
         try:
-            conn.request("GET", path)
+            data = None if body is None else json.dumps(body).encode()
+            headers = {} if data is None else {"Content-Type": "application/json"}
+            conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
             return resp.status, json.loads(resp.read())
         finally:
             conn.close()
+
+    # -- updates ------------------------------------------------------------------
+
+    def add_artifact(self, swu: Path) -> dict[str, Any]:
+        """Store a .swu with the management service's CLI (version and hardware read from it)."""
+        out = _run(
+            sys.executable,
+            "-m",
+            "twelvefactor_services.management",
+            "artifact",
+            "add",
+            str(swu),
+            "--db",
+            str(self.info["registry_db"]),
+        )
+        artifact: dict[str, Any] = json.loads(out)
+        return artifact
+
+    def create_job(self, sha256: str, device_id: str) -> str:
+        status, body = self.management_send(
+            "POST", "/jobs", {"artifact": sha256, "device": device_id}
+        )
+        if status != 201 or not isinstance(body, dict):
+            raise HubError(f"POST /jobs: {status} {body}")
+        return str(body["id"])
+
+    def job_state(self, job_id: str, device_id: str) -> dict[str, Any]:
+        """The device's state in the job: {"state", "percent", "reason", ...}."""
+        status, body = self.management_get(f"/jobs/{job_id}")
+        if status != 200 or not isinstance(body, dict):
+            raise HubError(f"GET /jobs/{job_id}: {status} {body}")
+        for entry in body.get("devices", []):
+            if entry.get("device") == device_id:
+                return dict(entry)
+        raise HubError(f"job {job_id} has no device {device_id}: {body}")
+
+    def service_logs(self) -> str:
+        """Everything the hub's services logged (the artifact server's requests included)."""
+        root = Path(self.info["log_dir"])
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(root.rglob("*.log")) if p.is_file()
+        )
 
     def device(self, device_id: str) -> dict[str, Any] | None:
         status, body = self.management_get(f"/devices/{device_id}")

@@ -150,6 +150,19 @@ class VM:
         self._child = None
         self._close_log()
 
+    def drain(self) -> bool:
+        """Read what the console printed since (a full pty stalls the guest's
+        console, and with it the guest); False once QEMU has exited."""
+        child = self._require()
+        try:
+            child.expect(pexpect.EOF, timeout=0.2)
+        except pexpect.TIMEOUT:
+            return True
+        child.close()
+        self._child = None
+        self._close_log()
+        return False
+
     def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()

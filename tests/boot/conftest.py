@@ -96,7 +96,7 @@ def device(
         service_address=HUB_ADDRESS,
         management_mqtt_port=int(hub.info["management_port"]),
         solution_mqtt_port=int(hub.info["solution_port"]),
-        management_https_port=int(hub.info["management_http_port"]),
+        management_https_port=int(hub.info["artifact_port"]),
     )
     disk = provision.provision(boot_image, work / "device.img", certs, tunnel)
     accel = _option(request.config, "accel", os.environ.get("TWELVEFACTOR_QEMU_ACCEL", "tcg"))

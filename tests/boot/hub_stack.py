@@ -83,6 +83,9 @@ def main(root: Path, address: str) -> int:
             "management_port": stack.broker.cfg.management_port,
             "solution_port": stack.broker.cfg.solution_port,
             "management_http_port": management.http_port,
+            "artifact_port": stack.artifact_port,
+            "registry_db": str(stack.registry_db),
+            "log_dir": str(root),
             "archive_dir": str(stack.archive_dir),
             "pki_dir": str(pki_dir),
         }

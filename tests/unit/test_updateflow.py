@@ -1,0 +1,116 @@
+"""The update job's record and what the agent does with it after a (re)start."""
+
+from __future__ import annotations
+
+import pytest
+from twelvefactor_agent import updateflow
+from twelvefactor_agent.updateflow import (
+    Download,
+    Finish,
+    Install,
+    Reboot,
+    Record,
+    RecordError,
+    Verify,
+)
+
+BOOT = "boot-1"
+RECORD = Record("j-abc", "1.1", "0" * 64, 1000, "https://10.0.0.1:8443/a.swu", "downloading", "A")
+IDLE_ENV = {"slot": "A", "upgrade_available": "0", "bootcount": "0"}
+INSTALLED_B = {"slot": "B", "upgrade_available": "1", "bootcount": "0"}
+
+
+def test_record_round_trips() -> None:
+    r = RECORD._replace(state="rebooting", target_slot="B", boot_id=BOOT, installs=2)
+    assert updateflow.parse_record(r.to_json()) == r
+    done = r.finished("failed", "install_failed: x")
+    assert updateflow.parse_record(done.to_json()) == done
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"[]",
+        b'{"v": 2}',
+        b'{"v": 1, "job": "j-a"}',
+        RECORD.to_json().replace(b'"downloading"', b'"dancing"'),
+        RECORD.to_json().replace(b"1000", b'"1000"'),
+        RECORD.finished("exploded", None).to_json(),
+    ],
+)
+def test_bad_records_are_refused(raw: bytes) -> None:
+    with pytest.raises(RecordError):
+        updateflow.parse_record(raw)
+
+
+def test_download_continues() -> None:
+    assert updateflow.resume(RECORD, running_slot="A", boot_id=BOOT, env=IDLE_ENV) == Download()
+
+
+def test_install_is_retried_after_a_cut_until_the_limit() -> None:
+    r = RECORD._replace(state="installing", installs=1)
+    assert updateflow.resume(r, running_slot="A", boot_id=BOOT, env=IDLE_ENV) == Install()
+    # SWUpdate marks its transaction; a cut inside it leaves the old slot selected
+    mid = {**INSTALLED_B, "recovery_status": "in_progress"}
+    assert updateflow.resume(r, running_slot="A", boot_id=BOOT, env=mid) == Install()
+    worn = r._replace(installs=updateflow.MAX_INSTALLS)
+    step = updateflow.resume(worn, running_slot="A", boot_id=BOOT, env=IDLE_ENV)
+    assert isinstance(step, Finish) and step.state == "failed"
+    assert step.reason.startswith("install_interrupted")
+
+
+def test_install_that_finished_unnoticed_goes_on_to_the_reboot() -> None:
+    r = RECORD._replace(state="installing", installs=1)
+    assert updateflow.resume(r, running_slot="A", boot_id=BOOT, env=INSTALLED_B) == Reboot("B")
+
+
+def test_after_the_reboot_the_new_slot_is_verified() -> None:
+    r = RECORD._replace(state="rebooting", target_slot="B", boot_id=BOOT)
+    env = {**INSTALLED_B, "bootcount": "1"}
+    assert updateflow.resume(r, running_slot="B", boot_id="boot-2", env=env) == Verify()
+
+
+def test_same_boot_requests_the_reboot_again() -> None:
+    r = RECORD._replace(state="rebooting", target_slot="B", boot_id=BOOT)
+    assert updateflow.resume(r, running_slot="A", boot_id=BOOT, env=INSTALLED_B) == Reboot("B")
+    step = updateflow.resume(r, running_slot="A", boot_id=BOOT, env=IDLE_ENV)
+    assert isinstance(step, Finish) and step.reason.startswith("boot_environment")
+
+
+def test_back_on_the_old_slot_is_a_rollback_with_the_reason() -> None:
+    r = RECORD._replace(state="rebooting", target_slot="B", boot_id=BOOT)
+    env = {"slot": "A", "upgrade_available": "0", "bootcount": "0", "rollback": "B"}
+    step = updateflow.resume(r, running_slot="A", boot_id="boot-5", env=env)
+    assert isinstance(step, Finish) and step.state == "rolled_back"
+    assert "slot B did not confirm itself in 3 boots" in step.reason
+    other = updateflow.resume(r, running_slot="A", boot_id="boot-5", env=IDLE_ENV)
+    assert isinstance(other, Finish) and "came back on slot A" in other.reason
+
+
+def test_final_record_repeats_its_report() -> None:
+    r = RECORD._replace(state="rebooting").finished("succeeded", None)
+    assert updateflow.resume(r, running_slot="B", boot_id=BOOT, env=IDLE_ENV) == Finish(
+        "succeeded", ""
+    )
+
+
+def test_unknown_slot_or_environment_fails() -> None:
+    assert isinstance(updateflow.resume(RECORD, running_slot=None, boot_id=BOOT, env={}), Finish)
+    assert isinstance(updateflow.resume(RECORD, running_slot="A", boot_id=BOOT, env=None), Finish)
+
+
+def test_final_chain_leads_through_legal_transitions() -> None:
+    assert updateflow.final_chain("succeeded") == ("rebooting", "verifying", "succeeded")
+    assert updateflow.final_chain("rolled_back") == ("rebooting", "rolled_back")
+    assert updateflow.final_chain("failed") == ("failed",)
+
+
+def test_confirmed_and_remembered() -> None:
+    assert updateflow.confirmed({"slot": "B", "upgrade_available": "0"}, "B")
+    assert not updateflow.confirmed({"slot": "B", "upgrade_available": "1"}, "B")
+    assert not updateflow.confirmed(None, "B")
+    ids = [f"j-{i}" for i in range(updateflow.HANDLED_KEPT)]
+    kept = updateflow.remember(ids, "j-new")
+    assert kept[-1] == "j-new" and len(kept) == updateflow.HANDLED_KEPT and "j-0" not in kept
+    assert updateflow.remember(["j-a", "j-b"], "j-a") == ["j-b", "j-a"]
