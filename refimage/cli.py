@@ -1,7 +1,10 @@
-"""refimage: build the reference image, a .swu for the other slot, a provisioned copy.
+"""refimage: build the reference image, .swu files, a provisioned copy.
 
 refimage build [--out DIR]                 the disk image (cached); prints its path
 refimage swu --out FILE [--version V]      a signed .swu of the image's root fs (either slot)
+refimage updates --version V KIND... [--image IMG]
+                                           test .swu files (good broken unsigned tampered
+                                           other-hw), cached; prints their paths
 refimage provision --image IMG --out COPY --device-id ID --cert C --key K --ca CA
                    --hub-endpoint ADDR:PORT --hub-public-key KEY ...
 """
@@ -13,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from refimage import image, provision, swu
+from refimage import image, provision, swu, updates
 from refimage.progress import BuildError, say, step
 
 DEFAULT_OUT = image.TOP / "build" / "refimage"
@@ -40,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, required=True, help="the .swu file to write")
     s.add_argument("--build-dir", type=Path, default=DEFAULT_OUT)
     s.add_argument("--version", default="1.0", help="sw-description version")
+    u = sub.add_parser("updates", help="signed (or deliberately bad) .swu files for the tests")
+    u.add_argument("kinds", nargs="+", metavar="KIND", help=", ".join(updates.KINDS))
+    u.add_argument("--version", required=True, help="the update's version (dotted numbers)")
+    u.add_argument("--image", type=Path, help="disk image (default: the reference image)")
+    u.add_argument("--build-dir", type=Path, default=DEFAULT_OUT, help="cache folder")
     p = sub.add_parser("provision", help="a copy of an image with one device's identity on /data")
     p.add_argument("--image", type=Path, required=True, help="disk image (not modified)")
     p.add_argument("--out", type=Path, required=True, help="the provisioned copy")
@@ -97,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
             with step("swu"):
                 out = swu.build_swu(image.TOP, img.disk, img.rootfs, args.out, version=args.version)
             print(out)
+        elif args.command == "updates":
+            disk_image = args.image or image.build(args.build_dir).disk
+            for kind in args.kinds:
+                print(
+                    updates.build(
+                        image.TOP, disk_image, args.build_dir, kind=kind, version=args.version
+                    )
+                )
         elif args.command == "provision":
             print(_provision(args))
     except BuildError as exc:

@@ -1,17 +1,42 @@
-"""The builder's pure parts: the GRUB env block, sw-description rendering, the
-provisioned agent configuration and network.conf (no image, no QEMU)."""
+"""The builder's pure parts: the GRUB env block and modules, sw-description
+rendering, os-release, the update kinds' input checks, the provisioned agent
+configuration and network.conf (no image, no QEMU)."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
 import pytest
+from helpers import require_tool
+from twelvefactor_agent.sysinfo import parse_os_release
 
-from refimage import grub, provision, swu
+from refimage import grub, layer, provision, swu, system, updates
 from refimage.progress import BuildError
 
 ROOT = Path(__file__).resolve().parents[2]
+GRUB_LIB = Path("/usr/lib/grub/x86_64-efi")  # grub-efi-amd64-bin: command and module lists
+# oe-core's grub-efi_2.14.bb default GRUB_BUILDIN at the commit kas/base.yml pins
+OE_GRUB_BUILDIN = [
+    "boot",
+    "linux",
+    "ext2",
+    "fat",
+    "serial",
+    "part_msdos",
+    "part_gpt",
+    "normal",
+    "efi_gop",
+    "iso9660",
+    "configfile",
+    "search",
+    "loadenv",
+    "test",
+]
+# GRUB script words that are no module's command, and the kernel's own commands
+GRUB_KEYWORDS = {"if", "then", "elif", "else", "fi", "function", "}", "{", "!"}
+GRUB_KERNEL_COMMANDS = {"set", "unset", "insmod", "ls"}
 
 
 def test_env_block_is_1024_bytes_with_one_comment_line() -> None:
@@ -94,3 +119,112 @@ def test_network_conf_has_every_required_key() -> None:
     netconfig = (recipe / "files/twelvefactor-netconfig").read_text()
     required = netconfig.split("REQUIRED = (", 1)[1].split(")", 1)[0]
     assert {k.strip().strip('",') for k in required.split() if k.strip('",')} <= keys
+
+
+def _grub_commands(cfg: str) -> set[str]:
+    """Command words of a GRUB script (first word of each statement), without its functions."""
+    functions = set(re.findall(r"^\s*function\s+(\w+)", cfg, re.M))
+    words: set[str] = set()
+    for line in cfg.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        for statement in re.split(r";|\bthen\b|\belse\b", line):
+            tokens = statement.split()
+            while tokens and tokens[0] in GRUB_KEYWORDS:
+                tokens = tokens[1:]
+            if tokens and tokens[0] not in functions | GRUB_KERNEL_COMMANDS:
+                words.add(tokens[0])
+    return words
+
+
+def _grub_closure(modules: list[str], moddep: dict[str, list[str]]) -> set[str]:
+    out: set[str] = set()
+    todo = list(modules)
+    while todo:
+        m = todo.pop()
+        if m not in out:
+            out.add(m)
+            todo += moddep.get(m, [])
+    return out
+
+
+def test_every_grub_cfg_command_is_built_into_both_grubs() -> None:
+    """grub.cfg's commands are in the refimage's grub-mkstandalone modules and in
+    the Yocto grub-efi's GRUB_BUILDIN (oe-core's default plus the layer's append):
+    a GRUB that lacks one stops at boot with "can't find command"."""
+    require_tool("grub-mkstandalone")
+    commands: dict[str, str] = {}
+    for line in (GRUB_LIB / "command.lst").read_text().splitlines():
+        name, _, module = line.partition(":")
+        commands[name.lstrip("*")] = module.strip()
+    moddep = {
+        name: deps.split()
+        for name, _, deps in (
+            line.partition(":") for line in (GRUB_LIB / "moddep.lst").read_text().splitlines()
+        )
+    }
+    cfg = layer.grub_cfg(ROOT).read_text()
+    used = _grub_commands(cfg)
+    unknown = sorted(c for c in used if c not in commands)
+    assert unknown == [], f"grub.cfg uses commands no module provides: {unknown}"
+    needed = {commands[c] for c in used}
+    assert {"regexp", "search", "loadenv", "linux"} <= needed
+    bbappend = (ROOT / "meta-twelvefactor/recipes-bsp/grub/grub-efi_%.bbappend").read_text()
+    appended = re.search(r'GRUB_BUILDIN:append:twelvefactor = "([^"]*)"', bbappend)
+    assert appended, "the layer's grub-efi append sets no GRUB_BUILDIN"
+    yocto = _grub_closure(OE_GRUB_BUILDIN + appended.group(1).split(), moddep)
+    refimage = _grub_closure(list(grub.GRUB_MODULES), moddep)
+    assert sorted(needed - yocto) == [], "missing from the Yocto GRUB_BUILDIN"
+    assert sorted(needed - refimage) == [], "missing from refimage/grub.py GRUB_MODULES"
+
+
+def test_grub_cfg_finds_slots_by_partition_number() -> None:
+    cfg = layer.grub_cfg(ROOT).read_text()
+    assert "regexp --set=1:bootdisk" in cfg
+    assert re.search(r"set root=\(\$bootdisk,\$rootpart\)", cfg)
+    assert "--label --set=root" not in cfg, "a slot's root must not be found by its fs label"
+
+
+def test_os_release_is_the_distro_conf_version() -> None:
+    conf = (ROOT / "meta-twelvefactor/conf/distro/twelvefactor.conf").read_text()
+    version = re.search(r'^DISTRO_VERSION = "([^"]+)"', conf, re.M)
+    assert version
+    text = system.os_release(ROOT)
+    values = dict(line.split("=", 1) for line in text.splitlines())
+    assert values["ID"] == "twelvefactor"
+    assert values["VERSION_ID"] == version.group(1)
+    assert parse_os_release(text) == {  # what the agent reports
+        "id": "twelvefactor",
+        "version": version.group(1),
+        "pretty": f"twelvefactor {version.group(1)} (wrynose)",
+    }
+
+
+YOCTO_RELEASE = """\
+ID=twelvefactor
+NAME="twelvefactor"
+VERSION="1.0 (wrynose)"
+VERSION_ID=1.0
+VERSION_CODENAME="wrynose"
+PRETTY_NAME="twelvefactor 1.0 (wrynose)"
+CPE_NAME="cpe:/o:openembedded:twelvefactor:1.0"
+"""
+
+
+def test_update_os_release_takes_the_new_version_everywhere() -> None:
+    text = updates.os_release_with_version(YOCTO_RELEASE, "1.10.2")
+    assert text == YOCTO_RELEASE.replace("1.0", "1.10.2")
+    debian = 'NAME="Debian GNU/Linux"\nVERSION_ID="13"\nVERSION="13 (trixie)"\nID=debian\n'
+    assert parse_os_release(updates.os_release_with_version(debian, "2.0"))["version"] == "2.0"
+    assert "VERSION_ID=0.9\n" in updates.os_release_with_version("ID=x\n", "0.9")
+
+
+def test_update_kind_and_version_are_checked_first(tmp_path: Path) -> None:
+    image = tmp_path / "no-such.img"
+    with pytest.raises(BuildError, match="unknown update kind 'evil'; one of good, broken"):
+        updates.build(ROOT, image, tmp_path, kind="evil", version="1.1")
+    for bad in ("1.x", "", "v1.1", "1..1", "1.1 ", "1.1;reboot", "1.2.3.4.5.6.7"):
+        with pytest.raises(BuildError, match="not numbers separated by dots"):
+            updates.build(ROOT, image, tmp_path, kind="good", version=bad)
+    with pytest.raises(BuildError, match="no disk image"):
+        updates.build(ROOT, image, tmp_path, kind="good", version="1.1")

@@ -1,0 +1,363 @@
+"""Update images for the tests: signed .swu files made from a built image's rootfs-a.
+
+Each kind is the image's root file system with a few files changed in an ext4
+copy (debugfs, nothing mounted, the partition's size kept), gzip-compressed and
+packed like the twelvefactor-update recipe packs it (refimage/swu.py):
+
+  good       /usr/lib/os-release VERSION_ID (and VERSION, PRETTY_NAME, CPE_NAME)
+             set to the requested version; signed; hardware = the image's
+             /etc/hwrevision. An "older" update is a good one with a lower version.
+  broken     like good, plus a drop-in that replaces the agent's ExecStart with
+             /bin/false: the device boots and reaches the network, but the agent
+             never comes online, so the new slot never confirms itself.
+  unsigned   like good, without sw-description.sig.
+  tampered   like good, then one byte of the compressed image changed after
+             signing (sw-description and its signature intact). The byte is in
+             the gzip header's MTIME field, which inflate does not check: the
+             stream still decompresses to the same file system, so the sha256
+             in sw-description is the only thing that can refuse it.
+  other-hw   like good, but hardware-compatibility names a revision the image's
+             /etc/hwrevision does not have.
+
+Everything is cached under OUT_ROOT/updates, keyed by its inputs: the image
+(its refimage key, or the digest of its rootfs-a partition), the kind, the
+version, the sw-description template, the signing key and certificate, and
+this builder's code. The changed file systems are cached apart from the .swu
+files, so good, unsigned, tampered and other-hw of one version share one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from refimage import disk, image, swu
+from refimage.progress import BuildError, say, step
+
+VERSION_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,5}")  # the agent's update.VERSION_RE
+UPDATES = "updates"
+SWU_NAME = "update.swu"
+ROOTFS_NAME = "rootfs.ext4.gz"
+MANIFEST = "manifest.json"
+KEEP = 16  # cache folders kept (about 190 MB each); the least recently used go first
+BUILDER = Path(__file__).resolve()
+
+OS_RELEASE = "/etc/os-release"
+# systemd reads drop-ins below /usr/lib too; the unit itself is /usr/lib/systemd/system's.
+BROKEN_DROPIN_DIR = "/usr/lib/systemd/system/twelvefactor-agent.service.d"
+BROKEN_DROPIN = f"{BROKEN_DROPIN_DIR}/99-broken.conf"
+BROKEN_DROPIN_TEXT = """\
+# twelvefactor test update "broken": the agent never starts, so this slot
+# never confirms itself and the boot counter runs out.
+[Service]
+ExecStart=
+ExecStart=/bin/false
+"""
+TAMPER_OFFSET = 4  # first byte of the gzip header's MTIME (RFC 1952): inflate ignores it
+
+
+@dataclass(frozen=True)
+class Kind:
+    broken: bool = False  # the root file system with the broken agent drop-in
+    signed: bool = True
+    tampered: bool = False
+    other_hw: bool = False
+
+
+KINDS: dict[str, Kind] = {
+    "good": Kind(),
+    "broken": Kind(broken=True),
+    "unsigned": Kind(signed=False),
+    "tampered": Kind(tampered=True),
+    "other-hw": Kind(other_hw=True),
+}
+
+
+def build(top: Path, image_path: Path, out_root: Path, *, kind: str, version: str) -> Path:
+    """The .swu of `kind` at `version` made from the disk image `image_path` (cached)."""
+    if kind not in KINDS:
+        raise BuildError(f"unknown update kind {kind!r}; one of {', '.join(KINDS)}")
+    if not VERSION_RE.fullmatch(version):
+        raise BuildError(
+            f"version {version!r} is not numbers separated by dots (1 to 6 of them), e.g. 1.1"
+        )
+    if not image_path.is_file():
+        raise BuildError(f"no disk image at {image_path}")
+    spec = KINDS[kind]
+    folder = out_root.resolve() / UPDATES
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder):
+        ident = image_identity(image_path)
+        board, revision = swu.hwrevision(image_path)
+        fs_key = _key(ident, "broken" if spec.broken else "plain", version, _code())
+        key = _key(fs_key, kind, *_signing_inputs(top))
+        name = f"{kind}-{version}-{key[:16]}"
+        out = folder / name / SWU_NAME
+        if out.is_file():
+            say(f"update {kind} {version}: cached ({name})")
+            os.utime(out.parent)
+            return out
+        packed = _rootfs(folder, fs_key, image_path, spec.broken, version)
+        with step(f"update {kind} {version}: sw-description, signature, cpio"):
+            hardware = f"{revision}-other" if spec.other_hw else revision
+            _swu(top, folder / name, packed, spec, board, hardware, version)
+        _write_manifest(
+            folder / name,
+            {
+                "kind": kind,
+                "version": version,
+                "image": str(image_path),
+                "image_identity": ident,
+                "board": board,
+                "hardware_compatibility": hardware,
+                "rootfs": str(packed),
+            },
+        )
+        _prune(folder, keep={folder / name, packed.parent})
+    return out
+
+
+def image_identity(image_path: Path) -> str:
+    """What names the image's content: its refimage key, else its rootfs-a's digest."""
+    manifest = image_path.parent / image.MANIFEST
+    if image_path.name == image.DISK_NAME and manifest.is_file():
+        key = json.loads(manifest.read_text()).get("key")
+        if isinstance(key, str) and key:
+            return f"refimage-{key}"
+    offset, size = disk.read_table(image_path)["rootfs-a"]
+    h = hashlib.sha256()
+    with image_path.open("rb") as f:
+        f.seek(offset)
+        left = size
+        while left:
+            chunk = f.read(min(left, 4 * 1024 * 1024))
+            if not chunk:
+                raise BuildError(f"{image_path} ends inside its rootfs-a partition")
+            h.update(chunk)
+            left -= len(chunk)
+    return f"rootfs-a-sha256-{h.hexdigest()}"
+
+
+def os_release_with_version(text: str, version: str) -> str:
+    """os-release text with VERSION_ID = `version`, and the old version replaced in
+    VERSION, PRETTY_NAME and CPE_NAME (oe-core derives all of them from DISTRO_VERSION)."""
+    old: str | None = None
+    for line in text.splitlines():
+        if line.startswith("VERSION_ID="):
+            old = line.split("=", 1)[1].strip().strip("\"'")
+    lines: list[str] = []
+    for line in text.splitlines():
+        name = line.split("=", 1)[0]
+        if name == "VERSION_ID":
+            line = f"VERSION_ID={version}"
+        elif old and name in ("VERSION", "PRETTY_NAME", "CPE_NAME"):
+            line = re.sub(rf"(?<![0-9.]){re.escape(old)}(?![0-9])", version, line)
+        lines.append(line)
+    if old is None:
+        lines.append(f"VERSION_ID={version}")
+    return "\n".join(lines) + "\n"
+
+
+def _code() -> str:
+    """This builder's code and the .swu packer's, so a change to either rebuilds."""
+    h = hashlib.sha256()
+    for path in (BUILDER, BUILDER.parent / "swu.py", BUILDER.parent / "disk.py"):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _signing_inputs(top: Path) -> list[str]:
+    files = [swu.template(top), top / swu.SIGNING_KEY, top / swu.SIGNING_CERT]
+    return [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+
+
+def _key(*parts: str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p.encode())
+    return h.hexdigest()
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One builder at a time per cache folder: a second caller waits, then finds it cached."""
+    with (folder / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _rootfs(folder: Path, fs_key: str, image_path: Path, broken: bool, version: str) -> Path:
+    """The compressed, changed copy of rootfs-a (cached by fs_key)."""
+    variant = "broken" if broken else "plain"
+    done = folder / f"rootfs-{variant}-{version}-{fs_key[:16]}"
+    packed = done / ROOTFS_NAME
+    if packed.is_file():
+        say(f"rootfs {variant} {version}: cached ({done.name})")
+        os.utime(done)
+        return packed
+    work = folder / f"work-{os.getpid()}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    try:
+        fs = work / "rootfs.ext4"
+        with step(f"rootfs {variant} {version}: rootfs-a copied out, files changed (debugfs)"):
+            disk.extract(image_path, "rootfs-a", fs)
+            _change(fs, work, broken=broken, version=version)
+        with step(f"rootfs {variant} {version}: gzip -{swu.GZIP_LEVEL}"):
+            swu.compress(fs, work / ROOTFS_NAME)
+        fs.unlink()
+        _write_manifest(work, {"variant": variant, "version": version, "image": str(image_path)})
+        if done.exists():
+            shutil.rmtree(done)
+        work.rename(done)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
+    return packed
+
+
+def _change(fs: Path, work: Path, *, broken: bool, version: str) -> None:
+    """Write the kind's files into the ext4 image `fs`, then read them back to check."""
+    release_path = _resolve(fs, OS_RELEASE)
+    release = os_release_with_version(_cat(fs, release_path).decode(), version)
+    wanted = {release_path: release}
+    if broken:
+        wanted[BROKEN_DROPIN] = BROKEN_DROPIN_TEXT
+    requests: list[str] = [f'rm "{release_path}"']
+    if broken and _stat(fs, BROKEN_DROPIN_DIR) is None:
+        requests.append(f'mkdir "{BROKEN_DROPIN_DIR}"')
+    for i, (dest, text) in enumerate(wanted.items()):
+        src = work / f"file-{i}"
+        src.write_text(text)
+        src.chmod(0o644)  # debugfs gives the new inode the source's mode
+        if dest != release_path and _stat(fs, dest) is not None:
+            requests.append(f'rm "{dest}"')
+        requests.append(f'write "{src}" "{dest}"')
+    _debugfs(fs, requests, write=True)
+    for dest, text in wanted.items():
+        if _cat(fs, dest).decode() != text:
+            raise BuildError(f"debugfs did not write {dest} into {fs}")
+
+
+def _debugfs(fs: Path, requests: list[str], *, write: bool = False) -> str:
+    """Run debugfs requests; debugfs exits 0 on failed requests, so stderr is the verdict."""
+    for r in requests:
+        if "\n" in r:
+            raise BuildError(f"unusable debugfs request {r!r}")
+    argv = ["debugfs", *(["-w"] if write else []), "-f", "-", str(fs)]
+    done = subprocess.run(
+        argv, input="\n".join(requests) + "\n", capture_output=True, text=True, check=False
+    )
+    errors = [
+        line
+        for line in done.stderr.splitlines()
+        if line.strip() and not line.startswith("debugfs ")  # the version banner
+    ]
+    if done.returncode != 0 or errors:
+        raise BuildError(f"debugfs on {fs}: {'; '.join(errors) or done.returncode}")
+    return done.stdout
+
+
+def _stat(fs: Path, path: str) -> str | None:
+    done = subprocess.run(
+        ["debugfs", "-R", f'stat "{path}"', str(fs)], capture_output=True, text=True, check=False
+    )
+    return done.stdout if "Inode:" in done.stdout else None
+
+
+def _resolve(fs: Path, path: str) -> str:
+    """`path`, or where its symlink points (one level, as /etc/os-release is)."""
+    stat = _stat(fs, path)
+    if stat is None:
+        raise BuildError(f"{path} is not in the root file system")
+    if "Type: symlink" not in stat:
+        return path
+    m = re.search(r'Fast link dest: "([^"]+)"', stat)
+    if m is None:
+        raise BuildError(f"{path} is a symlink debugfs cannot read")
+    return os.path.normpath(os.path.join(os.path.dirname(path), m.group(1)))
+
+
+def _cat(fs: Path, path: str) -> bytes:
+    if _stat(fs, path) is None:
+        raise BuildError(f"{path} is not in {fs}")
+    done = subprocess.run(["debugfs", "-R", f'cat "{path}"', str(fs)], capture_output=True)
+    if done.returncode != 0:
+        raise BuildError(f"debugfs cat {path}: {done.stderr.decode(errors='replace')}")
+    return done.stdout
+
+
+def _swu(
+    top: Path, dest: Path, packed: Path, spec: Kind, board: str, hardware: str, version: str
+) -> None:
+    """Render, sign and pack into `dest`/update.swu (built in a work folder, then renamed)."""
+    work = dest.with_name(f"{dest.name}.work-{os.getpid()}")
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    try:
+        name = swu.image_name(board)
+        text = swu.description(
+            top, version=version, board=board, revision=hardware, packed=packed, name=name
+        )
+        (work / swu.DESCRIPTION).write_text(text)
+        names = [swu.DESCRIPTION]
+        if spec.signed:
+            swu.sign(top, work / swu.DESCRIPTION, work / swu.SIGNATURE)
+            names.append(swu.SIGNATURE)
+        if spec.tampered:
+            shutil.copyfile(packed, work / name)
+            _flip_byte(work / name, TAMPER_OFFSET)
+        else:
+            (work / name).symlink_to(packed)  # cpio --dereference reads the cached file
+        names.append(name)
+        swu.pack(work, names, work / SWU_NAME)
+        (work / name).unlink()
+        if dest.exists():
+            shutil.rmtree(dest)
+        work.rename(dest)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as f:
+        if f.read(2) != b"\x1f\x8b":
+            raise BuildError(f"{path} is not gzip: cannot tamper with its header")
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def _write_manifest(folder: Path, values: dict[str, object]) -> None:
+    values = {**values, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (folder / MANIFEST).write_text(json.dumps(values, indent=1) + "\n")
+
+
+def _prune(folder: Path, keep: set[Path]) -> None:
+    """Keep the KEEP most recently used cache folders (and the ones just used)."""
+    entries = sorted(
+        (p for p in folder.iterdir() if p.is_dir() and (p / MANIFEST).is_file()),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in entries[KEEP:]:
+        if old not in keep:
+            shutil.rmtree(old)

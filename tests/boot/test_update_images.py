@@ -1,0 +1,188 @@
+"""The update images the boot tests install (refimage/updates.py), made from the
+image under test and checked with the tools a device or an attacker would use:
+`cpio` to unpack, `openssl cms -verify` against the layer's certificate, the
+sha256 sw-description names, `gzip`, and `debugfs` inside the root file system.
+
+Boot tier: the kinds are built from the device image (the reference image by
+default, or --image), which needs root; nothing here starts QEMU.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import require_root, require_tool
+from twelvefactor_agent.sysinfo import parse_os_release
+from twelvefactor_services.management.swu import describe
+
+from refimage import disk, partfs, swu, updates
+
+ROOT = Path(__file__).resolve().parents[2]
+CERT = ROOT / "meta-twelvefactor/files/dev-signing/twelvefactor-dev-update.crt"
+OUT = ROOT / "build" / "refimage"  # the builder's cache, shared with the boot tests
+VERSION = "1.1"
+SIGNED = ("good", "broken", "tampered", "other-hw")
+
+
+@pytest.fixture(scope="module")
+def built(boot_image: Path) -> dict[str, Path]:
+    require_root()
+    for tool in ("debugfs", "cpio", "openssl", "gzip", "cmp"):
+        require_tool(tool)
+    return {
+        kind: updates.build(ROOT, boot_image, OUT, kind=kind, version=VERSION)
+        for kind in updates.KINDS
+    }
+
+
+def _unpack(swu_file: Path, dest: Path) -> list[str]:
+    """Members of the .swu in archive order, extracted into dest."""
+    dest.mkdir()
+    with swu_file.open("rb") as f:
+        subprocess.run(["cpio", "-i", "--quiet"], stdin=f, cwd=dest, check=True)
+    with swu_file.open("rb") as f:
+        listing = subprocess.run(["cpio", "-t", "--quiet"], stdin=f, capture_output=True)
+    return listing.stdout.decode().split()
+
+
+def _named_sha256(description: str) -> str:
+    found = set(re.findall(r'sha256 = "([0-9a-f]{64})"', description))
+    assert len(found) == 1, f"one image digest expected in sw-description, found {found}"
+    return found.pop()
+
+
+def _cms_verify(folder: Path) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [
+            "openssl",
+            "cms",
+            "-verify",
+            "-inform",
+            "DER",
+            "-in",
+            folder / swu.SIGNATURE,
+            "-content",
+            folder / swu.DESCRIPTION,
+            "-binary",
+            "-CAfile",
+            CERT,
+            "-out",
+            "/dev/null",
+        ],
+        capture_output=True,
+    )
+
+
+def _rootfs_of(folder: Path, out: Path) -> Path:
+    """The ext4 image in the unpacked .swu, decompressed (sparse) to `out`."""
+    (packed,) = folder.glob("*.rootfs.ext4.gz")
+    chunk = 1 << 20
+    with gzip.open(packed, "rb") as src, out.open("wb") as dst:
+        while block := src.read(chunk):
+            if block.count(0) == len(block):
+                dst.seek(len(block), os.SEEK_CUR)
+            else:
+                dst.write(block)
+        dst.truncate()
+    return out
+
+
+def _debugfs(fs: Path, request: str) -> str:
+    done = subprocess.run(["debugfs", "-R", request, fs], capture_output=True, text=True)
+    return done.stdout
+
+
+def test_signed_kinds_verify_and_unsigned_has_no_signature(
+    built: dict[str, Path], tmp_path: Path
+) -> None:
+    for kind, swu_file in built.items():
+        folder = tmp_path / kind
+        members = _unpack(swu_file, folder)
+        assert members[0] == swu.DESCRIPTION, f"{kind}: {members}"
+        if kind in SIGNED:
+            assert members[1] == swu.SIGNATURE, f"{kind}: {members}"
+            done = _cms_verify(folder)
+            assert done.returncode == 0, f"{kind}: {done.stderr.decode()}"
+        else:
+            assert swu.SIGNATURE not in members, f"{kind}: {members}"
+        for member in members[1:]:
+            (folder / member).unlink()
+
+
+def test_image_digest_matches_except_when_tampered(built: dict[str, Path], tmp_path: Path) -> None:
+    packed: dict[str, Path] = {}
+    named: dict[str, str] = {}
+    for kind, swu_file in built.items():
+        folder = tmp_path / kind
+        _unpack(swu_file, folder)
+        (packed[kind],) = folder.glob("*.rootfs.ext4.gz")
+        named[kind] = _named_sha256((folder / swu.DESCRIPTION).read_text())
+    for kind in built:
+        if kind == "tampered":
+            assert named[kind] != swu.sha256_file(packed[kind])
+        else:
+            assert named[kind] == swu.sha256_file(packed[kind]), kind
+    # good, unsigned, tampered and other-hw carry the same root file system
+    for kind in ("unsigned", "tampered", "other-hw"):
+        assert named[kind] == named["good"], kind
+    assert named["broken"] != named["good"]
+    # tampered: one byte differs from good's image, yet the gzip stream is intact,
+    # so only the digest in sw-description can refuse it
+    cmp = subprocess.run(["cmp", "-l", packed["good"], packed["tampered"]], capture_output=True)
+    assert len(cmp.stdout.splitlines()) == 1, cmp.stdout[:200]
+    assert subprocess.run(["gzip", "-t", packed["tampered"]]).returncode == 0
+
+
+def test_version_and_hardware_in_sw_description(built: dict[str, Path], boot_image: Path) -> None:
+    board, revision = swu.hwrevision(boot_image)
+    for kind, swu_file in built.items():
+        info = describe(swu_file)  # the management service's reader
+        assert info.version == VERSION, kind
+        if kind == "other-hw":
+            assert set(info.hardware) == {board}
+            assert revision not in info.hardware[board]
+        else:
+            assert info.hardware == {board: (revision,)}, kind
+
+
+@pytest.mark.parametrize("kind", ["good", "broken"])
+def test_root_file_system_inside_the_swu(
+    built: dict[str, Path], boot_image: Path, tmp_path: Path, kind: str
+) -> None:
+    folder = tmp_path / "swu"
+    _unpack(built[kind], folder)
+    fs = _rootfs_of(folder, tmp_path / "rootfs.ext4")
+    # the partition's size, so it fills the slot it is written to
+    assert fs.stat().st_size == disk.read_table(boot_image)["rootfs-a"][1]
+    link = _debugfs(fs, "stat /etc/os-release")
+    target = "/usr/lib/os-release"
+    if "Type: symlink" in link:
+        assert 'Fast link dest: "../usr/lib/os-release"' in link
+    else:
+        target = "/etc/os-release"
+    release = parse_os_release(_debugfs(fs, f"cat {target}"))  # the agent's parser
+    assert release["version"] == VERSION
+    assert release["pretty"] is not None and VERSION in release["pretty"]
+    dropin = _debugfs(fs, f"cat {updates.BROKEN_DROPIN}")
+    if kind == "broken":
+        assert dropin == updates.BROKEN_DROPIN_TEXT
+        assert "ExecStart=/bin/false" in dropin.splitlines()
+    else:
+        assert dropin == ""
+    # the rest is the image's, e.g. its /etc/hwrevision
+    original = partfs.read_text(boot_image, "rootfs-a", "/etc/hwrevision")
+    assert _debugfs(fs, "cat /etc/hwrevision") == original
+
+
+def test_a_second_call_takes_the_cache(built: dict[str, Path], boot_image: Path) -> None:
+    for kind, swu_file in built.items():
+        before = swu_file.stat()
+        again = updates.build(ROOT, boot_image, OUT, kind=kind, version=VERSION)
+        assert again == swu_file
+        after = again.stat()
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), kind
