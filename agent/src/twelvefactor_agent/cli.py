@@ -1,23 +1,72 @@
-"""twelvefactor-agent: run the agent, publish or call from a shell, show status, check a config."""
+"""twelvefactor-agent: run the agent, publish or call from a shell, show status, check a config.
+
+The daemon's own command line (`run --config PATH [--log-level LEVEL]`, as
+the systemd unit gives it) is read by `run_command_line` without argparse,
+and the local API client is not imported for it either: whatever the daemon
+imports stays resident, and argparse alone is about 0.4 MB of its 25 MB
+budget. Every other command line goes to argparse, which also explains
+mistakes.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
-from .client import DEFAULT_SOCKET, AgentClient, AgentError
 from .config import ConfigError, load_document, parse
+
+if TYPE_CHECKING:
+    import argparse
+
+    from .client import AgentClient
 
 DEFAULT_CONFIG = Path("/data/config/agent.toml")
 EXIT_CONFIG = 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def run_command_line(argv: Sequence[str]) -> tuple[Path, str] | None:
+    """(config path, log level) if `argv` only runs the agent, else None.
+
+    Accepted: an optional `run` and at most one each of `--config PATH` and
+    `--log-level LEVEL` (also as `--option=value`), in any order. Anything
+    else, including a mistake in these, is left to argparse (None)."""
+    config: str | None = None
+    level: str | None = None
+    seen_run = False
+    rest = list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "run" and not seen_run:
+            seen_run = True
+            continue
+        name, eq, value = arg.partition("=")
+        if name not in ("--config", "--log-level"):
+            return None
+        if not eq:
+            if not rest:
+                return None
+            value = rest.pop(0)
+        if not value or value.startswith("-"):
+            return None
+        if name == "--config":
+            if config is not None:
+                return None
+            config = value
+        else:
+            if level is not None or value not in LOG_LEVELS:
+                return None
+            level = value
+    return Path(config) if config is not None else DEFAULT_CONFIG, level or "info"
 
 
 def _common() -> argparse.ArgumentParser:
+    import argparse
+
     # SUPPRESS: an option given before the command is not reset by the subcommand's default.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -29,13 +78,15 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--log-level",
         default=argparse.SUPPRESS,
-        choices=["debug", "info", "warning", "error"],
+        choices=LOG_LEVELS,
         help="default info",
     )
     return common
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     common = _common()
     parser = argparse.ArgumentParser(
         prog="twelvefactor-agent",
@@ -93,6 +144,8 @@ def _socket_path(args: argparse.Namespace) -> Path:
     if path is None and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG
     if path is None:
+        from .client import DEFAULT_SOCKET
+
         return DEFAULT_SOCKET
     return parse(Path(path).read_text(encoding="utf-8")).agent.socket
 
@@ -101,6 +154,8 @@ EXIT_HTTP = 4  # the service answered with a status of 400 or more (body still p
 
 
 def _call(client: AgentClient, args: argparse.Namespace) -> int:
+    from .client import AgentError
+
     query: dict[str, list[str]] = {}
     for item in args.query:
         name, sep, value = item.partition("=")
@@ -144,13 +199,20 @@ def _call(client: AgentClient, args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    level = getattr(args, "log_level", "info")
+    argv = sys.argv[1:] if argv is None else argv
+    fast = run_command_line(argv)
+    args: argparse.Namespace | None = None
+    if fast is not None:
+        command = "run"
+        config_path, level = fast
+    else:
+        args = _parser().parse_args(argv)
+        command = args.command or "run"
+        config_path = Path(getattr(args, "config", DEFAULT_CONFIG))
+        level = getattr(args, "log_level", "info")
     logging.basicConfig(
         stream=sys.stderr, level=level.upper(), format="%(levelname)s %(name)s: %(message)s"
     )
-    command = args.command or "run"
-    config_path = Path(getattr(args, "config", DEFAULT_CONFIG))
     try:
         if command in ("run", "check-config"):
             doc, config = load_document(config_path)
@@ -160,8 +222,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .agent import Agent  # only the daemon needs paho
 
             return Agent(config, doc).run()
-        socket_path = _socket_path(args)
-        with AgentClient(socket_path) as client:
+        assert args is not None
+        return _client_command(command, args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        print(f"twelvefactor-agent: {exc}", file=sys.stderr)
+        return 1
+
+
+def _client_command(command: str, args: argparse.Namespace) -> int:
+    """publish, status, call: one client of the local API."""
+    import json
+
+    from .client import AgentClient, AgentError
+
+    try:
+        with AgentClient(_socket_path(args)) as client:
             if command == "call":
                 return _call(client, args)
             if command == "publish":
@@ -169,14 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 print(json.dumps(client.status(), indent=2))
         return 0
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_CONFIG
     except AgentError as exc:
-        print(f"twelvefactor-agent: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
         print(f"twelvefactor-agent: {exc}", file=sys.stderr)
         return 1
 

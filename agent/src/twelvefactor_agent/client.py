@@ -12,9 +12,9 @@ import base64
 import json
 import socket
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import NamedTuple
 
 DEFAULT_SOCKET = Path("/run/twelvefactor/agent.sock")
 # Requests sent before reading their answers (pipelining), bounded so neither
@@ -44,8 +44,7 @@ class AgentError(Exception):
         self.status = status
 
 
-@dataclass(frozen=True)
-class CallResponse:
+class CallResponse(NamedTuple):
     """What a third-party service answered through the solution service."""
 
     status: int

@@ -30,8 +30,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from .proxycall import Call, CallRefused, parse_call, refusal
 from .queue import Queue, QueueUnavailable
@@ -51,19 +51,16 @@ CALL_GRACE = 1.0
 log = logging.getLogger("twelvefactor.api")
 
 
-@dataclass(frozen=True)
-class Publish:
+class Publish(NamedTuple):
     stream: str
     payload: bytes
 
 
-@dataclass(frozen=True)
-class Status:
+class Status(NamedTuple):
     pass
 
 
-@dataclass(frozen=True)
-class Refusal:
+class Refusal(NamedTuple):
     error: str
     message: str
 
@@ -71,8 +68,7 @@ class Refusal:
         return {"ok": False, "error": self.error, "message": self.message}
 
 
-@dataclass(frozen=True)
-class CallRequest:
+class CallRequest(NamedTuple):
     call: Call
 
 
@@ -161,31 +157,37 @@ def bind_socket(path: Path, group: str | None) -> socket.socket:
     return sock
 
 
-@dataclass(eq=False)
 class _Conn:
-    sock: socket.socket
-    inbuf: bytearray = field(default_factory=bytearray)
-    outbuf: bytearray = field(default_factory=bytearray)
-    eof: bool = False
-    closing: bool = False  # close once outbuf is flushed and no call is pending
-    closed: bool = False
-    broken: bool = False  # a socket error: close at once
-    events: int = 0  # 0: not registered with the selector
-    # Answers waiting behind an unanswered call, in request order.
-    slots: deque[_Slot] = field(default_factory=deque)
+    __slots__ = ("broken", "closed", "closing", "eof", "events", "inbuf", "outbuf", "slots", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.eof = False
+        self.closing = False  # close once outbuf is flushed and no call is pending
+        self.closed = False
+        self.broken = False  # a socket error: close at once
+        self.events = 0  # 0: not registered with the selector
+        # Answers waiting behind an unanswered call, in request order.
+        self.slots: deque[_Slot] = deque()
 
 
-@dataclass(eq=False)
 class _Slot:
-    data: bytes | None = None
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | None = None) -> None:
+        self.data = data
 
 
-@dataclass(eq=False)
 class _PendingCall:
-    conn: _Conn
-    slot: _Slot
-    deadline: float
-    timeout: float
+    __slots__ = ("conn", "deadline", "slot", "timeout")
+
+    def __init__(self, conn: _Conn, slot: _Slot, deadline: float, timeout: float) -> None:
+        self.conn = conn
+        self.slot = slot
+        self.deadline = deadline
+        self.timeout = timeout
 
 
 class ApiServer(threading.Thread):

@@ -17,8 +17,7 @@ import binascii
 import json
 import math
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 SERVICE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -53,8 +52,7 @@ class CallRefused(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     service: str
     method: str
     path: str

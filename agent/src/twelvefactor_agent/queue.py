@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import QueueSettings
 from .retention import CLOCK_FLOOR, Row, age_cutoff, bytes_to_drop
@@ -42,16 +42,14 @@ class QueueUnavailable(Exception):
     """The queue cannot take the message (disk full, database locked or damaged)."""
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     seq: int
     stream: str
     ts: float
     payload: bytes
 
 
-@dataclass(frozen=True)
-class QueueStats:
+class QueueStats(NamedTuple):
     depth: int
     bytes: int
     dropped: int
@@ -172,7 +170,8 @@ class Queue:
             ).fetchall()
         except sqlite3.Error as exc:
             raise QueueUnavailable(str(exc)) from exc
-        return [Message(seq, stream, ts, bytes(payload)) for seq, stream, ts, payload in rows]
+        # sqlite3 returns BLOBs as bytes already.
+        return [Message._make(row) for row in rows]
 
     def stats(self) -> QueueStats:
         try:

@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import Config, ConfigError
 from .overlay import Overlay, check_shape, effective, needs_confirmation
@@ -46,8 +45,7 @@ STATUSES = ("applied", "rejected", "reverted")
 MAX_ERROR = 2000
 
 
-@dataclass(frozen=True)
-class Version:
+class Version(NamedTuple):
     """One version of the managed overlay."""
 
     version: int
@@ -57,8 +55,7 @@ class Version:
         return {"version": self.version, "config": self.config}
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(NamedTuple):
     version: int
     status: str  # applied | rejected | reverted
     error: str | None = None
@@ -67,8 +64,7 @@ class Report:
         return {"v": 1, "version": self.version, "status": self.status, "error": self.error}
 
 
-@dataclass(frozen=True)
-class Stored:
+class Stored(NamedTuple):
     """What survives a restart (the I/O layer keeps it in one file, replaced atomically)."""
 
     in_force: Version | None = None
@@ -122,37 +118,32 @@ def _report_from(doc: object) -> Report | None:
 # Actions
 
 
-@dataclass(frozen=True)
-class Save:
+class Save(NamedTuple):
     """Write `stored` atomically (before carrying out what follows it)."""
 
     stored: Stored
 
 
-@dataclass(frozen=True)
-class Restart:
+class Restart(NamedTuple):
     """Stop both sessions and start them again on `config`, tagged `generation`."""
 
     config: Config
     generation: int
 
 
-@dataclass(frozen=True)
-class ApplyLive:
+class ApplyLive(NamedTuple):
     """Take `config` without touching the sessions (only the queue's bounds changed)."""
 
     config: Config
 
 
-@dataclass(frozen=True)
-class Publish:
+class Publish(NamedTuple):
     """Report on `mgmt/<id>/up/config` (retained), now if online, else at the next connect."""
 
     report: Report
 
 
-@dataclass(frozen=True)
-class Ignore:
+class Ignore(NamedTuple):
     """Nothing to do; log why."""
 
     reason: str
@@ -196,13 +187,17 @@ def parse_desired(raw: bytes) -> Version:
     return Version(version, config)
 
 
-@dataclass
 class _Trial:
-    version: Version
-    config: Config
-    previous: Config
-    deadline: float
-    waiting: set[str] = field(default_factory=set)
+    __slots__ = ("config", "deadline", "previous", "version", "waiting")
+
+    def __init__(
+        self, version: Version, config: Config, previous: Config, deadline: float, waiting: set[str]
+    ) -> None:
+        self.version = version
+        self.config = config
+        self.previous = previous
+        self.deadline = deadline
+        self.waiting = waiting
 
 
 class ConfigMachine:

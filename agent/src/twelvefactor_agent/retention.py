@@ -8,7 +8,7 @@ queue fits) and age (`max_age` seconds since the agent accepted a message).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Timestamps before this are from a clock that was never set (no RTC, no time
 # sync yet: 1970). Messages stamped then are never expired by age, and no age
@@ -17,8 +17,7 @@ from dataclasses import dataclass
 CLOCK_FLOOR = 1_704_067_200.0  # 2024-01-01T00:00:00Z
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     seq: int
     size: int
     ts: float

@@ -11,20 +11,18 @@ oldest pending seq (the solution service deduplicates on (device, seq)).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
-
-@dataclass
 class ForwardWindow:
-    size: int = 100
-    # mid -> seq of every message published and not yet acknowledged.
-    in_flight: dict[int, int] = field(default_factory=dict)
-    # Highest seq handed out on this connection; the next read starts after it.
-    cursor: int = 0
+    __slots__ = ("cursor", "in_flight", "size")
 
-    def __post_init__(self) -> None:
-        if self.size < 1:
+    def __init__(self, size: int = 100) -> None:
+        if size < 1:
             raise ValueError("window size must be at least 1")
+        self.size = size
+        # mid -> seq of every message published and not yet acknowledged.
+        self.in_flight: dict[int, int] = {}
+        # Highest seq handed out on this connection; the next read starts after it.
+        self.cursor = 0
 
     def room(self) -> int:
         """How many more messages may be published now."""
