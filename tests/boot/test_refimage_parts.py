@@ -228,3 +228,13 @@ def test_update_kind_and_version_are_checked_first(tmp_path: Path) -> None:
             updates.build(ROOT, image, tmp_path, kind="good", version=bad)
     with pytest.raises(BuildError, match="no disk image"):
         updates.build(ROOT, image, tmp_path, kind="good", version="1.1")
+
+
+def test_grub_cfg_never_stores_an_empty_variable() -> None:
+    """SWUpdate's GRUB env parser reads `name=` as the block's padding, and its next
+    write of the env then aborts the install: grub.cfg clears with `unset`."""
+    cfg = layer.grub_cfg(ROOT).read_text()
+    saved = set(re.findall(r"^\s*save_env --file \S+ (.*)$", cfg, re.M)[0].split())
+    assert "rollback" in saved
+    empty = re.findall(r"\bset (\w+)=(?=\s|;|$)", cfg, re.M)
+    assert [name for name in empty if name in saved] == []

@@ -72,7 +72,9 @@ def _install_and_boot(device: Device, update_file: Path, running: str, target: s
     # The daemon's sockets are systemd's (/run/swupdate); the client finds both
     # (control and progress) below $TMPDIR.
     result = vm.run("TMPDIR=/run/swupdate swupdate-client -v /dev/vdb", timeout=INSTALL_TIMEOUT)
-    assert result.status == 0 and "SUCCESS" in result.output.upper(), result.output
+    if result.status != 0 or "SUCCESS" not in result.output.upper():
+        journal = vm.run("journalctl -b -u swupdate -u swupdate.socket --no-pager | tail -60")
+        pytest.fail(f"{result.output}\nSWUpdate's journal:\n{journal.output}", pytrace=False)
     env = _env(device)
     assert (env["slot"], env["upgrade_available"], env["bootcount"]) == (target, "1", "0")
 
