@@ -35,7 +35,7 @@ LAYOUT: tuple[Partition, ...] = (
     Partition("esp", 64, ESP_TYPE),
     Partition("rootfs-a", 768, LINUX_TYPE),
     Partition("rootfs-b", 768, LINUX_TYPE),
-    Partition("data", 256, LINUX_TYPE),
+    Partition("data", 512, LINUX_TYPE),  # TWELVEFACTOR_DATA_SIZE, as the layer
 )
 FIRST_MIB = 1  # first partition starts at 1 MiB
 BACKUP_GPT_MIB = 1  # room for the backup GPT at the end

@@ -205,7 +205,7 @@ class Hub:
         out = _run(
             sys.executable,
             "-m",
-            "twelvefactor_services.management",
+            "twelvefactor_services.management.cli",
             "artifact",
             "add",
             str(swu),
