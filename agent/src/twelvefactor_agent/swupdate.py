@@ -24,8 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 CLIENT = "swupdate-client"
-# The client looks for the daemon's sockets in $TMPDIR unless built with fixed
-# paths; the layer puts them in /run/swupdate (Debian's package does too).
+# Unless built with fixed paths, the client looks for the daemon's sockets in
+# $RUNTIME_DIRECTORY, else $TMPDIR. systemd sets RUNTIME_DIRECTORY for the
+# agent (its own /run/twelvefactor), so the client gets both set to SWUpdate's.
+# The layer puts the sockets in /run/swupdate (Debian's package does too).
 SOCKET_DIR = "/run/swupdate"
 CHUNK = 64 * 1024
 TAIL_LINES = 6  # lines of SWUpdate's messages kept for a failure reason
@@ -50,7 +52,7 @@ def install(
     """Install `path` (or only check it, `dry_run`); InstallError if SWUpdate says no."""
     total = path.stat().st_size
     argv = [client, "-v"] + (["-d"] if dry_run else []) + ["-"]
-    env = dict(os.environ, TMPDIR=socket_dir)
+    env = dict(os.environ, TMPDIR=socket_dir, RUNTIME_DIRECTORY=socket_dir)
     try:
         proc = subprocess.Popen(
             argv,
