@@ -145,7 +145,7 @@ class Updater(threading.Thread):
                 self._finish_new(job_id, "failed", f"{update.INVALID_JOB}: {exc}")
             return
         if job.job in self._handled():
-            log.debug("update job %s already handled", job.job)
+            log.info("update job %s already handled", job.job)
             return
         current = self.record
         if current is not None:

@@ -1,0 +1,75 @@
+"""The real agent takes update jobs from the real management service.
+
+This host has no /etc/hwrevision (SWUpdate's hardware file), so the agent
+refuses every job before downloading, with the reason code the management
+service then shows. The job stays retained; the agent remembers the ids it
+handled, so a restart (even `kill -9`) does not take or report it again.
+The download, the SWUpdate hand-off and the reboot run in the boot tier.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from test_artifacts import cli, make_swu
+from twelvefactor_services.hostagent import HostAgent
+from twelvefactor_services.launcher import ServiceProcess, Stack, http_get, http_send, wait_until
+
+DEVICE = "dev-upd-1"
+
+
+def _device_state(management: ServiceProcess, job: str) -> dict[str, Any]:
+    assert management.http_port is not None
+    status, body = http_get(management.http_port, f"/jobs/{job}")
+    assert status == 200, body
+    (entry,) = [d for d in body["devices"] if d["device"] == DEVICE]
+    return dict(entry)
+
+
+def _new_job(stack: Stack, management: ServiceProcess, swu: Path) -> str:
+    assert management.http_port is not None
+    art = json.loads(cli(stack, "artifact", "add", str(swu)).stdout)
+    status, job = http_send(
+        management.http_port, "POST", "/jobs", {"artifact": art["sha256"], "device": DEVICE}
+    )
+    assert status == 201, job
+    return str(job["id"])
+
+
+def test_agent_refuses_a_job_once_and_remembers_it(
+    stack: Stack, management: ServiceProcess, tmp_path: Path
+) -> None:
+    agent = HostAgent(stack, DEVICE, tmp_path / "agent")
+    agent.start()
+    try:
+        job = _new_job(stack, management, make_swu(tmp_path / "a.swu", "2.0"))
+        entry = wait_until(
+            lambda: (e := _device_state(management, job))["state"] == "failed" and e,
+            60,
+            "the agent's refusal",
+        )
+        assert str(entry["reason"]).startswith("no_hwrevision: "), entry
+        handled = json.loads((agent.data_dir / "update" / "handled.json").read_text())
+        assert handled["jobs"] == [job]
+        assert not (agent.data_dir / "update" / "job.json").exists()
+
+        # kill -9 and start again: the retained job arrives again and changes nothing
+        agent.kill()
+        agent.start()
+        wait_until(
+            lambda: "management session online" in agent.log_tail(200), 60, "the agent online"
+        )
+        wait_until(lambda: "already handled" in agent.log_tail(200), 30, "the retained job")
+        assert _device_state(management, job)["updated"] == entry["updated"]
+
+        # a new job (the first one is final) is taken and refused in its turn
+        second = _new_job(stack, management, make_swu(tmp_path / "b.swu", "2.1"))
+        wait_until(
+            lambda: _device_state(management, second)["state"] == "failed", 60, "the refusal"
+        )
+        handled = json.loads((agent.data_dir / "update" / "handled.json").read_text())
+        assert handled["jobs"] == [job, second]
+    finally:
+        agent.close()
