@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 out = swu.build_swu(image.TOP, img.disk, img.rootfs, args.out, version=args.version)
             print(out)
         elif args.command == "updates":
+            for kind in args.kinds:
+                updates.check(kind, args.version)
             disk_image = args.image or image.build(args.build_dir).disk
             for kind in args.kinds:
                 print(

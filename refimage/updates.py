@@ -83,14 +83,19 @@ KINDS: dict[str, Kind] = {
 }
 
 
-def build(top: Path, image_path: Path, out_root: Path, *, kind: str, version: str) -> Path:
-    """The .swu of `kind` at `version` made from the disk image `image_path` (cached)."""
+def check(kind: str, version: str) -> None:
+    """Refuse an unknown kind or a version the agent could not compare."""
     if kind not in KINDS:
         raise BuildError(f"unknown update kind {kind!r}; one of {', '.join(KINDS)}")
     if not VERSION_RE.fullmatch(version):
         raise BuildError(
             f"version {version!r} is not numbers separated by dots (1 to 6 of them), e.g. 1.1"
         )
+
+
+def build(top: Path, image_path: Path, out_root: Path, *, kind: str, version: str) -> Path:
+    """The .swu of `kind` at `version` made from the disk image `image_path` (cached)."""
+    check(kind, version)
     if not image_path.is_file():
         raise BuildError(f"no disk image at {image_path}")
     spec = KINDS[kind]
@@ -107,7 +112,7 @@ def build(top: Path, image_path: Path, out_root: Path, *, kind: str, version: st
             say(f"update {kind} {version}: cached ({name})")
             os.utime(out.parent)
             return out
-        packed = _rootfs(folder, fs_key, image_path, spec.broken, version)
+        packed = _rootfs(folder, fs_key, image_path, ident, spec.broken, version)
         with step(f"update {kind} {version}: sw-description, signature, cpio"):
             hardware = f"{revision}-other" if spec.other_hw else revision
             _swu(top, folder / name, packed, spec, board, hardware, version)
@@ -200,7 +205,9 @@ def _locked(folder: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _rootfs(folder: Path, fs_key: str, image_path: Path, broken: bool, version: str) -> Path:
+def _rootfs(
+    folder: Path, fs_key: str, image_path: Path, ident: str, broken: bool, version: str
+) -> Path:
     """The compressed, changed copy of rootfs-a (cached by fs_key)."""
     variant = "broken" if broken else "plain"
     done = folder / f"rootfs-{variant}-{version}-{fs_key[:16]}"
@@ -221,7 +228,15 @@ def _rootfs(folder: Path, fs_key: str, image_path: Path, broken: bool, version: 
         with step(f"rootfs {variant} {version}: gzip -{swu.GZIP_LEVEL}"):
             swu.compress(fs, work / ROOTFS_NAME)
         fs.unlink()
-        _write_manifest(work, {"variant": variant, "version": version, "image": str(image_path)})
+        _write_manifest(
+            work,
+            {
+                "variant": variant,
+                "version": version,
+                "image": str(image_path),
+                "image_identity": ident,
+            },
+        )
         if done.exists():
             shutil.rmtree(done)
         work.rename(done)
@@ -352,12 +367,28 @@ def _write_manifest(folder: Path, values: dict[str, object]) -> None:
 
 
 def _prune(folder: Path, keep: set[Path]) -> None:
-    """Keep the KEEP most recently used cache folders (and the ones just used)."""
+    """Remove what was made from a reference image the builder has since removed,
+    then all but the KEEP most recently used folders (never the ones just used)."""
     entries = sorted(
         (p for p in folder.iterdir() if p.is_dir() and (p / MANIFEST).is_file()),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
-    for old in entries[KEEP:]:
-        if old not in keep:
-            shutil.rmtree(old)
+    for n, entry in enumerate(entries):
+        if entry not in keep and (n >= KEEP or _image_gone(entry / MANIFEST)):
+            shutil.rmtree(entry)
+
+
+def _image_gone(manifest: Path) -> bool:
+    """The entry was made from a reference image that is no longer where it was."""
+    try:
+        made = json.loads(manifest.read_text())
+    except ValueError:
+        return False
+    ident, path = made.get("image_identity"), made.get("image")
+    if not isinstance(ident, str) or not ident.startswith("refimage-") or not isinstance(path, str):
+        return False  # another image: only its age removes it
+    try:
+        return image_identity(Path(path)) != ident
+    except (OSError, BuildError, KeyError, ValueError):
+        return True
