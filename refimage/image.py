@@ -53,6 +53,7 @@ def image_key(
     console_login: bool,
 ) -> str:
     parts = [base.encode(), b"console_login=%d" % console_login, grub_cfg.read_bytes()]
+    parts += [(top / system.DISTRO_CONF).read_bytes()]  # os-release's VERSION_ID
     parts += [p.read_bytes() for p in sorted(BUILDER.glob("*.py"))]
     parts += [f"{f.destination} {f.mode:o} {f.digest()}".encode() for f in files]
     parts += [" ".join(units).encode()]

@@ -84,11 +84,17 @@ def parse(block: bytes) -> dict[str, str]:
 
 
 def serialise(env: Mapping[str, str]) -> bytes:
-    """The 1024-byte block holding `env`, with a single comment line."""
+    """The 1024-byte block holding `env`, with a single comment line.
+
+    An empty value unsets the variable, as GRUB's `unset` does: SWUpdate's
+    parser reads `key=` followed by the padding as a value and then overflows
+    the block on its next write (an aborted install).
+    """
     body = bytearray(HEADER)
     for key, value in env.items():
         _check_storable(key, value)
-        body += f"{key}={value}\n".encode()
+        if value:
+            body += f"{key}={value}\n".encode()
     if len(body) > SIZE:
         raise BootEnvError(f"grubenv: {len(body)} bytes of variables do not fit in {SIZE}")
     return bytes(body) + b"#" * (SIZE - len(body))

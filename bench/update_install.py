@@ -1,0 +1,99 @@
+"""Install time of the root file system update against a raw dd of the same bytes.
+
+One guest (the reference image in QEMU, TCG unless --accel kvm), one run:
+
+1. SWUpdate installs the signed .swu (kind good) into the idle slot, the way
+   the agent hands it over (`swupdate-client -`, the file on stdin): the
+   signature check, gunzip and the raw write of the rootfs partition, and the
+   boot environment. Timed alone, and with the dry run the agent runs first
+   (every check, nothing written).
+2. `dd` writes the same bytes (the uncompressed ext4 image the .swu carries)
+   to the same partition, with a final fsync (`conv=fsync`), as SWUpdate's
+   raw handler ends with one.
+
+Both files reach the guest as read-only virtio disks. Prints the times and the
+ratio install / dd (target <= 1.3).
+
+    sudo .venv/bin/python bench/update_install.py [--image IMG] [--accel tcg|kvm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "boot")]
+
+from bootvm import VM  # noqa: E402
+
+from refimage import image as refimage_image  # noqa: E402
+from refimage import updates  # noqa: E402
+
+INSTALL_TIMEOUT = 1800.0
+
+
+def guest_seconds(vm: VM, command: str) -> float:
+    """Run `command` in the guest; its wall time measured by the guest's clock."""
+    out = vm.check(
+        f"s=$(date +%s.%N); {command} >/run/bench.log 2>&1; rc=$?; e=$(date +%s.%N);"
+        ' echo "rc=$rc $s $e"',
+        timeout=INSTALL_TIMEOUT,
+    )
+    m = re.search(r"rc=(\d+) ([\d.]+) ([\d.]+)", out)
+    if m is None or m.group(1) != "0":
+        log = vm.run("tail -20 /run/bench.log").output
+        raise SystemExit(f"`{command}` failed: {out}\n{log}")
+    return float(m.group(3)) - float(m.group(2))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", type=Path, help="disk image (default: the reference image)")
+    parser.add_argument("--accel", default="tcg")
+    args = parser.parse_args()
+    image = args.image or refimage_image.build(ROOT / "build" / "refimage").disk
+    swu = updates.build(ROOT, image, ROOT / "build" / "refimage", kind="good", version="9.0")
+    with tempfile.TemporaryDirectory(prefix="bench-install-") as tmp:
+        work = Path(tmp)
+        raw = work / "rootfs.ext4"
+        with swu.open("rb") as archive:
+            subprocess.run(["cpio", "-id", "--quiet"], stdin=archive, cwd=work, check=True)
+        packed = next(work.glob("*.ext4.gz"))
+        with gzip.open(packed, "rb") as src, raw.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 4 << 20)
+        packed_mb = packed.stat().st_size / 1e6
+        size = raw.stat().st_size
+        disk = work / "disk.img"
+        shutil.copyfile(image, disk)
+        vm = VM(disk, work / "vm", accel=args.accel)
+        vm.extra_drives = [swu, raw]
+        vm.power_on()
+        try:
+            vm.login()
+            idle = "b" if "twelvefactor.slot=A" in vm.check("cat /proc/cmdline") else "a"
+            target = f"/dev/disk/by-partlabel/rootfs-{idle}"
+            client = "TMPDIR=/run/swupdate swupdate-client"
+            vm.check("systemctl start swupdate.socket")
+            dry = guest_seconds(vm, f"{client} -d - < /dev/vdb")
+            install = guest_seconds(vm, f"{client} - < /dev/vdb")
+            dd = guest_seconds(vm, f"dd if=/dev/vdc of={target} bs=4M conv=fsync status=none")
+        finally:
+            vm.power_cut()
+    print(f"rootfs image: {packed_mb:.1f} MB compressed, {size / 1e6:.1f} MB raw")
+    print(f"SWUpdate dry run (checks only):  {dry:8.1f} s")
+    print(f"SWUpdate install:                {install:8.1f} s")
+    print(f"dd of the same bytes (fsync):    {dd:8.1f} s")
+    print(f"ratio install / dd:              {install / dd:8.2f}   (target <= 1.3)")
+    print(f"ratio (dry run + install) / dd:  {(dry + install) / dd:8.2f}   (what the agent runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
