@@ -55,6 +55,10 @@ def tls_context(config: Config) -> ssl.SSLContext:
     return ctx
 
 
+def _ignore_socket(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """The loop checks want_write() itself on every round."""
+
+
 class LastError:
     """The most recent error worth reporting in health (read and written from any thread)."""
 
@@ -273,6 +277,11 @@ class MqttSession(threading.Thread):
         client.on_disconnect = self._cb_disconnect
         client.on_publish = self._cb_publish
         client.on_message = self._cb_message
+        # With a write callback registered, paho only queues a publish and this
+        # loop writes it out (select says writable, loop_write): a batch of
+        # publishes costs one loop_write, not one each, from inside publish().
+        client.on_socket_register_write = _ignore_socket
+        client.on_socket_unregister_write = _ignore_socket
         will = self.will()
         if will is not None:
             props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
