@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
-from . import __version__, download, sdnotify
+from . import __version__, sdnotify
 from .config import Config
 from .forwarder import SolutionSession
 from .localapi import ApiServer, bind_socket
@@ -144,7 +144,7 @@ class Agent:
         api.start()
         self.updater = Updater(
             device=cfg.device.id,
-            identity=download.ClientIdentity(cfg.device.certificate, cfg.device.key, cfg.device.ca),
+            identity=(cfg.device.certificate, cfg.device.key, cfg.device.ca),
             paths=Paths(cfg.agent.data_dir, cfg.agent.state_file.parent),
             publish=self._publish_update,
         )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -167,6 +166,8 @@ class UbootBackend(Backend):
 
 
 def _run(argv: list[str]) -> str:
+    import subprocess  # U-Boot machines only; the agent imports this module at start
+
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -24,11 +24,19 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import bootenv, download, swupdate, sysinfo, update, updateflow
+from . import bootenv, sysinfo, update, updateflow
 from .atomicfile import write_atomic
 from .backoff import Backoff
 from .updateflow import Download, Finish, Install, Reboot, Record, Verify
+
+if TYPE_CHECKING:
+    from . import swupdate
+
+# download and swupdate (http.client, subprocess) are imported when a job
+# needs them: most of a device's life has no update, and their modules cost
+# resident memory.
 
 log = logging.getLogger("twelvefactor.update")
 
@@ -66,13 +74,13 @@ class Updater(threading.Thread):
         self,
         *,
         device: str,
-        identity: download.ClientIdentity,
+        identity: tuple[Path, Path, Path],  # the device's certificate, key and CA
         paths: Paths,
         publish: Publish,
         policy: update.Policy = update.DEFAULT_POLICY,
         read_env: Callable[[], dict[str, str] | None] = bootenv.read_boot_env,
         running_slot: Callable[[], str | None] = sysinfo.boot_slot,
-        swupdate_client: str = swupdate.CLIENT,
+        swupdate_client: str = "swupdate-client",
     ) -> None:
         super().__init__(name="update", daemon=True)
         self.device = device
@@ -206,6 +214,9 @@ class Updater(threading.Thread):
     # -- steps -------------------------------------------------------------------
 
     def _download(self, record: Record) -> updateflow.Step:
+        from . import download
+
+        identity = download.ClientIdentity(*self.identity)
         dest = self.paths.artifact(record.sha256)
         retry = Backoff(2.0, 2.0, 60.0, random.uniform)
         errors = checksum_errors = 0
@@ -225,7 +236,7 @@ class Updater(threading.Thread):
                     dest,
                     sha256=record.sha256,
                     size=record.size,
-                    identity=self.identity,
+                    identity=identity,
                     progress=progress,
                 )
                 return Install()
@@ -245,6 +256,8 @@ class Updater(threading.Thread):
             self._sleep(retry.next_delay())
 
     def _install(self, record: Record) -> updateflow.Step:
+        from . import swupdate
+
         record = record._replace(state=updateflow.INSTALLING, installs=record.installs + 1)
         self._save(record)
         path = self.paths.artifact(record.sha256)
