@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from boothub import Hub
+from boothub import DEVICE_ADDRESS, HUB_ADDRESS, PREFIX, SLIRP_HOST, WG_PORT, Hub
 from bootvm import VM, VMError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,3 +70,33 @@ class Device:
             raise VMError(f"no metadata for {self.device_id}: {record}")
         meta: dict[str, Any] = record["meta"]
         return meta
+
+
+def provision_device(boot_image: Path, hub: Hub, work: Path, device_id: str, accel: str) -> Device:
+    """A provisioned copy of `boot_image` for `device_id`, a peer of `hub`, powered off.
+
+    Its certificate comes from the hub's PKI (the device CA), its tunnel key is
+    new, and the hub's WireGuard takes it as a peer.
+    """
+    from twelvefactor_services.pki import Pki
+
+    from refimage import provision
+
+    paths = Pki(hub.pki_dir).device(device_id)
+    certs = provision.Identity(device_id, paths.cert, paths.key, paths.ca)
+    private, public = provision.wg_keypair()
+    hub.add_device(public)
+    tunnel = provision.Tunnel(
+        private_key=private,
+        hub_public_key=hub.public_key,
+        hub_endpoint_address=SLIRP_HOST,
+        hub_endpoint_port=WG_PORT,
+        tunnel_address=f"{DEVICE_ADDRESS}/{PREFIX}",
+        service_address=HUB_ADDRESS,
+        management_mqtt_port=int(hub.info["management_port"]),
+        solution_mqtt_port=int(hub.info["solution_port"]),
+        management_https_port=int(hub.info["artifact_port"]),
+    )
+    disk = provision.provision(boot_image, work / "device.img", certs, tunnel)
+    vm = VM(disk, work / "vm", netns=hub.netns, accel=accel)
+    return Device(vm, hub, device_id, public)

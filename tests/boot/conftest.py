@@ -24,12 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the refimage builder and provisioning live at the top level
     sys.path.insert(0, str(ROOT))
 
-from bootdevice import BOOT_TIMES, Device  # noqa: E402
-from boothub import DEVICE_ADDRESS, HUB_ADDRESS, PREFIX, SLIRP_HOST, WG_PORT, Hub  # noqa: E402
-from bootvm import VM  # noqa: E402
+from bootdevice import BOOT_TIMES, Device, provision_device  # noqa: E402
+from boothub import Hub  # noqa: E402
 
 from refimage import image as refimage_image  # noqa: E402
-from refimage import provision  # noqa: E402
 
 DEVICE_ID = "boot-dev-1"
 
@@ -84,35 +82,12 @@ def device(
     for tool in ("qemu-system-x86_64", "debugfs", "fallocate"):
         require_tool(tool)
     work = tmp_path_factory.mktemp("device")
-    certs = provision_identity(hub)
-    private, public = provision.wg_keypair()
-    hub.add_device(public)
-    tunnel = provision.Tunnel(
-        private_key=private,
-        hub_public_key=hub.public_key,
-        hub_endpoint_address=SLIRP_HOST,
-        hub_endpoint_port=WG_PORT,
-        tunnel_address=f"{DEVICE_ADDRESS}/{PREFIX}",
-        service_address=HUB_ADDRESS,
-        management_mqtt_port=int(hub.info["management_port"]),
-        solution_mqtt_port=int(hub.info["solution_port"]),
-        management_https_port=int(hub.info["artifact_port"]),
-    )
-    disk = provision.provision(boot_image, work / "device.img", certs, tunnel)
     accel = _option(request.config, "accel", os.environ.get("TWELVEFACTOR_QEMU_ACCEL", "tcg"))
-    vm = VM(disk, work / "vm", netns=hub.netns, accel=accel)
-    dev = Device(vm, hub, DEVICE_ID, public)
+    dev = provision_device(boot_image, hub, work, DEVICE_ID, accel)
+    vm = dev.vm
     try:
         dev.boot("first boot")
         yield dev
     finally:
         vm.power_cut()
         print(f"console log: {vm.console_log}")
-
-
-def provision_identity(hub: Hub) -> provision.Identity:
-    """The device's certificate from the services' PKI (the device CA)."""
-    from twelvefactor_services.pki import Pki
-
-    paths = Pki(hub.pki_dir).device(DEVICE_ID)
-    return provision.Identity(DEVICE_ID, paths.cert, paths.key, paths.ca)
