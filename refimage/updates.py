@@ -237,9 +237,7 @@ def _rootfs(
                 "image_identity": ident,
             },
         )
-        if done.exists():
-            shutil.rmtree(done)
-        work.rename(done)
+        _publish(work, done)
     finally:
         if work.exists():
             shutil.rmtree(work)
@@ -343,12 +341,17 @@ def _swu(
         names.append(name)
         swu.pack(work, names, work / SWU_NAME)
         (work / name).unlink()
-        if dest.exists():
-            shutil.rmtree(dest)
-        work.rename(dest)
+        _publish(work, dest)
     finally:
         if work.exists():
             shutil.rmtree(work)
+
+
+def _publish(work: Path, dest: Path) -> None:
+    """Put a finished build folder in place of `dest` (the cache entry)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    work.rename(dest)
 
 
 def _flip_byte(path: Path, offset: int) -> None:
