@@ -1,0 +1,44 @@
+"""The layer's boot confirmation script (twelvefactor-confirm), its pure parts."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = (
+    Path(__file__).resolve().parents[2]
+    / "meta-twelvefactor/recipes-twelvefactor/twelvefactor-confirm/files/twelvefactor-confirm"
+)
+
+
+@pytest.fixture(scope="module")
+def confirm() -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader("twelvefactor_confirm", str(SCRIPT))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+def test_running_slot_from_the_command_line(confirm: ModuleType, tmp_path: Path) -> None:
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=PARTLABEL=rootfs-b ro twelvefactor.slot=B panic=5\n")
+    assert confirm.running_slot(cmdline) == "B"
+    cmdline.write_text("root=/dev/vda2 ro\n")
+    assert confirm.running_slot(cmdline) is None
+
+
+def test_sessions_online_reads_the_agent_state(confirm: ModuleType, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    assert not confirm.sessions_online(state)  # missing
+    state.write_text('{"management": "online", "solution": "offline"}')
+    assert not confirm.sessions_online(state)
+    state.write_text('{"management": "online", "solution": "online"}')
+    assert confirm.sessions_online(state)
+    state.write_text("[1, 2")
+    assert not confirm.sessions_online(state)
