@@ -69,11 +69,13 @@ def main() -> int:
         with gzip.open(packed, "rb") as src, raw.open("wb") as dst:
             shutil.copyfileobj(src, dst, 4 << 20)
         packed_mb = packed.stat().st_size / 1e6
+        with packed.open("ab") as f:  # a whole number of sectors for the virtio disk
+            f.write(b"\0" * (-packed.stat().st_size % 512))
         size = raw.stat().st_size
         disk = work / "disk.img"
         shutil.copyfile(image, disk)
         vm = VM(disk, work / "vm", accel=args.accel)
-        vm.extra_drives = [swu, raw]
+        vm.extra_drives = [swu, raw, packed]  # vdb, vdc, vdd
         vm.power_on()
         try:
             vm.login()
@@ -90,11 +92,10 @@ def main() -> int:
             dd_small = guest_seconds(
                 vm, f"dd if=/dev/vdc of={target} bs=16k conv=fsync status=none"
             )
-            member = vm.check("cpio -it < /dev/vdb | grep '\\.gz$'")
             unzip_dd = guest_seconds(
                 vm,
-                f"cpio -i --to-stdout {member} < /dev/vdb | gunzip"
-                f" | dd of={target} bs=4M iflag=fullblock conv=fsync status=none",
+                f"gunzip -c < /dev/vdd | dd of={target} bs=4M iflag=fullblock conv=fsync"
+                " status=none",
             )
         finally:
             vm.power_cut()
@@ -103,7 +104,7 @@ def main() -> int:
     print(f"SWUpdate install:                {install:8.1f} s")
     print(f"dd of the same bytes (fsync):    {dd:8.1f} s")
     print(f"dd, 16 KiB writes (fsync):       {dd_small:8.1f} s")
-    print(f"cpio | gunzip | dd (fsync):      {unzip_dd:8.1f} s   (the decompression in the guest)")
+    print(f"gunzip | dd (fsync):             {unzip_dd:8.1f} s   (the decompression in the guest)")
     print(f"ratio install / dd:              {install / dd:8.2f}   (target <= 1.3)")
     print(f"ratio install / (gunzip | dd):   {install / unzip_dd:8.2f}")
     print(f"ratio (dry run + install) / dd:  {(dry + install) / dd:8.2f}   (what the agent runs)")
