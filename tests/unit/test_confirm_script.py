@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -17,11 +15,10 @@ SCRIPT = (
 
 @pytest.fixture(scope="module")
 def confirm() -> ModuleType:
-    loader = importlib.machinery.SourceFileLoader("twelvefactor_confirm", str(SCRIPT))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
+    # exec, not an import: an import would leave __pycache__ in the layer's files folder
+    module = ModuleType("twelvefactor_confirm")
+    module.__file__ = str(SCRIPT)
+    exec(compile(SCRIPT.read_text(encoding="utf-8"), str(SCRIPT), "exec"), module.__dict__)
     return module
 
 

@@ -104,6 +104,8 @@ class Agent:
         )
         first = self.machine.start(time.monotonic())
         cfg = self.machine.config
+        # what the local API's status shows until the first actions are carried out
+        self.config_status = self.machine.status()
         if self.machine.version is not None:
             log.info("managed configuration version %d in force", self.machine.version)
         try:
