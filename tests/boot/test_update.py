@@ -96,7 +96,12 @@ class Updating:
         vm.login()
 
     def wait(
-        self, done: Callable[[dict[str, Any]], bool], what: str, timeout: float = JOB_TIMEOUT
+        self,
+        done: Callable[[dict[str, Any]], bool],
+        what: str,
+        timeout: float = JOB_TIMEOUT,
+        *,
+        final_ok: bool = False,
     ) -> dict[str, Any]:
         """Until `done(state)` holds for a report made since the last power-on."""
         deadline = time.monotonic() + timeout
@@ -106,21 +111,13 @@ class Updating:
             entry = self.state()
             if float(entry.get("updated") or 0) > self.powered_on and done(entry):
                 return entry
-            if entry["state"] in FINAL:
+            if entry["state"] in FINAL and not final_ok:
                 raise VMError(f"job {self.job} ended {entry} waiting for {what}; {self.states}")
             time.sleep(1)
         raise VMError(f"job {self.job}: no {what} in {timeout:.0f} s; last {entry}; {self.states}")
 
     def wait_final(self, timeout: float = JOB_TIMEOUT) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        entry: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            self.keep_powered()
-            entry = self.state()
-            if entry["state"] in FINAL:
-                return entry
-            time.sleep(1)
-        raise VMError(f"job {self.job} not final in {timeout:.0f} s: {entry}; {self.states}")
+        return self.wait(lambda e: e["state"] in FINAL, "a final state", timeout, final_ok=True)
 
     def transitions(self) -> list[tuple[str, str]]:
         """The job's state changes the management service recorded, in order."""

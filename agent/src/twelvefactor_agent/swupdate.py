@@ -22,6 +22,7 @@ import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 CLIENT = "swupdate-client"
 # Unless built with fixed paths, the client looks for the daemon's sockets in
@@ -95,8 +96,8 @@ def install(
         raise InstallError(_reason(lines, rc, fed, total))
 
 
-def _collect(stream: object, lines: list[str]) -> None:
-    for raw in stream:  # type: ignore[attr-defined]
+def _collect(stream: IO[bytes], lines: list[str]) -> None:
+    for raw in stream:
         text = raw.decode(errors="replace").strip()
         if text:
             lines.append(text)

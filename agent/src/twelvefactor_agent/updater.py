@@ -93,7 +93,6 @@ class Updater(threading.Thread):
         self.swupdate_client = swupdate_client
         self.inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self.stopping = threading.Event()
-        self.heartbeat = time.monotonic()
         self.error: BaseException | None = None
         self.record: Record | None = None
         self._last: tuple[str, int | None] | None = None  # the last report, for reconnects
@@ -129,7 +128,6 @@ class Updater(threading.Thread):
             if self.record is not None:
                 self._carry_on(self.record)
             while not self.stopping.is_set():
-                self.heartbeat = time.monotonic()
                 try:
                     payload = self.inbox.get(timeout=1.0)
                 except queue.Empty:
@@ -222,7 +220,6 @@ class Updater(threading.Thread):
         errors = checksum_errors = 0
 
         def progress(done: int, total: int) -> None:
-            self.heartbeat = time.monotonic()
             if self.stopping.is_set():
                 raise _Stopping
             self._report(record.job, updateflow.DOWNLOADING, self._gate.percent(done, total))
@@ -268,7 +265,6 @@ class Updater(threading.Thread):
 
         def phase(base: int) -> swupdate.Progress:
             def progress(done: int, total: int) -> None:
-                self.heartbeat = time.monotonic()
                 self._report(
                     record.job, updateflow.INSTALLING, base + self._gate.percent(done, total) // 2
                 )
@@ -425,7 +421,6 @@ class Updater(threading.Thread):
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while not self.stopping.wait(min(1.0, max(0.0, end - time.monotonic()))):
-            self.heartbeat = time.monotonic()
             if time.monotonic() >= end:
                 return
         raise _Stopping
