@@ -43,6 +43,19 @@ class Device:
         after power-on means this boot's session is up (after a quick power
         cycle the broker may never have seen the old session go offline).
         """
+        self._wait_session(self._powered_on_wall, "power-on")
+        seconds = time.monotonic() - self.vm.powered_on_at
+        BOOT_TIMES.append((f"boot {self.vm.boots}: {what}", seconds))
+        print(f"power-on to online ({what}): {seconds:.1f} s")
+        return seconds
+
+    def restart_agent(self) -> None:
+        """Restart the agent (it reads its configuration again) and wait for its new session."""
+        since = time.time()
+        self.vm.check("systemctl restart twelvefactor-agent")
+        self._wait_session(since, "the agent's restart")
+
+    def _wait_session(self, since: float, after: str) -> None:
         deadline = time.monotonic() + ONLINE_TIMEOUT
         record: dict[str, Any] | None = None
         while time.monotonic() < deadline:
@@ -50,17 +63,14 @@ class Device:
             if (
                 record is not None
                 and record.get("online")
-                and float(record.get("meta_ts") or 0) >= self._powered_on_wall - CLOCK_SLACK
+                and float(record.get("meta_ts") or 0) >= since - CLOCK_SLACK
             ):
-                seconds = time.monotonic() - self.vm.powered_on_at
-                BOOT_TIMES.append((f"boot {self.vm.boots}: {what}", seconds))
-                print(f"power-on to online ({what}): {seconds:.1f} s")
-                return seconds
+                return
             time.sleep(2)
         journal = self.vm.run("journalctl -b -u twelvefactor-agent --no-pager | tail -40").output
         raise VMError(
             f"{self.device_id} not online at the management service {ONLINE_TIMEOUT:.0f} s "
-            f"after power-on; last record: {record}\nhub log:\n{self.hub.log_tail()}\n"
+            f"after {after}; last record: {record}\nhub log:\n{self.hub.log_tail()}\n"
             f"agent journal:\n{journal}"
         )
 

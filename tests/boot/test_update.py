@@ -263,3 +263,25 @@ def test_older_version_is_refused(updating_device: Device, boot_image: Path) -> 
     # runs after the power-cut test installed 1.3: the first good update, 1.1, is older
     assert _version(updating_device) == "1.3"
     _refused(updating_device, _build(boot_image, "good", "1.1"), "downgrade")
+
+
+def test_provisioning_may_allow_older_versions(updating_device: Device, boot_image: Path) -> None:
+    """`[update] allow_downgrade = true` in the device's file opens the version gate.
+
+    The offered 1.1 is tampered, so SWUpdate's dry run is what refuses it:
+    the job got past the agent's version check, and nothing is installed.
+    """
+    device = updating_device
+    conf = "/data/config/agent.toml"
+    assert _version(device) == "1.3"
+    device.vm.check(f"cp {conf} /run/agent.toml.orig")
+    try:
+        device.vm.check(
+            f"sed -i 's/^allow_downgrade = false/allow_downgrade = true/' {conf} && sync"
+            f" && grep -q '^allow_downgrade = true' {conf}"
+        )
+        device.restart_agent()
+        _refused(device, _build(boot_image, "tampered", "1.1"), "swupdate_refused")
+    finally:
+        device.vm.check(f"cp /run/agent.toml.orig {conf} && sync")
+        device.restart_agent()

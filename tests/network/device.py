@@ -110,7 +110,12 @@ def _toml(doc: dict[str, dict[str, Any]]) -> str:
     for table, items in doc.items():
         lines.append(f"[{table}]")
         for key, value in items.items():
-            text = f'"{value}"' if isinstance(value, str) else repr(value)
+            if isinstance(value, str):
+                text = f'"{value}"'
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = repr(value)
             lines.append(f"{key} = {text}")
     return "\n".join(lines) + "\n"
 

@@ -35,6 +35,7 @@ def test_minimal_document_gets_documented_defaults() -> None:
     assert (c.agent.health_interval, c.agent.keepalive) == (60, 30)
     assert c.queue == cfg.QueueSettings(16777216, 604800, 262144)
     assert c.backoff == cfg.BackoffSettings(1.0, 2.0, 300.0)
+    assert c.update == cfg.UpdateSettings(allow_downgrade=False)
 
 
 def test_shipped_device_config_is_valid_and_spells_out_the_defaults() -> None:
@@ -44,6 +45,11 @@ def test_shipped_device_config_is_valid_and_spells_out_the_defaults() -> None:
         for key, default in keys.items():
             assert doc[table][key] == default, f"{table}.{key} differs from its default"
     assert c.agent.socket_group == "twelvefactor"
+
+
+def test_downgrades_allowed_only_when_the_file_says_so() -> None:
+    assert cfg.parse(MINIMAL + "[update]\nallow_downgrade = true\n").update.allow_downgrade
+    assert not cfg.parse(MINIMAL + "[update]\nallow_downgrade = false\n").update.allow_downgrade
 
 
 def test_default_message_limit_follows_a_small_queue() -> None:
@@ -78,6 +84,9 @@ MALFORMED = [
     ("[backoff]\nmultiplier = 0.5\n", "backoff.multiplier", "out of range"),
     ("[backoff]\ninitial = nan\n", "backoff.initial", "out of range"),
     ("[backoff]\ninitial = true\n", "backoff.initial", "expected a number, got boolean"),
+    ('[update]\nallow_downgrade = "yes"\n', "update.allow_downgrade", "expected a boolean"),
+    ("[update]\nallow_downgrade = 1\n", "update.allow_downgrade", "expected a boolean"),
+    ("[update]\ndowngrade = true\n", "update.downgrade", "unknown key"),
     ("[backoff]\ninitial = 10.0\ncap = 5.0\n", "backoff.cap", "smaller than backoff.initial"),
     (
         "[queue]\nmax_message_bytes = 100000\nmax_bytes = 65536\n",

@@ -59,6 +59,7 @@ def test_overlay_refuses_a_third_endpoint_and_provisioned_keys() -> None:
             "agent": {"data_dir": "/tmp", "socket": "/tmp/s", "confirm_window": 5},
             "queue": {"colour": 1},
             "backoff": 3,
+            "update": {"allow_downgrade": True},
         }
     )
     assert any("weather: only two endpoints exist" in p for p in problems)
@@ -66,6 +67,7 @@ def test_overlay_refuses_a_third_endpoint_and_provisioned_keys() -> None:
     assert "config: agent.data_dir: set by provisioning, not managed remotely" in problems
     assert "config: agent.socket: set by provisioning, not managed remotely" in problems
     assert "config: agent.confirm_window: set by provisioning, not managed remotely" in problems
+    assert "config: update: set by provisioning, not managed remotely" in problems
     assert "config: queue.colour: unknown key" in problems
     assert "config: backoff: expected a table, got integer" in problems
     assert overlay.check_shape([1]) == ["config: expected a table of tables, got array"]

@@ -32,6 +32,7 @@ from .payloads import dumps
 from .queue import Queue, QueueUnavailable
 from .reconfig import Action, ApplyLive, ConfigMachine, Ignore, Publish, Restart, Save
 from .statefile import StateFile
+from .update import Policy
 from .updater import Paths, Updater
 
 log = logging.getLogger("twelvefactor.agent")
@@ -149,6 +150,7 @@ class Agent:
             identity=(cfg.device.certificate, cfg.device.key, cfg.device.ca),
             paths=Paths(cfg.agent.data_dir, cfg.agent.state_file.parent),
             publish=self._publish_update,
+            policy=Policy(allow_downgrade=cfg.update.allow_downgrade),
         )
         self.updater.start()
         self._carry_out(first)
@@ -365,4 +367,5 @@ def _document(config: Config) -> dict[str, Any]:
             "max_message_bytes": q.max_message_bytes,
         },
         "backoff": {"initial": b.initial, "multiplier": b.multiplier, "cap": b.cap},
+        "update": {"allow_downgrade": config.update.allow_downgrade},
     }

@@ -75,6 +75,10 @@ class BackoffSettings(NamedTuple):
     cap: float
 
 
+class UpdateSettings(NamedTuple):
+    allow_downgrade: bool
+
+
 class Config(NamedTuple):
     device: DeviceSettings
     management: Endpoint
@@ -82,6 +86,7 @@ class Config(NamedTuple):
     agent: AgentSettings
     queue: QueueSettings
     backoff: BackoffSettings
+    update: UpdateSettings
 
 
 _TYPE_NAMES = {
@@ -102,7 +107,7 @@ def _type_name(value: object) -> str:
 
 
 class _Field(NamedTuple):
-    kind: str  # "string", "integer", "number", "path", "host", "group"
+    kind: str  # "string", "integer", "number", "boolean", "path", "host", "group"
     default: object = None  # None: required (unless optional)
     optional: bool = False
     low: float | None = None
@@ -160,6 +165,11 @@ _SCHEMA: dict[str, dict[str, _Field]] = {
         "multiplier": _Field("number", 2.0, low=1.0, high=10.0),
         "cap": _Field("number", 300.0, low=0.01, high=86400.0),
     },
+    # Provisioning's alone (overlay.PROVISIONED): a management service that
+    # could allow downgrades could also roll a fleet back to a vulnerable release.
+    "update": {
+        "allow_downgrade": _Field("boolean", False),
+    },
 }
 
 ENDPOINT_TABLES = ("management", "solution")
@@ -193,6 +203,9 @@ def _check_value(key: str, field: _Field, value: object) -> str | None:
     elif kind == "number":
         if type(value) not in (int, float):
             return f"config: {key}: expected a number, got {_type_name(value)}"
+    elif kind == "boolean":
+        if type(value) is not bool:
+            return f"config: {key}: expected a boolean (true or false), got {_type_name(value)}"
     else:  # pragma: no cover - schema error
         raise AssertionError(kind)
     if field.low is not None or field.high is not None:
@@ -303,6 +316,7 @@ def _build(v: dict[str, dict[str, Any]]) -> Config:
         ),
         queue=QueueSettings(q["max_bytes"], q["max_age"], q["max_message_bytes"]),
         backoff=BackoffSettings(float(b["initial"]), float(b["multiplier"]), float(b["cap"])),
+        update=UpdateSettings(allow_downgrade=v["update"]["allow_downgrade"]),
     )
 
 

@@ -5,9 +5,10 @@ over the provisioned configuration and validates the result with the same
 pure validator as the file (`config.validate`), so whatever the file may not
 hold (a third endpoint, an unknown key, a value out of range) an overlay may
 not hold either. Only the keys below may be managed remotely: the device's
-identity, its data directory, its socket and state file stay what
-provisioning wrote, so a configuration can never move the agent's own state
-or make it present another certificate.
+identity, its data directory, its socket and state file, and its update
+policy stay what provisioning wrote, so a configuration can never move the
+agent's own state, make it present another certificate or let it install an
+older release.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ MANAGED: dict[str, frozenset[str]] = {
     "backoff": frozenset({"initial", "multiplier", "cap"}),
 }
 # Tables of the file that exist but are provisioning's alone.
-PROVISIONED = frozenset({"device"})
+PROVISIONED = frozenset({"device", "update"})
 
 Overlay = dict[str, dict[str, Any]]
 
