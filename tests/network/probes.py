@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -127,3 +128,31 @@ def sent_by_device(cap: Capture, mac: str, hub: str) -> list[str]:
         f"ether src {mac} and (ip or ip6)"
         f" and not (udp and dst host {hub} and dst port {WG_PORT}) and not {ND} and not {MLD}"
     )
+
+
+def udp_payloads(pcap: Path) -> list[tuple[str, int, str, int, bytes]]:
+    """(source, source port, destination, destination port, payload) of every
+    IPv4 UDP datagram in an Ethernet pcap file (what tcpdump -w wrote)."""
+    data = pcap.read_bytes()
+    if len(data) < 24:
+        return []
+    magic = data[:4]
+    order = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">"}.get(magic)
+    if order is None:
+        raise LabError(f"{pcap}: not a pcap file (magic {magic.hex()})")
+    out = []
+    offset = 24
+    while offset + 16 <= len(data):
+        caplen = struct.unpack_from(f"{order}I", data, offset + 8)[0]
+        frame = data[offset + 16 : offset + 16 + caplen]
+        offset += 16 + caplen
+        if len(frame) < 14 + 20 or frame[12:14] != b"\x08\x00":
+            continue
+        ip = frame[14:]
+        ihl = (ip[0] & 0x0F) * 4
+        if ip[9] != 17 or len(ip) < ihl + 8:
+            continue
+        src, dst = ".".join(map(str, ip[12:16])), ".".join(map(str, ip[16:20]))
+        sport, dport, length = struct.unpack_from("!HHH", ip, ihl)
+        out.append((src, sport, dst, dport, ip[ihl + 8 : ihl + length]))
+    return out
