@@ -189,6 +189,20 @@ class Device:
             str(self.on_device(t.private_key_file)),
             "listen-port",
             str(t.listen_port),
+        )
+        self._set_peer(t)
+        self.ns.ip("link", "set", self.wg_tmp_name, "name", t.name)
+        for address in t.addresses:
+            self.ns.ip(
+                "addr", "add", address, "dev", t.name, *(["nodad"] if ":" in address else [])
+            )
+        self.ns.ip("link", "set", t.name, "up")
+        for allowed in t.allowed_ips:  # RouteTable=main: a route per AllowedIPs entry
+            self.ns.ip("route", "replace", allowed, "dev", t.name)
+
+    def _set_peer(self, t: Tunnel) -> None:
+        self.wg(
+            "set",
             "peer",
             t.peer_key,
             "endpoint",
@@ -198,14 +212,15 @@ class Device:
             "persistent-keepalive",
             t.keepalive,
         )
-        self.ns.ip("link", "set", self.wg_tmp_name, "name", t.name)
-        for address in t.addresses:
-            self.ns.ip(
-                "addr", "add", address, "dev", t.name, *(["nodad"] if ":" in address else [])
-            )
-        self.ns.ip("link", "set", t.name, "up")
-        for allowed in t.allowed_ips:  # RouteTable=main: a route per AllowedIPs entry
-            self.ns.ip("route", "replace", allowed, "dev", t.name)
+
+    def drop_session(self) -> None:
+        """The hub peer removed and added again: the session is gone and the next
+        packet needs a new handshake (what a reboot does to the tunnel)."""
+        t = self.tunnel
+        if t is None:
+            raise LabError(f"{self.id} has no tunnel")
+        self.wg("set", "peer", t.peer_key, "remove")
+        self._set_peer(t)
 
     def wg(self, *args: str) -> str:
         """`wg` on this device's interface (found by its control socket's name)."""

@@ -29,6 +29,9 @@ FAR = ("198.51.100.7", "2001:db8:ff::7")
 DEVICES = {"dev-a": ("192.0.2.10", "2001:db8:2::10"), "dev-b": ("192.0.2.11", "2001:db8:2::11")}
 WG_PORT = 51820
 PORTS = {"management_mqtt": 8883, "solution_mqtt": 8884, "management_https": 8443}
+# The hub forgets a peer quiet this long (the devices' keepalive is 25 s);
+# shorter than the default so test_clock_went_back.py waits less.
+STALE_AFTER = 40.0
 
 
 class Lab:
@@ -78,6 +81,7 @@ class Lab:
                 PORTS["management_mqtt"],
                 PORTS["solution_mqtt"],
                 PORTS["management_https"],
+                STALE_AFTER,
             ),
         )
         pki = Pki(self.hub_root / "pki")

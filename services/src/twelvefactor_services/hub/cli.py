@@ -19,6 +19,7 @@ from twelvefactor_services.hub.service import (
     registry_path,
     serve_forever,
 )
+from twelvefactor_services.hub.stale import DEFAULT_AFTER
 
 PROG = "twelvefactor-hub"
 
@@ -34,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--management-port", type=int, default=8883)
     p.add_argument("--solution-port", type=int, default=8884)
     p.add_argument("--https-port", type=int, default=8443)
+    p.add_argument(
+        "--stale-after",
+        type=float,
+        default=DEFAULT_AFTER,
+        help="seconds without a packet from a peer before the hub forgets its handshake state",
+    )
     p = sub.add_parser("serve", help="run the hub in the foreground (root)")
     p.add_argument("root", type=Path)
     p.add_argument("--interface", required=True, help="WireGuard interface name to create")
@@ -64,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.management_port,
                 args.solution_port,
                 args.https_port,
+                args.stale_after,
             )
             print(init(args.root, settings))
             return 0

@@ -14,7 +14,9 @@ root folder:
 
 Peers come from the registry's `tunnel_peers` table and are re-read every
 second: adding a device takes effect without a restart (`wg syncconf` keeps
-the sessions of the others).
+the sessions of the others). A peer that has gone quiet is removed and added
+again, so WireGuard forgets the handshake time stamp that would lock out a
+device whose clock went back (hub/stale.py).
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ from twelvefactor_services.hub.plan import (
     nft_ruleset,
     wg_config,
 )
+from twelvefactor_services.hub.stale import DEFAULT_AFTER, StaleTracker, parse_dump
 from twelvefactor_services.launcher import LOCALHOST, Stack
 from twelvefactor_services.ntp import SntpServer
 from twelvefactor_services.pki import Pki
+
+MIN_STALE_AFTER = 30.0
 
 
 class HubError(RuntimeError):
@@ -68,6 +73,8 @@ class Settings:
     management_mqtt: int
     solution_mqtt: int
     management_https: int
+    # seconds without an authenticated packet before a peer is forgotten (stale.py)
+    stale_after: float = DEFAULT_AFTER
 
     @property
     def tunnel(self) -> Tunnel:
@@ -95,7 +102,17 @@ def load_settings(root: Path) -> Settings:
         raise HubError(f"{path} does not exist: run `twelvefactor-hub init` first") from None
     settings = Settings(**data)
     settings.tunnel  # noqa: B018 - validates
+    check_stale_after(settings.stale_after)
     return settings
+
+
+def check_stale_after(seconds: float) -> None:
+    if not MIN_STALE_AFTER <= seconds <= 86400:
+        raise HubError(
+            f"stale_after: {seconds} s is not in [{MIN_STALE_AFTER}, 86400]: a device that is up "
+            "sends at least every 25 s (its persistent keepalive), and a shorter time would "
+            "cut its sessions"
+        )
 
 
 def public_key(root: Path) -> str:
@@ -106,6 +123,7 @@ def init(root: Path, settings: Settings) -> str:
     """Settings, the hub's WireGuard key pair and the PKI; returns the public key.
     The broker's certificate names the hub's tunnel addresses (what devices dial)."""
     tunnel = settings.tunnel
+    check_stale_after(settings.stale_after)
     (root / "hub").mkdir(parents=True, exist_ok=True)
     settings_file(root).write_text(json.dumps(dataclasses.asdict(settings), indent=1) + "\n")
     key = root / "hub" / "wg.key"
@@ -148,6 +166,7 @@ class Hub:
         self._wg: subprocess.Popen[bytes] | None = None
         self._ntp: SntpServer | None = None
         self._applied: list[Peer] | None = None
+        self._stale = StaleTracker(self.settings.stale_after)
 
     def start(self) -> None:
         try:
@@ -218,11 +237,30 @@ class Hub:
         self._applied = peers
         return True
 
+    def forget_quiet_peers(self, now: float) -> list[str]:
+        """Remove and re-add the peers that went quiet; their device ids."""
+        rx = parse_dump(run("wg", "show", self.interface, "dump"))
+        names = {p.public_key: p.device for p in self._applied or []}
+        forgotten = []
+        for key in self._stale.observe(rx, now):
+            run("wg", "set", self.interface, "peer", key, "remove")
+            forgotten.append(names.get(key, key))
+        if forgotten:
+            self._applied = None  # the next sync adds them again, with no stamp
+            self.sync_peers()
+            print(
+                f"twelvefactor-hub: forgot the handshake state of {', '.join(forgotten)}: "
+                f"nothing received for {self._stale.after:.0f} s",
+                flush=True,
+            )
+        return forgotten
+
     def serve(self, stopping: threading.Event) -> None:
         while not stopping.wait(1.0):
             try:
                 self.sync_peers()
-            except (PlanError, HubError) as exc:
+                self.forget_quiet_peers(time.monotonic())
+            except (PlanError, HubError, ValueError) as exc:
                 print(f"twelvefactor-hub: peers not applied: {exc}", flush=True)
 
     def stop(self) -> None:

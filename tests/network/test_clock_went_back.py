@@ -1,0 +1,83 @@
+"""A device whose clock was years ahead, then put right, is not locked out.
+
+WireGuard keeps the newest handshake time stamp it accepted from a peer and
+refuses any initiation not newer (replay protection). A device that once
+handshook with a clock years ahead, then had its clock corrected by NTP
+(inside the tunnel), sends stamps the hub refuses until that far-off date,
+and without the tunnel it cannot reach the NTP that would help. The hub
+forgets the handshake state of a peer that has gone quiet (hub/stale.py);
+this is that case, end to end: device B's own key signs an initiation
+stamped nine years ahead (the hub answers it), then B's real WireGuard,
+on the right time, has to handshake again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lab import HUB_UNDERLAY, STALE_AFTER, WG_PORT, Lab
+
+HERE = Path(__file__).parent  # wg_forge.py
+NINE_YEARS = 9 * 365 * 86400
+
+
+def _forge_from_the_future(lab: Lab) -> bool:
+    """Send B's initiation stamped nine years ahead (from the attacker's namespace,
+    which has no firewall: the hub takes a known key from any address)."""
+    code = f"""
+import json, socket, sys, time
+sys.path.insert(0, {str(HERE)!r})
+import wg_forge
+sender, message = wg_forge.initiation(
+    {lab.b.wg_private!r}, {lab.hub_info["public_key"]!r}, when=time.time() + {NINE_YEARS}
+)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(message, ({HUB_UNDERLAY[0]!r}, {WG_PORT}))
+try:
+    answered = wg_forge.answers(s.recvfrom(2048)[0], sender)
+except TimeoutError:
+    answered = False
+print(json.dumps(answered))
+"""
+    out = lab.inet.exec(sys.executable, "-c", code)
+    return bool(json.loads(out))
+
+
+def _reaches_broker(lab: Lab) -> bool:
+    code = (
+        "import socket,sys\n"
+        "try:\n"
+        f"    socket.create_connection(({lab.hub_info['address_v4']!r}, "
+        f"{lab.hub_info['management_port']}), 2).close()\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    return subprocess.run(lab.b.ns.argv(sys.executable, "-c", code), check=False).returncode == 0
+
+
+def test_a_stamp_from_the_future_locks_out_only_until_the_hub_forgets(lab: Lab) -> None:
+    b = lab.b
+    assert _reaches_broker(lab)
+    assert _forge_from_the_future(lab), "the hub did not answer B's initiation"
+    # B's clock is right again: its next handshake carries today's stamp
+    b.drop_session()
+    started = time.monotonic()
+    time.sleep(12)  # two of WireGuard's 5 s handshake retries
+    assert not _reaches_broker(lab), "the hub took a stamp older than one it had accepted"
+    assert "forgot the handshake state" not in lab.hub_log()
+    # the hub forgets B after STALE_AFTER seconds without a packet from it
+    deadline = started + STALE_AFTER + 60
+    while not _reaches_broker(lab):
+        assert time.monotonic() < deadline, f"B still locked out:\n{lab.hub_log()}"
+        time.sleep(1)
+    waited = time.monotonic() - started
+    print(f"B locked out for {waited:.0f} s (the hub forgets after {STALE_AFTER:.0f} s quiet)")
+    assert waited >= STALE_AFTER - 15
+    assert f"forgot the handshake state of {b.id}" in lab.hub_log()
+    lab.wait_online(b)
+    assert lab.a.status()["management"] == "online"
