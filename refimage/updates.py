@@ -1,7 +1,7 @@
 """Update images for the tests: signed .swu files made from a built image's rootfs-a.
 
 Each kind is the image's root file system with a few files changed in an ext4
-copy (debugfs, nothing mounted, the partition's size kept), gzip-compressed and
+copy (debugfs, nothing mounted, the partition's size kept), zstd-compressed and
 packed like the twelvefactor-update recipe packs it (refimage/swu.py):
 
   good       /usr/lib/os-release VERSION_ID (and VERSION, PRETTY_NAME, CPE_NAME)
@@ -11,11 +11,11 @@ packed like the twelvefactor-update recipe packs it (refimage/swu.py):
              /bin/false: the device boots and reaches the network, but the agent
              never comes online, so the new slot never confirms itself.
   unsigned   like good, without sw-description.sig.
-  tampered   like good, then one byte of the compressed image changed after
-             signing (sw-description and its signature intact). The byte is in
-             the gzip header's MTIME field, which inflate does not check: the
-             stream still decompresses to the same file system, so the sha256
-             in sw-description is the only thing that can refuse it.
+  tampered   like good, then the compressed image changed after signing
+             (sw-description and its signature intact): a zstd skippable frame
+             put before it, which decompression passes over, so the stream
+             still decompresses to the same file system and the sha256 in
+             sw-description is the only thing that can refuse it.
   other-hw   like good, but hardware-compatibility names a revision the image's
              /etc/hwrevision does not have.
 
@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -47,7 +48,7 @@ from refimage.progress import BuildError, say, step
 VERSION_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,5}")  # the agent's update.VERSION_RE
 UPDATES = "updates"
 SWU_NAME = "update.swu"
-ROOTFS_NAME = "rootfs.ext4.gz"
+ROOTFS_NAME = "rootfs.ext4.zst"
 MANIFEST = "manifest.json"
 KEEP = 16  # cache folders kept (about 190 MB each); the least recently used go first
 BUILDER = Path(__file__).resolve()
@@ -63,7 +64,9 @@ BROKEN_DROPIN_TEXT = """\
 ExecStart=
 ExecStart=/bin/false
 """
-TAMPER_OFFSET = 4  # first byte of the gzip header's MTIME (RFC 1952): inflate ignores it
+# A zstd skippable frame (RFC 8878 3.1.2): magic 0x184D2A50-5F, length, data; decoders skip it.
+SKIPPABLE_FRAME = struct.pack("<II", 0x184D2A5E, 8) + b"tampered"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,7 @@ def _rootfs(
         with step(f"rootfs {variant} {version}: rootfs-a copied out, files changed (debugfs)"):
             disk.extract(image_path, "rootfs-a", fs)
             _change(fs, work, broken=broken, version=version)
-        with step(f"rootfs {variant} {version}: gzip -{swu.GZIP_LEVEL}"):
+        with step(f"rootfs {variant} {version}: zstd -{swu.ZSTD_LEVEL}"):
             swu.compress(fs, work / ROOTFS_NAME)
         fs.unlink()
         _write_manifest(
@@ -334,8 +337,7 @@ def _swu(
             swu.sign(top, work / swu.DESCRIPTION, work / swu.SIGNATURE)
             names.append(swu.SIGNATURE)
         if spec.tampered:
-            shutil.copyfile(packed, work / name)
-            _flip_byte(work / name, TAMPER_OFFSET)
+            _tamper(packed, work / name)
         else:
             (work / name).symlink_to(packed)  # cpio --dereference reads the cached file
         names.append(name)
@@ -354,14 +356,13 @@ def _publish(work: Path, dest: Path) -> None:
     work.rename(dest)
 
 
-def _flip_byte(path: Path, offset: int) -> None:
-    with path.open("r+b") as f:
-        if f.read(2) != b"\x1f\x8b":
-            raise BuildError(f"{path} is not gzip: cannot tamper with its header")
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x01]))
+def _tamper(packed: Path, out: Path) -> None:
+    """`packed` with a skippable frame before its first frame."""
+    with packed.open("rb") as src, out.open("wb") as dst:
+        if src.read(4) != ZSTD_MAGIC:
+            raise BuildError(f"{packed} is not zstd: cannot tamper with it")
+        dst.write(SKIPPABLE_FRAME + ZSTD_MAGIC)
+        shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
 
 
 def _write_manifest(folder: Path, values: dict[str, object]) -> None:

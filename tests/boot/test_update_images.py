@@ -1,7 +1,7 @@
 """The update images the boot tests install (refimage/updates.py), made from the
 image under test and checked with the tools a device or an attacker would use:
 `cpio` to unpack, `openssl cms -verify` against the layer's certificate, the
-sha256 sw-description names, `gzip`, and `debugfs` inside the root file system.
+sha256 sw-description names, `zstd`, and `debugfs` inside the root file system.
 
 Boot tier: the kinds are built from the device image (the reference image by
 default, or --image), which needs root; nothing here starts QEMU.
@@ -9,8 +9,7 @@ default, or --image), which needs root; nothing here starts QEMU.
 
 from __future__ import annotations
 
-import gzip
-import os
+import hashlib
 import re
 import subprocess
 from pathlib import Path
@@ -32,7 +31,7 @@ SIGNED = ("good", "broken", "tampered", "other-hw")
 @pytest.fixture(scope="module")
 def built(boot_image: Path) -> dict[str, Path]:
     require_root()
-    for tool in ("debugfs", "cpio", "openssl", "gzip", "cmp"):
+    for tool in ("debugfs", "cpio", "openssl", "zstd", "cmp"):
         require_tool(tool)
     return {
         kind: updates.build(ROOT, boot_image, OUT, kind=kind, version=VERSION)
@@ -80,15 +79,9 @@ def _cms_verify(folder: Path) -> subprocess.CompletedProcess[bytes]:
 
 def _rootfs_of(folder: Path, out: Path) -> Path:
     """The ext4 image in the unpacked .swu, decompressed (sparse) to `out`."""
-    (packed,) = folder.glob("*.rootfs.ext4.gz")
-    chunk = 1 << 20
-    with gzip.open(packed, "rb") as src, out.open("wb") as dst:
-        while block := src.read(chunk):
-            if block.count(0) == len(block):
-                dst.seek(len(block), os.SEEK_CUR)
-            else:
-                dst.write(block)
-        dst.truncate()
+    (packed,) = folder.glob("*.rootfs.ext4.zst")
+    # --sparse: the empty blocks of the ext4 become holes, as SWUpdate need not
+    subprocess.run(["zstd", "-d", "-q", "-f", "--sparse", packed, "-o", out], check=True)
     return out
 
 
@@ -120,7 +113,7 @@ def test_image_digest_matches_except_when_tampered(built: dict[str, Path], tmp_p
     for kind, swu_file in built.items():
         folder = tmp_path / kind
         _unpack(swu_file, folder)
-        (packed[kind],) = folder.glob("*.rootfs.ext4.gz")
+        (packed[kind],) = folder.glob("*.rootfs.ext4.zst")
         named[kind] = _named_sha256((folder / swu.DESCRIPTION).read_text())
     for kind in built:
         if kind == "tampered":
@@ -131,11 +124,21 @@ def test_image_digest_matches_except_when_tampered(built: dict[str, Path], tmp_p
     for kind in ("unsigned", "tampered", "other-hw"):
         assert named[kind] == named["good"], kind
     assert named["broken"] != named["good"]
-    # tampered: one byte differs from good's image, yet the gzip stream is intact,
-    # so only the digest in sw-description can refuse it
-    cmp = subprocess.run(["cmp", "-l", packed["good"], packed["tampered"]], capture_output=True)
-    assert len(cmp.stdout.splitlines()) == 1, cmp.stdout[:200]
-    assert subprocess.run(["gzip", "-t", packed["tampered"]]).returncode == 0
+    # tampered: good's image behind a skippable frame; it decompresses to the
+    # same bytes, so only the digest in sw-description can refuse it
+    good, tampered = packed["good"].read_bytes(), packed["tampered"].read_bytes()
+    assert tampered.endswith(good) and len(tampered) == len(good) + len(updates.SKIPPABLE_FRAME)
+    assert _decompressed_sha256(packed["tampered"]) == _decompressed_sha256(packed["good"])
+
+
+def _decompressed_sha256(packed: Path) -> str:
+    proc = subprocess.Popen(["zstd", "-d", "-q", "-c", packed], stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    h = hashlib.sha256()
+    while block := proc.stdout.read(1 << 20):
+        h.update(block)
+    assert proc.wait() == 0, f"zstd -d {packed} failed"
+    return h.hexdigest()
 
 
 def test_version_and_hardware_in_sw_description(built: dict[str, Path], boot_image: Path) -> None:

@@ -184,7 +184,7 @@ def _render_sw_description(machine: str) -> str:
         "MACHINE": machine,
         "TWELVEFACTOR_UPDATE_VERSION": "1.0",
         "TWELVEFACTOR_HW_REVISION": "1.0",
-        "TWELVEFACTOR_ROOTFS_IMAGE": f"twelvefactor-image-{machine}.rootfs.ext4.gz",
+        "TWELVEFACTOR_ROOTFS_IMAGE": f"twelvefactor-image-{machine}.rootfs.ext4.zst",
     }
     lines = []
     # the two substitutions meta-swupdate's swupdate-common.bbclass makes, in its order

@@ -28,7 +28,7 @@ IMAGE_INSTALL = "\
 "
 
 # A/B disk: ESP, rootfs-a, rootfs-b, data (files/wic/*.wks.in)
-IMAGE_FSTYPES = "wic ext4.gz"
+IMAGE_FSTYPES = "wic ext4.zst"
 WKS_FILE = "twelvefactor-ab.wks.in"
 WKS_FILE:aarch64 = "twelvefactor-ab-uboot.wks.in"
 # mounts come from the layer's mount units, not from fstab lines wic would add

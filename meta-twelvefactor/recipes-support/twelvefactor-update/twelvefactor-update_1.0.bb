@@ -12,13 +12,13 @@ inherit swupdate
 
 IMAGE_DEPENDS = "twelvefactor-image"
 SWUPDATE_IMAGES = "twelvefactor-image"
-SWUPDATE_IMAGES_FSTYPES[twelvefactor-image] = ".rootfs.ext4.gz"
+SWUPDATE_IMAGES_FSTYPES[twelvefactor-image] = ".rootfs.ext4.zst"
 SWUPDATE_IMAGES_NOAPPEND_MACHINE[twelvefactor-image] = "0"
 
 # values the sw-description template names as @@VAR@@
 TWELVEFACTOR_UPDATE_VERSION ?= "${DISTRO_VERSION}"
 TWELVEFACTOR_HW_REVISION ?= "1.0"
-TWELVEFACTOR_ROOTFS_IMAGE = "twelvefactor-image${IMAGE_MACHINE_SUFFIX}.rootfs.ext4.gz"
+TWELVEFACTOR_ROOTFS_IMAGE = "twelvefactor-image${IMAGE_MACHINE_SUFFIX}.rootfs.ext4.zst"
 
 # CMS signature over sw-description. The defaults are the development key
 # pair in the layer; a release build sets TWELVEFACTOR_RELEASE = "1" and its
