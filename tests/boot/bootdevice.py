@@ -25,6 +25,8 @@ class Device:
     hub: Hub
     device_id: str
     wg_public_key: str
+    # pcap of the first boot's NIC (set by the session's fixture)
+    first_boot_capture: Path | None = None
 
     def power_on(self) -> None:
         self.vm.power_on()

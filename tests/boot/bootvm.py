@@ -10,6 +10,8 @@ messages are silenced so they do not interleave with command output.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import secrets
 import shutil
@@ -81,6 +83,10 @@ class VM:
         self.boots = 0
         # read-only raw disks attached from the next power-on (e.g. an update file)
         self.extra_drives: list[Path] = []
+        # a pcap file of the guest's underlay, from the next power-on
+        self.capture: Path | None = None
+        # the real-time clock's start (QEMU -rtc base=), from the next power-on
+        self.rtc_base: str | None = None
         self.powered_on_at = 0.0
         self._child: pexpect.spawn | None = None
         self._log: TextIO | None = None
@@ -111,12 +117,17 @@ class VM:
             "-drive",
             f"if=virtio,format=raw,file={self.disk},cache=unsafe",
             "-nic",
-            "user,model=virtio-net-pci",
+            "user,id=net0,model=virtio-net-pci",
             "-object",
             "rng-random,filename=/dev/urandom,id=rng0",
             "-device",
             "virtio-rng-pci,rng=rng0",
         ]
+        if self.rtc_base is not None:
+            qemu += ["-rtc", f"base={self.rtc_base}"]
+        if self.capture is not None:
+            # every frame of the guest's NIC, both ways, as QEMU passes it to slirp
+            qemu += ["-object", f"filter-dump,id=dump0,netdev=net0,file={self.capture}"]
         for extra in self.extra_drives:
             qemu += ["-drive", f"if=virtio,format=raw,readonly=on,file={extra}"]
         if self.netns is not None:
@@ -251,6 +262,19 @@ class VM:
     def check(self, command: str, timeout: float = COMMAND_TIMEOUT) -> str:
         """Output of a command that must succeed."""
         return self.run(command, timeout).check(command)
+
+    def put(self, path: str, data: bytes, chunk: int = 768) -> None:
+        """Write a file on the guest through the console (base64 in short lines:
+        the tty's canonical mode keeps at most 4095 characters of a line)."""
+        text = base64.b64encode(data).decode()
+        staging = f"{path}.b64"
+        self.check(f": > {staging}")
+        for i in range(0, len(text), chunk):
+            self.check(f"printf %s '{text[i : i + chunk]}' >> {staging}")
+        self.check(f"base64 -d {staging} > {path} && rm {staging}")
+        digest = hashlib.sha256(data).hexdigest()
+        if self.check(f"sha256sum {path}").split()[0] != digest:
+            raise VMError(f"put {path}: the copy on the guest differs")
 
     def wait_for(self, command: str, expected: str, timeout: float) -> str:
         """Poll a command until its output (stripped) equals `expected`; the last output."""

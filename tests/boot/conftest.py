@@ -86,7 +86,12 @@ def device(
     dev = provision_device(boot_image, hub, work, DEVICE_ID, accel)
     vm = dev.vm
     try:
-        dev.boot("first boot")
+        # the first boot's underlay, as QEMU passes it to slirp (test_device.py's egress test)
+        vm.capture = dev.first_boot_capture = work / "first-boot.pcap"
+        dev.power_on()
+        vm.capture = None  # read at power-on: later boots are not captured
+        vm.login()
+        dev.wait_online("first boot")
         yield dev
     finally:
         vm.power_cut()

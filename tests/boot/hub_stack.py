@@ -4,10 +4,12 @@ Started by boothub.Hub as `ip netns exec NS python hub_stack.py ROOT ADDRESS`:
 the services' own launcher (twelvefactor_services.launcher.Stack) starts
 mosquitto with its device listeners on ADDRESS (the hub's address inside the
 WireGuard tunnel, so devices reach it only through the tunnel), the management
-service and the solution service. The management service's HTTP API listens
-on 127.0.0.1 of the namespace; it is made reachable from the test process by a
-Unix socket (ROOT/management.sock: Unix sockets are not bound to a network
-namespace). ROOT/hub.json says what runs where; SIGTERM stops everything.
+service and the solution service; the services' SNTP server answers on
+ADDRESS:123, the only time source the device's firewall allows. The
+management service's HTTP API listens on 127.0.0.1 of the namespace; it is
+made reachable from the test process by a Unix socket (ROOT/management.sock:
+Unix sockets are not bound to a network namespace). ROOT/hub.json says what
+runs where; SIGTERM stops everything.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from twelvefactor_services.hub.plan import NTP_PORT
 from twelvefactor_services.launcher import LOCALHOST, Stack
+from twelvefactor_services.ntp import SntpServer
 from twelvefactor_services.pki import Pki
 
 
@@ -71,6 +75,7 @@ def main(root: Path, address: str) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    ntp = SntpServer([(address, NTP_PORT)]).start()
     try:
         stack.start_broker()
         management = stack.management()
@@ -94,6 +99,7 @@ def main(root: Path, address: str) -> int:
         stopping.wait()
     finally:
         stack.stop()
+        ntp.stop()
     return 0
 
 

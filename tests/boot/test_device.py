@@ -1,7 +1,10 @@
 """The booted device: a clean boot, read-only root, persistent /data, the
-layer's firewall, nothing listening, the agent unprivileged and online through
-the tunnel, its data in the solution service's archive, and /data surviving a
-power cut. One boot shared by the module; the last test power-cycles it.
+layer's firewall, nothing listening, nothing getting out but the tunnel, the
+agent unprivileged and online through the tunnel, its data in the solution
+service's archive, and /data and the clock surviving a power cut. The first
+boot is shared by the module (and its NIC captured by the session's fixture);
+the power-cycle test boots it again with the RTC at 1970, and the last test
+looks at that boot's clock.
 """
 
 from __future__ import annotations
@@ -11,10 +14,14 @@ import ipaddress
 import json
 import re
 import secrets
+import shlex
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
-from bootdevice import Device
+from bootdevice import ROOT, Device
+from boothub import HUB_ADDRESS, SLIRP_HOST, WG_PORT
 from bootvm import VMError
 
 RUNNING_TIMEOUT = 400.0  # twelvefactor-confirm waits for the agent before the boot is done
@@ -170,10 +177,153 @@ def test_data_reaches_the_solution_archive(device: Device) -> None:
     raise VMError(f"seq {seq} not in the archive: {device.hub.archived(device.device_id)}")
 
 
+# -- egress: nothing but the tunnel gets out --------------------------------------
+
+PROBE = ROOT / "tests" / "network" / "egress_probe.py"
+GUEST_MAC = "52:54:00:12:34:56"  # QEMU's default for the first NIC
+SLIRP_DNS = "10.0.2.3"
+BEYOND = ("198.51.100.7", "2001:db8:ff::7")
+# what the layer's ruleset lets onto the underlay besides WireGuard to the hub
+LINK_MACHINERY = (
+    "(udp and src port 68 and dst port 67)"  # DHCPv4
+    " or (udp and src port 546 and dst port 547)"  # DHCPv6
+    " or (icmp6 and (ip6[40] == 133 or ip6[40] == 135 or ip6[40] == 136))"  # RS, NS, NA
+    # MLD reports, v2 from Linux and v1 from the firmware's (OVMF's) network stack
+    # at power-on, before the OS: ICMPv6 type 131 or 143 behind a hop-by-hop header
+    " or (ip6 and ip6[6] == 0 and (ip6[48] == 131 or ip6[48] == 143))"
+)
+
+
+def egress_targets(hub: dict[str, int]) -> list[tuple[str, str, int]]:
+    """20 destinations outside the allowlist. Behind slirp the device's whole
+    underlay is the hub namespace as 10.0.2.2 (whose loopback services, the
+    operator API among them, slirp would forward to) and slirp's DNS at
+    10.0.2.3; addresses beyond have no route out of the namespace, so only the
+    device's firewall decides what leaves."""
+    return [
+        ("tcp", SLIRP_HOST, 80),  # the underlay's gateway
+        ("tcp", SLIRP_HOST, 443),
+        ("tcp", SLIRP_HOST, hub["management_port"]),  # the broker, outside the tunnel
+        ("tcp", SLIRP_HOST, hub["management_http_port"]),  # the operator API (host loopback)
+        ("udp", SLIRP_HOST, 123),  # NTP outside the tunnel
+        ("udp", SLIRP_HOST, WG_PORT + 1),
+        ("icmp", SLIRP_HOST, 0),
+        ("udp", SLIRP_DNS, 53),  # slirp's DNS resolver
+        ("tcp", SLIRP_DNS, 53),
+        ("tcp", BEYOND[0], 443),  # beyond the gateway, by the default route
+        ("tcp", BEYOND[1], 443),
+        ("icmp", BEYOND[0], 0),
+        ("udp", BEYOND[0], 123),  # NTP elsewhere
+        ("udp", "255.255.255.255", 9),  # broadcast
+        ("udp", "224.0.0.251", 5353),  # mDNS
+        ("tcp", "10.0.2.4", 22),  # another host on the underlay
+        ("tcp", HUB_ADDRESS, 22),  # the hub's tunnel address, not a service port
+        ("tcp", HUB_ADDRESS, hub["management_http_port"]),
+        ("udp", HUB_ADDRESS, 53),  # DNS on the service address
+        ("tcp", "10.77.0.3", 22),  # another device's tunnel address
+    ]
+
+
+def _packets(pcap: Path, bpf: str) -> list[str]:
+    done = subprocess.run(
+        ["tcpdump", "-n", "-r", str(pcap), bpf], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_twenty_destinations_outside_the_allowlist_get_nothing_out(device: Device) -> None:
+    """A root process on the device, the image's own firewall, networkd and
+    kernel WireGuard; QEMU's capture of the NIC since power-on shows nothing
+    but WireGuard to the hub, DHCP and the IPv6 link machinery."""
+    capture = device.first_boot_capture
+    assert capture is not None and capture.is_file(), "the first boot was not captured"
+    hub = device.hub.info
+    wanted = egress_targets(hub)
+    assert len(wanted) == 20
+    control = ("tcp", HUB_ADDRESS, hub["management_port"])  # the allowed path
+    device.vm.put("/run/egress_probe.py", PROBE.read_bytes())
+    out = device.vm.check(
+        f"python3 /run/egress_probe.py {shlex.quote(json.dumps([*wanted, control]))}"
+    )
+    results = {(k, a, p): outcome for k, a, p, outcome in json.loads(out.splitlines()[-1])}
+    assert results.pop(control) == "connected", "the probe cannot reach the broker: no control"
+    # datagrams are refused at once (EPERM), TCP connects time out (the
+    # output chain drops each SYN); nothing connects, is sent or answered
+    assert set(results.values()) <= {"EPERM", "ETIMEDOUT"}, results
+    others = _packets(
+        capture,
+        f"ether src {GUEST_MAC} and (ip or ip6)"
+        f" and not (udp and dst host {SLIRP_HOST} and dst port {WG_PORT})"
+        f" and not ({LINK_MACHINERY})",
+    )
+    assert others == [], others
+    # the capture saw the device's traffic: its tunnel to the hub
+    assert _packets(capture, f"ether src {GUEST_MAC} and udp and dst port {WG_PORT}")
+
+
+# -- a power cut, with the RTC at 1970 -------------------------------------------
+
+SAVE_INTERVAL = 60  # timesyncd's SaveIntervalSec default
+CLOCK_TIMEOUT = 300.0
+SYNCED = "timedatectl show -p NTPSynchronized --value"
+SAVED_AT: dict[str, int] = {}  # the saved clock's time stamp before the cut
+
+
 def test_data_persists_across_power_cycle(device: Device) -> None:
+    """/data survives a power cut. The RTC starts at 1970 on the way back
+    (a dead RTC, or a board without one): the clock test below looks at it."""
     vm = device.vm
     before = vm.check(f"cat {MARKER}")
+    # synchronised from the hub's SNTP server, timesyncd saves the clock every minute
+    vm.wait_for(SYNCED, "yes", CLOCK_TIMEOUT)
+    fresh = f"[ $(( $(date +%s) - $(stat -c %Y /data/timesync/clock) )) -le {SAVE_INTERVAL + 5} ]"
+    vm.wait_for(f"{fresh} && echo fresh", "fresh", SAVE_INTERVAL * 2)
+    SAVED_AT["clock"] = int(vm.check("stat -c %Y /data/timesync/clock"))
     vm.check("sync")
     vm.power_cut()
-    device.boot("after a power cut")
+    vm.rtc_base = "1970-01-02T00:00:00"
+    try:
+        device.power_on()
+    finally:
+        vm.rtc_base = None  # read at power-on: later boots get the host's time again
+    vm.login()
     assert vm.check(f"cat {MARKER}") == before
+
+
+def test_rtc_at_1970_boots_on_the_saved_clock_then_syncs_through_the_tunnel(
+    device: Device,
+) -> None:
+    """Time before trust: the boot of the power-cycle test above starts on the
+    clock saved on /data, not at 1970, then systemd-timesyncd sets it from the
+    management service's address inside the tunnel (the firewall allows no
+    other NTP), and the agent's TLS sessions (verification always on) are up."""
+    vm = device.vm
+    saved = SAVED_AT.get("clock")
+    assert saved is not None, "runs after test_data_persists_across_power_cycle"
+    # the kernel took 1970 from the RTC; timesyncd put the saved clock back
+    assert "setting system clock to 1970-01-02" in vm.check("journalctl -b -k --no-pager -g rtc")
+    timesyncd = vm.check("journalctl -b -u systemd-timesyncd --no-pager")
+    # systemd 257: "System clock time advanced to <time>: recorded timestamp"
+    assert "recorded timestamp" in timesyncd, timesyncd
+    # the agent never ran on a 1970 clock: its first line of this boot is later
+    first = vm.check("journalctl -b -u twelvefactor-agent -o short-unix --no-pager | head -2")
+    stamps = [float(line.split()[0]) for line in first.splitlines() if line[:1].isdigit()]
+    assert stamps and stamps[0] >= saved - 1, first
+    # then the hub's time, through the tunnel
+    vm.wait_for(SYNCED, "yes", CLOCK_TIMEOUT)
+    assert f"{HUB_ADDRESS}:123" in vm.check("journalctl -b -u systemd-timesyncd --no-pager")
+    skew = abs(int(vm.check("date +%s")) - time.time())
+    assert skew <= 3, f"the device's clock is {skew:.0f} s off after synchronising"
+    # and both sessions up again
+    deadline = time.monotonic() + CLOCK_TIMEOUT
+    while True:
+        status = json.loads(vm.check("twelvefactor-agent status --config /data/config/agent.toml"))
+        if status.get("management") == "online" and status.get("solution") == "online":
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+    # (not device.wait_online: it reads this boot's metadata by its time stamp,
+    # and the agent may have stamped it before the clock was synchronised)
+    record = device.hub.device(device.device_id)
+    assert record is not None and record["online"], record
