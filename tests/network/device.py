@@ -263,8 +263,16 @@ class Device:
         return path
 
     def start_agent(
-        self, log: Path, *, config: Path | None = None, faketime: str | None = None
+        self,
+        log: Path,
+        *,
+        config: Path | None = None,
+        faketime: str | None = None,
+        faketime_file: Path | None = None,
     ) -> None:
+        """Start the agent; `faketime` fakes its clock (a libfaketime spec),
+        `faketime_file` too, from a file the test may rewrite to set the clock
+        while it runs (the monotonic clock stays real, as when NTP sets a clock)."""
         if self.agent is not None and self.agent.poll() is None:
             raise LabError(f"agent of {self.id} already runs")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -272,6 +280,13 @@ class Device:
             # libfaketime preloaded into the agent itself (the `faketime` wrapper
             # would stand between SIGTERM and the agent); the MT build for its threads
             env |= {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME": faketime}
+        if faketime_file is not None:
+            env |= {
+                "LD_PRELOAD": FAKETIME_LIB,
+                "FAKETIME_TIMESTAMP_FILE": str(faketime_file),
+                "FAKETIME_NO_CACHE": "1",
+                "DONT_FAKE_MONOTONIC": "1",
+            }
         argv = [
             sys.executable,
             "-m",

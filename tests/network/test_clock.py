@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import re
 import time
 from pathlib import Path
 
@@ -86,4 +87,53 @@ def test_agent_with_a_wrong_clock_refuses_tls_then_connects_once_synced(
     finally:
         dev.stop_agent()
         dev.start_agent(tmp_path / "agent-restored.log")
+        lab.wait_online(dev)
+
+
+def _next_attempts(log: Path) -> dict[str, float]:
+    """Each session's latest retry delay in the agent's log."""
+    found = re.findall(r"twelvefactor\.(\w+): next attempt in ([\d.]+) s", log.read_text())
+    return {name: float(delay) for name, delay in found}
+
+
+def test_agent_connects_as_soon_as_its_clock_is_set(lab: Lab, tmp_path: Path) -> None:
+    """The same agent process, its clock at 1970 and its retries far apart
+    (backoff 90 s, full jitter): when NTP sets the clock it tries again at
+    once, instead of when its backoff says."""
+    dev = lab.a
+    clock = tmp_path / "faketime"
+    clock.write_text(f"@{FAR_PAST}\n")
+    log = tmp_path / "agent.log"
+    config = dev.write_agent_config(
+        lab.hub_info["address_v4"],
+        lab.hub_info["management_port"],
+        lab.hub_info["solution_port"],
+        backoff={"initial": 90.0, "multiplier": 1.0, "cap": 90.0},
+    )
+    dev.stop_agent()
+    try:
+        dev.start_agent(log, config=config, faketime_file=clock)
+        # both sessions refused (certificate not yet valid) and waiting at least 20 s
+        deadline = time.monotonic() + 240
+        while True:
+            waits = _next_attempts(log)
+            if len(waits) == 2 and min(waits.values()) >= 20:
+                break
+            assert time.monotonic() < deadline, (waits, log.read_text()[-2000:])
+            time.sleep(1)
+        set_at = time.monotonic()
+        clock.write_text(f"@{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())}\n")
+        # well before either session's next attempt (at least 19 s away)
+        lab.wait_online(dev, timeout=10)
+        took = time.monotonic() - set_at
+        print(f"online {took:.1f} s after the clock was set (next attempts were {waits})")
+        assert "the wall clock was set by" in log.read_text()
+    finally:
+        dev.stop_agent()
+        restored = dev.write_agent_config(
+            lab.hub_info["address_v4"],
+            lab.hub_info["management_port"],
+            lab.hub_info["solution_port"],
+        )
+        dev.start_agent(tmp_path / "agent-restored.log", config=restored)
         lab.wait_online(dev)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 from twelvefactor_agent.backoff import Backoff
-from twelvefactor_agent.session import Action, Phase, SessionMachine
+from twelvefactor_agent.session import Action, ClockWatch, Phase, SessionMachine
 
 A = Action
 
@@ -148,3 +148,37 @@ def test_up_and_down_alternate_and_connect_follows_only_a_due_wakeup(
             elif action is A.CONNECT:
                 assert due is not None and now >= due
         assert up == (m.phase in (Phase.CONNECTED, Phase.STOPPING))
+
+
+def test_clock_set_while_waiting_retries_at_once_with_a_fresh_backoff() -> None:
+    m = machine()
+    now = 100.0
+    for _ in range(6):  # TLS refused: "certificate is not yet valid"
+        m.poll(now)
+        m.connect_failed(now)
+        now = m.next_wakeup() or now
+    m.poll(now)
+    m.connect_failed(now)
+    assert m.last_delay == 60.0 and m.next_wakeup() == now + 60.0
+    assert m.clock_set(now + 1) == []
+    assert m.next_wakeup() == now + 1 and m.last_delay is None
+    assert m.poll(now + 1) == [A.CONNECT]
+    assert m.connect_failed(now + 1) == [A.ABORT]
+    assert m.last_delay == 1.0  # the backoff starts again
+
+
+def test_clock_set_changes_nothing_unless_waiting() -> None:
+    m = machine()
+    m.poll(100.0)
+    assert m.clock_set(101.0) == [] and m.phase is Phase.CONNECTING
+    m.connected(102.0)
+    assert m.clock_set(103.0) == [] and m.online and m.next_wakeup() is None
+
+
+def test_clock_watch_sees_steps_not_slewing() -> None:
+    w = ClockWatch(wall=1000.0, mono=50.0)
+    assert w.step(1001.0, 51.0) == 0.0  # both clocks ran
+    assert w.step(1002.0005, 52.0) == 0.0  # NTP slewing: half a millisecond
+    assert w.step(1_800_000_000.0, 53.0) == 1_800_000_000.0 - 1003.0005  # set from 1970-ish
+    assert w.step(1_800_000_001.0, 54.0) == 0.0
+    assert w.step(1_799_999_000.0, 55.0) == -1002.0  # set back

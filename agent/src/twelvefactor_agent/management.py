@@ -102,6 +102,12 @@ class ManagementSession(MqttSession):
         self._publish_report()
         self._on_connected()
 
+    def on_clock_set(self, client: mqtt.Client) -> None:
+        # The service orders online state and metadata by the device's time
+        # stamps, so what was sent on a clock that was wrong is sent again.
+        client.publish(self.topic("online"), payloads.online(time.time()), qos=1, retain=True)
+        client.publish(self.topic("meta"), self.meta(), qos=1, retain=True)
+
     def on_down(self) -> None:
         self._next_health = None
 

@@ -34,7 +34,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from .backoff import Backoff
 from .config import Config, Endpoint
-from .session import Action, Phase, SessionMachine
+from .session import Action, ClockWatch, Phase, SessionMachine
 
 SESSION_EXPIRY = 7 * 86400
 CONNECT_TIMEOUT = 10.0
@@ -104,6 +104,7 @@ class MqttSession(threading.Thread):
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._last_misc = 0.0
+        self._clock = ClockWatch(time.time(), time.monotonic())
         self.error: BaseException | None = None
 
     # Called from other threads
@@ -128,6 +129,10 @@ class MqttSession(threading.Thread):
 
     def on_up(self, client: mqtt.Client) -> None:
         pass
+
+    def on_clock_set(self, client: mqtt.Client) -> None:
+        """Connected while the wall clock was set: messages stamped before may
+        carry the wrong time."""
 
     def on_down(self) -> None:
         pass
@@ -174,6 +179,12 @@ class MqttSession(threading.Thread):
             self.heartbeat = now
             while self._commands:
                 self._commands.popleft()()
+            moved = self._clock.step(time.time(), now)
+            if moved:
+                self.log.info("the wall clock was set by %+.0f s", moved)
+                self._apply(self.machine.clock_set(now))
+                if self.client is not None and self.machine.online:
+                    self.on_clock_set(self.client)
             self._apply(self.machine.poll(now))
             self._handle_events()
             if self.machine.stopped:

@@ -119,8 +119,35 @@ class SessionMachine:
         self.phase = Phase.STOPPED
         return [Action.DISCONNECT, Action.DOWN]
 
+    def clock_set(self, now: float) -> list[Action]:
+        """The wall clock was set (NTP, after a boot at 1970 or years ahead). A
+        connection that failed because a certificate was "not yet valid" or had
+        "expired" may succeed now: while waiting to retry, retry at once, with
+        the backoff from the start."""
+        if self.phase is Phase.DISCONNECTED:
+            self.backoff.reset()
+            self.last_delay = None
+            self._due = now
+        return []
+
     def _retry(self, now: float, actions: list[Action]) -> list[Action]:
         self.phase = Phase.DISCONNECTED
         self.last_delay = self.backoff.next_delay()
         self._due = now + self.last_delay
         return actions
+
+
+class ClockWatch:
+    """Notices the wall clock being set: the wall clock minus the monotonic one
+    moves by more than `threshold` seconds between two looks (NTP's slewing
+    moves it by far less than that per second)."""
+
+    def __init__(self, wall: float, mono: float, threshold: float = 2.0) -> None:
+        self.threshold = threshold
+        self._offset = wall - mono
+
+    def step(self, wall: float, mono: float) -> float:
+        """Seconds the wall clock was set by since the last look (0.0 if not)."""
+        offset = wall - mono
+        moved, self._offset = offset - self._offset, offset
+        return moved if abs(moved) >= self.threshold else 0.0
