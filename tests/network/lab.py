@@ -177,6 +177,20 @@ class Lab:
         finally:
             db.close()
 
+    def reaches_broker(self, dev: Device, timeout: float = 3) -> bool:
+        """Can `dev` open a TCP connection to the broker's management listener
+        on the hub's tunnel address (a fresh connection, not the agent's)?"""
+        host, port = self.hub_info["address_v4"], self.hub_info["management_port"]
+        code = (
+            "import socket, sys\n"
+            "try:\n"
+            f"    socket.create_connection(({host!r}, {port}), {timeout}).close()\n"
+            "except OSError:\n"
+            "    sys.exit(1)\n"
+        )
+        done = subprocess.run(dev.ns.argv(sys.executable, "-c", code), check=False)
+        return done.returncode == 0
+
     def tunnel_address(self, device_id: str, version: int = 4) -> str:
         t = self.devices[device_id].tunnel
         assert t is not None

@@ -14,7 +14,6 @@ on the right time, has to handshake again.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,31 +47,19 @@ print(json.dumps(answered))
     return bool(json.loads(out))
 
 
-def _reaches_broker(lab: Lab) -> bool:
-    code = (
-        "import socket,sys\n"
-        "try:\n"
-        f"    socket.create_connection(({lab.hub_info['address_v4']!r}, "
-        f"{lab.hub_info['management_port']}), 2).close()\n"
-        "except OSError:\n"
-        "    sys.exit(1)\n"
-    )
-    return subprocess.run(lab.b.ns.argv(sys.executable, "-c", code), check=False).returncode == 0
-
-
 def test_a_stamp_from_the_future_locks_out_only_until_the_hub_forgets(lab: Lab) -> None:
     b = lab.b
-    assert _reaches_broker(lab)
+    assert lab.reaches_broker(lab.b)
     assert _forge_from_the_future(lab), "the hub did not answer B's initiation"
     # B's clock is right again: its next handshake carries today's stamp
     b.drop_session()
     started = time.monotonic()
     time.sleep(12)  # two of WireGuard's 5 s handshake retries
-    assert not _reaches_broker(lab), "the hub took a stamp older than one it had accepted"
+    assert not lab.reaches_broker(lab.b), "the hub took a stamp older than one it had accepted"
     assert "forgot the handshake state" not in lab.hub_log()
     # the hub forgets B after STALE_AFTER seconds without a packet from it
     deadline = started + STALE_AFTER + 60
-    while not _reaches_broker(lab):
+    while not lab.reaches_broker(lab.b):
         assert time.monotonic() < deadline, f"B still locked out:\n{lab.hub_log()}"
         time.sleep(1)
     waited = time.monotonic() - started
