@@ -20,6 +20,7 @@ import contextlib
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
@@ -33,12 +34,21 @@ SOCKET_DIR = "/run/swupdate"
 CHUNK = 64 * 1024
 TAIL_LINES = 6  # lines of SWUpdate's messages kept for a failure reason
 MAX_REASON = 400
+POLL = 0.5  # seconds between progress reports
+# Under TCG the dry run takes ~20 s for 170 MB; a real board's flash may pause
+# the raw handler for seconds, never for minutes.
+STALL_TIMEOUT = 300.0
+FINISH_TIMEOUT = 300.0
 
 Progress = Callable[[int, int], None]  # (bytes handed over, total)
 
 
 class InstallError(Exception):
     """SWUpdate refused or failed; the message says why, in SWUpdate's words."""
+
+
+class _Stuck(Exception):
+    """The client stopped taking data, or did not exit."""
 
 
 def install(
@@ -48,52 +58,116 @@ def install(
     progress: Progress = lambda done, total: None,
     client: str = CLIENT,
     socket_dir: str = SOCKET_DIR,
-    timeout: float = 3600.0,
+    stall_timeout: float = STALL_TIMEOUT,
+    finish_timeout: float = FINISH_TIMEOUT,
 ) -> None:
-    """Install `path` (or only check it, `dry_run`); InstallError if SWUpdate says no."""
-    total = path.stat().st_size
+    """Install `path` (or only check it, `dry_run`); InstallError if SWUpdate says no.
+
+    SWUpdate streams: it takes the file at the pace it checks and writes it,
+    so a client that takes no byte for `stall_timeout` seconds, or has not
+    finished `finish_timeout` seconds after the last one, is stuck (its IPC
+    with the daemon lost a message) and is killed rather than waited for.
+    """
     argv = [client, "-v"] + (["-d"] if dry_run else []) + ["-"]
     env = dict(os.environ, TMPDIR=socket_dir, RUNTIME_DIRECTORY=socket_dir)
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+        src = path.open("rb")
     except OSError as exc:
-        raise InstallError(f"cannot run {client}: {exc.strerror or exc}") from None
-    assert proc.stdin is not None and proc.stdout is not None
-    lines: list[str] = []
-    reader = threading.Thread(target=_collect, args=(proc.stdout, lines), daemon=True)
-    reader.start()
-    fed = 0
-    try:
-        with path.open("rb") as src:
-            while chunk := src.read(CHUNK):
-                proc.stdin.write(chunk)
-                fed += len(chunk)
-                progress(fed, total)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass  # SWUpdate stopped reading (it refused the file): its exit status says why
-    except OSError as exc:
-        proc.kill()
-        proc.wait()
         raise InstallError(f"cannot read {path}: {exc.strerror or exc}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            proc.stdin.close()
-    try:
-        rc = proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise InstallError(f"{client} did not finish within {timeout:.0f} s") from None
+    with src:
+        total = os.fstat(src.fileno()).st_size
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        except OSError as exc:
+            raise InstallError(f"cannot run {client}: {exc.strerror or exc}") from None
+        assert proc.stdout is not None
+        lines: list[str] = []
+        reader = threading.Thread(target=_collect, args=(proc.stdout, lines), daemon=True)
+        reader.start()
+        feed = _Feed(proc, src)
+        feed.start()
+        try:
+            rc = _watch(proc, feed, total, progress, stall_timeout, finish_timeout)
+        except _Stuck as exc:
+            proc.kill()
+            proc.wait()
+            reader.join(10)
+            where = _where(feed.fed, total)
+            message = f"SWUpdate {exc} ({where}), killed: {_said(lines)}"
+            raise InstallError(message[:MAX_REASON]) from None
     reader.join(10)
+    if feed.error is not None:
+        raise InstallError(f"cannot read {path}: {feed.error.strerror or feed.error}")
     if rc != 0 or not any("successful" in line for line in lines):
-        raise InstallError(_reason(lines, rc, fed, total))
+        where = _where(feed.fed, total)
+        message = f"SWUpdate refused the file ({where}, exit {rc}): {_said(lines)}"
+        raise InstallError(message[:MAX_REASON])
+
+
+class _Feed(threading.Thread):
+    """Copies the file into the client's stdin; `fed` counts the bytes it took."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], src: IO[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.proc = proc
+        self.src = src
+        self.fed = 0
+        self.error: OSError | None = None
+
+    def run(self) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            while chunk := self.src.read(CHUNK):
+                stdin.write(chunk)
+                self.fed += len(chunk)
+        except BrokenPipeError:
+            pass  # SWUpdate stopped reading (it refused the file): its exit status says why
+        except OSError as exc:
+            if self.proc.poll() is None:  # not the pipe of a killed client: the file
+                self.error = exc
+                self.proc.kill()
+        finally:
+            with contextlib.suppress(OSError):
+                stdin.close()
+
+
+def _watch(
+    proc: subprocess.Popen[bytes],
+    feed: _Feed,
+    total: int,
+    progress: Progress,
+    stall_timeout: float,
+    finish_timeout: float,
+) -> int:
+    """The client's exit status, reporting progress; _Stuck if it is stuck."""
+    seen = -1
+    last = time.monotonic()
+    while True:
+        try:
+            rc = proc.wait(POLL)
+        except subprocess.TimeoutExpired:
+            pass
+        else:
+            feed.join(10)  # it ends once the client's stdin is gone
+            if feed.fed != seen:
+                progress(feed.fed, total)
+            return rc
+        now = time.monotonic()
+        fed = feed.fed
+        if fed != seen:
+            seen, last = fed, now
+            progress(fed, total)
+        elif feed.is_alive() and now - last > stall_timeout:
+            raise _Stuck(f"took no data for {stall_timeout:.0f} s")
+        elif not feed.is_alive() and now - last > finish_timeout:
+            raise _Stuck(f"did not finish within {finish_timeout:.0f} s")
 
 
 def _collect(stream: IO[bytes], lines: list[str]) -> None:
@@ -104,10 +178,13 @@ def _collect(stream: IO[bytes], lines: list[str]) -> None:
             del lines[:-200]
 
 
-def _reason(lines: list[str], rc: int, fed: int, total: int) -> str:
+def _where(fed: int, total: int) -> str:
+    return f"after {fed} of {total} bytes" if fed < total else "after the whole file"
+
+
+def _said(lines: list[str]) -> str:
     """SWUpdate's own error lines if it gave any, else the last lines it printed."""
     errors = [line for line in lines if "ERROR" in line.upper()]
     shown = (errors or lines)[-TAIL_LINES:]
-    text = " | ".join(line.removeprefix("Status: ").strip() for line in shown) or "no output"
-    where = f"after {fed} of {total} bytes" if fed < total else "after the whole file"
-    return f"SWUpdate refused the file ({where}, exit {rc}): {text}"[:MAX_REASON]
+    text = " | ".join(line.removeprefix("Status: ").strip() for line in shown)
+    return text or "no output"
