@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from boothub import DEVICE_ADDRESS, HUB_ADDRESS, PREFIX, SLIRP_HOST, WG_PORT, Hub
+from boothub import DEVICE_ADDRESS, HUB_ADDRESS, PREFIX, WG_PORT, Hub
 from bootvm import VM, VMError
+from underlay import UNDERLAY_HOST
 
 ROOT = Path(__file__).resolve().parents[2]
 ONLINE_TIMEOUT = 420.0  # power-on to online: under a minute under TCG, more when loaded
@@ -101,7 +102,7 @@ def provision_device(boot_image: Path, hub: Hub, work: Path, device_id: str, acc
     tunnel = provision.Tunnel(
         private_key=private,
         hub_public_key=hub.public_key,
-        hub_endpoint_address=SLIRP_HOST,
+        hub_endpoint_address=UNDERLAY_HOST,
         hub_endpoint_port=WG_PORT,
         tunnel_address=f"{DEVICE_ADDRESS}/{PREFIX}",
         service_address=HUB_ADDRESS,
@@ -110,5 +111,5 @@ def provision_device(boot_image: Path, hub: Hub, work: Path, device_id: str, acc
         management_https_port=int(hub.info["artifact_port"]),
     )
     disk = provision.provision(boot_image, work / "device.img", certs, tunnel)
-    vm = VM(disk, work / "vm", netns=hub.netns, accel=accel)
+    vm = VM(disk, work / "vm", netns=hub.netns, nic=hub.underlay.qemu_nic(), accel=accel)
     return Device(vm, hub, device_id, public)

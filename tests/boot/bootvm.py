@@ -68,12 +68,14 @@ class VM:
         workdir: Path,
         *,
         netns: str | None = None,
+        nic: str = "user,id=net0,model=virtio-net-pci",
         accel: str = "tcg",
         memory_mib: int = 1024,
     ) -> None:
         self.disk = disk
         self.workdir = workdir
         self.netns = netns
+        self.nic = nic  # QEMU -nic: its netdev is net0
         self.accel = accel
         self.memory_mib = memory_mib
         workdir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,7 @@ class VM:
             "-drive",
             f"if=virtio,format=raw,file={self.disk},cache=unsafe",
             "-nic",
-            "user,id=net0,model=virtio-net-pci",
+            self.nic,
             "-object",
             "rng-random,filename=/dev/urandom,id=rng0",
             "-device",
@@ -126,7 +128,7 @@ class VM:
         if self.rtc_base is not None:
             qemu += ["-rtc", f"base={self.rtc_base}"]
         if self.capture is not None:
-            # every frame of the guest's NIC, both ways, as QEMU passes it to slirp
+            # every frame of the guest's NIC, both ways, as QEMU passes it on
             qemu += ["-object", f"filter-dump,id=dump0,netdev=net0,file={self.capture}"]
         for extra in self.extra_drives:
             qemu += ["-drive", f"if=virtio,format=raw,readonly=on,file={extra}"]

@@ -86,7 +86,7 @@ def device(
     dev = provision_device(boot_image, hub, work, DEVICE_ID, accel)
     vm = dev.vm
     try:
-        # the first boot's underlay, as QEMU passes it to slirp (test_device.py's egress test)
+        # the first boot's underlay, as QEMU passes it on (test_device.py's egress test)
         vm.capture = dev.first_boot_capture = work / "first-boot.pcap"
         dev.power_on()
         vm.capture = None  # read at power-on: later boots are not captured
