@@ -25,12 +25,11 @@ from probes import Capture, ScanResult, nmap, sent_by_device
 
 TCP_PORTS = 65535
 UDP_PORTS = 1000
-# One probe per port, no retries (tests/network/test_internet_scan.py has why);
-# slower than the network tier's 5,000 probes/s: the emulated guest takes
-# each through its virtio queue and nftables, and drops what overflows
-ON_LINK = ("-T5", "--max-retries", "0", "--min-rate", "2000", "--host-timeout", "10m")
-# through the tunnel, each probe is also a WireGuard packet the guest decrypts
-IN_TUNNEL = ("-T5", "--max-retries", "0", "--min-rate", "1000", "--host-timeout", "15m")
+# One probe per port, no retries (tests/network/test_internet_scan.py has why)
+ON_LINK = ("-T5", "--max-retries", "0", "--min-rate", "5000", "--host-timeout", "10m")
+# through the tunnel, each probe is also a WireGuard packet the emulated guest
+# decrypts before its firewall drops it
+IN_TUNNEL = ("-T5", "--max-retries", "0", "--min-rate", "2500", "--host-timeout", "15m")
 ARRIVED = 0.95  # share of the probes the device's firewall must have counted
 
 
