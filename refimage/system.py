@@ -39,6 +39,10 @@ DISABLED_UNITS = (
     # Debian runs `swupdate-progress -r`, which reboots as soon as an install
     # succeeds; the agent chooses the moment (and the layer does not install it).
     "swupdate-progress.service",
+    # SWUpdate starts on demand only, as the layer's swupdate bbappend has it
+    # (SYSTEMD_SERVICE = swupdate.socket): Debian's wolfSSL build loaded at a
+    # boot with a dead RTC never trusts the update-signing certificate
+    "swupdate.service",
 )
 
 

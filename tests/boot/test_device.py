@@ -367,6 +367,11 @@ def test_dead_rtc_and_no_saved_clock_wait_for_the_tunnels_time(device: Device) -
     assert "setting system clock to 2000-01-01" in vm.check("journalctl -b -k --no-pager -g rtc")
     # systemd 257: "System time advanced to built-in epoch: <time>"
     assert "built-in epoch" in vm.check("journalctl -b -o cat --no-pager -g 'epoch'")
+    # SWUpdate did not start on this clock (it would hold the update-signing
+    # certificate, not yet valid then, against every update until a restart):
+    # it starts when the agent hands it one (test_update.py follows this boot)
+    assert vm.run("systemctl is-active swupdate.service").output.strip() == "inactive"
+    assert vm.run("systemctl is-enabled swupdate.socket").output.strip() == "enabled"
     vm.wait_for(SYNCED, "yes", CLOCK_TIMEOUT + STALE_AFTER)
     timesyncd = vm.check("journalctl -b -u systemd-timesyncd --no-pager")
     assert "recorded timestamp" not in timesyncd, timesyncd

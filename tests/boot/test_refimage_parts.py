@@ -238,3 +238,15 @@ def test_grub_cfg_never_stores_an_empty_variable() -> None:
     assert "rollback" in saved
     empty = re.findall(r"\bset (\w+)=(?=\s|;|$)", cfg, re.M)
     assert [name for name in empty if name in saved] == []
+
+
+def test_swupdate_starts_on_demand_in_both_builds() -> None:
+    """The layer enables only SWUpdate's socket, and the reference image turns
+    off the service Debian enables, so that neither starts SWUpdate at boot,
+    on a clock that may not be set yet."""
+    bbappend = ROOT / "meta-twelvefactor" / "recipes-support" / "swupdate" / "swupdate_%.bbappend"
+    pattern = r'^SYSTEMD_SERVICE:\$\{PN\}:twelvefactor = "([^"]*)"$'
+    m = re.search(pattern, bbappend.read_text(), re.M)
+    assert m is not None, "the bbappend does not set which SWUpdate units start"
+    assert m.group(1).split() == ["swupdate.socket"]
+    assert "swupdate.service" in system.DISABLED_UNITS

@@ -17,6 +17,13 @@ SRC_URI:append:twelvefactor:aarch64 = " file://twelvefactor-uboot.cfg"
 # /etc/hwrevision names the machine
 PACKAGE_ARCH:twelvefactor = "${MACHINE_ARCH}"
 
+# SWUpdate starts on demand (socket activation), not at boot: it loads the
+# update-signing certificate when it starts, and at boot the clock may still
+# be wrong (a dead RTC and no saved clock), which some crypto back ends hold
+# against the certificate until a restart. Its first client is the agent with
+# an update, after a TLS session that needed the right time.
+SYSTEMD_SERVICE:${PN}:twelvefactor = "swupdate.socket"
+
 # TWELVEFACTOR_SWU_CERT (conf/distro/twelvefactor.conf): the certificate the
 # device trusts for .swu signatures. A release build must not trust the
 # development certificate.
