@@ -88,22 +88,53 @@ def test_exit_zero_without_success_is_not_success(tmp_path: Path, swu: Path) -> 
         install(swu, dry_run=False, client=_client(tmp_path, SILENT_SUCCESS))
 
 
-def test_a_client_that_stops_reading_is_killed(tmp_path: Path, swu: Path) -> None:
+def _counted(tmp_path: Path, body: str) -> tuple[str, Path]:
+    """A client that appends a line to a file each time it runs."""
+    runs = tmp_path / "runs"
+    return _client(tmp_path, f"open({str(runs)!r}, 'a').write('run\\n')\n" + body), runs
+
+
+def test_a_client_that_stops_reading_is_killed_and_run_once_more(tmp_path: Path, swu: Path) -> None:
+    client, runs = _counted(tmp_path, STOPS_READING)
     started = time.monotonic()
     with pytest.raises(InstallError) as err:
-        install(swu, dry_run=True, client=_client(tmp_path, STOPS_READING), stall_timeout=1.5)
+        install(swu, dry_run=True, client=client, stall_timeout=1.5)
     assert time.monotonic() - started < 30  # not the client's 60 s sleep
+    assert runs.read_text().count("run") == 2
     text = str(err.value)
     assert text.startswith("SWUpdate took no data for 2 s (after ")
     assert "killed: [TRACE] : waiting" in text
 
 
 def test_a_client_that_never_exits_is_killed(tmp_path: Path, swu: Path) -> None:
+    client, runs = _counted(tmp_path, NEVER_EXITS)
     started = time.monotonic()
     with pytest.raises(InstallError) as err:
-        install(swu, dry_run=False, client=_client(tmp_path, NEVER_EXITS), finish_timeout=1.5)
+        install(swu, dry_run=False, client=client, finish_timeout=1.5)
     assert time.monotonic() - started < 30
+    assert runs.read_text().count("run") == 2
     assert str(err.value).startswith("SWUpdate did not finish within 2 s (after the whole file)")
+
+
+def test_a_client_stuck_once_succeeds_the_second_time(tmp_path: Path, swu: Path) -> None:
+    """swupdate-client's lost wake-up is a race: the second run gets through."""
+    first = tmp_path / "first-run-done"
+    body = f"""
+import os
+if not os.path.exists({str(first)!r}):
+    open({str(first)!r}, "w").close()
+    sys.stdin.buffer.read(256)
+    time.sleep(60)
+{OK}"""
+    seen: list[tuple[int, int]] = []
+    install(
+        swu,
+        dry_run=True,
+        client=_client(tmp_path, body),
+        stall_timeout=1.5,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert first.exists() and seen[-1] == (SIZE, SIZE)
 
 
 def test_a_missing_client_is_named(tmp_path: Path, swu: Path) -> None:

@@ -12,11 +12,19 @@ decompressed stream) while writing nothing: the agent runs it first, so that
 a tampered or unsigned file is refused before a byte reaches the idle slot
 (the raw handler streams straight to the partition and finds a bad hash only
 at the end).
+
+`swupdate-client` (up to SWUpdate 2026.05 at least) can hang: its main
+thread waits on a condition variable that the thread talking to the daemon
+may already have signalled, when the daemon refuses a file very quickly.
+The agent therefore kills a client that takes no data, or does not exit
+once it has it all, and runs it once more (the layer also patches the
+client, but other builds, Debian's among them, have the bug).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import threading
@@ -35,10 +43,14 @@ CHUNK = 64 * 1024
 TAIL_LINES = 6  # lines of SWUpdate's messages kept for a failure reason
 MAX_REASON = 400
 POLL = 0.5  # seconds between progress reports
-# Under TCG the dry run takes ~20 s for 170 MB; a real board's flash may pause
-# the raw handler for seconds, never for minutes.
-STALL_TIMEOUT = 300.0
+# The client reads as SWUpdate checks and writes (~10 MB/s under TCG); a
+# board's flash may hold the raw handler for seconds, not for a minute. After
+# the last byte SWUpdate may still sync a whole partition to slow flash.
+STALL_TIMEOUT = 60.0
 FINISH_TIMEOUT = 300.0
+ATTEMPTS = 2  # a stuck client is killed and run once more
+
+log = logging.getLogger("twelvefactor.update")
 
 Progress = Callable[[int, int], None]  # (bytes handed over, total)
 
@@ -65,9 +77,30 @@ def install(
 
     SWUpdate streams: it takes the file at the pace it checks and writes it,
     so a client that takes no byte for `stall_timeout` seconds, or has not
-    finished `finish_timeout` seconds after the last one, is stuck (its IPC
-    with the daemon lost a message) and is killed rather than waited for.
+    finished `finish_timeout` seconds after the last one, is stuck; it is
+    killed and run again, up to ATTEMPTS times.
     """
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            _install_once(
+                path, dry_run, progress, client, socket_dir, stall_timeout, finish_timeout
+            )
+            return
+        except _Stuck as exc:
+            if attempt == ATTEMPTS:
+                raise InstallError(str(exc)) from None
+            log.warning("%s; running it again", exc)
+
+
+def _install_once(
+    path: Path,
+    dry_run: bool,
+    progress: Progress,
+    client: str,
+    socket_dir: str,
+    stall_timeout: float,
+    finish_timeout: float,
+) -> None:
     argv = [client, "-v"] + (["-d"] if dry_run else []) + ["-"]
     env = dict(os.environ, TMPDIR=socket_dir, RUNTIME_DIRECTORY=socket_dir)
     try:
@@ -100,7 +133,7 @@ def install(
             reader.join(10)
             where = _where(feed.fed, total)
             message = f"SWUpdate {exc} ({where}), killed: {_said(lines)}"
-            raise InstallError(message[:MAX_REASON]) from None
+            raise _Stuck(message[:MAX_REASON]) from None
     reader.join(10)
     if feed.error is not None:
         raise InstallError(f"cannot read {path}: {feed.error.strerror or feed.error}")

@@ -10,6 +10,7 @@ SRC_URI:append:twelvefactor = " \
     file://twelvefactor-swupdate-selection \
     file://20-twelvefactor \
     file://swupdate-socket-twelvefactor.conf \
+    file://0001-swupdate-client-do-not-miss-the-end-of-a-quickly-refused-image.patch \
 "
 SRC_URI:append:twelvefactor:x86-64 = " file://twelvefactor-grub.cfg"
 SRC_URI:append:twelvefactor:aarch64 = " file://twelvefactor-uboot.cfg"
