@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,8 @@ from typing import Any
 
 from twelvefactor_services.hub.plan import Tunnel, nft_ruleset
 from twelvefactor_services.hub.stale import StaleTracker, parse_dump
-from underlay import SPOKE_UNDERLAY, UNDERLAY_HOST, Underlay
+from underlay import SPOKE_UNDERLAY, UNDERLAY_HOST, Underlay, UnderlayError, stop_process
+from underlay import run as _run
 
 HUB_ADDRESS = "10.77.0.1"
 DEVICE_ADDRESS = "10.77.0.2"
@@ -43,15 +43,8 @@ HUB_STACK = Path(__file__).with_name("hub_stack.py")
 START_TIMEOUT = 120.0
 
 
-class HubError(RuntimeError):
+class HubError(UnderlayError):
     pass
-
-
-def _run(*argv: str, input_text: str | None = None) -> str:
-    done = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise HubError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout
 
 
 def wg_keypair() -> tuple[str, str]:
@@ -175,7 +168,7 @@ class Hub:
                     self._wg_cmd("set", self.ifname, "peer", key,
                                  "allowed-ips", f"{self._peers[key]}/32")  # fmt: skip
                     self.forgotten.append(key)
-            except (HubError, ValueError, KeyError) as exc:
+            except (UnderlayError, ValueError, KeyError) as exc:
                 print(f"boothub: forgetting quiet peers: {exc}", file=sys.stderr)
 
     def stop(self) -> None:
@@ -183,13 +176,7 @@ class Hub:
         if self._forgetter is not None:
             self._forgetter.join(10)
         for proc in (self._stack, self._wg, self._spoke_wg):
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
         self._stack = self._wg = self._spoke_wg = None
         self.underlay.stop()
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, check=False)

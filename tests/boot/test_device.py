@@ -279,6 +279,40 @@ SAVED_AT: dict[str, int] = {}  # the saved clock's time stamp before the cut
 DEAD_RTC = "2000-01-01T00:00:00"
 
 
+def _power_cycle_with_a_dead_rtc(device: Device) -> None:
+    vm = device.vm
+    vm.power_cut()
+    vm.rtc_base = DEAD_RTC
+    try:
+        device.power_on()
+    finally:
+        vm.rtc_base = None  # read at power-on: later boots get the host's time again
+    vm.login()
+
+
+def _synced_through_the_tunnel(vm: Any, timeout: float) -> str:
+    """Wait until timesyncd synchronised from the hub's tunnel address, to
+    within 3 s of the host; this boot's timesyncd log."""
+    vm.wait_for(SYNCED, "yes", timeout)
+    timesyncd = str(vm.check("journalctl -b -u systemd-timesyncd --no-pager"))
+    assert f"{HUB_ADDRESS}:123" in timesyncd, timesyncd
+    skew = abs(int(vm.check("date +%s")) - time.time())
+    assert skew <= 3, f"the device's clock is {skew:.0f} s off after synchronising"
+    return timesyncd
+
+
+def _both_sessions_online(vm: Any) -> None:
+    """The agent's own view (not the hub's record, which goes by time stamps
+    the agent may have made before its clock was set)."""
+    deadline = time.monotonic() + CLOCK_TIMEOUT
+    while True:
+        status = json.loads(vm.check("twelvefactor-agent status --config /data/config/agent.toml"))
+        if status.get("management") == "online" and status.get("solution") == "online":
+            return
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+
+
 def test_data_persists_across_power_cycle(device: Device) -> None:
     """/data survives a power cut. The RTC starts at 2000 on the way back (a
     dead RTC): the clock test below looks at that boot."""
@@ -290,13 +324,7 @@ def test_data_persists_across_power_cycle(device: Device) -> None:
     vm.wait_for(f"{fresh} && echo fresh", "fresh", SAVE_INTERVAL * 2)
     SAVED_AT["clock"] = int(vm.check("stat -c %Y /data/timesync/clock"))
     vm.check("sync")
-    vm.power_cut()
-    vm.rtc_base = DEAD_RTC
-    try:
-        device.power_on()
-    finally:
-        vm.rtc_base = None  # read at power-on: later boots get the host's time again
-    vm.login()
+    _power_cycle_with_a_dead_rtc(device)
     assert vm.check(f"cat {MARKER}") == before
 
 
@@ -320,18 +348,8 @@ def test_dead_rtc_boots_on_the_saved_clock_then_syncs_through_the_tunnel(
     stamps = [float(line.split()[0]) for line in first.splitlines() if line[:1].isdigit()]
     assert stamps and stamps[0] >= saved - 1, first
     # then the hub's time, through the tunnel
-    vm.wait_for(SYNCED, "yes", CLOCK_TIMEOUT)
-    assert f"{HUB_ADDRESS}:123" in vm.check("journalctl -b -u systemd-timesyncd --no-pager")
-    skew = abs(int(vm.check("date +%s")) - time.time())
-    assert skew <= 3, f"the device's clock is {skew:.0f} s off after synchronising"
-    # and both sessions up again
-    deadline = time.monotonic() + CLOCK_TIMEOUT
-    while True:
-        status = json.loads(vm.check("twelvefactor-agent status --config /data/config/agent.toml"))
-        if status.get("management") == "online" and status.get("solution") == "online":
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(3)
+    _synced_through_the_tunnel(vm, CLOCK_TIMEOUT)
+    _both_sessions_online(vm)
     # (not device.wait_online: it reads this boot's metadata by its time stamp,
     # and the agent may have stamped it before the clock was synchronised)
     record = device.hub.device(device.device_id)
@@ -357,13 +375,7 @@ def test_dead_rtc_and_no_saved_clock_wait_for_the_tunnels_time(device: Device) -
     does the agent connect, with verification on."""
     vm = device.vm
     vm.check("systemctl stop systemd-timesyncd && rm -f /data/timesync/clock && sync")
-    vm.power_cut()
-    vm.rtc_base = DEAD_RTC
-    try:
-        device.power_on()
-    finally:
-        vm.rtc_base = None
-    vm.login()
+    _power_cycle_with_a_dead_rtc(device)
     assert "setting system clock to 2000-01-01" in vm.check("journalctl -b -k --no-pager -g rtc")
     # systemd 257: "System time advanced to built-in epoch: <time>"
     assert "built-in epoch" in vm.check("journalctl -b -o cat --no-pager -g 'epoch'")
@@ -372,19 +384,9 @@ def test_dead_rtc_and_no_saved_clock_wait_for_the_tunnels_time(device: Device) -
     # it starts when the agent hands it one (test_update.py follows this boot)
     assert vm.run("systemctl is-active swupdate.service").output.strip() == "inactive"
     assert vm.run("systemctl is-enabled swupdate.socket").output.strip() == "enabled"
-    vm.wait_for(SYNCED, "yes", CLOCK_TIMEOUT + STALE_AFTER)
-    timesyncd = vm.check("journalctl -b -u systemd-timesyncd --no-pager")
+    timesyncd = _synced_through_the_tunnel(vm, CLOCK_TIMEOUT + STALE_AFTER)
     assert "recorded timestamp" not in timesyncd, timesyncd
-    assert f"{HUB_ADDRESS}:123" in timesyncd, timesyncd
-    skew = abs(int(vm.check("date +%s")) - time.time())
-    assert skew <= 3, f"the device's clock is {skew:.0f} s off after synchronising"
-    deadline = time.monotonic() + CLOCK_TIMEOUT
-    while True:
-        status = json.loads(vm.check("twelvefactor-agent status --config /data/config/agent.toml"))
-        if status.get("management") == "online" and status.get("solution") == "online":
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(3)
+    _both_sessions_online(vm)
     synced = _first_monotonic(vm, "systemd-timesyncd", "Contacted time server")
     connected = _first_monotonic(vm, "twelvefactor-agent", "connected to")
     assert synced is not None and connected is not None, (synced, connected)

@@ -44,6 +44,18 @@ def run(*argv: str, input_text: str | None = None) -> str:
     return done.stdout
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, and SIGKILL if it is still there 30 s later."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Underlay:
     def __init__(self, root: Path, hub_netns: str, tag: int) -> None:
         self.root = root
@@ -121,13 +133,7 @@ class Underlay:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        if self._dnsmasq is not None and self._dnsmasq.poll() is None:
-            self._dnsmasq.terminate()
-            try:
-                self._dnsmasq.wait(10)
-            except subprocess.TimeoutExpired:
-                self._dnsmasq.kill()
-                self._dnsmasq.wait()
+        stop_process(self._dnsmasq)
         self._dnsmasq = None
         for netns in self._neighbours:
             subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
