@@ -22,13 +22,16 @@ from pathlib import Path
 from typing import TextIO
 
 import pexpect
+from pace import PACE
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 PROMPT = "TFBOOT-PROMPT# "
-# Generous: a boot is about 30-60 s under TCG here, and 2-3x that on a loaded machine.
-BOOT_TIMEOUT = 300.0
-COMMAND_TIMEOUT = 120.0
+# Reference times (pace.py scales them by this run's boots): power-on to the
+# login prompt, and a command on the console (most take well under a second).
+LOGIN_SECONDS = 45.0
+COMMAND_SECONDS = 40.0
+COMMAND_TIMEOUT = 120.0  # pexpect's default read limit; every wait here names its own
 # The kernel prints its command line early; the layer's grub.cfg puts the slot on it.
 KERNEL_SLOT = r"Command line:[^\n]*twelvefactor\.slot=([AB])"
 
@@ -168,10 +171,10 @@ class VM:
             child.close()
         self._close_log()
 
-    def wait_power_off(self, timeout: float = BOOT_TIMEOUT) -> None:
+    def wait_power_off(self, timeout: float | None = None) -> None:
         """Wait for QEMU to exit (a reboot or power-off under -no-reboot)."""
         child = self._require()
-        child.expect(pexpect.EOF, timeout=timeout)
+        child.expect(pexpect.EOF, timeout=PACE.limit(LOGIN_SECONDS) if timeout is None else timeout)
         child.close()
         self._child = None
         self._close_log()
@@ -229,14 +232,16 @@ class VM:
             raise VMError("no regular-expression match to read")
         return str(match.group(group))
 
-    def login(self, timeout: float = BOOT_TIMEOUT) -> float:
+    def login(self, timeout: float | None = None) -> float:
         """Log in as root on the serial console; seconds since power-on."""
         child = self._require()
-        self.expect(r"login: ", timeout)
+        if timeout is None:
+            timeout = PACE.limit(LOGIN_SECONDS) - (time.monotonic() - self.powered_on_at)
+        self.expect(r"login: ", max(timeout, PACE.limit(COMMAND_SECONDS)))
         child.sendline("root")
-        if self.expect([r"Password: ", r"# "], 60) == 0:
+        if self.expect([r"Password: ", r"# "], PACE.limit(COMMAND_SECONDS)) == 0:
             child.sendline("")
-            self.expect(r"# ", 60)
+            self.expect(r"# ", PACE.limit(COMMAND_SECONDS))
         since = time.monotonic() - self.powered_on_at
         # No echo and a wide terminal (long commands would wrap), a prompt of our
         # own, no bracketed-paste codes, and neither kernel messages nor systemd's
@@ -245,12 +250,14 @@ class VM:
             f"stty -echo cols 1000; export PS1='{PROMPT}' PS2='' TERM=dumb SYSTEMD_COLORS=0;"
             " bind 'set enable-bracketed-paste off'; dmesg -n 1; kill -s RTMIN+21 1"
         )
-        self.expect(re.escape(PROMPT), 60)
+        self.expect(re.escape(PROMPT), PACE.limit(COMMAND_SECONDS))
         return since
 
-    def run(self, command: str, timeout: float = COMMAND_TIMEOUT) -> Result:
+    def run(self, command: str, timeout: float | None = None) -> Result:
         """Run a shell command as root; its exit status and output (stdout+stderr)."""
         child = self._require()
+        if timeout is None:
+            timeout = PACE.limit(COMMAND_SECONDS)
         tag = secrets.token_hex(4)
         # The markers are split in the command text, so only the output matches.
         child.sendline(f"echo TF-BEG''{tag}; {{ {command.strip()} ; }} 2>&1; echo TF-END''{tag}=$?")
@@ -258,10 +265,10 @@ class VM:
         self.expect(f"TF-END{tag}=(\\d+)", timeout)
         output = (child.before or "").replace("\r", "")
         status = int(child.match.group(1))
-        self.expect(re.escape(PROMPT), 30)
+        self.expect(re.escape(PROMPT), PACE.limit(COMMAND_SECONDS))
         return Result(status, output.rstrip("\n"))
 
-    def check(self, command: str, timeout: float = COMMAND_TIMEOUT) -> str:
+    def check(self, command: str, timeout: float | None = None) -> str:
         """Output of a command that must succeed."""
         return self.run(command, timeout).check(command)
 

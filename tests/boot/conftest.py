@@ -24,19 +24,59 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the refimage builder and provisioning live at the top level
     sys.path.insert(0, str(ROOT))
 
-from bootdevice import BOOT_TIMES, Device, provision_device  # noqa: E402
+from bootdevice import Device, provision_device  # noqa: E402
 from boothub import Hub  # noqa: E402
+from bootvm import VMError  # noqa: E402
+from pace import PACE  # noqa: E402
 
 from refimage import image as refimage_image  # noqa: E402
 
 DEVICE_ID = "boot-dev-1"
+_shared: dict[str, Device] = {}  # the session's device, for failure reports
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if BOOT_TIMES:
+    if PACE.boots:
         terminalreporter.section("boot: power-on to online")
-        for what, seconds in BOOT_TIMES:
+        for what, seconds in PACE.boots:
             terminalreporter.write_line(f"{seconds:7.1f} s  {what}")
+        terminalreporter.write_line(f"limits scaled by {PACE.ratio:.2f} (slowest boot / reference)")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that used the device says what the device was doing: one
+    slow step must read as one slow step, not as the next test's failure."""
+    report = yield
+    device = getattr(item, "funcargs", {}).get("device") or _shared.get("device")
+    if report.failed and isinstance(device, Device) and "device" in item.fixturenames:
+        report.sections.append(("device at the failure", describe(device)))
+    return report
+
+
+def describe(device: Device) -> str:
+    """What the device and the hub were doing: job states, the agent's journal, the console."""
+    vm = device.vm
+    parts = [f"QEMU running: {vm.running}; boots so far: {vm.boots}; {PACE.boots[-3:]}"]
+    try:
+        parts.append(f"management record: {device.hub.device(device.device_id)}")
+        status, jobs = device.hub.management_get("/jobs")
+        parts.append(f"jobs ({status}): {jobs}")
+    except Exception as exc:  # a report must never hide the failure it describes
+        parts.append(f"management service: {exc!r}")
+    if vm.running:
+        try:
+            for command in (
+                "systemctl --failed --no-legend --plain",
+                "twelvefactor-bootenv get upgrade_available",
+                "journalctl -b -u twelvefactor-agent -u twelvefactor-confirm --no-pager | tail -30",
+            ):
+                parts.append(f"$ {command}\n{vm.run(command, timeout=30).output}")
+        except (VMError, OSError) as exc:
+            parts.append(f"console did not answer: {exc}"[:2000])
+    parts.append(f"hub log:\n{device.hub.log_tail(20)}")
+    parts.append(f"console tail:\n{vm.tail(3000)}")
+    return "\n".join(parts)
 
 
 def _option(config: pytest.Config, name: str, default: Any) -> Any:
@@ -92,6 +132,7 @@ def device(
         vm.capture = None  # read at power-on: later boots are not captured
         vm.login()
         dev.wait_online("first boot")
+        _shared["device"] = dev
         yield dev
     finally:
         vm.power_cut()

@@ -9,8 +9,10 @@ bootloader falls back and the agent reports `rolled_back`.
 
 QEMU runs with -no-reboot, so every reboot the device makes ends QEMU: the
 tests power it on again, the way the device's power supply would.
-The tests run in order and share the device; each starts from whatever slot
-the previous one left running.
+The tests share the device and start from whatever slot the previous one
+left running, but never from its unfinished business: each first brings the
+device to a known state (powered, online, no unfinished job, no trial boot),
+and none depends on the version another one installed.
 """
 
 from __future__ import annotations
@@ -25,12 +27,17 @@ from typing import Any
 
 import pytest
 from bootdevice import ROOT, Device
-from bootvm import BOOT_TIMEOUT, KERNEL_SLOT, VMError
+from bootvm import KERNEL_SLOT, LOGIN_SECONDS, VMError
+from pace import PACE, REFERENCE_BOOT
 
 from refimage import disk, updates
 
-JOB_TIMEOUT = 600.0  # download + dry run + install + reboots under TCG: 2-4 min measured
-CONFIRM_WINDOW = 60  # seconds a new slot gets to prove itself (the layer's default is 180)
+# Reference times (pace.py scales them by this run's boots): a job's download,
+# SWUpdate's dry run and install took 2-4 minutes in all; a boot REFERENCE_BOOT.
+JOB_SECONDS = 180.0
+# A new slot's confirmation window covers its boot to online (the layer's default
+# is 180 s); it is a device-side setting, so it follows this run's pace too.
+CONFIRM_SECONDS = 60.0
 BOOTLIMIT = 3
 FINAL = ("succeeded", "failed", "rolled_back")
 SLOT_PARTITION = {"A": "rootfs-a", "B": "rootfs-b"}
@@ -42,6 +49,13 @@ def _build(boot_image: Path, kind: str, version: str) -> Path:
 
 def _running_slot(device: Device) -> str:
     return device.vm.check("sed -n 's/.*twelvefactor\\.slot=\\([AB]\\).*/\\1/p' /proc/cmdline")
+
+
+def job_limit(boots: int, windows: int = 0) -> float:
+    """Seconds for a job that reboots `boots` times, `windows` of them waiting
+    out the confirmation window (a slot that never confirms)."""
+    window = PACE.window(CONFIRM_SECONDS)
+    return PACE.limit(JOB_SECONDS + boots * REFERENCE_BOOT, windows * window)
 
 
 def _partition_digest(image: Path, slot: str) -> str:
@@ -63,12 +77,17 @@ def _partition_digest(image: Path, slot: str) -> str:
 class Updating:
     """One job on the device, watched from the management service; reboots power-cycled."""
 
-    def __init__(self, device: Device, swu: Path) -> None:
+    def __init__(self, device: Device, swu: Path | None = None, *, job: str = "") -> None:
+        """A new job for `swu`, or (`job`) one that exists already."""
         self.device = device
         self.hub = device.hub
-        artifact = self.hub.add_artifact(swu)
-        self.sha256 = str(artifact["sha256"])
-        self.job = self.hub.create_job(self.sha256, device.device_id)
+        if swu is not None:
+            artifact = self.hub.add_artifact(swu)
+            self.sha256 = str(artifact["sha256"])
+            self.job = self.hub.create_job(self.sha256, device.device_id)
+        else:
+            self.job = job
+            self.sha256 = str(self.hub.management_get(f"/jobs/{job}")[1].get("artifact", ""))
         self.boots: list[str] = []  # the slot of every boot since the job started
         self.powered_on = 0.0  # wall clock of the last power-on by this object
         self.states: list[tuple[str, Any]] = []
@@ -91,7 +110,7 @@ class Updating:
         vm = self.device.vm
         self.powered_on = time.time()
         self.device.power_on()
-        vm.expect(KERNEL_SLOT, BOOT_TIMEOUT)
+        vm.expect(KERNEL_SLOT, PACE.limit(LOGIN_SECONDS))
         self.boots.append(vm.last_match(1))
         vm.login()
 
@@ -99,7 +118,7 @@ class Updating:
         self,
         done: Callable[[dict[str, Any]], bool],
         what: str,
-        timeout: float = JOB_TIMEOUT,
+        timeout: float,
         *,
         final_ok: bool = False,
     ) -> dict[str, Any]:
@@ -116,7 +135,7 @@ class Updating:
             time.sleep(1)
         raise VMError(f"job {self.job}: no {what} in {timeout:.0f} s; last {entry}; {self.states}")
 
-    def wait_final(self, timeout: float = JOB_TIMEOUT) -> dict[str, Any]:
+    def wait_final(self, timeout: float) -> dict[str, Any]:
         return self.wait(lambda e: e["state"] in FINAL, "a final state", timeout, final_ok=True)
 
     def transitions(self) -> list[tuple[str, str]]:
@@ -132,17 +151,52 @@ class Updating:
         return [int(m.group(1)) for m in pattern.finditer(self.hub.service_logs())]
 
 
-@pytest.fixture(scope="module")
-def updating_device(device: Device) -> Device:
-    """The shared device, with a short confirmation window (a per-device setting on /data)."""
-    device.vm.check(
-        f"echo TWELVEFACTOR_CONFIRM_WINDOW={CONFIRM_WINDOW} > /data/config/confirm.env && sync"
+def _unfinished_jobs(device: Device) -> list[str]:
+    status, jobs = device.hub.management_get("/jobs")
+    assert status == 200, jobs
+    return [
+        job["id"]
+        for job in jobs
+        for entry in job["devices"]
+        if entry["device"] == device.device_id and entry["state"] not in FINAL
+    ]
+
+
+def settle(device: Device) -> None:
+    """Bring the shared device to a known state: powered and logged in, its
+    confirmation window set, no unfinished job (one a failed test left is
+    driven to its end, the device powered on at every reboot), not in a trial
+    boot, and this boot's session online at the management service."""
+    vm = device.vm
+    if not vm.running:
+        device.power_on()
+        vm.login()
+    window = PACE.window(CONFIRM_SECONDS)
+    vm.check(f"echo TWELVEFACTOR_CONFIRM_WINDOW={window} > /data/config/confirm.env && sync")
+    for job in _unfinished_jobs(device):
+        left = Updating(device, job=job)
+        left.wait_final(job_limit(boots=BOOTLIMIT + 1, windows=BOOTLIMIT))
+    vm.wait_for(
+        "twelvefactor-bootenv get upgrade_available", "0", PACE.limit(CONFIRM_SECONDS, window)
     )
+    device.wait_online("settled")
+
+
+@pytest.fixture
+def updating_device(device: Device) -> Device:
+    """The shared device, settled (see settle), with a confirmation window in
+    proportion to this run's boots (a per-device setting on /data)."""
+    settle(device)
     return device
 
 
 def _version(device: Device) -> str:
     return str(device.meta()["os"]["version"])
+
+
+# Older than any image the tests boot (DISTRO_VERSION 1.0 and the updates to
+# 1.1-1.3), so the refusals below do not depend on what an earlier test installed.
+OLDER = "0.9"
 
 
 def test_good_update_survives_a_link_cut_and_switches_slots(
@@ -153,14 +207,18 @@ def test_good_update_survives_a_link_cut_and_switches_slots(
     swu = _build(boot_image, "good", "1.1")
     up = Updating(device, swu)
     # Cut the tunnel in the middle of the download, then bring it back.
-    up.wait(lambda e: e["state"] == "downloading" and (e.get("percent") or 0) >= 20, "20 %")
+    up.wait(
+        lambda e: e["state"] == "downloading" and (e.get("percent") or 0) >= 20,
+        "20 %",
+        job_limit(boots=0),
+    )
     device.hub.set_link(False)
     try:
         time.sleep(45)  # longer than the download's 30 s read timeout
         device.vm.drain()
     finally:
         device.hub.set_link(True)
-    entry = up.wait_final()
+    entry = up.wait_final(job_limit(boots=1))
     assert entry["state"] == "succeeded", (entry, up.states)
     starts = up.ranged_requests()
     assert starts and min(starts) > 0, f"no Range request after the cut: {starts}"
@@ -201,7 +259,7 @@ def _refused(device: Device, swu: Path, reason: str) -> None:
     idle = "B" if running == "A" else "A"
     idle_before = _partition_digest(device.vm.disk, idle)
     up = Updating(device, swu)
-    entry = up.wait_final()
+    entry = up.wait_final(job_limit(boots=0))
     assert entry["state"] == "failed", (entry, up.states)
     assert str(entry["reason"]).startswith(reason), entry
     assert up.boots == [], "the device rebooted"
@@ -217,7 +275,7 @@ def test_broken_update_rolls_back_within_the_boot_limit(
     old = _running_slot(device)
     version = _version(device)
     up = Updating(device, _build(boot_image, "broken", "1.2"))
-    entry = up.wait_final()
+    entry = up.wait_final(job_limit(boots=BOOTLIMIT + 1, windows=BOOTLIMIT))
     assert entry["state"] == "rolled_back", (entry, up.states)
     assert "did not confirm" in str(entry["reason"]), entry
     new = "B" if old == "A" else "A"
@@ -245,13 +303,14 @@ def test_power_cuts_during_download_and_install_never_brick(
         e = up.wait(
             lambda e, s=state, t=threshold: e["state"] == s and (e.get("percent") or 0) >= t,
             f"{state} at {threshold} %",
+            job_limit(boots=1),
         )
         cuts.append((state, int(e.get("percent") or 0)))
         vm.power_cut()
         up.power_on()
         device.wait_online(f"power cut while {state} ({threshold} %)")
         assert _running_slot(device) == old  # a half-written slot is never selected
-    entry = up.wait_final()
+    entry = up.wait_final(job_limit(boots=1))
     assert entry["state"] == "succeeded", (entry, cuts, up.states)
     assert len(cuts) == 8, cuts
     device.wait_online("after the update with 8 power cuts")
@@ -259,21 +318,26 @@ def test_power_cuts_during_download_and_install_never_brick(
     assert _version(device) == "1.3"
 
 
+def _older_than_running(device: Device) -> str:
+    running = _version(device)
+    assert tuple(map(int, OLDER.split("."))) < tuple(map(int, running.split("."))), running
+    return OLDER
+
+
 def test_older_version_is_refused(updating_device: Device, boot_image: Path) -> None:
-    # runs after the power-cut test installed 1.3: the first good update, 1.1, is older
-    assert _version(updating_device) == "1.3"
-    _refused(updating_device, _build(boot_image, "good", "1.1"), "downgrade")
+    older = _older_than_running(updating_device)
+    _refused(updating_device, _build(boot_image, "good", older), "downgrade")
 
 
 def test_provisioning_may_allow_older_versions(updating_device: Device, boot_image: Path) -> None:
     """`[update] allow_downgrade = true` in the device's file opens the version gate.
 
-    The offered 1.1 is tampered, so SWUpdate's dry run is what refuses it:
+    The offered older version is tampered, so SWUpdate's dry run is what refuses it:
     the job got past the agent's version check, and nothing is installed.
     """
     device = updating_device
     conf = "/data/config/agent.toml"
-    assert _version(device) == "1.3"
+    older = _older_than_running(device)
     device.vm.check(f"cp {conf} /run/agent.toml.orig")
     try:
         device.vm.check(
@@ -281,7 +345,7 @@ def test_provisioning_may_allow_older_versions(updating_device: Device, boot_ima
             f" && grep -q '^allow_downgrade = true' {conf}"
         )
         device.restart_agent()
-        _refused(device, _build(boot_image, "tampered", "1.1"), "swupdate_refused")
+        _refused(device, _build(boot_image, "tampered", older), "swupdate_refused")
     finally:
         device.vm.check(f"cp /run/agent.toml.orig {conf} && sync")
         device.restart_agent()

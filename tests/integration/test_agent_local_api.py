@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,8 @@ cap = 1.0
 {extra}"""
         )
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # the kernel names each datagram's sender (SCM_CREDENTIALS): see receive_notifications
+        self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.notify.bind(str(self.notify_path))
         self.notify.settimeout(0.2)
         self.messages: list[str] = []
@@ -115,12 +118,27 @@ cap = 1.0
                  str(self.config)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )  # fmt: skip
+        self.messages = []  # readiness is this start's, never one left over from the last
         self.wait_notify("READY=1")
 
     def receive_notifications(self) -> None:
+        """Notifications of the agent started last: a READY=1 from an earlier
+        process (killed, its datagram still queued) is not this one's."""
+        creds = struct.Struct("3i")  # struct ucred: pid, uid, gid
+        current = self.proc.pid if self.proc is not None else None
         try:
             while True:
-                self.messages += self.notify.recv(4096).decode().splitlines()
+                data, ancillary, _, _ = self.notify.recvmsg(4096, socket.CMSG_SPACE(creds.size))
+                sender = next(
+                    (
+                        creds.unpack(payload[: creds.size])[0]
+                        for level, kind, payload in ancillary
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+                    ),
+                    None,
+                )
+                if sender == current:
+                    self.messages += data.decode().splitlines()
         except TimeoutError:
             pass
 
