@@ -8,7 +8,9 @@ dependency must never pass silently in CI.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import require_root, require_tool
@@ -25,13 +27,53 @@ TIER_OF_FOLDER = {
 }
 
 
+# A per-test limit (pytest-timeout) so that a silent hang fails one test instead
+# of stalling the run. The boot tier's own waits follow its measured boots
+# (tests/boot/pace.py) and fire long before this backstop; the first boot test
+# also builds the reference image.
+BOOT_TEST_LIMIT = 3600
+
+
+def tier_of(path: Path) -> str | None:
+    rel = path.resolve().relative_to(ROOT / "tests")
+    return TIER_OF_FOLDER.get(rel.parts[0]) if len(rel.parts) > 1 else None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        rel = Path(str(item.fspath)).resolve().relative_to(ROOT / "tests")
-        tier = TIER_OF_FOLDER.get(rel.parts[0]) if len(rel.parts) > 1 else None
+        tier = tier_of(Path(str(item.fspath)))
         if tier is None:
+            rel = Path(str(item.fspath)).resolve().relative_to(ROOT / "tests")
             raise pytest.UsageError(f"{rel}: tests live in one of {sorted(TIER_OF_FOLDER)}")
         item.add_marker(getattr(pytest.mark, tier))
+        if tier == "boot" and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(BOOT_TEST_LIMIT))
+
+
+# Seconds spent in each tier's tests (set-up, call and tear-down), printed at the end.
+_TIER_SECONDS: dict[str, float] = {}
+_TIER_TESTS: dict[str, int] = {}
+_STARTED = time.monotonic()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    tier = tier_of(ROOT / report.nodeid.split("::")[0])
+    if tier is None:
+        return
+    _TIER_SECONDS[tier] = _TIER_SECONDS.get(tier, 0.0) + report.duration
+    if report.when == "call":
+        _TIER_TESTS[tier] = _TIER_TESTS.get(tier, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _TIER_SECONDS:
+        return
+    terminalreporter.section("time per tier")
+    for tier in sorted(_TIER_SECONDS, key=list(TIER_OF_FOLDER.values()).index):
+        minutes = _TIER_SECONDS[tier] / 60
+        terminalreporter.write_line(f"{tier:12} {_TIER_TESTS.get(tier, 0):4} tests {minutes:6.1f} min")
+    wall = (time.monotonic() - _STARTED) / 60
+    terminalreporter.write_line(f"{'this session':12} {'':10} {wall:6.1f} min of wall time")
 
 
 # The boot tier's options live here, in the top conftest: pytest only takes options
