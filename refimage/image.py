@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from refimage import agent, disk, grub, layer, rootfs, system
+from refimage.lock import locked
 from refimage.progress import BuildError, run, say, step
 
 TOP = Path(__file__).resolve().parent.parent
@@ -92,7 +93,11 @@ def _load(directory: Path) -> Image:
 def build(out: Path, *, top: Path = TOP, console_login: bool = True) -> Image:
     """The reference image for the current sources, built or taken from the cache."""
     out = out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    with locked(out):
+        return _build(out, top, console_login)
+
+
+def _build(out: Path, top: Path, console_login: bool) -> Image:
     log = out / "build.log"
     files = layer.device_files(top)
     units = layer.enabled_units(top)

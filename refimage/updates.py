@@ -28,7 +28,6 @@ files, so good, unsigned, tampered and other-hw of one version share one.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -37,12 +36,11 @@ import shutil
 import struct
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from refimage import disk, image, swu
+from refimage.lock import locked
 from refimage.progress import BuildError, say, step
 
 VERSION_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,5}")  # the agent's update.VERSION_RE
@@ -104,7 +102,7 @@ def build(top: Path, image_path: Path, out_root: Path, *, kind: str, version: st
     spec = KINDS[kind]
     folder = out_root.resolve() / UPDATES
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder):
+    with locked(folder):
         ident = image_identity(image_path)
         board, revision = swu.hwrevision(image_path)
         fs_key = _key(ident, "broken" if spec.broken else "plain", version, _code())
@@ -195,17 +193,6 @@ def _key(*parts: str) -> str:
         h.update(len(p).to_bytes(8, "little"))
         h.update(p.encode())
     return h.hexdigest()
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """One builder at a time per cache folder: a second caller waits, then finds it cached."""
-    with (folder / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _rootfs(
