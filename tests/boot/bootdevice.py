@@ -15,6 +15,11 @@ from underlay import UNDERLAY_HOST
 ROOT = Path(__file__).resolve().parents[2]
 CLOCK_SLACK = 2.0  # the guest's clock comes from the host's RTC, to the second
 RESTART_SECONDS = 15.0  # the agent's restart to its new session, in the reference run
+# A dead RTC. Not 1970: QEMU's CMOS clock cannot hold it (the guest reads the
+# year 70 as 2070, which systemd resets to its epoch as "15 years ahead").
+# 2000-01-01 is where many RTCs reset, and like 1970 it is before systemd's
+# epoch, so the boot takes the same path: epoch, then the saved clock.
+DEAD_RTC = "2000-01-01T00:00:00"
 
 
 @dataclass
@@ -27,10 +32,30 @@ class Device:
     wg_public_key: str
     # pcap of the first boot's NIC (set by the session's fixture)
     first_boot_capture: Path | None = None
+    # boots that started at systemd's epoch: a dead RTC and no clock saved on /data
+    epoch_boots: int = 0
 
     def power_on(self) -> None:
         self.vm.power_on()
         self._powered_on_wall = time.time()
+
+    def power_cycle(self, *, dead_rtc: bool = False) -> None:
+        """Cut the power and power on again (with the RTC at DEAD_RTC); logged in."""
+        vm = self.vm
+        vm.power_cut()
+        vm.rtc_base = DEAD_RTC if dead_rtc else None
+        try:
+            self.power_on()
+        finally:
+            vm.rtc_base = None  # read at power-on: later boots get the host's time again
+        vm.login()
+
+    def power_cycle_at_the_epoch(self) -> None:
+        """A device fresh from the factory with a dead RTC: no clock saved on
+        /data, so the boot starts at systemd's built-in epoch."""
+        self.vm.check("systemctl stop systemd-timesyncd && rm -f /data/timesync/clock && sync")
+        self.power_cycle(dead_rtc=True)
+        self.epoch_boots += 1
 
     def boot(self, what: str) -> float:
         """Power on, log in, wait until the management service shows it online."""

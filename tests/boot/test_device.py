@@ -21,11 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from bootdevice import ROOT, Device
 from boothub import HUB_ADDRESS, STALE_AFTER, WG_PORT
 from bootvm import VMError
 from pace import PACE, REFERENCE_BOOT
 from underlay import GUEST_MAC, INTERNET_HOST, UNDERLAY_HOST
+
+# scripts/test runs the boot tier in two workers: these tests share one device, in order
+pytestmark = pytest.mark.xdist_group("device")
 
 MARKER = "/data/boot-test-marker"
 
@@ -283,22 +287,6 @@ def clock_limit(extra: float = 0.0) -> float:
 
 SYNCED = "timedatectl show -p NTPSynchronized --value"
 SAVED_AT: dict[str, int] = {}  # the saved clock's time stamp before the cut
-# A dead RTC. Not 1970: QEMU's CMOS clock cannot hold it (the guest reads the
-# year 70 as 2070, which systemd resets to its epoch as "15 years ahead").
-# 2000-01-01 is where many RTCs reset, and like 1970 it is before systemd's
-# epoch, so the boot takes the same path: epoch, then the saved clock.
-DEAD_RTC = "2000-01-01T00:00:00"
-
-
-def _power_cycle_with_a_dead_rtc(device: Device) -> None:
-    vm = device.vm
-    vm.power_cut()
-    vm.rtc_base = DEAD_RTC
-    try:
-        device.power_on()
-    finally:
-        vm.rtc_base = None  # read at power-on: later boots get the host's time again
-    vm.login()
 
 
 def _synced_through_the_tunnel(vm: Any, timeout: float) -> str:
@@ -335,7 +323,7 @@ def test_data_persists_across_power_cycle(device: Device) -> None:
     vm.wait_for(f"{fresh} && echo fresh", "fresh", SAVE_INTERVAL * 2)
     SAVED_AT["clock"] = int(vm.check("stat -c %Y /data/timesync/clock"))
     vm.check("sync")
-    _power_cycle_with_a_dead_rtc(device)
+    device.power_cycle(dead_rtc=True)
     assert vm.check(f"cat {MARKER}") == before
 
 
@@ -385,14 +373,13 @@ def test_dead_rtc_and_no_saved_clock_wait_for_the_tunnels_time(device: Device) -
     timesyncd takes the hub's time through the tunnel, and only after that
     does the agent connect, with verification on."""
     vm = device.vm
-    vm.check("systemctl stop systemd-timesyncd && rm -f /data/timesync/clock && sync")
-    _power_cycle_with_a_dead_rtc(device)
+    device.power_cycle_at_the_epoch()
     assert "setting system clock to 2000-01-01" in vm.check("journalctl -b -k --no-pager -g rtc")
     # systemd 257: "System time advanced to built-in epoch: <time>"
     assert "built-in epoch" in vm.check("journalctl -b -o cat --no-pager -g 'epoch'")
     # SWUpdate did not start on this clock (it would hold the update-signing
     # certificate, not yet valid then, against every update until a restart):
-    # it starts when the agent hands it one (test_update.py follows this boot)
+    # it starts when the agent hands it one (test_update.py begins with such a boot)
     assert vm.run("systemctl is-active swupdate.service").output.strip() == "inactive"
     assert vm.run("systemctl is-enabled swupdate.socket").output.strip() == "enabled"
     timesyncd = _synced_through_the_tunnel(vm, clock_limit(STALE_AFTER))

@@ -41,6 +41,8 @@ CONFIRM_SECONDS = 60.0
 BOOTLIMIT = 3
 FINAL = ("succeeded", "failed", "rolled_back")
 SLOT_PARTITION = {"A": "rootfs-a", "B": "rootfs-b"}
+# scripts/test runs the boot tier in two workers: this module boots a device of its own
+pytestmark = pytest.mark.xdist_group("updates")
 
 
 def _build(boot_image: Path, kind: str, version: str) -> Path:
@@ -182,12 +184,23 @@ def settle(device: Device) -> None:
     device.wait_online("settled")
 
 
+@pytest.fixture(scope="module")
+def after_an_epoch_boot(device: Device) -> Device:
+    """The first update comes after a boot at systemd's epoch: a SWUpdate started
+    on such a clock refused every later update (docs/decisions.md, "SWUpdate
+    starts on demand"). test_device.py ends with such a boot; where this module
+    runs in a worker of its own (scripts/test), it makes one."""
+    if device.epoch_boots == 0:
+        device.power_cycle_at_the_epoch()
+    return device
+
+
 @pytest.fixture
-def updating_device(device: Device) -> Device:
+def updating_device(after_an_epoch_boot: Device) -> Device:
     """The shared device, settled (see settle), with a confirmation window in
     proportion to this run's boots (a per-device setting on /data)."""
-    settle(device)
-    return device
+    settle(after_an_epoch_boot)
+    return after_an_epoch_boot
 
 
 def _version(device: Device) -> str:
