@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from boothub import DEVICE_ADDRESS, HUB_ADDRESS, PREFIX, WG_PORT, Hub
+from boothub import HUB_ADDRESS, TUNNEL_NETWORK, WG_PORT, Hub
 from bootvm import VM, VMError
 from pace import PACE, REFERENCE_BOOT
 from underlay import UNDERLAY_HOST
@@ -30,6 +30,7 @@ class Device:
     hub: Hub
     device_id: str
     wg_public_key: str
+    tunnel_address: str  # its address in the tunnel network, given by the hub's registry
     # pcap of the first boot's NIC (set by the session's fixture)
     first_boot_capture: Path | None = None
     # boots that started at systemd's epoch: a dead RTC and no clock saved on /data
@@ -129,18 +130,18 @@ def provision_device(boot_image: Path, hub: Hub, work: Path, device_id: str, acc
     paths = Pki(hub.pki_dir).device(device_id)
     certs = provision.Identity(device_id, paths.cert, paths.key, paths.ca)
     private, public = provision.wg_keypair()
-    hub.add_device(public)
+    peer = hub.add_device(device_id, public)
     tunnel = provision.Tunnel(
         private_key=private,
         hub_public_key=hub.public_key,
         hub_endpoint_address=UNDERLAY_HOST,
         hub_endpoint_port=WG_PORT,
-        tunnel_address=f"{DEVICE_ADDRESS}/{PREFIX}",
+        tunnel_address=f"{peer.address_v4}/{TUNNEL_NETWORK.split('/')[1]}",
         service_address=HUB_ADDRESS,
         management_mqtt_port=int(hub.info["management_port"]),
         solution_mqtt_port=int(hub.info["solution_port"]),
-        management_https_port=int(hub.info["artifact_port"]),
+        management_https_port=int(hub.info["management_https_port"]),
     )
     disk = provision.provision(boot_image, work / "device.img", certs, tunnel)
     vm = VM(disk, work / "vm", netns=hub.netns, nic=hub.underlay.qemu_nic(), accel=accel)
-    return Device(vm, hub, device_id, public)
+    return Device(vm, hub, device_id, public, str(peer.address_v4))

@@ -1,46 +1,50 @@
-"""The hub a booted device talks to: a network namespace holding WireGuard
-(wireguard-go), mosquitto with TLS, the management and the solution service.
+"""The hub a booted device talks to: the shipped hub (`twelvefactor-hub serve`)
+in a network namespace of its own, on the device's link.
 
-QEMU runs inside the same namespace, its NIC a tap on the device's link
-(underlay.py): the device's tunnel endpoint is UNDERLAY_HOST:WG_PORT, and the
-broker listens on the hub's tunnel address only, so MQTT reaches it through
-the tunnel or not at all. The hub loads the services hub's own nftables table
-(spoke to spoke never forwarded; from a spoke only the service ports) and,
-like it, forgets the handshake state of a peer gone quiet (hub/stale.py).
-Names are unique per test run: wireguard-go keeps its control sockets in
-/var/run/wireguard, shared by every namespace.
+The hub is the one users run (twelvefactor_services.hub): wireguard-go with
+its peers from the registry, the hub's nftables table (spoke to spoke never
+forwarded; from a spoke only the service ports), the forgetting of quiet
+peers, mosquitto with TLS on the hub's tunnel address only, the management
+and solution services and SNTP. The network tier's lab runs the same hub
+(tests/network/lab.py). QEMU runs inside the same namespace, its NIC a tap
+on the device's link (underlay.py): the device's tunnel endpoint is
+UNDERLAY_HOST:WG_PORT, so MQTT reaches the broker through the tunnel or not
+at all. The management service's HTTP API listens on the namespace's
+loopback only; the tests reach it with a socket opened inside the namespace.
+Names are unique per test process: wireguard-go keeps its control sockets
+in /var/run/wireguard, shared by every namespace.
 """
 
 from __future__ import annotations
 
+import ctypes
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twelvefactor_services.hub.plan import Tunnel, nft_ruleset
-from twelvefactor_services.hub.stale import StaleTracker, parse_dump
+from twelvefactor_services.hub.peers import PeerStore
+from twelvefactor_services.hub.plan import Peer
+from twelvefactor_services.hub.service import Settings, init, load_settings, registry_path
 from underlay import SPOKE_UNDERLAY, UNDERLAY_HOST, Underlay, UnderlayError, stop_process
 from underlay import run as _run
 
-HUB_ADDRESS = "10.77.0.1"
-DEVICE_ADDRESS = "10.77.0.2"
-SPOKE_ADDRESS = "10.77.0.3"  # another device (add_spoke)
 TUNNEL_NETWORK = "10.77.0.0/24"
-PREFIX = 24
+HUB_ADDRESS = "10.77.0.1"  # the hub's address in the tunnel network (its first)
 WG_PORT = 51820
+PORTS = {"management_mqtt": 8883, "solution_mqtt": 8884, "management_https": 8443}
 # longer than the update test's 45 s link cut, so that only a device that
 # is off or locked out is forgotten
 STALE_AFTER = 60.0
-HUB_STACK = Path(__file__).with_name("hub_stack.py")
 START_TIMEOUT = 120.0
+CLONE_NEWNET = 0x40000000
 
 
 class HubError(UnderlayError):
@@ -69,22 +73,36 @@ def start_wireguard_go(netns: str, ifname: str, log: Path) -> subprocess.Popen[b
     return proc
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=30)
-        self.path = path
+def connect_in_netns(netns: str, host: str, port: int, timeout: float = 30) -> socket.socket:
+    """A TCP connection made from inside `netns` (a socket keeps the namespace
+    it was made in): a thread of its own joins the namespace, connects, ends."""
+    result: list[socket.socket | BaseException] = []
+
+    def connect() -> None:
+        try:
+            with open(f"/run/netns/{netns}") as ns:
+                libc = ctypes.CDLL(None, use_errno=True)
+                if libc.setns(ns.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns {netns}")
+            result.append(socket.create_connection((host, port), timeout))
+        except BaseException as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=connect)
+    thread.start()
+    thread.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+class _NetnsHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, netns: str, port: int) -> None:
+        super().__init__("127.0.0.1", port, timeout=30)
+        self.netns = netns
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(30)
-        sock.connect(str(self.path))
-        self.sock = sock
-
-
-@dataclass
-class DeviceKeys:
-    private: str
-    public: str
+        self.sock = connect_in_netns(self.netns, "127.0.0.1", self.port or 80)
 
 
 class Hub:
@@ -94,17 +112,12 @@ class Hub:
         tag = os.getpid() % 100000
         self.netns = f"tfboot-{tag}"
         self.ifname = f"tfb{tag}"
-        self.private_key, self.public_key = wg_keypair()
         self.info: dict[str, Any] = {}
-        self._wg: subprocess.Popen[bytes] | None = None
-        self._stack: subprocess.Popen[bytes] | None = None
-        self._peers: dict[str, str] = {}  # public key -> tunnel address
+        self.public_key = ""
+        self._hub: subprocess.Popen[bytes] | None = None
         self.underlay = Underlay(root, self.netns, tag)
         self.spoke_netns = f"tfspoke-{tag}"
         self._spoke_wg: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._forgetter: threading.Thread | None = None
-        self.forgotten: list[str] = []  # public keys whose handshake state was dropped
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -118,71 +131,50 @@ class Hub:
     def _start(self) -> None:
         _run("ip", "netns", "add", self.netns)
         _run("ip", "-n", self.netns, "link", "set", "lo", "up")
-        self._wg = start_wireguard_go(self.netns, self.ifname, self.root / "wireguard-go.log")
-        key_file = self.root / "hub-wg.key"
-        key_file.touch(mode=0o600)
-        key_file.write_text(self.private_key + "\n")
-        self._wg_cmd("set", self.ifname, "private-key", str(key_file), "listen-port", str(WG_PORT))
-        _run("ip", "-n", self.netns, "addr", "add", f"{HUB_ADDRESS}/{PREFIX}", "dev", self.ifname)
-        _run("ip", "-n", self.netns, "link", "set", self.ifname, "up")
+        self.public_key = init(
+            self.root,
+            Settings(
+                TUNNEL_NETWORK,
+                None,
+                WG_PORT,
+                PORTS["management_mqtt"],
+                PORTS["solution_mqtt"],
+                PORTS["management_https"],
+                STALE_AFTER,
+            ),
+        )
         self.underlay.start()
-        stack_log = (self.root / "hub_stack.log").open("ab")
-        self._stack = subprocess.Popen(
+        self._hub = subprocess.Popen(
             [
-                "ip",
-                "netns",
-                "exec",
-                self.netns,
-                sys.executable,
-                str(HUB_STACK),
-                str(self.root / "stack"),
-                HUB_ADDRESS,
+                *("ip", "netns", "exec", self.netns, sys.executable),
+                *("-m", "twelvefactor_services.hub", "serve", str(self.root)),
+                *("--interface", self.ifname),
             ],
-            stdout=stack_log,
+            stdout=(self.root / "hub.log").open("ab"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        info = self.root / "stack" / "hub.json"
+        info = self.root / "hub.json"
         deadline = time.monotonic() + START_TIMEOUT
         while not info.exists():
-            if self._stack.poll() is not None or time.monotonic() > deadline:
-                raise HubError(f"the hub's services did not start:\n{self.log_tail()}")
+            if self._hub.poll() is not None or time.monotonic() > deadline:
+                raise HubError(f"the hub did not start:\n{self.log_tail()}")
             time.sleep(0.2)
         self.info = json.loads(info.read_text())
-        ports = [int(self.info[k]) for k in ("management_port", "solution_port", "artifact_port")]
-        ruleset = nft_ruleset(self.ifname, Tunnel.parse(TUNNEL_NETWORK), ports)
-        _run("ip", "netns", "exec", self.netns, "nft", "-f", "-", input_text=ruleset)
-        self._forgetter = threading.Thread(target=self._forget_quiet_peers, daemon=True)
-        self._forgetter.start()
-
-    def _forget_quiet_peers(self) -> None:
-        """What the services hub does (hub/service.py): a peer that received
-        something and then nothing for STALE_AFTER is removed and added again,
-        so that WireGuard forgets the newest handshake time stamp it saw."""
-        tracker = StaleTracker(STALE_AFTER)
-        while not self._stopping.wait(1.0):
-            try:
-                rx = parse_dump(self._wg_cmd("show", self.ifname, "dump"))
-                for key in tracker.observe(rx, time.monotonic()):
-                    self._wg_cmd("set", self.ifname, "peer", key, "remove")
-                    self._wg_cmd("set", self.ifname, "peer", key,
-                                 "allowed-ips", f"{self._peers[key]}/32")  # fmt: skip
-                    self.forgotten.append(key)
-            except (UnderlayError, ValueError, KeyError) as exc:
-                print(f"boothub: forgetting quiet peers: {exc}", file=sys.stderr)
+        if self.info["address_v4"] != HUB_ADDRESS:
+            raise HubError(
+                f"the hub took {self.info['address_v4']}, the tests expect {HUB_ADDRESS}"
+            )
 
     def stop(self) -> None:
-        self._stopping.set()
-        if self._forgetter is not None:
-            self._forgetter.join(10)
-        for proc in (self._stack, self._wg, self._spoke_wg):
+        for proc in (self._hub, self._spoke_wg):
             stop_process(proc)
-        self._stack = self._wg = self._spoke_wg = None
+        self._hub = self._spoke_wg = None
         self.underlay.stop()
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, check=False)
 
     def log_tail(self, lines: int = 40) -> str:
-        path = self.root / "hub_stack.log"
+        path = self.root / "hub.log"
         if not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -192,14 +184,25 @@ class Hub:
 
     # -- devices ------------------------------------------------------------------
 
-    def add_device(self, public_key: str, address: str = DEVICE_ADDRESS) -> None:
-        """One /32 per device (AllowedIPs): a device cannot send from another's address."""
-        self._wg_cmd("set", self.ifname, "peer", public_key, "allowed-ips", f"{address}/32")
-        self._peers[public_key] = address
+    def add_device(self, device_id: str, public_key: str) -> Peer:
+        """Register the device's key in the registry, as an operator does
+        (`twelvefactor-hub peer`); the running hub applies it within a second.
+        The peer gets one /32 (AllowedIPs): it cannot send from another's address."""
+        peers = PeerStore(registry_path(self.root))
+        try:
+            peer = peers.add(load_settings(self.root).tunnel, device_id, public_key)
+        finally:
+            peers.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while public_key not in self._wg_cmd("show", self.ifname, "peers"):
+            if self._hub is None or self._hub.poll() is not None or time.monotonic() > deadline:
+                raise HubError(f"the hub did not apply the peer {device_id}:\n{self.log_tail()}")
+            time.sleep(0.2)
+        return peer
 
-    def add_spoke(self) -> str:
+    def add_spoke(self) -> tuple[str, str]:
         """Another device: a namespace on the link with its own WireGuard peer
-        of this hub at SPOKE_ADDRESS, handshake done. Its namespace's name."""
+        of this hub, handshake done. Its namespace's name and tunnel address."""
         ns = self.spoke_netns
         ifname = f"tfs{self.netns.rpartition('-')[2]}"
         self.underlay.add_neighbour(ns, SPOKE_UNDERLAY)
@@ -208,19 +211,20 @@ class Hub:
         key_file = self.root / "spoke-wg.key"
         key_file.touch(mode=0o600)
         key_file.write_text(private + "\n")
-        self.add_device(public, SPOKE_ADDRESS)
+        peer = self.add_device("boot-spoke", public)
         wg = ("ip", "netns", "exec", ns, "wg", "set", ifname)
         _run(*wg, "private-key", str(key_file))
         _run(*wg, "peer", self.public_key, "endpoint", f"{UNDERLAY_HOST}:{WG_PORT}",
              "allowed-ips", TUNNEL_NETWORK, "persistent-keepalive", "5")  # fmt: skip
-        _run("ip", "-n", ns, "addr", "add", f"{SPOKE_ADDRESS}/{PREFIX}", "dev", ifname)
+        prefix = TUNNEL_NETWORK.split("/")[1]
+        _run("ip", "-n", ns, "addr", "add", f"{peer.address_v4}/{prefix}", "dev", ifname)
         _run("ip", "-n", ns, "link", "set", ifname, "up")
         deadline = time.monotonic() + 30
         while not self.latest_handshake(public):
             if time.monotonic() > deadline:
                 raise HubError("the spoke's WireGuard did not complete a handshake with the hub")
             time.sleep(0.2)
-        return ns
+        return ns, str(peer.address_v4)
 
     def set_link(self, up: bool) -> None:
         """Cut (or restore) the tunnel on the hub's side: its WireGuard interface down."""
@@ -233,6 +237,13 @@ class Hub:
                 return int(stamp)
         return 0
 
+    def forgot(self, device_id: str) -> bool:
+        """Whether the hub forgot the device's handshake state (hub/stale.py) in this run."""
+        pattern = re.compile(r"forgot the handshake state of ([^:]+):")
+        return any(
+            device_id in m.group(1).split(", ") for m in pattern.finditer(self.log_tail(100000))
+        )
+
     @property
     def pki_dir(self) -> Path:
         return Path(self.info["pki_dir"])
@@ -242,12 +253,12 @@ class Hub:
         return Path(self.info["archive_dir"])
 
     def management_get(self, path: str) -> tuple[int, Any]:
-        """GET from the management service's HTTP API (through the Unix socket)."""
+        """GET from the management service's HTTP API (on the namespace's loopback)."""
         return self.management_send("GET", path)
 
     def management_send(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """A request to the management service's HTTP API (through the Unix socket)."""
-        conn = _UnixHTTPConnection(self.root / "stack" / "management.sock")
+        """A request to the management service's HTTP API (on the namespace's loopback)."""
+        conn = _NetnsHTTPConnection(self.netns, int(self.info["management_http_port"]))
         try:
             data = None if body is None else json.dumps(body).encode()
             headers = {} if data is None else {"Content-Type": "application/json"}
@@ -269,7 +280,7 @@ class Hub:
             "add",
             str(swu),
             "--db",
-            str(self.info["registry_db"]),
+            str(self.info["registry"]),
         )
         artifact: dict[str, Any] = json.loads(out)
         return artifact
@@ -294,9 +305,8 @@ class Hub:
 
     def service_logs(self) -> str:
         """Everything the hub's services logged (the artifact server's requests included)."""
-        root = Path(self.info["log_dir"])
         return "\n".join(
-            p.read_text(errors="replace") for p in sorted(root.rglob("*.log")) if p.is_file()
+            p.read_text(errors="replace") for p in sorted(self.root.rglob("*.log")) if p.is_file()
         )
 
     def device(self, device_id: str) -> dict[str, Any] | None:

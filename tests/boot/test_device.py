@@ -391,7 +391,7 @@ def test_dead_rtc_and_no_saved_clock_wait_for_the_tunnels_time(device: Device) -
     assert connected > synced, (
         f"a TLS session at {connected} s, before the clock was set at {synced} s"
     )
-    forgotten = device.wg_public_key in device.hub.forgotten
+    forgotten = device.hub.forgot(device.device_id)
     print(
         f"clock set {synced:.0f} s after power-on, first TLS session at {connected:.0f} s;"
         f" the hub forgot the device's handshake time stamp: {'yes' if forgotten else 'no'}"

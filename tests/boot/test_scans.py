@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from bootdevice import ROOT, Device
-from boothub import DEVICE_ADDRESS, HUB_ADDRESS
+from boothub import HUB_ADDRESS
 from underlay import DEVICE_UNDERLAY, GUEST_MAC, NEIGHBOUR_IF, UNDERLAY_HOST
 
 sys.path.insert(0, str(ROOT / "tests" / "network"))  # the attacker's tools
@@ -33,6 +33,8 @@ ON_LINK = ("-T5", "--max-retries", "0", "--min-rate", "5000", "--host-timeout", 
 # through the tunnel, each probe is also a WireGuard packet the emulated guest
 # decrypts before its firewall drops it
 IN_TUNNEL = ("-T5", "--max-retries", "0", "--min-rate", "2500", "--host-timeout", "15m")
+# the hub's service ports in hub.json: MQTT for each service, artifacts over HTTPS
+SERVICE_PORTS = ("management_port", "solution_port", "management_https_port")
 ARRIVED = 0.95  # share of the probes the device's firewall must have counted
 
 
@@ -95,11 +97,11 @@ def test_from_the_hub_through_the_tunnel_every_port_is_silent(
     serves nothing, even to its hub."""
     hub = device.hub
     ns = Netns(hub.netns)
-    services = [hub.info[k] for k in ("management_port", "solution_port", "artifact_port")]
+    services = [hub.info[k] for k in SERVICE_PORTS]
     before = _dropped_inbound(device)
     with Capture(ns, hub.ifname, tmp_path / "tunnel.pcap") as cap:
-        tcp = nmap(ns, DEVICE_ADDRESS, "-sS", "-p-", *IN_TUNNEL)
-        udp = nmap(ns, DEVICE_ADDRESS, "-sU", "--top-ports", str(UDP_PORTS), *IN_TUNNEL)
+        tcp = nmap(ns, device.tunnel_address, "-sS", "-p-", *IN_TUNNEL)
+        udp = nmap(ns, device.tunnel_address, "-sU", "--top-ports", str(UDP_PORTS), *IN_TUNNEL)
     dropped = _dropped_inbound(device) - before
     print(f"in the tunnel: TCP {tcp.elapsed:.0f} s, UDP {udp.elapsed:.0f} s; dropped {dropped}")
     _silent(tcp, TCP_PORTS, "filtered")
@@ -107,7 +109,7 @@ def test_from_the_hub_through_the_tunnel_every_port_is_silent(
     # the device's own connections to the services are all it sent
     ports = " or ".join(str(p) for p in services)
     answers = cap.packets(
-        f"src host {DEVICE_ADDRESS} and not (tcp and dst port ({ports}))"
+        f"src host {device.tunnel_address} and not (tcp and dst port ({ports}))"
         f" and not (udp and dst host {HUB_ADDRESS} and dst port 123)"
     )
     assert answers == [], answers[:20]
@@ -116,7 +118,7 @@ def test_from_the_hub_through_the_tunnel_every_port_is_silent(
 
 @pytest.fixture(scope="module")
 def spoke(device: Device) -> Netns:
-    return Netns(device.hub.add_spoke())
+    return Netns(device.hub.add_spoke()[0])
 
 
 def test_another_device_reaches_neither_this_one_nor_the_hubs_other_ports(
@@ -127,12 +129,12 @@ def test_another_device_reaches_neither_this_one_nor_the_hubs_other_ports(
     (MQTT twice, artifacts over HTTPS, NTP) answer it."""
     hub = device.hub
     before = _dropped_inbound(device)
-    to_device = nmap(spoke, DEVICE_ADDRESS, "-sS", "-p-", *ON_LINK)
+    to_device = nmap(spoke, device.tunnel_address, "-sS", "-p-", *ON_LINK)
     _silent(to_device, TCP_PORTS, "filtered")
     # the hub dropped them: not one reached the device
     assert _dropped_inbound(device) - before < 100
     to_hub = nmap(spoke, HUB_ADDRESS, "-sS", "-p-", *ON_LINK)
-    services = {f"tcp/{hub.info[k]}" for k in ("management_port", "solution_port", "artifact_port")}
+    services = {f"tcp/{hub.info[k]}" for k in SERVICE_PORTS}
     assert to_hub.ports_in("open") == services, to_hub.listed
     assert set(to_hub.states) == {"open", "filtered"}, to_hub.listed
     udp = nmap(spoke, HUB_ADDRESS, "-sU", "--top-ports", str(UDP_PORTS), *ON_LINK)
