@@ -7,7 +7,8 @@ update feature, goes through the sessions' real message handlers; only
 `down/config` may reach the configuration machine, and only an answer whose
 correlation data matches a call in progress may reach an application.
 Service side: proxy requests through `proxy.plan`, management reports through
-`parse_report` and the registry (in memory).
+`parse_report` and the registry (in memory): an applied report shows as it
+says, and only on its own device.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ from twelvefactor_agent.proxycall import ERRORS
 from twelvefactor_agent.queue import Queue
 from twelvefactor_agent.reconfig import ConfigMachine, Stored
 from twelvefactor_services.management import registry
-from twelvefactor_services.management.logic import PayloadError, parse_report
+from twelvefactor_services.management.logic import (
+    ConfigReport,
+    MetaReport,
+    OnlineReport,
+    PayloadError,
+    parse_report,
+)
 from twelvefactor_services.solution import proxyconfig
 from twelvefactor_services.solution.proxy import DEVICE_HEADERS, Plan, Refused, plan
 
@@ -252,9 +259,58 @@ def test_proxy_requests(
     assert 0 < decision.timeout <= up.timeout
 
 
+# Report-shaped objects with every field right, wrong or missing: random bytes
+# and random JSON are nearly always refused, and the registry checks below need
+# reports that get through (about one in ten examples is applied).
+report_objects = st.fixed_dictionaries(
+    {
+        "v": st.sampled_from([1, 1, 1, 1.0, True, 2]),
+        "ts": st.one_of(
+            st.integers(-10, 2 * 10**9), st.floats(0, 2e9), st.floats(), st.text(max_size=4)
+        ),
+        "online": st.one_of(st.booleans(), st.booleans(), json_values),
+        "version": st.integers(-1, 50),
+        "status": st.sampled_from(["applied", "rejected", "reverted", "lost"]),
+    },
+    optional={
+        "reason": st.one_of(st.none(), st.text(max_size=8), st.integers()),
+        "device": st.sampled_from(["dev-f", "dev-f", "dev-g", 7]),
+        "error": st.one_of(st.none(), st.text(max_size=8), st.integers()),
+        "uptime_s": json_values,
+    },
+)
+report_payloads = st.one_of(
+    st.builds(lambda d: json.dumps(d).encode(), report_objects),
+    st.builds(lambda d: json.dumps(d, indent=1).encode(), report_objects),
+    st.builds(lambda d: json.dumps(d, sort_keys=True).encode(), report_objects),
+    payloads,
+)
+
+
+def _view(reg: registry.Registry, device: str) -> str:
+    """Everything the registry shows of a device, as text (NaN in a body compares equal)."""
+    return json.dumps(
+        [
+            registry.get_device(reg.db, device),
+            registry.history(reg.db, device),
+            registry.device_config(reg.db, device),
+        ],
+        sort_keys=True,
+    )
+
+
 @cache
 def memory_registry() -> registry.Registry:
-    return registry.Registry(Path(":memory:"))
+    """One registry for all examples (state builds up), with a bystander device dev-g."""
+    reg = registry.Registry(Path(":memory:"))
+    for kind, body in (
+        ("online", {"v": 1, "online": True, "ts": 5.0}),
+        ("meta", {"v": 1, "ts": 5.0, "device": "dev-g"}),
+        ("health", {"v": 1, "ts": 5.0, "uptime_s": 1}),
+        ("config", {"v": 1, "version": 3, "status": "applied"}),
+    ):
+        reg.apply("dev-g", parse_report("dev-g", kind, json.dumps(body).encode()), 0.5)
+    return reg
 
 
 @settings(
@@ -264,16 +320,57 @@ def memory_registry() -> registry.Registry:
 )
 @given(
     kind=st.sampled_from(["online", "meta", "health", "config", "job", "progress"]),
-    payload=payloads,
+    payload=report_payloads,
 )
 def test_management_reports(kind: str, payload: bytes) -> None:
-    reg = memory_registry()
-    before = registry.device_config(reg.db, "dev-f")
+    """A report is refused with PayloadError (the service's handle() then drops it
+    before the registry), or applied: then dev-f shows exactly what it says and
+    the bystander dev-g does not move."""
     try:
         report = parse_report("dev-f", kind, payload)
     except PayloadError:
-        # Dropped: nothing in the registry moves.
-        assert registry.device_config(reg.db, "dev-f") == before
         return
-    reg.apply("dev-f", report, 1.0)
     assert kind in ("online", "meta", "health", "config")
+    reg = memory_registry()
+    bystander = _view(reg, "dev-g")
+    before = registry.get_device(reg.db, "dev-f")
+    history = registry.history(reg.db, "dev-f")
+    reported = (registry.device_config(reg.db, "dev-f") or {}).get("reported")
+    t = reg.apply("dev-f", report, 1.0)
+    after = registry.get_device(reg.db, "dev-f")
+    assert after is not None
+    assert _view(reg, "dev-g") == bystander, "a report of dev-f changed dev-g"
+    if isinstance(report, OnlineReport):
+        was = None if before is None else before["online"]
+        assert after["online"] is report.online
+        if was is report.online:
+            assert t is None and registry.history(reg.db, "dev-f") == history
+        else:
+            assert t is not None and registry.history(reg.db, "dev-f") == [
+                *history,
+                {
+                    "online": report.online,
+                    "reason": report.reason,
+                    "ts": 1.0,
+                    "device_ts": report.device_ts,
+                },
+            ]
+    elif isinstance(report, ConfigReport):
+        now = registry.device_config(reg.db, "dev-f")
+        assert now is not None
+        if reported is None or report.version >= reported["version"]:
+            expected = (report.version, report.status, report.error)
+        else:  # an older report arriving late changes nothing
+            expected = (reported["version"], reported["status"], reported["error"])
+        got = now["reported"]
+        assert (got["version"], got["status"], got["error"]) == expected
+    else:
+        field = "meta" if isinstance(report, MetaReport) else "health"
+        stored_ts = None if before is None else before[f"{field}_ts"]
+        if stored_ts is None or report.device_ts >= stored_ts:
+            assert after[f"{field}_ts"] == report.device_ts
+            assert json.dumps(after[field]) == json.dumps(report.body)
+        else:  # an older copy arriving late changes nothing
+            assert before is not None
+            assert after[f"{field}_ts"] == stored_ts
+            assert json.dumps(after[field]) == json.dumps(before[field])
