@@ -188,7 +188,7 @@ def settle(device: Device) -> None:
 def after_an_epoch_boot(device: Device) -> Device:
     """The first update comes after a boot at systemd's epoch: a SWUpdate started
     on such a clock refused every later update (docs/decisions.md, "SWUpdate
-    starts on demand"). test_device.py ends with such a boot; where this module
+    starts on demand, not at boot"). test_device.py ends with such a boot; where this module
     runs in a worker of its own (scripts/test), it makes one."""
     if device.epoch_boots == 0:
         device.power_cycle_at_the_epoch()
