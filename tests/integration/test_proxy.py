@@ -3,7 +3,9 @@ and a local HTTP server on loopback standing in for the third-party API.
 
 The device names the service; the solution service alone knows its URL and
 credentials. The credentials are checked to arrive upstream and to appear
-nowhere on the device side.
+nowhere on the device side: not in its files, log and answers, and not in any
+message the broker carries to the device (seen by a second subscriber with the
+device's own certificate, as whoever holds the device would see them).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +29,7 @@ import pytest
 from twelvefactor_agent.client import AgentError, CallResponse
 from twelvefactor_services.hostagent import HostAgent
 from twelvefactor_services.launcher import ServiceProcess, Stack, wait_until
+from twelvefactor_services.probe import Probe, ProbeError, Received
 
 API_KEY = "sk-live-5d1f0c9e-do-not-leak"
 APP_ID = "appid-73ac41b2-do-not-leak"
@@ -154,6 +157,28 @@ def online_agent(stack: Stack, agents: list[HostAgent], device: str) -> HostAgen
     return agent
 
 
+def _texts(message: Received) -> list[bytes]:
+    """A proxy message as bytes, and its body decoded (base64 would hide a key)."""
+    out = [message.payload]
+    body = message.json().get("body")
+    if body is not None:
+        out.append(base64.b64decode(body, validate=True))
+    return out
+
+
+def collect(eye: Probe, until: Callable[[list[Received]], bool], timeout: float) -> list[Received]:
+    """Messages the eye receives until `until(messages)` holds; fails with what it saw."""
+    seen: list[Received] = []
+    deadline = time.monotonic() + timeout
+    while not until(seen):
+        left = deadline - time.monotonic()
+        try:
+            seen.append(eye.wait_for(timeout=max(left, 0.01)))
+        except ProbeError:
+            pytest.fail(f"within {timeout:.0f} s the eye saw {[m.payload[:80] for m in seen]}")
+    return seen
+
+
 def error_of(agent: HostAgent, *args: Any, **kw: Any) -> AgentError:
     with pytest.raises(AgentError) as info:
         agent.client().call(*args, **kw)
@@ -161,10 +186,18 @@ def error_of(agent: HostAgent, *args: Any, **kw: Any) -> AgentError:
 
 
 def test_round_trip_errors_and_no_credentials_on_the_device(
-    stack: Stack, proxied: ServiceProcess, upstream: Upstream, agents: list[HostAgent]
+    stack: Stack,
+    proxied: ServiceProcess,
+    upstream: Upstream,
+    agents: list[HostAgent],
+    probes: Callable[..., Probe],
 ) -> None:
     agent = online_agent(stack, agents, "dev-p")
+    # Whoever holds the device's key sees what the broker sends it.
+    eye = probes(stack.solution_endpoint, stack.device("dev-p"), "dev-p-eye")
+    assert not eye.subscribe("sol/dev-p/down/#").is_failure
     answers: list[CallResponse] = []
+    started = time.monotonic()
 
     reply = agent.client().call("weather", path="/now", query={"city": "Lyon"})
     answers.append(reply)
@@ -176,6 +209,7 @@ def test_round_trip_errors_and_no_credentials_on_the_device(
     assert seen["path"] == "/v1/now"
     assert seen["headers"]["X-Api-Key"] == API_KEY, "the service injected the key"
     assert seen["query"]["appid"] == [APP_ID]
+    first_call = time.monotonic() - started
 
     # A body, an allowed header; a 4xx is an answer, not an error.
     reply = agent.client().call(
@@ -239,7 +273,16 @@ def test_round_trip_errors_and_no_credentials_on_the_device(
     other = online_agent(stack, agents, "dev-q")
     assert error_of(other, "weather", path="/now").code == "not_allowed"
 
-    # The credentials appear nowhere on the device side.
+    # The credentials appear nowhere on the device side: in what the broker carried to
+    # it (every answer, in order: the CLI's unknown_service was the last) ...
+    def ends_with_both_refusals(seen: list[Received]) -> bool:
+        return sum(b'"unknown_service"' in m.payload for m in seen) == 2
+
+    down = collect(eye, ends_with_both_refusals, timeout=max(60.0, 20 * first_call))
+    bodies = [t for m in down for t in _texts(m)]
+    assert b'{"city": "Lyon", "temp": 21.5}' in bodies and b"hello upstream" in bodies
+    assert {m.topic for m in down} == {"sol/dev-p/down/proxy"}
+    # ... and in its log, configuration, state and answers.
     agent.stop()
     secrets = (API_KEY.encode(), APP_ID.encode())
     places: dict[str, bytes] = {
@@ -247,14 +290,21 @@ def test_round_trip_errors_and_no_credentials_on_the_device(
         "agent config": agent.config_file.read_bytes(),
         "answers": b"".join(repr(a).encode() for a in answers) + cli_outputs,
     }
+    for i, message in enumerate(down):
+        for j, text in enumerate(_texts(message)):
+            places[f"message {i} to the device ({'body' if j else 'payload'})"] = text
     for path in agent.data_dir.rglob("*"):
         if path.is_file():
             places[str(path)] = path.read_bytes()
-    assert len(places) > 3
+    assert len(places) > 3 + len(down)
     for where, content in places.items():
         for secret in secrets:
             assert secret not in content, f"{secret!r} found in {where}"
-    assert API_KEY in (stack.root.parent / "proxy.toml").read_text(), "the service side has it"
+    # The upstream had them on every request that reached it.
+    assert len(upstream.seen) >= 6
+    for request in upstream.seen:
+        assert request["headers"].get("X-Api-Key") == API_KEY, request["path"]
+        assert request["query"].get("appid") == [APP_ID], request["path"]
 
 
 def test_two_hundred_concurrent_calls_and_offline(
