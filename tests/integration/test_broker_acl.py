@@ -8,18 +8,20 @@ import ssl
 from collections.abc import Callable
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 from twelvefactor_services.broker import BrokerConfig, BrokerError, render_config
 from twelvefactor_services.launcher import Stack
-from twelvefactor_services.mqtt import Identity
+from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Pki, Validity
-from twelvefactor_services.probe import Probe, ProbeError
+from twelvefactor_services.probe import Probe
 from twelvefactor_services.topics import MANAGEMENT_UP, SOLUTION_DATA_UP, share_group, shared
 
 MakeProbe = Callable[..., Probe]
 QUIET = 2.0  # seconds of silence taken as "nothing more is coming"
+# A refusal comes within milliseconds on loopback; this only bounds a broker that hangs.
+TLS_WAIT = 20.0
+UNKNOWN_CA = "TLSV1_ALERT_UNKNOWN_CA"
+TLS_ALERT_RECORD = 0x15
 
 
 def _group(stack: Stack, service: str) -> str:
@@ -110,11 +112,44 @@ def test_services_read_only_what_they_consume(stack: Stack, probes: MakeProbe) -
     assert mgmt.drain(0.5) == [] and sol.drain(0.5) == []
 
 
+def _connects(endpoint: Endpoint, identity: Identity, client_id: str) -> None:
+    """Positive control: the listener is up and takes a good certificate (CONNACK 0)."""
+    probe = Probe(endpoint, identity, client_id)
+    assert probe.connect().value == 0
+    probe.disconnect()
+
+
+def _tls_alert(endpoint: Endpoint, ca: Path, identity: Identity | None) -> str:
+    """The TLS alert a listener ends the handshake with, by OpenSSL's name.
+
+    Nothing is sent: under TLS 1.3 the server checks the client's certificate
+    after the client has finished its part of the handshake, so the refusal is
+    the answer to the first read. A refused connection, a timeout or a close
+    without an alert is no refusal by certificate and fails the test."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    if identity is not None:
+        ctx.load_cert_chain(str(identity.cert), str(identity.key))
+    try:
+        with (
+            socket.create_connection((endpoint.host, endpoint.port), timeout=TLS_WAIT) as raw,
+            ctx.wrap_socket(raw) as tls,
+        ):
+            data = tls.recv(1)
+    except ssl.SSLError as exc:
+        return str(exc.reason)
+    except TimeoutError:
+        pytest.fail(f"{endpoint}: no TLS alert within {TLS_WAIT:.0f} s, the handshake was taken")
+    pytest.fail(f"{endpoint}: no TLS alert, the first read gave {data!r}")
+
+
 def test_certificates_are_bound_to_their_listener(stack: Stack) -> None:
-    with pytest.raises(ProbeError):
-        Probe(stack.management_endpoint, stack.service_identity("management"), "m").connect()
-    with pytest.raises(ProbeError):
-        Probe(stack.service_endpoint, stack.device("dev-a"), "dev-a-x").connect()
+    _connects(stack.management_endpoint, stack.device("dev-a"), "dev-a-mgmt")
+    _connects(stack.service_endpoint, stack.service_identity("management"), "management-1")
+    ca = stack.pki.ca_cert
+    service_on_device_listener = stack.service_identity("management")
+    assert _tls_alert(stack.management_endpoint, ca, service_on_device_listener) == UNKNOWN_CA
+    assert _tls_alert(stack.service_endpoint, ca, stack.device("dev-a")) == UNKNOWN_CA
 
 
 def test_certificate_from_another_ca_is_refused(stack: Stack, tmp_path: Path) -> None:
@@ -123,49 +158,60 @@ def test_certificate_from_another_ca_is_refused(stack: Stack, tmp_path: Path) ->
     paths = rogue.device("dev-a")
     # It trusts our broker's CA but its own certificate comes from elsewhere.
     identity = Identity(paths.cert, paths.key, stack.pki.ca_cert)
-    for endpoint in (stack.management_endpoint, stack.solution_endpoint):
-        with pytest.raises(ProbeError):
-            Probe(endpoint, identity, "dev-a-mgmt").connect()
+    for endpoint, client_id in (
+        (stack.management_endpoint, "dev-a-mgmt"),
+        (stack.solution_endpoint, "dev-a-sol"),
+    ):
+        _connects(endpoint, stack.device("dev-a"), client_id)
+        assert _tls_alert(endpoint, stack.pki.ca_cert, identity) == UNKNOWN_CA
 
 
 def test_expired_certificate_is_refused(stack: Stack) -> None:
+    _connects(stack.management_endpoint, stack.device("dev-a"), "dev-a-mgmt")
     now = dt.datetime.now(dt.UTC)
     expired = stack.device("dev-old", Validity(now - dt.timedelta(days=30), now - dt.timedelta(1)))
-    with pytest.raises(ProbeError):
-        Probe(stack.management_endpoint, expired, "dev-old-mgmt").connect()
+    endpoint, ca = stack.management_endpoint, stack.pki.ca_cert
+    assert _tls_alert(endpoint, ca, expired) == "SSLV3_ALERT_CERTIFICATE_EXPIRED"
     future = stack.device("dev-new", Validity(now + dt.timedelta(days=1), now + dt.timedelta(9)))
-    with pytest.raises(ProbeError):
-        Probe(stack.management_endpoint, future, "dev-new-mgmt").connect()
+    # OpenSSL's alert for "not yet valid" is bad_certificate (there is no closer one)
+    assert _tls_alert(endpoint, ca, future) == "SSLV3_ALERT_BAD_CERTIFICATE"
+
+
+# An MQTT 5 CONNECT (clean start, keepalive 5 s, client id "x"), sent in the clear.
+PLAIN_CONNECT_BODY = b"\x00\x04MQTT\x05\x02\x00\x05\x00\x00\x01x"
+PLAIN_CONNECT = bytes([0x10, len(PLAIN_CONNECT_BODY)]) + PLAIN_CONNECT_BODY
+
+
+def _plain_mqtt(endpoint: Endpoint) -> bytes:
+    """What a listener sends a plain-MQTT client before it closes the connection.
+    A connection still open after TLS_WAIT fails the test: no answer is no refusal."""
+    got = b""
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=TLS_WAIT) as raw:
+        raw.sendall(PLAIN_CONNECT)
+        try:
+            while chunk := raw.recv(4096):
+                got += chunk
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            pytest.fail(f"{endpoint}: a plain CONNECT left open {TLS_WAIT:.0f} s, got {got!r}")
+    return got
 
 
 def test_no_certificate_and_plain_tcp_are_refused(stack: Stack) -> None:
-    for endpoint in (stack.management_endpoint, stack.solution_endpoint, stack.service_endpoint):
-        # Plain MQTT: a CONNECT on a TLS port gets no CONNACK.
-        plain = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="x", protocol=mqtt.MQTTv5)
-        connacks: list[object] = []
-        plain.on_connect = lambda *a, seen=connacks: seen.append(a)
-        try:
-            plain.connect(endpoint.host, endpoint.port, keepalive=5)
-            for _ in range(30):
-                plain.loop(timeout=0.1)
-        except OSError:
-            pass
-        assert connacks == []
-        # TLS without a client certificate: the handshake or the first read fails.
-        ctx = ssl.create_default_context(cafile=str(stack.pki.ca_cert))
-        ctx.check_hostname = False
-        with pytest.raises((ssl.SSLError, ConnectionError, TimeoutError)):
-            _tls_without_certificate(endpoint.host, endpoint.port, ctx)
-
-
-def _tls_without_certificate(host: str, port: int, ctx: ssl.SSLContext) -> None:
-    with (
-        socket.create_connection((host, port), timeout=10) as raw,
-        ctx.wrap_socket(raw) as tls,
-    ):
-        tls.sendall(b"\x10\x00")  # any bytes; under TLS 1.3 the refusal shows up here
-        if tls.recv(1) == b"":
-            raise ConnectionError("closed by the broker")
+    listeners = (
+        (stack.management_endpoint, stack.device("dev-a"), "dev-a-mgmt"),
+        (stack.solution_endpoint, stack.device("dev-a"), "dev-a-sol"),
+        (stack.service_endpoint, stack.service_identity("solution"), "solution-1"),
+    )
+    for endpoint, identity, client_id in listeners:
+        _connects(endpoint, identity, client_id)
+        # Plain MQTT on a TLS port: closed with nothing, or a TLS alert; never a CONNACK.
+        answer = _plain_mqtt(endpoint)
+        assert answer == b"" or answer[0] == TLS_ALERT_RECORD, answer
+        # TLS without a client certificate: TLS 1.3's certificate_required alert.
+        alert = _tls_alert(endpoint, stack.pki.ca_cert, None)
+        assert alert == "TLSV13_ALERT_CERTIFICATE_REQUIRED"
 
 
 def test_retained_messages_and_sessions_survive_a_broker_restart(
