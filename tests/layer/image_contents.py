@@ -741,6 +741,7 @@ def shell_commands(text: str, where: str) -> list[Use]:
     redirections skipped, with the options passed to it."""
     uses: list[Use] = []
     text = text.replace("\\\n", " ")
+    functions = set(re.findall(r"^\s*([A-Za-z_]\w*)\s*\(\)", text, re.M))
     case_depth = 0
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
@@ -769,7 +770,7 @@ def shell_commands(text: str, where: str) -> list[Use]:
                 if token == ")" and expect_pattern and not words:
                     expect_pattern = False
                     continue
-                if words:
+                if words and words[0] not in functions:
                     uses.append(Use(words[0], _options(words[1:]), f"{where}:{number}"))
                 words = []
                 start = True

@@ -12,12 +12,17 @@ IMAGE_FEATURES += "read-only-rootfs"
 TWELVEFACTOR_BOOT_PACKAGE ??= ""
 TWELVEFACTOR_BOOT_PACKAGE:x86-64 = "twelvefactor-boot-grub"
 TWELVEFACTOR_BOOT_PACKAGE:aarch64 = "twelvefactor-boot-uboot"
+# fw_printenv/fw_setenv: twelvefactor-bootenv reads, sets and confirms the
+# U-Boot environment with them (the agent's U-Boot back end)
+TWELVEFACTOR_BOOTENV_TOOLS ??= ""
+TWELVEFACTOR_BOOTENV_TOOLS:aarch64 = "libubootenv-bin"
 
 IMAGE_INSTALL = "\
     packagegroup-core-boot \
     kernel-image \
     kernel-module-wireguard \
     ${TWELVEFACTOR_BOOT_PACKAGE} \
+    ${TWELVEFACTOR_BOOTENV_TOOLS} \
     twelvefactor-base \
     twelvefactor-firewall \
     twelvefactor-netconfig \

@@ -1,5 +1,5 @@
 SUMMARY = "twelvefactor partitions: persistent /data and the EFI system partition on /boot"
-DESCRIPTION = "Mount units for the data partition (ext4, label data) on /data and the EFI system partition (FAT, label esp) on /boot, where the bootloader environment lives, plus the empty mount point /data in the read-only root."
+DESCRIPTION = "Mount units for the data partition (ext4, label data) on /data and the EFI system partition (FAT, label esp) on /boot, where the bootloader environment lives, plus the empty mount point /data in the read-only root; the machine id kept on /data."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
 BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "base"
@@ -9,6 +9,8 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda
 SRC_URI = "\
     file://data.mount \
     file://boot.mount \
+    file://twelvefactor-machine-id \
+    file://twelvefactor-machine-id.service \
 "
 
 S = "${UNPACKDIR}"
@@ -17,13 +19,20 @@ inherit systemd features_check allarch
 
 REQUIRED_DISTRO_FEATURES = "systemd"
 
-SYSTEMD_SERVICE:${PN} = "data.mount boot.mount"
+SYSTEMD_SERVICE:${PN} = "data.mount boot.mount twelvefactor-machine-id.service"
 
 do_install() {
     install -d ${D}/data
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${UNPACKDIR}/data.mount ${D}${systemd_system_unitdir}/data.mount
     install -m 0644 ${UNPACKDIR}/boot.mount ${D}${systemd_system_unitdir}/boot.mount
+    install -m 0644 ${UNPACKDIR}/twelvefactor-machine-id.service ${D}${systemd_system_unitdir}/twelvefactor-machine-id.service
+    install -d ${D}${libexecdir}/twelvefactor
+    install -m 0755 ${UNPACKDIR}/twelvefactor-machine-id ${D}${libexecdir}/twelvefactor/twelvefactor-machine-id
 }
 
 FILES:${PN} += "/data"
+
+# data.mount requires systemd-fsck@ for the data partition, which checks
+# nothing (and says so) where no fsck.ext4 is installed
+RDEPENDS:${PN} = "e2fsprogs-e2fsck"

@@ -47,6 +47,7 @@ RDEPENDS:${PN} = "\
     python3-logging \
     python3-netclient \
     python3-paho-mqtt \
+    python3-shell \
     python3-sqlite3 \
     python3-tomllib \
     swupdate-client \

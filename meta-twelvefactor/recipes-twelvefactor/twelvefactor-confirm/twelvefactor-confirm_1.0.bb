@@ -32,4 +32,9 @@ do_install() {
     install -m 0644 ${UNPACKDIR}/twelvefactor-reboot.service ${D}${systemd_system_unitdir}/twelvefactor-reboot.service
 }
 
+# twelvefactor-reboot.service is started by twelvefactor-reboot.path, never
+# enabled: the systemd class packages the units SYSTEMD_SERVICE names (and a
+# .socket's .service), not a .path's, so it is shipped here.
+FILES:${PN} += "${systemd_system_unitdir}/twelvefactor-reboot.service"
+
 RDEPENDS:${PN} = "python3-core python3-json twelvefactor-agent"
