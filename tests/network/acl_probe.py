@@ -2,12 +2,17 @@
 through A's tunnel and firewall, to the hub's broker.
 
 argv: HOST MGMT_PORT SOL_PORT IDENTITY_DIR OWN_ID OTHER_ID. Prints JSON: what A
-received on B's topics (must be nothing), whether its own-topic control
-publish was acknowledged, and the seq it forged for B.
+received on B's topics (must be nothing), the seq it forged for B, and its
+own-topic controls: after the forgeries, on the same two connections, a health
+report and a data message on A's own topics. The caller checks that the
+controls were delivered (so the path works, and a forgery that is missing was
+refused, not lost), and, since one connection's messages reach the services
+in order, that by then the forgeries would have arrived.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
@@ -16,7 +21,13 @@ from pathlib import Path
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.probe import Probe
 
-FORGED_SEQ = 2**40
+# No agent uses seq 0 (the queue's seqs start at 1), and it sorts before B's own
+# messages in the solution service's outbox: once B's next message is archived,
+# a forged one that got through would be archived too.
+FORGED_SEQ = 0
+# Far above anything A's agent will number its own messages.
+CONTROL_SEQ = 2**40
+CONTROL_STREAM = "acl-control"
 
 
 def main() -> int:
@@ -25,8 +36,10 @@ def main() -> int:
     identity = Identity(d / "device.crt", d / "device.key", d / "ca.crt")
     mgmt = Probe(Endpoint(host, int(mport)), identity, f"{own}-aclprobe-m")
     sol = Probe(Endpoint(host, int(sport)), identity, f"{own}-aclprobe-s")
+    started = time.monotonic()
     mgmt.connect()
     sol.connect()
+    connect_s = time.monotonic() - started
     # B's retained online/meta exist on mgmt/B/up: a granted read would deliver them
     for topic in (f"mgmt/{other}/#", "mgmt/+/up/#", "mgmt/#"):
         mgmt.subscribe(topic)
@@ -48,10 +61,28 @@ def main() -> int:
         "payload": "",
     }
     sol.publish(f"sol/{other}/up/data/forged", envelope)
+    # The controls: the same connections, A's own topics, after the forgeries.
+    stamp = time.time()
+    mgmt.publish(f"mgmt/{own}/up/health", {"v": 1, "ts": stamp, CONTROL_STREAM: True})
+    control = {
+        "v": 1,
+        "device": own,
+        "seq": CONTROL_SEQ,
+        "stream": CONTROL_STREAM,
+        "ts": stamp,
+        "payload": base64.b64encode(b"control").decode(),
+    }
+    sol.publish(f"sol/{own}/up/data/{CONTROL_STREAM}", control)
     received = [m.topic for m in mgmt.drain(3.0) + sol.drain(1.0) if f"/{own}/" not in m.topic]
     mgmt.disconnect()
     sol.disconnect()
-    print(json.dumps({"received": received, "forged_seq": FORGED_SEQ}))
+    result = {
+        "received": received,
+        "forged_seq": FORGED_SEQ,
+        "connect_s": connect_s,
+        "control": {"health_ts": stamp, "seq": CONTROL_SEQ, "stream": CONTROL_STREAM},
+    }
+    print(json.dumps(result))
     return 0
 
 

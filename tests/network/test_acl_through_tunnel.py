@@ -1,13 +1,21 @@
 """Device A's certificate cannot read or write device B's topics, end to end:
 from A's namespace, through A's firewall and tunnel, to the hub's broker.
-(tests/integration/test_broker_acl.py covers the same rules on loopback.)"""
+(tests/integration/test_broker_acl.py covers the same rules on loopback.)
+
+Nothing arriving proves little on its own, so the probe also publishes on A's
+own topics after its forgeries (acl_probe.py): those controls must arrive, and
+once they have, the forgeries sent before them on the same connections would
+have too.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lab import Lab
 
@@ -23,6 +31,18 @@ def _archived(lab: Lab, device: str) -> list[dict[str, object]]:
                 if isinstance(rec, dict) and rec.get("device") == device:
                     out.append(rec)
     return out
+
+
+def _wait(what: str, look: Callable[[], Any], done: Callable[[Any], bool], timeout: float) -> float:
+    """Poll `look()` until `done` holds; the seconds it took. Fails with the last look."""
+    started = time.monotonic()
+    while True:
+        seen = look()
+        if done(seen):
+            return time.monotonic() - started
+        last = repr(seen)[-600:]
+        assert time.monotonic() - started < timeout, f"{what} not within {timeout:.0f} s: {last}"
+        time.sleep(0.2)
 
 
 def test_device_a_cannot_read_or_write_device_b_topics(lab: Lab) -> None:
@@ -42,14 +62,33 @@ def test_device_a_cannot_read_or_write_device_b_topics(lab: Lab) -> None:
     )
     result = json.loads(out)
     assert result["received"] == []
-    # the forged "B went offline" did not reach the registry, the forged data not the archive
-    time.sleep(2)
+    control = result["control"]
+    # the controls on A's own topics arrived: the path works, and the forgeries
+    # published before them on the same connections have been dealt with
+    budget = max(60.0, 20 * result["connect_s"])
+    took = _wait(
+        "A's control data in the archive",
+        lambda: [(r.get("seq"), r.get("stream")) for r in _archived(lab, lab.a.id)],
+        lambda seen: (control["seq"], control["stream"]) in seen,
+        budget,
+    )
+    _wait(
+        "A's control health in the registry",
+        lambda: lab.registry_device(lab.a.id),
+        lambda a: a is not None and (a["health_ts"] or 0) >= control["health_ts"],
+        budget,
+    )
+    # the forged "B went offline" did not reach the registry
     b = lab.registry_device(lab.b.id)
     assert b is not None and b["online"] is True
-    assert all(r.get("seq") != result["forged_seq"] for r in _archived(lab, lab.b.id))
-    # and the real B still delivers: a publish through B's own agent lands in the archive
+    # the real B still delivers: a publish through B's own agent lands in the archive;
+    # the forged seq sorts before it, so by then a forged record would be there too
     seq = lab.b.client().publish("acl-control", b"from b")
-    deadline = time.monotonic() + 60
-    while not any(r.get("seq") == seq for r in _archived(lab, lab.b.id)):
-        assert time.monotonic() < deadline, "B's own data did not arrive"
-        time.sleep(0.2)
+    _wait(
+        "B's own data in the archive",
+        lambda: [r.get("seq") for r in _archived(lab, lab.b.id)],
+        lambda seen: seq in seen,
+        max(60.0, 20 * took),
+    )
+    forged = [r for r in _archived(lab, lab.b.id) if r.get("seq") == result["forged_seq"]]
+    assert forged == []
