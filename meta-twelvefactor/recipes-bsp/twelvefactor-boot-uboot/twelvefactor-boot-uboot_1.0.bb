@@ -1,5 +1,5 @@
 SUMMARY = "twelvefactor A/B boot script for U-Boot and the fw_env.config for libubootenv"
-DESCRIPTION = "boot.scr that boots the root file system slot named in the U-Boot environment (with U-Boot's boot counter and an altbootcmd that falls back to the other slot), and /etc/fw_env.config pointing fw_setenv and SWUpdate at the two redundant environment copies on the EFI system partition."
+DESCRIPTION = "boot.scr that boots the root file system slot named in the U-Boot environment, with that slot's kernel and device tree (U-Boot's boot counter, and an altbootcmd that records the slot it falls back from and switches to the other), and /etc/fw_env.config pointing fw_setenv and SWUpdate at the two redundant environment copies on the EFI system partition (twelvefactor-uboot-env writes both at image time)."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
 BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "bootloaders"
@@ -20,6 +20,8 @@ SRC_URI = "\
 S = "${UNPACKDIR}"
 
 COMPATIBLE_HOST = "(aarch64|arm).*-linux"
+# machine-specific run-time dependencies below
+PACKAGE_ARCH = "${MACHINE_ARCH}"
 
 inherit deploy kernel-arch
 
@@ -42,3 +44,10 @@ addtask deploy after do_compile before do_build
 
 FILES:${PN} += "${sysconfdir}/fw_env.config ${datadir}/twelvefactor/boot"
 CONFFILES:${PN} = "${sysconfdir}/fw_env.config"
+
+# boot.scr loads the device tree from the slot (/boot/broadcom/*.dtb and
+# /boot/overlays/*.dtbo, KERNEL_DTBVENDORED in the kernel's append), so that a
+# kernel update brings its device tree; QEMU passes its own. (oelint knows no
+# meta-raspberrypi machine override.)
+# nooelint: oelint.vars.specific
+RDEPENDS:${PN}:append:rpi = " kernel-devicetree"

@@ -50,6 +50,14 @@ IMAGE_BOOT_FILES:x86-64 = "\
     twelvefactor/grubenv;grub/grubenv \
 "
 IMAGE_BOOT_FILES:qemuarm64 = "boot.scr"
+# U-Boot machines: both environment copies (uboot-twelvefactor.cfg, fw_env.config);
+# libubootenv refuses to work while either is missing, and U-Boot writes one per save.
+IMAGE_BOOT_FILES:append:aarch64 = " twelvefactor/uboot.env;uboot.env twelvefactor/uboot.env;uboot-redund.env"
+# boot.scr loads the kernel from the slot: meta-raspberrypi's copy on the ESP
+# would never be updated. (oelint knows no meta-raspberrypi machine override.)
+# nooelint: oelint.vars.specific
+IMAGE_BOOT_FILES:remove:rpi = "${KERNEL_IMAGETYPE}"
 WKS_FILE_DEPENDS:append = " ${TWELVEFACTOR_BOOT_PACKAGE}"
 WKS_FILE_DEPENDS:append:x86-64 = " grub-efi"
 WKS_FILE_DEPENDS:append:qemuarm64 = " u-boot"
+WKS_FILE_DEPENDS:append:aarch64 = " twelvefactor-uboot-env"
