@@ -11,7 +11,6 @@ and shared by the tests; a power cycle restarts QEMU.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -36,31 +35,12 @@ DEVICE_ID = "boot-dev-1"
 _shared: dict[str, Device] = {}  # the session's device, for failure reports
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    """A pytest-xdist worker leaves its boot times beside the controller's
-    temporary folder, for the controller's summary."""
-    worker = getattr(session.config, "workerinput", None)
-    if worker is not None and PACE.boots:
-        base = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
-        record = {"boots": PACE.boots, "ratio": PACE.ratio}
-        (base.parent / f"pace-{worker['workerid']}.json").write_text(json.dumps(record))
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    runs = [("", {"boots": PACE.boots, "ratio": PACE.ratio})] if PACE.boots else []
-    base = terminalreporter.config._tmp_path_factory.getbasetemp()
-    runs += [
-        (f"[{p.stem[5:]}] ", json.loads(p.read_text())) for p in sorted(base.glob("pace-*.json"))
-    ]
-    if not runs:
-        return
-    terminalreporter.section("boot: power-on to online")
-    for worker, record in runs:
-        for what, seconds in record["boots"]:
-            terminalreporter.write_line(f"{worker}{seconds:7.1f} s  {what}")
-        terminalreporter.write_line(
-            f"{worker}limits scaled by {record['ratio']:.2f} (slowest boot / reference)"
-        )
+    if PACE.boots:
+        terminalreporter.section("boot: power-on to online")
+        for what, seconds in PACE.boots:
+            terminalreporter.write_line(f"{seconds:7.1f} s  {what}")
+        terminalreporter.write_line(f"limits scaled by {PACE.ratio:.2f} (slowest boot / reference)")
 
 
 @pytest.hookimpl(wrapper=True)

@@ -21,15 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from bootdevice import ROOT, Device
 from boothub import HUB_ADDRESS, STALE_AFTER, WG_PORT
 from bootvm import VMError
 from pace import PACE, REFERENCE_BOOT
 from underlay import GUEST_MAC, INTERNET_HOST, UNDERLAY_HOST
-
-# scripts/test runs the boot tier in two workers: these tests share one device, in order
-pytestmark = pytest.mark.xdist_group("device")
 
 MARKER = "/data/boot-test-marker"
 

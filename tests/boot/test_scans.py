@@ -23,9 +23,6 @@ sys.path.insert(0, str(ROOT / "tests" / "network"))  # the attacker's tools
 from netlab import Netns
 from probes import Capture, ScanResult, nmap, sent_by_device
 
-# scripts/test runs the boot tier in two workers: these tests share one device, in order
-pytestmark = pytest.mark.xdist_group("device")
-
 TCP_PORTS = 65535
 UDP_PORTS = 1000
 # One probe per port, no retries (tests/network/test_internet_scan.py has why)

@@ -41,8 +41,6 @@ CONFIRM_SECONDS = 60.0
 BOOTLIMIT = 3
 FINAL = ("succeeded", "failed", "rolled_back")
 SLOT_PARTITION = {"A": "rootfs-a", "B": "rootfs-b"}
-# scripts/test runs the boot tier in two workers: this module boots a device of its own
-pytestmark = pytest.mark.xdist_group("updates")
 
 
 def _build(boot_image: Path, kind: str, version: str) -> Path:
@@ -189,7 +187,7 @@ def after_an_epoch_boot(device: Device) -> Device:
     """The first update comes after a boot at systemd's epoch: a SWUpdate started
     on such a clock refused every later update (docs/decisions.md, "SWUpdate
     starts on demand, not at boot"). test_device.py ends with such a boot; where this module
-    runs in a worker of its own (scripts/test), it makes one."""
+    runs in a session of its own (scripts/test), it makes one."""
     if device.epoch_boots == 0:
         device.power_cycle_at_the_epoch()
     return device
