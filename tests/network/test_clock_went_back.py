@@ -22,6 +22,7 @@ from lab import HUB_UNDERLAY, STALE_AFTER, WG_PORT, Lab
 
 HERE = Path(__file__).parent  # wg_forge.py
 NINE_YEARS = 9 * 365 * 86400
+INITIATION = 148  # bytes of a WireGuard handshake initiation
 
 
 def _forge_from_the_future(lab: Lab) -> bool:
@@ -47,14 +48,31 @@ print(json.dumps(answered))
     return bool(json.loads(out))
 
 
+def _hub_peer(lab: Lab) -> tuple[int, int, int]:
+    """B's view of its hub peer: (latest handshake, bytes received, bytes sent)."""
+    peer = lab.b.wg("show", "dump").splitlines()[1].split("\t")
+    return int(peer[4]), int(peer[5]), int(peer[6])
+
+
 def test_a_stamp_from_the_future_locks_out_only_until_the_hub_forgets(lab: Lab) -> None:
     b = lab.b
     assert lab.reaches_broker(lab.b)
+    forged_at = time.monotonic()
     assert _forge_from_the_future(lab), "the hub did not answer B's initiation"
+    forge_s = time.monotonic() - forged_at
     # B's clock is right again: its next handshake carries today's stamp
     b.drop_session()
     started = time.monotonic()
-    time.sleep(12)  # two of WireGuard's 5 s handshake retries
+    # B's first initiation and two of WireGuard's 5 s retries, none answered (each
+    # initiation is 148 bytes; a re-added peer starts from zero)
+    budget = max(60.0, 20 * forge_s)  # the retry timer is fixed; the floor covers it
+    while True:
+        handshake, received, sent = _hub_peer(lab)
+        assert (handshake, received) == (0, 0), "the hub answered a stamp older than its last"
+        if sent >= 3 * INITIATION:
+            break
+        assert time.monotonic() - started < budget, f"B sent {sent} bytes in {budget:.0f} s"
+        time.sleep(0.2)
     assert not lab.reaches_broker(lab.b), "the hub took a stamp older than one it had accepted"
     assert "forgot the handshake state" not in lab.hub_log()
     # the hub forgets B after STALE_AFTER seconds without a packet from it
