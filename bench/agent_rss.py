@@ -1,6 +1,6 @@
 """Agent resident memory after 60 s idle with both sessions up, against two baselines.
 
-All three run with the same interpreter (`--python`), in the same run:
+All of them run with the same interpreter (`--python`), in the same run:
 
 - imports: a bare interpreter that has imported ssl, sqlite3 and paho-mqtt;
 - floor: the agent's I/O without the agent: two paho clients (paho's own
@@ -11,7 +11,12 @@ All three run with the same interpreter (`--python`), in the same run:
   code (`from twelvefactor_agent.cli import main`, not `python -m`, which
   loads runpy besides) with `run --config PATH`, and the unit's
   `Environment=` settings, which are printed. `--env NAME=VALUE` adds a
-  setting on top, to try one before it goes into the unit.
+  setting on top, to try one before it goes into the unit;
+- code: the imports baseline that has also imported the agent's daemon
+  code (what `run` imports) and runs none of it: what the code costs loaded.
+
+Each step is printed against the one below it, split into anonymous memory
+and file-backed pages (library and interpreter code touched).
 
 The floor and the agent idle side by side, so a burst of load hits both.
 Target: agent RSS <= 25 MB.
@@ -22,7 +27,7 @@ without bytecode is compiled at every start, which costs resident memory a
 device never pays. The interpreter matters too: a pyenv build (this
 project's .venv) carries about 1 MB more than a distribution's python3 for
 the same imports, and the device runs a distribution build. `--python` runs
-all three with another interpreter, e.g. a venv made from /usr/bin/python3
+all of them with another interpreter, e.g. a venv made from /usr/bin/python3
 with paho-mqtt 2.1.0 (the version the layer ships).
 """
 
@@ -46,6 +51,10 @@ TARGET_MB = 25.0
 
 # What the `twelvefactor-agent` console script runs (ExecStart of the unit).
 CONSOLE_SCRIPT = "import sys; from twelvefactor_agent.cli import main; sys.exit(main())"
+# The baseline's imports, and the same with the daemon's code imported (cli.run
+# imports twelvefactor_agent.agent, which imports the rest of the daemon).
+IMPORTS = "import ssl, sqlite3, paho.mqtt.client, time"
+CODE = IMPORTS + "; import twelvefactor_agent.cli, twelvefactor_agent.agent"
 
 FLOOR = r"""
 import sqlite3, ssl, sys, time
@@ -106,12 +115,16 @@ def unit_environment() -> dict[str, str]:
     return env
 
 
-def imports_baseline(python: str) -> dict[str, int]:
+def imported(python: str, imports: str) -> dict[str, int]:
+    """The status of an interpreter that has run `imports` and sleeps."""
     proc = subprocess.Popen(
-        [python, "-c", "import ssl, sqlite3, paho.mqtt.client, time; time.sleep(30)"]
+        [python, "-c", imports + "; print(flush=True); time.sleep(60)"], stdout=subprocess.PIPE
     )
     try:
-        time.sleep(3)
+        assert proc.stdout is not None
+        if proc.stdout.readline() != b"\n":
+            raise RuntimeError(f"{imports!r} failed with status {proc.wait()}")
+        time.sleep(1)
         return status(proc.pid)
     finally:
         proc.kill()
@@ -126,16 +139,23 @@ def show(name: str, st: dict[str, int]) -> str:
     )
 
 
+def step(name: str, upper: dict[str, int], lower: dict[str, int]) -> str:
+    """What one process holds beyond another, anonymous and file-backed."""
+    anon = (upper["RssAnon"] - lower["RssAnon"]) / 1024
+    file = (upper["RssFile"] - lower["RssFile"]) / 1024
+    return f"{name:<44} {anon + file:+6.2f} MB  (anon {anon:+5.2f}, file {file:+5.2f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds idle before measuring")
-    parser.add_argument("--python", default=sys.executable, help="interpreter to run all three")
+    parser.add_argument("--python", default=sys.executable, help="interpreter to run them all")
     parser.add_argument(
         "--env",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="an environment setting on top of the unit's (repeatable), for all three",
+        help="an environment setting on top of the unit's (repeatable), for all of them",
     )
     args = parser.parse_args()
     extra = {}
@@ -152,7 +172,8 @@ def main() -> None:
     os.environ.update(env)
     os.environ.update(extra)
     os.environ["PYTHONPATH"] = str(AGENT_SRC)
-    base = imports_baseline(args.python)
+    base = imported(args.python, IMPORTS)
+    code = imported(args.python, CODE)
     with tempfile.TemporaryDirectory(prefix="tf-bench-") as tmp:
         stack = Stack(Path(tmp) / "cloud")
         stack.start_all()
@@ -204,6 +225,10 @@ def main() -> None:
     print(show("imports (python + paho + ssl + sqlite3):", base))
     print(show("floor (two TLS sessions + 3 SQLite conns):", floor_rss))
     print(show(f"agent after {args.idle:.0f} s idle, both sessions up:", rss))
+    print(show("code (imports + the daemon's modules):", code))
+    print(step("floor - imports:", floor_rss, base))
+    print(step("code - imports (importing the daemon):", code, base))
+    print(step("agent - floor:", rss, floor_rss))
     mb = rss["VmRSS"] / 1024
     verdict = "met" if mb <= TARGET_MB else "NOT met"
     print(
