@@ -72,10 +72,13 @@ class Device:
         cycle the broker may never have seen the old session go offline).
         """
         limit = PACE.limit(REFERENCE_BOOT) - (time.monotonic() - self.vm.powered_on_at)
-        waited = self._wait_session(self._powered_on_wall, "power-on", limit)
-        seconds = time.monotonic() - self.vm.powered_on_at
-        if waited:  # else it was online before this call: the figure is only an upper bound
-            PACE.record(f"boot {self.vm.boots}: {what}", seconds)
+        record = self._wait_session(self._powered_on_wall, "power-on", limit)
+        elapsed = time.monotonic() - self.vm.powered_on_at
+        # Online since the session's metadata, stamped by the device's clock (the
+        # host's, to the second): this call may come long after the boot did.
+        stamped = float(record["meta_ts"]) - self._powered_on_wall
+        seconds = stamped if 0 < stamped <= elapsed + CLOCK_SLACK else elapsed
+        PACE.record(f"boot {self.vm.boots}: {what}", seconds)
         print(f"power-on to online ({what}): {seconds:.1f} s")
         return seconds
 
@@ -85,22 +88,20 @@ class Device:
         self.vm.check("systemctl restart twelvefactor-agent")
         self._wait_session(since, "the agent's restart", PACE.limit(RESTART_SECONDS))
 
-    def _wait_session(self, since: float, after: str, limit: float) -> bool:
+    def _wait_session(self, since: float, after: str, limit: float) -> dict[str, Any]:
         """Until the management service has a session of the agent's that began
-        after `since`; whether that took more than one look."""
+        after `since`; the device's record then."""
         limit = max(limit, PACE.limit(RESTART_SECONDS))
         deadline = time.monotonic() + limit
         record: dict[str, Any] | None = None
-        looks = 0
         while time.monotonic() < deadline:
             record = self.hub.device(self.device_id)
-            looks += 1
             if (
                 record is not None
                 and record.get("online")
                 and float(record.get("meta_ts") or 0) >= since - CLOCK_SLACK
             ):
-                return looks > 1
+                return record
             time.sleep(1)
         journal = self.vm.run("journalctl -b -u twelvefactor-agent --no-pager | tail -40").output
         raise VMError(

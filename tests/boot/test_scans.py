@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from bootdevice import ROOT, Device
 from boothub import HUB_ADDRESS
+from pace import PACE
 from underlay import DEVICE_UNDERLAY, GUEST_MAC, NEIGHBOUR_IF, UNDERLAY_HOST
 
 sys.path.insert(0, str(ROOT / "tests" / "network"))  # the attacker's tools
@@ -25,11 +26,21 @@ from probes import Capture, ScanResult, nmap, sent_by_device
 
 TCP_PORTS = 65535
 UDP_PORTS = 1000
-# One probe per port, no retries (tests/network/test_internet_scan.py has why)
-ON_LINK = ("-T5", "--max-retries", "0", "--min-rate", "5000", "--host-timeout", "10m")
+
+
+def _scan(rate: int) -> tuple[str, ...]:
+    """One probe per port, no retries (tests/network/test_internet_scan.py has
+    why), at `rate` probes/s on the reference machine, slower on a slower one:
+    the emulated guest must count every probe, and a loaded host's guest drops
+    some before its firewall sees them."""
+    paced = max(250, round(rate / PACE.ratio))
+    return ("-T5", "--max-retries", "0", "--min-rate", str(paced), "--host-timeout", "30m")
+
+
+ON_LINK_RATE = 5000
 # through the tunnel, each probe is also a WireGuard packet the emulated guest
 # decrypts before its firewall drops it
-IN_TUNNEL = ("-T5", "--max-retries", "0", "--min-rate", "2500", "--host-timeout", "15m")
+IN_TUNNEL_RATE = 2500
 # the hub's service ports in hub.json: MQTT for each service, artifacts over HTTPS
 SERVICE_PORTS = ("management_port", "solution_port", "management_https_port")
 ARRIVED = 0.95  # share of the probes the device's firewall must have counted
@@ -65,10 +76,12 @@ def test_from_its_own_link_every_port_is_silent(device: Device, tmp_path: Path) 
     v6 = f"{_link_local(device)}%{NEIGHBOUR_IF}"
     before = _dropped_inbound(device)
     with Capture(inet, NEIGHBOUR_IF, tmp_path / "link.pcap") as cap:
-        tcp4 = nmap(inet, DEVICE_UNDERLAY, "-sS", "-p-", *ON_LINK)
-        tcp6 = nmap(inet, v6, "-6", "-sS", "-p-", *ON_LINK)
-        udp4 = nmap(inet, DEVICE_UNDERLAY, "-sU", "--top-ports", str(UDP_PORTS), *ON_LINK)
-        udp6 = nmap(inet, v6, "-6", "-sU", "--top-ports", str(UDP_PORTS), *ON_LINK)
+        tcp4 = nmap(inet, DEVICE_UNDERLAY, "-sS", "-p-", *_scan(ON_LINK_RATE))
+        tcp6 = nmap(inet, v6, "-6", "-sS", "-p-", *_scan(ON_LINK_RATE))
+        udp4 = nmap(
+            inet, DEVICE_UNDERLAY, "-sU", "--top-ports", str(UDP_PORTS), *_scan(ON_LINK_RATE)
+        )
+        udp6 = nmap(inet, v6, "-6", "-sU", "--top-ports", str(UDP_PORTS), *_scan(ON_LINK_RATE))
     dropped = _dropped_inbound(device) - before
     print(
         f"on the link: TCP {tcp4.elapsed:.0f} s + {tcp6.elapsed:.0f} s, UDP {udp4.elapsed:.0f} s"
@@ -97,8 +110,10 @@ def test_from_the_hub_through_the_tunnel_every_port_is_silent(
     services = [hub.info[k] for k in SERVICE_PORTS]
     before = _dropped_inbound(device)
     with Capture(ns, hub.ifname, tmp_path / "tunnel.pcap") as cap:
-        tcp = nmap(ns, device.tunnel_address, "-sS", "-p-", *IN_TUNNEL)
-        udp = nmap(ns, device.tunnel_address, "-sU", "--top-ports", str(UDP_PORTS), *IN_TUNNEL)
+        tcp = nmap(ns, device.tunnel_address, "-sS", "-p-", *_scan(IN_TUNNEL_RATE))
+        udp = nmap(
+            ns, device.tunnel_address, "-sU", "--top-ports", str(UDP_PORTS), *_scan(IN_TUNNEL_RATE)
+        )
     dropped = _dropped_inbound(device) - before
     print(f"in the tunnel: TCP {tcp.elapsed:.0f} s, UDP {udp.elapsed:.0f} s; dropped {dropped}")
     _silent(tcp, TCP_PORTS, "filtered")
@@ -126,15 +141,15 @@ def test_another_device_reaches_neither_this_one_nor_the_hubs_other_ports(
     (MQTT twice, artifacts over HTTPS, NTP) answer it."""
     hub = device.hub
     before = _dropped_inbound(device)
-    to_device = nmap(spoke, device.tunnel_address, "-sS", "-p-", *ON_LINK)
+    to_device = nmap(spoke, device.tunnel_address, "-sS", "-p-", *_scan(ON_LINK_RATE))
     _silent(to_device, TCP_PORTS, "filtered")
     # the hub dropped them: not one reached the device
     assert _dropped_inbound(device) - before < 100
-    to_hub = nmap(spoke, HUB_ADDRESS, "-sS", "-p-", *ON_LINK)
+    to_hub = nmap(spoke, HUB_ADDRESS, "-sS", "-p-", *_scan(ON_LINK_RATE))
     services = {f"tcp/{hub.info[k]}" for k in SERVICE_PORTS}
     assert to_hub.ports_in("open") == services, to_hub.listed
     assert set(to_hub.states) == {"open", "filtered"}, to_hub.listed
-    udp = nmap(spoke, HUB_ADDRESS, "-sU", "--top-ports", str(UDP_PORTS), *ON_LINK)
+    udp = nmap(spoke, HUB_ADDRESS, "-sU", "--top-ports", str(UDP_PORTS), *_scan(ON_LINK_RATE))
     # the SNTP server answers; every other port is silent (no ICMP unreachable)
     assert udp.ports_in("open") == {"udp/123"}, udp.listed
     assert set(udp.states) <= {"open", "open|filtered", "filtered"}, udp.listed
