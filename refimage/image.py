@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from refimage import agent, disk, grub, layer, rootfs, system
+from refimage import agent, disk, grub, kmodules, layer, packages, rootfs, system
 from refimage.lock import locked
 from refimage.progress import BuildError, run, say, step
 
@@ -39,9 +38,11 @@ def _sha(*parts: bytes) -> str:
 
 
 def base_key() -> str:
+    # the package list comes from the layer (tests/layer/data/yocto-debian.toml)
     return _sha(
         (BUILDER / "packages.py").read_bytes(),
         (BUILDER / "rootfs.py").read_bytes(),
+        " ".join(packages.PACKAGES).encode(),
     )
 
 
@@ -56,6 +57,11 @@ def image_key(
     parts = [base.encode(), b"console_login=%d" % console_login, grub_cfg.read_bytes()]
     parts += [(top / system.DISTRO_CONF).read_bytes()]  # os-release's VERSION_ID
     parts += [p.read_bytes() for p in sorted(BUILDER.glob("*.py"))]
+    # what decides the kept kernel modules: the layer's kernel fragment and the
+    # image's package closure (its data files and the module that reads them)
+    parts += [(top / "meta-twelvefactor/recipes-kernel/linux/files/twelvefactor.cfg").read_bytes()]
+    parts += [p.read_bytes() for p in sorted((top / "tests/layer").glob("*.py"))]
+    parts += [p.read_bytes() for p in sorted((top / "tests/layer/data").glob("*.*"))]
     parts += [f"{f.destination} {f.mode:o} {f.digest()}".encode() for f in files]
     parts += [" ".join(units).encode()]
     for src in agent.source_files(top / "agent"):
@@ -71,7 +77,7 @@ def _base_tree(out: Path, log: Path) -> Path:
         say(f"base rootfs: cached ({base.name})")
         return base / "root"
     for old in out.glob("base-*"):
-        shutil.rmtree(old)
+        rootfs.remove_tree(old)
     with step("base rootfs: mmdebstrap (Debian trixie packages)"):
         base.mkdir(parents=True)
         rootfs.build_base(base / "root", out / "apt-cache", log)
@@ -82,7 +88,7 @@ def _base_tree(out: Path, log: Path) -> Path:
 def _prune(out: Path, keep: Path) -> None:
     images = sorted(out.glob("image-*"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in [p for p in images if p != keep][KEEP_IMAGES - 1 :]:
-        shutil.rmtree(old)
+        rootfs.remove_tree(old)
 
 
 def _load(directory: Path) -> Image:
@@ -110,15 +116,16 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
         os.utime(directory)
         _link_latest(out, directory)
         return _load(directory)
-    if directory.exists():
-        shutil.rmtree(directory)
+    rootfs.remove_tree(directory)
     work = out / "work"
-    if work.exists():
-        shutil.rmtree(work)
+    rootfs.remove_tree(work)
     work.mkdir()
     stage = work / "root"
     with step("root tree: copy of the base"):
+        rootfs.unmount_below(base)  # a /proc mmdebstrap left behind is not copied
         run(["cp", "-a", "--reflink=auto", base, stage])
+    with step("root tree: only the kernel modules the layer's image would have"):
+        modules = kmodules.keep(stage)
     with step(f"root tree: {len(files)} layer files, the agent, system settings"):
         layer.install(files, stage)
         scripts = agent.install(top / "agent", stage)
@@ -133,8 +140,7 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
     sizes = disk.offsets()
     with step("file systems: rootfs-a (mkfs.ext4 -d), data, ESP (mtools)"):
         tmp = out / f"tmp-{key}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        rootfs.remove_tree(tmp)
         tmp.mkdir()
         disk.make_ext4(stage, tmp / ROOTFS_NAME, "rootfs-a", sizes["rootfs-a"][1], log)
         disk.make_ext4(None, work / "data.ext4", "data", sizes["data"][1], log)
@@ -161,12 +167,14 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
             "layer_files": [[f.destination, f"{f.mode:04o}", f.digest()] for f in files],
             "enabled_units": units,
             "agent_scripts": scripts,
+            "kernel_modules": modules,
+            "packages": list(packages.PACKAGES),
             "partitions": {name: list(v) for name, v in sizes.items()},
             "grub_cfg": str(grub_cfg),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         tmp.rename(directory)
-    shutil.rmtree(work)
+    rootfs.remove_tree(work)
     _prune(out, directory)
     _link_latest(out, directory)
     return _load(directory)

@@ -1,39 +1,38 @@
 """What the reference image is made of: Debian suite, mirror and packages.
 
-The list mirrors what the Yocto image installs (twelvefactor-image): a kernel
-with WireGuard, systemd with networkd and timesyncd, nftables, wireguard-tools,
-SWUpdate, Python with paho-mqtt (2.1.0 in both trixie and wrynose).
+The package list is not written here: it is derived from the layer, so the
+reference image installs the Debian counterparts of what the layer's image
+installs and nothing else. tests/layer/image_contents.py takes the layer
+image's package closure for qemux86-64 (IMAGE_INSTALL, the recipes' RDEPENDS,
+what the upstream packages pull in) and maps it through
+tests/layer/data/yocto-debian.toml, which gives each Yocto package its Debian
+packages and the reason (plus the few tools the boot tests run on the device).
+The layer tests check the table both ways.
 """
 
 from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+TOP = Path(__file__).resolve().parent.parent
+LAYER_TESTS = TOP / "tests/layer"
 
 SUITE = "trixie"
 MIRROR = "http://deb.debian.org/debian"
 VARIANT = "minbase"
 
-PACKAGES: tuple[str, ...] = (
-    "linux-image-amd64",
-    "initramfs-tools",  # Debian's ext4 and virtio drivers are modules
-    "systemd",
-    "systemd-sysv",
-    "systemd-timesyncd",
-    "udev",
-    "kmod",
-    "dbus",
-    "netbase",  # /etc/protocols: without it an nftables ruleset naming icmp fails to load
-    "iproute2",
-    "nftables",
-    "wireguard-tools",
-    "swupdate",
-    "python3",
-    "python3-paho-mqtt",
-    "procps",
-    "util-linux",
-    "e2fsprogs",
-    "openssl",
-    "login",
-    "passwd",
-)
+
+def contents() -> ModuleType:
+    """tests/layer/image_contents.py (with layer_files.py beside it)."""
+    if str(LAYER_TESTS) not in sys.path:
+        sys.path.insert(0, str(LAYER_TESTS))
+    return importlib.import_module("image_contents")
+
+
+PACKAGES: tuple[str, ...] = tuple(contents().debian_packages("qemux86-64"))
 
 # Modules the initramfs needs to find and mount root=PARTLABEL=... on the
 # disks QEMU offers (virtio-blk, virtio-scsi, AHCI, NVMe); MODULES=list keeps

@@ -1,24 +1,77 @@
 """The base root file system: Debian packages unpacked and configured by mmdebstrap.
 
-This stage depends only on the package list (refimage/packages.py) and this
-file, so it is cached apart from the layer files and the agent, which change
-far more often. Downloaded .deb files are kept in a cache beside it.
+This stage depends only on the package list (refimage/packages.py, derived
+from the layer) and this file, so it is cached apart from the layer files and
+the agent, which change far more often. Downloaded .deb files are kept in a
+cache beside it.
+
+mmdebstrap mounts /proc (and more) inside the tree it builds, and a run that
+was killed, or whose /proc was busy when it finished ("umount /proc failed"),
+leaves them mounted. Deleting such a tree would walk into the host's /proc;
+copying it would copy it. So every tree is unmounted below before it is used
+or removed, and removal refuses to run while anything is still mounted there.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 from pathlib import Path
 
 from refimage import packages
-from refimage.progress import run
+from refimage.progress import BuildError, run
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \ooo
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounts_below(path: Path) -> list[Path]:
+    """Mount points at or below `path`, deepest first."""
+    top = os.path.realpath(path)
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = _unescape(line.split()[4])
+        if point == top or point.startswith(top.rstrip("/") + "/"):
+            found.append(Path(point))
+    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+
+
+def unmount_below(path: Path) -> None:
+    """Unmount everything mounted at or below `path` (lazily when busy)."""
+    for point in mounts_below(path):
+        try:
+            run(["umount", point])
+        except BuildError:
+            run(["umount", "--lazy", point])
+    left = mounts_below(path)
+    if left:
+        raise BuildError(f"still mounted below {path}: {[str(p) for p in left]}")
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a build tree, never following into a file system mounted inside it."""
+    if not path.exists() and not path.is_symlink():
+        return
+    unmount_below(path)
+    if mounts_below(path):  # unmount_below raised already; kept as the last guard
+        raise BuildError(f"refusing to delete {path}: something is mounted below it")
+    shutil.rmtree(path)
 
 
 def build_base(dest: Path, apt_cache: Path, log: Path) -> None:
     """Run mmdebstrap into `dest` (a new directory)."""
-    if dest.exists():
-        shutil.rmtree(dest)
+    remove_tree(dest)
     apt_cache.mkdir(parents=True, exist_ok=True)
     modules = "\\n".join(packages.INITRAMFS_MODULES)
     # Written before the packages are installed, so the kernel's postinst
@@ -47,4 +100,7 @@ def build_base(dest: Path, apt_cache: Path, log: Path) -> None:
         dest,
         packages.MIRROR,
     ]
-    run(argv, log=log)
+    try:
+        run(argv, log=log)
+    finally:
+        unmount_below(dest)

@@ -46,6 +46,17 @@ DISABLED_UNITS = (
 )
 
 
+# Units of Debian's systemd package that oe-core packages apart, in packages
+# the layer's image does not install: masked, so they do not run here either.
+# systemd-binfmt (Debian's python3 registers .pyc files through binfmt.d; the
+# image keeps no binfmt_misc module, as the Yocto image installs none).
+MASKED_UNITS = (
+    "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount",
+    "proc-sys-fs-binfmt_misc.mount",
+)
+
+
 # Units oe-core's systemd recipe enables by default (its presets) that Debian
 # does not: the layer's networkd configuration needs networkd running.
 YOCTO_DEFAULT_UNITS = ("systemd-networkd.service",)
@@ -137,6 +148,7 @@ def configure(root: Path, *, console_login: bool) -> None:
         (root / d).mkdir(exist_ok=True)
     for unit in DISABLED_UNITS:
         run(["systemctl", f"--root={root}", "disable", "--quiet", unit])
+    run(["systemctl", f"--root={root}", "mask", "--quiet", *MASKED_UNITS])
     if console_login:
         # Test images only, like Yocto's empty-root-password feature: root
         # logs in on the serial console without a password.

@@ -251,6 +251,8 @@ def dependencies(package: str, machine: str) -> list[str] | None:
     rdepends: dict[str, list[str]] = manifest["rdepends"]  # type: ignore[assignment]
     if package.startswith("python3-") and package[len("python3-") :] in rdepends:
         return [f"python3-{r}" for r in rdepends[package[len("python3-") :]]]
+    if package.startswith("kernel-module-"):
+        return []  # kernel-module-split.bbclass: its module dependencies are modules too
     entry = upstream()["package"].get(package)
     if entry is None:
         return None
