@@ -71,7 +71,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("time per tier")
     for tier in sorted(_TIER_SECONDS, key=list(TIER_OF_FOLDER.values()).index):
         minutes = _TIER_SECONDS[tier] / 60
-        terminalreporter.write_line(f"{tier:12} {_TIER_TESTS.get(tier, 0):4} tests {minutes:6.1f} min")
+        tests = _TIER_TESTS.get(tier, 0)
+        terminalreporter.write_line(f"{tier:12} {tests:4} tests {minutes:6.1f} min")
     wall = (time.monotonic() - _STARTED) / 60
     terminalreporter.write_line(f"{'this session':12} {'':10} {wall:6.1f} min of wall time")
 
