@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from bootdevice import Device
-
-pytestmark = pytest.mark.xdist_group("device")
 
 
 def test_machine_id_is_the_one_kept_on_data(device: Device) -> None:
