@@ -48,7 +48,7 @@ def _build(boot_image: Path, kind: str, version: str) -> Path:
 
 
 def _running_slot(device: Device) -> str:
-    return device.vm.check("sed -n 's/.*twelvefactor\\.slot=\\([AB]\\).*/\\1/p' /proc/cmdline")
+    return device.vm.check("twelvefactor-bootenv slot")
 
 
 def job_limit(boots: int, windows: int = 0) -> float:

@@ -3,6 +3,7 @@ SWUpdate selection and the GRUB script syntax."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from helpers import require_root, require_tool
 
 NETCONFIG = lf.LAYER / "recipes-connectivity/twelvefactor-netconfig/files"
 RULESET = lf.LAYER / "recipes-connectivity/twelvefactor-firewall/files/twelvefactor.nft"
+# the selection script runs the agent's twelvefactor-bootenv, installed beside this Python
+AGENT_ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
 SELECTION = lf.LAYER / "recipes-support/swupdate/files/twelvefactor-swupdate-selection"
 GRUB_CFG = lf.LAYER / "recipes-bsp/twelvefactor-boot-grub/files/grub.cfg"
 HUB_KEY = "x" * 43 + "="  # 32 bytes of base64
@@ -112,20 +115,27 @@ def test_selection_installs_to_the_other_slot(tmp_path: Path, cmdline: str, sele
     path = tmp_path / "cmdline"
     path.write_text(cmdline + "\n")
     done = subprocess.run(
-        ["sh", str(SELECTION), str(path)], capture_output=True, text=True, check=True
+        ["sh", str(SELECTION), str(path)], capture_output=True, text=True, check=True, env=AGENT_ENV
     )
     assert done.stdout.strip() == selection
 
 
 @pytest.mark.parametrize(
     ("cmdline", "message"),
-    [("ro quiet", "no twelvefactor.slot="), ("twelvefactor.slot=C", "bad slot 'C'")],
+    [
+        ("ro quiet", "no twelvefactor.slot="),
+        ("twelvefactor.slot=C", "twelvefactor.slot=C on the kernel command line is not A or B"),
+    ],
 )
 def test_selection_refuses_unknown_slot(tmp_path: Path, cmdline: str, message: str) -> None:
     path = tmp_path / "cmdline"
     path.write_text(cmdline + "\n")
     done = subprocess.run(
-        ["sh", str(SELECTION), str(path)], capture_output=True, text=True, check=False
+        ["sh", str(SELECTION), str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=AGENT_ENV,
     )
     assert done.returncode == 1
     assert message in done.stderr, done.stderr

@@ -202,3 +202,45 @@ def test_empty_value_unsets_the_variable() -> None:
     block = serialise({"slot": "A", "rollback": "", "bootcount": "0"})
     assert b"rollback" not in block
     assert parse(block) == {"slot": "A", "bootcount": "0"}
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "slot"),
+    [
+        ("BOOT_IMAGE=/vmlinuz root=PARTLABEL=rootfs-a ro twelvefactor.slot=A panic=5", "A"),
+        ("twelvefactor.slot=B\n", "B"),
+        # the Pi's firmware passes its own arguments, the bootloader's come last
+        ("8250.nr_uarts=1 twelvefactor.slot=A console=ttyS0 twelvefactor.slot=B", "B"),
+    ],
+)
+def test_running_slot_is_the_last_slot_parameter(cmdline: str, slot: str) -> None:
+    assert bootenv.running_slot(cmdline) == slot
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "message"),
+    [
+        ("root=/dev/vda2 ro", "no twelvefactor.slot="),
+        ("xtwelvefactor.slot=A", "no twelvefactor.slot="),
+        ("twelvefactor.slot=", "twelvefactor.slot= on the kernel command line is not A or B"),
+        ("twelvefactor.slot=AB", "twelvefactor.slot=AB on the kernel command line is not A or B"),
+        ("twelvefactor.slot=A twelvefactor.slot=c", "twelvefactor.slot=c on the kernel"),
+    ],
+)
+def test_running_slot_refuses_a_missing_or_bad_parameter(cmdline: str, message: str) -> None:
+    with pytest.raises(BootEnvError, match=message):
+        bootenv.running_slot(cmdline)
+
+
+def test_slot_command_prints_the_slot_or_fails_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("ro twelvefactor.slot=B quiet\n")
+    assert bootenv.main(["slot", "--cmdline", str(cmdline)]) == 0
+    assert capsys.readouterr().out == "B\n"
+    cmdline.write_text("ro quiet\n")
+    assert bootenv.main(["slot", "--cmdline", str(cmdline)]) == 2
+    assert "no twelvefactor.slot= on the kernel command line" in capsys.readouterr().err
+    assert bootenv.main(["slot", "--cmdline", str(tmp_path / "missing")]) == 2
+    assert "cannot read" in capsys.readouterr().err

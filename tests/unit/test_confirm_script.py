@@ -22,14 +22,6 @@ def confirm() -> ModuleType:
     return module
 
 
-def test_running_slot_from_the_command_line(confirm: ModuleType, tmp_path: Path) -> None:
-    cmdline = tmp_path / "cmdline"
-    cmdline.write_text("root=PARTLABEL=rootfs-b ro twelvefactor.slot=B panic=5\n")
-    assert confirm.running_slot(cmdline) == "B"
-    cmdline.write_text("root=/dev/vda2 ro\n")
-    assert confirm.running_slot(cmdline) is None
-
-
 def test_sessions_online_reads_the_agent_state(confirm: ModuleType, tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     assert not confirm.sessions_online(state)  # missing

@@ -9,7 +9,8 @@ fsync of the directory), so a power cut leaves the old or the new block.
 
 Variables of the A/B scheme: `slot` (A|B), `upgrade_available` (0|1),
 `bootcount` and `bootlimit` (3). `twelvefactor-bootenv confirm` marks the
-running slot good: upgrade_available=0, bootcount=0.
+running slot good: upgrade_available=0, bootcount=0; `twelvefactor-bootenv
+slot` prints the running slot, from the kernel command line.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ SIZE = 1024
 DEFAULT_GRUBENV = Path("/boot/grub/grubenv")
 FW_ENV_CONFIG = Path("/etc/fw_env.config")
 KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CMDLINE = Path("/proc/cmdline")
+SLOT_PARAMETER = "twelvefactor.slot"  # the bootloader's script puts the slot it booted there
 
 # Allowed values of the A/B variables; other keys are free-form.
 AB_VALUES: dict[str, re.Pattern[str]] = {
@@ -104,6 +107,25 @@ def read(path: Path) -> dict[str, str]:
         return parse(path.read_bytes())
     except OSError as exc:
         raise BootEnvError(f"grubenv: cannot read {path}: {exc.strerror}") from exc
+
+
+def running_slot(cmdline: str) -> str:
+    """The slot this boot runs: the last `twelvefactor.slot=` on the kernel
+    command line (a repeated parameter, as the kernel takes its own: a
+    bootloader that appends to what firmware passed has the last word), A or B.
+
+    The one reader of the running slot: the agent, the confirm and reboot
+    scripts and SWUpdate's selection script all go through it
+    (`twelvefactor-bootenv slot`), so they cannot disagree."""
+    prefix = f"{SLOT_PARAMETER}="
+    values = [word[len(prefix) :] for word in cmdline.split() if word.startswith(prefix)]
+    if not values:
+        raise BootEnvError(f"bootenv: no {prefix} on the kernel command line")
+    if AB_VALUES["slot"].fullmatch(values[-1]) is None:
+        raise BootEnvError(
+            f"bootenv: {prefix}{values[-1]} on the kernel command line is not A or B"
+        )
+    return values[-1]
 
 
 def parse_fw_printenv(text: str) -> dict[str, str]:
@@ -208,7 +230,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     put = sub.add_parser("set", help="set variables")
     put.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
     sub.add_parser("confirm", help="mark the running slot good: upgrade_available=0 bootcount=0")
+    slot = sub.add_parser("slot", help="print the slot this boot runs (A or B)")
+    slot.add_argument("--cmdline", type=Path, default=CMDLINE, help=f"default {CMDLINE}")
     args = parser.parse_args(argv)
+    if args.command == "slot":
+        try:
+            print(running_slot(args.cmdline.read_text(encoding="utf-8", errors="replace")))
+        except OSError as exc:
+            print(f"bootenv: cannot read {args.cmdline}: {exc.strerror}", file=sys.stderr)
+            return 2
+        except BootEnvError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        return 0
 
     backend: Backend
     if args.file is None and FW_ENV_CONFIG.exists():

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import shlex
 from pathlib import Path
 
-SLOT_RE = re.compile(r"(?:^|\s)twelvefactor\.slot=([AB])(?=\s|$)")
+from .bootenv import BootEnvError, running_slot
 
 
 def parse_cmdline_slot(cmdline: str) -> str | None:
-    """The slot from `twelvefactor.slot=A|B` on the kernel command line (the last one wins)."""
-    found = SLOT_RE.findall(cmdline)
-    return found[-1] if found else None
+    """The running slot (bootenv.running_slot's rule), or None where there is none."""
+    try:
+        return running_slot(cmdline)
+    except BootEnvError:
+        return None
 
 
 def parse_meminfo(text: str) -> dict[str, int | None]:

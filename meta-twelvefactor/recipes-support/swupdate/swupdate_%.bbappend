@@ -53,3 +53,7 @@ FILES:${PN}:append:twelvefactor = " \
     ${bindir}/twelvefactor-swupdate-selection \
     ${systemd_system_unitdir}/swupdate.socket.d \
 "
+
+# twelvefactor-swupdate-selection asks the agent's twelvefactor-bootenv for the
+# running slot: one reader of the kernel command line for every program
+RDEPENDS:${PN}:append:twelvefactor = " twelvefactor-agent"
