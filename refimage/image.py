@@ -38,7 +38,7 @@ def _sha(*parts: bytes) -> str:
 
 
 def base_key() -> str:
-    # the package list comes from the layer (tests/layer/data/yocto-debian.toml)
+    # the package list comes from the layer (refimage/data/yocto-debian.toml)
     return _sha(
         (BUILDER / "packages.py").read_bytes(),
         (BUILDER / "rootfs.py").read_bytes(),
@@ -60,8 +60,8 @@ def image_key(
     # what decides the kept kernel modules: the layer's kernel fragment and the
     # image's package closure (its data files and the module that reads them)
     parts += [(top / "meta-twelvefactor/recipes-kernel/linux/files/twelvefactor.cfg").read_bytes()]
-    parts += [p.read_bytes() for p in sorted((top / "tests/layer").glob("*.py"))]
-    parts += [p.read_bytes() for p in sorted((top / "tests/layer/data").glob("*.*"))]
+    # (image_contents.py and layer_files.py are among BUILDER's *.py above)
+    parts += [p.read_bytes() for p in sorted((BUILDER / "data").glob("*.*"))]
     parts += [f"{f.destination} {f.mode:o} {f.digest()}".encode() for f in files]
     parts += [" ".join(units).encode()]
     for src in agent.source_files(top / "agent"):

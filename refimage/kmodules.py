@@ -9,7 +9,7 @@ network. So the image keeps only:
 
 - the modules of the options the layer builds in (=y in twelvefactor.cfg) that
   Debian builds as modules, and of the kernel-module-* packages in the image's
-  package closure (tests/layer/image_contents.py);
+  package closure (refimage/image_contents.py);
 - MACHINE below: what linux-yocto builds in for qemux86-64 that Debian builds
   as modules, each with its reason;
 - the modules those depend on (modules.dep).
@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 from types import ModuleType
 
-from refimage import packages
+from refimage import image_contents, packages
 from refimage.progress import BuildError, run
 
 # What linux-yocto builds in for qemux86-64 (its BSP's virtio and the standard
@@ -95,7 +95,7 @@ def layer_modules(contents: ModuleType, config: dict[str, str]) -> dict[str, str
         if module is None:
             raise BuildError(
                 f"CONFIG_{option}: built in by the layer, a module in Debian's kernel; "
-                "add its module to KERNEL_MODULES in tests/layer/image_contents.py"
+                "add its module to KERNEL_MODULES in refimage/image_contents.py"
             )
         out[module] = f"CONFIG_{option}=y in twelvefactor.cfg"
     closure = contents.closure("qemux86-64").packages
@@ -131,8 +131,7 @@ def builtin(root: Path, version: str) -> set[str]:
 def keep(root: Path) -> dict[str, str]:
     """Prune the tree's kernel modules to the kept ones; returns module -> why."""
     version = kernel_version(root)
-    contents = packages.contents()
-    wanted = {**MACHINE, **layer_modules(contents, debian_config(root, version))}
+    wanted = {**MACHINE, **layer_modules(image_contents, debian_config(root, version))}
     wanted |= {m.replace("-", "_"): "in the initramfs" for m in packages.INITRAMFS_MODULES}
     wanted = {m.replace("-", "_"): why for m, why in wanted.items()}
     deps = modules_dep(root, version)
@@ -144,7 +143,7 @@ def keep(root: Path) -> dict[str, str]:
         if module in kept:
             continue
         if module not in deps:
-            if module in built or not required(contents, why):
+            if module in built or not required(image_contents, why):
                 continue
             raise BuildError(f"kernel module {module} ({why}) is not in Debian's kernel {version}")
         kept[module] = why

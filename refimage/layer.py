@@ -1,26 +1,22 @@
-"""The layer's device files, read from the list the layer tests keep.
+"""The layer's device files, as refimage/layer_files.py reads them from the recipes.
 
-tests/layer/layer_files.py lists (source, destination, mode) for every file
-the meta-twelvefactor recipes install; this builder installs exactly that list
-so there is one list, checked against the recipes by the layer tests. The
+layer_files.py lists (source, destination, mode) for every file the
+meta-twelvefactor recipes install; this builder installs exactly that list,
+and the layer tests check it against the recipes, so there is one list. The
 systemd units to enable come from the recipes' SYSTEMD_SERVICE variables.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
 import shutil
-import sys
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
+from refimage import layer_files
 from refimage.progress import BuildError
 
-LIST_MODULE = Path("tests/layer/layer_files.py")
 LAYER = Path("meta-twelvefactor")
 
 
@@ -34,59 +30,19 @@ class DeviceFile:
         return hashlib.sha256(self.source.read_bytes()).hexdigest()
 
 
-def _load(top: Path) -> ModuleType:
-    path = top / LIST_MODULE
-    if not path.is_file():
-        raise BuildError(f"{path} is missing: the layer's list of device files is needed")
-    spec = importlib.util.spec_from_file_location("twelvefactor_layer_files", path)
-    if spec is None or spec.loader is None:
-        raise BuildError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    # dataclasses look their module up in sys.modules while the class is made
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _entries(module: ModuleType) -> Iterable[object]:
-    for name in ("layer_files", "device_files"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return list(fn())
-    for name in ("LAYER_FILES", "DEVICE_FILES", "FILES"):
-        value = getattr(module, name, None)
-        if value is not None:
-            return list(value)
-    raise BuildError(f"{LIST_MODULE} has no layer_files() nor LAYER_FILES")
-
-
-def _fields(entry: object) -> tuple[object, object, object]:
-    if isinstance(entry, tuple | list) and len(entry) == 3:
-        return entry[0], entry[1], entry[2]
-    src = getattr(entry, "source", None)
-    dest = getattr(entry, "destination", getattr(entry, "dest", None))
-    mode = getattr(entry, "mode", None)
-    if src is None or dest is None or mode is None:
-        raise BuildError(f"{LIST_MODULE}: cannot read (source, destination, mode) from {entry!r}")
-    return src, dest, mode
-
-
 def device_files(top: Path) -> list[DeviceFile]:
+    """Every file the layer's recipes install (for the default machine, qemux86-64)."""
+    if top.resolve() != layer_files.REPO:
+        raise BuildError(f"the layer's files are read from {layer_files.REPO}, not {top}")
     out = []
-    for entry in _entries(_load(top)):
-        src, dest, mode = _fields(entry)
-        source = Path(str(src))
-        if not source.is_absolute():
-            source = top / source
-        if not source.is_file():
-            raise BuildError(f"{LIST_MODULE}: source {source} does not exist")
-        destination = str(dest)
-        if not destination.startswith("/") or ".." in destination.split("/"):
-            raise BuildError(f"{LIST_MODULE}: destination {destination!r} is not absolute")
-        file_mode = int(mode, 8) if isinstance(mode, str) else int(str(mode))
-        out.append(DeviceFile(source, destination, file_mode))
+    for f in layer_files.device_files():
+        if not f.source.is_file():
+            raise BuildError(f"{f.recipe}: source {f.source} does not exist")
+        if not f.dest.startswith("/") or ".." in f.dest.split("/"):
+            raise BuildError(f"{f.recipe}: destination {f.dest!r} is not absolute")
+        out.append(DeviceFile(f.source, f.dest, f.mode))
     if not out:
-        raise BuildError(f"{LIST_MODULE} lists no files")
+        raise BuildError("the layer's recipes install no files")
     return out
 
 

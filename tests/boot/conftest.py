@@ -12,24 +12,20 @@ and shared by the tests; a power cycle restarts QEMU.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bootdevice import Device, provision_device
+from boothub import Hub
+from bootvm import VMError
 from helpers import require_root, require_tool
+from pace import PACE
+
+from refimage import image as refimage_image
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the refimage builder and provisioning live at the top level
-    sys.path.insert(0, str(ROOT))
-
-from bootdevice import Device, provision_device  # noqa: E402
-from boothub import Hub  # noqa: E402
-from bootvm import VMError  # noqa: E402
-from pace import PACE  # noqa: E402
-
-from refimage import image as refimage_image  # noqa: E402
 
 DEVICE_ID = "boot-dev-1"
 _shared: dict[str, Device] = {}  # the session's device, for failure reports

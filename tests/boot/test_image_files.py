@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_every_layer_file_is_identical_in_the_image(boot_image: Path) -> None:
     require_tool("debugfs")
-    files = layer.device_files(ROOT)  # tests/layer/layer_files.py, read from the recipes
+    files = layer.device_files(ROOT)  # refimage/layer_files.py, read from the recipes
     assert files, "the layer lists no device files"
     problems = []
     for f in files:

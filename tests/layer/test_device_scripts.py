@@ -8,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import layer_files as lf
 import pytest
 from helpers import require_root, require_tool
+
+from refimage import layer_files as lf
 
 NETCONFIG = lf.LAYER / "recipes-connectivity/twelvefactor-netconfig/files"
 RULESET = lf.LAYER / "recipes-connectivity/twelvefactor-firewall/files/twelvefactor.nft"

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 
-import image_contents as ic
-import layer_files as lf
 import pytest
 
-if str(lf.REPO) not in sys.path:  # the reference-image builder lives at the top level
-    sys.path.insert(0, str(lf.REPO))
+from refimage import image_contents as ic
+from refimage import layer_files as lf
 
 MACHINES = ic.MACHINES
 # Imports that are not standard modules: the package that provides each

@@ -11,13 +11,13 @@ import tomllib
 from pathlib import Path
 
 import jsonschema
-import layer_files as lf
 import libconf
 import pytest
 import yaml
 from helpers import require_root, require_tool
 
 import kas
+from refimage import layer_files as lf
 
 REPO = lf.REPO
 LAYER = lf.LAYER

@@ -16,22 +16,18 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import layer_files as lf
 import pexpect
 import pytest
 from helpers import require_tool
 from twelvefactor_agent import updateflow
 
-if str(lf.REPO) not in sys.path:  # the disk assembly of the reference image, reused
-    sys.path.insert(0, str(lf.REPO))
-
 from refimage import disk
+from refimage import layer_files as lf
 
 UBOOT_MACHINES = ("qemuarm64", "raspberrypi4-64")
 BOOT_DIR = lf.LAYER / "recipes-bsp/twelvefactor-boot-uboot"

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from layer import layer_files
 from netlab import LabError, Netns, run, stop
 from twelvefactor_agent.client import AgentClient
+
+from refimage import layer_files
 
 
 def _layer_source(dest: str) -> Path:

@@ -4,17 +4,14 @@ mmdebstrap left mounted inside (its /proc) and never deletes through a mount."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from helpers import require_root, require_tool
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the builder lives at the top level
-    sys.path.insert(0, str(ROOT))
+from refimage import rootfs
 
-from refimage import rootfs  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_mountinfo_escapes_are_read() -> None:

@@ -8,7 +8,7 @@ Fetching oe-core is not possible in CI, so the data is extracted once, here,
 from the commit kas/base.yml pins, and committed with that commit named in it.
 Run it again when kas/base.yml moves oe-core:
 
-    python3 tests/layer/data/extract_upstream.py /path/to/openembedded-core.git
+    python3 refimage/data/extract_upstream.py /path/to/openembedded-core.git
 """
 
 from __future__ import annotations

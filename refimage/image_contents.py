@@ -6,9 +6,9 @@ installs. A check that passes on the reference image proves nothing about the
 Yocto image unless the two are held to one description. This module is that
 description, read from the layer itself (the image recipe's IMAGE_INSTALL, the
 recipes' RDEPENDS and FILES, the kernel fragment) and from data taken once from
-the upstream layers kas/base.yml pins (data/*.json, data/yocto-packages.toml).
-The layer tests check device code against it, and refimage/ installs the
-Debian packages and keeps the kernel modules it names.
+the upstream layers kas/base.yml pins (refimage/data/: *.json, yocto-packages.toml).
+The layer tests (tests/layer) check device code against it, and the builder
+installs the Debian packages and keeps the kernel modules it names.
 
 Like layer_files.py this is not BitBake: it reads the plain assignments the
 layer's recipes use, and fails on what it cannot read.
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
 
-import layer_files as lf
+from refimage import layer_files as lf
 
 DATA = Path(__file__).resolve().parent / "data"
 IMAGE_RECIPE = lf.LAYER / "recipes-core/images/twelvefactor-image.bb"
