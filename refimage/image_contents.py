@@ -314,16 +314,25 @@ def debian_packages(machine: str = "qemux86-64") -> list[str]:
 # -- kernel ---------------------------------------------------------------------------
 
 
-def kernel_fragment() -> dict[str, str]:
+def parse_kconfig(text: str) -> dict[str, str]:
+    """A Kconfig fragment or .config: `CONFIG_X=value` lines, and `# CONFIG_X is
+    not set` as "n"; names keep their CONFIG_ prefix. Used for the kernel
+    fragment here and for busybox's configuration (data/extract_upstream.py)."""
     config = {}
-    for line in KERNEL_FRAGMENT.read_text().splitlines():
-        on = re.match(r"^CONFIG_([A-Z0-9_]+)=(\S+)", line)
-        off = re.match(r"^# CONFIG_([A-Z0-9_]+) is not set", line)
+    for line in text.splitlines():
+        on = re.match(r"^(CONFIG_[A-Z0-9_]+)=(.*)$", line)
+        off = re.match(r"^# (CONFIG_[A-Z0-9_]+) is not set$", line)
         if on:
-            config[on.group(1)] = on.group(2)
+            config[on.group(1)] = on.group(2).strip()
         elif off:
             config[off.group(1)] = "n"
     return config
+
+
+def kernel_fragment() -> dict[str, str]:
+    """The layer's kernel fragment, names without CONFIG_."""
+    config = parse_kconfig(KERNEL_FRAGMENT.read_text())
+    return {name.removeprefix("CONFIG_"): value for name, value in config.items()}
 
 
 # Kernel options whose code is a loadable module of its own when =m: option ->

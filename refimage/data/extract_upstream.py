@@ -8,7 +8,7 @@ Fetching oe-core is not possible in CI, so the data is extracted once, here,
 from the commit kas/base.yml pins, and committed with that commit named in it.
 Run it again when kas/base.yml moves oe-core:
 
-    python3 refimage/data/extract_upstream.py /path/to/openembedded-core.git
+    python3 -m refimage.data.extract_upstream /path/to/openembedded-core.git   (from the top)
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from pathlib import Path
 
 import yaml
 
+from refimage.image_contents import parse_kconfig
+
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[2]
+REPO = HERE.parents[1]
 OE_CORE = "https://github.com/openembedded/openembedded-core"
 MANIFEST = "meta/recipes-devtools/python/python3/python3-manifest.json"
 BUSYBOX = "meta/recipes-core/busybox"
@@ -143,13 +145,7 @@ def python_data(git_dir: Path, commit: str) -> dict[str, object]:
 
 
 def _apply(config: dict[str, str], text: str) -> None:
-    for line in text.splitlines():
-        on = re.match(r"^(CONFIG_[A-Z0-9_]+)=(.*)$", line)
-        off = re.match(r"^# (CONFIG_[A-Z0-9_]+) is not set$", line)
-        if on:
-            config[on.group(1)] = on.group(2)
-        elif off:
-            config[off.group(1)] = "n"
+    config.update(parse_kconfig(text))
 
 
 def busybox_data(git_dir: Path, commit: str) -> dict[str, object]:
