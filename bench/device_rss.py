@@ -26,14 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from refimage import image as refimage_image
+from testbed.boot.device import provision_device
+from testbed.boot.hub import Hub
+from testbed.boot.vm import VM
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "boot")]
-
-from bootdevice import provision_device  # noqa: E402
-from boothub import Hub  # noqa: E402
-from bootvm import VM  # noqa: E402
-
-from refimage import image as refimage_image  # noqa: E402
 
 BASELINE = (
     "import ssl, sqlite3, time; import paho.mqtt.client; "

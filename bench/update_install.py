@@ -27,13 +27,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from refimage import image as refimage_image
+from refimage import updates
+from testbed.boot.vm import VM
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "boot")]
-
-from bootvm import VM  # noqa: E402
-
-from refimage import image as refimage_image  # noqa: E402
-from refimage import updates  # noqa: E402
 
 INSTALL_TIMEOUT = 1800.0
 

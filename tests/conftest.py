@@ -29,7 +29,7 @@ TIER_OF_FOLDER = {
 
 # A per-test limit (pytest-timeout) so that a silent hang fails one test instead
 # of stalling the run. The boot tier's own waits follow its measured boots
-# (tests/boot/pace.py) and fire long before this backstop; the first boot test
+# (testbed/boot/pace.py) and fire long before this backstop; the first boot test
 # also builds the reference image.
 BOOT_TEST_LIMIT = 3600
 

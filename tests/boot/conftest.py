@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bootdevice import Device, provision_device
-from boothub import Hub
-from bootvm import VMError
 from helpers import require_root, require_tool
-from pace import PACE
 
 from refimage import image as refimage_image
+from testbed.boot.device import Device, provision_device
+from testbed.boot.hub import Hub
+from testbed.boot.pace import PACE
+from testbed.boot.vm import VMError
 
 ROOT = Path(__file__).resolve().parents[2]
 

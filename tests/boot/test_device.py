@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bootdevice import ROOT, Device
-from boothub import HUB_ADDRESS, STALE_AFTER, WG_PORT
-from bootvm import VMError
-from pace import PACE, REFERENCE_BOOT
-from underlay import GUEST_MAC, INTERNET_HOST, UNDERLAY_HOST
+from testbed.boot.device import ROOT, Device
+from testbed.boot.hub import HUB_ADDRESS, STALE_AFTER, WG_PORT
+from testbed.boot.pace import PACE, REFERENCE_BOOT
+from testbed.boot.underlay import GUEST_MAC, INTERNET_HOST, UNDERLAY_HOST
+from testbed.boot.vm import VMError
 
 MARKER = "/data/boot-test-marker"
 

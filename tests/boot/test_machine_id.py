@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from bootdevice import Device
+from testbed.boot.device import Device
 
 
 def test_machine_id_is_the_one_kept_on_data(device: Device) -> None:

@@ -11,18 +11,18 @@ attackers use the network tier's tools (nmap, tcpdump) against the VM.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
-from bootdevice import ROOT, Device
-from boothub import HUB_ADDRESS
-from pace import PACE
-from underlay import DEVICE_UNDERLAY, GUEST_MAC, NEIGHBOUR_IF, UNDERLAY_HOST
 
-sys.path.insert(0, str(ROOT / "tests" / "network"))  # the attacker's tools
-from netlab import Netns
-from probes import Capture, ScanResult, nmap, sent_by_device
+from testbed.boot.device import Device
+from testbed.boot.hub import HUB_ADDRESS
+from testbed.boot.pace import PACE
+from testbed.boot.underlay import DEVICE_UNDERLAY, GUEST_MAC, NEIGHBOUR_IF, UNDERLAY_HOST
+
+# the attacker's tools: the network tier's
+from testbed.network.netns import Netns
+from testbed.network.probes import Capture, ScanResult, nmap, sent_by_device
 
 TCP_PORTS = 65535
 UDP_PORTS = 1000

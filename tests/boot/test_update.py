@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bootdevice import ROOT, Device
-from bootvm import KERNEL_SLOT, LOGIN_SECONDS, VMError
-from pace import PACE, REFERENCE_BOOT
 
 from refimage import disk, updates
+from testbed.boot.device import ROOT, Device
+from testbed.boot.pace import PACE, REFERENCE_BOOT
+from testbed.boot.vm import KERNEL_SLOT, LOGIN_SECONDS, VMError
 
 # Reference times (pace.py scales them by this run's boots): a job's download,
 # SWUpdate's dry run and install took 2-4 minutes in all; a boot REFERENCE_BOOT.

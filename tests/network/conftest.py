@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 from helpers import require_root, require_tool
-from lab import Lab, make_lab, remove
+
+from testbed.network.lab import Lab, make_lab, remove
 
 TOOLS = ("ip", "nft", "wg", "wireguard-go", "nmap", "tcpdump", "mosquitto", "faketime", "ntpdig")
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lab import Lab
+from testbed.network.lab import Lab
 
 PROBE = Path(__file__).with_name("acl_probe.py")
 

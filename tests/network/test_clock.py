@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 
 import pytest
-from device import TIMESYNCD, unit_file, values
-from lab import Lab
+
+from testbed.network.device import TIMESYNCD, unit_file, values
+from testbed.network.lab import Lab
 
 FAR_PAST = "1970-01-02 00:00:00"
 # years past the certificates (825 days), before NTP era 1 (2036), which

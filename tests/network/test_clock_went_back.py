@@ -16,11 +16,9 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
-from lab import HUB_UNDERLAY, STALE_AFTER, WG_PORT, Lab
+from testbed.network.lab import HUB_UNDERLAY, STALE_AFTER, WG_PORT, Lab
 
-HERE = Path(__file__).parent  # wg_forge.py
 NINE_YEARS = 9 * 365 * 86400
 INITIATION = 148  # bytes of a WireGuard handshake initiation
 
@@ -29,9 +27,8 @@ def _forge_from_the_future(lab: Lab) -> bool:
     """Send B's initiation stamped nine years ahead (from the attacker's namespace,
     which has no firewall: the hub takes a known key from any address)."""
     code = f"""
-import json, socket, sys, time
-sys.path.insert(0, {str(HERE)!r})
-import wg_forge
+import json, socket, time
+from testbed.network import wg_forge
 sender, message = wg_forge.initiation(
     {lab.b.wg_private!r}, {lab.hub_info["public_key"]!r}, when=time.time() + {NINE_YEARS}
 )

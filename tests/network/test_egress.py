@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from lab import DEVICES, FAR, HUB_UNDERLAY, INTERNET, Lab
-from probes import Capture, sent_by_device
+from testbed.network.lab import DEVICES, FAR, HUB_UNDERLAY, INTERNET, Lab
+from testbed.network.probes import Capture, sent_by_device
 
 PROBE = Path(__file__).with_name("egress_probe.py")
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lab import DEVICES, HUB_UNDERLAY, INTERNET, Lab
-from probes import Capture, nmap, sent_by_device
+from testbed.network.lab import DEVICES, HUB_UNDERLAY, INTERNET, Lab
+from testbed.network.probes import Capture, nmap, sent_by_device
 
 # One probe per port, no retries: a dropped probe would only be retried into
 # the same silence. Without --min-rate nmap slows down for a host that never

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab import Lab
+from testbed.network.lab import Lab
 
 
 def test_devices_online_through_the_tunnel(lab: Lab) -> None:

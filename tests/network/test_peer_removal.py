@@ -13,8 +13,8 @@ import json
 import sys
 import time
 
-from lab import Lab
-from netlab import run
+from testbed.network.lab import Lab
+from testbed.proc import run
 
 CUT_OFF = 60.0  # the agent notices within 1.5 keepalives (10 s) plus its read timeout
 

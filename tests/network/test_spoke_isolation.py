@@ -10,8 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab import TUNNEL_V4, TUNNEL_V6, Lab
-from probes import Capture, nmap
+
+from testbed.network.lab import TUNNEL_V4, TUNNEL_V6, Lab
+from testbed.network.probes import Capture, nmap
 
 FAST = ("-T5", "--max-retries", "0", "--min-rate", "5000", "--host-timeout", "10m")
 

@@ -20,9 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lab import DEVICES, HUB_UNDERLAY, WG_PORT, Lab
-from netlab import run, stop
-from probes import Capture, udp_payloads
+
+from testbed.network.lab import DEVICES, HUB_UNDERLAY, WG_PORT, Lab
+from testbed.network.probes import Capture, udp_payloads
+from testbed.proc import run, stop
 
 INITIATION, RESPONSE, COOKIE_REPLY = 1, 2, 3
 ATTACKER_TUNNEL_ADDRESS = "10.99.0.250/32"

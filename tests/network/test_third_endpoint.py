@@ -16,9 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from lab import HUB_UNDERLAY, INTERNET, Lab
-from probes import Capture, sent_by_device
 from twelvefactor_services.management import registry
+
+from testbed.network.lab import HUB_UNDERLAY, INTERNET, Lab
+from testbed.network.probes import Capture, sent_by_device
 
 
 def _dropped_outbound(lab: Lab) -> int:

@@ -6,7 +6,7 @@ its peers from the registry, the hub's nftables table (spoke to spoke never
 forwarded; from a spoke only the service ports), the forgetting of quiet
 peers, mosquitto with TLS on the hub's tunnel address only, the management
 and solution services and SNTP. The network tier's lab runs the same hub
-(tests/network/lab.py). QEMU runs inside the same namespace, its NIC a tap
+(testbed/network/lab.py). QEMU runs inside the same namespace, its NIC a tap
 on the device's link (underlay.py): the device's tunnel endpoint is
 UNDERLAY_HOST:WG_PORT, so MQTT reaches the broker through the tunnel or not
 at all. The management service's HTTP API listens on the namespace's
@@ -33,8 +33,10 @@ from typing import Any
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import Peer
 from twelvefactor_services.hub.service import Settings, init, load_settings, registry_path
-from underlay import SPOKE_UNDERLAY, UNDERLAY_HOST, Underlay, UnderlayError, stop_process
-from underlay import run as _run
+
+from testbed.boot.underlay import SPOKE_UNDERLAY, UNDERLAY_HOST, Underlay
+from testbed.proc import TestbedError, stop
+from testbed.proc import run as _run
 
 TUNNEL_NETWORK = "10.77.0.0/24"
 HUB_ADDRESS = "10.77.0.1"  # the hub's address in the tunnel network (its first)
@@ -47,7 +49,7 @@ START_TIMEOUT = 120.0
 CLONE_NEWNET = 0x40000000
 
 
-class HubError(UnderlayError):
+class HubError(TestbedError):
     pass
 
 
@@ -168,7 +170,7 @@ class Hub:
 
     def stop(self) -> None:
         for proc in (self._hub, self._spoke_wg):
-            stop_process(proc)
+            stop(proc)
         self._hub = self._spoke_wg = None
         self.underlay.stop()
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, check=False)

@@ -10,7 +10,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from netlab import LabError, Netns
+from testbed.network.netns import Netns
+from testbed.proc import TestbedError
 
 
 @dataclass
@@ -31,10 +32,10 @@ def parse_nmap_xml(text: str) -> ScanResult:
     root = ET.fromstring(text)
     hosts = root.findall("host")
     if len(hosts) != 1:
-        raise LabError(f"nmap reported {len(hosts)} hosts, expected 1:\n{text[-2000:]}")
+        raise TestbedError(f"nmap reported {len(hosts)} hosts, expected 1:\n{text[-2000:]}")
     ports = hosts[0].find("ports")
     if ports is None:
-        raise LabError(f"nmap reported no ports:\n{text[-2000:]}")
+        raise TestbedError(f"nmap reported no ports:\n{text[-2000:]}")
     states: Counter[str] = Counter()
     listed: dict[str, str] = {}
     for extra in ports.findall("extraports"):
@@ -54,7 +55,7 @@ def nmap(ns: Netns, target: str, *options: str, timeout: float = 900) -> ScanRes
     argv = ns.argv("nmap", "-Pn", "-n", "--reason", "-oX", "-", *options, target)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
-        raise LabError(f"nmap failed ({done.returncode}): {done.stderr.strip()}")
+        raise TestbedError(f"nmap failed ({done.returncode}): {done.stderr.strip()}")
     return parse_nmap_xml(done.stdout)
 
 
@@ -87,7 +88,7 @@ class Capture:
         deadline = time.monotonic() + 30
         while b"listening on" not in self._log.read_bytes():
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"tcpdump did not start: {self._log.read_text()}")
+                raise TestbedError(f"tcpdump did not start: {self._log.read_text()}")
             time.sleep(0.05)
         return self
 
@@ -106,7 +107,7 @@ class Capture:
             check=False,
         )
         if done.returncode != 0:
-            raise LabError(f"tcpdump -r failed: {done.stderr.strip()}")
+            raise TestbedError(f"tcpdump -r failed: {done.stderr.strip()}")
         return done.stdout.splitlines()
 
 
@@ -139,7 +140,7 @@ def udp_payloads(pcap: Path) -> list[tuple[str, int, str, int, bytes]]:
     magic = data[:4]
     order = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">"}.get(magic)
     if order is None:
-        raise LabError(f"{pcap}: not a pcap file (magic {magic.hex()})")
+        raise TestbedError(f"{pcap}: not a pcap file (magic {magic.hex()})")
     out = []
     offset = 24
     while offset + 16 <= len(data):

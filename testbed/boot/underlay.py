@@ -20,6 +20,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from testbed.proc import TestbedError, run, stop
+
 UNDERLAY_HOST = "10.0.2.2"  # the hub on the device's link
 DEVICE_UNDERLAY = "10.0.2.15"  # dnsmasq leases only this
 INTERNET_HOST = "10.0.2.66"
@@ -31,29 +33,6 @@ UNDERLAY_HOST_V6 = "fd77:2::2"
 UNDERLAY_PREFIX_V6 = 64
 GUEST_MAC = "52:54:00:12:34:56"  # QEMU's default for the first NIC
 NEIGHBOUR_IF = "eth0"  # the attacker's and the spoke's interface on the link
-
-
-class UnderlayError(RuntimeError):
-    pass
-
-
-def run(*argv: str, input_text: str | None = None) -> str:
-    done = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise UnderlayError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM, and SIGKILL if it is still there 30 s later."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class Underlay:
@@ -107,7 +86,7 @@ class Underlay:
         deadline = time.monotonic() + 30
         while b"started, version" not in (self.root / "dnsmasq.log").read_bytes():
             if self._dnsmasq.poll() is not None or time.monotonic() > deadline:
-                raise UnderlayError(f"dnsmasq did not start: {self.log_tail()}")
+                raise TestbedError(f"dnsmasq did not start: {self.log_tail()}")
             time.sleep(0.1)
 
     def add_neighbour(self, netns: str, address: str) -> None:
@@ -133,7 +112,7 @@ class Underlay:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self) -> None:
-        stop_process(self._dnsmasq)
+        stop(self._dnsmasq)
         self._dnsmasq = None
         for netns in self._neighbours:
             subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)

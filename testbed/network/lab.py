@@ -11,13 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from device import Device
-from netlab import LabError, Lan, Netns, stop, tag
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import provisioning
 from twelvefactor_services.hub.service import Settings, init, load_settings, registry_path
 from twelvefactor_services.management import registry
 from twelvefactor_services.pki import Pki
+
+from testbed.network.device import Device
+from testbed.network.netns import Lan, Netns, tag
+from testbed.proc import TestbedError, stop
 
 TUNNEL_V4 = "10.99.0.0/24"
 TUNNEL_V6 = "fd00:99::/64"
@@ -125,7 +127,7 @@ class Lab:
         deadline = time.monotonic() + 120
         while not info.exists():
             if self._hub.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"the hub did not start:\n{self.hub_log()}")
+                raise TestbedError(f"the hub did not start:\n{self.hub_log()}")
             time.sleep(0.2)
         self.hub_info = json.loads(info.read_text())
         for dev in self.devices.values():
@@ -150,7 +152,7 @@ class Lab:
             if time.monotonic() > deadline:
                 log = dev.agent_log
                 tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-                raise LabError(
+                raise TestbedError(
                     f"{dev.id} not online through the tunnel: {status}\n"
                     f"agent log {dev.agent_log}:\n{tail}\nhub:\n{self.hub_log()}"
                 )

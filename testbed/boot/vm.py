@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TextIO
 
 import pexpect
-from pace import PACE
+
+from testbed.boot.pace import PACE
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")

@@ -21,19 +21,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from testbed.proc import TestbedError, run
+
 UNDERLAY_V4 = "192.0.2.0/24"  # TEST-NET-1
 UNDERLAY_V6 = "2001:db8:2::/64"  # documentation prefix
-
-
-class LabError(RuntimeError):
-    pass
-
-
-def run(*argv: str, input_text: str | None = None, check: bool = True) -> str:
-    done = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False)
-    if check and done.returncode != 0:
-        raise LabError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout
 
 
 def tag() -> str:
@@ -80,19 +71,8 @@ class Netns:
             ["ip", "-n", self.name, "link", "show", name], capture_output=True, check=False
         ).returncode:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"{name} did not appear in {self.name}")
+                raise TestbedError(f"{name} did not appear in {self.name}")
             time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class Lan:

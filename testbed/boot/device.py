@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from boothub import HUB_ADDRESS, TUNNEL_NETWORK, WG_PORT, Hub
-from bootvm import VM, VMError
-from pace import PACE, REFERENCE_BOOT
-from underlay import UNDERLAY_HOST
+from testbed.boot.hub import HUB_ADDRESS, TUNNEL_NETWORK, WG_PORT, Hub
+from testbed.boot.pace import PACE, REFERENCE_BOOT
+from testbed.boot.underlay import UNDERLAY_HOST
+from testbed.boot.vm import VM, VMError
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOCK_SLACK = 2.0  # the guest's clock comes from the host's RTC, to the second

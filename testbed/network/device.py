@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from netlab import LabError, Netns, run, stop
 from twelvefactor_agent.client import AgentClient
 
 from refimage import layer_files
+from testbed.network.netns import Netns
+from testbed.proc import TestbedError, run, stop
 
 
 def _layer_source(dest: str) -> Path:
@@ -33,7 +34,7 @@ def _layer_source(dest: str) -> Path:
     for f in layer_files.device_files():
         if f.dest == dest:
             return f.source
-    raise LabError(f"no layer recipe installs {dest}")
+    raise TestbedError(f"no layer recipe installs {dest}")
 
 
 RULESET = _layer_source("/etc/nftables/twelvefactor.nft")
@@ -61,7 +62,7 @@ def unit_file(text: str) -> list[tuple[str, str, str]]:
             continue
         key, sep, value = line.partition("=")
         if not sep:
-            raise LabError(f"not a unit-file line: {raw!r}")
+            raise TestbedError(f"not a unit-file line: {raw!r}")
         out.append((section, key.strip(), value.strip()))
     return out
 
@@ -73,7 +74,7 @@ def values(entries: list[tuple[str, str, str]], section: str, key: str) -> list[
 def one(entries: list[tuple[str, str, str]], section: str, key: str) -> str:
     found = values(entries, section, key)
     if len(found) != 1:
-        raise LabError(f"[{section}] {key}: expected one value, found {found}")
+        raise TestbedError(f"[{section}] {key}: expected one value, found {found}")
     return found[0]
 
 
@@ -219,7 +220,7 @@ class Device:
         packet needs a new handshake (what a reboot does to the tunnel)."""
         t = self.tunnel
         if t is None:
-            raise LabError(f"{self.id} has no tunnel")
+            raise TestbedError(f"{self.id} has no tunnel")
         self.wg("set", "peer", t.peer_key, "remove")
         self._set_peer(t)
 
@@ -275,7 +276,7 @@ class Device:
         `faketime_file` too, from a file the test may rewrite to set the clock
         while it runs (the monotonic clock stays real, as when NTP sets a clock)."""
         if self.agent is not None and self.agent.poll() is None:
-            raise LabError(f"agent of {self.id} already runs")
+            raise TestbedError(f"agent of {self.id} already runs")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         if faketime is not None:
             # libfaketime preloaded into the agent itself (the `faketime` wrapper
@@ -301,14 +302,16 @@ class Device:
         deadline = time.monotonic() + 60
         while True:
             if self.agent.poll() is not None:
-                raise LabError(f"agent of {self.id} exited ({self.agent.returncode}), see {log}")
+                raise TestbedError(
+                    f"agent of {self.id} exited ({self.agent.returncode}), see {log}"
+                )
             try:
                 self.client().status()
                 return
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise LabError(f"agent of {self.id} not answering on {self.socket}")
+                raise TestbedError(f"agent of {self.id} not answering on {self.socket}")
             time.sleep(0.1)
 
     def client(self) -> AgentClient:

@@ -1,0 +1,31 @@
+"""Running a command and stopping a process: one way for the whole test bed."""
+
+from __future__ import annotations
+
+import subprocess
+
+
+class TestbedError(RuntimeError):
+    """A step of the test bed failed; the message names the command or the wait."""
+
+    __test__ = False  # not a test class, whatever pytest's name patterns say
+
+
+def run(*argv: str, input_text: str | None = None, check: bool = True) -> str:
+    """The command's standard output; TestbedError with its standard error if it fails."""
+    done = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        raise TestbedError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+    """SIGTERM, and SIGKILL if it is still there `timeout` seconds later."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
