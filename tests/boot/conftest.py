@@ -23,6 +23,7 @@ from refimage import image as refimage_image
 from testbed.boot.device import Device, provision_device
 from testbed.boot.hub import Hub
 from testbed.boot.pace import PACE
+from testbed.boot.updating import settle
 from testbed.boot.vm import VMError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,3 +134,22 @@ def device(
     finally:
         vm.power_cut()
         print(f"console log: {vm.console_log}")
+
+
+@pytest.fixture(scope="module")
+def after_an_epoch_boot(device: Device) -> Device:
+    """The first update comes after a boot at systemd's epoch: a SWUpdate started
+    on such a clock refused every later update (docs/decisions.md, "SWUpdate
+    starts on demand, not at boot"). test_device.py ends with such a boot; where the
+    update tests run in a session of their own (scripts/test), the first module makes one."""
+    if device.epoch_boots == 0:
+        device.power_cycle_at_the_epoch()
+    return device
+
+
+@pytest.fixture
+def updating_device(after_an_epoch_boot: Device) -> Device:
+    """The shared device, settled (see settle), with a confirmation window in
+    proportion to this run's boots (a per-device setting on /data)."""
+    settle(after_an_epoch_boot)
+    return after_an_epoch_boot

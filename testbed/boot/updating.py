@@ -1,0 +1,178 @@
+"""An update job on the booted device, watched from the management service.
+
+The hub's management service stores a signed .swu made by the reference-image
+builder (refimage.updates) and publishes a job for the device; the test
+follows the job's state and powers the device on again whenever it rebooted
+(QEMU runs with -no-reboot, as a power supply would). The update tests share
+a device and start from whatever slot the previous one left running, but never
+from its unfinished business: `settle` brings the device to a known state
+first (powered, online, no unfinished job, not in a trial boot). Every limit
+follows this run's pace (pace.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from refimage import disk, updates
+from testbed.boot.device import ROOT, Device
+from testbed.boot.pace import PACE, REFERENCE_BOOT
+from testbed.boot.vm import KERNEL_SLOT, LOGIN_SECONDS, VMError
+
+# Reference times (pace.py scales them by this run's boots): a job's download,
+# SWUpdate's dry run and install took 2-4 minutes in all; a boot REFERENCE_BOOT.
+JOB_SECONDS = 180.0
+# A new slot's confirmation window covers its boot to online (the layer's default
+# is 180 s); it is a device-side setting, so it follows this run's pace too.
+CONFIRM_SECONDS = 60.0
+BOOTLIMIT = 3
+FINAL = ("succeeded", "failed", "rolled_back")
+SLOT_PARTITION = {"A": "rootfs-a", "B": "rootfs-b"}
+
+
+def build_update(boot_image: Path, kind: str, version: str) -> Path:
+    return updates.build(ROOT, boot_image, ROOT / "build" / "refimage", kind=kind, version=version)
+
+
+def running_slot(device: Device) -> str:
+    return device.vm.check("twelvefactor-bootenv slot")
+
+
+def job_limit(boots: int, windows: int = 0) -> float:
+    """Seconds for a job that reboots `boots` times, `windows` of them waiting
+    out the confirmation window (a slot that never confirms)."""
+    window = PACE.window(CONFIRM_SECONDS)
+    return PACE.limit(JOB_SECONDS + boots * REFERENCE_BOOT, windows * window)
+
+
+def partition_digest(image: Path, slot: str) -> str:
+    """sha256 of a slot's partition, read from the host side of the disk image."""
+    offset, size = disk.read_table(image)[SLOT_PARTITION[slot]]
+    h = hashlib.sha256()
+    with image.open("rb") as f:
+        f.seek(offset)
+        left = size
+        while left > 0:
+            block = f.read(min(left, 4 << 20))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+class Updating:
+    """One job on the device, watched from the management service; reboots power-cycled."""
+
+    def __init__(self, device: Device, swu: Path | None = None, *, job: str = "") -> None:
+        """A new job for `swu`, or (`job`) one that exists already."""
+        self.device = device
+        self.hub = device.hub
+        if swu is not None:
+            artifact = self.hub.add_artifact(swu)
+            self.sha256 = str(artifact["sha256"])
+            self.job = self.hub.create_job(self.sha256, device.device_id)
+        else:
+            self.job = job
+            self.sha256 = str(self.hub.management_get(f"/jobs/{job}")[1].get("artifact", ""))
+        self.boots: list[str] = []  # the slot of every boot since the job started
+        self.powered_on = 0.0  # wall clock of the last power-on by this object
+        self.states: list[tuple[str, Any]] = []
+
+    def state(self) -> dict[str, Any]:
+        entry = self.hub.job_state(self.job, self.device.device_id)
+        seen = (entry["state"], entry.get("percent"))
+        if not self.states or self.states[-1] != seen:
+            self.states.append(seen)
+        return entry
+
+    def keep_powered(self) -> None:
+        """Read the console; when the device rebooted (QEMU exited), power it on again."""
+        vm = self.device.vm
+        if vm.running and vm.drain():
+            return
+        self.power_on()
+
+    def power_on(self) -> None:
+        vm = self.device.vm
+        self.powered_on = time.time()
+        self.device.power_on()
+        vm.expect(KERNEL_SLOT, PACE.limit(LOGIN_SECONDS))
+        self.boots.append(vm.last_match(1))
+        vm.login()
+
+    def wait(
+        self,
+        done: Callable[[dict[str, Any]], bool],
+        what: str,
+        timeout: float,
+        *,
+        final_ok: bool = False,
+    ) -> dict[str, Any]:
+        """Until `done(state)` holds for a report made since the last power-on."""
+        deadline = time.monotonic() + timeout
+        entry: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            self.keep_powered()
+            entry = self.state()
+            if float(entry.get("updated") or 0) > self.powered_on and done(entry):
+                return entry
+            if entry["state"] in FINAL and not final_ok:
+                raise VMError(f"job {self.job} ended {entry} waiting for {what}; {self.states}")
+            time.sleep(1)
+        raise VMError(f"job {self.job}: no {what} in {timeout:.0f} s; last {entry}; {self.states}")
+
+    def wait_final(self, timeout: float) -> dict[str, Any]:
+        return self.wait(lambda e: e["state"] in FINAL, "a final state", timeout, final_ok=True)
+
+    def transitions(self) -> list[tuple[str, str]]:
+        """The job's state changes the management service recorded, in order."""
+        pattern = re.compile(rf"job {self.job} (\w+) -> (\w+)$", re.M)
+        return [(m.group(1), m.group(2)) for m in pattern.finditer(self.hub.service_logs())]
+
+    def ranged_requests(self) -> list[int]:
+        """Start offsets of the artifact server's 206 answers to this device for this file."""
+        pattern = re.compile(
+            rf"206 {self.sha256[:12]} from {re.escape(self.device.device_id)} \((\d+)\)"
+        )
+        return [int(m.group(1)) for m in pattern.finditer(self.hub.service_logs())]
+
+
+def unfinished_jobs(device: Device) -> list[str]:
+    status, jobs = device.hub.management_get("/jobs")
+    assert status == 200, jobs
+    return [
+        job["id"]
+        for job in jobs
+        for entry in job["devices"]
+        if entry["device"] == device.device_id and entry["state"] not in FINAL
+    ]
+
+
+def settle(device: Device) -> None:
+    """Bring the shared device to a known state: powered and logged in, its
+    confirmation window set, no unfinished job (one a failed test left is
+    driven to its end, the device powered on at every reboot), not in a trial
+    boot, and this boot's session online at the management service."""
+    vm = device.vm
+    if not vm.running:
+        device.power_on()
+        vm.login()
+    window = PACE.window(CONFIRM_SECONDS)
+    vm.check(f"echo TWELVEFACTOR_CONFIRM_WINDOW={window} > /data/config/confirm.env && sync")
+    for job in unfinished_jobs(device):
+        left = Updating(device, job=job)
+        left.wait_final(job_limit(boots=BOOTLIMIT + 1, windows=BOOTLIMIT))
+    vm.wait_for(
+        "twelvefactor-bootenv get upgrade_available", "0", PACE.limit(CONFIRM_SECONDS, window)
+    )
+    device.wait_online("settled")
+
+
+def version(device: Device) -> str:
+    return str(device.meta()["os"]["version"])
