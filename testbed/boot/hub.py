@@ -33,6 +33,7 @@ from typing import Any
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import Peer
 from twelvefactor_services.hub.service import Settings, init, load_settings, registry_path
+from twelvefactor_services.solution.receivers import read_archive
 
 from testbed.boot.underlay import SPOKE_UNDERLAY, UNDERLAY_HOST, Underlay
 from testbed.proc import TestbedError, stop
@@ -320,16 +321,5 @@ class Hub:
         return body
 
     def archived(self, device_id: str) -> list[dict[str, Any]]:
-        """Every record of the device in the solution service's archive."""
-        records: list[dict[str, Any]] = []
-        for path in sorted(self.archive_dir.rglob("*")):
-            if not path.is_file():
-                continue
-            for line in path.read_text(errors="replace").splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and rec.get("device") == device_id:
-                    records.append(rec)
-        return records
+        """Every record of the device in the solution service's archive (whole lines)."""
+        return read_archive(self.archive_dir / f"{device_id}.jsonl")

@@ -16,7 +16,7 @@ from twelvefactor_services.launcher import ServiceProcess, Stack, wait_until
 from twelvefactor_services.probe import Probe
 from twelvefactor_services.solution.cli import main as solution_cli
 from twelvefactor_services.solution.envelope import parse_envelope
-from twelvefactor_services.solution.receivers import ArchiveReceiver
+from twelvefactor_services.solution.receivers import ArchiveReceiver, read_archive
 from twelvefactor_services.solution.store import Store
 
 MakeProbe = Callable[..., Probe]
@@ -50,10 +50,8 @@ def send(dev: Probe, device: str, seqs: range | list[int]) -> None:
 
 
 def archived(stack: Stack, device: str) -> list[int]:
-    path = stack.archive_dir / f"{device}.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line)["seq"] for line in path.read_text().splitlines()]
+    # whole lines only: the service may be writing one as the test reads
+    return [r["seq"] for r in read_archive(stack.archive_dir / f"{device}.jsonl")]
 
 
 def wait_archived(stack: Stack, device: str, expected: list[int]) -> None:

@@ -7,7 +7,7 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from twelvefactor_services.pki import DEVICE_ID_RE
 
@@ -23,6 +23,21 @@ class Receiver(Protocol):
         """Forget cached state: another copy may have delivered since we last held the lease."""
 
     def deliver(self, device: str, seq: int, record: str) -> None: ...
+
+
+def complete_lines(data: bytes) -> bytes:
+    """The part of an archive file that is whole lines: a line being written,
+    or torn by a crash, is not a record yet."""
+    return data[: data.rfind(b"\n") + 1]
+
+
+def read_archive(path: Path) -> list[dict[str, Any]]:
+    """The records of one device's archive file, in the order they were written."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in complete_lines(data).splitlines()]
 
 
 class ArchiveReceiver:
@@ -56,7 +71,7 @@ class ArchiveReceiver:
         path = self.path(device)
         if path.exists():
             data = path.read_bytes()
-            complete = data[: data.rfind(b"\n") + 1]
+            complete = complete_lines(data)
             if len(complete) != len(data):
                 with open(path, "r+b") as f:
                     f.truncate(len(complete))
