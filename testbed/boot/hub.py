@@ -233,6 +233,15 @@ class Hub:
         """Cut (or restore) the tunnel on the hub's side: its WireGuard interface down."""
         _run("ip", "-n", self.netns, "link", "set", self.ifname, "up" if up else "down")
 
+    def endpoint(self, public_key: str) -> tuple[str, int] | None:
+        """Where the hub last heard the peer from (its address and port on the link)."""
+        for line in self._wg_cmd("show", self.ifname, "endpoints").splitlines():
+            key, _, endpoint = line.partition("\t")
+            if key == public_key and endpoint != "(none)":
+                host, _, port = endpoint.rpartition(":")
+                return host.strip("[]"), int(port)
+        return None
+
     def latest_handshake(self, public_key: str) -> int:
         for line in self._wg_cmd("show", self.ifname, "latest-handshakes").splitlines():
             key, _, stamp = line.partition("\t")

@@ -124,7 +124,10 @@ def test_nothing_listens_beyond_loopback(device: Device) -> None:
     # UDP: only the client sockets the device cannot do without, each named
     # here; the firewall admits nothing to them but answers (and the tunnel's
     # packets from the hub endpoint):
-    wg_port = vm.check("wg show tf0 listen-port")
+    # the tunnel's port, as the hub hears it (the device needs no `wg` for that)
+    endpoint = device.hub.endpoint(device.wg_public_key)
+    assert endpoint is not None, "the hub has not heard the device's WireGuard"
+    wg_port = str(endpoint[1])
     udp = _non_loopback(vm.check("ss -lnupH"))
     unexpected = [
         (host, port, proc)

@@ -15,6 +15,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from refimage import image_contents as ic
 from refimage import layer_files as lf
@@ -69,7 +70,14 @@ def test_reference_image_packages_map_from_the_layer_image() -> None:
 
 
 def test_test_tools_are_used_by_the_boot_tests_only() -> None:
+    """Each test tool is outside the image, still run by its test, and added by
+    kas/dev.yml, so the boot tests run against a Yocto image built with it."""
+    dev = yaml.safe_load((lf.REPO / "kas/dev.yml").read_text())
+    extra = " ".join(dev["local_conf_header"].values())
+    added = re.findall(r'CORE_IMAGE_EXTRA_INSTALL:append = "([^"]*)"', extra)
+    assert added, "kas/dev.yml adds no CORE_IMAGE_EXTRA_INSTALL"
     for package, entry in ic.debian_table()["test-tools"].items():
+        assert package in " ".join(added).split(), f"kas/dev.yml does not install {package}"
         assert package not in ic.closure("qemux86-64"), f"{package} is in the image itself"
         text = (lf.REPO / str(entry["tests"])).read_text()
         for command in entry["commands"]:  # type: ignore[attr-defined]
