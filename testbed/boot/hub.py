@@ -38,6 +38,7 @@ from twelvefactor_services.solution.receivers import read_archive
 from testbed.boot.underlay import SPOKE_UNDERLAY, UNDERLAY_HOST, Underlay
 from testbed.proc import TestbedError, stop
 from testbed.proc import run as _run
+from testbed.shipped_hub import START_TIMEOUT, start_hub, tail
 
 TUNNEL_NETWORK = "10.77.0.0/24"
 HUB_ADDRESS = "10.77.0.1"  # the hub's address in the tunnel network (its first)
@@ -46,7 +47,6 @@ PORTS = {"management_mqtt": 8883, "solution_mqtt": 8884, "management_https": 844
 # longer than the update test's 45 s link cut, so that only a device that
 # is off or locked out is forgotten
 STALE_AFTER = 60.0
-START_TIMEOUT = 120.0
 CLONE_NEWNET = 0x40000000
 
 
@@ -147,23 +147,7 @@ class Hub:
             ),
         )
         self.underlay.start()
-        self._hub = subprocess.Popen(
-            [
-                *("ip", "netns", "exec", self.netns, sys.executable),
-                *("-m", "twelvefactor_services.hub", "serve", str(self.root)),
-                *("--interface", self.ifname),
-            ],
-            stdout=(self.root / "hub.log").open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        info = self.root / "hub.json"
-        deadline = time.monotonic() + START_TIMEOUT
-        while not info.exists():
-            if self._hub.poll() is not None or time.monotonic() > deadline:
-                raise HubError(f"the hub did not start:\n{self.log_tail()}")
-            time.sleep(0.2)
-        self.info = json.loads(info.read_text())
+        self._hub, self.info = start_hub(self.netns, self.root, self.ifname, self.root / "hub.log")
         if self.info["address_v4"] != HUB_ADDRESS:
             raise HubError(
                 f"the hub took {self.info['address_v4']}, the tests expect {HUB_ADDRESS}"
@@ -177,10 +161,7 @@ class Hub:
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True, check=False)
 
     def log_tail(self, lines: int = 40) -> str:
-        path = self.root / "hub.log"
-        if not path.exists():
-            return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return tail(self.root / "hub.log", lines)
 
     def _wg_cmd(self, *args: str) -> str:
         return _run("ip", "netns", "exec", self.netns, "wg", *args)

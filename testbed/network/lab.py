@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from twelvefactor_services.pki import Pki
 from testbed.network.device import Device
 from testbed.network.netns import Lan, Netns, tag
 from testbed.proc import TestbedError, stop
+from testbed.shipped_hub import start_hub
 
 TUNNEL_V4 = "10.99.0.0/24"
 TUNNEL_V6 = "fd00:99::/64"
@@ -111,25 +111,9 @@ class Lab:
             )
             dev.provision(conf, pki.device(device_id).cert.parent)
         peers.close()
-        self._hub = self.hub_ns.popen(
-            [
-                sys.executable,
-                "-m",
-                "twelvefactor_services.hub",
-                "serve",
-                str(self.hub_root),
-                "--interface",
-                self.hub_if,
-            ],
-            self.root / "hub.log",
+        self._hub, self.hub_info = start_hub(
+            self.hub_ns.name, self.hub_root, self.hub_if, self.root / "hub.log"
         )
-        info = self.hub_root / "hub.json"
-        deadline = time.monotonic() + 120
-        while not info.exists():
-            if self._hub.poll() is not None or time.monotonic() > deadline:
-                raise TestbedError(f"the hub did not start:\n{self.hub_log()}")
-            time.sleep(0.2)
-        self.hub_info = json.loads(info.read_text())
         for dev in self.devices.values():
             dev.load_firewall()
             dev.render()
