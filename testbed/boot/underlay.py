@@ -101,6 +101,16 @@ class Underlay:
         run("ip", "-n", netns, "link", "set", NEIGHBOUR_IF, "up")
         run("ip", "-n", netns, "link", "set", "lo", "up")
 
+    def limit_rate(self, rate: str | None) -> None:
+        """Shape what the link carries to the device (`tc` tbf on the tap, e.g.
+        "32mbit"), as a slow link would; None lifts the limit."""
+        tc = ("ip", "netns", "exec", self.hub_netns, "tc", "qdisc")
+        if rate is None:
+            run(*tc, "del", "dev", self.tap, "root", check=False)
+        else:
+            run(*tc, "replace", "dev", self.tap, "root", "tbf", "rate", rate,
+                "burst", "64kb", "latency", "500ms")  # fmt: skip
+
     def qemu_nic(self) -> str:
         # no virtio-net header in front of the frames: QEMU's filter-dump would write it too
         tap = f"tap,id=net0,ifname={self.tap},script=no,downscript=no,vnet_hdr=off"

@@ -1,12 +1,13 @@
 """Firmware updates end to end, driven by the management service: a good one
 across a link cut, the refusals (other hardware, unsigned, tampered, older),
-and provisioning that allows older versions.
+a new slot that never confirms and rolls back within the boot limit, and
+provisioning that allows older versions.
 
 The device's agent decides, downloads over HTTPS inside the tunnel (resuming
 with Range), has SWUpdate check the file (dry run) and install it into the
 idle slot, asks for the reboot, and reports until the new slot confirmed
-itself. The faults (a slot that never confirms, power cuts) are in
-test_update_faults.py; the machinery is testbed/boot/updating.py.
+itself. The power cuts are in test_update_power_cuts.py; the machinery is
+testbed/boot/updating.py.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from testbed.boot.device import Device
 from testbed.boot.updating import (
+    BOOTLIMIT,
     Updating,
     build_update,
     job_limit,
@@ -98,6 +100,24 @@ def _refused(device: Device, swu: Path, reason: str) -> None:
     assert running_slot(device) == running
     assert partition_digest(device.vm.disk, idle) == idle_before, "the idle slot was written"
     assert device.vm.check("twelvefactor-bootenv get upgrade_available") == "0"
+
+
+def test_broken_update_rolls_back_within_the_boot_limit(
+    updating_device: Device, boot_image: Path
+) -> None:
+    device = updating_device
+    old = running_slot(device)
+    before = version(device)
+    up = Updating(device, build_update(boot_image, "broken", "1.2"))
+    entry = up.wait_final(job_limit(boots=BOOTLIMIT + 1, windows=BOOTLIMIT))
+    assert entry["state"] == "rolled_back", (entry, up.states)
+    assert "did not confirm" in str(entry["reason"]), entry
+    new = "B" if old == "A" else "A"
+    # every boot of the new slot failed to confirm, then GRUB went back
+    assert up.boots == [new] * BOOTLIMIT + [old], up.boots
+    device.wait_online("after the rollback")
+    assert running_slot(device) == old
+    assert device.meta()["slot"] == old and version(device) == before
 
 
 def _older_than_running(device: Device) -> str:
