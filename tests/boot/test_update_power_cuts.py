@@ -32,8 +32,11 @@ def test_power_cuts_during_download_and_install_never_brick(
     up = Updating(device, build_update(boot_image, "good", "1.3"))
     cuts: list[tuple[str, int]] = []
     # 5 random points of the download, then 3 of the install proper (50-99 %:
-    # 0-49 % is SWUpdate's dry run, which writes nothing)
-    points = [("downloading", t) for t in sorted(rng.sample(range(5, 95), 5))]
+    # 0-49 % is SWUpdate's dry run, which writes nothing). The download's points
+    # stay below 60 %: a cut is made when a report shows the point passed, a few
+    # per cent late, and the download resumes where the disk has it; with the
+    # points to 95 % a resumed download ended before the next one was reported.
+    points = [("downloading", t) for t in sorted(rng.sample(range(5, 60), 5))]
     points += [("installing", t) for t in sorted(rng.sample(range(55, 95), 3))]
     # A link of 32 Mbit/s, as a device in the field may have: the download takes
     # about 45 s, so every 5 % step is reported for long enough to be seen and
