@@ -21,7 +21,7 @@ from helpers import require_root, require_tool
 
 from refimage import image as refimage_image
 from testbed.boot.device import Device, provision_device
-from testbed.boot.hub import Hub
+from testbed.boot.hub import STALE_AFTER, Hub
 from testbed.boot.pace import PACE
 from testbed.boot.updating import settle
 from testbed.boot.vm import VMError
@@ -144,6 +144,9 @@ def after_an_epoch_boot(device: Device) -> Device:
     update tests run in a session of their own (scripts/test), the first module makes one."""
     if device.epoch_boots == 0:
         device.power_cycle_at_the_epoch()
+        # the device's first handshakes carry a stamp older than the hub's last:
+        # the tunnel may come up only once the hub forgets it (STALE_AFTER quiet)
+        device.wait_online("a boot at the epoch", waits=STALE_AFTER)
     return device
 
 
