@@ -35,6 +35,7 @@ from twelvefactor_services.hub.plan import Peer
 from twelvefactor_services.hub.service import Settings, init, load_settings, registry_path
 from twelvefactor_services.solution.receivers import read_archive
 
+from refimage import provision
 from testbed.boot.underlay import SPOKE_UNDERLAY, UNDERLAY_HOST, Underlay
 from testbed.proc import TestbedError, stop
 from testbed.proc import run as _run
@@ -52,11 +53,6 @@ CLONE_NEWNET = 0x40000000
 
 class HubError(TestbedError):
     pass
-
-
-def wg_keypair() -> tuple[str, str]:
-    private = _run("wg", "genkey").strip()
-    return private, _run("wg", "pubkey", input_text=private + "\n").strip()
 
 
 def start_wireguard_go(netns: str, ifname: str, log: Path) -> subprocess.Popen[bytes]:
@@ -191,7 +187,7 @@ class Hub:
         ifname = f"tfs{self.netns.rpartition('-')[2]}"
         self.underlay.add_neighbour(ns, SPOKE_UNDERLAY)
         self._spoke_wg = start_wireguard_go(ns, ifname, self.root / "spoke-wireguard-go.log")
-        private, public = wg_keypair()
+        private, public = provision.wg_keypair()
         key_file = self.root / "spoke-wg.key"
         key_file.touch(mode=0o600)
         key_file.write_text(private + "\n")

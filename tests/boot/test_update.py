@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from twelvefactor_agent.update import version_key
 
 from testbed.boot.device import Device
 from testbed.boot.updating import (
@@ -122,7 +123,8 @@ def test_broken_update_rolls_back_within_the_boot_limit(
 
 def _older_than_running(device: Device) -> str:
     running = version(device)
-    assert tuple(map(int, OLDER.split("."))) < tuple(map(int, running.split("."))), running
+    # the agent's own rule for which version is older
+    assert version_key(OLDER) < version_key(running), running
     return OLDER
 
 
