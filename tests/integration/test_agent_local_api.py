@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from helpers import require_tool
 from twelvefactor_agent.client import AgentClient, AgentError
+from twelvefactor_services.launcher import free_port
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
@@ -38,12 +39,6 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not met within {timeout:.0f} s")
         time.sleep(0.05)
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +76,10 @@ key = "{identity / "device.key"}"
 ca = "{identity / "ca.crt"}"
 [management]
 host = "127.0.0.1"
-port = {closed_port()}
+port = {free_port()}
 [solution]
 host = "127.0.0.1"
-port = {closed_port()}
+port = {free_port()}
 [agent]
 data_dir = "{root / "data"}"
 socket = "{self.socket}"

@@ -31,12 +31,23 @@ ARTIFACT_CERT = "artifacts"  # the artifact server's certificate in the PKI (ser
 T = TypeVar("T")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCALHOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A TCP port free on 127.0.0.1 right now, never one this process handed out before.
+
+    The kernel picks it; a port handed out is often not bound yet (a stack picks
+    its broker's three ports before starting it), and the kernel may offer the
+    same one again, so each is remembered and a repeat is refused.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((LOCALHOST, 0))
+            port: int = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def make_pki(root: Path) -> Pki:
