@@ -41,8 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from twelvefactor_services.hostagent import HostAgent
-from twelvefactor_services.launcher import Stack, wait_until
+from testbed.hostagent import HostAgent
+from testbed.stack import Stack, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT_SRC = ROOT / "agent" / "src"

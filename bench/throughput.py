@@ -36,9 +36,10 @@ from twelvefactor_agent.config import load
 from twelvefactor_agent.forwarder import DELETE_GROUP, WINDOW
 from twelvefactor_agent.queue import Queue
 from twelvefactor_agent.window import ForwardWindow
-from twelvefactor_services.hostagent import HostAgent
-from twelvefactor_services.launcher import Stack, wait_until
 from twelvefactor_services.mqtt import make_client
+
+from testbed.hostagent import HostAgent
+from testbed.stack import Stack, wait_until
 
 PAYLOAD = 256
 BATCH = 500  # messages per publish_many

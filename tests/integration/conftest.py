@@ -1,8 +1,8 @@
 """Fixtures for the integration tier: a PKI, a running broker, running services.
 
-The fixtures are thin: the work is done by plain classes in
-``twelvefactor_services.launcher`` so the end-to-end tests and the demo reuse
-them. A missing host tool (mosquitto, openssl) fails the test, never skips it.
+The fixtures are thin: the work is done by plain classes in ``testbed.stack``
+so the end-to-end tests and the demo reuse them. A missing host tool (mosquitto,
+openssl) fails the test, never skips it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 from twelvefactor_services.broker import BrokerError
-from twelvefactor_services.launcher import ServiceProcess, Stack
 from twelvefactor_services.mqtt import Endpoint, Identity
-from twelvefactor_services.probe import Probe
 from twelvefactor_services.process import LaunchError
+
+from testbed.probe import Probe
+from testbed.stack import ServiceProcess, Stack
 
 
 @pytest.fixture(scope="session")

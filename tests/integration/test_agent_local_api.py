@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 from helpers import require_tool
 from twelvefactor_agent.client import AgentClient, AgentError
-from twelvefactor_services.launcher import free_port
+
+from testbed.stack import free_port
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:

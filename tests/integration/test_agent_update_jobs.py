@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from test_artifacts import cli, make_swu
-from twelvefactor_services.hostagent import HostAgent
-from twelvefactor_services.launcher import ServiceProcess, Stack, http_get, http_send, wait_until
+
+from testbed.hostagent import HostAgent
+from testbed.stack import ServiceProcess, Stack, http_get, http_send, wait_until
 
 DEVICE = "dev-upd-1"
 

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 from twelvefactor_agent.download import ClientIdentity, DownloadError, download
 from twelvefactor_agent.update import decide, parse_job
-from twelvefactor_services.launcher import ServiceProcess, Stack, http_get, http_send, wait_until
 from twelvefactor_services.management.swu import newc_archive
-from twelvefactor_services.probe import Probe
+
+from testbed.probe import Probe
+from testbed.stack import ServiceProcess, Stack, http_get, http_send, wait_until
 
 DESCRIPTION = """software = {{ version = "{version}";
   qemux86-64 = {{ hardware-compatibility: [ "1.0" ]; }}; }};"""

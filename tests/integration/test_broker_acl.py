@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 from twelvefactor_services.broker import BrokerConfig, BrokerError, render_config
-from twelvefactor_services.launcher import Stack
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Pki, Validity
-from twelvefactor_services.probe import Probe
 from twelvefactor_services.topics import MANAGEMENT_UP, SOLUTION_DATA_UP, share_group, shared
+
+from testbed.probe import Probe
+from testbed.stack import Stack
 
 MakeProbe = Callable[..., Probe]
 QUIET = 2.0  # seconds of silence taken as "nothing more is coming"

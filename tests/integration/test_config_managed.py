@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from twelvefactor_services.hostagent import HostAgent
-from twelvefactor_services.launcher import Stack, free_port, http_get, http_send, wait_until
 from twelvefactor_services.management.cli import main as management_cli
+
+from testbed.hostagent import HostAgent
+from testbed.stack import Stack, free_port, http_get, http_send, wait_until
 
 WINDOW = 10
 

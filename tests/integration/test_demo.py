@@ -18,7 +18,7 @@ def test_demo_shows_devices_online_with_data_and_stops_on_ctrl_c(tmp_path: Path)
         [
             sys.executable,
             "-m",
-            "twelvefactor_services.demo",
+            "testbed.demo",
             "--dir",
             str(tmp_path),
             "--period",

@@ -28,7 +28,6 @@ from twelvefactor_agent.download import (
     download,
     tls_context,
 )
-from twelvefactor_services.launcher import make_pki, wait_until
 from twelvefactor_services.management.artifact_server import (
     ArtifactServer,
     Served,
@@ -37,6 +36,8 @@ from twelvefactor_services.management.artifact_server import (
 from twelvefactor_services.management.artifacts import Artifact, ArtifactStore
 from twelvefactor_services.management.swu import newc_archive
 from twelvefactor_services.pki import Pki
+
+from testbed.stack import make_pki, wait_until
 
 DESCRIPTION = b"""software = { version = "2.0";
   qemux86-64 = { hardware-compatibility: [ "1.0" ]; }; };"""

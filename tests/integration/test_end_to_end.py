@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twelvefactor_services.hostagent import HostAgent
-from twelvefactor_services.launcher import Stack, http_get, wait_until
 from twelvefactor_services.solution.receivers import read_archive
+
+from testbed.hostagent import HostAgent
+from testbed.stack import Stack, http_get, wait_until
 
 KEEPALIVE = 10
 

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from twelvefactor_services.launcher import ServiceProcess, Stack, http_get, wait_until
 from twelvefactor_services.management.cli import main as management_cli
-from twelvefactor_services.probe import Probe
+
+from testbed.probe import Probe
+from testbed.stack import ServiceProcess, Stack, http_get, wait_until
 
 MakeProbe = Callable[..., Probe]
 WILL = b'{"v":1,"online":false,"reason":"lost"}'

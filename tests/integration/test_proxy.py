@@ -27,9 +27,10 @@ from typing import Any
 
 import pytest
 from twelvefactor_agent.client import AgentError, CallResponse
-from twelvefactor_services.hostagent import HostAgent
-from twelvefactor_services.launcher import ServiceProcess, Stack, wait_until
-from twelvefactor_services.probe import Probe, ProbeError, Received
+
+from testbed.hostagent import HostAgent
+from testbed.probe import Probe, ProbeError, Received
+from testbed.stack import ServiceProcess, Stack, wait_until
 
 API_KEY = "sk-live-5d1f0c9e-do-not-leak"
 APP_ID = "appid-73ac41b2-do-not-leak"

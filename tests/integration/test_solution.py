@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twelvefactor_services.launcher import ServiceProcess, Stack, wait_until
-from twelvefactor_services.probe import Probe
 from twelvefactor_services.solution.cli import main as solution_cli
 from twelvefactor_services.solution.envelope import parse_envelope
 from twelvefactor_services.solution.receivers import ArchiveReceiver, read_archive
 from twelvefactor_services.solution.store import Store
+
+from testbed.probe import Probe
+from testbed.stack import ServiceProcess, Stack, wait_until
 
 MakeProbe = Callable[..., Probe]
 

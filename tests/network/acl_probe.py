@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from twelvefactor_services.mqtt import Endpoint, Identity
-from twelvefactor_services.probe import Probe
+
+from testbed.probe import Probe
 
 # No agent uses seq 0 (the queue's seqs start at 1), and it sorts before B's own
 # messages in the solution service's outbox: once B's next message is archived,

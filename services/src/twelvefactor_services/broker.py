@@ -144,7 +144,7 @@ def render_config(cfg: BrokerConfig) -> dict[str, str]:
             f"persistence_location {run}/",
             "persistence_file mosquitto.db",
             "autosave_interval 30",
-            # stderr: the launcher sends it to run_dir/mosquitto.log, the CLI to the terminal.
+            # stderr: ServicesStack sends it to run_dir/mosquitto.log, the CLI to the terminal.
             "log_dest stderr",
             "log_type error",
             "log_type warning",

@@ -1,4 +1,4 @@
-"""Child processes of the launcher: started in their own session, output to a log file.
+"""Child processes (the broker, the services, host agents): own session, output to a log file.
 
 Shared by the broker, the services and the host agents so that starting,
 waiting until ready, stopping and crashing them work the same way.

@@ -10,7 +10,7 @@ root folder:
   hub/wg.conf         the peers as last applied (0600, holds the private key)
   hub/hub.nft         the hub's table as last loaded
   hub.json            what runs where, written once everything is up
-  pki/, broker/, management/, solution/   the services' launcher (launcher.Stack)
+  pki/, broker/, management/, solution/   the broker and the services (services_stack.py)
 
 Peers come from the registry's `tunnel_peers` table and are re-read every
 second: adding a device takes effect without a restart (`wg syncconf` keeps
@@ -33,7 +33,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from twelvefactor_services.broker import Broker
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import (
     NTP_PORT,
@@ -47,9 +46,8 @@ from twelvefactor_services.hub.plan import (
     wg_config,
 )
 from twelvefactor_services.hub.stale import DEFAULT_AFTER, StaleTracker, parse_dump
-from twelvefactor_services.launcher import LOCALHOST, Stack
 from twelvefactor_services.ntp import SntpServer
-from twelvefactor_services.pki import Pki
+from twelvefactor_services.services_stack import ServicesStack, make_pki
 
 MIN_STALE_AFTER = 30.0
 
@@ -90,7 +88,7 @@ def settings_file(root: Path) -> Path:
 
 
 def registry_path(root: Path) -> Path:
-    """The management registry (launcher.Stack's layout), which holds the peers too."""
+    """The management registry (ServicesStack's layout), which holds the peers too."""
     return root / "management" / "registry.db"
 
 
@@ -135,14 +133,10 @@ def init(root: Path, settings: Settings) -> str:
     (root / "hub" / "wg.pub").write_text(pub + "\n")
     pki_dir = root / "pki"
     if not (pki_dir / "ca.crt").exists():
-        pki = Pki(pki_dir)
-        pki.init()
-        ips = [LOCALHOST, "::1", str(tunnel.hub_v4)]
+        ips = [str(tunnel.hub_v4)]
         if tunnel.hub_v6 is not None:
             ips.append(str(tunnel.hub_v6))
-        pki.server("broker", dns=["localhost"], ips=ips)
-        for name in ("management", "solution"):
-            pki.service(name)
+        make_pki(pki_dir, broker_ips=ips)
     return pub
 
 
@@ -154,14 +148,13 @@ class Hub:
         self.interface = interface
         self.settings = load_settings(root)
         self.tunnel = self.settings.tunnel
-        self.stack = Stack(root, address=str(self.tunnel.hub_v4))
-        # fixed ports: they are in every device's provisioning
-        cfg = dataclasses.replace(
-            self.stack.broker.cfg,
+        # fixed ports for the devices' listeners: they are in every device's provisioning
+        self.stack = ServicesStack(
+            root,
+            address=str(self.tunnel.hub_v4),
             management_port=self.settings.management_mqtt,
             solution_port=self.settings.solution_mqtt,
         )
-        self.stack.broker = Broker(cfg)
         self.peers = PeerStore(registry_path(root))
         self._wg: subprocess.Popen[bytes] | None = None
         self._ntp: SntpServer | None = None

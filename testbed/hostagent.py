@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 from twelvefactor_agent.client import AgentClient
-
-from twelvefactor_services.launcher import Stack
 from twelvefactor_services.process import ChildProcess
+
+from testbed.stack import Stack
 
 
 def agent_config(

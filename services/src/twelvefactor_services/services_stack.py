@@ -1,35 +1,27 @@
-"""Start the reference cloud side in a directory: PKI, broker, management, solution.
+"""The broker and the management and solution services, started as child processes in one folder.
 
-Plain classes used by the integration fixtures, the end-to-end tests and the
-demo. Everything runs as child processes on 127.0.0.1 with ports picked free
-at start; ``Stack.stop()`` ends what it started.
+The hub (`twelvefactor-hub serve`) stands its cloud side up with this, so it is
+product code; the test bed's Stack (testbed/stack.py) builds on it with what
+only tests need (device identities, endpoints, HTTP helpers).
 
-Directory layout under ``root``: ``pki/``, ``broker/`` (config, ACLs,
-persistence, log), ``management/`` (registry.db, log), ``solution/``
-(solution.db, archive/, log).
+Directory layout under ``root``: ``pki/`` (made beforehand: ``make_pki``),
+``broker/`` (config, ACLs, persistence, log), ``management/`` (registry.db,
+artifacts/, log), ``solution/`` (solution.db, archive/, log).
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
 from twelvefactor_services.broker import Broker, BrokerConfig
-from twelvefactor_services.mqtt import Endpoint, Identity
-from twelvefactor_services.pki import Pki, Validity
+from twelvefactor_services.pki import Pki, PkiError
 from twelvefactor_services.process import ChildProcess
 
 LOCALHOST = "127.0.0.1"
 ARTIFACT_CERT = "artifacts"  # the artifact server's certificate in the PKI (servers/NAME.crt)
-T = TypeVar("T")
-
 
 _handed_out: set[int] = set()
 
@@ -50,11 +42,15 @@ def free_port() -> int:
             return port
 
 
-def make_pki(root: Path) -> Pki:
-    """A PKI with the broker's server certificate and both service certificates."""
+def make_pki(root: Path, broker_ips: Iterable[str] = ()) -> Pki:
+    """A new PKI with the broker's server certificate and both service certificates.
+
+    The broker's certificate names loopback and ``broker_ips`` (the hub's tunnel
+    addresses: what devices dial).
+    """
     pki = Pki(root)
     pki.init()
-    pki.server("broker", dns=["localhost"], ips=[LOCALHOST, "::1"])
+    pki.server("broker", dns=["localhost"], ips=[LOCALHOST, "::1", *broker_ips])
     for name in ("management", "solution"):
         pki.service(name)
     return pki
@@ -64,7 +60,7 @@ class ServiceProcess(ChildProcess):
     """A service run as ``python -m <module> serve ...``, ready once it writes its ready file.
 
     The services write the ready file after their shared subscription is
-    granted, so a test may publish as soon as ``start()`` returns.
+    granted, so a client may publish as soon as ``start()`` returns.
     """
 
     def __init__(
@@ -88,62 +84,34 @@ class ServiceProcess(ChildProcess):
         self._spawn(argv, self.ready_file.exists, timeout)
 
 
-def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
-    """GET a JSON document from a local HTTP API: (status, decoded body)."""
-    url = f"http://{LOCALHOST}:{port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+class ServicesStack:
+    """Broker and service copies in ``root``, over the PKI in ``root/pki``.
 
+    The devices' listeners (management, solution) and the artifact server bind
+    ``address``; the services reach the broker on its loopback service
+    listener. A port not given is picked free.
+    """
 
-def http_send(
-    port: int, method: str, path: str, body: Any = None, timeout: float = 10.0
-) -> tuple[int, Any]:
-    """Send a JSON body (PUT, POST, DELETE) to a local HTTP API: (status, decoded answer)."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"http://{LOCALHOST}:{port}{path}",
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def wait_until(
-    condition: Callable[[], T | None], timeout: float = 30.0, what: str = "condition"
-) -> T:
-    """Poll until ``condition()`` returns something truthy; that value, or TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout:.0f} s")
-        time.sleep(0.1)
-
-
-class Stack:
-    """PKI + broker + services in ``root``; start the pieces a test needs."""
-
-    def __init__(self, root: Path, *, address: str = LOCALHOST) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        address: str = LOCALHOST,
+        management_port: int | None = None,
+        solution_port: int | None = None,
+    ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         pki_dir = root / "pki"
-        self.pki = Pki(pki_dir) if (pki_dir / "ca.crt").exists() else make_pki(pki_dir)
+        if not (pki_dir / "ca.crt").exists():
+            raise PkiError(f"{pki_dir} holds no PKI (make_pki makes one)")
+        self.pki = Pki(pki_dir)
         self.broker = Broker(
             BrokerConfig(
                 pki_dir=pki_dir,
                 run_dir=root / "broker",
-                management_port=free_port(),
-                solution_port=free_port(),
+                management_port=free_port() if management_port is None else management_port,
+                solution_port=free_port() if solution_port is None else solution_port,
                 service_port=free_port(),
                 address=address,
             )
@@ -155,33 +123,6 @@ class Stack:
         self.artifact_port = free_port()
         if not self.pki.server_paths(ARTIFACT_CERT).cert.exists():
             self.pki.server(ARTIFACT_CERT, dns=["localhost"], ips=sorted({LOCALHOST, address}))
-
-    # -- endpoints and identities -------------------------------------------------
-
-    @property
-    def management_endpoint(self) -> Endpoint:
-        return Endpoint(LOCALHOST, self.broker.cfg.management_port)
-
-    @property
-    def solution_endpoint(self) -> Endpoint:
-        return Endpoint(LOCALHOST, self.broker.cfg.solution_port)
-
-    @property
-    def service_endpoint(self) -> Endpoint:
-        return Endpoint(LOCALHOST, self.broker.cfg.service_port)
-
-    def device(self, device_id: str, validity: Validity | None = None) -> Identity:
-        """The device's certificate, created on first use."""
-        paths = self.pki.device_paths(device_id)
-        if not paths.cert.exists():
-            paths = self.pki.device(device_id, validity)
-        return Identity(paths.cert, paths.key, paths.ca)
-
-    def service_identity(self, name: str) -> Identity:
-        paths = self.pki.service_paths(name)
-        return Identity(paths.cert, paths.key, paths.ca)
-
-    # -- processes ----------------------------------------------------------------
 
     def start_broker(self) -> Broker:
         self.broker.start()
@@ -211,9 +152,9 @@ class Stack:
                 "-m",
                 "twelvefactor_services.management.cli",
                 "serve",
-                *self._service_args("management"),
+                *self._service_args(),
                 "--db",
-                str(run / "registry.db"),
+                str(self.registry_db),
                 "--instance",
                 str(n),
                 "--http-port",
@@ -247,11 +188,11 @@ class Stack:
             "-m",
             "twelvefactor_services.solution.cli",
             "serve",
-            *self._service_args("solution"),
+            *self._service_args(),
             "--db",
-            str(run / "solution.db"),
+            str(self.solution_db),
             "--archive-dir",
-            str(run / "archive"),
+            str(self.archive_dir),
             "--instance",
             str(n),
         ]
@@ -265,7 +206,7 @@ class Stack:
         self.services.append(svc)
         return svc
 
-    def _service_args(self, name: str) -> list[str]:
+    def _service_args(self) -> list[str]:
         return [
             "--pki",
             str(self.pki.root),
@@ -291,19 +232,8 @@ class Stack:
     def archive_dir(self) -> Path:
         return self.root / "solution" / "archive"
 
-    def start_all(
-        self, *, webhook: str | None = None, max_backoff: float | None = None
-    ) -> tuple[ServiceProcess, ServiceProcess]:
-        """Broker (if not running), one management and one solution copy, all ready."""
-        if not self.broker.running:
-            self.start_broker()
-        management = self.management()
-        solution = self.solution(webhook=webhook, max_backoff=max_backoff)
-        management.start()
-        solution.start()
-        return management, solution
-
     def stop(self) -> None:
+        """Stop the service copies, newest first, then the broker."""
         for svc in reversed(self.services):
             svc.stop()
         self.broker.stop()

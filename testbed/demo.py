@@ -21,9 +21,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from twelvefactor_services.hostagent import HostAgent
-from twelvefactor_services.launcher import ServiceProcess, Stack, http_get
 from twelvefactor_services.process import LaunchError
+
+from testbed.hostagent import HostAgent
+from testbed.stack import ServiceProcess, Stack, http_get
 
 
 def _reading(device_index: int, t: float) -> bytes:
@@ -74,7 +75,7 @@ def _report(management: ServiceProcess, stack: Stack, started: float) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="twelvefactor-demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__)
     parser.add_argument("--dir", type=Path, help="working folder (default: a new temporary one)")
     parser.add_argument("--devices", type=int, default=2, help="number of device agents")
     parser.add_argument("--duration", type=float, help="stop by itself after this many seconds")

@@ -18,7 +18,6 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-
 from twelvefactor_services.mqtt import Endpoint, Identity, connect_properties, make_client
 
 

@@ -1,0 +1,133 @@
+"""The reference cloud side on this machine for tests, benchmarks and the demo.
+
+The product's ServicesStack starts the broker and the services (the hub runs
+on it too); this Stack adds what only a test needs: a PKI made on first use,
+device identities, the listeners as endpoints on 127.0.0.1, one call that
+starts everything, and small HTTP and polling helpers. Everything runs as
+child processes with ports picked free at start; ``Stack.stop()`` ends what
+it started.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from twelvefactor_services.mqtt import Endpoint, Identity
+from twelvefactor_services.pki import Validity
+from twelvefactor_services.services_stack import (
+    LOCALHOST,
+    ServiceProcess,
+    ServicesStack,
+    free_port,
+    make_pki,
+)
+
+__all__ = [
+    "LOCALHOST",
+    "ServiceProcess",
+    "Stack",
+    "free_port",
+    "http_get",
+    "http_send",
+    "make_pki",
+    "wait_until",
+]
+
+T = TypeVar("T")
+
+
+def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+    """GET a JSON document from a local HTTP API: (status, decoded body)."""
+    url = f"http://{LOCALHOST}:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def http_send(
+    port: int, method: str, path: str, body: Any = None, timeout: float = 10.0
+) -> tuple[int, Any]:
+    """Send a JSON body (PUT, POST, DELETE) to a local HTTP API: (status, decoded answer)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://{LOCALHOST}:{port}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def wait_until(
+    condition: Callable[[], T | None], timeout: float = 30.0, what: str = "condition"
+) -> T:
+    """Poll until ``condition()`` returns something truthy; that value, or TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+class Stack(ServicesStack):
+    """PKI + broker + services in ``root``; start the pieces a test needs."""
+
+    def __init__(self, root: Path, *, address: str = LOCALHOST) -> None:
+        pki_dir = root / "pki"
+        if not (pki_dir / "ca.crt").exists():
+            make_pki(pki_dir)
+        super().__init__(root, address=address)
+
+    # -- endpoints and identities -------------------------------------------------
+
+    @property
+    def management_endpoint(self) -> Endpoint:
+        return Endpoint(LOCALHOST, self.broker.cfg.management_port)
+
+    @property
+    def solution_endpoint(self) -> Endpoint:
+        return Endpoint(LOCALHOST, self.broker.cfg.solution_port)
+
+    @property
+    def service_endpoint(self) -> Endpoint:
+        return Endpoint(LOCALHOST, self.broker.cfg.service_port)
+
+    def device(self, device_id: str, validity: Validity | None = None) -> Identity:
+        """The device's certificate, created on first use."""
+        paths = self.pki.device_paths(device_id)
+        if not paths.cert.exists():
+            paths = self.pki.device(device_id, validity)
+        return Identity(paths.cert, paths.key, paths.ca)
+
+    def service_identity(self, name: str) -> Identity:
+        paths = self.pki.service_paths(name)
+        return Identity(paths.cert, paths.key, paths.ca)
+
+    # -- processes ----------------------------------------------------------------
+
+    def start_all(
+        self, *, webhook: str | None = None, max_backoff: float | None = None
+    ) -> tuple[ServiceProcess, ServiceProcess]:
+        """Broker (if not running), one management and one solution copy, all ready."""
+        if not self.broker.running:
+            self.start_broker()
+        management = self.management()
+        solution = self.solution(webhook=webhook, max_backoff=max_backoff)
+        management.start()
+        solution.start()
+        return management, solution
