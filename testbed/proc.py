@@ -11,9 +11,16 @@ class TestbedError(RuntimeError):
     __test__ = False  # not a test class, whatever pytest's name patterns say
 
 
-def run(*argv: str, input_text: str | None = None, check: bool = True) -> str:
-    """The command's standard output; TestbedError with its standard error if it fails."""
-    done = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False)
+def run(
+    *argv: str, input_text: str | None = None, check: bool = True, timeout: float | None = None
+) -> str:
+    """The command's standard output; TestbedError with its standard error if it fails.
+
+    ``timeout`` (seconds) raises subprocess.TimeoutExpired: a hung tool fails its test.
+    """
+    done = subprocess.run(
+        argv, input=input_text, capture_output=True, text=True, check=False, timeout=timeout
+    )
     if check and done.returncode != 0:
         raise TestbedError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.network.netns import Netns
-from testbed.proc import TestbedError
+from testbed.proc import TestbedError, run, stop
 
 
 @dataclass
@@ -53,10 +53,7 @@ def parse_nmap_xml(text: str) -> ScanResult:
 def nmap(ns: Netns, target: str, *options: str, timeout: float = 900) -> ScanResult:
     """Run nmap in `ns` against `target` (an address inside the test's namespaces)."""
     argv = ns.argv("nmap", "-Pn", "-n", "--reason", "-oX", "-", *options, target)
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise TestbedError(f"nmap failed ({done.returncode}): {done.stderr.strip()}")
-    return parse_nmap_xml(done.stdout)
+    return parse_nmap_xml(run(*argv, timeout=timeout))
 
 
 class Capture:
@@ -95,20 +92,11 @@ class Capture:
     def __exit__(self, *exc: object) -> None:
         assert self._proc is not None
         time.sleep(0.5)  # let the kernel hand over the last packets
-        self._proc.terminate()
-        self._proc.wait(15)
+        stop(self._proc, 15)
 
     def packets(self, bpf: str) -> list[str]:
         """One line per captured packet matching `bpf` (tcpdump's own filter syntax)."""
-        done = subprocess.run(
-            ["tcpdump", "-n", "-r", str(self.path), bpf],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise TestbedError(f"tcpdump -r failed: {done.stderr.strip()}")
-        return done.stdout.splitlines()
+        return run("tcpdump", "-n", "-r", str(self.path), bpf).splitlines()
 
 
 WG_PORT = 51820
