@@ -9,12 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from twelvefactor_agent.protocol.topics import MANAGEMENT_UP, SOLUTION_DATA_UP
 from twelvefactor_services.broker import BrokerConfig, BrokerError, render_config
 from twelvefactor_services.launcher import Stack
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Pki, Validity
 from twelvefactor_services.probe import Probe
-from twelvefactor_services.topics import MANAGEMENT_UP, SOLUTION_DATA_UP, share_group, shared
+from twelvefactor_services.topics import share_group, shared
 
 MakeProbe = Callable[..., Probe]
 QUIET = 2.0  # seconds of silence taken as "nothing more is coming"
