@@ -34,6 +34,7 @@ import paho.mqtt.client as mqtt
 from twelvefactor_agent import payloads
 from twelvefactor_agent.config import load
 from twelvefactor_agent.forwarder import DELETE_GROUP, WINDOW
+from twelvefactor_agent.protocol import topics
 from twelvefactor_agent.queue import Queue
 from twelvefactor_agent.window import ForwardWindow
 from twelvefactor_services.mqtt import make_client
@@ -147,7 +148,7 @@ def forwarder_work(stack: Stack, root: Path, count: int) -> float:
         if not batch:
             break
         for message in batch:
-            payloads.data_topic(device, message.stream)
+            topics.data(device, message.stream)
             payloads.data_envelope(device, message)
             mid += 1
             window.sent(message.seq, mid)

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from twelvefactor_agent.protocol.topics import MANAGEMENT_UP, SOLUTION_DATA_UP
 from twelvefactor_services.broker import BrokerConfig, BrokerError, render_config
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Pki, Validity
-from twelvefactor_services.topics import MANAGEMENT_UP, SOLUTION_DATA_UP, share_group, shared
+from twelvefactor_services.topics import share_group, shared
 
 from testbed.probe import Probe
 from testbed.stack import Stack

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twelvefactor_agent import payloads, sdnotify, sysinfo
 from twelvefactor_agent.localapi import Publish, Refusal, Status, parse_request
+from twelvefactor_agent.protocol import topics
 from twelvefactor_agent.queue import Message, QueueStats
 from twelvefactor_agent.statefile import StateFile
 
@@ -99,8 +100,8 @@ def test_management_payloads() -> None:
         "reason": "shutdown",
         "ts": 6.0,
     }
-    assert payloads.mgmt_topic("dev-001", "health") == "mgmt/dev-001/up/health"
-    assert payloads.data_topic("dev-001", "t") == "sol/dev-001/up/data/t"
+    assert topics.mgmt_up("dev-001", "health") == "mgmt/dev-001/up/health"
+    assert topics.data("dev-001", "t") == "sol/dev-001/up/data/t"
     health = json.loads(
         payloads.health(
             ts=1.0,

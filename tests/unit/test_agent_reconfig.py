@@ -105,7 +105,7 @@ def test_which_changes_need_confirmation() -> None:
 @pytest.mark.parametrize(
     ("raw", "reason", "version"),
     [
-        (b"\xff", "not a JSON document", None),
+        (b"\xff", "not UTF-8", None),
         (b"[1]", "not a JSON object", None),
         (b'{"v":1,"config":{}}', "version must be an integer", None),
         (b'{"v":1,"version":true,"config":{}}', "version must be an integer", None),

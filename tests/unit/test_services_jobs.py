@@ -6,10 +6,9 @@ import json
 from typing import Any
 
 import pytest
+from twelvefactor_agent.protocol.states import FINAL, TRANSITIONS
+from twelvefactor_agent.protocol.states import JOB_STATES as STATES
 from twelvefactor_services.management.jobs import (
-    FINAL,
-    STATES,
-    TRANSITIONS,
     JobReport,
     JobReportError,
     JobState,
@@ -95,17 +94,17 @@ def test_parse_valid_report() -> None:
         (b"not json", "not JSON"),
         (b"[1]", "not a JSON object"),
         (payload(v=2), "schema version"),
-        (payload(job="x"), "invalid job id"),
-        (payload(job=...), "invalid job id"),
+        (payload(job="x"), "field 'job' is not valid"),
+        (payload(job=...), "field 'job' is not a non-empty string"),
         (payload(state="queued"), "invalid state"),
         (payload(state="bogus"), "invalid state"),
         (payload(percent=101), "percent"),
         (payload(percent=True), "percent"),
         (payload(percent=...), "percent"),
         (payload(state="failed", reason=None), "failed needs a reason"),
-        (payload(state="failed", reason="x" * 600), "reason must be"),
-        (payload(ts="now"), "invalid ts"),
-        (payload(ts=...), "invalid ts"),
+        (payload(state="failed", reason="x" * 600), "field 'reason' is longer than 512"),
+        (payload(ts="now"), "field 'ts' is not a finite number"),
+        (payload(ts=...), "missing field 'ts'"),
     ],
 )
 def test_parse_rejects(raw: bytes, message: str) -> None:

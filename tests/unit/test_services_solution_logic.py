@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from twelvefactor_services.management.logic import PayloadError
+from twelvefactor_agent.protocol.envelope import ProtocolError
 from twelvefactor_services.solution.envelope import backoff, parse_envelope
 
 GOOD = {"v": 1, "device": "dev-1", "seq": 42, "stream": "temp.c_1-x", "ts": 5.5, "payload": "aGk="}
@@ -45,7 +45,7 @@ def test_the_protocol_example_parses_and_unknown_fields_are_kept() -> None:
     ],
 )
 def test_bad_envelopes_say_what_is_wrong(rest: tuple[str, ...], data: bytes, message: str) -> None:
-    with pytest.raises(PayloadError, match=message):
+    with pytest.raises(ProtocolError, match=message):
         parse_envelope("dev-1", rest, data)
 
 

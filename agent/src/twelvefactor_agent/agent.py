@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
+from twelvefactor_agent.protocol.envelope import dumps
+
 from . import __version__, sdnotify
 from .config import Config
 from .forwarder import SolutionSession
@@ -28,7 +30,6 @@ from .localapi import ApiServer, bind_socket
 from .managedfile import ManagedFile
 from .management import ManagementSession
 from .mqtt import LastError, MqttSession
-from .payloads import dumps
 from .queue import Queue, QueueUnavailable
 from .reconfig import Action, ApplyLive, ConfigMachine, Ignore, Publish, Restart, Save
 from .statefile import StateFile

@@ -20,7 +20,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-DEVICE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+from twelvefactor_agent.protocol.names import DEVICE_ID_RE
+
 RESERVED_IDS = frozenset({"management", "solution"})
 HOSTNAME_RE = re.compile(
     r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"

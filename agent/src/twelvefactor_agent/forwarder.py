@@ -20,6 +20,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from twelvefactor_agent.protocol import topics
+
 from . import payloads
 from .config import Config
 from .mqtt import LastError, MqttSession, StateCallback
@@ -75,7 +77,7 @@ class SolutionSession(MqttSession):
         self._fail_calls("the connection to the solution service was lost")
 
     def subscriptions(self) -> list[str]:
-        return [payloads.sol_down(self.device, "#")]
+        return [topics.sol_down(self.device, "#")]
 
     # -- proxy calls ---------------------------------------------------------------
 
@@ -91,12 +93,10 @@ class SolutionSession(MqttSession):
             )
             return
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = payloads.sol_down(self.device, "proxy")
+        props.ResponseTopic = topics.sol_down(self.device, "proxy")
         props.CorrelationData = call_id
         props.MessageExpiryInterval = max(1, math.ceil(timeout))
-        info = client.publish(
-            payloads.sol_up(self.device, "proxy"), request, qos=1, properties=props
-        )
+        info = client.publish(topics.sol_up(self.device, "proxy"), request, qos=1, properties=props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             self._on_call_answer(
                 call_id, refusal("unavailable", "the solution service is not connected")
@@ -109,7 +109,7 @@ class SolutionSession(MqttSession):
         self._call_mids[info.mid] = call_id
 
     def on_message(self, topic: str, payload: bytes, properties: Properties | None) -> None:
-        if topic != payloads.sol_down(self.device, "proxy"):
+        if topic != topics.sol_down(self.device, "proxy"):
             self.log.warning("dropped a message on %s: not a topic this agent handles", topic)
             return
         call_id = getattr(properties, "CorrelationData", None)
@@ -190,7 +190,7 @@ class SolutionSession(MqttSession):
             batch = self.queue.pending(self.forward.cursor, wanted)
             for message in batch:
                 info = client.publish(
-                    payloads.data_topic(self.device, message.stream),
+                    topics.data(self.device, message.stream),
                     payloads.data_envelope(self.device, message),
                     qos=1,
                 )

@@ -22,7 +22,6 @@ import grp
 import json
 import logging
 import os
-import re
 import selectors
 import socket
 import stat
@@ -33,11 +32,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from twelvefactor_agent.protocol.names import STREAM_RE
+
 from .proxycall import Call, CallRefused, parse_call, refusal
 from .queue import Queue, QueueUnavailable
 
 MAX_LINE = 1024 * 1024
-STREAM_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # Read at most this much from one connection per round (fairness between clients).
 READ_BUDGET = 4 * MAX_LINE
 # Stop reading from a client whose unread answers exceed this.

@@ -18,6 +18,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from twelvefactor_agent.protocol import topics
+
 from . import __version__, bootenv, payloads, sysinfo
 from .config import Config
 from .mqtt import LastError, MqttSession, StateCallback
@@ -52,12 +54,12 @@ class ManagementSession(MqttSession):
         self.farewell_reason = "shutdown"
 
     def subscriptions(self) -> list[str]:
-        return [payloads.mgmt_down(self.device, "#")]
+        return [topics.mgmt_down(self.device, "#")]
 
     def on_message(self, topic: str, payload: bytes, properties: Properties | None) -> None:
-        if topic == payloads.mgmt_down(self.device, "config"):
+        if topic == topics.mgmt_down(self.device, "config"):
             self._on_desired(payload)
-        elif topic == payloads.mgmt_down(self.device, "update"):
+        elif topic == topics.mgmt_down(self.device, "update"):
             self._on_update(payload)
         else:
             self.log.warning("dropped a message on %s: not a topic this agent handles", topic)
@@ -90,7 +92,7 @@ class ManagementSession(MqttSession):
         return True
 
     def topic(self, leaf: str) -> str:
-        return payloads.mgmt_topic(self.device, leaf)
+        return topics.mgmt_up(self.device, leaf)
 
     def will(self) -> tuple[str, bytes]:
         return self.topic("online"), payloads.will()

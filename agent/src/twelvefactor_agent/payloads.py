@@ -1,37 +1,12 @@
-"""Topics and payloads of docs/protocol.md. Pure: values in, bytes out."""
+"""The payloads the agent publishes (docs/protocol.md). Pure: values in, bytes out."""
 
 from __future__ import annotations
 
 import base64
-import json
+
+from twelvefactor_agent.protocol.envelope import V, dumps
 
 from .queue import Message, QueueStats
-
-V = 1
-
-
-def dumps(obj: dict[str, object]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-
-
-def mgmt_topic(device: str, leaf: str) -> str:
-    return f"mgmt/{device}/up/{leaf}"
-
-
-def mgmt_down(device: str, leaf: str) -> str:
-    return f"mgmt/{device}/down/{leaf}"
-
-
-def sol_up(device: str, leaf: str) -> str:
-    return f"sol/{device}/up/{leaf}"
-
-
-def sol_down(device: str, leaf: str) -> str:
-    return f"sol/{device}/down/{leaf}"
-
-
-def data_topic(device: str, stream: str) -> str:
-    return f"sol/{device}/up/data/{stream}"
 
 
 def online(ts: float) -> bytes:

@@ -14,35 +14,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
-import re
 from typing import Any, NamedTuple
 
-SERVICE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
-# A path: RFC 3986 path characters only (no query, fragment, space or control).
-PATH_RE = re.compile(r"/[A-Za-z0-9\-._~%!$&'()*+,;=:@/]*")
-MAX_PATH = 2048
-MAX_HEADERS = 32
-MAX_HEADER_VALUE = 1024
-MAX_QUERY = 64
-MAX_QUERY_TEXT = 4096
-# The request body travels as base64 inside one local-API line (1 MiB) and one
-# MQTT message, so it is bounded well below both.
-MAX_BODY = 512 * 1024
-DEFAULT_TIMEOUT = 30.0
-MAX_TIMEOUT = 300.0
-ERRORS = (
-    "bad_request",
-    "unknown_service",
-    "not_allowed",
-    "upstream_error",
-    "timeout",
-    "too_large",
-    "unavailable",
+from twelvefactor_agent.protocol import envelope
+from twelvefactor_agent.protocol.calls import (
+    DEFAULT_TIMEOUT,
+    ERRORS,
+    MAX_BODY,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    MAX_PATH,
+    MAX_QUERY,
+    MAX_TIMEOUT,
+    METHODS,
 )
+from twelvefactor_agent.protocol.names import HEADER_NAME_RE, PATH_RE, SERVICE_RE
+
+MAX_QUERY_TEXT = 4096
 
 
 class CallRefused(ValueError):
@@ -73,7 +62,7 @@ class Call(NamedTuple):
             "body": base64.b64encode(self.body).decode("ascii"),
             "timeout": self.timeout,
         }
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return envelope.dumps(doc)
 
 
 def _text(value: object) -> bool:
@@ -157,11 +146,9 @@ def parse_answer(raw: bytes) -> dict[str, object]:
     Only the documented fields are passed on; a malformed payload becomes an
     `unavailable` error rather than reaching the application half-checked."""
     try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return _broken("not JSON")
-    if not isinstance(doc, dict) or doc.get("v") != 1:
-        return _broken("not a v1 object")
+        doc = envelope.parse(raw)
+    except envelope.ProtocolError as exc:
+        return _broken(str(exc))
     status = doc.get("status")
     if status is not None and (type(status) is not int or not 100 <= status <= 599):
         return _broken("bad status")

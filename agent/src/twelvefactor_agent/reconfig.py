@@ -31,16 +31,18 @@ I/O layer to carry out, in order.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
+
+from twelvefactor_agent.protocol import envelope
+from twelvefactor_agent.protocol.states import APPLIED, CONFIG_STATUSES, REJECTED, REVERTED
 
 from .config import Config, ConfigError
 from .overlay import Overlay, check_shape, effective, needs_confirmation
 
 MAX_DOCUMENT = 64 * 1024
 MAX_VERSION = 2**53  # exact in every JSON implementation
-STATUSES = ("applied", "rejected", "reverted")
+STATUSES = CONFIG_STATUSES
 # Error texts are bounded: a report is one MQTT message.
 MAX_ERROR = 2000
 
@@ -159,28 +161,24 @@ class DesiredError(ValueError):
         self.version = version
 
 
-def _no_constants(name: str) -> object:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def parse_desired(raw: bytes) -> Version:
     """The desired document to a Version, or DesiredError (with the version if one was readable).
 
+    The version is read before the schema version, so that a refusal can name it.
     The overlay's shape and values are checked later, against the device's file."""
-    if len(raw) > MAX_DOCUMENT:
-        raise DesiredError(f"document is larger than {MAX_DOCUMENT} bytes", None)
     try:
-        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise DesiredError(f"not a JSON document: {exc}"[:MAX_ERROR], None) from None
+        doc = envelope.decode(raw, max_bytes=MAX_DOCUMENT)
+    except envelope.ProtocolError as exc:
+        raise DesiredError(str(exc)[:MAX_ERROR], None) from None
     if not isinstance(doc, dict):
         raise DesiredError("not a JSON object", None)
     version = doc.get("version")
     if type(version) is not int or not 1 <= version <= MAX_VERSION:
         raise DesiredError(f"version must be an integer in 1..2^53, got {version!r}"[:200], None)
-    v = doc.get("v")
-    if v != 1 or type(v) is not int:
-        raise DesiredError(f"unsupported schema version v={v!r}"[:200], version)
+    try:
+        envelope.check_version(doc)
+    except envelope.ProtocolError as exc:
+        raise DesiredError(str(exc), version) from None
     config = doc.get("config")
     if not isinstance(config, dict):
         raise DesiredError("config must be an object (a table of tables)", version)
@@ -250,7 +248,7 @@ class ConfigMachine:
             # Stopped inside the confirmation window: back to the known-good one.
             report = Report(
                 stored.trial.version,
-                "reverted",
+                REVERTED,
                 "the agent restarted during the confirmation window; "
                 "the previous configuration is in force",
             )
@@ -261,7 +259,7 @@ class ConfigMachine:
                 self.config = effective(self.base, stored.in_force.config)
             except ConfigError as exc:
                 # The device's file changed under it (re-provisioned): the file wins.
-                report = Report(stored.in_force.version, "rejected", _error(exc))
+                report = Report(stored.in_force.version, REJECTED, _error(exc))
                 stored = Stored(None, None, report)
                 actions += [Save(stored), Publish(report)]
                 self.config = effective(self.base, {})
@@ -292,7 +290,7 @@ class ConfigMachine:
             return self._reject(wanted.version, _error(exc))
         sessions = needs_confirmation(self.config, new)
         if not sessions:
-            report = Report(wanted.version, "applied")
+            report = Report(wanted.version, APPLIED)
             self.stored = Stored(wanted, None, report)
             live = [] if new == self.config else [ApplyLive(new)]
             self.config = new
@@ -312,7 +310,7 @@ class ConfigMachine:
         if trial.waiting:
             return []
         self._trial = None
-        report = Report(trial.version.version, "applied")
+        report = Report(trial.version.version, APPLIED)
         self.stored = Stored(trial.version, None, report)
         return [Save(self.stored), Publish(report), *self._resume(now)]
 
@@ -324,7 +322,7 @@ class ConfigMachine:
         missing = " and ".join(sorted(trial.waiting))
         report = Report(
             trial.version.version,
-            "reverted",
+            REVERTED,
             f"{missing} not reached within {self.window:g} s on version "
             f"{trial.version.version}; the previous configuration is in force",
         )
@@ -339,7 +337,7 @@ class ConfigMachine:
         ]
 
     def _reject(self, version: int, error: str) -> list[Action]:
-        report = Report(version, "rejected", error[:MAX_ERROR])
+        report = Report(version, REJECTED, error[:MAX_ERROR])
         self.stored = Stored(self.stored.in_force, None, report)
         return [Save(self.stored), Publish(report)]
 

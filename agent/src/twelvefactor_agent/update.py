@@ -13,14 +13,15 @@ checks spare the download, they are not the security boundary.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-JOB_ID_RE = re.compile(r"j-[a-z0-9]{1,32}")
-VERSION_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,5}")
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
+from twelvefactor_agent.protocol import envelope
+from twelvefactor_agent.protocol.envelope import ProtocolError
+from twelvefactor_agent.protocol.names import JOB_ID_RE, SHA256_RE, VERSION_RE
+from twelvefactor_agent.protocol.states import FAILED
+
 MAX_SIZE = 1 << 40
 # Room kept free on /data beyond the artifact: the queue and state files live there too.
 DEFAULT_RESERVE = 32 * 1024 * 1024
@@ -58,33 +59,18 @@ class Policy(NamedTuple):
 DEFAULT_POLICY = Policy()
 
 
-class JobError(ValueError):
+class JobError(ProtocolError):
     pass
 
 
 def parse_job(payload: bytes) -> UpdateJob:
     """The job in a `down/update` payload; JobError says what is wrong."""
-    try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise JobError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise JobError("not a JSON object")
-    if doc.get("v") != 1:
-        raise JobError(f"unsupported schema version {doc.get('v')!r}")
-    job = _str(doc, "job")
-    if not JOB_ID_RE.fullmatch(job):
-        raise JobError(f"invalid job id {job!r}")
-    version = _str(doc, "version")
-    if not VERSION_RE.fullmatch(version):
-        raise JobError(f"invalid version {version!r}: expected numbers separated by dots")
-    sha = _str(doc, "sha256")
-    if not SHA256_RE.fullmatch(sha):
-        raise JobError("sha256 must be 64 lowercase hex digits")
-    size = doc.get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_SIZE:
-        raise JobError(f"invalid size {size!r}")
-    url = _str(doc, "url")
+    doc = envelope.parse(payload, error=JobError)
+    job = envelope.text(doc, "job", pattern=JOB_ID_RE, error=JobError)
+    version = envelope.text(doc, "version", pattern=VERSION_RE, error=JobError)
+    sha = envelope.text(doc, "sha256", pattern=SHA256_RE, error=JobError)
+    size = envelope.integer(doc, "size", 1, MAX_SIZE, error=JobError)
+    url = envelope.text(doc, "url", error=JobError)
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise JobError(f"url must be https://host..., got {url!r}")
@@ -96,14 +82,8 @@ def parse_job(payload: bytes) -> UpdateJob:
         if not isinstance(revs, list) or not revs or not all(isinstance(r, str) for r in revs):
             raise JobError(f"hardware[{board!r}] must be a non-empty list of strings")
         hardware[board] = tuple(revs)
-    return UpdateJob(job, _str(doc, "device"), version, hardware, sha, size, url)
-
-
-def _str(doc: dict[str, Any], key: str) -> str:
-    value = doc.get(key)
-    if not isinstance(value, str) or not value:
-        raise JobError(f"{key} must be a non-empty string")
-    return value
+    device = envelope.text(doc, "device", error=JobError)
+    return UpdateJob(job, device, version, hardware, sha, size, url)
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -181,16 +161,16 @@ def report_payload(
     job: str, state: str, *, ts: float, percent: int | None = None, reason: str | None = None
 ) -> bytes:
     """A report for `mgmt/<id>/up/update` (docs/protocol.md, "Updates")."""
-    doc: dict[str, Any] = {"v": 1, "job": job, "state": state, "ts": ts}
+    doc: dict[str, Any] = {"v": envelope.V, "job": job, "state": state, "ts": ts}
     if percent is not None:
         doc["percent"] = percent
     if reason is not None:
         doc["reason"] = reason
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return envelope.dumps(doc)
 
 
 def refusal_payload(job: UpdateJob, refusal: Refusal, ts: float) -> bytes:
-    return report_payload(job.job, "failed", ts=ts, reason=f"{refusal.reason}: {refusal.detail}")
+    return report_payload(job.job, FAILED, ts=ts, reason=f"{refusal.reason}: {refusal.detail}")
 
 
 class ProgressGate:

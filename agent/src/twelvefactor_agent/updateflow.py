@@ -21,14 +21,12 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from twelvefactor_agent.protocol.states import DOWNLOADING, FINAL, INSTALLING, REBOOTING
+
 MAX_INSTALLS = 5  # install attempts (each power cut during SWUpdate is one) before giving up
 HANDLED_KEPT = 32  # finished job ids remembered, so a retained job is not run twice
 
-DOWNLOADING = "downloading"
-INSTALLING = "installing"
-REBOOTING = "rebooting"
 STATES = (DOWNLOADING, INSTALLING, REBOOTING)
-FINAL = ("succeeded", "failed", "rolled_back")
 
 
 class RecordError(ValueError):

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from twelvefactor_agent.protocol import envelope, names, states
+
 from . import bootenv, sysinfo, update, updateflow
 from .atomicfile import write_atomic
 from .backoff import Backoff
@@ -179,7 +181,7 @@ class Updater(threading.Thread):
             return
         log.info("update job %s: version %s, %d bytes", job.job, job.version, job.size)
         record = Record(
-            job.job, job.version, job.sha256, job.size, job.url, updateflow.DOWNLOADING, slot
+            job.job, job.version, job.sha256, job.size, job.url, states.DOWNLOADING, slot
         )
         self._save(record)
         self._carry_on(record)
@@ -222,10 +224,10 @@ class Updater(threading.Thread):
         def progress(done: int, total: int) -> None:
             if self.stopping.is_set():
                 raise _Stopping
-            self._report(record.job, updateflow.DOWNLOADING, self._gate.percent(done, total))
+            self._report(record.job, states.DOWNLOADING, self._gate.percent(done, total))
 
         have = dest.stat().st_size if dest.exists() else 0
-        self._report(record.job, updateflow.DOWNLOADING, self._gate.percent(have, record.size))
+        self._report(record.job, states.DOWNLOADING, self._gate.percent(have, record.size))
         while True:
             try:
                 download.download(
@@ -255,23 +257,23 @@ class Updater(threading.Thread):
     def _install(self, record: Record) -> updateflow.Step:
         from . import swupdate
 
-        record = record._replace(state=updateflow.INSTALLING, installs=record.installs + 1)
+        record = record._replace(state=states.INSTALLING, installs=record.installs + 1)
         self._save(record)
         path = self.paths.artifact(record.sha256)
         if not path.exists():  # the file went (a full /data cleaned up?): fetch it again
-            record = record._replace(state=updateflow.DOWNLOADING)
+            record = record._replace(state=states.DOWNLOADING)
             self._save(record)
             return Download()
 
         def phase(base: int) -> swupdate.Progress:
             def progress(done: int, total: int) -> None:
                 self._report(
-                    record.job, updateflow.INSTALLING, base + self._gate.percent(done, total) // 2
+                    record.job, states.INSTALLING, base + self._gate.percent(done, total) // 2
                 )
 
             return progress
 
-        self._report(record.job, updateflow.INSTALLING, 0)
+        self._report(record.job, states.INSTALLING, 0)
         try:
             # every check, nothing written: a bad file never touches the idle slot
             swupdate.install(path, dry_run=True, progress=phase(0), client=self.swupdate_client)
@@ -289,12 +291,12 @@ class Updater(threading.Thread):
         return Reboot(target)
 
     def _reboot(self, record: Record, target: str) -> None:
-        record = record._replace(state=updateflow.REBOOTING, target_slot=target, boot_id=_boot_id())
+        record = record._replace(state=states.REBOOTING, target_slot=target, boot_id=_boot_id())
         self._save(record)
         self.paths.artifact(record.sha256).unlink(missing_ok=True)  # installed: free /data
-        self._report(record.job, updateflow.INSTALLING, 100)
+        self._report(record.job, states.INSTALLING, 100)
         acked = threading.Event()
-        if self._report(record.job, updateflow.REBOOTING, None, acked=acked):
+        if self._report(record.job, states.REBOOTING, None, acked=acked):
             acked.wait(ACK_WAIT)
         while not self.stopping.is_set():
             log.info("update job %s: slot %s installed, requesting the reboot", record.job, target)
@@ -306,7 +308,7 @@ class Updater(threading.Thread):
 
     def _verify(self, record: Record) -> updateflow.Step:
         slot = self.running_slot() or ""
-        self._report(record.job, updateflow.REBOOTING, None)
+        self._report(record.job, states.REBOOTING, None)
         self._report(record.job, "verifying", None)
         log.info("update job %s: running slot %s, waiting for its confirmation", record.job, slot)
         while not updateflow.confirmed(self.read_env(), slot):
@@ -436,8 +438,8 @@ def _boot_id() -> str:
 def _job_id(payload: bytes) -> str | None:
     """The job id of a payload too malformed to be a job, if it has a usable one."""
     try:
-        doc = json.loads(payload)
-    except ValueError:
+        doc = envelope.decode(payload)
+    except envelope.ProtocolError:
         return None
     job = doc.get("job") if isinstance(doc, dict) else None
-    return job if isinstance(job, str) and update.JOB_ID_RE.fullmatch(job) else None
+    return job if isinstance(job, str) and names.JOB_ID_RE.fullmatch(job) else None

@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,8 +34,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from twelvefactor_agent.protocol.names import DEVICE_ID_RE
 
-DEVICE_ID_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 SERVICE_NAMES = ("management", "solution")
 RESERVED_IDS = frozenset(SERVICE_NAMES)
 DEFAULT_DAYS = 825

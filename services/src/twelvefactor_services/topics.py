@@ -1,4 +1,4 @@
-"""Topic names and the services' shared-subscription groups.
+"""The services' shared-subscription groups (topic names: twelvefactor_agent.protocol.topics).
 
 mosquitto 2.0.11 never checks a SUBSCRIBE filter against an ``acl_file``; it
 only checks READ rights on each message as it delivers it. A device may
@@ -14,12 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
 from pathlib import Path
-
-MANAGEMENT_UP = "mgmt/+/up/#"
-SOLUTION_DATA_UP = "sol/+/up/data/+"
-SOLUTION_PROXY_UP = "sol/+/up/proxy"
 
 
 def share_group(service: str, key_file: Path) -> str:
@@ -30,18 +25,3 @@ def share_group(service: str, key_file: Path) -> str:
 
 def shared(group: str, topic_filter: str) -> str:
     return f"$share/{group}/{topic_filter}"
-
-
-@dataclass(frozen=True)
-class UpTopic:
-    side: str  # "mgmt" or "sol"
-    device: str
-    rest: tuple[str, ...]  # the levels after "up"
-
-
-def parse_up(topic: str) -> UpTopic | None:
-    """``<side>/<id>/up/<rest...>``, or None for anything else."""
-    parts = topic.split("/")
-    if len(parts) < 4 or parts[0] not in ("mgmt", "sol") or parts[2] != "up" or not parts[1]:
-        return None
-    return UpTopic(parts[0], parts[1], tuple(parts[3:]))

@@ -12,16 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from twelvefactor_services.management.swu import SwuError, describe
+from twelvefactor_agent.protocol.names import SHA256_RE
 
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
+from twelvefactor_services.management.swu import SwuError, describe
 
 
 class ArtifactError(ValueError):

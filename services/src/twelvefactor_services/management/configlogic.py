@@ -16,8 +16,8 @@ import re
 from typing import Any
 
 from twelvefactor_agent.overlay import check_shape
+from twelvefactor_agent.protocol.names import FLEET_GROUP_RE
 
-GROUP_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 DEVICE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 MAX_OVERLAY = 16 * 1024
 
@@ -48,7 +48,7 @@ def check_overlay(doc: object) -> Overlay:
 
 
 def check_group(name: str) -> str:
-    if not GROUP_RE.fullmatch(name):
+    if not FLEET_GROUP_RE.fullmatch(name):
         raise OverlayError([f"{name[:80]!r} is not a group name ([a-z0-9][a-z0-9_-]{{0,62}})"])
     return name
 

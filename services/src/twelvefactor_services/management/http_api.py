@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from twelvefactor_agent.protocol.names import DEVICE_ID_RE, FLEET_GROUP_RE, JOB_ID_RE
+
 from twelvefactor_services.management import jobstore, registry
 from twelvefactor_services.management.artifacts import ArtifactStore
 from twelvefactor_services.management.configlogic import (
@@ -30,10 +32,11 @@ from twelvefactor_services.management.configlogic import (
 )
 
 log = logging.getLogger(__name__)
-DEVICE_PATH = re.compile(r"/devices/([a-z0-9][a-z0-9-]{0,62})(/history|/config)?")
-GROUP_PATH = re.compile(r"/groups/([a-z0-9][a-z0-9_-]{0,62})(/config|/members)?")
-MEMBER_PATH = re.compile(r"/groups/([a-z0-9][a-z0-9_-]{0,62})/members/([a-z0-9][a-z0-9-]{0,62})")
-JOB_PATH = re.compile(r"/jobs/(j-[a-z0-9]{1,32})")
+_DEVICE, _GROUP, _JOB = DEVICE_ID_RE.pattern, FLEET_GROUP_RE.pattern, JOB_ID_RE.pattern
+DEVICE_PATH = re.compile(rf"/devices/({_DEVICE})(/history|/config)?")
+GROUP_PATH = re.compile(rf"/groups/({_GROUP})(/config|/members)?")
+MEMBER_PATH = re.compile(rf"/groups/({_GROUP})/members/({_DEVICE})")
+JOB_PATH = re.compile(rf"/jobs/({_JOB})")
 MAX_BODY = 64 * 1024
 
 

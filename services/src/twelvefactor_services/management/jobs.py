@@ -5,56 +5,35 @@ reports on `mgmt/<id>/up/update`:
 
     {"v": 1, "job": "j-...", "state": "downloading", "percent": 42, "reason": null, "ts": T}
 
-States and the transitions a report may make:
-
-    queued ──> downloading ──> installing ──> rebooting ──> verifying ──> succeeded
-       │            │              │              │             │
-       └────────────┴──────────────┴──> failed    └─────────────┴──> rolled_back, failed
-
-`downloading` and `installing` repeat with a percent (it may go down: a
-download whose file was refused starts again). `failed` always carries a
-reason. `succeeded`, `failed` and `rolled_back` are final: a late or repeated
-report changes nothing. A device that refuses a job outright goes from
-`queued` to `failed` with the refusal's reason code.
+The states and the moves a report may make are the protocol's
+(`twelvefactor_agent.protocol.states`). `downloading` and `installing` repeat
+with a percent (it may go down: a download whose file was refused starts
+again). `failed` always carries a reason. `succeeded`, `failed` and
+`rolled_back` are final: a late or repeated report changes nothing. A device
+that refuses a job outright goes from `queued` to `failed` with the refusal's
+reason code.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from dataclasses import dataclass
 
-STATES = (
-    "queued",
-    "downloading",
-    "installing",
-    "rebooting",
-    "verifying",
-    "succeeded",
-    "failed",
-    "rolled_back",
+from twelvefactor_agent.protocol import envelope
+from twelvefactor_agent.protocol.envelope import ProtocolError
+from twelvefactor_agent.protocol.names import JOB_ID_RE
+from twelvefactor_agent.protocol.states import (
+    FAILED,
+    FINAL,
+    QUEUED,
+    REPORTABLE,
+    TRANSITIONS,
+    WITH_PERCENT,
 )
-FINAL = frozenset({"succeeded", "failed", "rolled_back"})
-WITH_PERCENT = frozenset({"downloading", "installing"})
-REPORTABLE = frozenset(STATES) - {"queued"}
 
-# state -> states a report may move it to (a state with a percent may repeat)
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"downloading", "failed"}),
-    "downloading": frozenset({"downloading", "installing", "failed"}),
-    "installing": frozenset({"installing", "rebooting", "failed"}),
-    "rebooting": frozenset({"verifying", "rolled_back", "failed"}),
-    "verifying": frozenset({"succeeded", "rolled_back", "failed"}),
-    "succeeded": frozenset(),
-    "failed": frozenset(),
-    "rolled_back": frozenset(),
-}
-JOB_ID_RE = re.compile(r"j-[a-z0-9]{1,32}")
 MAX_REASON = 512
 
 
-class JobReportError(ValueError):
+class JobReportError(ProtocolError):
     """A report that is not a valid update report."""
 
 
@@ -64,7 +43,7 @@ class TransitionError(ValueError):
 
 @dataclass(frozen=True)
 class JobState:
-    state: str = "queued"
+    state: str = QUEUED
     percent: int | None = None
     reason: str | None = None
     updated: float | None = None
@@ -84,35 +63,19 @@ class JobReport:
 
 
 def parse_job_report(payload: bytes) -> JobReport:
-    try:
-        doc = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise JobReportError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise JobReportError("not a JSON object")
-    if doc.get("v") != 1:
-        raise JobReportError(f"unsupported schema version {doc.get('v')!r}")
-    job = doc.get("job")
-    if not isinstance(job, str) or not JOB_ID_RE.fullmatch(job):
-        raise JobReportError(f"invalid job id {job!r}")
+    doc = envelope.parse(payload, error=JobReportError)
+    job = envelope.text(doc, "job", pattern=JOB_ID_RE, error=JobReportError)
     state = doc.get("state")
     if state not in REPORTABLE:
         raise JobReportError(f"invalid state {state!r}: expected one of {sorted(REPORTABLE)}")
-    percent = doc.get("percent")
+    percent: int | None = None
     if state in WITH_PERCENT:
-        if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
-            raise JobReportError(f"{state} needs an integer percent in 0..100, got {percent!r}")
-    else:
-        percent = None
-    reason = doc.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
-        raise JobReportError(f"reason must be a string of at most {MAX_REASON} characters")
-    if state == "failed" and not reason:
+        percent = envelope.integer(doc, "percent", 0, 100, error=JobReportError)
+    reason = envelope.optional_text(doc, "reason", max_len=MAX_REASON, error=JobReportError)
+    if state == FAILED and not reason:
         raise JobReportError("failed needs a reason")
-    ts = doc.get("ts")
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-        raise JobReportError(f"invalid ts {ts!r}")
-    return JobReport(job, state, percent, reason, float(ts))
+    ts = envelope.number(doc, "ts", error=JobReportError)
+    return JobReport(job, state, percent, reason, ts)
 
 
 def advance(current: JobState, report: JobReport) -> JobState:

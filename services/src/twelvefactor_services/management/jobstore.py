@@ -10,17 +10,18 @@ silently replace the first.
 
 from __future__ import annotations
 
-import json
 import secrets
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from twelvefactor_agent.protocol import envelope
+from twelvefactor_agent.protocol.states import FINAL
+
 from twelvefactor_services.management import registry
 from twelvefactor_services.management.artifacts import Artifact, ArtifactStore
 from twelvefactor_services.management.jobs import (
-    FINAL,
     JobReport,
     JobState,
     TransitionError,
@@ -169,9 +170,9 @@ def mark_published(db: sqlite3.Connection, device: str, job: str) -> None:
 
 def job_document(job: str, device: str, artifact: Artifact, base_url: str) -> bytes:
     """The retained payload of `mgmt/<device>/down/update` (docs/protocol.md)."""
-    return json.dumps(
+    return envelope.dumps(
         {
-            "v": 1,
+            "v": envelope.V,
             "job": job,
             "device": device,
             "version": artifact.version,
@@ -179,9 +180,8 @@ def job_document(job: str, device: str, artifact: Artifact, base_url: str) -> by
             "sha256": artifact.sha256,
             "size": artifact.size,
             "url": f"{base_url.rstrip('/')}/artifacts/{artifact.sha256}.swu",
-        },
-        separators=(",", ":"),
-    ).encode()
+        }
+    )
 
 
 def apply_report(db: sqlite3.Connection, device: str, report: JobReport) -> Outcome:

@@ -6,44 +6,28 @@ ACL ties ``mgmt/<id>/...`` to the certificate whose CN is ``<id>``.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
+from twelvefactor_agent.protocol import envelope
+from twelvefactor_agent.protocol.envelope import ProtocolError
+from twelvefactor_agent.protocol.states import CONFIG_STATUSES
+
 KINDS = ("online", "meta", "health", "config")
-STATUSES = ("applied", "rejected", "reverted")
+STATUSES = CONFIG_STATUSES
 
 
-class PayloadError(ValueError):
+class PayloadError(ProtocolError):
     """A payload the protocol says to drop (with a log line)."""
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
-    """A UTF-8 JSON object with ``"v": 1``, or PayloadError saying what is wrong."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PayloadError("not UTF-8") from None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PayloadError(f"not JSON: {exc.msg}") from None
-    if not isinstance(obj, dict):
-        raise PayloadError(f"not a JSON object but {type(obj).__name__}")
-    v = obj.get("v")
-    if v != 1 or isinstance(v, bool):
-        raise PayloadError(f"unsupported schema version v={v!r}")
-    return obj
+    """A protocol message (`protocol.envelope.parse`), or PayloadError saying what is wrong."""
+    return envelope.parse(raw, error=PayloadError)
 
 
 def number(obj: dict[str, Any], field: str) -> float:
-    value = obj.get(field)
-    if value is None:
-        raise PayloadError(f"missing field {field!r}")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise PayloadError(f"field {field!r} is not a finite number: {value!r}")
-    return float(value)
+    return envelope.number(obj, field, error=PayloadError)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
+from twelvefactor_agent.protocol.topics import MANAGEMENT_UP, mgmt_down, parse_up
 
 from twelvefactor_services.management import jobstore
 from twelvefactor_services.management.artifact_server import ArtifactServer, server_context
@@ -39,7 +40,7 @@ from twelvefactor_services.mqtt import (
     connect_properties,
     make_client,
 )
-from twelvefactor_services.topics import MANAGEMENT_UP, parse_up, shared
+from twelvefactor_services.topics import shared
 
 log = logging.getLogger("twelvefactor.management")
 KEEPALIVE = 30
@@ -223,7 +224,7 @@ class ManagementService:
                 log.error("job %s names artifact %s, which is gone from the store", job, sha)
                 continue
             info = self.client.publish(
-                f"mgmt/{device}/down/update",
+                mgmt_down(device, "update"),
                 jobstore.job_document(job, device, artifact, self.cfg.artifacts.url),
                 qos=1,
                 retain=True,
@@ -241,7 +242,7 @@ class ManagementService:
     def _publish_desired(self, registry: Registry) -> None:
         for device, version, config in registry.unpublished():
             info = self.client.publish(
-                f"mgmt/{device}/down/config",
+                mgmt_down(device, "config"),
                 desired_document(version, config),
                 qos=1,
                 retain=True,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import binascii
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
-from twelvefactor_services.management.logic import PayloadError, number, parse_object
+from twelvefactor_agent.protocol import envelope
+from twelvefactor_agent.protocol.envelope import ProtocolError
+from twelvefactor_agent.protocol.names import STREAM_RE
 
-STREAM_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_SEQ = 2**63 - 1  # SQLite INTEGER
 
 
@@ -28,29 +28,25 @@ class Envelope:
 
 
 def parse_envelope(device: str, rest: tuple[str, ...], raw: bytes) -> Envelope:
-    """Validate ``sol/<device>/up/<rest>``'s payload; PayloadError says why it is dropped."""
+    """Validate ``sol/<device>/up/<rest>``'s payload; ProtocolError says why it is dropped."""
     if len(rest) != 2 or rest[0] != "data":
-        raise PayloadError(f"unexpected solution topic suffix {'/'.join(rest)!r}")
+        raise ProtocolError(f"unexpected solution topic suffix {'/'.join(rest)!r}")
     topic_stream = rest[1]
-    obj = parse_object(raw)
+    obj = envelope.parse(raw)
     if obj.get("device") != device:
-        raise PayloadError(f"envelope names device {obj.get('device')!r} but came from {device!r}")
-    seq = obj.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
-        raise PayloadError(f"field 'seq' is not an integer in 0..2^63-1: {seq!r}")
-    stream = obj.get("stream")
-    if not isinstance(stream, str) or not STREAM_RE.fullmatch(stream):
-        raise PayloadError(f"field 'stream' is not a valid stream name: {stream!r}")
+        raise ProtocolError(f"envelope names device {obj.get('device')!r} but came from {device!r}")
+    seq = envelope.integer(obj, "seq", 0, MAX_SEQ)
+    stream = envelope.text(obj, "stream", pattern=STREAM_RE)
     if stream != topic_stream:
-        raise PayloadError(f"envelope stream {stream!r} but topic stream {topic_stream!r}")
-    ts = number(obj, "ts")
+        raise ProtocolError(f"envelope stream {stream!r} but topic stream {topic_stream!r}")
+    ts = envelope.number(obj, "ts")
     payload = obj.get("payload")
     if not isinstance(payload, str):
-        raise PayloadError("field 'payload' is not a base64 string")
+        raise ProtocolError("field 'payload' is not a base64 string")
     try:
         binascii.a2b_base64(payload, strict_mode=True)
     except binascii.Error as exc:
-        raise PayloadError(f"field 'payload' is not valid base64: {exc}") from None
+        raise ProtocolError(f"field 'payload' is not valid base64: {exc}") from None
     return Envelope(device, seq, stream, ts, obj)
 
 

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
-import re
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from twelvefactor_agent.protocol import envelope
+from twelvefactor_agent.protocol.calls import DEFAULT_TIMEOUT, MAX_BODY, METHODS
+from twelvefactor_agent.protocol.envelope import ProtocolError
+from twelvefactor_agent.protocol.names import HEADER_NAME_RE, PATH_RE, SERVICE_RE
+from twelvefactor_agent.protocol.topics import sol_down
+
 from twelvefactor_services.solution.proxyconfig import ProxyConfig, Upstream
 
 MAX_REQUEST = 1024 * 1024
-MAX_BODY = 512 * 1024
 MAX_CORRELATION = 64
 # Headers a device may set; everything else (Authorization, Cookie, Host...) is
 # the service's business.
@@ -55,11 +58,6 @@ RESPONSE_HEADERS = frozenset(
         "retry-after",
     }
 )
-PATH_RE = re.compile(r"/[A-Za-z0-9\-._~%!$&'()*+,;=:@/]*")
-HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
-SERVICE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
-DEFAULT_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +84,7 @@ class Plan:
 
 
 def response_topic(device: str) -> str:
-    return f"sol/{device}/down/proxy"
+    return sol_down(device, "proxy")
 
 
 def _bad(reply: tuple[str, bytes], message: str) -> Refused:
@@ -120,11 +118,9 @@ def plan(
     if len(payload) > MAX_REQUEST:
         return Refused("too_large", f"request is over {MAX_REQUEST} bytes", reply)
     try:
-        doc = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return _bad(reply, "not JSON")
-    if not isinstance(doc, dict) or doc.get("v") != 1 or type(doc.get("v")) is not int:
-        return _bad(reply, "not a v1 request object")
+        doc = envelope.parse(payload, max_bytes=MAX_REQUEST)
+    except ProtocolError as exc:
+        return _bad(reply, f"not a v1 request object: {exc}")
     name = doc.get("service")
     if not isinstance(name, str) or not SERVICE_RE.fullmatch(name):
         return _bad(reply, "service must match [a-z0-9][a-z0-9_-]{0,62}")
@@ -202,11 +198,11 @@ def answer_ok(status: int, headers: list[tuple[str, str]], body: bytes) -> bytes
         "headers": kept,
         "body": base64.b64encode(body).decode("ascii"),
     }
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return envelope.dumps(doc)
 
 
 def answer_error(error: str, message: str, status: int | None = None) -> bytes:
     doc: dict[str, Any] = {"v": 1, "ok": False, "error": error, "message": message}
     if status is not None:
         doc["status"] = status
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return envelope.dumps(doc)

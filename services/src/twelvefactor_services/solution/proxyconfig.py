@@ -28,12 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SERVICE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
-DEVICE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+from twelvefactor_agent.protocol.calls import MAX_TIMEOUT, METHODS
+from twelvefactor_agent.protocol.names import DEVICE_ID_RE, HEADER_NAME_RE, SERVICE_RE
+
 DEFAULT_TIMEOUT = 10.0
-MAX_TIMEOUT = 300.0
 DEFAULT_MAX_RESPONSE = 256 * 1024
 MAX_RESPONSE_LIMIT = 1024 * 1024
 SERVICE_KEYS = frozenset(
@@ -149,7 +147,7 @@ def _service(name: str, raw: object, groups: dict[str, Any], problems: list[str]
     if type(size) is not int or not 0 <= size <= MAX_RESPONSE_LIMIT:
         problems.append(f"proxy: {where}.max_response_bytes: 0..{MAX_RESPONSE_LIMIT}")
         size = DEFAULT_MAX_RESPONSE
-    devices = _strings(raw.get("devices", []), f"{where}.devices", DEVICE_RE, problems)
+    devices = _strings(raw.get("devices", []), f"{where}.devices", DEVICE_ID_RE, problems)
     allowed_groups = _strings(raw.get("groups", []), f"{where}.groups", SERVICE_RE, problems)
     for g in allowed_groups:
         if g not in groups:
@@ -183,7 +181,7 @@ def parse(doc: dict[str, Any]) -> ProxyConfig:
     for name, members in raw_groups.items():
         if not SERVICE_RE.fullmatch(name):
             problems.append(f"proxy: groups.{name}: a group name matches {SERVICE_RE.pattern}")
-        groups[name] = frozenset(_strings(members, f"groups.{name}", DEVICE_RE, problems))
+        groups[name] = frozenset(_strings(members, f"groups.{name}", DEVICE_ID_RE, problems))
     raw_services = doc.get("services", {})
     if not isinstance(raw_services, dict):
         problems.append("proxy: services: expected a table")

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
-from twelvefactor_services.pki import DEVICE_ID_RE
+from twelvefactor_agent.protocol.names import DEVICE_ID_RE
 
 
 class ReceiverError(Exception):

@@ -23,8 +23,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from twelvefactor_agent.protocol.envelope import ProtocolError
+from twelvefactor_agent.protocol.topics import SOLUTION_DATA_UP, SOLUTION_PROXY_UP, parse_up
 
-from twelvefactor_services.management.logic import PayloadError
 from twelvefactor_services.mqtt import (
     Connection,
     Endpoint,
@@ -38,7 +39,7 @@ from twelvefactor_services.solution.proxyconfig import EMPTY, ProxyConfig
 from twelvefactor_services.solution.proxyexec import Proxy
 from twelvefactor_services.solution.receivers import Receiver
 from twelvefactor_services.solution.store import Store
-from twelvefactor_services.topics import SOLUTION_DATA_UP, SOLUTION_PROXY_UP, parse_up, shared
+from twelvefactor_services.topics import shared
 
 log = logging.getLogger("twelvefactor.solution")
 KEEPALIVE = 30
@@ -152,7 +153,7 @@ class SolutionService:
             return False
         try:
             env = parse_envelope(up.device, up.rest, payload)
-        except PayloadError as exc:
+        except ProtocolError as exc:
             log.warning("dropped message from %s on %s: %s", up.device, topic, exc)
             return False
         if self.store is None:
