@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twelvefactor_agent.client import AgentError, CallResponse
+from twelvefactor_agent.localapi.client import AgentError, CallResponse
 from twelvefactor_services.hostagent import HostAgent
 from twelvefactor_services.launcher import ServiceProcess, Stack, wait_until
 from twelvefactor_services.probe import Probe, ProbeError, Received

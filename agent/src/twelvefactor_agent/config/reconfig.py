@@ -35,8 +35,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from .config import Config, ConfigError
-from .overlay import Overlay, check_shape, effective, needs_confirmation
+from twelvefactor_agent.config.overlay import Overlay, check_shape, effective, needs_confirmation
+from twelvefactor_agent.config.settings import Config, ConfigError
 
 MAX_DOCUMENT = 64 * 1024
 MAX_VERSION = 2**53  # exact in every JSON implementation

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
-from .queue import Message, QueueStats
+from twelvefactor_agent.forward.queue import Message, QueueStats
 
 V = 1
 
