@@ -31,12 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from twelvefactor_agent import payloads
-from twelvefactor_agent.config import load
-from twelvefactor_agent.forwarder import DELETE_GROUP, WINDOW
+from twelvefactor_agent.config.settings import load
+from twelvefactor_agent.forward.queue import Queue
+from twelvefactor_agent.forward.window import ForwardWindow
 from twelvefactor_agent.protocol import topics
-from twelvefactor_agent.queue import Queue
-from twelvefactor_agent.window import ForwardWindow
+from twelvefactor_agent.session import payloads
+from twelvefactor_agent.session.solution import DELETE_GROUP, WINDOW
 from twelvefactor_services.mqtt import make_client
 
 from testbed.hostagent import HostAgent

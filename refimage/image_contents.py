@@ -666,7 +666,7 @@ def applet_present(name: str) -> bool:
 
 
 # Programs device code runs only where a file says the machine needs them:
-# bootenv.py's U-Boot backend runs fw_printenv/fw_setenv only where
+# device/bootenv.py's U-Boot backend runs fw_printenv/fw_setenv only where
 # /etc/fw_env.config is installed (twelvefactor-boot-uboot's machines).
 CONDITIONAL_PROGRAMS = {"fw_printenv": "/etc/fw_env.config", "fw_setenv": "/etc/fw_env.config"}
 

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from twelvefactor_agent.client import AgentClient
+from twelvefactor_agent.localapi.client import AgentClient
 from twelvefactor_services.process import ChildProcess
 
 from testbed.stack import Stack

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from twelvefactor_agent.client import AgentClient
+from twelvefactor_agent.localapi.client import AgentClient
 
 from refimage import layer_files
 from testbed.network.netns import Netns

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import require_tool
-from twelvefactor_agent.sysinfo import parse_os_release
+from twelvefactor_agent.device.sysinfo import parse_os_release
 
 from refimage import grub, layer, provision, swu, system, updates
 from refimage.progress import BuildError

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from twelvefactor_agent.update import version_key
+from twelvefactor_agent.update.decide import version_key
 
 from testbed.boot.device import Device
 from testbed.boot.updating import (

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from helpers import require_tool
-from twelvefactor_agent.client import AgentClient, AgentError
+from twelvefactor_agent.localapi.client import AgentClient, AgentError
 
 from testbed.stack import free_port
 

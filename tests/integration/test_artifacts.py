@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twelvefactor_agent.download import ClientIdentity, DownloadError, download
-from twelvefactor_agent.update import decide, parse_job
+from twelvefactor_agent.update.decide import decide, parse_job
+from twelvefactor_agent.update.download import ClientIdentity, DownloadError, download
 from twelvefactor_services.management.swu import newc_archive
 
 from testbed.probe import Probe

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from twelvefactor_agent.download import (
+from twelvefactor_agent.update.download import (
     ChecksumError,
     ClientIdentity,
     DownloadError,
@@ -175,7 +175,7 @@ def test_cut_link_resumes_with_range_from_the_byte_reached(env: Env, tmp_path: P
 KILLED_DOWNLOAD = """
 import sys
 from pathlib import Path
-from twelvefactor_agent.download import ClientIdentity, download
+from twelvefactor_agent.update.download import ClientIdentity, download
 url, dest, sha, size, cert, key, ca = sys.argv[1:]
 download(url, Path(dest), sha256=sha, size=int(size),
          identity=ClientIdentity(Path(cert), Path(key), Path(ca)), timeout=120)

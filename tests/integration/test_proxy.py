@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twelvefactor_agent.client import AgentError, CallResponse
+from twelvefactor_agent.localapi.client import AgentError, CallResponse
 
 from testbed.hostagent import HostAgent
 from testbed.probe import Probe, ProbeError, Received

@@ -24,7 +24,7 @@ from pathlib import Path
 import pexpect
 import pytest
 from helpers import require_tool
-from twelvefactor_agent import updateflow
+from twelvefactor_agent.update import steps
 
 from refimage import disk
 from refimage import layer_files as lf
@@ -449,7 +449,7 @@ def test_altbootcmd_records_the_slot_it_falls_back_from(uboot_disk: Path) -> Non
     assert (env["slot"], env["upgrade_available"], env["bootcount"]) == ("A", "0", "0")
     assert env.get("rollback") == "B", f"altbootcmd did not record the slot it left: {env}"
     # what the agent reports for this job, from the variables U-Boot left
-    reason = updateflow.rollback_reason(env, target="B", running="A")
+    reason = steps.rollback_reason(env, target="B", running="A")
     assert "slot B did not confirm itself in 3 boots and the bootloader fell back" in reason
 
 

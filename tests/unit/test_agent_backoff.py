@@ -7,7 +7,7 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twelvefactor_agent.backoff import Backoff
+from twelvefactor_agent.util.backoff import Backoff
 
 
 def upper(lo: float, hi: float) -> float:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twelvefactor_agent import bootenv
-from twelvefactor_agent.bootenv import BootEnvError, parse, serialise
+from twelvefactor_agent.device import bootenv
+from twelvefactor_agent.device.bootenv import BootEnvError, parse, serialise
 
 AB = {"slot": "A", "upgrade_available": "0", "bootcount": "0", "bootlimit": "3"}
 

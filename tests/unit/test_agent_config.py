@@ -10,7 +10,7 @@ import pytest
 from helpers import MINIMAL_AGENT_CONFIG
 from hypothesis import given
 from hypothesis import strategies as st
-from twelvefactor_agent import config as cfg
+from twelvefactor_agent.config import settings as cfg
 
 MINIMAL = MINIMAL_AGENT_CONFIG
 

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twelvefactor_agent import payloads, sdnotify, sysinfo
-from twelvefactor_agent.localapi import Publish, Refusal, Status, parse_request
+from twelvefactor_agent.device import sysinfo
+from twelvefactor_agent.forward.queue import Message, QueueStats
+from twelvefactor_agent.localapi.server import Publish, Refusal, Status, parse_request
 from twelvefactor_agent.protocol import topics
-from twelvefactor_agent.queue import Message, QueueStats
-from twelvefactor_agent.statefile import StateFile
+from twelvefactor_agent.session import payloads
+from twelvefactor_agent.session.statefile import StateFile
+from twelvefactor_agent.util import sdnotify
 
 
 def req(**fields: object) -> bytes:

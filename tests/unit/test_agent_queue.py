@@ -6,9 +6,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from twelvefactor_agent.config import QueueSettings
-from twelvefactor_agent.queue import Queue, QueueUnavailable
-from twelvefactor_agent.retention import CLOCK_FLOOR
+from twelvefactor_agent.config.settings import QueueSettings
+from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
+from twelvefactor_agent.forward.retention import CLOCK_FLOOR
 
 T0 = CLOCK_FLOOR + 1000.0
 

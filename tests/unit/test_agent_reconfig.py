@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 from helpers import MINIMAL_AGENT_CONFIG
-from twelvefactor_agent import overlay
-from twelvefactor_agent.config import ConfigError
-from twelvefactor_agent.reconfig import (
+from twelvefactor_agent.config import overlay
+from twelvefactor_agent.config.reconfig import (
     ApplyLive,
     ConfigMachine,
     Ignore,
@@ -22,6 +21,7 @@ from twelvefactor_agent.reconfig import (
     Version,
     parse_desired,
 )
+from twelvefactor_agent.config.settings import ConfigError
 
 BASE: dict[str, Any] = tomllib.loads(MINIMAL_AGENT_CONFIG + "[agent]\nkeepalive = 30\n")
 WINDOW = 60.0
@@ -116,7 +116,7 @@ def test_which_changes_need_confirmation() -> None:
     ],
 )
 def test_bad_desired_documents(raw: bytes, reason: str, version: int | None) -> None:
-    from twelvefactor_agent.reconfig import DesiredError
+    from twelvefactor_agent.config.reconfig import DesiredError
 
     with pytest.raises(DesiredError) as info:
         parse_desired(raw)

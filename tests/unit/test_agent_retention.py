@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twelvefactor_agent.retention import (
+from twelvefactor_agent.forward.retention import (
     CLOCK_FLOOR,
     Row,
     age_cutoff,

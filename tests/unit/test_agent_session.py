@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twelvefactor_agent.backoff import Backoff
-from twelvefactor_agent.session import Action, ClockWatch, Phase, SessionMachine
+from twelvefactor_agent.session.machine import Action, ClockWatch, Phase, SessionMachine
+from twelvefactor_agent.util.backoff import Backoff
 
 A = Action
 

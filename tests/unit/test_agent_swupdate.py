@@ -1,4 +1,4 @@
-"""Handing a file to SWUpdate's client (agent/swupdate.py), against small stand-in clients.
+"""Handing a file to SWUpdate's client (agent update/swupdate.py), against small stand-in clients.
 
 Each stand-in is a real program speaking the client's side of the contract
 (arguments, stdin, messages, exit status); what SWUpdate itself checks is
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from twelvefactor_agent.swupdate import InstallError, install
+from twelvefactor_agent.update.swupdate import InstallError, install
 
 SIZE = 1 << 20  # far more than a pipe holds, so a client that stops reading blocks the feed
 

@@ -1,4 +1,4 @@
-"""Update job decision (agent/update.py): parsing, and each refusal with its reason code."""
+"""Update job decision (agent update/decide.py): parsing, and each refusal with its reason code."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from twelvefactor_agent.update import (
+from twelvefactor_agent.update.decide import (
     DOWNGRADE,
     NO_HWREVISION,
     NO_SPACE,

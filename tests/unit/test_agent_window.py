@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from twelvefactor_agent.window import ForwardWindow
+from twelvefactor_agent.forward.window import ForwardWindow
 
 
 def test_fills_up_to_its_size_in_seq_order() -> None:

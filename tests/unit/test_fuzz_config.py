@@ -15,9 +15,9 @@ from typing import Any
 from helpers import MINIMAL_AGENT_CONFIG
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twelvefactor_agent import overlay
-from twelvefactor_agent.config import ConfigError
-from twelvefactor_agent.reconfig import ConfigMachine, Publish, Restart, Stored
+from twelvefactor_agent.config import overlay
+from twelvefactor_agent.config.reconfig import ConfigMachine, Publish, Restart, Stored
+from twelvefactor_agent.config.settings import ConfigError
 from twelvefactor_services.management.configlogic import OverlayError, check_overlay
 
 EXAMPLES = 10_000

@@ -25,13 +25,13 @@ from typing import Any
 from helpers import MINIMAL_AGENT_CONFIG
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twelvefactor_agent.config import validate
-from twelvefactor_agent.forwarder import SolutionSession
-from twelvefactor_agent.management import ManagementSession
-from twelvefactor_agent.mqtt import LastError
-from twelvefactor_agent.proxycall import ERRORS
-from twelvefactor_agent.queue import Queue
-from twelvefactor_agent.reconfig import ConfigMachine, Stored
+from twelvefactor_agent.config.reconfig import ConfigMachine, Stored
+from twelvefactor_agent.config.settings import validate
+from twelvefactor_agent.forward.queue import Queue
+from twelvefactor_agent.localapi.proxycall import ERRORS
+from twelvefactor_agent.session.management import ManagementSession
+from twelvefactor_agent.session.mqtt import LastError
+from twelvefactor_agent.session.solution import SolutionSession
 from twelvefactor_services.management import registry
 from twelvefactor_services.management.logic import (
     ConfigReport,

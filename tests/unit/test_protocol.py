@@ -16,10 +16,13 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twelvefactor_agent import payloads, proxycall, reconfig, update
+from twelvefactor_agent.config import reconfig
+from twelvefactor_agent.forward.queue import Message, QueueStats
+from twelvefactor_agent.localapi import proxycall
 from twelvefactor_agent.protocol import envelope, names, states, topics
 from twelvefactor_agent.protocol.envelope import ProtocolError
-from twelvefactor_agent.queue import Message, QueueStats
+from twelvefactor_agent.session import payloads
+from twelvefactor_agent.update import decide as update
 from twelvefactor_services.management import configlogic, jobs, jobstore, logic
 from twelvefactor_services.management.artifacts import Artifact
 from twelvefactor_services.solution import envelope as solution_envelope

@@ -2,7 +2,7 @@
 
 Threads: one per MQTT session, one for the local API. The main thread waits
 for events (a signal, a desired configuration, a session coming up), carries
-out what the configuration machine (reconfig.py) decides, restarting both
+out what the configuration machine (config/reconfig.py) decides, restarting both
 sessions on a new configuration, and pets the systemd watchdog, but only
 while every worker thread is alive and has been through its loop recently, so
 a wedged thread gets the agent restarted.
@@ -21,20 +21,28 @@ from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
+from twelvefactor_agent import __version__
+from twelvefactor_agent.config.managedfile import ManagedFile
+from twelvefactor_agent.config.reconfig import (
+    Action,
+    ApplyLive,
+    ConfigMachine,
+    Ignore,
+    Publish,
+    Restart,
+    Save,
+)
+from twelvefactor_agent.config.settings import Config
+from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
+from twelvefactor_agent.localapi.server import ApiServer, bind_socket
 from twelvefactor_agent.protocol.envelope import dumps
-
-from . import __version__, sdnotify
-from .config import Config
-from .forwarder import SolutionSession
-from .localapi import ApiServer, bind_socket
-from .managedfile import ManagedFile
-from .management import ManagementSession
-from .mqtt import LastError, MqttSession
-from .queue import Queue, QueueUnavailable
-from .reconfig import Action, ApplyLive, ConfigMachine, Ignore, Publish, Restart, Save
-from .statefile import StateFile
-from .update import Policy
-from .updater import Paths, Updater
+from twelvefactor_agent.session.management import ManagementSession
+from twelvefactor_agent.session.mqtt import LastError, MqttSession
+from twelvefactor_agent.session.solution import SolutionSession
+from twelvefactor_agent.session.statefile import StateFile
+from twelvefactor_agent.update.decide import Policy
+from twelvefactor_agent.update.worker import Paths, Updater
+from twelvefactor_agent.util import sdnotify
 
 log = logging.getLogger("twelvefactor.agent")
 

@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .config import ConfigError, load_document, parse
+from twelvefactor_agent import __version__
+from twelvefactor_agent.config.settings import ConfigError, load_document, parse
 
 if TYPE_CHECKING:
     import argparse
 
-    from .client import AgentClient
+    from twelvefactor_agent.localapi.client import AgentClient
 
 DEFAULT_CONFIG = Path("/data/config/agent.toml")
 EXIT_CONFIG = 2
@@ -144,7 +144,7 @@ def _socket_path(args: argparse.Namespace) -> Path:
     if path is None and DEFAULT_CONFIG.exists():
         path = DEFAULT_CONFIG
     if path is None:
-        from .client import DEFAULT_SOCKET
+        from twelvefactor_agent.localapi.client import DEFAULT_SOCKET
 
         return DEFAULT_SOCKET
     return parse(Path(path).read_text(encoding="utf-8")).agent.socket
@@ -154,7 +154,7 @@ EXIT_HTTP = 4  # the service answered with a status of 400 or more (body still p
 
 
 def _call(client: AgentClient, args: argparse.Namespace) -> int:
-    from .client import AgentError
+    from twelvefactor_agent.localapi.client import AgentError
 
     query: dict[str, list[str]] = {}
     for item in args.query:
@@ -219,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if command == "check-config":
                 print(f"{config_path}: ok")
                 return 0
-            from .agent import Agent  # only the daemon needs paho
+            from twelvefactor_agent.agent import Agent  # only the daemon needs paho
 
             return Agent(config, doc).run()
         assert args is not None
@@ -237,7 +237,7 @@ def _client_command(command: str, args: argparse.Namespace) -> int:
     """publish, status, call: one client of the local API."""
     import json
 
-    from .client import AgentClient, AgentError
+    from twelvefactor_agent.localapi.client import AgentClient, AgentError
 
     try:
         with AgentClient(_socket_path(args)) as client:

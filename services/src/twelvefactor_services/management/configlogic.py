@@ -3,7 +3,7 @@
 A device's *effective* desired configuration is its group's overlay with the
 device's own overlay laid over it, table by table (a device belongs to at
 most one group). The service checks an overlay's shape with the agent's own
-rules (`twelvefactor_agent.overlay.check_shape`: only the managed tables and
+rules (`twelvefactor_agent.config.overlay.check_shape`: only the managed tables and
 keys, never a third endpoint, never identity or paths); the values are
 checked by the device against its provisioned file, and it reports
 `rejected` with the reason if they do not fit.
@@ -15,7 +15,7 @@ import json
 import re
 from typing import Any
 
-from twelvefactor_agent.overlay import check_shape
+from twelvefactor_agent.config.overlay import check_shape
 from twelvefactor_agent.protocol.names import FLEET_GROUP_RE
 
 DEVICE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")

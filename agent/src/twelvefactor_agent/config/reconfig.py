@@ -34,11 +34,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from twelvefactor_agent.config.overlay import Overlay, check_shape, effective, needs_confirmation
+from twelvefactor_agent.config.settings import Config, ConfigError
 from twelvefactor_agent.protocol import envelope
 from twelvefactor_agent.protocol.states import APPLIED, CONFIG_STATUSES, REJECTED, REVERTED
-
-from .config import Config, ConfigError
-from .overlay import Overlay, check_shape, effective, needs_confirmation
 
 MAX_DOCUMENT = 64 * 1024
 MAX_VERSION = 2**53  # exact in every JSON implementation

@@ -32,9 +32,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from .backoff import Backoff
-from .config import Config, Endpoint
-from .session import Action, ClockWatch, Phase, SessionMachine
+from twelvefactor_agent.config.settings import Config, Endpoint
+from twelvefactor_agent.session.machine import Action, ClockWatch, Phase, SessionMachine
+from twelvefactor_agent.util.backoff import Backoff
 
 SESSION_EXPIRY = 7 * 86400
 CONNECT_TIMEOUT = 10.0

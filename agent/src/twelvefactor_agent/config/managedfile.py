@@ -16,8 +16,8 @@ import json
 import logging
 from pathlib import Path
 
-from .atomicfile import write_atomic
-from .reconfig import Stored
+from twelvefactor_agent.config.reconfig import Stored
+from twelvefactor_agent.util.atomicfile import write_atomic
 
 log = logging.getLogger("twelvefactor.config")
 NAME = "managed-config.json"

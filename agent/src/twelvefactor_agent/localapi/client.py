@@ -1,6 +1,6 @@
 """A small client of the local API, for applications on the device.
 
-from twelvefactor_agent.client import AgentClient
+from twelvefactor_agent.localapi.client import AgentClient
 with AgentClient() as agent:
     seq = agent.publish("temperature", b'{"t": 21.5}')
     reply = agent.call("weather", path="/now", query={"city": "Lyon"})

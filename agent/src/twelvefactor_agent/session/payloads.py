@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 
+from twelvefactor_agent.forward.queue import Message, QueueStats
 from twelvefactor_agent.protocol.envelope import V, dumps
-
-from .queue import Message, QueueStats
 
 
 def online(ts: float) -> bytes:

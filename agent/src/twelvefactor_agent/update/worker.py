@@ -1,12 +1,12 @@
 """The update worker: takes a job, downloads, hands over to SWUpdate, reboots, verifies.
 
-One thread, one job at a time. It decides with `update.decide` (before any
+One thread, one job at a time. It decides with `decide.decide` (before any
 byte is fetched), downloads resumably to /data (`download`), has SWUpdate
 check the file with a dry run and then install it (`swupdate`), and asks for
 the reboot through a root-owned path unit (twelvefactor-reboot), which
 reboots only when an installed update is pending. The job's record on /data
-(`updateflow.Record`) is written before each step, so after a power cut or a
-kill the agent carries on where it was (`updateflow.resume`). Reports go to
+(`steps.Record`) is written before each step, so after a power cut or a
+kill the agent carries on where it was (`steps.resume`). Reports go to
 the management service through `publish`; the final one is repeated on every
 connect until the service has acknowledged it, then the job id is
 remembered so the retained job is not taken again.
@@ -26,15 +26,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from twelvefactor_agent.device import bootenv, sysinfo
 from twelvefactor_agent.protocol import envelope, names, states
-
-from . import bootenv, sysinfo, update, updateflow
-from .atomicfile import write_atomic
-from .backoff import Backoff
-from .updateflow import Download, Finish, Install, Reboot, Record, Verify
+from twelvefactor_agent.update import steps
+from twelvefactor_agent.update.decide import (
+    DEFAULT_POLICY,
+    INVALID_JOB,
+    JobError,
+    Policy,
+    ProgressGate,
+    decide,
+    parse_job,
+    report_payload,
+)
+from twelvefactor_agent.update.steps import Download, Finish, Install, Reboot, Record, Verify
+from twelvefactor_agent.util.atomicfile import write_atomic
+from twelvefactor_agent.util.backoff import Backoff
 
 if TYPE_CHECKING:
-    from . import swupdate
+    from twelvefactor_agent.update import swupdate
 
 # download and swupdate (http.client, subprocess) are imported when a job
 # needs them: most of a device's life has no update, and their modules cost
@@ -79,7 +89,7 @@ class Updater(threading.Thread):
         identity: tuple[Path, Path, Path],  # the device's certificate, key and CA
         paths: Paths,
         publish: Publish,
-        policy: update.Policy = update.DEFAULT_POLICY,
+        policy: Policy = DEFAULT_POLICY,
         read_env: Callable[[], dict[str, str] | None] = bootenv.read_boot_env,
         running_slot: Callable[[], str | None] = sysinfo.boot_slot,
         swupdate_client: str = "swupdate-client",
@@ -98,7 +108,7 @@ class Updater(threading.Thread):
         self.error: BaseException | None = None
         self.record: Record | None = None
         self._last: tuple[str, int | None] | None = None  # the last report, for reconnects
-        self._gate = update.ProgressGate()
+        self._gate = ProgressGate()
         self._lock = threading.Lock()
 
     # -- from other threads ------------------------------------------------------
@@ -145,12 +155,12 @@ class Updater(threading.Thread):
         if not payload:
             return  # the retained job was cleared
         try:
-            job = update.parse_job(payload)
-        except update.JobError as exc:
+            job = parse_job(payload)
+        except JobError as exc:
             job_id = _job_id(payload)
             log.warning("update job %s refused: %s", job_id or "(no id)", exc)
             if job_id is not None and job_id not in self._handled():
-                self._finish_new(job_id, "failed", f"{update.INVALID_JOB}: {exc}")
+                self._finish_new(job_id, "failed", f"{INVALID_JOB}: {exc}")
             return
         if job.job in self._handled():
             log.info("update job %s already handled", job.job)
@@ -162,7 +172,7 @@ class Updater(threading.Thread):
             return
         dest = self.paths.artifact(job.sha256)
         partial = dest.stat().st_size if dest.exists() else 0
-        refusal = update.decide(
+        refusal = decide(
             job,
             device=self.device,
             hwrevision=sysinfo.hardware(),
@@ -188,9 +198,7 @@ class Updater(threading.Thread):
 
     def _carry_on(self, record: Record) -> None:
         env = self.read_env()
-        step = updateflow.resume(
-            record, running_slot=self.running_slot(), boot_id=_boot_id(), env=env
-        )
+        step = steps.resume(record, running_slot=self.running_slot(), boot_id=_boot_id(), env=env)
         while True:
             log.info("update job %s: %s", record.job, type(step).__name__.lower())
             if isinstance(step, Download):
@@ -213,8 +221,8 @@ class Updater(threading.Thread):
 
     # -- steps -------------------------------------------------------------------
 
-    def _download(self, record: Record) -> updateflow.Step:
-        from . import download
+    def _download(self, record: Record) -> steps.Step:
+        from twelvefactor_agent.update import download
 
         identity = download.ClientIdentity(*self.identity)
         dest = self.paths.artifact(record.sha256)
@@ -254,8 +262,8 @@ class Updater(threading.Thread):
                     return Finish("failed", f"download_failed: {exc}")
             self._sleep(retry.next_delay())
 
-    def _install(self, record: Record) -> updateflow.Step:
-        from . import swupdate
+    def _install(self, record: Record) -> steps.Step:
+        from twelvefactor_agent.update import swupdate
 
         record = record._replace(state=states.INSTALLING, installs=record.installs + 1)
         self._save(record)
@@ -285,7 +293,7 @@ class Updater(threading.Thread):
         except swupdate.InstallError as exc:
             return Finish("failed", f"install_failed: {exc}")
         running = self.running_slot() or record.from_slot
-        target = updateflow.installed_slot(self.read_env() or {}, running)
+        target = steps.installed_slot(self.read_env() or {}, running)
         if target is None:
             return Finish("failed", "boot_environment: SWUpdate succeeded but selected no new slot")
         return Reboot(target)
@@ -306,12 +314,12 @@ class Updater(threading.Thread):
                 log.error("cannot write %s: %s", self.paths.reboot_request, exc)
             self._sleep(REBOOT_RETRY)
 
-    def _verify(self, record: Record) -> updateflow.Step:
+    def _verify(self, record: Record) -> steps.Step:
         slot = self.running_slot() or ""
         self._report(record.job, states.REBOOTING, None)
         self._report(record.job, "verifying", None)
         log.info("update job %s: running slot %s, waiting for its confirmation", record.job, slot)
-        while not updateflow.confirmed(self.read_env(), slot):
+        while not steps.confirmed(self.read_env(), slot):
             self._sleep(VERIFY_POLL)
         return Finish("succeeded", "")
 
@@ -331,7 +339,7 @@ class Updater(threading.Thread):
             return True
         with self._lock:
             self._last = (state, percent)
-        payload = update.report_payload(job, state, ts=time.time(), percent=percent)
+        payload = report_payload(job, state, ts=time.time(), percent=percent)
         return self.publish(payload, acked)
 
     def _finish(self, record: Record, state: str, reason: str) -> None:
@@ -351,17 +359,17 @@ class Updater(threading.Thread):
     def _finish_new(self, job: str, state: str, reason: str) -> None:
         """A job refused before it started: no record, one report."""
         self._remember(job)
-        self.publish(update.report_payload(job, state, ts=time.time(), reason=reason[:512]), None)
+        self.publish(report_payload(job, state, ts=time.time(), reason=reason[:512]), None)
 
     def _send_final(self, record: Record) -> None:
         """The final report (with the chain leading to it); forget the job once acknowledged."""
         assert record.final is not None
-        states = updateflow.final_chain(record.final)
+        states = steps.final_chain(record.final)
         acked = threading.Event()
         sent = True
         for state in states:
             last = state == states[-1]
-            payload = update.report_payload(
+            payload = report_payload(
                 record.job,
                 state,
                 ts=time.time(),
@@ -397,7 +405,7 @@ class Updater(threading.Thread):
         return [j for j in ids if isinstance(j, str)] if isinstance(ids, list) else []
 
     def _remember(self, job: str) -> None:
-        jobs = updateflow.remember(self._handled(), job)
+        jobs = steps.remember(self._handled(), job)
         write_atomic(self.paths.handled, json.dumps({"v": 1, "jobs": jobs}).encode(), 0o640)
 
     def _save(self, record: Record) -> None:
@@ -411,8 +419,8 @@ class Updater(threading.Thread):
         except FileNotFoundError:
             return
         try:
-            self.record = updateflow.parse_record(raw)
-        except updateflow.RecordError as exc:
+            self.record = steps.parse_record(raw)
+        except steps.RecordError as exc:
             log.error("dropping the unreadable update record %s: %s", self.paths.record, exc)
             bad = self.paths.record.with_suffix(".bad")
             with contextlib.suppress(OSError):

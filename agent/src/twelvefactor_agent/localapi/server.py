@@ -7,7 +7,7 @@ fsync however many clients and requests), then answers each request in order.
 A client that does not read its answers stops being read (bounded memory).
 The agent never listens on a network socket: this is its only listener.
 
-A `call` (proxy.py) is answered later, when the solution service's response
+A `call` (proxycall.py) is answered later, when the solution service's response
 arrives or its timeout passes; answers stay in request order per connection,
 so the answers behind a call wait for it (slots).
 """
@@ -32,10 +32,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
+from twelvefactor_agent.localapi.proxycall import Call, CallRefused, parse_call, refusal
 from twelvefactor_agent.protocol.names import STREAM_RE
-
-from .proxycall import Call, CallRefused, parse_call, refusal
-from .queue import Queue, QueueUnavailable
 
 MAX_LINE = 1024 * 1024
 # Read at most this much from one connection per round (fairness between clients).

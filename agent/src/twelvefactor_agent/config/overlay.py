@@ -17,7 +17,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from .config import Config, ConfigError, _type_name, validate
+from twelvefactor_agent.config.settings import Config, ConfigError, _type_name, validate
 
 # table -> keys the management service may set
 MANAGED: dict[str, frozenset[str]] = {

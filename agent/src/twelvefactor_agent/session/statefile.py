@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from .atomicfile import write_atomic
+from twelvefactor_agent.util.atomicfile import write_atomic
 
 SESSIONS = ("management", "solution")
 

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from .config import QueueSettings
-from .retention import CLOCK_FLOOR, Row, age_cutoff, bytes_to_drop
+from twelvefactor_agent.config.settings import QueueSettings
+from twelvefactor_agent.forward.retention import CLOCK_FLOOR, Row, age_cutoff, bytes_to_drop
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS messages (

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 
-from .backoff import Backoff
+from twelvefactor_agent.util.backoff import Backoff
 
 
 class Phase(enum.Enum):

@@ -20,14 +20,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from twelvefactor_agent.config.settings import Config
+from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
+from twelvefactor_agent.forward.window import ForwardWindow
+from twelvefactor_agent.localapi.proxycall import parse_answer, refusal
 from twelvefactor_agent.protocol import topics
-
-from . import payloads
-from .config import Config
-from .mqtt import LastError, MqttSession, StateCallback
-from .proxycall import parse_answer, refusal
-from .queue import Queue, QueueUnavailable
-from .window import ForwardWindow
+from twelvefactor_agent.session import payloads
+from twelvefactor_agent.session.mqtt import LastError, MqttSession, StateCallback
 
 WINDOW = 100
 # After a queue error, retry the queue no sooner than this.

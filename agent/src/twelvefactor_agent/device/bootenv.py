@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .atomicfile import write_atomic
+from twelvefactor_agent.util.atomicfile import write_atomic
 
 HEADER = b"# GRUB Environment Block\n"
 SIZE = 1024

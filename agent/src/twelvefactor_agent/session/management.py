@@ -18,12 +18,13 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from twelvefactor_agent import __version__
+from twelvefactor_agent.config.settings import Config
+from twelvefactor_agent.device import bootenv, sysinfo
+from twelvefactor_agent.forward.queue import Queue
 from twelvefactor_agent.protocol import topics
-
-from . import __version__, bootenv, payloads, sysinfo
-from .config import Config
-from .mqtt import LastError, MqttSession, StateCallback
-from .queue import Queue
+from twelvefactor_agent.session import payloads
+from twelvefactor_agent.session.mqtt import LastError, MqttSession, StateCallback
 
 
 class ManagementSession(MqttSession):

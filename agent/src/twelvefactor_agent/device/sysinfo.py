@@ -11,7 +11,7 @@ import platform
 import shlex
 from pathlib import Path
 
-from .bootenv import BootEnvError, running_slot
+from twelvefactor_agent.device.bootenv import BootEnvError, running_slot
 
 
 def parse_cmdline_slot(cmdline: str) -> str | None:

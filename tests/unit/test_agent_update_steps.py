@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from twelvefactor_agent import updateflow
-from twelvefactor_agent.updateflow import (
+from twelvefactor_agent.update import steps
+from twelvefactor_agent.update.steps import (
     Download,
     Finish,
     Install,
@@ -22,9 +22,9 @@ INSTALLED_B = {"slot": "B", "upgrade_available": "1", "bootcount": "0"}
 
 def test_record_round_trips() -> None:
     r = RECORD._replace(state="rebooting", target_slot="B", boot_id=BOOT, installs=2)
-    assert updateflow.parse_record(r.to_json()) == r
+    assert steps.parse_record(r.to_json()) == r
     done = r.finished("failed", "install_failed: x")
-    assert updateflow.parse_record(done.to_json()) == done
+    assert steps.parse_record(done.to_json()) == done
 
 
 @pytest.mark.parametrize(
@@ -41,76 +41,74 @@ def test_record_round_trips() -> None:
 )
 def test_bad_records_are_refused(raw: bytes) -> None:
     with pytest.raises(RecordError):
-        updateflow.parse_record(raw)
+        steps.parse_record(raw)
 
 
 def test_download_continues() -> None:
-    assert updateflow.resume(RECORD, running_slot="A", boot_id=BOOT, env=IDLE_ENV) == Download()
+    assert steps.resume(RECORD, running_slot="A", boot_id=BOOT, env=IDLE_ENV) == Download()
 
 
 def test_install_is_retried_after_a_cut_until_the_limit() -> None:
     r = RECORD._replace(state="installing", installs=1)
-    assert updateflow.resume(r, running_slot="A", boot_id=BOOT, env=IDLE_ENV) == Install()
+    assert steps.resume(r, running_slot="A", boot_id=BOOT, env=IDLE_ENV) == Install()
     # SWUpdate marks its transaction; a cut inside it leaves the old slot selected
     mid = {**INSTALLED_B, "recovery_status": "in_progress"}
-    assert updateflow.resume(r, running_slot="A", boot_id=BOOT, env=mid) == Install()
-    worn = r._replace(installs=updateflow.MAX_INSTALLS)
-    step = updateflow.resume(worn, running_slot="A", boot_id=BOOT, env=IDLE_ENV)
+    assert steps.resume(r, running_slot="A", boot_id=BOOT, env=mid) == Install()
+    worn = r._replace(installs=steps.MAX_INSTALLS)
+    step = steps.resume(worn, running_slot="A", boot_id=BOOT, env=IDLE_ENV)
     assert isinstance(step, Finish) and step.state == "failed"
     assert step.reason.startswith("install_interrupted")
 
 
 def test_install_that_finished_unnoticed_goes_on_to_the_reboot() -> None:
     r = RECORD._replace(state="installing", installs=1)
-    assert updateflow.resume(r, running_slot="A", boot_id=BOOT, env=INSTALLED_B) == Reboot("B")
+    assert steps.resume(r, running_slot="A", boot_id=BOOT, env=INSTALLED_B) == Reboot("B")
 
 
 def test_after_the_reboot_the_new_slot_is_verified() -> None:
     r = RECORD._replace(state="rebooting", target_slot="B", boot_id=BOOT)
     env = {**INSTALLED_B, "bootcount": "1"}
-    assert updateflow.resume(r, running_slot="B", boot_id="boot-2", env=env) == Verify()
+    assert steps.resume(r, running_slot="B", boot_id="boot-2", env=env) == Verify()
 
 
 def test_same_boot_requests_the_reboot_again() -> None:
     r = RECORD._replace(state="rebooting", target_slot="B", boot_id=BOOT)
-    assert updateflow.resume(r, running_slot="A", boot_id=BOOT, env=INSTALLED_B) == Reboot("B")
-    step = updateflow.resume(r, running_slot="A", boot_id=BOOT, env=IDLE_ENV)
+    assert steps.resume(r, running_slot="A", boot_id=BOOT, env=INSTALLED_B) == Reboot("B")
+    step = steps.resume(r, running_slot="A", boot_id=BOOT, env=IDLE_ENV)
     assert isinstance(step, Finish) and step.reason.startswith("boot_environment")
 
 
 def test_back_on_the_old_slot_is_a_rollback_with_the_reason() -> None:
     r = RECORD._replace(state="rebooting", target_slot="B", boot_id=BOOT)
     env = {"slot": "A", "upgrade_available": "0", "bootcount": "0", "rollback": "B"}
-    step = updateflow.resume(r, running_slot="A", boot_id="boot-5", env=env)
+    step = steps.resume(r, running_slot="A", boot_id="boot-5", env=env)
     assert isinstance(step, Finish) and step.state == "rolled_back"
     assert "slot B did not confirm itself in 3 boots" in step.reason
-    other = updateflow.resume(r, running_slot="A", boot_id="boot-5", env=IDLE_ENV)
+    other = steps.resume(r, running_slot="A", boot_id="boot-5", env=IDLE_ENV)
     assert isinstance(other, Finish) and "came back on slot A" in other.reason
 
 
 def test_final_record_repeats_its_report() -> None:
     r = RECORD._replace(state="rebooting").finished("succeeded", None)
-    assert updateflow.resume(r, running_slot="B", boot_id=BOOT, env=IDLE_ENV) == Finish(
-        "succeeded", ""
-    )
+    assert steps.resume(r, running_slot="B", boot_id=BOOT, env=IDLE_ENV) == Finish("succeeded", "")
 
 
 def test_unknown_slot_or_environment_fails() -> None:
-    assert isinstance(updateflow.resume(RECORD, running_slot=None, boot_id=BOOT, env={}), Finish)
-    assert isinstance(updateflow.resume(RECORD, running_slot="A", boot_id=BOOT, env=None), Finish)
+    assert isinstance(steps.resume(RECORD, running_slot=None, boot_id=BOOT, env={}), Finish)
+    assert isinstance(steps.resume(RECORD, running_slot="A", boot_id=BOOT, env=None), Finish)
 
 
 def test_final_chain_leads_through_legal_transitions() -> None:
-    assert updateflow.final_chain("succeeded") == ("rebooting", "verifying", "succeeded")
-    assert updateflow.final_chain("rolled_back") == ("rebooting", "rolled_back")
-    assert updateflow.final_chain("failed") == ("failed",)
+    assert steps.final_chain("succeeded") == ("rebooting", "verifying", "succeeded")
+    assert steps.final_chain("rolled_back") == ("rebooting", "rolled_back")
+    assert steps.final_chain("failed") == ("failed",)
 
 
 def test_confirmed_and_remembered() -> None:
-    assert updateflow.confirmed({"slot": "B", "upgrade_available": "0"}, "B")
-    assert not updateflow.confirmed({"slot": "B", "upgrade_available": "1"}, "B")
-    assert not updateflow.confirmed(None, "B")
-    ids = [f"j-{i}" for i in range(updateflow.HANDLED_KEPT)]
-    kept = updateflow.remember(ids, "j-new")
-    assert kept[-1] == "j-new" and len(kept) == updateflow.HANDLED_KEPT and "j-0" not in kept
-    assert updateflow.remember(["j-a", "j-b"], "j-a") == ["j-b", "j-a"]
+    assert steps.confirmed({"slot": "B", "upgrade_available": "0"}, "B")
+    assert not steps.confirmed({"slot": "B", "upgrade_available": "1"}, "B")
+    assert not steps.confirmed(None, "B")
+    ids = [f"j-{i}" for i in range(steps.HANDLED_KEPT)]
+    kept = steps.remember(ids, "j-new")
+    assert kept[-1] == "j-new" and len(kept) == steps.HANDLED_KEPT and "j-0" not in kept
+    assert steps.remember(["j-a", "j-b"], "j-a") == ["j-b", "j-a"]

@@ -1,0 +1,1 @@
+"""The MQTT sessions: connection machine, paho thread, management and solution sessions."""

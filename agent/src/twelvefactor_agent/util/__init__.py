@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic file replacement, reconnect backoff, systemd notification."""
