@@ -1,7 +1,8 @@
-"""Child processes (the broker, the services, host agents): own session, output to a log file.
+"""Commands and child processes: run a command, stop a process, children with a log file.
 
-Shared by the broker, the services and the host agents so that starting,
-waiting until ready, stopping and crashing them work the same way.
+Shared by the hub, the broker, the services and (through testbed.proc) the
+test bed, so that running a tool, starting, waiting until ready, stopping and
+crashing a process work the same way everywhere: one `run`, one `stop`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,44 @@ from pathlib import Path
 
 class LaunchError(RuntimeError):
     """A child process did not start or did not become ready."""
+
+
+class CommandError(RuntimeError):
+    """A command exited with an error; the message names it and carries its standard error."""
+
+
+def run(
+    *argv: str, input_text: str | None = None, check: bool = True, timeout: float | None = None
+) -> str:
+    """The command's standard output; CommandError with its standard error if it fails.
+
+    ``timeout`` (seconds) raises subprocess.TimeoutExpired: a hung tool is an error too.
+    """
+    done = subprocess.run(
+        argv, input=input_text, capture_output=True, text=True, check=False, timeout=timeout
+    )
+    if check and done.returncode != 0:
+        raise CommandError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.stdout
+
+
+def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    """SIGTERM, and SIGKILL if it is still there ``timeout`` seconds later."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ("" if there is none yet)."""
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
 class ChildProcess:
@@ -67,14 +106,7 @@ class ChildProcess:
 
     def stop(self, timeout: float = 15.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash, for tests of what survives one."""
@@ -84,6 +116,4 @@ class ChildProcess:
             proc.wait()
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_file.exists():
-            return ""
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        return tail(self.log_file, lines)

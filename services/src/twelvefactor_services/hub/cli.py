@@ -20,6 +20,7 @@ from twelvefactor_services.hub.service import (
     serve_forever,
 )
 from twelvefactor_services.hub.stale import DEFAULT_AFTER
+from twelvefactor_services.process import CommandError
 
 PROG = "twelvefactor-hub"
 
@@ -110,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         finally:
             store.close()
-    except (PlanError, HubError, ValueError) as exc:
+    except (PlanError, HubError, CommandError, ValueError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     return 0

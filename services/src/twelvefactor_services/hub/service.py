@@ -47,6 +47,7 @@ from twelvefactor_services.hub.plan import (
 )
 from twelvefactor_services.hub.stale import DEFAULT_AFTER, StaleTracker, parse_dump
 from twelvefactor_services.ntp import SntpServer
+from twelvefactor_services.process import CommandError, run, stop
 from twelvefactor_services.services_stack import ServicesStack, make_pki
 
 MIN_STALE_AFTER = 30.0
@@ -54,13 +55,6 @@ MIN_STALE_AFTER = 30.0
 
 class HubError(RuntimeError):
     """A step of starting the hub failed; the message names the command."""
-
-
-def run(*argv: str, input_text: str | None = None) -> str:
-    done = subprocess.run(argv, input=input_text, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise HubError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return done.stdout
 
 
 @dataclass(frozen=True)
@@ -253,7 +247,7 @@ class Hub:
             try:
                 self.sync_peers()
                 self.forget_quiet_peers(time.monotonic())
-            except (PlanError, HubError, ValueError) as exc:
+            except (PlanError, HubError, CommandError, ValueError) as exc:
                 print(f"twelvefactor-hub: peers not applied: {exc}", flush=True)
 
     def stop(self) -> None:
@@ -261,14 +255,8 @@ class Hub:
         if self._ntp is not None:
             self._ntp.stop()
             self._ntp = None
-        subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True, check=False)
-        if self._wg is not None and self._wg.poll() is None:
-            self._wg.terminate()
-            try:
-                self._wg.wait(10)
-            except subprocess.TimeoutExpired:
-                self._wg.kill()
-                self._wg.wait()
+        run("nft", "delete", "table", "inet", TABLE, check=False)
+        stop(self._wg, timeout=10)
         self._wg = None
         self.peers.close()
 
