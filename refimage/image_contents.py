@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
+from typing import Literal, NotRequired, TypedDict, cast
 
 from refimage import layer_files as lf
 
@@ -37,7 +38,12 @@ AGENT_SOURCE = lf.REPO / "agent/src/twelvefactor_agent"
 AGENT_PYPROJECT = lf.REPO / "agent/pyproject.toml"
 MACHINES = tuple(lf.MACHINE_OVERRIDES)
 
-ARCH = {"qemux86-64": "x86_64", "qemuarm64": "aarch64", "raspberrypi4-64": "aarch64"}
+Arch = Literal["x86_64", "aarch64"]
+ARCH: dict[str, Arch] = {
+    "qemux86-64": "x86_64",
+    "qemuarm64": "aarch64",
+    "raspberrypi4-64": "aarch64",
+}
 
 
 class ReadError(ValueError):
@@ -47,9 +53,57 @@ class ReadError(ValueError):
 # -- data ------------------------------------------------------------------------
 
 
+# The shapes of the files in data/, as their loaders return them (not validated:
+# the layer tests read every entry).
+
+
+class PythonManifest(TypedDict):
+    """python3-manifest.json, reduced by data/extract_upstream.py."""
+
+    source: dict[str, str]
+    about: str
+    modules: dict[str, str]  # module -> python3 package (without "python3-")
+    rdepends: dict[str, list[str]]  # package -> packages (without "python3-")
+
+
+class MachineEntry(TypedDict):
+    essential: list[str]
+
+
+class UpstreamPackage(TypedDict):
+    recipe: str
+    rdepends: NotRequired[list[str]]
+    rrecommends: NotRequired[list[str]]
+    rdepends_x86_64: NotRequired[list[str]]
+    rdepends_aarch64: NotRequired[list[str]]
+    programs: NotRequired[list[str]]
+
+
+class UpstreamRecipe(TypedDict):
+    source: str
+    packages_before: list[str]
+    systemd_packages: list[str]
+    files: dict[str, list[str]]  # package -> FILES additions
+
+
+class YoctoPackages(TypedDict):
+    """yocto-packages.toml."""
+
+    machine: dict[str, MachineEntry]
+    package: dict[str, UpstreamPackage]
+    recipe: dict[str, UpstreamRecipe]
+
+
+class DebianEntry(TypedDict):
+    debian: list[str]
+    why: str
+    commands: NotRequired[list[str]]
+    tests: NotRequired[str]
+
+
 @cache
-def python_manifest() -> dict[str, object]:
-    data: dict[str, object] = json.loads((DATA / "python3-manifest.json").read_text())
+def python_manifest() -> PythonManifest:
+    data: PythonManifest = json.loads((DATA / "python3-manifest.json").read_text())
     return data
 
 
@@ -60,14 +114,14 @@ def busybox_config() -> frozenset[str]:
 
 
 @cache
-def upstream() -> dict[str, dict[str, object]]:
-    data: dict[str, dict[str, object]] = tomllib.loads((DATA / "yocto-packages.toml").read_text())
-    return data
+def upstream() -> YoctoPackages:
+    return cast(YoctoPackages, tomllib.loads((DATA / "yocto-packages.toml").read_text()))
 
 
 @cache
-def debian_table() -> dict[str, dict[str, dict[str, object]]]:
-    data: dict[str, dict[str, dict[str, object]]] = tomllib.loads(
+def debian_table() -> dict[str, dict[str, DebianEntry]]:
+    """yocto-debian.toml: section ("image", "test-tools") -> package -> entry."""
+    data: dict[str, dict[str, DebianEntry]] = tomllib.loads(
         (DATA / "yocto-debian.toml").read_text()
     )
     return data
@@ -248,7 +302,7 @@ def dependencies(package: str, machine: str) -> list[str] | None:
     if package in recipes and package != "twelvefactor-image":
         return _rdeps(recipes[package], machine)
     manifest = python_manifest()
-    rdepends: dict[str, list[str]] = manifest["rdepends"]  # type: ignore[assignment]
+    rdepends = manifest["rdepends"]
     if package.startswith("python3-") and package[len("python3-") :] in rdepends:
         return [f"python3-{r}" for r in rdepends[package[len("python3-") :]]]
     if package.startswith("kernel-module-"):
@@ -256,12 +310,13 @@ def dependencies(package: str, machine: str) -> list[str] | None:
     entry = upstream()["package"].get(package)
     if entry is None:
         return None
-    deps = [str(d) for d in entry.get("rdepends", [])]  # type: ignore[attr-defined]
-    deps += [str(d) for d in entry.get("rrecommends", [])]  # type: ignore[attr-defined]
-    deps += [str(d) for d in entry.get(f"rdepends_{ARCH[machine]}", [])]  # type: ignore[attr-defined]
+    arch_key: Literal["rdepends_x86_64", "rdepends_aarch64"] = (
+        "rdepends_x86_64" if ARCH[machine] == "x86_64" else "rdepends_aarch64"
+    )
+    deps = [*entry.get("rdepends", []), *entry.get("rrecommends", []), *entry.get(arch_key, [])]
     if "@machine-essential" in deps:
         deps.remove("@machine-essential")
-        deps += list(upstream()["machine"][machine]["essential"])  # type: ignore[arg-type]
+        deps += upstream()["machine"][machine]["essential"]
     return deps
 
 
@@ -284,7 +339,7 @@ def closure(machine: str) -> Closure:
 # -- Debian packages for the reference image ---------------------------------------
 
 
-def table_entry(package: str, section: str = "image") -> tuple[str, dict[str, object]] | None:
+def table_entry(package: str, section: str = "image") -> tuple[str, DebianEntry] | None:
     table = debian_table()[section]
     if package in table:
         return package, table[package]
@@ -302,12 +357,12 @@ def debian_packages(machine: str = "qemux86-64") -> list[str]:
         raise ReadError(f"packages nothing describes: {found.unknown}")
     out: list[str] = []
     for package in sorted(found.packages):
-        entry = table_entry(package)
-        if entry is None:
+        found_entry = table_entry(package)
+        if found_entry is None:
             raise ReadError(f"{package} has no entry in data/yocto-debian.toml [image]")
-        out += [str(d) for d in entry[1]["debian"]]  # type: ignore[attr-defined]
+        out += found_entry[1]["debian"]
     for entry in debian_table()["test-tools"].values():
-        out += [str(d) for d in entry["debian"]]  # type: ignore[attr-defined]
+        out += entry["debian"]
     return sorted(set(out))
 
 
@@ -654,8 +709,8 @@ def providers(machine: str) -> dict[str, list[Provider]]:
         add("python3-core", "/usr/bin/python3")
     for name, entry in upstream()["package"].items():
         if name in packages:
-            for path in entry.get("programs", []):  # type: ignore[attr-defined]
-                add(name, str(path))
+            for path in entry.get("programs", []):
+                add(name, path)
     return out
 
 
@@ -858,11 +913,11 @@ def python_commands(path: Path, where: str) -> list[Use]:
     ReadError when it cannot tell: keep the program a literal or a constant."""
     tree = ast.parse(path.read_text())
     module_names: dict[str, ast.expr] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+            target = statement.targets[0]
             if isinstance(target, ast.Name):
-                module_names[target.id] = node.value
+                module_names[target.id] = statement.value
     uses: list[Use] = []
 
     def first_elements(expr: ast.expr, func: ast.FunctionDef | None, depth: int) -> list[str]:
@@ -907,9 +962,9 @@ def python_commands(path: Path, where: str) -> list[Use]:
                 strict=True,
             )
         )
-        for arg, default in zip(keyword_only, func.args.kw_defaults, strict=True):
+        for keyword, default in zip(keyword_only, func.args.kw_defaults, strict=True):
             if default is not None:
-                defaults[arg] = default
+                defaults[keyword] = default
         found: list[str] = []
         if name in defaults:
             found += (first_elements if list_expected else programs_of)(
@@ -1026,7 +1081,7 @@ def python_package_of(module: str) -> str | None:
     that are not modules resolve to X's package."""
     import sys
 
-    modules: dict[str, str] = python_manifest()["modules"]  # type: ignore[assignment]
+    modules = python_manifest()["modules"]
     parts = module.split(".")
     for n in range(len(parts), 0, -1):
         name = ".".join(parts[:n])
@@ -1170,9 +1225,9 @@ def packaging(recipe_path: Path, machine: str) -> Packaging:
         base = upstream()["recipe"].get(pn)
         if base is None:
             raise ReadError(f"{recipe_path.name}: no [recipe.{pn}] in data/yocto-packages.toml")
-        before: list[str] = list(base["packages_before"])  # type: ignore[arg-type]
-        upstream_files: dict[str, list[str]] = base["files"]  # type: ignore[assignment]
-        systemd_packages: list[str] = list(base["systemd_packages"])  # type: ignore[arg-type]
+        before = list(base["packages_before"])
+        upstream_files = base["files"]
+        systemd_packages = list(base["systemd_packages"])
         recipe = Recipe(pn, recipe_path)
     else:
         before, upstream_files, systemd_packages = [], {}, [pn]

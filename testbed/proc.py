@@ -1,8 +1,9 @@
-"""Running a command and stopping a process: one way for the whole test bed."""
+"""Running a command, stopping a process and reading its log: one way for the whole test bed."""
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 
 class TestbedError(RuntimeError):
@@ -24,6 +25,16 @@ def run(
     if check and done.returncode != 0:
         raise TestbedError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
+
+
+def read_log(path: Path) -> str:
+    """A process's log as written so far; "" before the process has made it."""
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """The last `lines` lines of a log, for a failure message."""
+    return "\n".join(read_log(path).splitlines()[-lines:])
 
 
 def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:

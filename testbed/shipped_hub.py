@@ -11,15 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from testbed.proc import TestbedError, stop
+from testbed.proc import TestbedError, stop, tail
 
 START_TIMEOUT = 120.0
-
-
-def tail(log: Path, lines: int = 40) -> str:
-    if not log.exists():
-        return ""
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
 def start_hub(

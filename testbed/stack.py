@@ -44,12 +44,7 @@ T = TypeVar("T")
 
 def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
     """GET a JSON document from a local HTTP API: (status, decoded body)."""
-    url = f"http://{LOCALHOST}:{port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return _exchange(f"http://{LOCALHOST}:{port}{path}", timeout)
 
 
 def http_send(
@@ -63,6 +58,11 @@ def http_send(
         method=method,
         headers={"Content-Type": "application/json"},
     )
+    return _exchange(request, timeout)
+
+
+def _exchange(request: str | urllib.request.Request, timeout: float) -> tuple[int, Any]:
+    # an error status has a JSON body too: the caller checks the status
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())

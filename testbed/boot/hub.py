@@ -37,9 +37,9 @@ from twelvefactor_services.solution.receivers import read_archive
 
 from refimage import provision
 from testbed.boot.underlay import SPOKE_UNDERLAY, UNDERLAY_HOST, Underlay
-from testbed.proc import TestbedError, stop
+from testbed.proc import TestbedError, stop, tail
 from testbed.proc import run as _run
-from testbed.shipped_hub import START_TIMEOUT, start_hub, tail
+from testbed.shipped_hub import START_TIMEOUT, start_hub
 
 TUNNEL_NETWORK = "10.77.0.0/24"
 HUB_ADDRESS = "10.77.0.1"  # the hub's address in the tunnel network (its first)

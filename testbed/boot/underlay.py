@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from testbed.proc import TestbedError, run, stop
+from testbed.proc import TestbedError, run, stop, tail
 
 UNDERLAY_HOST = "10.0.2.2"  # the hub on the device's link
 DEVICE_UNDERLAY = "10.0.2.15"  # dnsmasq leases only this
@@ -117,9 +117,7 @@ class Underlay:
         return f"{tap},model=virtio-net-pci"
 
     def log_tail(self, lines: int = 20) -> str:
-        path = self.root / "dnsmasq.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.root / "dnsmasq.log", lines)
 
     def stop(self) -> None:
         stop(self._dnsmasq)

@@ -24,6 +24,7 @@ from typing import TextIO
 import pexpect
 
 from testbed.boot.pace import PACE
+from testbed.proc import read_log
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
@@ -208,9 +209,7 @@ class VM:
     def tail(self, chars: int = 4000) -> str:
         if self._log is not None:
             self._log.flush()
-        if not self.console_log.exists():
-            return ""
-        return self.console_log.read_text(errors="replace")[-chars:]
+        return read_log(self.console_log)[-chars:]
 
     def expect(self, patterns: str | Sequence[str], timeout: float) -> int:
         """Wait for one of the regular expressions on the console; its index."""

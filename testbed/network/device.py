@@ -144,7 +144,8 @@ class Device:
 
     @property
     def mac(self) -> str:
-        return json.loads(self.ns.ip("-j", "link", "show", "eth0"))[0]["address"]  # type: ignore[no-any-return]
+        address: str = json.loads(self.ns.ip("-j", "link", "show", "eth0"))[0]["address"]
+        return address
 
     def data(self, rel: str) -> Path:
         return self.root / "data" / rel

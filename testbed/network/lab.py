@@ -18,7 +18,7 @@ from twelvefactor_services.pki import Pki
 
 from testbed.network.device import Device
 from testbed.network.netns import Lan, Netns, tag
-from testbed.proc import TestbedError, stop
+from testbed.proc import TestbedError, read_log, stop
 from testbed.shipped_hub import start_hub
 
 TUNNEL_V4 = "10.99.0.0/24"
@@ -134,8 +134,7 @@ class Lab:
             if status["management"] == "online" and status["solution"] == "online":
                 return
             if time.monotonic() > deadline:
-                log = dev.agent_log
-                tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+                tail = read_log(dev.agent_log)[-3000:] if dev.agent_log else ""
                 raise TestbedError(
                     f"{dev.id} not online through the tunnel: {status}\n"
                     f"agent log {dev.agent_log}:\n{tail}\nhub:\n{self.hub_log()}"
@@ -153,8 +152,7 @@ class Lab:
         return self.devices["dev-b"]
 
     def hub_log(self) -> str:
-        path = self.root / "hub.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+        return read_log(self.root / "hub.log")[-4000:]
 
     def registry_device(self, device_id: str) -> dict[str, Any] | None:
         db = registry.connect(Path(self.hub_info["registry"]), readonly=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from testbed.proc import TestbedError, run
@@ -52,14 +52,16 @@ class Netns:
     def ip(self, *argv: str) -> str:
         return run("ip", "-n", self.name, *argv)
 
-    def popen(self, argv: Sequence[str], log: Path, **kw: object) -> subprocess.Popen[bytes]:
+    def popen(
+        self, argv: Sequence[str], log: Path, env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as fh:
-            return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+            return subprocess.Popen(
                 self.argv(*argv),
                 stdin=subprocess.DEVNULL,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
-                **kw,
+                env=env,
             )
 
     def sysctl(self, key: str, value: str) -> None:
