@@ -368,3 +368,21 @@ def _envelope(device: str, seq: int) -> bytes:
             "payload": base64.b64encode(b"x").decode(),
         }
     ).encode()
+
+
+def test_the_broker_does_not_start_without_its_identity_plugin(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TWELVEFACTOR_BROKER_PLUGIN", str(tmp_path / "absent.so"))
+    cfg = BrokerConfig(stack.pki.root, tmp_path / "run", 1883, 1884, 1885)
+    with pytest.raises(BrokerError, match=r"identity plugin is missing.*make -C services/broker"):
+        render_config(cfg)
+    rendered = render_config(
+        BrokerConfig(
+            stack.pki.root, tmp_path / "run", 1883, 1884, 1885, identity_plugin=Path("/x/p.so")
+        )
+    )["mosquitto.conf"]
+    assert rendered.count("plugin /x/p.so") == 3
+    assert "use_identity_as_username" not in rendered
+    assert rendered.count("plugin_opt_device_suffixes -mgmt\n") == 1
+    assert rendered.count("plugin_opt_device_suffixes -sol\n") == 1
