@@ -84,6 +84,10 @@ def wait_until(
         time.sleep(0.1)
 
 
+# The client id suffix of a test's observer of a device (BrokerConfig.observer_suffix).
+OBSERVER_SUFFIX = "-eye"
+
+
 class Stack(ServicesStack):
     """PKI + broker + services in ``root``; start the pieces a test needs."""
 
@@ -91,7 +95,8 @@ class Stack(ServicesStack):
         pki_dir = root / "pki"
         if not (pki_dir / "ca.crt").exists():
             make_pki(pki_dir)
-        super().__init__(root, address=address)
+        # A test may watch what the broker carries to a device as `<id>-eye`.
+        super().__init__(root, address=address, observer_suffix=OBSERVER_SUFFIX)
 
     # -- endpoints and identities -------------------------------------------------
 

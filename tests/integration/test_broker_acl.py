@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import socket
 import ssl
 from collections.abc import Callable
@@ -13,10 +15,11 @@ from twelvefactor_agent.protocol.topics import MANAGEMENT_UP, SOLUTION_DATA_UP
 from twelvefactor_services.broker import BrokerConfig, BrokerError, render_config
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Pki, Validity
+from twelvefactor_services.solution.receivers import read_archive
 from twelvefactor_services.topics import share_group, shared
 
-from testbed.probe import Probe
-from testbed.stack import Stack
+from testbed.probe import Probe, ProbeError
+from testbed.stack import Stack, wait_until
 
 MakeProbe = Callable[..., Probe]
 QUIET = 2.0  # seconds of silence taken as "nothing more is coming"
@@ -271,3 +274,115 @@ def test_broker_config_refuses_bad_settings_with_a_reason(tmp_path: Path) -> Non
     assert conf.count("require_certificate true") == 3
     assert "allow_anonymous true" not in conf and "listener 1883 127.0.0.1" in conf
     assert f"cafile {pki.service_ca_cert.resolve()}" in conf
+
+
+# -- client ids belong to certificates (the identity plugin) --------------------------
+
+# (listener, certificate, client id): every id another identity owns, and near misses.
+TAKEOVERS = [
+    ("solution", "dev-a", "solution-1"),
+    ("management", "dev-a", "management-1"),
+    ("management", "dev-a", "dev-b-mgmt"),
+    ("solution", "dev-a", "dev-b-sol"),
+    ("management", "dev-a", "dev-a"),
+    ("management", "dev-a", "dev-a-mgmt-2"),
+    ("solution", "dev-a", "xdev-a-sol"),
+    ("solution", "dev-a", "dev-a-mgmt"),  # each session on its own listener
+    ("management", "dev-a", "dev-a-sol"),
+    ("management", "dev-a", "dev-b-eye"),
+    ("service", "solution", "management-1"),
+    ("service", "solution", "dev-a-sol"),
+    ("service", "management", "management-"),
+    ("service", "management", "management-1x"),
+]
+
+
+def _endpoint_and_identity(stack: Stack, listener: str, who: str) -> tuple[Endpoint, Identity]:
+    if listener == "service":
+        return stack.service_endpoint, stack.service_identity(who)
+    endpoint = stack.management_endpoint if listener == "management" else stack.solution_endpoint
+    return endpoint, stack.device(who)
+
+
+@pytest.mark.parametrize(("listener", "who", "client_id"), TAKEOVERS)
+def test_a_client_id_another_identity_owns_is_refused(
+    stack: Stack, listener: str, who: str, client_id: str
+) -> None:
+    endpoint, identity = _endpoint_and_identity(stack, listener, who)
+    _connects(
+        endpoint,
+        identity,
+        f"{who}-mgmt"
+        if listener == "management"
+        else (f"{who}-sol" if listener == "solution" else f"{who}-7"),
+    )  # positive control: the same certificate on the same listener with its own id
+    with pytest.raises(ProbeError, match="Not authorized"):
+        Probe(endpoint, identity, client_id).connect()
+    assert f'refused client id "{client_id}" for certificate CN "{who}"' in stack.broker.log_tail(
+        200
+    )
+
+
+def test_a_username_other_than_the_certificates_cn_is_refused(stack: Stack) -> None:
+    probe = Probe(stack.management_endpoint, stack.device("dev-a"), "dev-a-mgmt")
+    probe.client.username_pw_set("solution")
+    with pytest.raises(ProbeError, match="Not authorized"):
+        probe.connect()
+    assert "username differs from the certificate's CN" in stack.broker.log_tail(200)
+
+
+def test_a_device_cannot_throw_the_solution_service_off_and_nothing_acked_is_lost(
+    stack: Stack, probes: MakeProbe
+) -> None:
+    """The attack of the issue: a device connecting as `solution-1` with clean start while
+    another device's messages flow. Every message the broker acknowledged is archived."""
+    solution = stack.solution()
+    solution.start()
+    sender = probes(stack.solution_endpoint, stack.device("dev-b"), "dev-b-sol")
+    refused = 0
+    for seq in range(1, 201):
+        sender.publish("sol/dev-b/up/data/t", _envelope("dev-b", seq))
+        if seq % 10 == 0:
+            with pytest.raises(ProbeError, match="Not authorized"):
+                Probe(stack.solution_endpoint, stack.device("dev-a"), solution.name).connect()
+            refused += 1
+    assert refused == 20
+    wait_until(
+        lambda: len(read_archive(stack.archive_dir / "dev-b.jsonl")) >= 200,
+        timeout=60,
+        what="200 archived messages",
+    )
+    assert [r["seq"] for r in read_archive(stack.archive_dir / "dev-b.jsonl")] == list(
+        range(1, 201)
+    )
+
+
+def _envelope(device: str, seq: int) -> bytes:
+    return json.dumps(
+        {
+            "v": 1,
+            "device": device,
+            "seq": seq,
+            "stream": "t",
+            "ts": 1.0,
+            "payload": base64.b64encode(b"x").decode(),
+        }
+    ).encode()
+
+
+def test_the_broker_does_not_start_without_its_identity_plugin(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TWELVEFACTOR_BROKER_PLUGIN", str(tmp_path / "absent.so"))
+    cfg = BrokerConfig(stack.pki.root, tmp_path / "run", 1883, 1884, 1885)
+    with pytest.raises(BrokerError, match=r"identity plugin is missing.*make -C services/broker"):
+        render_config(cfg)
+    rendered = render_config(
+        BrokerConfig(
+            stack.pki.root, tmp_path / "run", 1883, 1884, 1885, identity_plugin=Path("/x/p.so")
+        )
+    )["mosquitto.conf"]
+    assert rendered.count("plugin /x/p.so") == 3
+    assert "use_identity_as_username" not in rendered
+    assert rendered.count("plugin_opt_device_suffixes -mgmt\n") == 1
+    assert rendered.count("plugin_opt_device_suffixes -sol\n") == 1

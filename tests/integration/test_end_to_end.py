@@ -73,7 +73,7 @@ def test_online_health_metadata_and_offline_after_kill9(
     assert "uptime_s" in view["health"]
 
     # Metadata is retained: a subscriber that comes later still gets it at once.
-    eye = probes(stack.service_endpoint, stack.service_identity("management"), "eye-1")
+    eye = probes(stack.service_endpoint, stack.service_identity("management"), "management-99")
     assert not eye.subscribe("mgmt/dev-a/up/meta").is_failure
     retained = eye.wait_for(lambda m: m.topic == "mgmt/dev-a/up/meta", timeout=10)
     assert retained.retain and retained.json()["device"] == "dev-a"

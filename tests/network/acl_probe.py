@@ -35,8 +35,10 @@ def main() -> int:
     host, mport, sport, ident_dir, own, other = sys.argv[1:7]
     d = Path(ident_dir)
     identity = Identity(d / "device.crt", d / "device.key", d / "ca.crt")
-    mgmt = Probe(Endpoint(host, int(mport)), identity, f"{own}-aclprobe-m")
-    sol = Probe(Endpoint(host, int(sport)), identity, f"{own}-aclprobe-s")
+    # A's own client ids: the broker takes no other from A's certificate (the caller
+    # stops A's agent first, as an attacker holding A's key would throw it off).
+    mgmt = Probe(Endpoint(host, int(mport)), identity, f"{own}-mgmt")
+    sol = Probe(Endpoint(host, int(sport)), identity, f"{own}-sol")
     started = time.monotonic()
     mgmt.connect()
     sol.connect()

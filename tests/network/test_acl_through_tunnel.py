@@ -50,16 +50,22 @@ def test_device_a_cannot_read_or_write_device_b_topics(lab: Lab) -> None:
     b = lab.registry_device(lab.b.id)
     assert b is not None and b["online"] is True
     info = lab.hub_info
-    out = lab.a.ns.exec(
-        sys.executable,
-        str(PROBE),
-        info["address_v4"],
-        str(info["management_port"]),
-        str(info["solution_port"]),
-        str(lab.a.data("identity")),
-        lab.a.id,
-        lab.b.id,
-    )
+    # The probe holds A's key and so may use only A's own client ids: A's agent steps aside.
+    lab.a.stop_agent()
+    try:
+        out = lab.a.ns.exec(
+            sys.executable,
+            str(PROBE),
+            info["address_v4"],
+            str(info["management_port"]),
+            str(info["solution_port"]),
+            str(lab.a.data("identity")),
+            lab.a.id,
+            lab.b.id,
+        )
+    finally:
+        lab.a.start_agent(lab.root / f"{lab.a.id}-agent-after-acl-probe.log")
+        lab.wait_online(lab.a)
     result = json.loads(out)
     assert result["received"] == []
     control = result["control"]

@@ -18,6 +18,14 @@ topics; the services' shared groups are protected by a secret group name
 them too, but 2.0.11 does not strip it from outgoing messages (fixed in
 2.0.12). Persistence lives in the run directory, so sessions and retained
 messages survive a restart on the same ports.
+
+Every listener loads the identity plugin (``services/broker-plugin``): it
+binds each client id to the certificate presenting it (a device only
+``<CN>-mgmt`` on the management listener and ``<CN>-sol`` on the solution
+listener, a service only ``<CN>-<number>``) and sets the username to the CN.
+``use_identity_as_username`` would set the username too, but mosquitto then
+skips every authentication check, so a device could take over any client id,
+a service's included, and wipe its session.
 """
 
 from __future__ import annotations
@@ -51,6 +59,29 @@ def find_mosquitto() -> str:
     return path
 
 
+PLUGIN_NAME = "twelvefactor_identity.so"
+# Where an installed hub keeps the plugin, then where `make -C services/broker-plugin`
+# leaves it in a checkout (this file is services/src/twelvefactor_services/broker.py).
+PLUGIN_PATHS = (
+    Path("/usr/lib/twelvefactor") / PLUGIN_NAME,
+    Path(__file__).resolve().parents[2] / "broker-plugin" / PLUGIN_NAME,
+)
+
+
+def find_identity_plugin() -> Path:
+    """The identity plugin: $TWELVEFACTOR_BROKER_PLUGIN, else the first of PLUGIN_PATHS."""
+    named = os.environ.get("TWELVEFACTOR_BROKER_PLUGIN")
+    candidates = [Path(named)] if named else list(PLUGIN_PATHS)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise BrokerError(
+        f"the broker's identity plugin is missing (looked at {', '.join(map(str, candidates))}): "
+        "build it with `make -C services/broker-plugin` (scripts/setup does) or set "
+        "TWELVEFACTOR_BROKER_PLUGIN"
+    )
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     pki_dir: Path
@@ -61,6 +92,10 @@ class BrokerConfig:
     address: str = "127.0.0.1"
     service_address: str = "127.0.0.1"
     server_name: str = "broker"
+    identity_plugin: Path | None = None  # None: find_identity_plugin()
+    # A further client id suffix a device may use on both device listeners, for a
+    # test's observer of what the broker carries to a device. The hub never sets it.
+    observer_suffix: str | None = None
 
     @property
     def config_file(self) -> Path:
@@ -118,20 +153,26 @@ def render_config(cfg: BrokerConfig) -> dict[str, str]:
             raise BrokerError(f"missing {path}: create the PKI with twelvefactor-pki first")
     run = cfg.run_dir.resolve()
     user = pwd.getpwuid(os.geteuid()).pw_name
+    plugin = (cfg.identity_plugin or find_identity_plugin()).resolve()
 
-    def listener(port: int, address: str, cafile: Path, acl: str) -> str:
+    def listener(port: int, address: str, cafile: Path, acl: str, suffix: str | None) -> str:
+        suffixes = [s for s in (suffix, cfg.observer_suffix) if s] if suffix else []
         lines = [
             f"listener {port} {address}",
             "protocol mqtt",
             "require_certificate true",
-            "use_identity_as_username true",
             "tls_version tlsv1.2",
             f"cafile {cafile.resolve()}",
             f"certfile {server.cert.resolve()}",
             f"keyfile {server.key.resolve()}",
             "allow_anonymous false",
             f"acl_file {run / acl}",
+            f"plugin {plugin}",
+            f"plugin_opt_device_ca {pki.ca_cert.resolve()}",
+            f"plugin_opt_service_ca {pki.service_ca_cert.resolve()}",
         ]
+        if suffixes:
+            lines.append(f"plugin_opt_device_suffixes {','.join(suffixes)}")
         return "\n".join(lines) + "\n"
 
     conf = "\n".join(
@@ -156,9 +197,11 @@ def render_config(cfg: BrokerConfig) -> dict[str, str]:
             "max_queued_messages 100000",
             "set_tcp_nodelay true",
             "",
-            listener(cfg.management_port, cfg.address, pki.ca_cert, "acl-management"),
-            listener(cfg.solution_port, cfg.address, pki.ca_cert, "acl-solution"),
-            listener(cfg.service_port, cfg.service_address, pki.service_ca_cert, "acl-service"),
+            listener(cfg.management_port, cfg.address, pki.ca_cert, "acl-management", "-mgmt"),
+            listener(cfg.solution_port, cfg.address, pki.ca_cert, "acl-solution", "-sol"),
+            listener(
+                cfg.service_port, cfg.service_address, pki.service_ca_cert, "acl-service", None
+            ),
         ]
     )
     return {

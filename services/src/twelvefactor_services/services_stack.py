@@ -99,6 +99,7 @@ class ServicesStack:
         address: str = LOCALHOST,
         management_port: int | None = None,
         solution_port: int | None = None,
+        observer_suffix: str | None = None,
     ) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -114,6 +115,7 @@ class ServicesStack:
                 solution_port=free_port() if solution_port is None else solution_port,
                 service_port=free_port(),
                 address=address,
+                observer_suffix=observer_suffix,
             )
         )
         self.services: list[ServiceProcess] = []
