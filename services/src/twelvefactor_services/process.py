@@ -50,11 +50,14 @@ def stop(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
         proc.wait()
 
 
+def read_log(path: Path) -> str:
+    """A process's log as written so far; "" before the process has made it."""
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def tail(path: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a log file ("" if there is none yet)."""
-    if not path.exists():
-        return ""
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    """The last ``lines`` lines of a log, for a failure message."""
+    return "\n".join(read_log(path).splitlines()[-lines:])
 
 
 class ChildProcess:
