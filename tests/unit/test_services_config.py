@@ -82,3 +82,28 @@ def test_versions_only_go_up_and_follow_every_change(tmp_path: Path) -> None:
     reg.apply("dev-x", ConfigReport(41, "applied", None), 12.0)
     assert reg.set_device_config("dev-x", {"agent": {"keepalive": 10}}, 13.0) == 42
     reg.close()
+
+
+def test_a_device_cannot_freeze_its_groups_configuration(tmp_path: Path) -> None:
+    """Issue 19, finding 2: a reported version of 2^63-1 made the next recomputation
+    overflow SQLite, and every change to the device's group failed from then on."""
+    reg = registry.Registry(tmp_path / "registry.db")
+    reg.set_group_config("field", {"agent": {"keepalive": 10}}, 1.0)
+    reg.add_members("field", ["dev-1", "dev-2"], 1.0)
+    versions = reg.set_group_config("field", {"agent": {"keepalive": 20}}, 2.0)
+    for device, version in versions.items():
+        reg.mark_published(device, version)
+    huge = b'{"v":1,"version":9223372036854775807,"status":"applied"}'
+    with pytest.raises(PayloadError, match="'version' is not an integer in 1..9007199254740992"):
+        parse_report("dev-1", "config", huge)
+    # Within the protocol's range but above what was published to it: ignored.
+    lie = versions["dev-1"] + 1000
+    reg.apply("dev-1", ConfigReport(lie, "applied", None), 3.0)
+    config = registry.device_config(reg.db, "dev-1")
+    assert config is not None and config["reported"] is None
+    # The group still changes, for every member, one version up.
+    again = reg.set_group_config("field", {"agent": {"keepalive": 30}}, 4.0)
+    assert again == {d: v + 1 for d, v in versions.items()}
+    reg.apply("dev-1", ConfigReport(versions["dev-1"], "applied", None), 5.0)
+    config = registry.device_config(reg.db, "dev-1")
+    assert config is not None and config["reported"]["version"] == versions["dev-1"]

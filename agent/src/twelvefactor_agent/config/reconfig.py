@@ -37,10 +37,16 @@ from typing import Any, NamedTuple
 from twelvefactor_agent.config.overlay import Overlay, check_shape, effective, needs_confirmation
 from twelvefactor_agent.config.settings import Config, ConfigError
 from twelvefactor_agent.protocol import envelope
-from twelvefactor_agent.protocol.states import APPLIED, CONFIG_STATUSES, REJECTED, REVERTED
+from twelvefactor_agent.protocol.states import (
+    APPLIED,
+    CONFIG_STATUSES,
+    CONFIG_VERSION_MAX,
+    REJECTED,
+    REVERTED,
+)
 
 MAX_DOCUMENT = 64 * 1024
-MAX_VERSION = 2**53  # exact in every JSON implementation
+MAX_VERSION = CONFIG_VERSION_MAX
 STATUSES = CONFIG_STATUSES
 # Error texts are bounded: a report is one MQTT message.
 MAX_ERROR = 2000

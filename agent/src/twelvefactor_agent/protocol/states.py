@@ -44,3 +44,6 @@ APPLIED = "applied"
 REJECTED = "rejected"
 REVERTED = "reverted"
 CONFIG_STATUSES = (APPLIED, REJECTED, REVERTED)
+# A configuration version is in 1..2^53: exact in every JSON implementation, and
+# far enough below SQLite's 2^63 that the service's "one above" never overflows.
+CONFIG_VERSION_MAX = 2**53

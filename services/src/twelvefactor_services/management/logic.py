@@ -11,7 +11,7 @@ from typing import Any
 
 from twelvefactor_agent.protocol import envelope
 from twelvefactor_agent.protocol.envelope import ProtocolError
-from twelvefactor_agent.protocol.states import CONFIG_STATUSES
+from twelvefactor_agent.protocol.states import CONFIG_STATUSES, CONFIG_VERSION_MAX
 
 KINDS = ("online", "meta", "health", "config")
 STATUSES = CONFIG_STATUSES
@@ -59,9 +59,7 @@ class ConfigReport:
 def _config_report(raw: bytes) -> ConfigReport:
     """`{"v":1,"version":N,"status":"applied|rejected|reverted","error":...}` or PayloadError."""
     obj = parse_object(raw)
-    version = obj.get("version")
-    if type(version) is not int or version < 1:
-        raise PayloadError(f"field 'version' is not a positive integer: {version!r}"[:200])
+    version = envelope.integer(obj, "version", 1, CONFIG_VERSION_MAX, error=PayloadError)
     status = obj.get("status")
     if status not in STATUSES:
         raise PayloadError(f"field 'status' is not one of {STATUSES}: {status!r}"[:200])

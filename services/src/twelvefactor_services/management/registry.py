@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from twelvefactor_services.management.logic import (
     is_newer,
     online_transition,
 )
+
+log = logging.getLogger("twelvefactor.management")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -146,8 +149,18 @@ class Registry:
 
     def _record_config_report(self, device: str, report: ConfigReport, now: float) -> None:
         row = self.db.execute(
-            "SELECT reported_version FROM device_config WHERE device = ?", (device,)
+            "SELECT reported_version, published FROM device_config WHERE device = ?", (device,)
         ).fetchone()
+        if row is not None and row["published"] and report.version > row["published"]:
+            # A device reports only versions it was sent: a higher one is a lie that
+            # would push every later version of the device (and its group's) out of range.
+            log.warning(
+                "%s reports configuration version %d, above the %d published to it: ignored",
+                device,
+                report.version,
+                row["published"],
+            )
+            return
         if row is None:
             # A report without a desired configuration here (the registry was reset):
             # keep it; the next version set for the device starts above it.
