@@ -1,15 +1,20 @@
-"""The update worker: takes a job, downloads, hands over to SWUpdate, reboots, verifies.
+"""The update worker: the thread that carries out what the update machine decides.
 
-One thread, one job at a time. It decides with `decide.decide` (before any
-byte is fetched), downloads resumably to /data (`download`), has SWUpdate
-check the file with a dry run and then install it (`swupdate`), and asks for
-the reboot through a root-owned path unit (twelvefactor-reboot), which
-reboots only when an installed update is pending. The job's record on /data
-(`steps.Record`) is written before each step, so after a power cut or a
-kill the agent carries on where it was (`steps.resume`). Reports go to
-the management service through `publish`; the final one is repeated on every
-connect until the service has acknowledged it, then the job id is
-remembered so the retained job is not taken again.
+`machine.UpdateMachine` (pure) decides everything about a job; this module
+does its I/O and feeds each outcome back as an event. It reads the device's
+facts (`/etc/hwrevision`, the OS version, free space on /data, the running
+slot, this boot's id, the boot environment), downloads resumably to /data
+(`download`), has SWUpdate check and then install the file (`swupdate`),
+writes the job's record (`steps.Record`) and the handled ids, publishes
+reports through `publish`, and asks for the reboot through a root-owned path
+unit (twelvefactor-reboot), which reboots only when an installed update is
+pending. One thread, one job at a time: jobs wait in a queue while one runs.
+
+The management session's thread (`session_up`) and the threads that wait for
+a final report's acknowledgement feed the machine too: a lock serialises
+every event, and the quick actions it returns run under it (they write the
+same files); the long ones (download, SWUpdate, waits) run on this thread
+only, outside it.
 """
 
 from __future__ import annotations
@@ -24,27 +29,35 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from twelvefactor_agent.device import bootenv, sysinfo
-from twelvefactor_agent.protocol import envelope, names, states
-from twelvefactor_agent.update import steps
-from twelvefactor_agent.update.decide import (
-    DEFAULT_POLICY,
-    INVALID_JOB,
-    JobError,
-    Policy,
-    ProgressGate,
-    decide,
-    parse_job,
-    report_payload,
+from twelvefactor_agent.protocol.states import REBOOTING
+from twelvefactor_agent.update import machine, steps
+from twelvefactor_agent.update.decide import DEFAULT_POLICY, Policy, report_payload
+from twelvefactor_agent.update.machine import (
+    Action,
+    DeleteArtifact,
+    DeleteRecord,
+    DryRun,
+    Examine,
+    Facts,
+    Fetch,
+    Log,
+    LongAction,
+    Measure,
+    Remember,
+    Report,
+    ReportFinal,
+    ReportRebooting,
+    RequestReboot,
+    SaveRecord,
+    Survey,
+    UpdateMachine,
+    Wait,
+    WriteSlot,
 )
-from twelvefactor_agent.update.steps import Download, Finish, Install, Reboot, Record, Verify
+from twelvefactor_agent.update.steps import Record
 from twelvefactor_agent.util.atomicfile import write_atomic
-from twelvefactor_agent.util.backoff import Backoff
-
-if TYPE_CHECKING:
-    from twelvefactor_agent.update import swupdate
 
 # download and swupdate (http.client, subprocess) are imported when a job
 # needs them: most of a device's life has no update, and their modules cost
@@ -56,12 +69,10 @@ log = logging.getLogger("twelvefactor.update")
 # `acked` (if given) is set when the broker acknowledges the message.
 Publish = Callable[[bytes, "threading.Event | None"], bool]
 
-ACK_WAIT = 30.0  # how long the `rebooting` report may take to be acknowledged
-VERIFY_POLL = 2.0
-REBOOT_RETRY = 120.0  # re-request a reboot that has not come
-MAX_DOWNLOAD_ERRORS = 5  # consecutive non-transient download errors before giving up
-MAX_CHECKSUM_ERRORS = 2
+ACK_WAIT = machine.ACK_WAIT  # how long a final report's acknowledgement is waited for
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+Event = Callable[[UpdateMachine], list[Action]]
 
 
 class _Stopping(Exception):
@@ -106,10 +117,13 @@ class Updater(threading.Thread):
         self.inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.error: BaseException | None = None
-        self.record: Record | None = None
-        self._last: tuple[str, int | None] | None = None  # the last report, for reconnects
-        self._gate = ProgressGate()
+        self.machine: UpdateMachine | None = None  # set once the thread has read /data
         self._lock = threading.Lock()
+
+    @property
+    def record(self) -> Record | None:
+        """The job in hand, as last saved."""
+        return None if self.machine is None else self.machine.record
 
     # -- from other threads ------------------------------------------------------
 
@@ -119,14 +133,7 @@ class Updater(threading.Thread):
 
     def session_up(self) -> None:
         """The management session (re)connected: repeat where the job stands."""
-        with self._lock:
-            record, last = self.record, self._last
-        if record is None:
-            return
-        if record.final is not None:
-            self._send_final(record)
-        elif last is not None:
-            self._report(record.job, last[0], last[1], force=True)
+        self._feed(lambda m: m.session_up())
 
     def stop(self) -> None:
         self.stopping.set()
@@ -136,9 +143,15 @@ class Updater(threading.Thread):
     def run(self) -> None:
         try:
             self.paths.dir.mkdir(parents=True, exist_ok=True)
-            self._load()
-            if self.record is not None:
-                self._carry_on(self.record)
+            record = self._load()
+            with self._lock:
+                self.machine = UpdateMachine(
+                    device=self.device,
+                    uniform=random.uniform,
+                    handled=self._handled(),
+                    policy=self.policy,
+                )
+            self._drive(lambda m: m.start(record))
             while not self.stopping.is_set():
                 try:
                     payload = self.inbox.get(timeout=1.0)
@@ -152,246 +165,163 @@ class Updater(threading.Thread):
             self.error = exc
 
     def _take(self, payload: bytes) -> None:
-        if not payload:
-            return  # the retained job was cleared
-        try:
-            job = parse_job(payload)
-        except JobError as exc:
-            job_id = _job_id(payload)
-            log.warning("update job %s refused: %s", job_id or "(no id)", exc)
-            if job_id is not None and job_id not in self._handled():
-                self._finish_new(job_id, "failed", f"{INVALID_JOB}: {exc}")
-            return
-        if job.job in self._handled():
-            log.info("update job %s already handled", job.job)
-            return
-        current = self.record
-        if current is not None:
-            if current.job != job.job:
-                log.warning("update job %s ignored: busy with %s", job.job, current.job)
-            return
-        dest = self.paths.artifact(job.sha256)
-        partial = dest.stat().st_size if dest.exists() else 0
-        refusal = decide(
-            job,
-            device=self.device,
-            hwrevision=sysinfo.hardware(),
-            os_version=sysinfo.os_release()["version"],
-            free_bytes=shutil.disk_usage(self.paths.dir).free,
-            partial_bytes=partial,
-            policy=self.policy,
-        )
-        if refusal is not None:
-            log.warning("update job %s refused: %s: %s", job.job, refusal.reason, refusal.detail)
-            self._finish_new(job.job, "failed", f"{refusal.reason}: {refusal.detail}")
-            return
-        slot = self.running_slot()
-        if slot is None:
-            self._finish_new(job.job, "failed", "no_slot: cannot tell which slot is running")
-            return
-        log.info("update job %s: version %s, %d bytes", job.job, job.version, job.size)
-        record = Record(
-            job.job, job.version, job.sha256, job.size, job.url, states.DOWNLOADING, slot
-        )
-        self._save(record)
-        self._carry_on(record)
+        self._drive(lambda m: m.received(payload))
 
-    def _carry_on(self, record: Record) -> None:
-        env = self.read_env()
-        step = steps.resume(record, running_slot=self.running_slot(), boot_id=_boot_id(), env=env)
-        while True:
-            log.info("update job %s: %s", record.job, type(step).__name__.lower())
-            if isinstance(step, Download):
-                step = self._download(self._record())
-            elif isinstance(step, Install):
-                step = self._install(self._record())
-            elif isinstance(step, Reboot):
-                self._reboot(self._record(), step.target_slot)
-                return
-            elif isinstance(step, Verify):
-                step = self._verify(self._record())
-            else:
-                assert isinstance(step, Finish)
-                self._finish(self._record(), step.state, step.reason)
-                return
+    def _drive(self, event: Event) -> None:
+        """Feed `event`, then carry out each long action and feed its outcome, until none."""
+        action = self._feed(event)
+        while action is not None:
+            action = self._feed(self._perform(action))
 
-    def _record(self) -> Record:
-        assert self.record is not None
-        return self.record
+    def _feed(self, event: Event) -> LongAction | None:
+        """Feed `event` to the machine and carry out its quick actions; the long one, if any."""
+        with self._lock:
+            if self.machine is None:
+                return None
+            actions = event(self.machine)
+            for i, action in enumerate(actions):
+                if isinstance(action, machine.LONG):
+                    assert i == len(actions) - 1, actions
+                    return action
+                self._quick(action)
+        return None
 
-    # -- steps -------------------------------------------------------------------
+    def _feed_quick(self, event: Event) -> None:
+        """An event that may only bring quick actions (progress, acknowledgements)."""
+        action = self._feed(event)
+        assert action is None, action
 
-    def _download(self, record: Record) -> steps.Step:
+    # -- actions -----------------------------------------------------------------
+
+    def _quick(self, action: Action) -> None:
+        if isinstance(action, Log):
+            log.log(action.level, "%s", action.text)
+        elif isinstance(action, SaveRecord):
+            write_atomic(self.paths.record, action.record.to_json(), 0o640)
+        elif isinstance(action, DeleteRecord):
+            self.paths.record.unlink(missing_ok=True)
+        elif isinstance(action, Remember):
+            doc = {"v": 1, "jobs": list(action.jobs)}
+            write_atomic(self.paths.handled, json.dumps(doc).encode(), 0o640)
+        elif isinstance(action, DeleteArtifact):
+            self.paths.artifact(action.sha256).unlink(missing_ok=True)
+        elif isinstance(action, Report):
+            job, state, percent, reason = action
+            payload = report_payload(job, state, ts=time.time(), percent=percent, reason=reason)
+            self.publish(payload, None)
+        elif isinstance(action, ReportFinal):
+            self._report_final(action)
+        else:
+            raise AssertionError(f"not a quick action: {action!r}")
+
+    def _perform(self, action: LongAction) -> Event:
+        """Carry out a long action; the event that says how it went."""
+        if isinstance(action, Examine):
+            dest = self.paths.artifact(action.job.sha256)
+            facts = Facts(
+                hwrevision=sysinfo.hardware(),
+                os_version=sysinfo.os_release()["version"],
+                free_bytes=shutil.disk_usage(self.paths.dir).free,
+                partial_bytes=dest.stat().st_size if dest.exists() else 0,
+                running_slot=self.running_slot(),
+            )
+            return lambda m: m.examined(facts)
+        if isinstance(action, Survey):
+            slot, boot, env = self.running_slot(), _boot_id(), self.read_env()
+            return lambda m: m.surveyed(running_slot=slot, boot_id=boot, env=env)
+        if isinstance(action, Measure):
+            path = self.paths.artifact(action.sha256)
+            size = path.stat().st_size if path.exists() else None
+            return lambda m: m.measured(size)
+        if isinstance(action, Fetch):
+            return self._fetch(action)
+        if isinstance(action, DryRun | WriteSlot):
+            return self._swupdate(action)
+        if isinstance(action, ReportRebooting):
+            acked = threading.Event()
+            payload = report_payload(action.job, REBOOTING, ts=time.time())
+            if self.publish(payload, acked):
+                acked.wait(action.wait)
+            return lambda m: m.rebooting_reported()
+        if isinstance(action, RequestReboot):
+            try:
+                write_atomic(self.paths.reboot_request, f"{action.job}\n".encode(), 0o640)
+            except OSError as exc:
+                error = f"cannot write {self.paths.reboot_request}: {exc}"
+                return lambda m: m.reboot_request_failed(error)
+            return lambda m: m.reboot_requested()
+        assert isinstance(action, Wait)
+        self._sleep(action.seconds)
+        return lambda m: m.waited()
+
+    def _fetch(self, action: Fetch) -> Event:
         from twelvefactor_agent.update import download
-
-        identity = download.ClientIdentity(*self.identity)
-        dest = self.paths.artifact(record.sha256)
-        retry = Backoff(2.0, 2.0, 60.0, random.uniform)
-        errors = checksum_errors = 0
 
         def progress(done: int, total: int) -> None:
             if self.stopping.is_set():
                 raise _Stopping
-            self._report(record.job, states.DOWNLOADING, self._gate.percent(done, total))
+            self._feed_quick(lambda m: m.fetch_progress(done, total))
 
-        have = dest.stat().st_size if dest.exists() else 0
-        self._report(record.job, states.DOWNLOADING, self._gate.percent(have, record.size))
-        while True:
-            try:
-                download.download(
-                    record.url,
-                    dest,
-                    sha256=record.sha256,
-                    size=record.size,
-                    identity=identity,
-                    progress=progress,
-                )
-                return Install()
-            except download.ChecksumError as exc:
-                checksum_errors += 1
-                log.warning("update job %s: %s", record.job, exc)
-                if checksum_errors >= MAX_CHECKSUM_ERRORS:
-                    return Finish("failed", f"checksum_mismatch: {exc}")
-            except download.DownloadInterrupted as exc:
-                errors = 0
-                log.info("update job %s: download interrupted (%s); will resume", record.job, exc)
-            except download.DownloadError as exc:
-                errors += 1
-                log.warning("update job %s: download failed: %s", record.job, exc)
-                if errors >= MAX_DOWNLOAD_ERRORS:
-                    return Finish("failed", f"download_failed: {exc}")
-            self._sleep(retry.next_delay())
+        try:
+            download.download(
+                action.url,
+                self.paths.artifact(action.sha256),
+                sha256=action.sha256,
+                size=action.size,
+                identity=download.ClientIdentity(*self.identity),
+                progress=progress,
+            )
+        except download.ChecksumError as exc:
+            error = str(exc)  # (`exc` is unbound once the handler ends)
+            return lambda m: m.checksum_mismatch(error)
+        except download.DownloadInterrupted as exc:
+            error = str(exc)
+            return lambda m: m.fetch_interrupted(error)
+        except download.DownloadError as exc:
+            error = str(exc)
+            return lambda m: m.fetch_failed(error)
+        return lambda m: m.fetched()
 
-    def _install(self, record: Record) -> steps.Step:
+    def _swupdate(self, action: DryRun | WriteSlot) -> Event:
         from twelvefactor_agent.update import swupdate
 
-        record = record._replace(state=states.INSTALLING, installs=record.installs + 1)
-        self._save(record)
-        path = self.paths.artifact(record.sha256)
-        if not path.exists():  # the file went (a full /data cleaned up?): fetch it again
-            record = record._replace(state=states.DOWNLOADING)
-            self._save(record)
-            return Download()
-
-        def phase(base: int) -> swupdate.Progress:
-            def progress(done: int, total: int) -> None:
-                self._report(
-                    record.job, states.INSTALLING, base + self._gate.percent(done, total) // 2
-                )
-
-            return progress
-
-        self._report(record.job, states.INSTALLING, 0)
+        dry_run = isinstance(action, DryRun)
         try:
-            # every check, nothing written: a bad file never touches the idle slot
-            swupdate.install(path, dry_run=True, progress=phase(0), client=self.swupdate_client)
+            swupdate.install(
+                self.paths.artifact(action.sha256),
+                dry_run=dry_run,
+                progress=lambda done, total: self._feed_quick(
+                    lambda m: m.install_progress(done, total)
+                ),
+                client=self.swupdate_client,
+            )
         except swupdate.InstallError as exc:
-            path.unlink(missing_ok=True)
-            return Finish("failed", f"swupdate_refused: {exc}")
-        try:
-            swupdate.install(path, dry_run=False, progress=phase(50), client=self.swupdate_client)
-        except swupdate.InstallError as exc:
-            return Finish("failed", f"install_failed: {exc}")
-        running = self.running_slot() or record.from_slot
-        target = steps.installed_slot(self.read_env() or {}, running)
-        if target is None:
-            return Finish("failed", "boot_environment: SWUpdate succeeded but selected no new slot")
-        return Reboot(target)
+            error = str(exc)
+            if dry_run:
+                return lambda m: m.dry_run_refused(error)
+            return lambda m: m.install_failed(error)
+        return (lambda m: m.dry_run_passed()) if dry_run else (lambda m: m.slot_written())
 
-    def _reboot(self, record: Record, target: str) -> None:
-        record = record._replace(state=states.REBOOTING, target_slot=target, boot_id=_boot_id())
-        self._save(record)
-        self.paths.artifact(record.sha256).unlink(missing_ok=True)  # installed: free /data
-        self._report(record.job, states.INSTALLING, 100)
-        acked = threading.Event()
-        if self._report(record.job, states.REBOOTING, None, acked=acked):
-            acked.wait(ACK_WAIT)
-        while not self.stopping.is_set():
-            log.info("update job %s: slot %s installed, requesting the reboot", record.job, target)
-            try:
-                write_atomic(self.paths.reboot_request, f"{record.job}\n".encode(), 0o640)
-            except OSError as exc:
-                log.error("cannot write %s: %s", self.paths.reboot_request, exc)
-            self._sleep(REBOOT_RETRY)
-
-    def _verify(self, record: Record) -> steps.Step:
-        slot = self.running_slot() or ""
-        self._report(record.job, states.REBOOTING, None)
-        self._report(record.job, "verifying", None)
-        log.info("update job %s: running slot %s, waiting for its confirmation", record.job, slot)
-        while not steps.confirmed(self.read_env(), slot):
-            self._sleep(VERIFY_POLL)
-        return Finish("succeeded", "")
-
-    # -- reports, records --------------------------------------------------------
-
-    def _report(
-        self,
-        job: str,
-        state: str,
-        percent: int | None,
-        *,
-        acked: threading.Event | None = None,
-        force: bool = False,
-    ) -> bool:
-        shown = 0 if percent is None else percent
-        if not force and acked is None and not self._gate.should_report(state, shown):
-            return True
-        with self._lock:
-            self._last = (state, percent)
-        payload = report_payload(job, state, ts=time.time(), percent=percent)
-        return self.publish(payload, acked)
-
-    def _finish(self, record: Record, state: str, reason: str) -> None:
-        log.log(
-            logging.INFO if state == "succeeded" else logging.WARNING,
-            "update job %s %s%s",
-            record.job,
-            state,
-            f": {reason}" if reason else "",
-        )
-        if record.final is None:
-            record = record.finished(state, reason or None)
-            self._save(record)
-        self.paths.artifact(record.sha256).unlink(missing_ok=True)
-        self._send_final(record)
-
-    def _finish_new(self, job: str, state: str, reason: str) -> None:
-        """A job refused before it started: no record, one report."""
-        self._remember(job)
-        self.publish(report_payload(job, state, ts=time.time(), reason=reason[:512]), None)
-
-    def _send_final(self, record: Record) -> None:
-        """The final report (with the chain leading to it); forget the job once acknowledged."""
-        assert record.final is not None
-        states = steps.final_chain(record.final)
+    def _report_final(self, action: ReportFinal) -> None:
+        """The final report with the chain leading to it; the machine hears of its ack."""
         acked = threading.Event()
         sent = True
-        for state in states:
-            last = state == states[-1]
+        for i, state in enumerate(action.chain):
+            last = i == len(action.chain) - 1
             payload = report_payload(
-                record.job,
-                state,
-                ts=time.time(),
-                reason=(record.reason or "")[:512] if last and state != "succeeded" else None,
+                action.job, state, ts=time.time(), reason=action.reason if last else None
             )
             sent = self.publish(payload, acked if last else None) and sent
-        with self._lock:
-            self._last = (record.final, None)
         if sent:
-            threading.Thread(target=self._forget_when, args=(record, acked), daemon=True).start()
+            threading.Thread(
+                target=self._await_final, args=(action.job, acked), daemon=True
+            ).start()
 
-    def _forget_when(self, record: Record, acked: threading.Event) -> None:
-        if not acked.wait(ACK_WAIT):
-            return  # the next connect repeats it
-        with self._lock:
-            if self.record != record:
-                return
-            self._remember(record.job)
-            self.paths.record.unlink(missing_ok=True)
-            self.record = None
-            self._last = None
-        log.info("update job %s: final report acknowledged", record.job)
+    def _await_final(self, job: str, acked: threading.Event) -> None:
+        if acked.wait(ACK_WAIT):  # else the next connect repeats it
+            self._feed_quick(lambda m: m.final_acked(job))
+
+    # -- files -------------------------------------------------------------------
 
     def _handled(self) -> list[str]:
         try:
@@ -404,29 +334,19 @@ class Updater(threading.Thread):
         ids = doc.get("jobs") if isinstance(doc, dict) else None
         return [j for j in ids if isinstance(j, str)] if isinstance(ids, list) else []
 
-    def _remember(self, job: str) -> None:
-        jobs = steps.remember(self._handled(), job)
-        write_atomic(self.paths.handled, json.dumps({"v": 1, "jobs": jobs}).encode(), 0o640)
-
-    def _save(self, record: Record) -> None:
-        write_atomic(self.paths.record, record.to_json(), 0o640)
-        with self._lock:
-            self.record = record
-
-    def _load(self) -> None:
+    def _load(self) -> Record | None:
         try:
             raw = self.paths.record.read_bytes()
         except FileNotFoundError:
-            return
+            return None
         try:
-            self.record = steps.parse_record(raw)
+            return steps.parse_record(raw)
         except steps.RecordError as exc:
             log.error("dropping the unreadable update record %s: %s", self.paths.record, exc)
             bad = self.paths.record.with_suffix(".bad")
             with contextlib.suppress(OSError):
                 self.paths.record.rename(bad)
-            return
-        log.info("update job %s: resuming (%s)", self.record.job, self.record.state)
+            return None
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -441,13 +361,3 @@ def _boot_id() -> str:
         return BOOT_ID.read_text().strip()
     except OSError:
         return "unknown"
-
-
-def _job_id(payload: bytes) -> str | None:
-    """The job id of a payload too malformed to be a job, if it has a usable one."""
-    try:
-        doc = envelope.decode(payload)
-    except envelope.ProtocolError:
-        return None
-    job = doc.get("job") if isinstance(doc, dict) else None
-    return job if isinstance(job, str) and names.JOB_ID_RE.fullmatch(job) else None
