@@ -335,7 +335,8 @@ def test_management_reports(kind: str, payload: bytes) -> None:
     bystander = _view(reg, "dev-g")
     before = registry.get_device(reg.db, "dev-f")
     history = registry.history(reg.db, "dev-f")
-    reported = (registry.device_config(reg.db, "dev-f") or {}).get("reported")
+    config_before = registry.device_config(reg.db, "dev-f") or {}
+    reported, published = config_before.get("reported"), config_before.get("published")
     t = reg.apply("dev-f", report, 1.0)
     after = registry.get_device(reg.db, "dev-f")
     assert after is not None
@@ -358,12 +359,18 @@ def test_management_reports(kind: str, payload: bytes) -> None:
     elif isinstance(report, ConfigReport):
         now = registry.device_config(reg.db, "dev-f")
         assert now is not None
-        if reported is None or report.version >= reported["version"]:
-            expected = (report.version, report.status, report.error)
-        else:  # an older report arriving late changes nothing
-            expected = (reported["version"], reported["status"], reported["error"])
-        got = now["reported"]
-        assert (got["version"], got["status"], got["error"]) == expected
+        late = reported is not None and report.version < reported["version"]
+        # a version above what was published to the device is a lie (issue 19, finding 2)
+        unsent = published is not None and report.version > published
+        if not late and not unsent:
+            assert now["reported"] == {
+                "version": report.version,
+                "status": report.status,
+                "error": report.error,
+                "ts": 1.0,
+            }
+        else:  # an older report arriving late, or one never sent, changes nothing
+            assert now["reported"] == reported
     else:
         field = "meta" if isinstance(report, MetaReport) else "health"
         stored_ts = None if before is None else before[f"{field}_ts"]

@@ -94,6 +94,14 @@ def test_a_good_request_becomes_the_configured_call_with_credentials() -> None:
         (request(headers={"Host": "evil.example"}), "dev-a", "bad_request"),
         (request(path="/a/../../admin"), "dev-a", "bad_request"),
         (request(path="/a/%2e%2e/admin"), "dev-a", "bad_request"),
+        # Issue 19, finding 11: what an upstream that decodes twice, or honours
+        # path parameters (Tomcat, Spring), would read as "..".
+        (request(path="/..;/admin"), "dev-a", "bad_request"),
+        (request(path="/a/..%3b/admin"), "dev-a", "bad_request"),
+        (request(path="/a/..%3B/admin"), "dev-a", "bad_request"),
+        (request(path="/a/%252e%252e/admin"), "dev-a", "bad_request"),
+        (request(path="/a/%25252e%25252e/admin"), "dev-a", "bad_request"),
+        (request(path="/a;x=1/b"), "dev-a", "bad_request"),
         (request(path="//evil.example/x"), "dev-a", "bad_request"),
         (request(path="now"), "dev-a", "bad_request"),
         (request(body="***"), "dev-a", "bad_request"),
