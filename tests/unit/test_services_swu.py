@@ -71,6 +71,12 @@ def test_description_errors(text: str, message: str) -> None:
         parse_description(text)
 
 
+def _with_size(field: bytes) -> bytes:
+    """A good archive whose sw-description's file size field (bytes 54..62) is `field`."""
+    data = newc_archive([("sw-description", rendered().encode())])
+    return data[:54] + field + data[62:] + b"\0" * 4096
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -78,6 +84,10 @@ def test_description_errors(text: str, message: str) -> None:
         (newc_archive([("other", b"x"), ("sw-description", b"")]), "first member is 'other'"),
         (newc_archive([("sw-description", b"abc")])[:129], "truncated"),
         (newc_archive([("sw-description", b"\xff\xfe")]), "not UTF-8"),
+        # Issue 19, finding 14: int() takes a sign; a size of -1 read the whole file.
+        (_with_size(b"-0000001"), r"file size b'-0000001' is not 8 hex digits"),
+        (_with_size(b"+00000ff"), "is not 8 hex digits"),
+        (_with_size(b" 00000ff"), "is not 8 hex digits"),
     ],
 )
 def test_archive_errors(data: bytes, message: str) -> None:

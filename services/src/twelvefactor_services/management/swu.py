@@ -31,16 +31,24 @@ class SwuInfo:
     hardware: dict[str, tuple[str, ...]]
 
 
+_HEX8 = re.compile(rb"[0-9A-Fa-f]{8}")
+
+
+def _hex8(field: bytes, what: str) -> int:
+    """A newc header number: exactly 8 hex digits (int() would also take "-0000001",
+    and a read of -1 bytes is the whole file)."""
+    if not _HEX8.fullmatch(field):
+        raise SwuError(f"corrupt cpio header: {what} {field!r} is not 8 hex digits")
+    return int(field, 16)
+
+
 def read_description(f: BinaryIO) -> str:
     """The text of the first cpio member, which must be named `sw-description`."""
     header = f.read(HEADER_LEN)
     if len(header) < HEADER_LEN or header[:6] not in NEWC_MAGIC:
         raise SwuError("not a cpio newc archive (a .swu starts with 070701 or 070702)")
-    try:
-        size = int(header[54:62], 16)
-        namesize = int(header[94:102], 16)
-    except ValueError:
-        raise SwuError("corrupt cpio header") from None
+    size = _hex8(header[54:62], "file size")
+    namesize = _hex8(header[94:102], "name size")
     if not 1 <= namesize <= 4096:
         raise SwuError("corrupt cpio header: name size")
     name = f.read(namesize)
