@@ -65,6 +65,9 @@ def test_artifact_cli(stack: Stack, tmp_path: Path) -> None:
     (tmp_path / "bad.swu").write_bytes(b"PK\x03\x04 not a cpio archive" * 10)
     r = cli(stack, "artifact", "add", str(tmp_path / "bad.swu"))
     assert r.returncode == 2 and "not a cpio newc archive" in r.stderr
+    # A version every agent would refuse is refused here (issue 19, finding 16).
+    r = cli(stack, "artifact", "add", str(make_swu(tmp_path / "rc.swu", "2.0-rc1")))
+    assert r.returncode == 2 and "version '2.0-rc1' is not numbers separated by dots" in r.stderr
     r = cli(stack, "artifact", "add", str(swu), "--version", "2.1", "--hardware", "qemux86-64=1.0")
     assert r.returncode == 0, r.stderr
     art = json.loads(r.stdout)

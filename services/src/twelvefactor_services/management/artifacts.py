@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from twelvefactor_agent.protocol.names import SHA256_RE
+from twelvefactor_agent.protocol.names import SHA256_RE, VERSION_RE
 
 from twelvefactor_services.management.swu import SwuError, describe
 
@@ -63,6 +63,12 @@ class ArtifactStore:
         except SwuError as exc:
             raise ArtifactError(f"{src}: {exc}") from None
         found = {board: list(revs) for board, revs in info.hardware.items()}
+        if not VERSION_RE.fullmatch(info.version):
+            # Every agent refuses a job for such a version (protocol.names.VERSION_RE).
+            raise ArtifactError(
+                f"{src}: version {info.version!r} is not numbers separated by dots"
+                " (at most six, each up to nine digits), which is all a device accepts"
+            )
         if version is not None and version != info.version:
             raise ArtifactError(
                 f"{src}: sw-description says version {info.version!r}, not {version!r}"
