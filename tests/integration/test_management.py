@@ -195,3 +195,33 @@ def test_two_copies_share_the_load_and_the_registry(stack: Stack, probes: MakePr
     handled = wait_until(counts, 30, "all messages handled")
     assert sum(handled) == len(devices) * 12  # online + meta + 10 health each, exactly once
     assert all(n > 0 for n in handled), handled
+
+
+def test_device_text_cannot_forge_a_log_line_and_nan_is_refused(
+    stack: Stack, management: ServiceProcess, probes: MakeProbe
+) -> None:
+    """Issue 19, finding 13: a newline in a device's text wrote a line of its own in the
+    service's log, and NaN in a health report broke the API's JSON."""
+    dev = fake_device(stack, probes, "dev-005")
+    forged = "2026-01-01 00:00:00 INFO twelvefactor.management: dev-999 is online"
+    dev.publish(
+        "mgmt/dev-005/up/config",
+        {"v": 1, "version": 1, "status": "rejected", "error": f"bad\n{forged}"},
+    )
+    dev.publish(
+        "mgmt/dev-005/up/online",
+        {"v": 1, "online": False, "reason": f"x\n{forged}", "ts": time.time()},
+        retain=True,
+    )
+    dev.publish("mgmt/dev-005/up/health", b'{"v":1,"ts":NaN,"uptime_s":1}')
+    marker = time.time()
+    dev.publish("mgmt/dev-005/up/health", health(marker))
+    wait_device(management, "dev-005", lambda d: d["health_ts"] == marker, "marker")
+    wait_until(lambda: "configuration version 1 rejected" in management.log_file.read_text(), 30)
+    log = management.log_file.read_text()
+    assert not any(line.startswith(forged) for line in log.splitlines())
+    assert forged in log  # it is there, quoted, inside the line that names the device
+    assert "dropped 'health' from dev-005: not JSON: NaN is not a JSON number" in log
+    assert management.http_port is not None
+    status, body = http_get(management.http_port, "/devices/dev-005")
+    assert status == 200 and body["health_ts"] == marker

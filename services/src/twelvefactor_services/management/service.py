@@ -168,7 +168,7 @@ class ManagementService:
         try:
             report = parse_report(up.device, up.rest[0], payload)
         except PayloadError as exc:
-            log.warning("dropped %s from %s: %s", up.rest[0], up.device, exc)
+            log.warning("dropped %r from %s: %s", up.rest[0], up.device, exc)
             return
         if self.registry is None:
             self.registry = Registry(self.cfg.db)
@@ -179,10 +179,10 @@ class ManagementService:
                 up.device,
                 report.version,
                 report.status,
-                f": {report.error}" if report.error else "",
+                f": {report.error!r}" if report.error else "",  # device text, quoted
             )
         if t is not None:
-            state = "online" if t.online else f"offline ({t.reason or 'no reason'})"
+            state = "online" if t.online else f"offline ({t.reason!r})"  # device text, quoted
             log.info("%s is %s", up.device, state)
 
     def _handle_update(self, device: str, payload: bytes) -> None:
