@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -69,7 +71,7 @@ def solution(stack: Stack) -> ServiceProcess:
 class Webhook:
     """A local receiver that answers 500 while ``failing`` is set, and records what it took."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: Callable[[dict[str, Any]], bool] = lambda _m: False) -> None:
         self.failing = threading.Event()
         self.taken: list[dict[str, Any]] = []
         self.refused = 0
@@ -84,6 +86,9 @@ class Webhook:
                 if hook.failing.is_set():
                     hook.refused += 1
                     self.send_response(500)
+                elif refuse(json.loads(body)):  # a strict receiver: this one, never
+                    hook.refused += 1
+                    self.send_response(400)
                 else:
                     hook.taken.append(json.loads(body))
                     self.send_response(204)
@@ -254,3 +259,57 @@ def test_full_stack_fixture_serves_both_sides(
     dev = sensor(stack, probes, "dev-106")
     send(dev, "dev-106", [1])
     wait_archived(stack, "dev-106", [1])
+
+
+def test_a_message_the_webhook_never_takes_holds_back_only_its_device_then_is_set_aside(
+    stack: Stack, probes: MakeProbe
+) -> None:
+    """Issue 19, finding 3: delivery was in order across all devices, so one message a
+    strict webhook refused forever stopped every device's data for it."""
+    hook = Webhook(refuse=lambda m: (m["device"], m["seq"]) == ("dev-107", 2))
+    try:
+        svc = stack.solution(webhook=hook.url, max_backoff=0.5, max_attempts=3)
+        svc.start()
+        bad, good = sensor(stack, probes, "dev-107"), sensor(stack, probes, "dev-108")
+        send(bad, "dev-107", [1, 2, 3])
+        wait_until(lambda: hook.refused >= 1, 30, "the first refusal")
+        send(good, "dev-108", range(1, 6))
+        # Another device's data goes on while dev-107's seq 2 waits for its retry.
+        wait_until(
+            lambda: [m["seq"] for m in hook.taken if m["device"] == "dev-108"] == [1, 2, 3, 4, 5],
+            30,
+            "dev-108 delivered",
+        )
+        # After three refusals seq 2 is set aside and seq 3 follows, in order.
+        wait_until(
+            lambda: [m["seq"] for m in hook.taken if m["device"] == "dev-107"] == [1, 3],
+            60,
+            "dev-107 seq 3 after seq 2 was set aside",
+        )
+        assert hook.refused == 3
+        wait_archived(stack, "dev-107", [1, 2, 3])  # the archive has it all
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "twelvefactor_services.solution.cli",
+                "dead-letters",
+                "--db",
+                str(stack.solution_db),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        letters = [json.loads(line) for line in out.splitlines()]
+        assert [(d["receiver"], d["device"], d["seq"], d["attempts"]) for d in letters] == [
+            ("webhook", "dev-107", 2, 3)
+        ]
+        assert "400" in letters[0]["last_error"]
+        assert json.loads(letters[0]["record"])["seq"] == 2
+        assert (
+            "dev-107 seq 2 set aside as a dead letter after 3 refusals" in svc.log_file.read_text()
+        )
+    finally:
+        hook.server.shutdown()
+        hook.server.server_close()

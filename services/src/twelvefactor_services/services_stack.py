@@ -180,6 +180,7 @@ class ServicesStack:
         *,
         webhook: str | None = None,
         max_backoff: float | None = None,
+        max_attempts: int | None = None,
         proxy_config: Path | None = None,
     ) -> ServiceProcess:
         """A solution service copy (not started); copies share one database and archive."""
@@ -202,6 +203,8 @@ class ServicesStack:
             argv += ["--webhook", webhook]
         if max_backoff is not None:
             argv += ["--max-backoff", str(max_backoff)]
+        if max_attempts is not None:
+            argv += ["--max-attempts", str(max_attempts)]
         if proxy_config is not None:
             argv += ["--proxy-config", str(proxy_config)]
         svc = ServiceProcess(f"solution-{n}", argv, run)

@@ -11,6 +11,7 @@ from pathlib import Path
 from twelvefactor_services import service_args
 from twelvefactor_services.solution import proxyconfig
 from twelvefactor_services.solution.receivers import ArchiveReceiver, Receiver, WebhookReceiver
+from twelvefactor_services.solution.store import Store
 
 
 def _archive(directory: Path, device: str | None) -> int:
@@ -57,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--max-backoff", type=float, default=30.0, help="longest retry delay (s)")
     serve.add_argument(
+        "--max-attempts",
+        type=int,
+        default=10,
+        help="refusals by a receiver before a message is set aside as a dead letter",
+    )
+    serve.add_argument(
         "--proxy-config",
         type=Path,
         help="TOML file naming the third-party services devices may call (docs/services.md)",
@@ -65,9 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("archive", help="per-device counts, or one device's archive")
     p.add_argument("--archive-dir", type=Path, required=True)
     p.add_argument("--device")
+    d = sub.add_parser("dead-letters", help="messages a receiver refused too often (JSON lines)")
+    d.add_argument("--db", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "archive":
         return _archive(args.archive_dir, args.device)
+    if args.command == "dead-letters":
+        return _dead_letters(args.db)
+    if args.max_attempts < 1:
+        parser.error("--max-attempts must be at least 1")
     from twelvefactor_services.solution.service import SolutionConfig, SolutionService
 
     service_args.setup_logging(args.log_level)
@@ -97,11 +110,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         instance=args.instance,
         ready_file=args.ready_file,
         max_backoff=args.max_backoff,
+        max_attempts=args.max_attempts,
         proxy=proxy,
         proxy_group=service_args.group(args, "solution", ident) + "-proxy",
         proxy_workers=args.proxy_workers,
     )
     return SolutionService(cfg).run()
+
+
+def _dead_letters(db: Path) -> int:
+    if not db.exists():
+        print(f"twelvefactor-solution: {db} does not exist", file=sys.stderr)
+        return 1
+    store = Store(db)
+    try:
+        for letter in store.dead_letters():
+            print(json.dumps(letter, separators=(",", ":")))
+    finally:
+        store.close()
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,12 @@
-"""One delivery worker per receiver: outbox to receiver, in order, retried with backoff."""
+"""One delivery worker per receiver: outbox to receiver, in order per device, retried with backoff.
+
+A refusal holds back only the device whose message was refused: its later
+messages wait (order per device is kept), other devices' go on. After
+`max_attempts` refusals the message is set aside as a dead letter (the store
+keeps it for the operator) and the device's next message goes. Before this, one
+message a strict webhook would never take (NaN in it) stopped the whole fleet's
+data for that receiver.
+"""
 
 from __future__ import annotations
 
@@ -17,8 +25,8 @@ log = logging.getLogger("twelvefactor.solution.delivery")
 class DeliveryWorker(threading.Thread):
     """Delivers while it holds the receiver's lease, so copies never deliver twice at once.
 
-    A failure stops the batch: the same message is retried after a growing
-    delay, and nothing after it (for that receiver) goes first.
+    A failure holds the device back: its message is retried after a growing
+    delay, and nothing after it from that device goes first.
     """
 
     def __init__(
@@ -30,6 +38,7 @@ class DeliveryWorker(threading.Thread):
         *,
         lease_ttl: float = 15.0,
         max_backoff: float = 30.0,
+        max_attempts: int = 10,
     ) -> None:
         super().__init__(name=f"deliver-{receiver.name}", daemon=True)
         self.db_path = db_path
@@ -39,7 +48,10 @@ class DeliveryWorker(threading.Thread):
         self.wake = threading.Event()
         self.lease_ttl = lease_ttl
         self.max_backoff = max_backoff
+        self.max_attempts = max_attempts
         self.delivered = 0
+        # device -> (monotonic time it may be tried again, refusals in a row)
+        self.waiting: dict[str, tuple[float, int]] = {}
 
     def run(self) -> None:
         store = Store(self.db_path)  # SQLite connections stay in their thread
@@ -57,7 +69,6 @@ class DeliveryWorker(threading.Thread):
 
     def _loop(self, store: Store) -> None:
         holding = False
-        attempt = 0
         while not self.stop_event.is_set():
             if not self._holds_lease(store):
                 holding = False
@@ -66,33 +77,47 @@ class DeliveryWorker(threading.Thread):
             if not holding:
                 self.receiver.reset()
                 holding = True
-            batch = store.pending(self.receiver.name)
+            now = time.monotonic()
+            self.waiting = {d: w for d, w in self.waiting.items() if w[0] > now}
+            batch = store.pending(self.receiver.name, skip=self.waiting.keys())
             if not batch:
-                self.wake.wait(1.0)
+                due = min((w[0] for w in self.waiting.values()), default=now + 1.0)
+                self.wake.wait(min(1.0, max(0.0, due - now)))
                 self.wake.clear()
                 continue
             for item in batch:
                 if self.stop_event.is_set() or not self._holds_lease(store):
                     break
+                if item.device in self.waiting:
+                    continue  # refused earlier in this batch: its later messages wait
                 try:
                     self.receiver.deliver(item.device, item.seq, item.record)
                 except Exception as exc:
-                    attempt += 1
-                    delay = backoff(attempt, cap=self.max_backoff)
-                    store.failed(item.id, str(exc))
-                    log.warning(
-                        "%s: %s seq %d not delivered (attempt %d, retry in %.1f s): %s",
-                        self.receiver.name,
-                        item.device,
-                        item.seq,
-                        attempt,
-                        delay,
-                        exc,
-                    )
-                    self.stop_event.wait(delay)
-                    break
+                    self._refused(store, item.id, item.device, item.seq, exc)
+                    continue
                 store.delivered(item.id)
                 self.delivered += 1
-                if attempt:
-                    log.info("%s: delivering again after %d failures", self.receiver.name, attempt)
-                    attempt = 0
+
+    def _refused(self, store: Store, item_id: int, device: str, seq: int, exc: Exception) -> None:
+        attempts = store.failed(item_id, str(exc), self.max_attempts, time.time())
+        if attempts == 0:
+            log.error(
+                "%s: %s seq %d set aside as a dead letter after %d refusals: %s",
+                self.receiver.name,
+                device,
+                seq,
+                self.max_attempts,
+                exc,
+            )
+            return
+        delay = backoff(attempts, cap=self.max_backoff)
+        self.waiting[device] = (time.monotonic() + delay, attempts)
+        log.warning(
+            "%s: %s seq %d not delivered (attempt %d, retry in %.1f s): %s",
+            self.receiver.name,
+            device,
+            seq,
+            attempts,
+            delay,
+            exc,
+        )

@@ -24,7 +24,8 @@ class Envelope:
 
     def record(self, received_ts: float) -> str:
         """What receivers get: the envelope plus the time the service accepted it."""
-        return json.dumps({**self.body, "received_ts": received_ts}, separators=(",", ":"))
+        record = {**self.body, "received_ts": received_ts}
+        return json.dumps(record, separators=(",", ":"), allow_nan=False)
 
 
 def parse_envelope(device: str, rest: tuple[str, ...], raw: bytes) -> Envelope:

@@ -63,6 +63,7 @@ class SolutionConfig:
     instance: int = 1
     ready_file: Path | None = None
     max_backoff: float = 30.0
+    max_attempts: int = 10  # refusals before a message becomes a dead letter
     proxy: ProxyConfig = EMPTY
     # The proxy's shared-subscription group (secret, like the management one).
     proxy_group: str = "solution-proxy"
@@ -80,7 +81,14 @@ class SolutionService:
         # (two live copies never share an instance number: the broker allows one client id).
         owner = f"{socket.gethostname()}:solution-{cfg.instance}"
         self.workers = [
-            DeliveryWorker(cfg.db, r, owner, self.stop_event, max_backoff=cfg.max_backoff)
+            DeliveryWorker(
+                cfg.db,
+                r,
+                owner,
+                self.stop_event,
+                max_backoff=cfg.max_backoff,
+                max_attempts=cfg.max_attempts,
+            )
             for r in cfg.receivers
         ]
         self.client = make_client(f"solution-{cfg.instance}", cfg.identity, manual_ack=True)

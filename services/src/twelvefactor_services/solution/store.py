@@ -2,14 +2,16 @@
 
 A message is accepted once per (device, seq): the dedup row and one outbox row
 per receiver are written in one transaction, and the MQTT message is
-acknowledged only after it commits. Outbox rows leave only when their
-receiver has taken the message.
+acknowledged only after it commits. Outbox rows leave when their receiver has
+taken the message, or, after too many refusals, for the dead letters, where
+the operator sees them (`twelvefactor-solution dead-letters`): one message a
+receiver will never take must not hold back the device's later ones for ever.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     UNIQUE (receiver, device, seq)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,              -- the outbox row's id
+    receiver TEXT NOT NULL,
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT,
+    set_aside REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS leases (
     receiver TEXT PRIMARY KEY,
@@ -90,23 +102,50 @@ class Store:
             )
             return True
 
-    def pending(self, receiver: str, limit: int = 100) -> list[Pending]:
-        """The receiver's backlog, in seq order per device."""
+    def pending(self, receiver: str, limit: int = 100, skip: Collection[str] = ()) -> list[Pending]:
+        """The receiver's backlog, in seq order per device, leaving out the devices in `skip`
+        (those waiting to retry: another device's messages go on meanwhile)."""
+        marks = ",".join("?" * len(skip))
         rows = self.db.execute(
             "SELECT id, device, seq, record FROM outbox WHERE receiver = ?"
-            " ORDER BY device, seq LIMIT ?",
-            (receiver, limit),
+            f" AND device NOT IN ({marks}) ORDER BY device, seq LIMIT ?",
+            (receiver, *skip, limit),
         ).fetchall()
         return [Pending(*r) for r in rows]
 
     def delivered(self, item_id: int) -> None:
         self.db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
 
-    def failed(self, item_id: int, error: str) -> None:
-        self.db.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
-            (error[:500], item_id),
+    def failed(self, item_id: int, error: str, max_attempts: int, now: float) -> int:
+        """Count a refusal; the attempts so far. At `max_attempts` the message moves to
+        the dead letters (and 0 is returned: the device's next message may go)."""
+        with self._write():
+            self.db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
+                (error[:500], item_id),
+            )
+            row = self.db.execute("SELECT attempts FROM outbox WHERE id = ?", (item_id,)).fetchone()
+            if row is None:
+                return 0
+            if row[0] < max_attempts:
+                return int(row[0])
+            self.db.execute(
+                "INSERT INTO dead_letters (id, receiver, device, seq, record, attempts,"
+                " last_error, set_aside) SELECT id, receiver, device, seq, record, attempts,"
+                " last_error, ? FROM outbox WHERE id = ?",
+                (now, item_id),
+            )
+            self.db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            return 0
+
+    def dead_letters(self) -> list[dict[str, object]]:
+        """Messages a receiver refused too often, oldest first."""
+        cur = self.db.execute(
+            "SELECT receiver, device, seq, attempts, last_error, set_aside, record"
+            " FROM dead_letters ORDER BY set_aside, id"
         )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def lease(self, receiver: str, owner: str, now: float, ttl: float) -> bool:
         """Take or renew the right to deliver to ``receiver`` (one copy at a time, in order)."""
@@ -134,4 +173,8 @@ class Store:
             "SELECT receiver, count(*) FROM outbox GROUP BY receiver"
         ):
             out[f"pending.{receiver}"] = n
+        for receiver, n in self.db.execute(
+            "SELECT receiver, count(*) FROM dead_letters GROUP BY receiver"
+        ):
+            out[f"dead.{receiver}"] = n
         return out
