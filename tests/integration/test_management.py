@@ -119,6 +119,13 @@ def test_last_will_marks_a_device_offline_when_its_socket_dies(
     _, hist = http_get(management.http_port, "/devices/dev-002/history")
     assert [(h["online"], h["reason"]) for h in hist] == [(True, None), (False, "lost")]
     assert d["last_online_change"] == hist[-1]["ts"]
+    # Pages: the newest first page, then back by id; a bad query says what is wrong.
+    _, page = http_get(management.http_port, "/devices/dev-002/history?limit=1")
+    assert page == hist[-1:]
+    _, page = http_get(management.http_port, f"/devices/dev-002/history?before={hist[-1]['id']}")
+    assert page == hist[:-1]
+    status, body = http_get(management.http_port, "/devices/dev-002/history?limit=0")
+    assert status == 400 and body["message"] == "limit must be an integer in 1..1000"
     # Back again: the same session, online again.
     fake_device(stack, probes, "dev-002")
     wait_device(management, "dev-002", lambda d: d["online"] is True, "online again")

@@ -14,6 +14,7 @@ import logging
 import re
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +39,7 @@ GROUP_PATH = re.compile(rf"/groups/({_GROUP})(/config|/members)?")
 MEMBER_PATH = re.compile(rf"/groups/({_GROUP})/members/({_DEVICE})")
 JOB_PATH = re.compile(rf"/jobs/({_JOB})")
 MAX_BODY = 64 * 1024
+HISTORY_PAGE = 100  # online changes per page of /devices/<id>/history
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -80,6 +82,27 @@ class Handler(BaseHTTPRequestHandler):
 
     def _path(self) -> str:
         return self.path.split("?", 1)[0].rstrip("/") or "/"
+
+    def _history_page(self) -> dict[str, int] | None:
+        """`?limit=N` (1..1000, default 100) and `?before=ID`; None after a 400 was sent."""
+        query = urllib.parse.parse_qs(self.path.partition("?")[2], max_num_fields=4)
+        page = {"limit": HISTORY_PAGE}
+        for name, low, high in (("limit", 1, registry.HISTORY_KEPT), ("before", 1, 2**62)):
+            values = query.get(name)
+            if values is None:
+                continue
+            value = values[-1]
+            if not value.isdigit() or not low <= int(value) <= high:
+                self._send(
+                    HTTPStatus.BAD_REQUEST,
+                    {
+                        "error": "bad_query",
+                        "message": f"{name} must be an integer in {low}..{high}",
+                    },
+                )
+                return None
+            page[name] = int(value)
+        return page
 
     def _body(self) -> Any:
         """The request's JSON body; OverlayError if there is none or it is not JSON."""
@@ -276,7 +299,10 @@ class Handler(BaseHTTPRequestHandler):
             if device is None:
                 self._send(HTTPStatus.NOT_FOUND, {"error": "unknown_device", "id": m.group(1)})
             elif m.group(2):
-                self._send(HTTPStatus.OK, registry.history(db, m.group(1)))
+                page = self._history_page()
+                if page is None:
+                    return
+                self._send(HTTPStatus.OK, registry.history(db, m.group(1), **page))
             else:
                 self._send(HTTPStatus.OK, device)
         finally:

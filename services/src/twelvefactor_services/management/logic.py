@@ -15,6 +15,7 @@ from twelvefactor_agent.protocol.states import CONFIG_STATUSES, CONFIG_VERSION_M
 
 KINDS = ("online", "meta", "health", "config")
 STATUSES = CONFIG_STATUSES
+MAX_REASON = 200  # an online/offline reason: "lost", "shutdown", "reconfigure" in practice
 
 
 class PayloadError(ProtocolError):
@@ -84,7 +85,9 @@ def parse_report(device: str, kind: str, raw: bytes) -> Report:
             raise PayloadError(f"field 'online' is not a boolean: {online!r}")
         reason = obj.get("reason")
         if reason is not None and not isinstance(reason, str):
-            raise PayloadError(f"field 'reason' is not a string: {reason!r}")
+            raise PayloadError(f"field 'reason' is not a string: {reason!r}"[:200])
+        if reason is not None:
+            reason = reason[:MAX_REASON]  # kept in the history: bounded
         return OnlineReport(online, reason, number(obj, "ts") if "ts" in obj else None)
     ts = number(obj, "ts")
     if kind == "meta":

@@ -24,6 +24,7 @@ from twelvefactor_services.management.logic import (
 )
 
 log = logging.getLogger("twelvefactor.management")
+HISTORY_KEPT = 1000  # online changes kept per device, newest
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -125,6 +126,12 @@ class Registry:
                         "INSERT INTO online_history (device, online, reason, ts, device_ts)"
                         " VALUES (?, ?, ?, ?, ?)",
                         (device, int(t.online), t.reason, t.at, t.device_ts),
+                    )
+                    # A device flapping on purpose must not grow the registry without end.
+                    self.db.execute(
+                        "DELETE FROM online_history WHERE device = ? AND id <= (SELECT id FROM"
+                        " online_history WHERE device = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                        (device, device, HISTORY_KEPT),
                     )
                 return t
             if isinstance(report, ConfigReport):
@@ -368,13 +375,20 @@ def get_device(db: sqlite3.Connection, device: str) -> dict[str, Any] | None:
     return None if row is None else _device(row, full=True)
 
 
-def history(db: sqlite3.Connection, device: str) -> list[dict[str, Any]]:
+def history(
+    db: sqlite3.Connection, device: str, *, limit: int = HISTORY_KEPT, before: int | None = None
+) -> list[dict[str, Any]]:
+    """The device's last `limit` online changes (before entry id `before`), oldest first.
+
+    Each entry has its `id`: the next page back is `before=<the first entry's id>`."""
     rows = db.execute(
-        "SELECT online, reason, ts, device_ts FROM online_history WHERE device = ? ORDER BY id",
-        (device,),
+        "SELECT * FROM (SELECT id, online, reason, ts, device_ts FROM online_history"
+        " WHERE device = ? AND id < ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+        (device, 2**63 - 1 if before is None else before, limit),
     ).fetchall()
     return [
         {
+            "id": r["id"],
             "online": bool(r["online"]),
             "reason": r["reason"],
             "ts": r["ts"],
