@@ -69,6 +69,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="TOML file naming the third-party services devices may call (docs/services.md)",
     )
     serve.add_argument("--proxy-workers", type=int, default=32, help="concurrent upstream calls")
+    serve.add_argument(
+        "--proxy-max-per-device", type=int, default=256, help="calls in flight from one device"
+    )
+    serve.add_argument(
+        "--proxy-max-per-group",
+        type=int,
+        default=1000,
+        help="calls in flight from the devices of one proxy group",
+    )
     p = sub.add_parser("archive", help="per-device counts, or one device's archive")
     p.add_argument("--archive-dir", type=Path, required=True)
     p.add_argument("--device")
@@ -114,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         proxy=proxy,
         proxy_group=service_args.group(args, "solution", ident) + "-proxy",
         proxy_workers=args.proxy_workers,
+        proxy_max_per_device=args.proxy_max_per_device,
+        proxy_max_per_group=args.proxy_max_per_group,
     )
     return SolutionService(cfg).run()
 

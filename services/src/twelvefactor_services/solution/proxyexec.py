@@ -83,16 +83,59 @@ def _shorten(conn: http.client.HTTPConnection, deadline: float) -> None:
 
 
 class Proxy:
+    """Calls in flight are bounded three ways: in all (`max_pending`), per device
+    (`max_per_device`) and per proxy group (`max_per_group`), so that one device, or
+    one group, with slow calls cannot make the proxy "busy" for everyone else."""
+
     def __init__(
-        self, config: ProxyConfig, publish: Publish, workers: int = 32, max_pending: int = 2000
+        self,
+        config: ProxyConfig,
+        publish: Publish,
+        workers: int = 32,
+        max_pending: int = 2000,
+        max_per_device: int = 256,
+        max_per_group: int = 1000,
     ) -> None:
         self.config = config
         self.publish = publish
         self.max_pending = max_pending
+        self.max_per_device = max_per_device
+        self.max_per_group = max_per_group
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="proxy")
         self._lock = threading.Lock()
         self.pending = 0
+        self.per_device: dict[str, int] = {}
+        self.per_group: dict[str, int] = {}
         self.calls = 0  # upstream calls made (tests and logs)
+
+    def _groups(self, device: str) -> list[str]:
+        return [g for g, members in self.config.groups.items() if device in members]
+
+    def _admit(self, device: str) -> str | None:
+        """Count a call in; None, or why it is refused (the caller holds the lock)."""
+        groups = self._groups(device)
+        if self.pending >= self.max_pending:
+            return "the proxy is busy"
+        if self.per_device.get(device, 0) >= self.max_per_device:
+            return f"{device} has {self.max_per_device} calls in flight already"
+        for g in groups:
+            if self.per_group.get(g, 0) >= self.max_per_group:
+                return f"group {g} has {self.max_per_group} calls in flight already"
+        self.pending += 1
+        self.per_device[device] = self.per_device.get(device, 0) + 1
+        for g in groups:
+            self.per_group[g] = self.per_group.get(g, 0) + 1
+        return None
+
+    def _release(self, device: str) -> None:
+        self.pending -= 1
+        left = self.per_device[device] - 1
+        if left:
+            self.per_device[device] = left
+        else:
+            del self.per_device[device]
+        for g in self._groups(device):
+            self.per_group[g] -= 1
 
     def handle(self, device: str, payload: bytes, properties: Any) -> None:
         """One request from the MQTT thread: refuse it at once or queue the call."""
@@ -113,14 +156,11 @@ class Proxy:
                 self.publish(topic, correlation, answer_error(decision.error, decision.message))
             return
         with self._lock:
-            if self.pending >= self.max_pending:
-                busy = True
-            else:
-                busy = False
-                self.pending += 1
-        if busy:
+            refused = self._admit(device)
+        if refused is not None:
+            log.info("proxy request from %s refused: %s", device, refused)
             topic, correlation = decision.reply
-            self.publish(topic, correlation, answer_error("unavailable", "the proxy is busy"))
+            self.publish(topic, correlation, answer_error("unavailable", refused))
             return
         self.pool.submit(self._run, decision)
 
@@ -132,7 +172,7 @@ class Proxy:
             answer = answer_error("upstream_error", f"the call to {p.upstream.name} failed")
         finally:
             with self._lock:
-                self.pending -= 1
+                self._release(p.device)
                 self.calls += 1
         topic, correlation = p.reply
         log.info("%s %s %s for %s", p.method, p.upstream.name, p.target.split("?")[0], p.device)

@@ -67,6 +67,8 @@ class SolutionConfig:
     proxy: ProxyConfig = EMPTY
     # The proxy's shared-subscription group (secret, like the management one).
     proxy_group: str = "solution-proxy"
+    proxy_max_per_device: int = 256  # calls in flight from one device
+    proxy_max_per_group: int = 1000  # ... from the devices of one proxy group
     proxy_workers: int = 32
 
 
@@ -97,7 +99,13 @@ class SolutionService:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.proxy = Proxy(cfg.proxy, self._publish_answer, workers=cfg.proxy_workers)
+        self.proxy = Proxy(
+            cfg.proxy,
+            self._publish_answer,
+            workers=cfg.proxy_workers,
+            max_per_device=cfg.proxy_max_per_device,
+            max_per_group=cfg.proxy_max_per_group,
+        )
 
     def _publish_answer(self, topic: str, correlation: bytes, payload: bytes) -> None:
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
