@@ -15,11 +15,19 @@ import logging
 import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from twelvefactor_services.solution.proxy import Plan, Refused, answer_error, answer_ok, plan
+from twelvefactor_services.solution.proxy import (
+    RESPONSE_HEADERS,
+    Plan,
+    Refused,
+    answer_error,
+    answer_ok,
+    plan,
+)
 from twelvefactor_services.solution.proxyconfig import ProxyConfig
 
 log = logging.getLogger("twelvefactor.proxy")
@@ -59,7 +67,14 @@ def call(p: Plan) -> bytes:
                 )
         if resp.status >= 500:
             return answer_error("upstream_error", f"{up.name} answered {resp.status}", resp.status)
-        return answer_ok(resp.status, resp.getheaders(), bytes(body))
+        headers = resp.getheaders()
+        passed_on = [(k, v) for k, v in headers if k.lower() in RESPONSE_HEADERS]
+        if _leaks(up.secrets(), bytes(body), passed_on):
+            log.warning("the answer of %s holds its credentials: not passed on", up.name)
+            return answer_error(
+                "upstream_error", f"the answer of {up.name} was withheld (it echoed credentials)"
+            )
+        return answer_ok(resp.status, headers, bytes(body))
     except TimeoutError:
         return answer_error("timeout", f"{up.name} did not answer within {p.timeout:g} s")
     except (OSError, http.client.HTTPException) as exc:
@@ -72,6 +87,17 @@ def call(p: Plan) -> bytes:
         return answer_error("upstream_error", f"cannot reach {up.name} ({why})")
     finally:
         conn.close()
+
+
+def _leaks(secrets: list[str], body: bytes, headers: list[tuple[str, str]]) -> bool:
+    """Whether an answer holds an injected credential, as sent or URL-encoded (an upstream
+    that echoes the request URL would hand the device a key injected as a query value)."""
+    text = b"\n".join([body, *(v.encode("latin-1", "replace") for _, v in headers)])
+    for secret in secrets:
+        forms = {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}
+        if any(f.encode() in text for f in forms):
+            return True
+    return False
 
 
 def _shorten(conn: http.client.HTTPConnection, deadline: float) -> None:

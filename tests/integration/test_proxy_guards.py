@@ -1,4 +1,6 @@
-"""One device, or one group, cannot make the proxy busy for the others (issue 19, finding 9).
+"""The proxy's guards: calls in flight per device and group, and no echoed credentials.
+
+Issue 19, findings 9 and 12.
 
 The real `Proxy` (thread pool, http.client) against a real local upstream that holds
 every call until released; the MQTT side is the publish callback the service gives it.
@@ -112,3 +114,69 @@ def test_calls_in_flight_are_bounded_per_device_and_per_group(upstream: HeldUpst
     finally:
         upstream.release.set()
         proxy.close()
+
+
+class EchoUpstream:
+    """Answers with what it was asked: the request line, and the headers in its own."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = self.path.encode() if "/echo" in self.path else b"weather: fine"
+                self.send_response(200)
+                if "/header" in self.path:
+                    self.send_header("X-Seen", self.headers.get("Authorization", ""))
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.parametrize(
+    ("path", "withheld"),
+    [("/now", False), ("/echo", True), ("/echo/header", True), ("/header", False)],
+)
+def test_an_answer_that_echoes_the_credentials_is_withheld(path: str, withheld: bool) -> None:
+    up = EchoUpstream()
+    config = proxyconfig.parse(
+        {
+            "services": {
+                "w": {
+                    "url": f"http://127.0.0.1:{up.port}",
+                    "devices": ["dev-a"],
+                    "query": {"appid": "key with/slash+plus"},
+                    "headers": {"Authorization": "Bearer TOKEN-123"},
+                }
+            }
+        }
+    )
+    got: list[dict[str, Any]] = []
+    proxy = Proxy(config, lambda _t, _c, payload: got.append(json.loads(payload)))
+    try:
+        request = {"v": 1, "service": "w", "path": path, "timeout": 10}
+        props = SimpleNamespace(ResponseTopic=response_topic("dev-a"), CorrelationData=b"c")
+        proxy.handle("dev-a", json.dumps(request).encode(), props)
+        wait_until(lambda: got, 30, "the answer")
+        answer = got[0]
+        text = json.dumps(answer) + base64.b64decode(answer.get("body", "")).decode()
+        if withheld:
+            assert answer == {
+                "v": 1,
+                "ok": False,
+                "error": "upstream_error",
+                "message": "the answer of w was withheld (it echoed credentials)",
+            }
+        else:
+            assert answer["ok"] is True and answer["status"] == 200
+        for secret in ("key with/slash+plus", "key+with%2Fslash%2Bplus", "TOKEN-123"):
+            assert secret not in text
+    finally:
+        proxy.close()
+        up.server.shutdown()
+        up.server.server_close()
