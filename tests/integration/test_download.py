@@ -29,6 +29,7 @@ from twelvefactor_agent.update.download import (
     tls_context,
 )
 from twelvefactor_services.management.artifact_server import (
+    SERVED_KEPT,
     ArtifactServer,
     Served,
     server_context,
@@ -304,3 +305,21 @@ def test_server_name_is_verified(env: Env, tmp_path: Path) -> None:
     finally:
         other.stop()
     assert other.served == []
+
+
+def test_the_request_log_keeps_the_last_answers_only(tmp_path: Path) -> None:
+    """Issue 19, finding 15: the artifact server's log of answered requests never shrank."""
+    server = ArtifactServer(
+        ("127.0.0.1", 0),
+        ArtifactStore(tmp_path),
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
+        lambda _device, _sha: True,
+    )
+    try:
+        for i in range(SERVED_KEPT + 500):
+            server.record(Served("dev-001", "0" * 64, 206, i))
+        kept = server.served
+        assert len(kept) == SERVED_KEPT
+        assert [s.start for s in kept] == list(range(500, SERVED_KEPT + 500))
+    finally:
+        server.server_close()

@@ -17,6 +17,7 @@ import socket
 import ssl
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,6 +27,7 @@ from typing import Any
 from twelvefactor_services.management.artifacts import ArtifactStore
 
 log = logging.getLogger("twelvefactor.artifacts")
+SERVED_KEPT = 1000
 PATH_RE = re.compile(r"/artifacts/([0-9a-f]{64})\.swu")
 RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)")
 CHUNK = 64 * 1024
@@ -150,7 +152,8 @@ class ArtifactServer(ThreadingHTTPServer):
         self.store = store
         self.context = context
         self.may_fetch = may_fetch
-        self.served: list[Served] = []
+        # The last SERVED_KEPT answers only: a device retrying for weeks must not grow it.
+        self._served: deque[Served] = deque(maxlen=SERVED_KEPT)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__(address, _Handler)
@@ -166,9 +169,15 @@ class ArtifactServer(ThreadingHTTPServer):
         exc = sys.exc_info()[1]
         log.warning("%s: %s", client_address[0], exc)
 
+    @property
+    def served(self) -> list[Served]:
+        """The answered requests kept, oldest first."""
+        with self._lock:
+            return list(self._served)
+
     def record(self, served: Served) -> None:
         with self._lock:
-            self.served.append(served)
+            self._served.append(served)
         log.info(
             "%s %s from %s (%d)", served.status, served.sha256[:12], served.device, served.start
         )
