@@ -190,7 +190,7 @@ def test_partial_sends_keep_the_rest() -> None:
 
 def test_a_client_that_does_not_read_stops_being_read() -> None:
     conn = Connection()
-    big = {"pad": "z" * 1000}
+    big: dict[str, object] = {"pad": "z" * 1000}
     answers = 0
     while conn.reading:
         conn.receive_data(b'{"op":"status"}\n')

@@ -159,7 +159,7 @@ def test_agent_down_topics(
         # Update jobs and anything else: dropped, nothing changes.
         assert desired == []
         assert machine.stored == before and machine.version is None
-    answers = [a for event in reports for a in calls.receive(event)]
+    answers: list[Any] = [a for event in reports for a in calls.receive(event)]
     if topic == f"sol/{DEVICE}/down/proxy" and pending and correlation is not None:
         ((token, answer),) = answers
         assert token == "the caller"
