@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from twelvefactor_agent.config.reconfig import ConfigMachine, Stored
 from twelvefactor_agent.config.settings import validate
 from twelvefactor_agent.forward.queue import Queue
-from twelvefactor_agent.localapi.calls import CallTable
+from twelvefactor_agent.localapi.calltable import CallTable
 from twelvefactor_agent.localapi.proxycall import ERRORS
 from twelvefactor_agent.session.management import ManagementSession
 from twelvefactor_agent.session.mqtt import LastError

@@ -34,7 +34,7 @@ from twelvefactor_agent.config.reconfig import (
 )
 from twelvefactor_agent.config.settings import Config
 from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
-from twelvefactor_agent.localapi.calls import CallEvent
+from twelvefactor_agent.localapi.calltable import CallEvent
 from twelvefactor_agent.localapi.server import ApiServer, bind_socket
 from twelvefactor_agent.protocol.envelope import dumps
 from twelvefactor_agent.session.management import ManagementSession

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
-from twelvefactor_agent.localapi.calls import Answered, CallEvent, CallTable, Reply
+from twelvefactor_agent.localapi.calltable import Answered, CallEvent, CallTable, Reply
 from twelvefactor_agent.localapi.connection import (
     MAX_LINE,
     CallRequest,

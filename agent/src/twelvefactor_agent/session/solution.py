@@ -5,7 +5,7 @@ the MQTT 5 response topic `sol/<id>/down/proxy`, the call's id as correlation
 data and the call's timeout as message expiry (a request that waits in the
 broker longer than anyone waits for its answer is dropped there, never
 executed late). The session keeps no call table: the local API's
-(localapi/calls.py) is the only one, with the only deadline. The session
+(localapi/calltable.py) is the only one, with the only deadline. The session
 reports every answer it receives and, when a connection ends, that the calls
 out on it are lost (calls are not stored for retry: they fail with
 `unavailable`). Each connection gets a route number so that report fails
@@ -28,7 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from twelvefactor_agent.config.settings import Config
 from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
 from twelvefactor_agent.forward.window import ForwardWindow
-from twelvefactor_agent.localapi.calls import CallEvent, Lost, Reply
+from twelvefactor_agent.localapi.calltable import CallEvent, Lost, Reply
 from twelvefactor_agent.localapi.proxycall import parse_answer, refusal
 from twelvefactor_agent.protocol import topics
 from twelvefactor_agent.session import payloads

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from twelvefactor_agent.localapi.calls import CALL_GRACE, MAX_CALLS, CallTable, Lost, Reply
+from twelvefactor_agent.localapi.calltable import CALL_GRACE, MAX_CALLS, CallTable, Lost, Reply
 
 OK = {"ok": True, "status": 200, "headers": {}, "body": ""}
 
