@@ -3,7 +3,7 @@
 A proxy call (proxycall.py) crosses two threads: the local API starts it and
 answers the application, the solution session carries it over MQTT. Only
 this table, owned by the local API's thread, holds call state: the session
-forwards every answer and every loss it sees (`Answer`, `Lost`) and the table
+forwards every answer and every loss it sees (`Reply`, `Lost`) and the table
 decides. So there is one deadline (the call's timeout and a grace for the
 trip back), one bound (MAX_CALLS), and one place where a late or unknown
 answer is dropped.

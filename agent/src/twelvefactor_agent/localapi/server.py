@@ -144,10 +144,6 @@ class ApiServer(threading.Thread):
         with contextlib.suppress(OSError):
             self._stop_w.send(b"\0")
 
-    @property
-    def calls_pending(self) -> int:
-        return len(self.calls)
-
     def run(self) -> None:
         try:
             self._serve()
