@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
+
 import pytest
-from twelvefactor_agent.localapi.calltable import CALL_GRACE, MAX_CALLS, CallTable, Lost, Reply
+from helpers import MINIMAL_AGENT_CONFIG
+from twelvefactor_agent.config.settings import validate
+from twelvefactor_agent.forward.queue import Queue
+from twelvefactor_agent.localapi.calltable import (
+    CALL_GRACE,
+    MAX_CALLS,
+    CallEvent,
+    CallTable,
+    Lost,
+    Reply,
+)
+from twelvefactor_agent.session.mqtt import LastError
+from twelvefactor_agent.session.solution import SolutionSession
 
 OK = {"ok": True, "status": 200, "headers": {}, "body": ""}
 
@@ -66,3 +81,28 @@ def test_a_lost_connection_fails_its_own_calls_only() -> None:
     assert table.receive(Lost(1, "again")) == []
     assert table.complete(b"a", OK) == [], "its late answer is dropped"
     assert table.complete(b"b", OK) == [("on 2", OK)]
+
+
+def test_the_solution_session_keeps_no_call_state_and_reports_its_losses(tmp_path: Path) -> None:
+    config = validate(tomllib.loads(MINIMAL_AGENT_CONFIG))
+    reports: list[CallEvent] = []
+    sol = SolutionSession(
+        config,
+        Queue(tmp_path / "queue.db", config.queue),
+        lambda session, online: None,
+        LastError(),
+        report_call=reports.append,
+    )
+    assert sol.send_call(b"a", b"{}", 5.0) is None, "offline: refused at once"
+    sol.on_down()
+    assert reports == [], "no connection yet: nothing was out"
+    sol.on_up(None)  # type: ignore[arg-type]  # the hook does not use the client
+    first = sol.route
+    sol.on_down()
+    sol.on_up(None)  # type: ignore[arg-type]
+    assert sol.route > first, "each connection has its own route"
+    sol.on_stopped()
+    assert reports == [
+        Lost(first, "the connection to the solution service was lost"),
+        Lost(sol.route, "the agent is restarting its sessions"),
+    ]
