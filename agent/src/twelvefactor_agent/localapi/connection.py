@@ -124,6 +124,7 @@ class Connection:
         # Answers owed, from slot number _first on: None until given.
         self._slots: deque[bytes | None] = deque()
         self._first = 0
+        self._next = 0  # the slot of the next request
         self._queued = 0  # bytes of the given answers still in _slots
 
     # -- input ---------------------------------------------------------------------
@@ -175,7 +176,8 @@ class Connection:
 
     def _slot(self, request: Request) -> Received:
         self._slots.append(None)
-        return Received(self._first + len(self._slots) - 1, request)
+        self._next += 1
+        return Received(self._next - 1, request)
 
     def _close_input(self) -> None:
         self._closed = True
@@ -188,19 +190,20 @@ class Connection:
         if self._aborted:
             return  # the client is gone; a late call answer goes nowhere
         data = answer if isinstance(answer, bytes) else encode(answer)
+        slots = self._slots
         i = slot - self._first
-        if not 0 <= i < len(self._slots) or self._slots[i] is not None:
+        if not 0 <= i < len(slots) or slots[i] is not None:
             raise ValueError(f"slot {slot} is not waiting for an answer")
         if i:
-            self._slots[i] = data
+            slots[i] = data
             self._queued += len(data)
             return
         # The first one owed: it leaves, with the answers that waited behind it.
-        self._slots.popleft()
+        slots.popleft()
         self._first += 1
         self._out += data
-        while self._slots and self._slots[0] is not None:
-            waited = self._slots.popleft() or b""
+        while slots and (waited := slots[0]) is not None:
+            slots.popleft()
             self._first += 1
             self._queued -= len(waited)
             self._out += waited
