@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twelvefactor_agent.device import sysinfo
 from twelvefactor_agent.forward.queue import Message, QueueStats
-from twelvefactor_agent.localapi.server import Publish, Refusal, Status, parse_request
+from twelvefactor_agent.localapi.connection import Publish, Refusal, Status, parse_request
 from twelvefactor_agent.protocol import topics
 from twelvefactor_agent.session import payloads
 from twelvefactor_agent.session.statefile import StateFile

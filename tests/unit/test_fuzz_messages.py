@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from twelvefactor_agent.config.reconfig import ConfigMachine, Stored
 from twelvefactor_agent.config.settings import validate
 from twelvefactor_agent.forward.queue import Queue
+from twelvefactor_agent.localapi.calltable import CallTable
 from twelvefactor_agent.localapi.proxycall import ERRORS
 from twelvefactor_agent.session.management import ManagementSession
 from twelvefactor_agent.session.mqtt import LastError
@@ -110,7 +111,7 @@ def sessions() -> tuple[ManagementSession, SolutionSession, list[Any], list[Any]
     folder = Path(tempfile.mkdtemp(prefix="tf-fuzz-"))
     queue = Queue(folder / "queue.db", config.queue)
     desired: list[Any] = []
-    answers: list[Any] = []
+    reports: list[Any] = []
 
     def no_state(session: str, online: bool) -> None:
         pass
@@ -123,9 +124,9 @@ def sessions() -> tuple[ManagementSession, SolutionSession, list[Any], list[Any]
         queue,
         no_state,
         LastError(),
-        on_call_answer=lambda cid, answer: answers.append((cid, answer)),
+        report_call=reports.append,
     )
-    return mgmt, sol, desired, answers
+    return mgmt, sol, desired, reports
 
 
 @FUZZ
@@ -138,12 +139,13 @@ def sessions() -> tuple[ManagementSession, SolutionSession, list[Any], list[Any]
 def test_agent_down_topics(
     topic: str, payload: bytes, correlation: bytes | None, pending: bool
 ) -> None:
-    mgmt, sol, desired, answers = sessions()
+    mgmt, sol, desired, reports = sessions()
     desired.clear()
-    answers.clear()
-    sol._calls_out.clear()
+    reports.clear()
+    # The local API's call table: the session reports, the table matches.
+    calls: CallTable[str] = CallTable()
     if pending and correlation is not None:
-        sol._calls_out[correlation] = float("inf")  # a call in progress
+        calls.start(0.0, correlation, 30.0, 1, "the caller")  # a call in progress
     machine = ConfigMachine(BASE, Stored(), 60.0)
     machine.start(0.0)
     before = machine.stored
@@ -157,15 +159,17 @@ def test_agent_down_topics(
         # Update jobs and anything else: dropped, nothing changes.
         assert desired == []
         assert machine.stored == before and machine.version is None
+    answers: list[Any] = [a for event in reports for a in calls.receive(event)]
     if topic == f"sol/{DEVICE}/down/proxy" and pending and correlation is not None:
-        ((cid, answer),) = answers
-        assert cid == correlation
+        ((token, answer),) = answers
+        assert token == "the caller"
         if answer["ok"] is True:
             assert 100 <= answer["status"] <= 599
             base64.b64decode(answer["body"], validate=True)
         else:
             assert answer["error"] in ERRORS
-        assert correlation not in sol._calls_out, "answered once"
+        assert len(calls) == 0, "answered once"
+        assert calls.receive(reports[0]) == [], "a second copy is dropped"
     else:
         assert answers == []
 

@@ -34,6 +34,7 @@ from twelvefactor_agent.config.reconfig import (
 )
 from twelvefactor_agent.config.settings import Config
 from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
+from twelvefactor_agent.localapi.calltable import CallEvent
 from twelvefactor_agent.localapi.server import ApiServer, bind_socket
 from twelvefactor_agent.protocol.envelope import dumps
 from twelvefactor_agent.session.management import ManagementSession
@@ -198,13 +199,10 @@ class Agent:
         mgmt = self.mgmt
         return mgmt is not None and mgmt.publish_update(payload, acked)
 
-    def _submit_call(self, call_id: bytes, request: bytes, timeout: float) -> bool:
-        """Hand a proxy call to the solution session; False if it is offline."""
+    def _submit_call(self, call_id: bytes, request: bytes, timeout: float) -> int | None:
+        """Hand a proxy call to the solution session: its route, or None if it is offline."""
         sol = self.sol
-        if sol is None or not sol.online:
-            return False
-        sol.send_call(call_id, request, timeout)
-        return True
+        return None if sol is None else sol.send_call(call_id, request, timeout)
 
     # -- the main loop -------------------------------------------------------------
 
@@ -322,14 +320,14 @@ class Agent:
             self.queues[1],
             on_state,
             self.last_error,
-            on_call_answer=self._answer_call,
+            report_call=self._report_call,
         )
         self.mgmt.start()
         self.sol.start()
 
-    def _answer_call(self, call_id: bytes, answer: dict[str, object]) -> None:
+    def _report_call(self, event: CallEvent) -> None:
         if self.api is not None:
-            self.api.complete_call(call_id, answer)
+            self.api.report_call(event)
 
     def _stop_sessions(self, reason: str) -> None:
         sessions: list[MqttSession] = [s for s in (self.mgmt, self.sol) if s is not None]

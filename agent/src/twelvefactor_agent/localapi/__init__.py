@@ -1,1 +1,1 @@
-"""The local API: its Unix-socket server, the client for applications, calls by service name."""
+"""The local API: server, connection protocol, call table, client, calls by service name."""

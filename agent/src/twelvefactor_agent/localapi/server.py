@@ -1,25 +1,19 @@
-"""The local API: JSON lines over a Unix stream socket (docs/protocol.md).
+"""The local API's server: JSON lines over a Unix stream socket (docs/protocol.md).
 
-Request parsing is pure (`parse_request`). The server is one thread with a
-selector: each round it reads everything available on every ready
-connection, commits all the publishes of the round in one transaction (one
-fsync however many clients and requests), then answers each request in order.
-A client that does not read its answers stops being read (bounded memory).
-The agent never listens on a network socket: this is its only listener.
-
-A `call` (proxycall.py) is answered later, when the solution service's response
-arrives or its timeout passes; answers stay in request order per connection,
-so the answers behind a call wait for it (slots).
+Only I/O lives here: one thread with a selector accepts clients, moves bytes
+between their sockets and their protocol state (connection.py, pure: framing,
+limits, answer order), commits all the publishes of a round in one
+transaction (one fsync however many clients and requests), and carries out
+calls through the one call table (calls.py, pure: deadlines, bound) and the
+solution session. The agent never listens on a network socket: this is its
+only listener.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import errno
 import grp
-import json
 import logging
 import os
 import selectors
@@ -30,88 +24,30 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
-from twelvefactor_agent.localapi.proxycall import Call, CallRefused, parse_call, refusal
-from twelvefactor_agent.protocol.names import STREAM_RE
+from twelvefactor_agent.localapi.calltable import Answered, CallEvent, CallTable, Reply
+from twelvefactor_agent.localapi.connection import (
+    MAX_LINE,
+    CallRequest,
+    Connection,
+    Publish,
+    Received,
+    Refusal,
+    Status,
+    encode,
+)
+from twelvefactor_agent.localapi.proxycall import Call, refusal
 
-MAX_LINE = 1024 * 1024
 # Read at most this much from one connection per round (fairness between clients).
 READ_BUDGET = 4 * MAX_LINE
-# Stop reading from a client whose unread answers exceed this.
-MAX_PENDING_OUTPUT = 1024 * 1024
 EXPIRE_INTERVAL = 60.0
-# Proxy calls waiting for their answer, over all connections.
-MAX_CALLS = 1024
-# The solution service answers within the call's timeout; this is for the trip back.
-CALL_GRACE = 1.0
+
+# Hands a call (id, MQTT request, timeout) to the solution session: the route
+# (the session's connection) it went out on, or None if the session is offline.
+SubmitCall = Callable[[bytes, bytes, float], int | None]
 
 log = logging.getLogger("twelvefactor.api")
-
-
-class Publish(NamedTuple):
-    stream: str
-    payload: bytes
-
-
-class Status(NamedTuple):
-    pass
-
-
-class Refusal(NamedTuple):
-    error: str
-    message: str
-
-    def answer(self) -> dict[str, object]:
-        return {"ok": False, "error": self.error, "message": self.message}
-
-
-class CallRequest(NamedTuple):
-    call: Call
-
-
-Request = Publish | Status | CallRequest | Refusal
-
-
-def parse_request(line: bytes, max_message_bytes: int) -> Request:
-    """One request line (without its newline) to what it asks, or why it is refused."""
-    try:
-        doc = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        return Refusal("bad_request", "not a JSON object")
-    if not isinstance(doc, dict):
-        return Refusal("bad_request", "not a JSON object")
-    op = doc.get("op")
-    if op == "status":
-        return Status()
-    if op == "call":
-        try:
-            return CallRequest(parse_call(doc))
-        except CallRefused as exc:
-            return Refusal(exc.error, exc.message)
-    if op != "publish":
-        return Refusal("bad_request", f"unknown op {op!r}"[:200])
-    stream = doc.get("stream")
-    if not isinstance(stream, str) or not STREAM_RE.fullmatch(stream):
-        return Refusal("bad_request", "stream must match [A-Za-z0-9_.-]{1,64}")
-    encoded = doc.get("payload")
-    if not isinstance(encoded, str):
-        return Refusal("bad_request", "payload must be a base64 string")
-    # Refuse by size before decoding: base64 is 4 bytes per 3.
-    if len(encoded) // 4 * 3 - 2 > max_message_bytes:
-        return Refusal("too_large", f"payload is over {max_message_bytes} bytes")
-    try:
-        payload = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        return Refusal("bad_request", "payload is not valid base64")
-    if len(payload) > max_message_bytes:
-        return Refusal("too_large", f"payload is over {max_message_bytes} bytes")
-    return Publish(stream, payload)
-
-
-def encode(answer: dict[str, object]) -> bytes:
-    return json.dumps(answer, separators=(",", ":")).encode() + b"\n"
 
 
 def bind_socket(path: Path, group: str | None) -> socket.socket:
@@ -157,36 +93,15 @@ def bind_socket(path: Path, group: str | None) -> socket.socket:
 
 
 class _Conn:
-    __slots__ = ("broken", "closed", "closing", "eof", "events", "inbuf", "outbuf", "slots", "sock")
+    """A client socket and its protocol state (connection.py)."""
+
+    __slots__ = ("closed", "events", "proto", "sock")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
-        self.eof = False
-        self.closing = False  # close once outbuf is flushed and no call is pending
-        self.closed = False
-        self.broken = False  # a socket error: close at once
+        self.proto = Connection()
         self.events = 0  # 0: not registered with the selector
-        # Answers waiting behind an unanswered call, in request order.
-        self.slots: deque[_Slot] = deque()
-
-
-class _Slot:
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes | None = None) -> None:
-        self.data = data
-
-
-class _PendingCall:
-    __slots__ = ("conn", "deadline", "slot", "timeout")
-
-    def __init__(self, conn: _Conn, slot: _Slot, deadline: float, timeout: float) -> None:
-        self.conn = conn
-        self.slot = slot
-        self.deadline = deadline
-        self.timeout = timeout
+        self.closed = False
 
 
 class ApiServer(threading.Thread):
@@ -196,7 +111,7 @@ class ApiServer(threading.Thread):
         queue: Queue,
         status: Callable[[], dict[str, object]],
         on_commit: Callable[[], None],
-        submit_call: Callable[[bytes, bytes, float], bool] | None = None,
+        submit_call: SubmitCall | None = None,
     ) -> None:
         super().__init__(name="local-api", daemon=True)
         self.listener = listener
@@ -214,12 +129,13 @@ class ApiServer(threading.Thread):
         self._next_expire = 0.0
         self.last_error: Callable[[str], None] = lambda text: None
         self.submit_call = submit_call
-        self._calls: dict[bytes, _PendingCall] = {}
-        self._completed: deque[tuple[bytes, dict[str, object]]] = deque()
+        # The one call table (this thread's); the solution session reports into _reported.
+        self.calls: CallTable[tuple[_Conn, int]] = CallTable()
+        self._reported: deque[CallEvent] = deque()
 
-    def complete_call(self, call_id: bytes, answer: dict[str, object]) -> None:
-        """The answer to a call arrived (from any thread)."""
-        self._completed.append((call_id, answer))
+    def report_call(self, event: CallEvent) -> None:
+        """A call answered, or a connection and its calls lost (from the session thread)."""
+        self._reported.append(event)
         with contextlib.suppress(OSError):
             self._stop_w.send(b"\1")
 
@@ -227,10 +143,6 @@ class ApiServer(threading.Thread):
         self._stopping = True
         with contextlib.suppress(OSError):
             self._stop_w.send(b"\0")
-
-    @property
-    def calls_pending(self) -> int:
-        return len(self._calls)
 
     def run(self) -> None:
         try:
@@ -253,7 +165,8 @@ class ApiServer(threading.Thread):
             if now >= self._next_expire:
                 self._next_expire = now + EXPIRE_INTERVAL
                 self._expire()
-            due = min([self._next_expire, *(c.deadline for c in self._calls.values())])
+            deadline = self.calls.next_deadline()
+            due = self._next_expire if deadline is None else min(self._next_expire, deadline)
             ready = self.sel.select(timeout=min(1.0, max(0.0, due - now)))
             touched: list[_Conn] = []
             for key, mask in ready:
@@ -275,55 +188,38 @@ class ApiServer(threading.Thread):
             self._answer(touched)
             touched += self._settle_calls(time.monotonic())
             for conn in touched:
-                if not conn.closed:
-                    self._flush(conn)
+                self._flush(conn)
 
     def _settle_calls(self, now: float) -> list[_Conn]:
-        """Answers that arrived and calls that timed out; the connections they touch."""
+        """What the session reported and the calls that timed out; the connections they touch."""
+        settled: list[Answered[tuple[_Conn, int]]] = []
+        while self._reported:
+            event = self._reported.popleft()
+            answered = self.calls.receive(event)
+            if not answered and isinstance(event, Reply):
+                log.info("dropped a proxy answer that matches no call in progress")
+            settled += answered
+        settled += self.calls.poll(now)
         touched = []
-        while self._completed:
-            call_id, answer = self._completed.popleft()
-            pending = self._calls.pop(call_id, None)
-            if pending is not None:  # else: answered already (timed out)
-                touched.append(self._fill(pending, answer))
-        for call_id, pending in list(self._calls.items()):
-            if now >= pending.deadline:
-                del self._calls[call_id]
-                answer = refusal(
-                    "timeout", f"no answer from the solution service within {pending.timeout:g} s"
-                )
-                touched.append(self._fill(pending, answer))
+        for (conn, slot), answer in settled:
+            conn.proto.answer(slot, answer)
+            touched.append(conn)
         return touched
 
-    def _fill(self, pending: _PendingCall, answer: dict[str, object]) -> _Conn:
-        pending.slot.data = encode(answer)
-        conn = pending.conn
-        while conn.slots and conn.slots[0].data is not None:
-            conn.outbuf += conn.slots.popleft().data or b""
-        return conn
-
-    def _emit(self, conn: _Conn, data: bytes) -> None:
-        if conn.slots:
-            conn.slots.append(_Slot(data))
-        else:
-            conn.outbuf += data
-
-    def _start_call(self, conn: _Conn, call: Call) -> None:
-        if len(self._calls) >= MAX_CALLS:
-            self._emit(conn, encode(refusal("unavailable", "too many calls in progress")))
+    def _start_call(self, conn: _Conn, slot: int, call: Call) -> None:
+        if self.calls.full:
+            conn.proto.answer(slot, refusal("unavailable", "too many calls in progress"))
             return
         if self.submit_call is None:
-            self._emit(conn, encode(refusal("unavailable", "calls are not available")))
+            conn.proto.answer(slot, refusal("unavailable", "calls are not available"))
             return
         call_id = os.urandom(16)
-        if not self.submit_call(call_id, call.request_payload(), call.timeout):
+        route = self.submit_call(call_id, call.request_payload(), call.timeout)
+        if route is None:
             answer = refusal("unavailable", "the solution service is not connected")
-            self._emit(conn, encode(answer))
+            conn.proto.answer(slot, answer)
             return
-        slot = _Slot()
-        conn.slots.append(slot)
-        deadline = time.monotonic() + call.timeout + CALL_GRACE
-        self._calls[call_id] = _PendingCall(conn, slot, deadline, call.timeout)
+        self.calls.start(time.monotonic(), call_id, call.timeout, route, (conn, slot))
 
     def _expire(self) -> None:
         try:
@@ -350,58 +246,29 @@ class ApiServer(threading.Thread):
 
     def _read(self, conn: _Conn) -> None:
         budget = READ_BUDGET
-        while budget > 0 and not conn.eof:
+        proto = conn.proto
+        while budget > 0 and proto.reading:
             try:
                 data = conn.sock.recv(min(budget, 256 * 1024))
             except BlockingIOError:
                 return
             except OSError:
-                conn.eof = True
-                conn.closing = True
-                conn.broken = True
+                proto.abort()
                 return
-            if not data:
-                conn.eof = True
-                return
-            conn.inbuf += data
+            proto.receive_data(data)
             budget -= len(data)
-            if len(conn.inbuf) > MAX_LINE and b"\n" not in conn.inbuf:
-                return  # _answer refuses the line
+            if not data:
+                return
 
     def _answer(self, conns: list[_Conn]) -> None:
-        # Parse every complete line of every connection, then commit once.
-        work: list[tuple[_Conn, list[Request]]] = []
+        # Take every complete request of every connection, then commit once.
+        work: list[tuple[_Conn, Received]] = []
         publishes: list[tuple[str, bytes]] = []
         for conn in conns:
-            if conn.closing:
-                continue
-            requests: list[Request] = []
-            while True:
-                end = conn.inbuf.find(b"\n")
-                if end == -1:
-                    if len(conn.inbuf) > MAX_LINE:
-                        end = len(conn.inbuf)  # refused below
-                    elif conn.eof and conn.inbuf.strip():
-                        end = len(conn.inbuf)  # a last request without its newline
-                    else:
-                        break
-                if end > MAX_LINE:
-                    requests.append(Refusal("bad_request", "line longer than 1 MiB"))
-                    conn.inbuf.clear()
-                    conn.closing = True
-                    break
-                line = bytes(conn.inbuf[:end])
-                del conn.inbuf[: end + 1]
-                if not line.strip():
-                    continue
-                request = parse_request(line, self.max_message_bytes)
-                requests.append(request)
-                if isinstance(request, Publish):
-                    publishes.append((request.stream, request.payload))
-            if conn.eof:
-                conn.closing = True
-            if requests:
-                work.append((conn, requests))
+            while isinstance(got := conn.proto.next_request(self.max_message_bytes), Received):
+                work.append((conn, got))
+                if isinstance(got.request, Publish):
+                    publishes.append((got.request.stream, got.request.payload))
         seqs: list[int] = []
         failure: str | None = None
         if publishes:
@@ -415,24 +282,23 @@ class ApiServer(threading.Thread):
                 self.on_commit()
         status: dict[str, object] | None = None
         next_seq = iter(seqs)
-        for conn, requests in work:
-            for request in requests:
-                if isinstance(request, Publish):
-                    if failure is None:
-                        # The common answer, formatted directly (hot path).
-                        self._emit(conn, b'{"ok":true,"seq":%d}\n' % next(next_seq))
-                        continue
-                    answer: dict[str, object] = Refusal("unavailable", failure).answer()
-                elif isinstance(request, CallRequest):
-                    self._start_call(conn, request.call)
+        for conn, (slot, request) in work:
+            if isinstance(request, Publish):
+                if failure is None:
+                    # The common answer, formatted directly (hot path).
+                    conn.proto.answer(slot, b'{"ok":true,"seq":%d}\n' % next(next_seq))
                     continue
-                elif isinstance(request, Status):
-                    if status is None:
-                        status = self._status()
-                    answer = status
-                else:
-                    answer = request.answer()
-                self._emit(conn, encode(answer))
+                answer: dict[str, object] = Refusal("unavailable", failure).answer()
+            elif isinstance(request, CallRequest):
+                self._start_call(conn, slot, request.call)
+                continue
+            elif isinstance(request, Status):
+                if status is None:
+                    status = self._status()
+                answer = status
+            else:
+                answer = request.answer()
+            conn.proto.answer(slot, encode(answer))
 
     def _status(self) -> dict[str, object]:
         try:
@@ -441,28 +307,30 @@ class ApiServer(threading.Thread):
             return Refusal("unavailable", str(exc)).answer()
 
     def _flush(self, conn: _Conn) -> None:
-        while conn.outbuf:
+        proto = conn.proto
+        if conn.closed:
+            return  # touched twice in a round, or a late call answer
+        while data := proto.data_to_send():
             try:
-                sent = conn.sock.send(conn.outbuf)
+                sent = conn.sock.send(data)
             except BlockingIOError:
                 break
             except OSError:
-                conn.outbuf.clear()
-                conn.closing = True
-                conn.broken = True
+                proto.abort()
                 break
-            del conn.outbuf[:sent]
-        if conn.broken or (conn.closing and not conn.outbuf and not conn.slots):
+            proto.sent(sent)
+            if sent < len(data):
+                break
+        if proto.done:
             if conn.events:
                 self.sel.unregister(conn.sock)
             conn.sock.close()
             conn.closed = True
-            conn.slots.clear()  # answers to calls still running go nowhere
             return
-        # Closing with answers left: only write. Too many unread answers: only write.
+        # Closing with answers left, or too many unread answers: only write.
         # Waiting for a call after the client's EOF: nothing to select on until it ends.
-        events = selectors.EVENT_WRITE if conn.outbuf else 0
-        if len(conn.outbuf) < MAX_PENDING_OUTPUT and not conn.closing:
+        events = selectors.EVENT_WRITE if proto.wants_write else 0
+        if proto.reading:
             events |= selectors.EVENT_READ
         if events != conn.events:
             if not events:

@@ -4,12 +4,17 @@ It also carries proxy calls: a request goes out on `sol/<id>/up/proxy` with
 the MQTT 5 response topic `sol/<id>/down/proxy`, the call's id as correlation
 data and the call's timeout as message expiry (a request that waits in the
 broker longer than anyone waits for its answer is dropped there, never
-executed late). Calls are not stored for retry: if the session goes down
-while a call is out, the call fails with `unavailable`.
+executed late). The session keeps no call table: the local API's
+(localapi/calltable.py) is the only one, with the only deadline. The session
+reports every answer it receives and, when a connection ends, that the calls
+out on it are lost (calls are not stored for retry: they fail with
+`unavailable`). Each connection gets a route number so that report fails
+exactly the calls that went out on it.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
@@ -23,6 +28,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from twelvefactor_agent.config.settings import Config
 from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
 from twelvefactor_agent.forward.window import ForwardWindow
+from twelvefactor_agent.localapi.calltable import CallEvent, Lost, Reply
 from twelvefactor_agent.localapi.proxycall import parse_answer, refusal
 from twelvefactor_agent.protocol import topics
 from twelvefactor_agent.session import payloads
@@ -37,6 +43,8 @@ QUEUE_RETRY = 2.0
 # or this many seconds, wait; a row whose delete is lost is only resent.
 DELETE_GROUP = 2000
 DELETE_DELAY = 0.5
+# Route numbers, unique over the process (sessions are replaced on reconfiguration).
+_ROUTES = itertools.count(1)
 
 
 class SolutionSession(MqttSession):
@@ -51,13 +59,13 @@ class SolutionSession(MqttSession):
         last_error: LastError,
         rng: random.Random | None = None,
         *,
-        on_call_answer: Callable[[bytes, dict[str, object]], None] = lambda cid, answer: None,
+        report_call: Callable[[CallEvent], None] = lambda event: None,
     ) -> None:
         super().__init__("solution", config, config.solution, on_state, last_error, rng)
-        self._on_call_answer = on_call_answer
-        # Calls published on this connection, by correlation id; mid -> id until PUBACK.
-        # A call whose answer never comes is forgotten after its deadline.
-        self._calls_out: dict[bytes, float] = {}
+        self._report_call = report_call
+        # The connection calls go out on now (0: none yet); set on the session thread.
+        self.route = 0
+        # mid -> call id until PUBACK, to tell a refused call from a refused message.
         self._call_mids: dict[int, bytes] = {}
         self.queue = queue  # this thread's own connection (synchronous=NORMAL)
         self.forward = ForwardWindow(WINDOW)
@@ -68,28 +76,35 @@ class SolutionSession(MqttSession):
 
     def on_up(self, client: mqtt.Client) -> None:
         self.forward.reset()
+        self.route = next(_ROUTES)
 
     def on_down(self) -> None:
+        self._lose_calls("the connection to the solution service was lost")
         # Settle what was delivered before rewinding, or it would be sent again.
-        self.on_stopped()
+        self._settle_deletes()
         self.forward.reset()
-        self._fail_calls("the connection to the solution service was lost")
 
     def subscriptions(self) -> list[str]:
         return [topics.sol_down(self.device, "#")]
 
     # -- proxy calls ---------------------------------------------------------------
 
-    def send_call(self, call_id: bytes, request: bytes, timeout: float) -> None:
-        """Publish a proxy call (from any thread); its answer comes through on_call_answer."""
-        self.call_soon(lambda: self._send_call(call_id, request, timeout))
+    def send_call(self, call_id: bytes, request: bytes, timeout: float) -> int | None:
+        """Publish a proxy call (from any thread): the route it goes out on, None if offline.
 
-    def _send_call(self, call_id: bytes, request: bytes, timeout: float) -> None:
+        Its answer, or its loss with the route, comes through report_call."""
+        route = self.route
+        if not self.online or not route:
+            return None
+        self.call_soon(lambda: self._send_call(call_id, request, timeout, route))
+        return route
+
+    def _send_call(self, call_id: bytes, request: bytes, timeout: float, route: int) -> None:
         client = self.client
-        if client is None or not self.online:
-            self._on_call_answer(
-                call_id, refusal("unavailable", "the solution service is not connected")
-            )
+        if client is None or not self.online or route != self.route:
+            # Its connection went down meanwhile (and Lost was reported, or will be).
+            answer = refusal("unavailable", "the solution service is not connected")
+            self._report_call(Reply(call_id, answer))
             return
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = topics.sol_down(self.device, "proxy")
@@ -97,14 +112,9 @@ class SolutionSession(MqttSession):
         props.MessageExpiryInterval = max(1, math.ceil(timeout))
         info = client.publish(topics.sol_up(self.device, "proxy"), request, qos=1, properties=props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            self._on_call_answer(
-                call_id, refusal("unavailable", "the solution service is not connected")
-            )
+            answer = refusal("unavailable", "the solution service is not connected")
+            self._report_call(Reply(call_id, answer))
             return
-        now = time.monotonic()
-        if len(self._calls_out) > 4096:
-            self._calls_out = {c: d for c, d in self._calls_out.items() if d > now}
-        self._calls_out[call_id] = now + timeout + 5.0
         self._call_mids[info.mid] = call_id
 
     def on_message(self, topic: str, payload: bytes, properties: Properties | None) -> None:
@@ -112,17 +122,15 @@ class SolutionSession(MqttSession):
             self.log.warning("dropped a message on %s: not a topic this agent handles", topic)
             return
         call_id = getattr(properties, "CorrelationData", None)
-        if not isinstance(call_id, bytes) or call_id not in self._calls_out:
-            # Late (the call timed out and the connection changed) or not ours.
-            self.log.info("dropped a proxy answer that matches no call in progress")
+        if not isinstance(call_id, bytes):
+            self.log.info("dropped a proxy answer without correlation data")
             return
-        del self._calls_out[call_id]
-        self._on_call_answer(call_id, parse_answer(payload))
+        # The call table matches it (or drops it: late, or not ours).
+        self._report_call(Reply(call_id, parse_answer(payload)))
 
-    def _fail_calls(self, why: str) -> None:
-        for call_id in self._calls_out:
-            self._on_call_answer(call_id, refusal("unavailable", why))
-        self._calls_out.clear()
+    def _lose_calls(self, why: str) -> None:
+        if self.route:
+            self._report_call(Lost(self.route, why))
         self._call_mids.clear()
 
     # -- forwarding ----------------------------------------------------------------
@@ -130,11 +138,9 @@ class SolutionSession(MqttSession):
     def on_publish(self, mid: int, reason: ReasonCode) -> None:
         call_id = self._call_mids.pop(mid, None)
         if call_id is not None:
-            if reason.is_failure and call_id in self._calls_out:
-                del self._calls_out[call_id]
-                self._on_call_answer(
-                    call_id, refusal("unavailable", f"the broker refused the call: {reason}")
-                )
+            if reason.is_failure:
+                answer = refusal("unavailable", f"the broker refused the call: {reason}")
+                self._report_call(Reply(call_id, answer))
             return
         seq = self.forward.acked(mid)
         if seq is None:
@@ -176,7 +182,10 @@ class SolutionSession(MqttSession):
         self._delete_due = None
 
     def on_stopped(self) -> None:
-        self._fail_calls("the agent is restarting its sessions")
+        self._lose_calls("the agent is restarting its sessions")
+        self._settle_deletes()
+
+    def _settle_deletes(self) -> None:
         try:
             self.flush_deletes()
         except QueueUnavailable as exc:
