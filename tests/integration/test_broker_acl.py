@@ -11,8 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from twelvefactor_agent.protocol.envelope import MAX_MESSAGE
 from twelvefactor_agent.protocol.topics import MANAGEMENT_UP, SOLUTION_DATA_UP
-from twelvefactor_services.broker import BrokerConfig, BrokerError, render_config
+from twelvefactor_services.broker import MAX_PACKET, BrokerConfig, BrokerError, render_config
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Pki, Validity
 from twelvefactor_services.solution.receivers import read_archive
@@ -386,3 +387,45 @@ def test_the_broker_does_not_start_without_its_identity_plugin(
     assert "use_identity_as_username" not in rendered
     assert rendered.count("plugin_opt_device_suffixes -mgmt\n") == 1
     assert rendered.count("plugin_opt_device_suffixes -sol\n") == 1
+
+
+# -- sizes and topics a device may use (issue 19, finding 4) ---------------------------
+
+
+def test_a_device_writes_only_the_protocols_topics_so_no_junk_is_retained(
+    stack: Stack, probes: MakeProbe
+) -> None:
+    dev = probes(stack.management_endpoint, stack.device("dev-a"), "dev-a-mgmt")
+    sol = probes(stack.solution_endpoint, stack.device("dev-a"), "dev-a-sol")
+    junk = b"x" * 100_000
+    for i in range(20):
+        dev.publish(f"mgmt/dev-a/up/junk/{i}", junk, retain=True)
+        sol.publish(f"sol/dev-a/up/junk/{i}", junk, retain=True)
+    dev.publish("mgmt/dev-a/up/health/extra", b'{"v":1}', retain=True)
+    sol.publish("sol/dev-a/up/data/t/extra", b'{"v":1}', retain=True)
+    dev.publish("mgmt/dev-a/up/online", b'{"v":1,"online":true,"ts":1}', retain=True)
+    sol.publish("sol/dev-a/up/data/t", b'{"v":1,"marker":1}', retain=True)
+    # A service arriving later gets the retained messages: only the protocol's.
+    mgmt = probes(stack.service_endpoint, stack.service_identity("management"), "management-5")
+    solution = probes(stack.service_endpoint, stack.service_identity("solution"), "solution-5")
+    mgmt.subscribe("mgmt/+/up/#")
+    solution.subscribe("sol/+/up/#")
+    assert [m.topic for m in mgmt.drain(QUIET)] == ["mgmt/dev-a/up/online"]
+    assert [m.topic for m in solution.drain(0.5)] == ["sol/dev-a/up/data/t"]
+
+
+def test_a_packet_over_the_protocols_largest_message_is_refused(
+    stack: Stack, probes: MakeProbe
+) -> None:
+    service = probes(stack.service_endpoint, stack.service_identity("solution"), "solution-6")
+    service.subscribe("sol/+/up/#")
+    big = Probe(stack.solution_endpoint, stack.device("dev-a"), "dev-a-sol")
+    big.connect()
+    big.client.publish("sol/dev-a/up/data/t", b"x" * (MAX_PACKET + 1), qos=1)
+    wait_until(big._disconnected.is_set, 20, "the broker to drop the client")
+    big.client.loop_stop()
+    assert service.drain(QUIET) == []
+    # The largest message the protocol allows still goes through.
+    ok = probes(stack.solution_endpoint, stack.device("dev-a"), "dev-a-sol")
+    ok.publish("sol/dev-a/up/data/t", b"y" * MAX_MESSAGE)
+    assert len(service.wait_for().payload) == MAX_MESSAGE

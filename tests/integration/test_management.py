@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -160,10 +161,15 @@ def test_malformed_payloads_are_dropped_and_change_nothing(
         ("health", {"v": 1, "ts": float("inf")}),
         ("meta", {"v": 1, "ts": good + 99, "device": "dev-999"}),
         ("meta", b""),
+        ("health", {"v": 1, "ts": good + 99, "pad": "x" * 20_000}),  # over 16 KiB
+    ]
+    # Topics outside the protocol never reach the service: the broker's ACL names
+    # each topic a device may write (test_broker_acl.py), so these are not logged here.
+    off_protocol: list[tuple[str, bytes | dict[str, Any]]] = [
         ("reboot", {"v": 1, "ts": good + 99}),
         ("health/extra", {"v": 1, "ts": good + 99}),
     ]
-    for kind, payload in bad:
+    for kind, payload in [*bad, *off_protocol]:
         dev.publish(f"mgmt/dev-004/up/{kind}", payload)
     marker = good + 1
     dev.publish("mgmt/dev-004/up/health", health(marker, uptime=11.0))
@@ -176,6 +182,9 @@ def test_malformed_payloads_are_dropped_and_change_nothing(
     log = management.log_file.read_text()
     assert log.count("dropped") >= len(bad)
     assert "meta names device 'dev-999'" in log
+    assert re.search(
+        r"dropped 'health' from dev-004: message of 2\d{4} bytes is larger than 16384", log
+    )
 
 
 def test_two_copies_share_the_load_and_the_registry(stack: Stack, probes: MakeProbe) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -233,6 +234,29 @@ def test_archive_receiver_skips_what_it_already_wrote_and_repairs_a_torn_line(
     assert [json.loads(x)["seq"] for x in path.read_text().splitlines()] == [1, 2, 3]
     with pytest.raises(ValueError):
         again.path("../etc")
+
+
+def test_archive_receiver_streams_a_large_file_instead_of_reading_it_whole(
+    tmp_path: Path,
+) -> None:
+    """Issue 19, finding 4: the receiver read a device's whole archive into memory."""
+    path = tmp_path / "dev-1.jsonl"
+    pad = "x" * 2000
+    with open(path, "w") as f:
+        for seq in range(1, 20_001):  # about 40 MB
+            f.write(json.dumps({"seq": seq, "pad": pad}) + "\n")
+        f.write('{"seq": 20001, "pa')  # and a torn last line
+    receiver = ArchiveReceiver(tmp_path)
+    tracemalloc.start()
+    try:
+        receiver.deliver("dev-1", 20_000, json.dumps({"seq": 20_000}))  # a redelivery
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB while reading a 40 MB archive"
+    receiver.deliver("dev-1", 20_001, json.dumps({"seq": 20_001}))
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 20_001 and json.loads(lines[-1]) == {"seq": 20_001}
 
 
 def test_store_dedups_in_one_transaction_and_leases_one_deliverer(tmp_path: Path) -> None:

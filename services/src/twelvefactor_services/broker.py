@@ -41,6 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from twelvefactor_agent.protocol.envelope import MAX_MESSAGE
+
 from twelvefactor_services.pki import Pki
 from twelvefactor_services.process import ChildProcess, LaunchError
 
@@ -106,17 +108,28 @@ class BrokerConfig:
         return self.run_dir / "mosquitto.log"
 
 
+# Devices write exactly the topics of docs/protocol.md, nothing under them: with `up/#`
+# a device filled the broker's memory and persistence with retained junk topics.
 MANAGEMENT_ACL = """\
 # Devices on the management listener: their own topics only (%u = certificate CN).
-pattern write mgmt/%u/up/#
+pattern write mgmt/%u/up/online
+pattern write mgmt/%u/up/meta
+pattern write mgmt/%u/up/health
+pattern write mgmt/%u/up/config
+pattern write mgmt/%u/up/update
 pattern read mgmt/%u/down/#
 """
 
 SOLUTION_ACL = """\
 # Devices on the solution listener: their own topics only (%u = certificate CN).
-pattern write sol/%u/up/#
+pattern write sol/%u/up/data/+
+pattern write sol/%u/up/proxy
 pattern read sol/%u/down/#
 """
+
+# The largest packet the broker takes: the protocol's largest message (1 MiB, a data
+# envelope or a proxied call) plus room for the topic and properties.
+MAX_PACKET = MAX_MESSAGE + 16 * 1024
 
 SERVICE_ACL = """\
 # Services: each reads what devices send it and writes what it sends devices.
@@ -195,6 +208,8 @@ def render_config(cfg: BrokerConfig) -> dict[str, str]:
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             # Queued QoS 1 messages per offline persistent session (the solution service's).
             "max_queued_messages 100000",
+            # A bigger packet is refused and its client disconnected (was: 100 MiB taken).
+            f"max_packet_size {MAX_PACKET}",
             "set_tcp_nodelay true",
             "",
             listener(cfg.management_port, cfg.address, pki.ca_cert, "acl-management", "-mgmt"),

@@ -14,6 +14,9 @@ from twelvefactor_agent.protocol.envelope import ProtocolError
 from twelvefactor_agent.protocol.states import CONFIG_STATUSES, CONFIG_VERSION_MAX
 
 KINDS = ("online", "meta", "health", "config")
+# Size caps per kind (bytes): what the agent sends is a few hundred bytes; what is
+# stored verbatim (meta, health) is bounded, so a device cannot fill the registry.
+MAX_BYTES = {"online": 1024, "meta": 16 * 1024, "health": 16 * 1024, "config": 8 * 1024}
 STATUSES = CONFIG_STATUSES
 MAX_REASON = 200  # an online/offline reason: "lost", "shutdown", "reconfigure" in practice
 
@@ -22,9 +25,9 @@ class PayloadError(ProtocolError):
     """A payload the protocol says to drop (with a log line)."""
 
 
-def parse_object(raw: bytes) -> dict[str, Any]:
+def parse_object(raw: bytes, max_bytes: int = envelope.MAX_MESSAGE) -> dict[str, Any]:
     """A protocol message (`protocol.envelope.parse`), or PayloadError saying what is wrong."""
-    return envelope.parse(raw, error=PayloadError)
+    return envelope.parse(raw, max_bytes=max_bytes, error=PayloadError)
 
 
 def number(obj: dict[str, Any], field: str) -> float:
@@ -59,7 +62,7 @@ class ConfigReport:
 
 def _config_report(raw: bytes) -> ConfigReport:
     """`{"v":1,"version":N,"status":"applied|rejected|reverted","error":...}` or PayloadError."""
-    obj = parse_object(raw)
+    obj = parse_object(raw, MAX_BYTES["config"])
     version = envelope.integer(obj, "version", 1, CONFIG_VERSION_MAX, error=PayloadError)
     status = obj.get("status")
     if status not in STATUSES:
@@ -78,7 +81,7 @@ def parse_report(device: str, kind: str, raw: bytes) -> Report:
         raise PayloadError(f"unknown management topic kind {kind!r}")
     if kind == "config":
         return _config_report(raw)
-    obj = parse_object(raw)
+    obj = parse_object(raw, MAX_BYTES[kind])
     if kind == "online":
         online = obj.get("online")
         if not isinstance(online, bool):

@@ -10,7 +10,12 @@ from pathlib import Path
 
 from twelvefactor_services import service_args
 from twelvefactor_services.solution import proxyconfig
-from twelvefactor_services.solution.receivers import ArchiveReceiver, Receiver, WebhookReceiver
+from twelvefactor_services.solution.receivers import (
+    ArchiveReceiver,
+    Receiver,
+    WebhookReceiver,
+    archive_lines,
+)
 from twelvefactor_services.solution.store import Store
 
 
@@ -28,14 +33,19 @@ def _archive(directory: Path, device: str | None) -> int:
         if not path.exists():
             print(f"twelvefactor-solution: nothing archived for {device!r}", file=sys.stderr)
             return 1
-        sys.stdout.write(path.read_text())
+        for line in archive_lines(path):
+            sys.stdout.write(line.decode())
         return 0
     print(f"{'DEVICE':<24} {'MESSAGES':>8} {'FIRST SEQ':>10} {'LAST SEQ':>10}")
     for path in sorted(directory.glob("*.jsonl")):
-        seqs = [json.loads(line)["seq"] for line in path.read_text().splitlines() if line]
-        first = min(seqs) if seqs else "-"
-        last = max(seqs) if seqs else "-"
-        print(f"{path.stem:<24} {len(seqs):>8} {first:>10} {last:>10}")
+        count, first, last = 0, None, None
+        for line in archive_lines(path):
+            seq = json.loads(line)["seq"]
+            count += 1
+            first = seq if first is None else min(first, seq)
+            last = seq if last is None else max(last, seq)
+        shown = ["-" if n is None else str(n) for n in (first, last)]
+        print(f"{path.stem:<24} {count:>8} {shown[0]:>10} {shown[1]:>10}")
     return 0
 
 

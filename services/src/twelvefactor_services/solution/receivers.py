@@ -6,6 +6,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,19 +26,22 @@ class Receiver(Protocol):
     def deliver(self, device: str, seq: int, record: str) -> None: ...
 
 
-def complete_lines(data: bytes) -> bytes:
-    """The part of an archive file that is whole lines: a line being written,
-    or torn by a crash, is not a record yet."""
-    return data[: data.rfind(b"\n") + 1]
+def archive_lines(path: Path) -> Iterator[bytes]:
+    """The whole lines of an archive file, one at a time (a device's file can be large:
+    it is never read into memory at once). A torn last line is not yielded."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; a generator holds it open)
+    except FileNotFoundError:
+        return
+    with f:
+        for line in f:
+            if line.endswith(b"\n"):
+                yield line
 
 
 def read_archive(path: Path) -> list[dict[str, Any]]:
     """The records of one device's archive file, in the order they were written."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    return [json.loads(line) for line in complete_lines(data).splitlines()]
+    return [json.loads(line) for line in archive_lines(path)]
 
 
 class ArchiveReceiver:
@@ -69,15 +73,14 @@ class ArchiveReceiver:
             return seen
         seen = set()
         path = self.path(device)
-        if path.exists():
-            data = path.read_bytes()
-            complete = complete_lines(data)
-            if len(complete) != len(data):
-                with open(path, "r+b") as f:
-                    f.truncate(len(complete))
-                    os.fsync(f.fileno())
-            for line in complete.splitlines():
-                seen.add(int(json.loads(line)["seq"]))
+        whole = 0  # bytes in whole lines
+        for line in archive_lines(path):
+            seen.add(int(json.loads(line)["seq"]))
+            whole += len(line)
+        if path.exists() and path.stat().st_size != whole:
+            with open(path, "r+b") as f:  # a line torn by a crash: cut it off
+                f.truncate(whole)
+                os.fsync(f.fileno())
         self._seen[device] = seen
         return seen
 
