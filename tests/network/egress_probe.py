@@ -43,6 +43,14 @@ def attempt(kind: str, address: str, port: int) -> str:
                     return "answered"
                 except TimeoutError:
                     return "sent"
+        if kind == "dhcp":  # from the DHCP client's port to the server's
+            ports = (546, 547) if family == socket.AF_INET6 else (68, 67)
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", ports[0]))
+                s.sendto(b"twelvefactor egress probe", (address, ports[1]))
+                return "sent"
         if kind == "icmp":
             proto = socket.IPPROTO_ICMPV6 if family == socket.AF_INET6 else socket.IPPROTO_ICMP
             echo = bytes([128 if family == socket.AF_INET6 else 8, 0, 0, 0, 0, 1, 0, 1])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 from testbed.network.lab import DEVICES, FAR, HUB_UNDERLAY, INTERNET, Lab
@@ -64,3 +65,30 @@ def test_the_allowed_path_works_from_the_same_process(lab: Lab) -> None:
     wanted = [("tcp", hub4, lab.hub_info["management_port"])]
     out = lab.a.ns.exec(sys.executable, str(PROBE), json.dumps(wanted))
     assert json.loads(out)[0][3] == "connected"
+
+
+def _dhcp(lab: Lab, address: str) -> str:
+    out = lab.a.ns.exec(sys.executable, str(PROBE), json.dumps([("dhcp", address, 0)]))
+    return str(json.loads(out)[0][3])
+
+
+def test_dhcp_goes_only_to_broadcast_and_to_a_server_that_answered(lab: Lab) -> None:
+    """Issue 19, finding 17: DHCP's ports reached any address of the underlay."""
+    server = INTERNET[0]
+    assert _dhcp(lab, server) == "EPERM"  # no DHCP server at that address answered yet
+    assert _dhcp(lab, FAR[0]) == "EPERM"
+    assert _dhcp(lab, INTERNET[1]) == "EPERM"  # DHCPv6 to a unicast address
+    assert _dhcp(lab, "255.255.255.255") == "sent"
+    # A DHCP answer from the server (source port 67 to the client's 68) ...
+    device = DEVICES[lab.a.id][0]
+    code = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        f"s.bind(({server!r}, 67)); s.sendto(b'offer', ({device!r}, 68))"
+    )
+    lab.inet.exec(sys.executable, "-c", code)
+    # ... makes it a server the device may renew with; other addresses stay closed.
+    deadline = time.monotonic() + 10
+    while _dhcp(lab, server) != "sent":
+        assert time.monotonic() < deadline, "the answering server was not remembered"
+        time.sleep(0.2)
+    assert _dhcp(lab, FAR[0]) == "EPERM"
