@@ -495,6 +495,10 @@ NFT_CORE_WORDS = frozenset(
         "flags",
         "interval",
         "timeout",
+        # sets updated from the packet path: nft_dynset and the hash set backend
+        # are built into nf_tables itself (net/netfilter/Makefile: nf_tables-objs)
+        "dynamic",
+        "update",
         "size",
         "ipv4_addr",
         "ipv6_addr",
