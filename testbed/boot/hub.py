@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from twelvefactor_services.hub.peers import PeerStore
-from twelvefactor_services.hub.plan import Peer
+from twelvefactor_services.hub.plan import TABLE, Peer
 from twelvefactor_services.hub.service import Settings, init, load_settings, registry_path
 from twelvefactor_services.solution.receivers import read_archive
 
@@ -130,6 +130,10 @@ class Hub:
     def _start(self) -> None:
         _run("ip", "netns", "add", self.netns)
         _run("ip", "-n", self.netns, "link", "set", "lo", "up")
+        # A hub host routes (as the network lab's does): only the shipped hub's own
+        # nftables table keeps spokes apart, and the scans prove that it does.
+        for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
+            _run("ip", "netns", "exec", self.netns, "sysctl", "-q", "-w", f"{key}=1")
         self.public_key = init(
             self.root,
             Settings(
@@ -158,6 +162,29 @@ class Hub:
 
     def log_tail(self, lines: int = 40) -> str:
         return tail(self.root / "hub.log", lines)
+
+    def forward_drops(self) -> int:
+        """Packets the shipped hub's forward chain dropped from a spoke (its counter)."""
+        out = _run(
+            "ip",
+            "netns",
+            "exec",
+            self.netns,
+            "nft",
+            "-j",
+            "list",
+            "chain",
+            "inet",
+            TABLE,
+            "forward",
+        )
+        for item in json.loads(out)["nftables"]:
+            rule = item.get("rule")
+            if rule and rule.get("comment") == "from a spoke: never forwarded":
+                for expr in rule["expr"]:
+                    if "counter" in expr:
+                        return int(expr["counter"]["packets"])
+        raise HubError("the hub's forward chain has no 'from a spoke' counter")
 
     def _wg_cmd(self, *args: str) -> str:
         return _run("ip", "netns", "exec", self.netns, "wg", *args)
