@@ -340,3 +340,104 @@ def test_cli_publish_status_and_check_config(agent: Agent) -> None:
         [*cli, "run", "--config", str(bad)], capture_output=True, text=True, timeout=60
     )
     assert refused.returncode == 2
+
+
+# -- a hostile local application (issue 19, finding 6) ---------------------------------
+
+
+def _rss_peak_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def test_clients_beyond_the_cap_are_told_so_and_the_rest_are_served(agent: Agent) -> None:
+    from twelvefactor_agent.localapi.server import MAX_CLIENTS
+
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CLIENTS):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(agent.socket))
+            held.append(s)
+        # one too many: refused, and told why
+        with agent.client() as client, pytest.raises(AgentError, match="too many clients"):
+            client.status()
+        held.pop().close()
+        time.sleep(0.5)  # the agent notices the close on its next round
+        with agent.client() as client:  # a place is free again
+            assert client.status()["queue"]["depth"] == 0
+    finally:
+        for s in held:
+            s.close()
+    assert agent.proc is not None and agent.proc.poll() is None
+
+
+def test_unfinished_lines_are_bounded_over_all_clients(agent: Agent) -> None:
+    """300 clients each sitting on most of a 1 MiB line took the agent to 329 MB; now the
+    client that pushes the unfinished total over its budget is closed."""
+    assert agent.proc is not None
+    base = _rss_peak_kb(agent.proc.pid)
+    chunk = b'{"op":"publish","stream":"s","payload":"' + b"x" * (900 * 1024)
+    held: list[socket.socket] = []
+    closed = 0
+    try:
+        for _ in range(120):
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(str(agent.socket))
+            s.settimeout(10)
+            try:
+                s.sendall(chunk)
+            except OSError:
+                closed += 1
+            held.append(s)
+        with agent.client() as client:
+            assert client.status()["queue"]["depth"] == 0
+        for s in held:  # the ones over the budget were closed by the agent
+            s.settimeout(0.2)
+            try:
+                if s.recv(1) == b"":
+                    closed += 1
+            except (TimeoutError, OSError):
+                pass
+    finally:
+        for s in held:
+            s.close()
+    grown_mb = (_rss_peak_kb(agent.proc.pid) - base) / 1024
+    assert closed >= 60, f"only {closed} of 120 clients were closed"
+    assert grown_mb < 100, f"the agent's peak RSS grew {grown_mb:.0f} MB (108 MB unbounded)"
+    assert agent.proc.poll() is None
+
+
+def test_a_client_sitting_on_an_unfinished_line_or_idle_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real server and queue in this process, with the limits shortened."""
+    from twelvefactor_agent.config.settings import QueueSettings
+    from twelvefactor_agent.forward.queue import Queue
+    from twelvefactor_agent.localapi import server
+
+    monkeypatch.setattr(server, "UNFINISHED_TIMEOUT", 0.5)
+    monkeypatch.setattr(server, "IDLE_TIMEOUT", 1.5)
+    monkeypatch.setattr(server, "CHECK_EVERY", 0.1)
+    path = Path(tempfile.mkdtemp(prefix="tf-api-")) / "a.sock"
+    try:
+        queue = Queue(tmp_path / "queue.db", QueueSettings(10**7, 3600, 4096))
+        api = server.ApiServer(
+            server.bind_socket(path, None), queue, lambda: {"queue": {}}, lambda: None
+        )
+        api.start()
+        unfinished, idle, busy = (socket.socket(socket.AF_UNIX) for _ in range(3))
+        for s in (unfinished, idle, busy):
+            s.connect(str(path))
+            s.settimeout(5)
+        unfinished.sendall(b'{"op":"status"')  # and never the newline
+        assert unfinished.recv(1) == b""  # closed after UNFINISHED_TIMEOUT
+        assert busy.sendall(b'{"op":"status"}\n') is None and busy.recv(4096).startswith(b'{"ok"')
+        assert idle.recv(1) == b""  # closed after IDLE_TIMEOUT, having sent nothing
+        assert api.is_alive() and len(api.conns) <= 1
+        api.stop()
+        api.join(5)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)

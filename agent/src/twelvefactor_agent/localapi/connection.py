@@ -217,6 +217,16 @@ class Connection:
         del self._out[:count]
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not yet taken as requests (an unfinished line)."""
+        return len(self._in)
+
+    @property
+    def waiting(self) -> bool:
+        """Whether an answer is still owed (a call in progress, or answers not yet sent)."""
+        return self._first < self._next or bool(self._out)
+
+    @property
     def wants_write(self) -> bool:
         """Answers are ready to go."""
         return bool(self._out)

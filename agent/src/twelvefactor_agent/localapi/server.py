@@ -42,6 +42,16 @@ from twelvefactor_agent.localapi.proxycall import Call, refusal
 # Read at most this much from one connection per round (fairness between clients).
 READ_BUDGET = 4 * MAX_LINE
 EXPIRE_INTERVAL = 60.0
+# The agent is the device's only link and must outlive any application: clients
+# are bounded in number, in what they may leave unfinished, and in idle time.
+MAX_CLIENTS = 256  # and always well below the descriptor limit (_client_cap)
+RESERVED_FDS = 64  # descriptors kept for the queue, the sessions, downloads, logs
+TOTAL_UNFINISHED = 32 * 1024 * 1024  # bytes of unfinished lines over all clients
+UNFINISHED_TIMEOUT = 30.0  # seconds a client may sit on an unfinished line
+IDLE_TIMEOUT = 600.0  # seconds a client may stay connected doing nothing
+ACCEPT_PAUSE = 1.0  # after EMFILE/ENFILE: stop accepting this long (no busy loop)
+LOG_EVERY = 10.0  # a repeated warning at most this often (with the count)
+CHECK_EVERY = 1.0  # how often the limits above are checked
 
 # Hands a call (id, MQTT request, timeout) to the solution session: the route
 # (the session's connection) it went out on, or None if the session is offline.
@@ -92,16 +102,43 @@ def bind_socket(path: Path, group: str | None) -> socket.socket:
     return sock
 
 
+def _client_cap() -> int:
+    """MAX_CLIENTS, or fewer if the process may open fewer descriptors than that needs."""
+    soft = os.sysconf("SC_OPEN_MAX")  # the soft RLIMIT_NOFILE (no python3-resource needed)
+    if soft <= 0:
+        return MAX_CLIENTS
+    return max(1, min(MAX_CLIENTS, soft - RESERVED_FDS))
+
+
 class _Conn:
     """A client socket and its protocol state (connection.py)."""
 
-    __slots__ = ("closed", "events", "proto", "sock")
+    __slots__ = ("active", "closed", "events", "proto", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
         self.proto = Connection()
         self.events = 0  # 0: not registered with the selector
         self.closed = False
+        self.active = now  # the last time it sent a whole request (or connected)
+
+
+class _RateLimitedLog:
+    """One line per LOG_EVERY seconds for a repeated warning, with how often it happened."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def warning(self, key: str, text: str, now: float) -> None:
+        self._count[key] = self._count.get(key, 0) + 1
+        if now - self._last.get(key, -LOG_EVERY) >= LOG_EVERY:
+            count = self._count.pop(key)
+            self._last[key] = now
+            log.warning("%s%s", text, f" ({count} times)" if count > 1 else "")
+
+
+TOO_MANY = encode({"ok": False, "error": "unavailable", "message": "too many clients"})
 
 
 class ApiServer(threading.Thread):
@@ -132,6 +169,12 @@ class ApiServer(threading.Thread):
         # The one call table (this thread's); the solution session reports into _reported.
         self.calls: CallTable[tuple[_Conn, int]] = CallTable()
         self._reported: deque[CallEvent] = deque()
+        self.conns: set[_Conn] = set()
+        self.max_clients = _client_cap()
+        self._accepting = True
+        self._accept_again = 0.0
+        self._next_check = 0.0
+        self._warn = _RateLimitedLog()
 
     def report_call(self, event: CallEvent) -> None:
         """A call answered, or a connection and its calls lost (from the session thread)."""
@@ -165,8 +208,12 @@ class ApiServer(threading.Thread):
             if now >= self._next_expire:
                 self._next_expire = now + EXPIRE_INTERVAL
                 self._expire()
+            if now >= self._next_check:
+                self._next_check = now + CHECK_EVERY
+                self._check_clients(now)
             deadline = self.calls.next_deadline()
-            due = self._next_expire if deadline is None else min(self._next_expire, deadline)
+            due = min(self._next_expire, self._next_check)
+            due = due if deadline is None else min(due, deadline)
             ready = self.sel.select(timeout=min(1.0, max(0.0, due - now)))
             touched: list[_Conn] = []
             for key, mask in ready:
@@ -232,17 +279,55 @@ class ApiServer(threading.Thread):
 
     def _accept(self) -> None:
         while True:
+            now = time.monotonic()
             try:
                 sock, _ = self.listener.accept()
             except BlockingIOError:
                 return
-            except OSError as exc:  # EMFILE and friends: keep serving the others
-                log.warning("accept: %s", exc)
+            except OSError as exc:
+                # Out of descriptors (EMFILE and friends): stop selecting the listener
+                # for a moment, or accept would be retried in a busy loop; the clients
+                # already connected go on being served.
+                self._warn.warning("accept", f"accept: {exc}: pausing new clients", now)
+                self._pause_accepting(now)
                 return
+            if len(self.conns) >= self.max_clients:
+                self._warn.warning(
+                    "too-many", f"refused a client: {self.max_clients} connected already", now
+                )
+                with contextlib.suppress(OSError):
+                    sock.send(TOO_MANY)
+                sock.close()
+                continue
             sock.setblocking(False)
-            conn = _Conn(sock)
+            conn = _Conn(sock, now)
             conn.events = selectors.EVENT_READ
             self.sel.register(sock, conn.events, conn)
+            self.conns.add(conn)
+
+    def _pause_accepting(self, now: float) -> None:
+        if self._accepting:
+            self.sel.unregister(self.listener)
+            self._accepting = False
+        self._accept_again = now + ACCEPT_PAUSE
+
+    def _check_clients(self, now: float) -> None:
+        """Close clients that sit on an unfinished line or idle too long; accept again."""
+        if not self._accepting and now >= self._accept_again:
+            self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+            self._accepting = True
+        for conn in list(self.conns):
+            proto = conn.proto
+            quiet = now - conn.active
+            if proto.buffered and quiet > UNFINISHED_TIMEOUT:
+                why = f"an unfinished line for {UNFINISHED_TIMEOUT:.0f} s"
+            elif not proto.waiting and quiet > IDLE_TIMEOUT:
+                why = f"idle for {IDLE_TIMEOUT:.0f} s"
+            else:
+                continue
+            self._warn.warning(why, f"closed a client: {why}", now)
+            proto.abort()
+            self._flush(conn)
 
     def _read(self, conn: _Conn) -> None:
         budget = READ_BUDGET
@@ -259,6 +344,20 @@ class ApiServer(threading.Thread):
             budget -= len(data)
             if not data:
                 return
+            if b"\n" in data:
+                conn.active = time.monotonic()
+            elif proto.buffered > MAX_LINE // 4 and self._unfinished() > TOTAL_UNFINISHED:
+                # Many clients each sitting on a long unfinished line: the one that
+                # pushes the total over the budget goes (its line was not accepted).
+                now = time.monotonic()
+                self._warn.warning(
+                    "unfinished", "closed a client: unfinished lines over their budget", now
+                )
+                proto.abort()
+                return
+
+    def _unfinished(self) -> int:
+        return sum(c.proto.buffered for c in self.conns)
 
     def _answer(self, conns: list[_Conn]) -> None:
         # Take every complete request of every connection, then commit once.
@@ -326,6 +425,7 @@ class ApiServer(threading.Thread):
                 self.sel.unregister(conn.sock)
             conn.sock.close()
             conn.closed = True
+            self.conns.discard(conn)
             return
         # Closing with answers left, or too many unread answers: only write.
         # Waiting for a call after the client's EOF: nothing to select on until it ends.
