@@ -128,15 +128,21 @@ class Lab:
             self.wait_online(dev)
 
     def wait_online(self, dev: Device, timeout: float = 90) -> None:
+        """Both sessions up, and the management service has recorded the device online
+        (it does so a moment after the agent's CONNACK: a test reading the registry
+        right away saw no device at all)."""
         deadline = time.monotonic() + timeout
         while True:
             status = dev.status()
             if status["management"] == "online" and status["solution"] == "online":
-                return
+                recorded = self.registry_device(dev.id)
+                if recorded is not None and recorded["online"] is True:
+                    return
             if time.monotonic() > deadline:
                 tail = read_log(dev.agent_log)[-3000:] if dev.agent_log else ""
                 raise TestbedError(
-                    f"{dev.id} not online through the tunnel: {status}\n"
+                    f"{dev.id} not online through the tunnel: {status}, "
+                    f"registry: {self.registry_device(dev.id)}\n"
                     f"agent log {dev.agent_log}:\n{tail}\nhub:\n{self.hub_log()}"
                 )
             time.sleep(0.2)
