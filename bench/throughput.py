@@ -149,7 +149,7 @@ def forwarder_work(stack: Stack, root: Path, count: int) -> float:
             break
         for message in batch:
             topics.data(device, message.stream)
-            payloads.data_envelope(device, message)
+            payloads.data_envelope(device, queue.incarnation, message)
             mid += 1
             window.sent(message.seq, mid)
         for acked in list(window.in_flight):  # every PUBACK, as on_publish takes them

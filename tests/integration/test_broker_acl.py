@@ -363,6 +363,7 @@ def _envelope(device: str, seq: int) -> bytes:
         {
             "v": 1,
             "device": device,
+            "queue_id": "0123456789abcdef",
             "seq": seq,
             "stream": "t",
             "ts": 1.0,

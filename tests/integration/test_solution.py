@@ -26,11 +26,15 @@ from testbed.stack import ServiceProcess, Stack, wait_until
 MakeProbe = Callable[..., Probe]
 
 
+QUEUE = "0123456789abcdef"  # the queue_id of the fake devices' queue
+
+
 def envelope(device: str, seq: int, stream: str = "temperature") -> dict[str, Any]:
     data = json.dumps({"t": 20 + seq / 10}).encode()
     return {
         "v": 1,
         "device": device,
+        "queue_id": QUEUE,
         "seq": seq,
         "stream": stream,
         "ts": time.time(),
@@ -223,14 +227,14 @@ def test_archive_receiver_skips_what_it_already_wrote_and_repairs_a_torn_line(
 ) -> None:
     first = ArchiveReceiver(tmp_path)
     for seq in (1, 2):
-        first.deliver("dev-1", seq, json.dumps({"seq": seq}))
+        first.deliver("dev-1", "", seq, json.dumps({"seq": seq}))
     # A new process (restart) redelivers seq 2: the file already has it.
     path = tmp_path / "dev-1.jsonl"
     with open(path, "ab") as f:
         f.write(b'{"seq": 3, "pay')  # a crash in the middle of writing seq 3
     again = ArchiveReceiver(tmp_path)
     for seq in (2, 3):
-        again.deliver("dev-1", seq, json.dumps({"seq": seq}))
+        again.deliver("dev-1", "", seq, json.dumps({"seq": seq}))
     assert [json.loads(x)["seq"] for x in path.read_text().splitlines()] == [1, 2, 3]
     with pytest.raises(ValueError):
         again.path("../etc")
@@ -249,12 +253,12 @@ def test_archive_receiver_streams_a_large_file_instead_of_reading_it_whole(
     receiver = ArchiveReceiver(tmp_path)
     tracemalloc.start()
     try:
-        receiver.deliver("dev-1", 20_000, json.dumps({"seq": 20_000}))  # a redelivery
+        receiver.deliver("dev-1", "", 20_000, json.dumps({"seq": 20_000}))  # a redelivery
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 8 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB while reading a 40 MB archive"
-    receiver.deliver("dev-1", 20_001, json.dumps({"seq": 20_001}))
+    receiver.deliver("dev-1", "", 20_001, json.dumps({"seq": 20_001}))
     lines = path.read_bytes().splitlines()
     assert len(lines) == 20_001 and json.loads(lines[-1]) == {"seq": 20_001}
 

@@ -29,6 +29,7 @@ FORGED_SEQ = 0
 # Far above anything A's agent will number its own messages.
 CONTROL_SEQ = 2**40
 CONTROL_STREAM = "acl-control"
+QUEUE_ID = "00000000ac10ac10"  # any 16 hex digits: not the queue of A's agent
 
 
 def main() -> int:
@@ -58,6 +59,7 @@ def main() -> int:
     envelope = {
         "v": 1,
         "device": other,
+        "queue_id": QUEUE_ID,
         "seq": FORGED_SEQ,
         "stream": "forged",
         "ts": now,
@@ -70,6 +72,7 @@ def main() -> int:
     control = {
         "v": 1,
         "device": own,
+        "queue_id": QUEUE_ID,
         "seq": CONTROL_SEQ,
         "stream": CONTROL_STREAM,
         "ts": stamp,

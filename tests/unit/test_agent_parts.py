@@ -82,10 +82,11 @@ def test_any_payload_round_trips(data: bytes, stream: str) -> None:
 def test_envelope_is_the_json_of_docs_protocol(
     seq: int, stream: str, ts: float, data: bytes
 ) -> None:
-    raw = payloads.data_envelope("dev-001", Message(seq, stream, ts, data))
+    raw = payloads.data_envelope("dev-001", "00c0ffee00c0ffee", Message(seq, stream, ts, data))
     assert json.loads(raw) == {
         "v": 1,
         "device": "dev-001",
+        "queue_id": "00c0ffee00c0ffee",
         "seq": seq,
         "stream": stream,
         "ts": ts,

@@ -265,11 +265,26 @@ def test_job_report(job: str, state: str, ts: float, percent: int, reason: str) 
     )
 
 
-@given(devices, streams, st.integers(0, 2**63 - 1), timestamps, st.binary(max_size=300))
-def test_data_envelope(device: str, stream: str, seq: int, ts: float, data: bytes) -> None:
-    raw = payloads.data_envelope(device, Message(seq, stream, ts, data))
+@given(
+    devices,
+    st.from_regex(names.QUEUE_ID_RE, fullmatch=True),
+    streams,
+    st.integers(0, 2**63 - 1),
+    timestamps,
+    st.binary(max_size=300),
+)
+def test_data_envelope(
+    device: str, queue_id: str, stream: str, seq: int, ts: float, data: bytes
+) -> None:
+    raw = payloads.data_envelope(device, queue_id, Message(seq, stream, ts, data))
     got = solution_envelope.parse_envelope(device, ("data", stream), raw)
-    assert (got.device, got.seq, got.stream, got.ts) == (device, seq, stream, ts)
+    assert (got.device, got.queue_id, got.seq, got.stream, got.ts) == (
+        device,
+        queue_id,
+        seq,
+        stream,
+        ts,
+    )
     assert base64.b64decode(got.body["payload"]) == data
 
 

@@ -8,7 +8,15 @@ import pytest
 from twelvefactor_agent.protocol.envelope import ProtocolError
 from twelvefactor_services.solution.envelope import backoff, parse_envelope
 
-GOOD = {"v": 1, "device": "dev-1", "seq": 42, "stream": "temp.c_1-x", "ts": 5.5, "payload": "aGk="}
+GOOD = {
+    "v": 1,
+    "device": "dev-1",
+    "queue_id": "00000000deadbeef",
+    "seq": 42,
+    "stream": "temp.c_1-x",
+    "ts": 5.5,
+    "payload": "aGk=",
+}
 
 
 def raw(**changes: object) -> bytes:
@@ -31,6 +39,8 @@ def test_the_protocol_example_parses_and_unknown_fields_are_kept() -> None:
         (("data", "temp.c_1-x"), b"[]", "not a JSON object"),
         (("data", "temp.c_1-x"), raw(v=2), "schema version"),
         (("data", "temp.c_1-x"), raw(device="dev-2"), "names device 'dev-2'"),
+        (("data", "temp.c_1-x"), raw(queue_id=None), "'queue_id'"),
+        (("data", "temp.c_1-x"), raw(queue_id="DEADBEEF00000000"), "'queue_id'"),
         (("data", "temp.c_1-x"), raw(seq=1.0), "'seq'"),
         (("data", "temp.c_1-x"), raw(seq=False), "'seq'"),
         (("data", "temp.c_1-x"), raw(seq=-1), "'seq'"),

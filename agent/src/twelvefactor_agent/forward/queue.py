@@ -32,6 +32,10 @@ SCHEMA = (
     )""",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped', 0), ('bytes', 0), ('depth', 0)",
+    # This queue file's identity, made once: seqs start again at 1 in a new file (a
+    # corrupt one moved aside), so the solution service deduplicates on (queue, seq).
+    "INSERT OR IGNORE INTO meta (key, value)"
+    " VALUES ('incarnation', random() & 9223372036854775807)",
 )
 
 # How many rows to look at per query while trimming for bytes.
@@ -79,7 +83,12 @@ class Queue:
         self.settings = settings
         self._clock = clock
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            # A "file:...?mode=memory&cache=shared" path: a queue in memory that several
+            # connections share (the agent's last resort when /data cannot hold one).
+            uri = str(path).startswith("file:")
+            self._db = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, uri=uri
+            )
             self._db.execute("PRAGMA busy_timeout = 10000")
             # 512 KiB of page cache instead of SQLite's 2 MiB: the queue is read
             # sequentially, and the device's memory budget is 25 MB in all.
@@ -95,8 +104,13 @@ class Queue:
                 ).fetchone()
                 self._set("depth", depth)
                 self._set("bytes", size)
+                (incarnation,) = self._db.execute(
+                    "SELECT value FROM meta WHERE key = 'incarnation'"
+                ).fetchone()
         except sqlite3.Error as exc:
             raise QueueUnavailable(f"queue {path}: {exc}") from exc
+        # 16 hex digits: the envelope's queue_id (docs/protocol.md, "Solution side")
+        self.incarnation = f"{int(incarnation):016x}"
 
     def close(self) -> None:
         self._db.close()

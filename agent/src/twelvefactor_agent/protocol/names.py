@@ -19,6 +19,8 @@ VERSION_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,5}")
 SERVICE_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # The path of a proxied call: RFC 3986 path characters only (no ?, #, space, ..-tricks decoded).
 PATH_RE = re.compile(r"/[A-Za-z0-9\-._~%!$&'()*+,;=:@/]*")
+# The identity of a device's queue file (the data envelope's queue_id): 64 random bits.
+QUEUE_ID_RE = re.compile(r"[0-9a-f]{16}")
 # A fleet group in the management service (not a Unix group).
 FLEET_GROUP_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 # An HTTP header name (RFC 9110 token), bounded.

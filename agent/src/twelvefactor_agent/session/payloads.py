@@ -79,7 +79,7 @@ def health(
     )
 
 
-def data_envelope(device: str, message: Message) -> bytes:
+def data_envelope(device: str, queue_id: str, message: Message) -> bytes:
     """The solution-side envelope. Built by formatting rather than json.dumps: it
     is the per-message hot path, and device ids and stream names never need
     escaping (their patterns exclude quotes and backslashes); json renders
@@ -88,6 +88,8 @@ def data_envelope(device: str, message: Message) -> bytes:
         (
             b'{"v":1,"device":"',
             device.encode(),
+            b'","queue_id":"',
+            queue_id.encode(),
             b'","seq":',
             str(message.seq).encode(),
             b',"stream":"',

@@ -199,7 +199,7 @@ class SolutionSession(MqttSession):
             for message in batch:
                 info = client.publish(
                     topics.data(self.device, message.stream),
-                    payloads.data_envelope(self.device, message),
+                    payloads.data_envelope(self.device, self.queue.incarnation, message),
                     qos=1,
                 )
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:

@@ -91,7 +91,7 @@ class DeliveryWorker(threading.Thread):
                 if item.device in self.waiting:
                     continue  # refused earlier in this batch: its later messages wait
                 try:
-                    self.receiver.deliver(item.device, item.seq, item.record)
+                    self.receiver.deliver(item.device, item.queue_id, item.seq, item.record)
                 except Exception as exc:
                     self._refused(store, item.id, item.device, item.seq, exc)
                     continue

@@ -9,7 +9,7 @@ from typing import Any
 
 from twelvefactor_agent.protocol import envelope
 from twelvefactor_agent.protocol.envelope import ProtocolError
-from twelvefactor_agent.protocol.names import STREAM_RE
+from twelvefactor_agent.protocol.names import QUEUE_ID_RE, STREAM_RE
 
 MAX_SEQ = 2**63 - 1  # SQLite INTEGER
 
@@ -17,6 +17,7 @@ MAX_SEQ = 2**63 - 1  # SQLite INTEGER
 @dataclass(frozen=True)
 class Envelope:
     device: str
+    queue_id: str  # the device's queue file: seqs are unique within one
     seq: int
     stream: str
     ts: float
@@ -36,6 +37,7 @@ def parse_envelope(device: str, rest: tuple[str, ...], raw: bytes) -> Envelope:
     obj = envelope.parse(raw)
     if obj.get("device") != device:
         raise ProtocolError(f"envelope names device {obj.get('device')!r} but came from {device!r}")
+    queue_id = envelope.text(obj, "queue_id", pattern=QUEUE_ID_RE)
     seq = envelope.integer(obj, "seq", 0, MAX_SEQ)
     stream = envelope.text(obj, "stream", pattern=STREAM_RE)
     if stream != topic_stream:
@@ -48,7 +50,7 @@ def parse_envelope(device: str, rest: tuple[str, ...], raw: bytes) -> Envelope:
         binascii.a2b_base64(payload, strict_mode=True)
     except binascii.Error as exc:
         raise ProtocolError(f"field 'payload' is not valid base64: {exc}") from None
-    return Envelope(device, seq, stream, ts, obj)
+    return Envelope(device, queue_id, seq, stream, ts, obj)
 
 
 def backoff(attempt: int, first: float = 0.5, cap: float = 30.0) -> float:

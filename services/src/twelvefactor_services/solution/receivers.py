@@ -23,7 +23,7 @@ class Receiver(Protocol):
     def reset(self) -> None:
         """Forget cached state: another copy may have delivered since we last held the lease."""
 
-    def deliver(self, device: str, seq: int, record: str) -> None: ...
+    def deliver(self, device: str, queue_id: str, seq: int, record: str) -> None: ...
 
 
 def archive_lines(path: Path) -> Iterator[bytes]:
@@ -57,7 +57,8 @@ class ArchiveReceiver:
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        self._seen: dict[str, set[int]] = {}
+        # device -> (queue_id, seq) already in its file ("" for lines before queue ids)
+        self._seen: dict[str, set[tuple[str, int]]] = {}
 
     def reset(self) -> None:
         self._seen.clear()
@@ -67,7 +68,7 @@ class ArchiveReceiver:
             raise ValueError(f"invalid device id {device!r}")
         return self.dir / f"{device}.jsonl"
 
-    def _load(self, device: str) -> set[int]:
+    def _load(self, device: str) -> set[tuple[str, int]]:
         seen = self._seen.get(device)
         if seen is not None:
             return seen
@@ -75,7 +76,8 @@ class ArchiveReceiver:
         path = self.path(device)
         whole = 0  # bytes in whole lines
         for line in archive_lines(path):
-            seen.add(int(json.loads(line)["seq"]))
+            record = json.loads(line)
+            seen.add((str(record.get("queue_id", "")), int(record["seq"])))
             whole += len(line)
         if path.exists() and path.stat().st_size != whole:
             with open(path, "r+b") as f:  # a line torn by a crash: cut it off
@@ -84,9 +86,9 @@ class ArchiveReceiver:
         self._seen[device] = seen
         return seen
 
-    def deliver(self, device: str, seq: int, record: str) -> None:
+    def deliver(self, device: str, queue_id: str, seq: int, record: str) -> None:
         seen = self._load(device)
-        if seq in seen:
+        if (queue_id, seq) in seen:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.path(device)
@@ -105,7 +107,7 @@ class ArchiveReceiver:
         except OSError as exc:
             self._seen.pop(device, None)  # re-read the file before the retry
             raise ReceiverError(f"archive write failed: {exc}") from exc
-        seen.add(seq)
+        seen.add((queue_id, seq))
 
 
 class WebhookReceiver:
@@ -122,7 +124,7 @@ class WebhookReceiver:
     def reset(self) -> None:
         pass
 
-    def deliver(self, device: str, seq: int, record: str) -> None:
+    def deliver(self, device: str, queue_id: str, seq: int, record: str) -> None:
         req = urllib.request.Request(
             self.url,
             data=record.encode(),

@@ -21,26 +21,29 @@ from twelvefactor_services.solution.envelope import Envelope
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     device TEXT NOT NULL,
+    queue_id TEXT NOT NULL,             -- the device's queue file ('' before version 1)
     seq INTEGER NOT NULL,
     stream TEXT NOT NULL,
     ts REAL NOT NULL,
     received_ts REAL NOT NULL,
-    PRIMARY KEY (device, seq)
+    PRIMARY KEY (device, queue_id, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     receiver TEXT NOT NULL,
     device TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     record TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
-    UNIQUE (receiver, device, seq)
+    UNIQUE (receiver, device, queue_id, seq)
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,              -- the outbox row's id
     receiver TEXT NOT NULL,
     device TEXT NOT NULL,
+    queue_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     record TEXT NOT NULL,
     attempts INTEGER NOT NULL,
@@ -55,10 +58,30 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 
 
+VERSION = 1  # PRAGMA user_version: 1 = deduplication per (device, queue_id, seq)
+# Version 0 deduplicated on (device, seq): its rows move over with queue_id ''.
+MIGRATE_FROM_0 = (
+    """
+ALTER TABLE messages RENAME TO messages_v0;
+ALTER TABLE outbox RENAME TO outbox_v0;
+DROP TABLE IF EXISTS dead_letters;
+"""
+    + SCHEMA
+    + """
+INSERT INTO messages SELECT device, '', seq, stream, ts, received_ts FROM messages_v0;
+INSERT INTO outbox (id, receiver, device, queue_id, seq, record, attempts, last_error)
+    SELECT id, receiver, device, '', seq, record, attempts, last_error FROM outbox_v0;
+DROP TABLE messages_v0;
+DROP TABLE outbox_v0;
+"""
+)
+
+
 @dataclass(frozen=True)
 class Pending:
     id: int
     device: str
+    queue_id: str
     seq: int
     record: str
 
@@ -70,7 +93,21 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # an acked message must survive power loss
         self.db.execute("PRAGMA busy_timeout=10000")
-        self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._write():
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if version == VERSION:
+                return
+            old = self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+            ).fetchone()
+            script = MIGRATE_FROM_0 if old else SCHEMA
+            for statement in script.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute(f"PRAGMA user_version = {VERSION}")
 
     def close(self) -> None:
         self.db.close()
@@ -86,29 +123,30 @@ class Store:
         self.db.execute("COMMIT")
 
     def accept(self, env: Envelope, received_ts: float, receivers: Sequence[str]) -> bool:
-        """True for a new (device, seq); False for a duplicate (nothing written)."""
+        """True for a new (device, queue_id, seq); False for a duplicate (nothing written)."""
         with self._write():
             cur = self.db.execute(
-                "INSERT OR IGNORE INTO messages (device, seq, stream, ts, received_ts)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (env.device, env.seq, env.stream, env.ts, received_ts),
+                "INSERT OR IGNORE INTO messages (device, queue_id, seq, stream, ts, received_ts)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (env.device, env.queue_id, env.seq, env.stream, env.ts, received_ts),
             )
             if cur.rowcount != 1:
                 return False
             record = env.record(received_ts)
             self.db.executemany(
-                "INSERT INTO outbox (receiver, device, seq, record) VALUES (?, ?, ?, ?)",
-                [(r, env.device, env.seq, record) for r in receivers],
+                "INSERT INTO outbox (receiver, device, queue_id, seq, record)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(r, env.device, env.queue_id, env.seq, record) for r in receivers],
             )
             return True
 
     def pending(self, receiver: str, limit: int = 100, skip: Collection[str] = ()) -> list[Pending]:
-        """The receiver's backlog, in seq order per device, leaving out the devices in `skip`
-        (those waiting to retry: another device's messages go on meanwhile)."""
+        """The receiver's backlog, per device in the order accepted, leaving out the devices
+        in `skip` (those waiting to retry: another device's messages go on meanwhile)."""
         marks = ",".join("?" * len(skip))
         rows = self.db.execute(
-            "SELECT id, device, seq, record FROM outbox WHERE receiver = ?"
-            f" AND device NOT IN ({marks}) ORDER BY device, seq LIMIT ?",
+            "SELECT id, device, queue_id, seq, record FROM outbox WHERE receiver = ?"
+            f" AND device NOT IN ({marks}) ORDER BY device, id LIMIT ?",
             (receiver, *skip, limit),
         ).fetchall()
         return [Pending(*r) for r in rows]
@@ -130,9 +168,9 @@ class Store:
             if row[0] < max_attempts:
                 return int(row[0])
             self.db.execute(
-                "INSERT INTO dead_letters (id, receiver, device, seq, record, attempts,"
-                " last_error, set_aside) SELECT id, receiver, device, seq, record, attempts,"
-                " last_error, ? FROM outbox WHERE id = ?",
+                "INSERT INTO dead_letters (id, receiver, device, queue_id, seq, record, attempts,"
+                " last_error, set_aside) SELECT id, receiver, device, queue_id, seq, record,"
+                " attempts, last_error, ? FROM outbox WHERE id = ?",
                 (now, item_id),
             )
             self.db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
@@ -141,7 +179,7 @@ class Store:
     def dead_letters(self) -> list[dict[str, object]]:
         """Messages a receiver refused too often, oldest first."""
         cur = self.db.execute(
-            "SELECT receiver, device, seq, attempts, last_error, set_aside, record"
+            "SELECT receiver, device, queue_id, seq, attempts, last_error, set_aside, record"
             " FROM dead_letters ORDER BY set_aside, id"
         )
         names = [d[0] for d in cur.description]
