@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import require_tool
+from helpers import require_root, require_tool
 from twelvefactor_agent.localapi.client import AgentClient, AgentError
 
 from testbed.stack import free_port
@@ -222,6 +222,7 @@ def test_client_raises_the_agents_refusal(agent: Agent) -> None:
         # The refused message was not stored; the one after it in the batch was.
         assert client.status()["queue"] == {
             "depth": 2, "bytes": 7, "dropped": 0, "oldest_ts": pytest.approx(time.time(), abs=60),
+            "fault": None,
         }  # fmt: skip
 
 
@@ -436,8 +437,57 @@ def test_a_client_sitting_on_an_unfinished_line_or_idle_is_closed(
         assert unfinished.recv(1) == b""  # closed after UNFINISHED_TIMEOUT
         assert busy.sendall(b'{"op":"status"}\n') is None and busy.recv(4096).startswith(b'{"ok"')
         assert idle.recv(1) == b""  # closed after IDLE_TIMEOUT, having sent nothing
-        assert api.is_alive() and len(api.conns) <= 1
+        assert api.is_alive()
+        wait_for(lambda: len(api.conns) <= 1, what="the closed clients forgotten")
         api.stop()
         api.join(5)
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
+
+
+# -- a queue that cannot be opened (issue 19, finding 7) -------------------------------
+
+
+def test_a_corrupt_queue_is_moved_aside_and_the_agent_serves(
+    tmp_path: Path, identity: Path
+) -> None:
+    agent = Agent(tmp_path, identity)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "queue.db").write_bytes(b"this is not an SQLite database" * 1000)
+    try:
+        agent.start()  # READY=1: the agent did not exit
+        with agent.client() as client:
+            status = client.status()
+            assert "moved aside to queue.db.corrupt-" in status["queue"]["fault"]
+            assert client.publish("t", b"after the reset") == 1  # a fresh queue, seq 1
+        aside = list(data.glob("queue.db.corrupt-*"))
+        assert [p.read_bytes()[:30] for p in aside] == [b"this is not an SQLite database"]
+    finally:
+        agent.close()
+
+
+def test_a_full_data_partition_leaves_the_agent_up_refusing_publishes(
+    tmp_path: Path, identity: Path
+) -> None:
+    """/data full: no queue can be made there; the agent runs on a queue in memory, says
+    why in its status (and health), and refuses publishes rather than lose them."""
+    require_root()
+    data = tmp_path / "data"
+    data.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(data)], check=True)
+    agent = Agent(tmp_path, identity)
+    try:
+        with contextlib.suppress(OSError), open(data / "filler", "wb") as f:  # fill it
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        agent.start()
+        with agent.client() as client:
+            fault = client.status()["queue"]["fault"]
+            assert "publishes are refused" in fault, fault
+            with pytest.raises(AgentError, match="publishes are refused"):
+                client.publish("t", b"x")
+    finally:
+        agent.close()
+        subprocess.run(["umount", str(data)], check=False)

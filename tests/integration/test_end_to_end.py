@@ -69,7 +69,13 @@ def test_online_health_metadata_and_offline_after_kill9(
     assert view["meta"]["device"] == "dev-a"
     assert view["meta"]["agent_version"] == "0.1.0"
     # Nothing was handed to the agent: an empty queue, nothing ever dropped.
-    assert view["health"]["queue"] == {"depth": 0, "bytes": 0, "dropped": 0, "oldest_ts": None}
+    assert view["health"]["queue"] == {
+        "depth": 0,
+        "bytes": 0,
+        "dropped": 0,
+        "oldest_ts": None,
+        "fault": None,
+    }
     assert "uptime_s" in view["health"]
 
     # Metadata is retained: a subscriber that comes later still gets it at once.
@@ -215,3 +221,42 @@ def test_agent_holds_no_listening_network_socket(
                 connected += 1
     assert listening == []
     assert connected == 2, "exactly the two MQTT sessions"
+
+
+def test_nothing_sent_after_a_queue_reset_is_lost(
+    stack: Stack, services: Any, agents: list[HostAgent]
+) -> None:
+    """Issue 19, findings 7 and 8: a corrupt queue kept the agent from starting, and a
+    fresh queue's seqs (from 1 again) were dropped as duplicates by the solution service."""
+    management, _ = services
+    agent = start_agent(stack, agents, "dev-q")
+    with agent.client() as client:
+        before = client.publish_many("t", [b"old-%d" % i for i in range(5)])
+    assert before == [1, 2, 3, 4, 5]
+    wait_until(lambda: len(archive_records(stack, "dev-q")) == 5, 60, "five archived")
+    agent.stop()
+    (agent.data_dir / "queue.db").write_bytes(b"\xff" * 8192)  # the queue is damaged
+    for side in ("queue.db-wal", "queue.db-shm"):
+        (agent.data_dir / side).unlink(missing_ok=True)
+    agent.start()
+    with agent.client() as client:
+        fault = client.status()["queue"]["fault"]
+        after = client.publish_many("t", [b"new-%d" % i for i in range(3)])
+    assert "moved aside" in fault and after == [1, 2, 3]  # the same seqs, a new queue
+    records = wait_until(
+        lambda: r if len(r := archive_records(stack, "dev-q")) == 8 else None,
+        60,
+        "eight archived",
+    )
+    payloads = [base64.b64decode(r["payload"]) for r in records]
+    assert payloads == [b"old-%d" % i for i in range(5)] + [b"new-%d" % i for i in range(3)]
+    assert len({r["queue_id"] for r in records}) == 2
+    # Health tells the operator why.
+    assert management.http_port is not None
+    wait_until(
+        lambda: (
+            "moved aside" in str((device_view(management.http_port, "dev-q") or {}).get("health"))
+        ),
+        60,
+        "the fault in health",
+    )

@@ -123,7 +123,13 @@ def test_management_payloads() -> None:
         "v", "ts", "uptime_s", "load", "memory", "data", "slot", "os_version",
         "agent_version", "queue", "last_error",
     }  # fmt: skip
-    assert health["queue"] == {"depth": 3, "bytes": 30, "dropped": 1, "oldest_ts": 0.5}
+    assert health["queue"] == {
+        "depth": 3,
+        "bytes": 30,
+        "dropped": 1,
+        "oldest_ts": 0.5,
+        "fault": None,
+    }
 
 
 @pytest.mark.parametrize(

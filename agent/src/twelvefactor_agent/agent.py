@@ -33,7 +33,7 @@ from twelvefactor_agent.config.reconfig import (
     Save,
 )
 from twelvefactor_agent.config.settings import Config
-from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
+from twelvefactor_agent.forward.queue import Queue, QueueUnavailable, open_queues
 from twelvefactor_agent.localapi.calltable import CallEvent
 from twelvefactor_agent.localapi.server import ApiServer, bind_socket
 from twelvefactor_agent.protocol.envelope import dumps
@@ -120,16 +120,16 @@ class Agent:
         if self.machine.version is not None:
             log.info("managed configuration version %d in force", self.machine.version)
         try:
-            queue_path = cfg.agent.data_dir / "queue.db"
-            api_queue = Queue(queue_path, cfg.queue, durable=True)
-            self.queues = [
-                api_queue,
-                Queue(queue_path, cfg.queue, durable=False),  # solution thread
-                Queue(queue_path, cfg.queue, durable=False),  # management thread
-            ]
-        except (OSError, QueueUnavailable) as exc:
-            log.error("cannot open the queue in %s: %s", cfg.agent.data_dir, exc)
+            # the local API's (durable), then the solution and management threads'
+            opened = open_queues(cfg.agent.data_dir / "queue.db", cfg.queue, 3, time.time())
+        except (OSError, QueueUnavailable) as exc:  # not even in memory
+            log.error("cannot open a queue, even in memory: %s", exc)
             return 1
+        self.queues = opened.queues
+        api_queue = self.queues[0]
+        if opened.fault is not None:
+            log.error("%s", opened.fault)
+            self.last_error.set(opened.fault)
         stats = api_queue.stats()
         log.info(
             "queue: %d messages pending (%d bytes), %d dropped so far",
@@ -153,6 +153,8 @@ class Agent:
             submit_call=self._submit_call,
         )
         api.last_error = self.last_error.set
+        if not opened.durable:
+            api.refuse_publish = opened.fault
         self.api = api
         api.start()
         self.updater = Updater(

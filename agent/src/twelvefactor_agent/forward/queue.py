@@ -58,6 +58,7 @@ class QueueStats(NamedTuple):
     bytes: int
     dropped: int
     oldest_ts: float | None
+    fault: str | None = None  # why the queue is not the one on /data it should be
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -65,6 +66,7 @@ class QueueStats(NamedTuple):
             "bytes": self.bytes,
             "dropped": self.dropped,
             "oldest_ts": self.oldest_ts,
+            "fault": self.fault,
         }
 
 
@@ -82,6 +84,7 @@ class Queue:
         self.path = path
         self.settings = settings
         self._clock = clock
+        self.fault: str | None = None  # set by whoever had to fall back (agent.open_queues)
         try:
             # A "file:...?mode=memory&cache=shared" path: a queue in memory that several
             # connections share (the agent's last resort when /data cannot hold one).
@@ -198,6 +201,7 @@ class Queue:
             bytes=meta["bytes"],
             dropped=meta["dropped"],
             oldest_ts=None if oldest is None else oldest[0],
+            fault=self.fault,
         )
 
     def last_seq(self) -> int:
@@ -275,3 +279,54 @@ class _Transaction:
     def _rollback(self) -> None:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+
+
+class OpenedQueues(NamedTuple):
+    queues: list[Queue]
+    fault: str | None  # None: the queue on /data, as it should be
+    durable: bool  # False: a queue in memory; publishes must be refused
+
+
+def open_queues(path: Path, settings: QueueSettings, count: int, now: float) -> OpenedQueues:
+    """`count` connections to the queue at `path` (the first durable), whatever state /data is in.
+
+    A queue that cannot be opened must not keep the device dark (the agent would
+    exit before any session, for ever): a damaged file is moved aside
+    (`queue.db.corrupt-<time>`, with its -wal and -shm) and a fresh one made; if
+    /data cannot hold one at all (full, read-only), the queue lives in memory so
+    that both sessions still run and health says why, and the caller refuses
+    publishes (an answered publish must survive a power cut)."""
+
+    def connect(target: Path) -> list[Queue]:
+        opened: list[Queue] = []
+        try:
+            for i in range(count):
+                opened.append(Queue(target, settings, durable=i == 0))
+        except BaseException:
+            for q in opened:
+                q.close()
+            raise
+        return opened
+
+    try:
+        return OpenedQueues(connect(path), None, True)
+    except (OSError, QueueUnavailable) as exc:
+        first = str(exc)
+    aside = path.with_name(f"{path.name}.corrupt-{int(now)}")
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            source = path.with_name(path.name + suffix)
+            if source.exists() or source.is_symlink():
+                source.rename(aside.with_name(aside.name + suffix))
+        queues = connect(path)
+    except (OSError, QueueUnavailable) as exc:
+        memory = Path(f"file:twelvefactor-queue-{id(settings)}?mode=memory&cache=shared")
+        queues = connect(memory)
+        fault = f"queue {path}: {first}; a new one failed too ({exc}): publishes are refused"
+        for q in queues:
+            q.fault = fault
+        return OpenedQueues(queues, fault, False)
+    fault = f"queue {path}: {first}; moved aside to {aside.name}, a new queue started"
+    for q in queues:
+        q.fault = fault
+    return OpenedQueues(queues, fault, True)

@@ -170,6 +170,8 @@ class ApiServer(threading.Thread):
         self.calls: CallTable[tuple[_Conn, int]] = CallTable()
         self._reported: deque[CallEvent] = deque()
         self.conns: set[_Conn] = set()
+        # Why publishes are refused (the queue is only in memory), or None.
+        self.refuse_publish: str | None = None
         self.max_clients = _client_cap()
         self._accepting = True
         self._accept_again = 0.0
@@ -369,8 +371,8 @@ class ApiServer(threading.Thread):
                 if isinstance(got.request, Publish):
                     publishes.append((got.request.stream, got.request.payload))
         seqs: list[int] = []
-        failure: str | None = None
-        if publishes:
+        failure: str | None = self.refuse_publish
+        if publishes and failure is None:
             try:
                 seqs = self.queue.append_many(publishes)
             except QueueUnavailable as exc:
