@@ -341,3 +341,30 @@ def test_a_message_the_webhook_never_takes_holds_back_only_its_device_then_is_se
     finally:
         hook.server.shutdown()
         hook.server.server_close()
+
+
+def test_a_store_of_the_old_schema_is_migrated(tmp_path: Path) -> None:
+    """Before queue ids the store deduplicated on (device, seq): its rows move over."""
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.executescript(
+        """
+        CREATE TABLE messages (device TEXT NOT NULL, seq INTEGER NOT NULL, stream TEXT NOT NULL,
+            ts REAL NOT NULL, received_ts REAL NOT NULL, PRIMARY KEY (device, seq)) WITHOUT ROWID;
+        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, receiver TEXT NOT NULL,
+            device TEXT NOT NULL, seq INTEGER NOT NULL, record TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, UNIQUE (receiver, device, seq));
+        INSERT INTO messages VALUES ('dev-1', 7, 's', 1.0, 2.0);
+        INSERT INTO outbox (receiver, device, seq, record) VALUES ('webhook', 'dev-1', 7, '{}');
+        """
+    )
+    db.close()
+    store = Store(tmp_path / "s.db")
+    assert [(p.device, p.queue_id, p.seq) for p in store.pending("webhook")] == [("dev-1", "", 7)]
+    env = parse_envelope("dev-1", ("data", "s"), json.dumps(envelope("dev-1", 7, "s")).encode())
+    assert store.accept(env, 3.0, ["webhook"]) is True  # the same seq of a new queue is new
+    assert store.accept(env, 4.0, ["webhook"]) is False
+    assert store.counts() == {"accepted": 2, "pending.webhook": 2}
+    store.close()
+    assert Store(tmp_path / "s.db").counts()["accepted"] == 2  # and opens again as it is
