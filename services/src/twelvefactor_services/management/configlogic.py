@@ -12,13 +12,11 @@ checked by the device against its provisioned file, and it reports
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from twelvefactor_agent.config.overlay import check_shape
-from twelvefactor_agent.protocol.names import FLEET_GROUP_RE
+from twelvefactor_agent.protocol.names import DEVICE_ID_RE, FLEET_GROUP_RE
 
-DEVICE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 MAX_OVERLAY = 16 * 1024
 
 Overlay = dict[str, dict[str, Any]]
@@ -54,7 +52,7 @@ def check_group(name: str) -> str:
 
 
 def check_device(device: str) -> str:
-    if not DEVICE_RE.fullmatch(device) or device in ("management", "solution"):
+    if not DEVICE_ID_RE.fullmatch(device) or device in ("management", "solution"):
         raise OverlayError([f"{device[:80]!r} is not a device id"])
     return device
 
