@@ -244,3 +244,31 @@ def test_slot_command_prints_the_slot_or_fails_with_the_reason(
     assert "no twelvefactor.slot= on the kernel command line" in capsys.readouterr().err
     assert bootenv.main(["slot", "--cmdline", str(tmp_path / "missing")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_confirm_writes_a_new_environment_when_a_power_cut_left_it_unreadable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A power cut while SWUpdate wrote the GRUB environment on the FAT partition left it
+    unreadable (seen in the boot tier's power-cut test); confirming the healthy running
+    slot writes a whole new block for it."""
+    from twelvefactor_agent.device import bootenv
+
+    env = tmp_path / "grubenv"
+    env.write_bytes(b"\x00" * 300)  # torn: not a 1024-byte block
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("root=/dev/vda3 twelvefactor.slot=B ro\n")
+    args = ["--file", str(env), "confirm", "--cmdline", str(cmdline)]
+    assert bootenv.main(args) == 0
+    assert bootenv.read(env) == {
+        "slot": "B",
+        "upgrade_available": "0",
+        "bootcount": "0",
+        "bootlimit": "3",
+    }
+    assert "writing a new one for slot B" in capsys.readouterr().err
+    assert bootenv.main(args) == 0  # and from then on it is an ordinary confirm
+    cmdline.write_text("root=/dev/vda3 ro\n")
+    env.write_bytes(b"junk")
+    assert bootenv.main(args) == 2  # no running slot named: nothing written
+    assert env.read_bytes() == b"junk"

@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from twelvefactor_agent.update import machine as um
 from twelvefactor_agent.update.decide import Policy
 from twelvefactor_agent.update.machine import (
+    ENV_RETRY,
+    ENV_TRIES,
     Action,
     DeleteArtifact,
     DeleteRecord,
@@ -410,6 +412,30 @@ def test_power_cuts_inside_swupdate_give_up_after_the_limit() -> None:
     out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-y", env=ENV_A))
     reason = final(out).reason
     assert reason is not None and reason.startswith("install_interrupted: 5 attempts")
+
+
+def test_an_unreadable_boot_environment_is_looked_at_again_before_giving_up() -> None:
+    """A power cut while the boot environment was written (seen in the boot tier) leaves
+    it unreadable until the boot's confirmation rewrites it: the job waits for that."""
+    d = Device()
+    to_dry_run(d)
+    d.boot()
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-x", env=None))
+    assert long(out) == Wait(ENV_RETRY) and reports(out) == []
+    assert isinstance(long(d(lambda m: m.waited())), Survey)
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-x", env=ENV_A))
+    assert isinstance(long(out), Measure)  # readable again: the install goes on
+    # Never readable: the job fails after ENV_TRIES looks, saying why.
+    d = Device()
+    to_dry_run(d)
+    d.boot()
+    for _ in range(ENV_TRIES):
+        assert long(d(lambda m: m.surveyed(running_slot="A", boot_id="b", env=None))) == Wait(
+            ENV_RETRY
+        )
+        d(lambda m: m.waited())
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="b", env=None))
+    assert final(out).reason == "cannot read the boot environment"
 
 
 def test_back_on_the_old_slot_is_a_rollback() -> None:

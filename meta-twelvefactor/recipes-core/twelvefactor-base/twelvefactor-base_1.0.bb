@@ -33,6 +33,6 @@ do_install() {
 
 FILES:${PN} += "/data"
 
-# data.mount requires systemd-fsck@ for the data partition, which checks
-# nothing (and says so) where no fsck.ext4 is installed
-RDEPENDS:${PN} = "e2fsprogs-e2fsck"
+# data.mount and boot.mount require systemd-fsck@ for their partitions, which
+# checks nothing (and says so) where no fsck.ext4 / fsck.vfat is installed
+RDEPENDS:${PN} = "dosfstools e2fsprogs-e2fsck"

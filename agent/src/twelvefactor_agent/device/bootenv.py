@@ -171,6 +171,10 @@ class GrubBackend(Backend):
     def update(self, changes: Mapping[str, str]) -> None:
         env = read(self.path)
         env.update(changes)
+        self.replace(env)
+
+    def replace(self, env: Mapping[str, str]) -> None:
+        """Write the whole block (the old one is not read: it may be unreadable)."""
         try:
             write_atomic(self.path, serialise(env))
         except OSError as exc:
@@ -229,7 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     get.add_argument("key", nargs="?")
     put = sub.add_parser("set", help="set variables")
     put.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
-    sub.add_parser("confirm", help="mark the running slot good: upgrade_available=0 bootcount=0")
+    confirm = sub.add_parser(
+        "confirm", help="mark the running slot good: upgrade_available=0 bootcount=0"
+    )
+    confirm.add_argument("--cmdline", type=Path, default=CMDLINE, help=f"default {CMDLINE}")
     slot = sub.add_parser("slot", help="print the slot this boot runs (A or B)")
     slot.add_argument("--cmdline", type=Path, default=CMDLINE, help=f"default {CMDLINE}")
     args = parser.parse_args(argv)
@@ -271,7 +278,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend.update(changes)
         else:
             confirmed = {"upgrade_available": "0", "bootcount": "0"}
-            env = backend.get_all()
+            try:
+                env = backend.get_all()
+            except BootEnvError as exc:
+                if not isinstance(backend, GrubBackend):
+                    raise
+                # A power cut while the environment was written on the FAT partition
+                # can leave it unreadable (fsck repairs the file system, not the
+                # block). GRUB then boots on its defaults; confirming means writing
+                # an environment for the slot that is running and healthy.
+                try:
+                    cmdline = args.cmdline.read_text(encoding="utf-8", errors="replace")
+                except OSError as err:
+                    raise BootEnvError(f"{exc}; and {args.cmdline}: {err.strerror}") from err
+                try:
+                    running = running_slot(cmdline)
+                except BootEnvError as err:  # no slot to confirm: leave it to GRUB
+                    raise BootEnvError(f"{exc}; {err}") from err
+                fresh = {"slot": running, **confirmed, "bootlimit": "3"}
+                print(f"{exc}: writing a new one for slot {fresh['slot']}", file=sys.stderr)
+                backend.replace(fresh)
+                return 0
             # Only write when something changes: the environment lives on flash.
             if any(env.get(k) != v for k, v in confirmed.items()):
                 backend.update(confirmed)

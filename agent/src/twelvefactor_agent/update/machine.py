@@ -71,6 +71,11 @@ DOWNLOAD_BACKOFF = (2.0, 2.0, 60.0)  # initial, multiplier, cap (seconds)
 ACK_WAIT = 30.0  # how long the `rebooting` report may take to be acknowledged
 REBOOT_RETRY = 120.0  # request again a reboot that has not come
 VERIFY_POLL = 2.0  # look again for the new slot's confirmation
+# An unreadable boot environment at start (a power cut while it was written) is
+# rewritten by the boot's confirmation (`twelvefactor-bootenv confirm`) once the
+# device is healthy: look again this often, this many times, before giving up.
+ENV_RETRY = 10.0
+ENV_TRIES = 30
 MAX_REASON = 512  # the protocol's bound on a report's reason
 
 
@@ -207,6 +212,7 @@ class Phase(enum.Enum):
     IDLE = "idle"  # no job: a new one may come
     EXAMINING = "examining"  # Examine
     RESUMING = "resuming"  # Survey, then steps.resume
+    RESUME_PAUSE = "resume_pause"  # Wait: the boot environment was unreadable
     MEASURING_DOWNLOAD = "measuring_download"
     DOWNLOADING = "downloading"  # Fetch
     DOWNLOAD_PAUSE = "download_pause"  # Wait before the next Fetch
@@ -245,6 +251,7 @@ class UpdateMachine:
         self._retry = Backoff(*DOWNLOAD_BACKOFF, uniform)
         self._errors = 0
         self._checksum_errors = 0
+        self._env_tries = 0  # looks at an unreadable boot environment while resuming
 
     # -- events ------------------------------------------------------------------------
 
@@ -322,6 +329,11 @@ class UpdateMachine:
             return []
         self._boot_id = boot_id
         if self.phase is Phase.RESUMING:
+            if env is None and record.final is None and self._env_tries < ENV_TRIES:
+                self._env_tries += 1
+                self.phase = Phase.RESUME_PAUSE
+                note = f"update job {record.job}: the boot environment is unreadable; looking again"
+                return [Log(logging.WARNING, note), Wait(ENV_RETRY)]
             step = steps.resume(record, running_slot=running_slot, boot_id=boot_id, env=env)
             return self._carry_on(step, running_slot)
         if self.phase is Phase.INSTALLED:
@@ -460,6 +472,9 @@ class UpdateMachine:
             return self._request_reboot()
         if self.phase is Phase.VERIFY_PAUSE:
             self.phase = Phase.VERIFYING
+            return [Survey()]
+        if self.phase is Phase.RESUME_PAUSE:
+            self.phase = Phase.RESUMING
             return [Survey()]
         return []
 
