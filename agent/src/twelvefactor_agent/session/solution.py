@@ -74,12 +74,19 @@ class SolutionSession(MqttSession):
         self._queue_retry_at = 0.0
         self._delete_due: float | None = None
 
+    @property
+    def online(self) -> bool:
+        """Connected, and its route taken: the state machine says CONNECTED a moment
+        before on_up runs, and a call in that moment had no route to go out on."""
+        return super().online and self.route != 0
+
     def on_up(self, client: mqtt.Client) -> None:
         self.forward.reset()
         self.route = next(_ROUTES)
 
     def on_down(self) -> None:
         self._lose_calls("the connection to the solution service was lost")
+        self.route = 0
         # Settle what was delivered before rewinding, or it would be sent again.
         self._settle_deletes()
         self.forward.reset()
