@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -158,15 +159,31 @@ class AgentClient:
 
     def _connect(self) -> socket.socket:
         if self._sock is None:
+            self._sock = self._connect_waiting()
+        return self._sock
+
+    def _connect_waiting(self) -> socket.socket:
+        # A Unix socket whose listen backlog is full answers EAGAIN at once, even to a
+        # blocking connect; the agent is busy, not gone, so wait for a place up to timeout.
+        deadline = time.monotonic() + self.timeout
+        pause = 0.005
+        while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             sock.settimeout(self.timeout)
             try:
                 sock.connect(str(self.path))
+                return sock
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + pause > deadline:
+                    raise TimeoutError(
+                        f"agent at {self.path} accepted no connection in {self.timeout:g} s"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
             except OSError:
                 sock.close()
                 raise
-            self._sock = sock
-        return self._sock
 
     def _send(self, data: bytes) -> None:
         try:
