@@ -53,14 +53,13 @@ def _archive_counts(archive_dir: Path) -> dict[str, int]:
 
 
 def _report(management: ServiceProcess, stack: Stack, started: float) -> str:
-    assert management.http_port is not None
-    status, devices = http_get(management.http_port, "/devices")
+    status, devices = http_get(management, "/devices")
     archive = _archive_counts(stack.archive_dir)
     lines = [f"-- t+{time.monotonic() - started:5.0f} s " + "-" * 60]
     if status != 200:
         return lines[0] + f"\n  management API answered {status}"
     for summary in devices:
-        _, dev = http_get(management.http_port, f"/devices/{summary['id']}")
+        _, dev = http_get(management, f"/devices/{summary['id']}")
         health: dict[str, Any] = dev.get("health") or {}
         queue = health.get("queue") or {}
         load = health.get("load") or ["-"]
@@ -103,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"broker: management listener {stack.management_endpoint.port}, "
             f"solution listener {stack.solution_endpoint.port} (TLS, client certificates)"
         )
-        print(f"management service: http://127.0.0.1:{management.http_port}/devices")
+        print(f"management service: {management.api.url if management.api else '-'}/devices")
         for i in range(args.devices):
             device_id = f"dev-{i + 1:03d}"
             agent = HostAgent(stack, device_id, root / "devices" / device_id)

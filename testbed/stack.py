@@ -10,10 +10,7 @@ it started.
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,32 +39,16 @@ __all__ = [
 T = TypeVar("T")
 
 
-def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
-    """GET a JSON document from a local HTTP API: (status, decoded body)."""
-    return _exchange(f"http://{LOCALHOST}:{port}{path}", timeout)
+def http_get(svc: ServiceProcess, path: str) -> tuple[int, Any]:
+    """GET from a management copy's operator API as the stack's admin: (status, body)."""
+    return http_send(svc, "GET", path)
 
 
-def http_send(
-    port: int, method: str, path: str, body: Any = None, timeout: float = 10.0
-) -> tuple[int, Any]:
-    """Send a JSON body (PUT, POST, DELETE) to a local HTTP API: (status, decoded answer)."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(
-        f"http://{LOCALHOST}:{port}{path}",
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    return _exchange(request, timeout)
-
-
-def _exchange(request: str | urllib.request.Request, timeout: float) -> tuple[int, Any]:
-    # an error status has a JSON body too: the caller checks the status
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+def http_send(svc: ServiceProcess, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """A JSON request to a management copy's operator API as the stack's admin."""
+    if svc.api is None:
+        raise ValueError(f"{svc.name} has no operator API")
+    return svc.api.request(method, path, body)
 
 
 def wait_until(
@@ -111,6 +92,20 @@ class Stack(ServicesStack):
     @property
     def service_endpoint(self) -> Endpoint:
         return Endpoint(LOCALHOST, self.broker.cfg.service_port)
+
+    def api_options(self, svc: ServiceProcess) -> list[str]:
+        """The CLI options that reach ``svc``'s operator API as the stack's admin."""
+        if svc.api is None:
+            raise ValueError(f"{svc.name} has no operator API")
+        self.admin_token()
+        return [
+            "--url",
+            svc.api.url,
+            "--ca",
+            str(self.pki.ca_cert),
+            "--token-file",
+            str(self.admin_token_file),
+        ]
 
     def device(self, device_id: str, validity: Validity | None = None) -> Identity:
         """The device's certificate, created on first use."""

@@ -23,8 +23,8 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Any
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import TABLE, Peer
 from twelvefactor_services.hub.service import Settings, init, load_settings, registry_path
+from twelvefactor_services.management.api_client import ManagementClient
 from twelvefactor_services.solution.receivers import read_archive
 
 from refimage import provision
@@ -95,13 +96,28 @@ def connect_in_netns(netns: str, host: str, port: int, timeout: float = 30) -> s
     return result[0]
 
 
-class _NetnsHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, netns: str, port: int) -> None:
-        super().__init__("127.0.0.1", port, timeout=30)
+class _NetnsHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1:port inside a network namespace."""
+
+    def __init__(self, netns: str, port: int, context: ssl.SSLContext, timeout: float) -> None:
+        super().__init__("127.0.0.1", port, timeout=timeout, context=context)
         self.netns = netns
+        self.tls = context
 
     def connect(self) -> None:
-        self.sock = connect_in_netns(self.netns, "127.0.0.1", self.port or 80)
+        sock = connect_in_netns(self.netns, "127.0.0.1", self.port or 443)
+        self.sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+
+
+class _NetnsClient(ManagementClient):
+    """The operator API of the hub's management service, reached inside the hub's namespace."""
+
+    def __init__(self, netns: str, port: int, token: str, ca: Path) -> None:
+        super().__init__(f"https://127.0.0.1:{port}", token=token, ca=ca, timeout=30)
+        self.netns = netns
+
+    def _connection(self) -> http.client.HTTPSConnection:
+        return _NetnsHTTPSConnection(self.netns, self.port, self.context, self.timeout)
 
 
 class Hub:
@@ -112,6 +128,7 @@ class Hub:
         self.netns = f"tfboot-{tag}"
         self.ifname = f"tfb{tag}"
         self.info: dict[str, Any] = {}
+        self._api: ManagementClient | None = None
         self.public_key = ""
         self._hub: subprocess.Popen[bytes] | None = None
         self.underlay = Underlay(root, self.netns, tag)
@@ -148,6 +165,7 @@ class Hub:
         )
         self.underlay.start()
         self._hub, self.info = start_hub(self.netns, self.root, self.ifname, self.root / "hub.log")
+        self._api = None  # its ports and token are in the new info
         if self.info["address_v4"] != HUB_ADDRESS:
             raise HubError(
                 f"the hub took {self.info['address_v4']}, the tests expect {HUB_ADDRESS}"
@@ -273,32 +291,22 @@ class Hub:
         return self.management_send("GET", path)
 
     def management_send(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """A request to the management service's HTTP API (on the namespace's loopback)."""
-        conn = _NetnsHTTPConnection(self.netns, int(self.info["management_http_port"]))
-        try:
-            data = None if body is None else json.dumps(body).encode()
-            headers = {} if data is None else {"Content-Type": "application/json"}
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read())
-        finally:
-            conn.close()
+        """A request to the management service's operator API as the hub's admin."""
+        return self.api.request(method, path, body)
+
+    @property
+    def api(self) -> ManagementClient:
+        if self._api is None:
+            token = Path(self.info["admin_token_file"]).read_text().strip()
+            ca = Path(self.info["pki_dir"]) / "ca.crt"
+            self._api = _NetnsClient(self.netns, int(self.info["management_api_port"]), token, ca)
+        return self._api
 
     # -- updates ------------------------------------------------------------------
 
     def add_artifact(self, swu: Path) -> dict[str, Any]:
-        """Store a .swu with the management service's CLI (version and hardware read from it)."""
-        out = _run(
-            sys.executable,
-            "-m",
-            "twelvefactor_services.management.cli",
-            "artifact",
-            "add",
-            str(swu),
-            "--db",
-            str(self.info["registry"]),
-        )
-        artifact: dict[str, Any] = json.loads(out)
+        """Upload a .swu through the operator API (version and hardware read from it)."""
+        artifact: dict[str, Any] = self.api.upload("/artifacts", swu, {})
         return artifact
 
     def create_job(self, sha256: str, device_id: str) -> str:

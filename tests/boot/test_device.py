@@ -207,7 +207,7 @@ def egress_targets(hub: dict[str, int]) -> list[tuple[str, str, int]]:
         ("tcp", UNDERLAY_HOST, 80),  # the underlay's gateway
         ("tcp", UNDERLAY_HOST, 443),
         ("tcp", UNDERLAY_HOST, hub["management_port"]),  # the broker, outside the tunnel
-        ("tcp", UNDERLAY_HOST, hub["management_http_port"]),  # the operator API's port
+        ("tcp", UNDERLAY_HOST, hub["management_api_port"]),  # the operator API's port
         ("udp", UNDERLAY_HOST, 123),  # NTP outside the tunnel
         ("udp", UNDERLAY_HOST, WG_PORT + 1),
         ("icmp", UNDERLAY_HOST, 0),
@@ -221,7 +221,7 @@ def egress_targets(hub: dict[str, int]) -> list[tuple[str, str, int]]:
         ("udp", "224.0.0.251", 5353),  # mDNS
         ("tcp", INTERNET_HOST, 22),  # another host on the underlay
         ("tcp", HUB_ADDRESS, 22),  # the hub's tunnel address, not a service port
-        ("tcp", HUB_ADDRESS, hub["management_http_port"]),
+        ("tcp", HUB_ADDRESS, hub["management_api_port"]),
         ("udp", HUB_ADDRESS, 53),  # DNS on the service address
         ("tcp", "10.77.0.3", 22),  # another device's tunnel address
     ]

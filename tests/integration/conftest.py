@@ -77,7 +77,7 @@ def services(stack: Stack) -> tuple[ServiceProcess, ServiceProcess]:
     """Running management and solution services on the stack: (management, solution).
 
     Devices connect to ``stack.management_endpoint`` / ``stack.solution_endpoint``
-    with ``stack.device(id)``; the registry is on ``management.http_port``, the
+    with ``stack.device(id)``; the registry is on ``management.api``, the
     archive in ``stack.archive_dir``.
     """
     try:

@@ -22,18 +22,16 @@ DEVICE = "dev-upd-1"
 
 
 def _device_state(management: ServiceProcess, job: str) -> dict[str, Any]:
-    assert management.http_port is not None
-    status, body = http_get(management.http_port, f"/jobs/{job}")
+    status, body = http_get(management, f"/jobs/{job}")
     assert status == 200, body
     (entry,) = [d for d in body["devices"] if d["device"] == DEVICE]
     return dict(entry)
 
 
 def _new_job(stack: Stack, management: ServiceProcess, swu: Path) -> str:
-    assert management.http_port is not None
     art = json.loads(cli(stack, "artifact", "add", str(swu)).stdout)
     status, job = http_send(
-        management.http_port, "POST", "/jobs", {"artifact": art["sha256"], "device": DEVICE}
+        management, "POST", "/jobs", {"artifact": art["sha256"], "device": DEVICE}
     )
     assert status == 201, job
     return str(job["id"])

@@ -36,14 +36,15 @@ def make_swu(path: Path, version: str = "2.0", size: int = 600_000) -> Path:
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """The operator CLI against the stack's running management copy, as its admin."""
+    svc = next(s for s in stack.services if s.api is not None and s.running)
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "twelvefactor_services.management.cli",
             *args,
-            "--db",
-            str(stack.registry_db),
+            *stack.api_options(svc),
         ],
         capture_output=True,
         text=True,
@@ -56,7 +57,7 @@ def identity(stack: Stack, device: str) -> ClientIdentity:
     return ClientIdentity(ident.cert, ident.key, ident.ca)
 
 
-def test_artifact_cli(stack: Stack, tmp_path: Path) -> None:
+def test_artifact_cli(stack: Stack, management: ServiceProcess, tmp_path: Path) -> None:
     swu = make_swu(tmp_path / "a.swu", "2.1")
     r = cli(stack, "artifact", "add", str(swu), "--version", "2.2")
     assert r.returncode == 2 and "says version '2.1', not '2.2'" in r.stderr
@@ -77,18 +78,21 @@ def test_artifact_cli(stack: Stack, tmp_path: Path) -> None:
     again = json.loads(cli(stack, "artifact", "add", str(swu)).stdout)
     assert again == art  # the same file is the same artifact
     r = cli(stack, "artifact", "list")
-    assert art["sha256"][:16] in r.stdout and "1 artifact(s)" in r.stdout
+    assert art["sha256"][:12] in r.stdout and "1 artifact(s)" in r.stdout
     r = cli(stack, "job", "create", "--artifact", "0" * 64, "--device", "dev-001")
-    assert r.returncode == 1 and "unknown artifact" in r.stderr
-    r = cli(stack, "job", "create", "--artifact", art["sha256"], "--device", "dev-001")
+    assert r.returncode == 1 and f"no artifact '{'0' * 64}'" in r.stderr
+    # the id as `artifact list` shows it is enough (any unique prefix, as git does)
+    r = cli(stack, "job", "create", "--artifact", art["sha256"][:12], "--device", "dev-001")
     assert r.returncode == 0, r.stderr
     job = json.loads(r.stdout)
     assert job["devices"][0]["state"] == "queued" and job["target"] == "device:dev-001"
     r = cli(stack, "job", "create", "--artifact", art["sha256"], "--device", "dev-001")
     assert r.returncode == 1 and "unfinished job for dev-001" in r.stderr
-    r = cli(stack, "job", "show", job["id"])
+    r = cli(stack, "job", "show", job["id"][:5])
     assert json.loads(r.stdout) == job
     assert cli(stack, "job", "show", "j-nope").returncode == 1
+    r = cli(stack, "job", "list")
+    assert job["id"] in r.stdout and "1 queued" in r.stdout
 
 
 def report(probe: Probe, device: str, job: str, state: str, **kw: Any) -> None:
@@ -98,8 +102,7 @@ def report(probe: Probe, device: str, job: str, state: str, **kw: Any) -> None:
 
 
 def device_state(svc: ServiceProcess, job: str, device: str) -> dict[str, Any]:
-    assert svc.http_port is not None
-    status, body = http_get(svc.http_port, f"/jobs/{job}")
+    status, body = http_get(svc, f"/jobs/{job}")
     assert status == 200
     return next(d for d in body["devices"] if d["device"] == device)
 
@@ -117,15 +120,14 @@ def test_job_end_to_end(
     probes: Callable[..., Probe],
     tmp_path: Path,
 ) -> None:
-    assert management.http_port is not None
     swu = make_swu(tmp_path / "u.swu", "2.0")
     art = json.loads(cli(stack, "artifact", "add", str(swu)).stdout)
-    status, listed = http_get(management.http_port, "/artifacts")
+    status, listed = http_get(management, "/artifacts")
     assert status == 200 and [a["sha256"] for a in listed] == [art["sha256"]]
-    status, _body = http_send(management.http_port, "POST", "/jobs", {"artifact": art["sha256"]})
+    status, _body = http_send(management, "POST", "/jobs", {"artifact": art["sha256"]})
     assert status == 400
     status, job = http_send(
-        management.http_port, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-001"}
+        management, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-001"}
     )
     assert status == 201, job
 
@@ -190,19 +192,16 @@ def test_group_job_and_failure_reason(
     probes: Callable[..., Probe],
     tmp_path: Path,
 ) -> None:
-    assert management.http_port is not None
     art = json.loads(cli(stack, "artifact", "add", str(make_swu(tmp_path / "g.swu"))).stdout)
     r = cli(stack, "job", "create", "--artifact", art["sha256"], "--group", "field")
     assert r.returncode == 1 and "has no members" in r.stderr
-    assert http_send(management.http_port, "PUT", "/groups/field/config", {})[0] == 200
+    assert http_send(management, "PUT", "/groups/field/config", {})[0] == 200
     assert (
-        http_send(
-            management.http_port, "POST", "/groups/field/members", {"devices": ["dev-a", "dev-b"]}
-        )[0]
+        http_send(management, "POST", "/groups/field/members", {"devices": ["dev-a", "dev-b"]})[0]
         == 200
     )
     status, job = http_send(
-        management.http_port, "POST", "/jobs", {"artifact": art["sha256"], "group": "field"}
+        management, "POST", "/jobs", {"artifact": art["sha256"], "group": "field"}
     )
     assert status == 201 and [d["device"] for d in job["devices"]] == ["dev-a", "dev-b"]
     for device in ("dev-a", "dev-b"):
@@ -217,7 +216,7 @@ def test_group_job_and_failure_reason(
     assert wait_state(management, job["id"], "dev-a", "failed")["reason"] == "wrong_hardware"
     wait_state(management, job["id"], "dev-b", "downloading")
     status, body = http_send(
-        management.http_port, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-b"}
+        management, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-b"}
     )
     assert status == 409 and "unfinished job for dev-b" in body["problems"][0]
 
@@ -228,10 +227,9 @@ def test_foreign_and_malformed_reports_and_a_restart(
     probes: Callable[..., Probe],
     tmp_path: Path,
 ) -> None:
-    assert management.http_port is not None
     art = json.loads(cli(stack, "artifact", "add", str(make_swu(tmp_path / "r.swu"))).stdout)
     status, body = http_send(
-        management.http_port, "POST", "/jobs", {"artifact": "f" * 64, "device": "dev-001"}
+        management, "POST", "/jobs", {"artifact": "f" * 64, "device": "dev-001"}
     )
     assert status == 409 and "unknown artifact" in body["problems"][0]
     job = json.loads(
@@ -256,13 +254,10 @@ def test_foreign_and_malformed_reports_and_a_restart(
     management.stop()
     copy = stack.management()
     copy.start()
-    assert copy.http_port is not None
     assert device_state(copy, job["id"], "dev-001")["percent"] == 10
     report(dev, "dev-001", job["id"], "failed", reason="sha256 mismatch")
     failed = wait_state(copy, job["id"], "dev-001", "failed")
     assert failed["reason"] == "sha256 mismatch"
     # a finished job frees the device for the next one
-    status, _ = http_send(
-        copy.http_port, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-001"}
-    )
+    status, _ = http_send(copy, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-001"})
     assert status == 201

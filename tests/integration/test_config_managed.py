@@ -62,7 +62,7 @@ def test_change_applied_invalid_rejected_unreachable_reverted(
     stack: Stack, services: Any, agents: list[HostAgent]
 ) -> None:
     management, _ = services
-    port = management.http_port
+    port = management
     agent = start_agent(stack, agents, "dev-c")
     wait_until(lambda: online(port, "dev-c"), timeout=60, what="dev-c online")
 
@@ -96,10 +96,9 @@ def test_change_applied_invalid_rejected_unreachable_reverted(
                 "config",
                 "set",
                 "dev-c",
-                "--json",
+                "--set-json",
                 '{"agent": {"keepalive": "often"}}',
-                "--db",
-                str(stack.registry_db),
+                *stack.api_options(management),
             ]
         )
         == 0
@@ -138,7 +137,7 @@ def test_group_overlay_with_device_overlay_on_top(
     stack: Stack, services: Any, agents: list[HostAgent]
 ) -> None:
     management, _ = services
-    port = management.http_port
+    port = management
     agent = start_agent(stack, agents, "dev-g")
     wait_until(lambda: online(port, "dev-g"), timeout=60, what="dev-g online")
 
@@ -182,7 +181,7 @@ def test_crash_inside_the_window_restarts_on_the_previous_configuration(
     stack: Stack, services: Any, agents: list[HostAgent]
 ) -> None:
     management, _ = services
-    port = management.http_port
+    port = management
     agent = start_agent(stack, agents, "dev-k", window=120)  # room to cut the power in it
     wait_until(lambda: online(port, "dev-k"), timeout=60, what="dev-k online")
     status, body = http_send(

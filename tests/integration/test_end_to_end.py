@@ -19,7 +19,7 @@ import pytest
 from twelvefactor_services.solution.receivers import read_archive
 
 from testbed.hostagent import HostAgent
-from testbed.stack import Stack, http_get, wait_until
+from testbed.stack import ServiceProcess, Stack, http_get, wait_until
 
 KEEPALIVE = 10
 
@@ -39,8 +39,8 @@ def start_agent(stack: Stack, agents: list[HostAgent], device_id: str, **kw: Any
     return agent
 
 
-def device_view(port: int, device_id: str) -> dict[str, Any] | None:
-    status, body = http_get(port, f"/devices/{device_id}")
+def device_view(svc: ServiceProcess, device_id: str) -> dict[str, Any] | None:
+    status, body = http_get(svc, f"/devices/{device_id}")
     return body if status == 200 else None
 
 
@@ -57,7 +57,7 @@ def test_online_health_metadata_and_offline_after_kill9(
 
     view = wait_until(
         lambda: (
-            (v := device_view(management.http_port, "dev-a"))
+            (v := device_view(management, "dev-a"))
             and v["online"]
             and v.get("health")
             and v.get("meta")
@@ -87,7 +87,7 @@ def test_online_health_metadata_and_offline_after_kill9(
     killed_at = time.monotonic()
     agent.kill()
     wait_until(
-        lambda: (v := device_view(management.http_port, "dev-a")) and v["online"] is False,
+        lambda: (v := device_view(management, "dev-a")) and v["online"] is False,
         timeout=1.5 * KEEPALIVE + 15,
         what="dev-a offline after kill -9",
     )
@@ -137,7 +137,7 @@ def test_queue_stays_within_byte_limit_and_health_reports_drops(
     limit = 64 * 1024
     agent = start_agent(stack, agents, "dev-q", health_interval=5, queue_max_bytes=limit)
     wait_until(
-        lambda: (v := device_view(management.http_port, "dev-q")) and v["online"],
+        lambda: (v := device_view(management, "dev-q")) and v["online"],
         timeout=60,
         what="dev-q online",
     )
@@ -164,7 +164,7 @@ def test_queue_stays_within_byte_limit_and_health_reports_drops(
 
     wait_until(
         lambda: (
-            (v := device_view(management.http_port, "dev-q"))
+            (v := device_view(management, "dev-q"))
             and v.get("health")
             and v["health"]["queue"]["dropped"] == dropped
             and v["health"]["queue"]["depth"] == 0
@@ -199,7 +199,7 @@ def test_agent_holds_no_listening_network_socket(
     management, _ = services
     agent = start_agent(stack, agents, "dev-s")
     wait_until(
-        lambda: (v := device_view(management.http_port, "dev-s")) and v["online"],
+        lambda: (v := device_view(management, "dev-s")) and v["online"],
         timeout=60,
         what="dev-s online",
     )
@@ -252,11 +252,8 @@ def test_nothing_sent_after_a_queue_reset_is_lost(
     assert payloads == [b"old-%d" % i for i in range(5)] + [b"new-%d" % i for i in range(3)]
     assert len({r["queue_id"] for r in records}) == 2
     # Health tells the operator why.
-    assert management.http_port is not None
     wait_until(
-        lambda: (
-            "moved aside" in str((device_view(management.http_port, "dev-q") or {}).get("health"))
-        ),
+        lambda: "moved aside" in str((device_view(management, "dev-q") or {}).get("health")),
         60,
         "the fault in health",
     )

@@ -68,8 +68,7 @@ def fake_device(stack: Stack, probes: MakeProbe, device: str, keepalive: int = 3
 
 
 def device_state(svc: ServiceProcess, device: str) -> dict[str, Any] | None:
-    assert svc.http_port is not None
-    status, body = http_get(svc.http_port, f"/devices/{device}")
+    status, body = http_get(svc, f"/devices/{device}")
     return body if status == 200 else None
 
 
@@ -90,23 +89,24 @@ def test_device_appears_online_with_meta_and_health(
     assert d["meta"]["agent_version"] == "0.1.0"
     assert d["meta"]["boot"]["slot"] == "A"
     assert d["health"]["queue"]["dropped"] == 0
-    assert management.http_port is not None
-    status, listing = http_get(management.http_port, "/devices")
+    status, listing = http_get(management, "/devices")
     assert status == 200 and [x["id"] for x in listing] == ["dev-001"]
     assert listing[0]["online"] is True
-    status, hist = http_get(management.http_port, "/devices/dev-001/history")
+    status, hist = http_get(management, "/devices/dev-001/history")
     assert status == 200 and [h["online"] for h in hist] == [True]
-    assert http_get(management.http_port, "/devices/nope")[0] == 404
-    assert http_get(management.http_port, "/elsewhere")[0] == 404
-    status, h = http_get(management.http_port, "/healthz")
+    assert http_get(management, "/devices/nope")[0] == 404
+    assert http_get(management, "/elsewhere")[0] == 404
+    status, h = http_get(management, "/healthz")
     assert status == 200 and h["ok"] is True and h["mqtt"] == "connected"
     # The CLI reads the same registry.
-    assert management_cli(["devices", "--db", str(stack.registry_db)]) == 0
+    api = stack.api_options(management)
+    assert management_cli(["devices", *api]) == 0
     out = capsys.readouterr().out
     assert "dev-001" in out and "online" in out
-    assert management_cli(["device", "dev-001", "--db", str(stack.registry_db)]) == 0
+    assert management_cli(["device", "dev-001", "--json", *api]) == 0
     assert json.loads(capsys.readouterr().out)["meta"]["device"] == "dev-001"
-    assert management_cli(["device", "dev-404", "--db", str(stack.registry_db)]) == 1
+    assert management_cli(["device", "dev-404", *api]) == 1
+    assert "no device 'dev-404'" in capsys.readouterr().err
 
 
 def test_last_will_marks_a_device_offline_when_its_socket_dies(
@@ -116,17 +116,16 @@ def test_last_will_marks_a_device_offline_when_its_socket_dies(
     wait_device(management, "dev-002", lambda d: d["online"] is True, "online")
     dev.kill()
     d = wait_device(management, "dev-002", lambda d: d["online"] is False, "offline by will")
-    assert management.http_port is not None
-    _, hist = http_get(management.http_port, "/devices/dev-002/history")
+    _, hist = http_get(management, "/devices/dev-002/history")
     assert [(h["online"], h["reason"]) for h in hist] == [(True, None), (False, "lost")]
     assert d["last_online_change"] == hist[-1]["ts"]
     # Pages: the newest first page, then back by id; a bad query says what is wrong.
-    _, page = http_get(management.http_port, "/devices/dev-002/history?limit=1")
+    _, page = http_get(management, "/devices/dev-002/history?limit=1")
     assert page == hist[-1:]
-    _, page = http_get(management.http_port, f"/devices/dev-002/history?before={hist[-1]['id']}")
+    _, page = http_get(management, f"/devices/dev-002/history?before={hist[-1]['id']}")
     assert page == hist[:-1]
-    status, body = http_get(management.http_port, "/devices/dev-002/history?limit=0")
-    assert status == 400 and body["message"] == "limit must be an integer in 1..1000"
+    status, body = http_get(management, "/devices/dev-002/history?limit=0")
+    assert status == 400 and body["problems"] == ["limit must be an integer in 1..1000"]
     # Back again: the same session, online again.
     fake_device(stack, probes, "dev-002")
     wait_device(management, "dev-002", lambda d: d["online"] is True, "online again")
@@ -177,8 +176,7 @@ def test_malformed_payloads_are_dropped_and_change_nothing(
     assert management.running
     assert after["online"] is True and after["meta"] == before["meta"]
     assert after["health"]["uptime_s"] == 11.0
-    assert management.http_port is not None
-    assert len(http_get(management.http_port, "/devices/dev-004/history")[1]) == 1
+    assert len(http_get(management, "/devices/dev-004/history")[1]) == 1
     log = management.log_file.read_text()
     assert log.count("dropped") >= len(bad)
     assert "meta names device 'dev-999'" in log
@@ -204,8 +202,7 @@ def test_two_copies_share_the_load_and_the_registry(stack: Stack, probes: MakePr
     def counts() -> list[int] | None:
         got = []
         for c in copies:
-            assert c.http_port is not None
-            got.append(http_get(c.http_port, "/healthz")[1]["handled"])
+            got.append(http_get(c, "/healthz")[1]["handled"])
         return got if sum(got) >= len(devices) * 12 else None
 
     handled = wait_until(counts, 30, "all messages handled")
@@ -238,6 +235,5 @@ def test_device_text_cannot_forge_a_log_line_and_nan_is_refused(
     assert not any(line.startswith(forged) for line in log.splitlines())
     assert forged in log  # it is there, quoted, inside the line that names the device
     assert "dropped 'health' from dev-005: not JSON: NaN is not a JSON number" in log
-    assert management.http_port is not None
-    status, body = http_get(management.http_port, "/devices/dev-005")
+    status, body = http_get(management, "/devices/dev-005")
     assert status == 200 and body["health_ts"] == marker

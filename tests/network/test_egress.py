@@ -37,7 +37,7 @@ def targets(lab: Lab) -> list[tuple[str, str, int]]:
         ("tcp", lab.tunnel_address(lab.b.id), 22),  # another device's tunnel address
         ("tcp", lab.tunnel_address(lab.b.id, 6), 22),
         ("tcp", hub4, 22),  # the hub's tunnel address, not a service port
-        ("tcp", hub4, lab.hub_info["management_http_port"]),  # the operator API
+        ("tcp", hub4, lab.hub_info["management_api_port"]),  # the operator API
         ("udp", hub4, 53),  # DNS on the service address
     ]
 

@@ -84,7 +84,7 @@ def test_hub_answers_a_spoke_only_on_service_ports(stolen_b: Lab) -> None:
         info["address_v4"],
         "-sS",
         "-p",
-        f"{info['management_http_port']},{info['service_port']}",
+        f"{info['management_api_port']},{info['service_port']}",
         *FAST,
     )
     assert dict(inside.states) == {"filtered": 2}

@@ -11,17 +11,23 @@ artifacts/, log), ``solution/`` (solution.db, archive/, log).
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from twelvefactor_services.broker import Broker, BrokerConfig
+from twelvefactor_services.management import operators
+from twelvefactor_services.management.api_client import ManagementClient
 from twelvefactor_services.pki import Pki, PkiError
 from twelvefactor_services.process import ChildProcess
 
 LOCALHOST = "127.0.0.1"
 ARTIFACT_CERT = "artifacts"  # the artifact server's certificate in the PKI (servers/NAME.crt)
+API_CERT = "management-api"  # the operator API's certificate in the PKI
+ADMIN = "admin"  # the operator the stack bootstraps; its token is in management/admin.token
 
 _handed_out: set[int] = set()
 
@@ -68,11 +74,12 @@ class ServiceProcess(ChildProcess):
         name: str,
         argv: Sequence[str],
         run_dir: Path,
-        http_port: int | None = None,
+        api: ManagementClient | None = None,
         artifact_port: int | None = None,
     ) -> None:
         super().__init__(name, run_dir / f"{name}.log")
-        self.http_port = http_port
+        self.api = api  # the operator API as the stack's admin (management copies)
+        self.api_port = None if api is None else api.port
         self.artifact_port = artifact_port
         self.argv = list(argv)
         self.run_dir = run_dir
@@ -125,6 +132,27 @@ class ServicesStack:
         self.artifact_port = free_port()
         if not self.pki.server_paths(ARTIFACT_CERT).cert.exists():
             self.pki.server(ARTIFACT_CERT, dns=["localhost"], ips=sorted({LOCALHOST, address}))
+        if not self.pki.server_paths(API_CERT).cert.exists():
+            self.pki.server(API_CERT, dns=["localhost"], ips=[LOCALHOST])
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.root / "management" / "admin.token"
+
+    def admin_token(self) -> str:
+        """The bootstrap admin's token, made with the first admin on first use."""
+        path = self.admin_token_file
+        if not path.exists():
+            db = operators.connect(self.registry_db)
+            try:
+                operators.add_operator(db, ADMIN, "admin", None, time.time())
+                made = operators.create_token(db, ADMIN, "services stack", time.time())
+            finally:
+                db.close()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(made["token"] + "\n")
+        return path.read_text().strip()
 
     def start_broker(self) -> Broker:
         self.broker.start()
@@ -135,7 +163,7 @@ class ServicesStack:
         return self._copies[name]
 
     def management(
-        self, *, http_port: int | None = None, artifact_port: int | None = None
+        self, *, api_port: int | None = None, artifact_port: int | None = None
     ) -> ServiceProcess:
         """A management service copy (not started); copies share one registry and .swu store.
 
@@ -144,7 +172,8 @@ class ServicesStack:
         """
         n = self._next_copy("management")
         run = self.root / "management"
-        port = http_port if http_port is not None else free_port()
+        port = api_port if api_port is not None else free_port()
+        api_cert = self.pki.server_paths(API_CERT)
         if artifact_port is None:
             artifact_port = self.artifact_port if n == 1 else free_port()
         svc = ServiceProcess(
@@ -159,8 +188,12 @@ class ServicesStack:
                 str(self.registry_db),
                 "--instance",
                 str(n),
-                "--http-port",
+                "--api-port",
                 str(port),
+                "--api-cert",
+                str(api_cert.cert),
+                "--api-key",
+                str(api_cert.key),
                 "--artifact-host",
                 self.address,
                 "--artifact-port",
@@ -169,7 +202,9 @@ class ServicesStack:
                 ARTIFACT_CERT,
             ],
             run,
-            http_port=port,
+            api=ManagementClient(
+                f"https://{LOCALHOST}:{port}", token=self.admin_token(), ca=self.pki.ca_cert
+            ),
             artifact_port=artifact_port,
         )
         self.services.append(svc)

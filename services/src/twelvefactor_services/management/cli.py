@@ -1,210 +1,391 @@
-"""twelvefactor-management: serve, print the registry, set desired configurations.
+"""twelvefactor-management: run the service, or operate the fleet through its HTTPS API.
 
-`config ...` writes the registry directly; a running service publishes the
-change within a second (it polls for unpublished versions).
+`serve` and `bootstrap` (the first admin and their token) run on the service
+host against the registry file. Every other command talks to the operator
+API with a token, so it works from a laptop: `login` once (or set
+TWELVEFACTOR_API_URL / TWELVEFACTOR_API_TOKEN / TWELVEFACTOR_API_CA), then
+`devices`, `config ...`, `artifact ...`, `job ...`, `operator ...`,
+`token ...`, `audit`. Times are ISO 8601 in local time; `--json` prints the
+API's answer as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import getpass
 import json
+import os
 import sqlite3
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twelvefactor_services import service_args
-from twelvefactor_services.management import jobstore, registry
-from twelvefactor_services.management.artifacts import ArtifactError, ArtifactStore
-from twelvefactor_services.management.configlogic import (
-    OverlayError,
-    check_device,
-    check_group,
-    check_overlay,
+from twelvefactor_services.management import operators
+from twelvefactor_services.management.api_client import (
+    ApiError,
+    Credentials,
+    ManagementClient,
+    credentials_file,
 )
+from twelvefactor_services.management.configlogic import OverlayError, check_overlay
 
 if TYPE_CHECKING:
-    from twelvefactor_services.management.service import ArtifactServing
+    from twelvefactor_services.management.service import ArtifactServing, OperatorApi
+
+PROG = "twelvefactor-management"
 
 
-def _ts(value: float | None) -> str:
-    return "-" if value is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+def iso(value: float | None) -> str:
+    """An epoch time as ISO 8601 in local time, to the second ('-' for none)."""
+    if value is None:
+        return "-"
+    return dt.datetime.fromtimestamp(value).astimezone().isoformat(timespec="seconds")
 
 
-def _devices(db_path: Path) -> int:
-    db = registry.connect(db_path, readonly=True)
-    rows = registry.list_devices(db)
-    print(f"{'DEVICE':<24} {'STATE':<8} {'SINCE':<19}  {'LAST HEALTH':<19}")
-    for r in rows:
-        state = {True: "online", False: "offline", None: "unknown"}[r["online"]]
-        print(f"{r['id']:<24} {state:<8} {_ts(r['last_online_change']):<19}  {_ts(r['health_ts'])}")
-    print(f"{len(rows)} device(s)")
-    return 0
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2))
 
 
-def _device(db_path: Path, device: str) -> int:
-    db = registry.connect(db_path, readonly=True)
-    found = registry.get_device(db, device)
-    if found is None:
-        print(f"twelvefactor-management: unknown device {device!r}", file=sys.stderr)
-        return 1
-    found["history"] = registry.history(db, device)
-    print(json.dumps(found, indent=2))
-    return 0
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _read_secret(path: str | None, prompt: str) -> str:
+    """A password from a file ('-': stdin), or asked for on the terminal."""
+    if path == "-":
+        return sys.stdin.readline().rstrip("\n")
+    if path is not None:
+        return Path(path).read_text(encoding="utf-8").rstrip("\n")
+    return getpass.getpass(prompt)
 
 
 def _read_overlay(args: argparse.Namespace) -> Any:
     """The overlay from --json TEXT or --file PATH (.toml read as TOML, anything else as JSON)."""
-    if args.json is not None:
-        text, is_toml = args.json, False
+    if args.json_text is not None:
+        text, is_toml = args.json_text, False
     else:
         path = Path(args.file)
         text = sys.stdin.read() if args.file == "-" else path.read_text(encoding="utf-8")
         is_toml = path.suffix == ".toml"
     try:
-        return tomllib.loads(text) if is_toml else json.loads(text)
+        overlay = tomllib.loads(text) if is_toml else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise OverlayError([f"not valid {'TOML' if is_toml else 'JSON'}: {exc}"]) from None
+    return check_overlay(overlay)  # the same rules as the service and the agent, before sending
 
 
-def _config(args: argparse.Namespace) -> int:
-    now = time.time()
-    if args.action == "show":
-        db = registry.connect(args.db, readonly=True)
-        if args.target == "device":
-            found: Any = registry.device_config(db, check_device(args.name))
-        else:
-            found = (
-                registry.list_groups(db)
-                if args.name is None
-                else registry.group_config(db, check_group(args.name))
-            )
-        if found is None:
-            print(f"twelvefactor-management: nothing set for {args.name!r}", file=sys.stderr)
-            return 1
-        print(json.dumps(found, indent=2))
+# -- commands over the API -----------------------------------------------------
+
+Command = Callable[[ManagementClient, argparse.Namespace], int]
+
+
+def _devices(api: ManagementClient, args: argparse.Namespace) -> int:
+    rows = api.get("/devices")
+    if args.json:
+        _print_json(rows)
         return 0
-    reg = registry.Registry(args.db)
-    try:
-        if args.target == "device":
-            device = check_device(args.name)
-            overlay = None if args.action == "clear" else check_overlay(_read_overlay(args))
-            version = reg.set_device_config(device, overlay, now)
-            print(f"{device}: desired configuration version {version}")
-            return 0
-        group = check_group(args.name)
-        if args.action == "set":
-            versions = reg.set_group_config(group, check_overlay(_read_overlay(args)), now)
-        else:
-            devices = [check_device(d) for d in args.devices]
-            change = reg.add_members if args.action == "add" else reg.remove_members
-            versions = change(group, devices, now)
-        for device, version in sorted(versions.items()):
-            print(f"{device}: desired configuration version {version}")
-        print(f"group {group}: {len(versions)} device(s) changed")
-        return 0
-    except KeyError:
-        print(f"twelvefactor-management: no group {args.name!r}", file=sys.stderr)
-        return 1
-    finally:
-        reg.close()
-
-
-def _store(args: argparse.Namespace) -> ArtifactStore:
-    return ArtifactStore(args.artifact_dir or args.db.parent / "artifacts")
-
-
-def _hardware(specs: list[str] | None) -> dict[str, list[str]] | None:
-    """--hardware BOARD=REV[,REV...] (repeatable; BOARD may be empty: =REV)."""
-    if not specs:
-        return None
-    out: dict[str, list[str]] = {}
-    for spec in specs:
-        board, sep, revs = spec.partition("=")
-        if not sep or not revs:
-            raise ArtifactError(f"--hardware {spec!r}: expected BOARD=REV[,REV...]")
-        out[board] = revs.split(",")
-    return out
-
-
-def _artifact(args: argparse.Namespace) -> int:
-    store = _store(args)
-    if args.action == "add":
-        a = store.add(args.file, version=args.version, hardware=_hardware(args.hardware))
-        print(json.dumps(a.to_json(), indent=2))
-        return 0
-    rows = store.list()
-    print(f"{'SHA256':<16} {'VERSION':<12} {'SIZE':>12}  {'ADDED':<19}  HARDWARE")
-    for a in rows:
-        hw = " ".join(f"{b or '*'}={','.join(r)}" for b, r in a.hardware.items())
-        print(f"{a.sha256[:16]} {a.version:<12} {a.size:>12}  {_ts(a.added):<19}  {hw}")
-    print(f"{len(rows)} artifact(s)")
+    state = {True: "online", False: "offline", None: "unknown"}
+    _table(
+        [
+            [r["id"], state[r["online"]], iso(r["last_online_change"]), iso(r["health_ts"])]
+            for r in rows
+        ],
+        ["DEVICE", "STATE", "SINCE", "LAST HEALTH"],
+    )
+    print(f"{len(rows)} device(s)")
     return 0
 
 
-def _job(args: argparse.Namespace) -> int:
-    if args.action == "create":
-        db = jobstore.connect(args.db)
-        try:
-            job = jobstore.create_job(
-                db,
-                _store(args),
-                args.artifact,
-                device=check_device(args.device) if args.device else None,
-                group=check_group(args.group) if args.group else None,
-                now=time.time(),
-            )
-        finally:
-            db.close()
-        print(json.dumps(job, indent=2))
+def _device(api: ManagementClient, args: argparse.Namespace) -> int:
+    found = api.get(f"/devices/{args.id}")
+    found["history"] = api.get(f"/devices/{args.id}/history")
+    if args.json:
+        _print_json(found)
         return 0
-    db = jobstore.connect(args.db, readonly=True)
+    state = {True: "online", False: "offline", None: "unknown"}[found["online"]]
+    print(f"device     {found['id']}")
+    print(f"state      {state} since {iso(found['last_online_change'])}")
+    print(f"first seen {iso(found['first_seen'])}")
+    print(f"health     {iso(found['health_ts'])}: {json.dumps(found['health'])}")
+    print(f"meta       {iso(found['meta_ts'])}: {json.dumps(found['meta'])}")
+    for h in found["history"]:
+        change = "online" if h["online"] else f"offline ({h['reason']})"
+        print(f"  {iso(h['ts'])}  {change}")
+    return 0
+
+
+def _config(api: ManagementClient, args: argparse.Namespace) -> int:
+    if args.target == "device":
+        path = f"/devices/{args.name}/config"
+        if args.action == "show":
+            _print_json(api.get(path))
+            return 0
+        if args.action == "clear":
+            done = api.call("DELETE", path)
+        else:
+            done = api.call("PUT", path, _read_overlay(args))
+        print(f"{args.name}: desired configuration version {done['version']}")
+        return 0
+    if args.action == "show":
+        _print_json(api.get("/groups" if args.name is None else f"/groups/{args.name}"))
+        return 0
+    if args.action == "set":
+        done = api.call("PUT", f"/groups/{args.name}/config", _read_overlay(args))
+        versions = done["versions"]
+    elif args.action == "add":
+        done = api.call("POST", f"/groups/{args.name}/members", {"devices": args.devices})
+        versions = done["versions"]
+    else:
+        versions = {}
+        for device in args.devices:
+            versions |= api.call("DELETE", f"/groups/{args.name}/members/{device}")["versions"]
+    for device, version in sorted(versions.items()):
+        print(f"{device}: desired configuration version {version}")
+    print(f"group {args.name}: {len(versions)} device(s) changed")
+    return 0
+
+
+def _hardware_text(hardware: dict[str, list[str]]) -> str:
+    return " ".join(f"{b or '*'}={','.join(r)}" for b, r in hardware.items())
+
+
+def _artifact(api: ManagementClient, args: argparse.Namespace) -> int:
+    if args.action == "add":
+        query: dict[str, str | list[str]] = {}
+        if args.version:
+            query["version"] = args.version
+        if args.hardware:
+            query["hardware"] = args.hardware
+        added = api.upload("/artifacts", args.file, query)
+        _print_json(added)
+        return 0
+    if args.action == "show":
+        _print_json(api.get(f"/artifacts/{args.id}"))
+        return 0
+    rows = api.get("/artifacts")
+    if args.json:
+        _print_json(rows)
+        return 0
+    _table(
+        [
+            [
+                a["sha256"][:12],
+                a["version"],
+                str(a["size"]),
+                iso(a["added"]),
+                _hardware_text(a["hardware"]),
+            ]
+            for a in rows
+        ],
+        ["ID", "VERSION", "SIZE", "ADDED", "HARDWARE"],
+    )
+    print(f"{len(rows)} artifact(s); name one by any unique prefix of its id")
+    return 0
+
+
+def _job(api: ManagementClient, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        sha = api.get(f"/artifacts/{args.artifact}")["sha256"]  # a unique prefix is enough
+        body = {"artifact": sha, "device": args.device} if args.device else {}
+        if args.group:
+            body = {"artifact": sha, "group": args.group}
+        _print_json(api.call("POST", "/jobs", body))
+        return 0
+    if args.action == "show":
+        _print_json(api.get(f"/jobs/{args.id}"))
+        return 0
+    rows = api.get("/jobs")
+    if args.json:
+        _print_json(rows)
+        return 0
+    table = []
+    for j in rows:
+        states: dict[str, int] = {}
+        for d in j["devices"]:
+            states[d["state"]] = states.get(d["state"], 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+        table.append([j["id"], j["artifact"][:12], j["target"], iso(j["created"]), summary])
+    _table(table, ["JOB", "ARTIFACT", "TARGET", "CREATED", "DEVICES"])
+    return 0
+
+
+def _operator(api: ManagementClient, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        rows = api.get("/operators")
+        if args.json:
+            _print_json(rows)
+        else:
+            _table(
+                [
+                    [o["name"], o["role"], "yes" if o["password"] else "no", iso(o["created"])]
+                    for o in rows
+                ],
+                ["NAME", "ROLE", "PASSWORD", "CREATED"],
+            )
+        return 0
+    if args.action == "remove":
+        api.call("DELETE", f"/operators/{args.name}")
+        print(f"operator {args.name} removed; their tokens are revoked")
+        return 0
+    body: dict[str, Any] = {}
+    if args.role:
+        body["role"] = args.role
+    if args.password_file is not None or (args.action == "passwd"):
+        body["password"] = _read_secret(args.password_file, f"new password for {args.name}: ")
+    if args.action == "add":
+        _print_json(api.call("POST", "/operators", {"name": args.name, **body}))
+    else:
+        _print_json(api.call("PUT", f"/operators/{args.name}", body))
+    return 0
+
+
+def _token(api: ManagementClient, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        body: dict[str, Any] = {"label": args.label}
+        if args.ttl is not None:
+            body["ttl"] = args.ttl
+        if args.operator:
+            body["operator"] = args.operator
+        made = api.call("POST", "/tokens", body)
+        print(made["token"])  # shown this once; only its hash is kept
+        print(
+            f"token {made['id']} for {made['operator']}, expires {iso(made['expires'])}",
+            file=sys.stderr,
+        )
+        return 0
+    if args.action == "revoke":
+        api.call("DELETE", f"/tokens/{args.id}")
+        print(f"token {args.id} revoked")
+        return 0
+    rows = api.get("/tokens", **({"operator": "*"} if args.all else {}))
+    if args.json:
+        _print_json(rows)
+        return 0
+    _table(
+        [
+            [
+                t["id"],
+                t["operator"],
+                t["label"],
+                iso(t["created"]),
+                iso(t["expires"]),
+                iso(t["last_used"]),
+            ]
+            for t in rows
+        ],
+        ["ID", "OPERATOR", "LABEL", "CREATED", "EXPIRES", "LAST USED"],
+    )
+    return 0
+
+
+def _audit(api: ManagementClient, args: argparse.Namespace) -> int:
+    query = {"limit": str(args.limit)}
+    if args.before:
+        query["before"] = str(args.before)
+    rows = api.get("/audit", **query)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for e in reversed(rows):
+        detail = "" if e["detail"] is None else " " + json.dumps(e["detail"], sort_keys=True)
+        who = e["operator"] or "(unauthenticated)"
+        print(
+            f"{e['id']:>7} {iso(e['ts'])} {who} {e['method']} {e['path']} -> {e['status']}{detail}"
+        )
+    return 0
+
+
+def _whoami(api: ManagementClient, _args: argparse.Namespace) -> int:
+    me = api.get("/whoami")
+    print(f"{me['name']} ({me['role']}) at {api.url}, token {me['token']}")
+    return 0
+
+
+def _logout(api: ManagementClient, _args: argparse.Namespace) -> int:
+    me = api.get("/whoami")
+    api.call("DELETE", f"/tokens/{me['token']}")
+    credentials_file().unlink(missing_ok=True)
+    print(f"logged out of {api.url}; token {me['token']} revoked")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "devices": _devices,
+    "device": _device,
+    "config": _config,
+    "artifact": _artifact,
+    "job": _job,
+    "operator": _operator,
+    "token": _token,
+    "audit": _audit,
+    "whoami": _whoami,
+    "logout": _logout,
+}
+
+
+def _login(args: argparse.Namespace) -> int:
+    ca = args.ca.resolve() if args.ca else None
+    api = ManagementClient(args.url, ca=ca)
+    password = _read_secret(args.password_file, f"password for {args.user} at {args.url}: ")
+    made = api.call("POST", "/login", {"name": args.user, "password": password})
+    path = Credentials(args.url, made["token"], ca).save()
+    print(f"logged in to {args.url} as {args.user} until {iso(made['expires'])}; token in {path}")
+    return 0
+
+
+def _bootstrap(args: argparse.Namespace) -> int:
+    """The first admin and a token for them, on the service host (before any API call works)."""
+    db = operators.connect(args.db)
     try:
-        found: Any = jobstore.list_jobs(db) if args.id is None else jobstore.get_job(db, args.id)
+        password = None
+        if args.password_file is not None:
+            password = _read_secret(args.password_file, "")
+        operators.add_operator(db, args.operator, "admin", password, time.time())
+        made = operators.create_token(db, args.operator, "bootstrap", time.time())
+    except operators.OperatorError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     finally:
         db.close()
-    if found is None:
-        print(f"twelvefactor-management: unknown job {args.id!r}", file=sys.stderr)
-        return 1
-    print(json.dumps(found, indent=2))
+    if args.token_file is None:
+        print(made["token"])
+    else:
+        fd = os.open(args.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(made["token"] + "\n")
+        print(f"admin {args.operator}: token in {args.token_file}")
     return 0
 
 
-def _update_parsers(sub: Any) -> None:
-    art = sub.add_parser("artifact", help=".swu artifacts (stored next to the registry)")
-    asub = art.add_subparsers(dest="action", required=True)
-    p = asub.add_parser("add", help="store a .swu; version and hardware are read from it")
-    p.add_argument("file", type=Path)
-    p.add_argument("--version", help="expected version (refused if the file says otherwise)")
+# -- argument parsing ----------------------------------------------------------
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--hardware", action="append", metavar="BOARD=REV[,REV]", help="expected compatibility"
+        "--url", help="the API, https://HOST:PORT (default: TWELVEFACTOR_API_URL, login)"
     )
-    asub.add_parser("list", help="stored artifacts")
-    job = sub.add_parser("job", help="update jobs")
-    jsub = job.add_subparsers(dest="action", required=True)
-    p = jsub.add_parser("create", help="update a device or a group to an artifact")
-    p.add_argument("--artifact", required=True, metavar="SHA256")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--device", metavar="ID")
-    target.add_argument("--group", metavar="NAME")
-    p = jsub.add_parser("show", help="one job with each device's state, or all")
-    p.add_argument("id", nargs="?", metavar="JOB")
-    for parser in (*asub.choices.values(), *jsub.choices.values()):
-        parser.add_argument("--db", type=Path, required=True, help="registry (SQLite)")
-        parser.add_argument("--artifact-dir", type=Path, help="default: artifacts/ next to --db")
+    p.add_argument(
+        "--ca", type=Path, help="CA certificate the API's certificate is checked against"
+    )
+    p.add_argument("--token-file", type=Path, help="file holding the token (default: env, login)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON answer")
 
 
-def _config_parser(sub: Any) -> None:
+def _config_parser(sub: Any) -> list[argparse.ArgumentParser]:
     config = sub.add_parser("config", help="desired configuration of devices and groups")
     csub = config.add_subparsers(dest="action", required=True)
 
     def overlay_source(p: argparse.ArgumentParser) -> None:
         src = p.add_mutually_exclusive_group(required=True)
         src.add_argument("--file", help="overlay file (.toml as TOML, else JSON; - for stdin)")
-        src.add_argument("--json", help="overlay as JSON text")
+        src.add_argument("--set-json", dest="json_text", help="overlay as JSON text")
 
     p = csub.add_parser("set", help="set a device's own overlay")
     p.add_argument("name", metavar="DEVICE")
@@ -212,7 +393,7 @@ def _config_parser(sub: Any) -> None:
     p.set_defaults(target="device")
     p = csub.add_parser("clear", help="remove a device's own overlay (its group's stays)")
     p.add_argument("name", metavar="DEVICE")
-    p.set_defaults(target="device", file=None, json=None)
+    p.set_defaults(target="device")
     p = csub.add_parser("show", help="a device's desired and reported configuration")
     p.add_argument("name", metavar="DEVICE")
     p.set_defaults(target="device")
@@ -230,19 +411,95 @@ def _config_parser(sub: Any) -> None:
     p = gsub.add_parser("show", help="one group, or all")
     p.add_argument("name", metavar="GROUP", nargs="?")
     group.set_defaults(target="group")
-    leaves = [p for name, p in csub.choices.items() if name != "group"]
-    for parser in (*leaves, *gsub.choices.values()):
-        parser.add_argument("--db", type=Path, required=True, help="registry (SQLite)")
+    return [p for name, p in csub.choices.items() if name != "group"] + list(gsub.choices.values())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="twelvefactor-management")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _fleet_parsers(sub: Any) -> list[argparse.ArgumentParser]:
+    leaves: list[argparse.ArgumentParser] = []
+    leaves.append(sub.add_parser("devices", help="list devices"))
+    p = sub.add_parser("device", help="one device with its online history")
+    p.add_argument("id")
+    leaves.append(p)
+    leaves += _config_parser(sub)
+    art = sub.add_parser("artifact", help=".swu artifacts")
+    asub = art.add_subparsers(dest="action", required=True)
+    p = asub.add_parser("add", help="upload a .swu; version and hardware are read from it")
+    p.add_argument("file", type=Path)
+    p.add_argument("--version", help="expected version (refused if the file says otherwise)")
+    p.add_argument(
+        "--hardware", action="append", metavar="BOARD=REV[,REV]", help="expected compatibility"
+    )
+    asub.add_parser("list", help="stored artifacts")
+    p = asub.add_parser("show", help="one artifact, by any unique prefix of its id")
+    p.add_argument("id")
+    leaves += asub.choices.values()
+    job = sub.add_parser("job", help="update jobs")
+    jsub = job.add_subparsers(dest="action", required=True)
+    p = jsub.add_parser("create", help="update a device or a group to an artifact")
+    p.add_argument("--artifact", required=True, metavar="ID", help="any unique prefix")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", metavar="ID")
+    target.add_argument("--group", metavar="NAME")
+    p = jsub.add_parser("show", help="one job with each device's state")
+    p.add_argument("id", metavar="JOB", help="any unique prefix")
+    jsub.add_parser("list", help="all jobs")
+    leaves += jsub.choices.values()
+    op = sub.add_parser("operator", help="operators and their roles (admin)")
+    osub = op.add_subparsers(dest="action", required=True)
+    p = osub.add_parser("add", help="a new operator")
+    p.add_argument("name")
+    p.add_argument("--role", required=True, choices=operators.ROLES)
+    p.add_argument("--password-file", help="the password ('-': stdin); none: tokens only")
+    p = osub.add_parser("set", help="change an operator's role")
+    p.add_argument("name")
+    p.add_argument("--role", choices=operators.ROLES)
+    p.add_argument("--password-file", help="also set the password from this file")
+    p = osub.add_parser("passwd", help="set a password (your own, or anyone's as admin)")
+    p.add_argument("name")
+    p.add_argument("--password-file", help="the password ('-': stdin; default: asked)")
+    p.set_defaults(role=None)
+    osub.add_parser("list", help="all operators")
+    p = osub.add_parser("remove", help="remove an operator and revoke their tokens")
+    p.add_argument("name")
+    leaves += osub.choices.values()
+    tok = sub.add_parser("token", help="API tokens for scripts")
+    tsub = tok.add_subparsers(dest="action", required=True)
+    p = tsub.add_parser("create", help="a new token (printed once)")
+    p.add_argument("--label", required=True)
+    p.add_argument("--ttl", type=float, help="seconds until it expires (default: until revoked)")
+    p.add_argument("--operator", help="for another operator (admin)")
+    p = tsub.add_parser("list", help="your tokens")
+    p.add_argument("--all", action="store_true", help="every operator's (admin)")
+    p = tsub.add_parser("revoke", help="revoke a token")
+    p.add_argument("id")
+    leaves += tsub.choices.values()
+    p = sub.add_parser("audit", help="the audit log, oldest of the page first")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--before", type=int, metavar="ID", help="entries older than this one")
+    leaves.append(p)
+    leaves.append(sub.add_parser("whoami", help="who the token stands for"))
+    leaves.append(sub.add_parser("logout", help="revoke the saved token and forget it"))
+    return leaves
+
+
+def _serve_parser(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the service in the foreground")
     service_args.add_service_args(serve)
     serve.add_argument("--db", type=Path, required=True, help="registry (SQLite)")
-    serve.add_argument("--http-host", default="127.0.0.1")
-    serve.add_argument("--http-port", type=int, default=8080)
+    serve.add_argument("--api-host", default="127.0.0.1", help="operator API address to bind")
+    serve.add_argument("--api-port", type=int, default=9443, help="operator API port (HTTPS)")
+    serve.add_argument("--api-cert", type=Path, required=True, help="operator API certificate")
+    serve.add_argument("--api-key", type=Path, required=True, help="its private key")
+    serve.add_argument(
+        "--api-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name the API answers to besides its certificate's names (repeatable)",
+    )
+    serve.add_argument(
+        "--max-artifact-bytes", type=int, default=4 * 1024**3, help="largest .swu upload"
+    )
     serve.add_argument("--artifact-dir", type=Path, help="default: artifacts/ next to --db")
     serve.add_argument("--artifact-port", type=int, help="serve artifacts over HTTPS here")
     serve.add_argument("--artifact-host", default="127.0.0.1", help="address to bind")
@@ -255,35 +512,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME",
         help="server certificate name in the PKI (servers/NAME.crt)",
     )
-    p = sub.add_parser("devices", help="list devices")
-    p.add_argument("--db", type=Path, required=True)
-    p = sub.add_parser("device", help="one device as JSON, with its online history")
-    p.add_argument("id")
-    p.add_argument("--db", type=Path, required=True)
-    _config_parser(sub)
-    _update_parsers(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    p = sub.add_parser("bootstrap", help="on the service host: the first admin and a token")
+    p.add_argument("--db", type=Path, required=True, help="registry (SQLite)")
+    p.add_argument("--operator", required=True, help="the admin's name")
+    p.add_argument("--token-file", help="write the token here (mode 0600) instead of printing it")
+    p.add_argument("--password-file", help="also give the admin a password ('-': stdin)")
+    p = sub.add_parser("login", help="log in with a password; the token is saved (0600)")
+    p.add_argument("url", help="https://HOST:PORT")
+    p.add_argument("--user", required=True)
+    p.add_argument("--ca", type=Path, help="CA certificate of the API's certificate")
+    p.add_argument("--password-file", help="the password ('-': stdin; default: asked)")
+    for leaf in _fleet_parsers(sub):
+        _client_options(leaf)
     args = parser.parse_args(argv)
     try:
-        if args.command == "config":
-            return _config(args)
-        if args.command == "artifact":
-            return _artifact(args)
-        if args.command == "job":
-            return _job(args)
-        if args.command == "devices":
-            return _devices(args.db)
-        if args.command == "device":
-            return _device(args.db, args.id)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "bootstrap":
+            return _bootstrap(args)
+        if args.command == "login":
+            return _login(args)
+        token = None
+        if args.token_file is not None:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        api = ManagementClient.of(Credentials.find(args.url, token, args.ca))
+        return COMMANDS[args.command](api, args)
     except OverlayError as exc:
         for problem in exc.problems:
-            print(f"twelvefactor-management: {problem}", file=sys.stderr)
+            print(f"{PROG}: {problem}", file=sys.stderr)
         return 2
-    except (ArtifactError, jobstore.JobError) as exc:
-        print(f"twelvefactor-management: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ArtifactError) else 1
+    except ApiError as exc:
+        for problem in exc.problems:
+            print(f"{PROG}: {problem}", file=sys.stderr)
+        return 2 if exc.status in (400, 413, 415) else 1  # bad input: 2, refused: 1
     except (OSError, sqlite3.Error) as exc:
-        print(f"twelvefactor-management: {exc}", file=sys.stderr)
+        print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
     from twelvefactor_services.management.service import ManagementConfig, ManagementService
 
     service_args.setup_logging(args.log_level)
@@ -293,15 +566,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         identity=ident,
         broker=service_args.endpoint(args),
         group=service_args.group(args, "management", ident),
+        api=_operator_api(args),
         instance=args.instance,
-        http_host=args.http_host,
-        http_port=args.http_port,
         ready_file=args.ready_file,
         artifact_dir=args.artifact_dir,
         artifacts=_serving(args),
     )
     ManagementService(cfg).run()
     return 0
+
+
+def _operator_api(args: argparse.Namespace) -> OperatorApi:
+    from twelvefactor_services.management.service import OperatorApi
+
+    for p in (args.api_cert, args.api_key):
+        if not p.is_file():
+            raise SystemExit(
+                f"missing {p}: make it with 'twelvefactor-pki server PKI NAME --ip ADDRESS'"
+            )
+    return OperatorApi(
+        cert=args.api_cert,
+        key=args.api_key,
+        names=tuple(args.api_name),
+        host=args.api_host,
+        port=args.api_port,
+        max_artifact=args.max_artifact_bytes,
+    )
 
 
 def _serving(args: argparse.Namespace) -> ArtifactServing | None:

@@ -1,45 +1,549 @@
-"""HTTP JSON API over the registry (http.server, bound to 127.0.0.1 by default).
+"""The operator API: HTTPS, bearer tokens, roles, and an audit log of every change.
 
-GET /devices, /devices/<id>, /devices/<id>/history, /devices/<id>/config, /groups,
-/groups/<name>, /artifacts, /jobs, /jobs/<id>, /healthz; POST /jobs;
-PUT /devices/<id>/config, /groups/<name>/config; DELETE /devices/<id>/config;
-POST /groups/<name>/members; DELETE /groups/<name>/members/<id>. There is no
-authentication: bind it to loopback or put it behind a proxy that authenticates operators.
+Each route names the least role it needs (viewer < operator < admin; see
+operators.py) and is listed in ROUTES, which docs/operator-api.md and the
+route test read. Every request first passes the Host, Origin and Content-Type
+checks (access.py); every write, answered or refused, is recorded in the
+audit log with who made it. `GET /healthz` and `POST /login` need no token.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import socket
+import ssl
+import sys
+import tempfile
 import threading
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Callable
-from http import HTTPStatus
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from twelvefactor_agent.protocol.names import DEVICE_ID_RE, FLEET_GROUP_RE, JOB_ID_RE
 
-from twelvefactor_services.management import jobstore, registry
-from twelvefactor_services.management.artifacts import ArtifactStore
+from twelvefactor_services.management import jobstore, operators, registry
+from twelvefactor_services.management.access import Refused, Site, bearer, check_request
+from twelvefactor_services.management.artifacts import ArtifactError, ArtifactStore
 from twelvefactor_services.management.configlogic import (
     OverlayError,
     check_device,
     check_group,
     check_overlay,
 )
+from twelvefactor_services.management.operators import OperatorError, Principal
 
 log = logging.getLogger(__name__)
 _DEVICE, _GROUP, _JOB = DEVICE_ID_RE.pattern, FLEET_GROUP_RE.pattern, JOB_ID_RE.pattern
-DEVICE_PATH = re.compile(rf"/devices/({_DEVICE})(/history|/config)?")
-GROUP_PATH = re.compile(rf"/groups/({_GROUP})(/config|/members)?")
-MEMBER_PATH = re.compile(rf"/groups/({_GROUP})/members/({_DEVICE})")
-JOB_PATH = re.compile(rf"/jobs/({_JOB})")
+_OPERATOR = operators.NAME_RE.pattern
 MAX_BODY = 64 * 1024
+MAX_ARTIFACT = 4 * 1024**3  # default upload limit (serve --max-artifact-bytes)
 HISTORY_PAGE = 100  # online changes per page of /devices/<id>/history
+HANDSHAKE_TIMEOUT = 30.0
+IDLE_TIMEOUT = 60.0
+LOGIN_FAILURES = 5  # wrong passwords for one name within LOGIN_WINDOW lock it for a while
+LOGIN_WINDOW = 300.0
+PREFIX_MIN = 4  # an artifact or job may be named by a unique prefix this long, as git does
+
+
+class Problem(Exception):
+    """An answer other than success: HTTP status, an error word and what was wrong."""
+
+    def __init__(self, status: int, error: str, problems: list[str] | str) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.problems = [problems] if isinstance(problems, str) else problems
+
+
+@dataclass
+class Request:
+    """What a route's handler gets: the server, the caller, the path match, query and body."""
+
+    server: ApiServer
+    who: Principal | None
+    match: re.Match[str]
+    query: dict[str, list[str]]
+    handler: Handler
+    audit_detail: Any = None  # what the audit log records of this request
+    _body: Any = field(default=None, repr=False)
+
+    def body(self) -> Any:
+        """The JSON body (read once); Problem 400 if missing or not JSON."""
+        if self._body is None:
+            data = self.handler.read_body(MAX_BODY)
+            try:
+                self._body = json.loads(data)
+            except (ValueError, UnicodeDecodeError):
+                raise Problem(400, "invalid", "the body is not JSON") from None
+            self.audit_detail = _redacted(self._body)
+        return self._body
+
+    def query_int(self, name: str, low: int, high: int, default: int | None) -> int | None:
+        values = self.query.get(name)
+        if values is None:
+            return default
+        value = values[-1]
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise Problem(400, "bad_query", f"{name} must be an integer in {low}..{high}")
+        return int(value)
+
+
+def _redacted(body: Any) -> Any:
+    if isinstance(body, dict):
+        return {k: ("(not recorded)" if k == "password" else v) for k, v in body.items()}
+    return body
+
+
+Answer = tuple[int, Any]
+Work = Callable[[Request], Answer]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str  # a regular expression over the path (documented form in `doc`)
+    role: str | None  # least role; None: no token needed
+    work: Work
+    doc: str
+    upload: bool = False  # the body is a .swu (application/octet-stream)
+
+    @property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(self.path)
+
+
+# -- handlers ------------------------------------------------------------------
+
+
+def _registry(req: Request) -> registry.Registry:
+    try:
+        return registry.Registry(req.server.db_path)
+    except Exception as exc:
+        raise Problem(503, "registry_unavailable", str(exc)) from exc
+
+
+def _read(req: Request, work: Callable[[Any], Any]) -> Any:
+    return _with_db(req.server.db_path, work)
+
+
+def _change(req: Request, work: Callable[[registry.Registry], Any]) -> Answer:
+    reg = _registry(req)
+    try:
+        result = work(reg)
+    except OverlayError as exc:
+        raise Problem(400, "invalid", exc.problems) from None
+    except KeyError as exc:
+        raise Problem(404, "unknown_group", f"no group {exc.args[0]!r}") from None
+    finally:
+        reg.close()
+    req.server.changed()
+    return 200, result
+
+
+def healthz(req: Request) -> Answer:
+    h = req.server.health()
+    return (200 if h["ok"] else 503), h
+
+
+def login(req: Request) -> Answer:
+    body = req.body()
+    name, password = (body.get("name"), body.get("password")) if isinstance(body, dict) else (0, 0)
+    if not isinstance(name, str) or not isinstance(password, str):
+        raise Problem(400, "invalid", 'the body must be {"name": NAME, "password": PASSWORD}')
+    req.audit_detail = {"name": name}
+    server = req.server
+    if not server.login_allowed(name):
+        raise Problem(429, "too_many_attempts", f"too many wrong passwords for {name!r}; wait")
+    token = _read(req, lambda db: operators.login(db, name, password, time.time()))
+    if token is None:
+        server.login_failed(name)
+        raise Problem(401, "unauthorized", "wrong name or password")
+    req.audit_detail = {"name": name, "token": token["id"]}
+    return 201, token
+
+
+def whoami(req: Request) -> Answer:
+    assert req.who is not None
+    return 200, {"name": req.who.name, "role": req.who.role, "token": req.who.token}
+
+
+def list_devices(req: Request) -> Answer:
+    return 200, _read(req, registry.list_devices)
+
+
+def _device(req: Request) -> str:
+    return req.match.group(1)
+
+
+def get_device(req: Request) -> Answer:
+    found = _read(req, lambda db: registry.get_device(db, _device(req)))
+    if found is None:
+        raise Problem(404, "unknown_device", f"no device {_device(req)!r}")
+    return 200, found
+
+
+def device_history(req: Request) -> Answer:
+    get_device(req)
+    limit = req.query_int("limit", 1, registry.HISTORY_KEPT, HISTORY_PAGE)
+    before = req.query_int("before", 1, 2**62, None)
+    page: dict[str, int] = {"limit": limit or HISTORY_PAGE}
+    if before is not None:
+        page["before"] = before
+    return 200, _read(req, lambda db: registry.history(db, _device(req), **page))
+
+
+def get_device_config(req: Request) -> Answer:
+    found = _read(req, lambda db: registry.device_config(db, _device(req)))
+    if found is None:
+        raise Problem(404, "no_config", f"nothing set for {_device(req)!r}")
+    return 200, found
+
+
+def put_device_config(req: Request) -> Answer:
+    device = _device(req)
+
+    def work(reg: registry.Registry) -> Any:
+        overlay = check_overlay(req.body())
+        reg.set_device_config(check_device(device), overlay, time.time())
+        return registry.device_config(reg.db, device)
+
+    return _change(req, work)
+
+
+def delete_device_config(req: Request) -> Answer:
+    device = _device(req)
+    return _change(
+        req,
+        lambda reg: {"device": device, "version": reg.set_device_config(device, None, time.time())},
+    )
+
+
+def list_groups(req: Request) -> Answer:
+    return 200, _read(req, registry.list_groups)
+
+
+def get_group(req: Request) -> Answer:
+    name = req.match.group(1)
+    found = _read(req, lambda db: registry.group_config(db, name))
+    if found is None:
+        raise Problem(404, "unknown_group", f"no group {name!r}")
+    return 200, found
+
+
+def put_group_config(req: Request) -> Answer:
+    name = req.match.group(1)
+
+    def work(reg: registry.Registry) -> Any:
+        overlay = check_overlay(req.body())
+        versions = reg.set_group_config(check_group(name), overlay, time.time())
+        return {"name": name, "config": overlay, "versions": versions}
+
+    return _change(req, work)
+
+
+def add_members(req: Request) -> Answer:
+    name = req.match.group(1)
+
+    def work(reg: registry.Registry) -> Any:
+        body = req.body()
+        devices = body.get("devices") if isinstance(body, dict) else None
+        if isinstance(body, dict) and isinstance(body.get("device"), str):
+            devices = [body["device"]]
+        if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
+            raise OverlayError(['the body must be {"device": ID} or {"devices": [ID, ...]}'])
+        for d in devices:
+            check_device(d)
+        return {"name": name, "versions": reg.add_members(name, devices, time.time())}
+
+    return _change(req, work)
+
+
+def remove_member(req: Request) -> Answer:
+    name, device = req.match.group(1), req.match.group(2)
+    return _change(
+        req, lambda reg: {"name": name, "versions": reg.remove_members(name, [device], time.time())}
+    )
+
+
+def _unique(kind: str, prefix: str, ids: list[str]) -> str:
+    found = [i for i in ids if i.startswith(prefix)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise Problem(404, f"unknown_{kind}", f"no {kind} {prefix!r}")
+    shown = ", ".join(sorted(found)[:5])
+    raise Problem(409, "ambiguous", f"{kind} {prefix!r} is ambiguous: {shown}")
+
+
+def list_artifacts(req: Request) -> Answer:
+    return 200, [a.to_json() for a in req.server.artifacts.list()]
+
+
+def get_artifact(req: Request) -> Answer:
+    store = req.server.artifacts
+    sha = _unique("artifact", req.match.group(1), [a.sha256 for a in store.list()])
+    found = store.get(sha)
+    if found is None:
+        raise Problem(404, "unknown_artifact", f"no artifact {sha!r}")
+    return 200, found.to_json()
+
+
+def upload_artifact(req: Request) -> Answer:
+    """POST /artifacts?version=V&hardware=BOARD=REV,REV: the body is the .swu."""
+    version = req.query.get("version", [None])[-1]
+    hardware: dict[str, list[str]] | None = None
+    for spec in req.query.get("hardware", []):
+        board, sep, revs = spec.partition("=")
+        if not sep or not revs:
+            raise Problem(400, "bad_query", f"hardware {spec!r}: expected BOARD=REV[,REV...]")
+        hardware = hardware or {}
+        hardware[board] = revs.split(",")
+    store = req.server.artifacts
+    store.root.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=store.root, prefix=".upload-")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            req.handler.copy_body(out, req.server.max_artifact)
+        try:
+            added = store.add(tmp, version=version, hardware=hardware)
+        except ArtifactError as exc:
+            # the temporary name means nothing to the operator: say "the upload"
+            raise Problem(
+                400, "invalid_artifact", str(exc).replace(str(tmp), "the upload")
+            ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    req.audit_detail = {"sha256": added.sha256, "version": added.version}
+    return 201, added.to_json()
+
+
+def list_jobs(req: Request) -> Answer:
+    return 200, _read(req, jobstore.list_jobs)
+
+
+def get_job(req: Request) -> Answer:
+    def work(db: Any) -> Any:
+        ids = [r[0] for r in db.execute("SELECT id FROM update_jobs")]
+        return jobstore.get_job(db, _unique("job", req.match.group(1), ids))
+
+    return 200, _read(req, work)
+
+
+def create_job(req: Request) -> Answer:
+    body = req.body()
+    ok = isinstance(body, dict) and isinstance(body.get("artifact"), str)
+    device = body.get("device") if isinstance(body, dict) else None
+    group = body.get("group") if isinstance(body, dict) else None
+    if not ok or not (isinstance(device, str) or isinstance(group, str)):
+        problem = 'the body must be {"artifact": SHA256, "device": ID} or {..., "group": NAME}'
+        raise Problem(400, "invalid", problem)
+    try:
+        device = check_device(device) if isinstance(device, str) else None
+        group = check_group(group) if isinstance(group, str) else None
+    except OverlayError as exc:
+        raise Problem(400, "invalid", exc.problems) from None
+    db = jobstore.connect(req.server.db_path)
+    try:
+        job = jobstore.create_job(
+            db, req.server.artifacts, body["artifact"], device=device, group=group, now=time.time()
+        )
+    except jobstore.JobError as exc:
+        raise Problem(409, "refused", str(exc)) from None
+    finally:
+        db.close()
+    req.server.changed()
+    return 201, job
+
+
+def get_audit(req: Request) -> Answer:
+    limit = req.query_int("limit", 1, operators.AUDIT_PAGE_MAX, 100) or 100
+    before = req.query_int("before", 1, 2**62, None)
+    return 200, _read(req, lambda db: operators.audit(db, limit=limit, before=before))
+
+
+def _operator_call(req: Request, work: Callable[[Any], Any]) -> Any:
+    try:
+        return _read(req, work)
+    except OperatorError as exc:
+        raise Problem(
+            exc.status, "refused" if exc.status != 404 else "not_found", str(exc)
+        ) from None
+
+
+def list_operators(req: Request) -> Answer:
+    return 200, _read(req, operators.list_operators)
+
+
+def add_operator(req: Request) -> Answer:
+    body = req.body()
+    if not isinstance(body, dict):
+        raise Problem(400, "invalid", 'the body must be {"name", "role"[, "password"]}')
+    password = body.get("password")
+    if password is not None and not isinstance(password, str):
+        raise Problem(400, "invalid", "password must be a string")
+    found = _operator_call(
+        req,
+        lambda db: operators.add_operator(
+            db, body.get("name"), body.get("role"), password, time.time()
+        ),
+    )
+    return 201, found
+
+
+def change_operator(req: Request) -> Answer:
+    """Admins change anyone's role or password; any operator changes their own password."""
+    assert req.who is not None
+    name, body = req.match.group(1), req.body()
+    if not isinstance(body, dict) or not set(body) <= {"role", "password"} or not body:
+        raise Problem(400, "invalid", 'the body must be {"role": ROLE} and/or {"password": ...}')
+    if not req.who.may("admin") and (name != req.who.name or "role" in body):
+        raise Problem(403, "forbidden", "only an admin changes roles or another's password")
+    return 200, _operator_call(
+        req,
+        lambda db: operators.change_operator(
+            db, name, role=body.get("role"), password=body.get("password")
+        ),
+    )
+
+
+def remove_operator(req: Request) -> Answer:
+    name = req.match.group(1)
+    _operator_call(req, lambda db: operators.remove_operator(db, name, time.time()))
+    return 200, {"name": name, "removed": True}
+
+
+def list_tokens(req: Request) -> Answer:
+    assert req.who is not None
+    asked = req.query.get("operator", [req.who.name])[-1]
+    wanted = None if asked == "*" else asked  # "*": every operator's
+    if wanted != req.who.name and not req.who.may("admin"):
+        raise Problem(403, "forbidden", "only an admin sees another operator's tokens")
+    return 200, _read(req, lambda db: operators.list_tokens(db, wanted))
+
+
+def create_token(req: Request) -> Answer:
+    assert req.who is not None
+    body = req.body()
+    if not isinstance(body, dict) or not isinstance(body.get("label"), str):
+        raise Problem(400, "invalid", 'the body must be {"label": TEXT[, "ttl": SECONDS]}')
+    owner = body.get("operator", req.who.name)
+    if owner != req.who.name and not req.who.may("admin"):
+        raise Problem(403, "forbidden", "only an admin makes tokens for another operator")
+    ttl = body.get("ttl")
+    if ttl is not None and (not isinstance(ttl, int | float) or isinstance(ttl, bool)):
+        raise Problem(400, "invalid", "ttl must be a number of seconds")
+    made = _operator_call(
+        req, lambda db: operators.create_token(db, owner, body["label"], time.time(), ttl)
+    )
+    req.audit_detail = {"operator": owner, "label": body["label"], "token": made["id"]}
+    return 201, made
+
+
+def revoke_token(req: Request) -> Answer:
+    assert req.who is not None
+    token_id = req.match.group(1)
+    token = _read(req, lambda db: operators.get_token(db, token_id))
+    if token is None or (token["operator"] != req.who.name and not req.who.may("admin")):
+        raise Problem(404, "not_found", f"no token {token_id!r}")
+    _operator_call(req, lambda db: operators.revoke_token(db, token_id, time.time()))
+    return 200, {"id": token_id, "revoked": True}
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", None, healthz, "/healthz"),
+    Route("POST", "/login", None, login, "/login"),
+    Route("GET", "/whoami", "viewer", whoami, "/whoami"),
+    Route("GET", "/devices", "viewer", list_devices, "/devices"),
+    Route("GET", rf"/devices/({_DEVICE})", "viewer", get_device, "/devices/{id}"),
+    Route(
+        "GET", rf"/devices/({_DEVICE})/history", "viewer", device_history, "/devices/{id}/history"
+    ),
+    Route(
+        "GET", rf"/devices/({_DEVICE})/config", "viewer", get_device_config, "/devices/{id}/config"
+    ),
+    Route(
+        "PUT",
+        rf"/devices/({_DEVICE})/config",
+        "operator",
+        put_device_config,
+        "/devices/{id}/config",
+    ),
+    Route(
+        "DELETE",
+        rf"/devices/({_DEVICE})/config",
+        "operator",
+        delete_device_config,
+        "/devices/{id}/config",
+    ),
+    Route("GET", "/groups", "viewer", list_groups, "/groups"),
+    Route("GET", rf"/groups/({_GROUP})", "viewer", get_group, "/groups/{name}"),
+    Route(
+        "PUT", rf"/groups/({_GROUP})/config", "operator", put_group_config, "/groups/{name}/config"
+    ),
+    Route(
+        "POST", rf"/groups/({_GROUP})/members", "operator", add_members, "/groups/{name}/members"
+    ),
+    Route(
+        "DELETE",
+        rf"/groups/({_GROUP})/members/({_DEVICE})",
+        "operator",
+        remove_member,
+        "/groups/{name}/members/{id}",
+    ),
+    Route("GET", "/artifacts", "viewer", list_artifacts, "/artifacts"),
+    Route("POST", "/artifacts", "operator", upload_artifact, "/artifacts", upload=True),
+    Route(
+        "GET",
+        rf"/artifacts/([0-9a-f]{{{PREFIX_MIN},64}})",
+        "viewer",
+        get_artifact,
+        "/artifacts/{id}",
+    ),
+    Route("GET", "/jobs", "viewer", list_jobs, "/jobs"),
+    Route("POST", "/jobs", "operator", create_job, "/jobs"),
+    Route("GET", rf"/jobs/({_JOB})", "viewer", get_job, "/jobs/{id}"),
+    Route("GET", "/audit", "operator", get_audit, "/audit"),
+    Route("GET", "/operators", "admin", list_operators, "/operators"),
+    Route("POST", "/operators", "admin", add_operator, "/operators"),
+    Route("PUT", rf"/operators/({_OPERATOR})", "viewer", change_operator, "/operators/{name}"),
+    Route("DELETE", rf"/operators/({_OPERATOR})", "admin", remove_operator, "/operators/{name}"),
+    Route("GET", "/tokens", "viewer", list_tokens, "/tokens"),
+    Route("POST", "/tokens", "viewer", create_token, "/tokens"),
+    Route("DELETE", r"/tokens/([0-9a-f]{16})", "viewer", revoke_token, "/tokens/{id}"),
+)
+_COMPILED = [(r, r.pattern) for r in ROUTES]
+
+
+def find_route(method: str, path: str) -> tuple[Route, re.Match[str]] | str:
+    """The route and its match, or "not_found" / "method_not_allowed"."""
+    seen = False
+    for route, pattern in _COMPILED:
+        m = pattern.fullmatch(path)
+        if m is None:
+            continue
+        if route.method == method:
+            return route, m
+        seen = True
+    return "method_not_allowed" if seen else "not_found"
+
+
+# -- the server ----------------------------------------------------------------
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -50,260 +554,188 @@ class ApiServer(ThreadingHTTPServer):
         address: tuple[str, int],
         db_path: Path,
         health: Callable[[], dict[str, Any]],
+        context: ssl.SSLContext,
+        names: list[str],
         changed: Callable[[], None] = lambda: None,
         artifacts: ArtifactStore | None = None,
+        max_artifact: int = MAX_ARTIFACT,
     ) -> None:
         self.db_path = db_path
         self.artifacts = artifacts or ArtifactStore(db_path.parent / "artifacts")
         self.health = health
         self.changed = changed  # a desired configuration changed: publish soon
+        self.context = context
+        self.max_artifact = max_artifact
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
         super().__init__(address, Handler)
+        self.site = Site.of([*names, address[0]], self.server_address[1])
+        operators.connect(db_path).close()  # the tables exist before the first request
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        # the handshake happens in the handler's thread (Handler.setup)
+        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.warning("%s: %s", client_address[0], sys.exc_info()[1])  # one line, no traceback
 
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, name="http-api", daemon=True)
         t.start()
         return t
 
+    def login_allowed(self, name: str) -> bool:
+        with self._lock:
+            recent = self._failures.get(name)
+            now = time.monotonic()
+            while recent and recent[0] < now - LOGIN_WINDOW:
+                recent.popleft()
+            return recent is None or len(recent) < LOGIN_FAILURES
+
+    def login_failed(self, name: str) -> None:
+        with self._lock:
+            if len(self._failures) > 10_000:  # names nobody has: do not grow without bound
+                self._failures.clear()
+            self._failures.setdefault(name, deque(maxlen=LOGIN_FAILURES)).append(time.monotonic())
+
 
 class Handler(BaseHTTPRequestHandler):
     server: ApiServer
     server_version = "twelvefactor-management"
+    protocol_version = "HTTP/1.1"
+    timeout = IDLE_TIMEOUT
+
+    def setup(self) -> None:
+        sock = self.request
+        assert isinstance(sock, ssl.SSLSocket)
+        sock.settimeout(HANDSHAKE_TIMEOUT)
+        sock.do_handshake()
+        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s " + format, self.address_string(), *args)
 
-    def _send(self, status: HTTPStatus, body: Any) -> None:
-        data = json.dumps(body, indent=1).encode() + b"\n"
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _path(self) -> str:
-        return self.path.split("?", 1)[0].rstrip("/") or "/"
-
-    def _history_page(self) -> dict[str, int] | None:
-        """`?limit=N` (1..1000, default 100) and `?before=ID`; None after a 400 was sent."""
-        query = urllib.parse.parse_qs(self.path.partition("?")[2], max_num_fields=4)
-        page = {"limit": HISTORY_PAGE}
-        for name, low, high in (("limit", 1, registry.HISTORY_KEPT), ("before", 1, 2**62)):
-            values = query.get(name)
-            if values is None:
-                continue
-            value = values[-1]
-            if not value.isdigit() or not low <= int(value) <= high:
-                self._send(
-                    HTTPStatus.BAD_REQUEST,
-                    {
-                        "error": "bad_query",
-                        "message": f"{name} must be an integer in {low}..{high}",
-                    },
-                )
-                return None
-            page[name] = int(value)
-        return page
-
-    def _body(self) -> Any:
-        """The request's JSON body; OverlayError if there is none or it is not JSON."""
+    def _length(self, limit: int) -> int:
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
-            raise OverlayError(["a JSON body with Content-Length is required"]) from None
-        if not 0 <= length <= MAX_BODY:
-            raise OverlayError([f"the body must be at most {MAX_BODY} bytes"])
-        try:
-            return json.loads(self.rfile.read(length))
-        except (ValueError, UnicodeDecodeError):
-            raise OverlayError(["the body is not JSON"]) from None
+            raise Problem(
+                411, "length_required", "a body with Content-Length is required"
+            ) from None
+        if not 0 <= length <= limit:
+            self.close_connection = True  # the body is not read: the connection cannot go on
+            raise Problem(413, "too_large", f"the body must be at most {limit} bytes")
+        return length
 
-    def _change(self, work: Callable[[registry.Registry], Any]) -> None:
-        """Run a registry change; 200 with its result, 400 with the problems, 404 if unknown."""
+    def read_body(self, limit: int) -> bytes:
+        length = self._length(limit)
+        self._body_read = True
+        return self.rfile.read(length)
+
+    def copy_body(self, out: Any, limit: int) -> None:
+        left = self._length(limit)
+        self._body_read = True
+        while left > 0:
+            block = self.rfile.read(min(left, 1 << 20))
+            if not block:
+                raise Problem(400, "invalid", "the body ended before its Content-Length")
+            out.write(block)
+            left -= len(block)
+
+    def _send(self, status: int, body: Any) -> None:
+        data = json.dumps(body, indent=1).encode() + b"\n"
+        if not getattr(self, "_body_read", True) and self.headers.get("Content-Length"):
+            self.close_connection = True  # an unread body would be taken for the next request
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Bearer realm="twelvefactor-management"')
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _serve(self) -> None:
+        self._body_read = False
+        method = self.command
+        raw_path, _, query = self.path.partition("?")
+        path = raw_path.rstrip("/") or "/"
+        who: Principal | None = None
+        req: Request | None = None
+        status: int
         try:
-            reg = registry.Registry(self.server.db_path)
+            found = find_route(method, path)
+            route = found[0] if isinstance(found, tuple) else None
+            has_body = self.headers.get("Content-Length", "0") not in ("", "0")
+            has_body = has_body or "Transfer-Encoding" in self.headers
+            check_request(
+                self.server.site,
+                method,
+                self.headers.get("Host"),
+                self.headers.get("Origin"),
+                self.headers.get("Content-Type"),
+                has_body,
+                upload=route is not None and route.upload,
+            )
+            if "Transfer-Encoding" in self.headers:
+                raise Problem(411, "length_required", "send the body with Content-Length")
+            if not isinstance(found, tuple):
+                code = 404 if found == "not_found" else 405
+                raise Problem(code, found, f"{method} {path}")
+            route, match = found
+            if route.role is not None:
+                who = self._authenticate()
+                if not who.may(route.role):
+                    raise Problem(403, "forbidden", f"{method} {path} needs the {route.role} role")
+            req = Request(
+                self.server,
+                who,
+                match,
+                urllib.parse.parse_qs(query, max_num_fields=20),
+                self,
+            )
+            status, answer = route.work(req)
+        except Refused as exc:
+            status, answer = exc.status, {"error": exc.error, "message": str(exc)}
+        except Problem as exc:
+            status, answer = exc.status, {"error": exc.error, "problems": exc.problems}
+        except ValueError as exc:  # parse_qs: too many fields
+            status, answer = 400, {"error": "bad_query", "problems": [str(exc)]}
+        self._send(status, answer)
+        if method != "GET":
+            self._audit(who, method, path, status, None if req is None else req.audit_detail)
+
+    def _authenticate(self) -> Principal:
+        token = bearer(self.headers.get("Authorization"))
+        if token is None:
+            raise Problem(401, "unauthorized", "send Authorization: Bearer TOKEN")
+        who = _with_db(
+            self.server.db_path, lambda db: operators.authenticate(db, token, time.time())
+        )
+        if who is None:
+            raise Problem(401, "unauthorized", "the token is unknown, expired or revoked")
+        return who  # type: ignore[no-any-return]
+
+    def _audit(
+        self, who: Principal | None, method: str, path: str, status: int, detail: Any
+    ) -> None:
+        try:
+            _with_db(
+                self.server.db_path,
+                lambda db: operators.record(db, time.time(), who, method, path, status, detail),
+            )
         except Exception:
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "registry_unavailable"})
-            raise
-        try:
-            result = work(reg)
-        except OverlayError as exc:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "invalid", "problems": exc.problems})
-            return
-        except KeyError as exc:
-            self._send(HTTPStatus.NOT_FOUND, {"error": "unknown_group", "name": exc.args[0]})
-            return
-        finally:
-            reg.close()
-        self.server.changed()
-        self._send(HTTPStatus.OK, result)
+            log.exception("audit entry for %s %s (%d) not recorded", method, path, status)
+        log.info("%s %s %s -> %d", who.name if who else "-", method, path, status)
 
-    def do_PUT(self) -> None:
-        path = self._path()
-        m = DEVICE_PATH.fullmatch(path)
-        if m is not None and m.group(2) == "/config":
-            device = m.group(1)
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
-            def set_device(reg: registry.Registry) -> Any:
-                overlay = check_overlay(self._body())
-                reg.set_device_config(check_device(device), overlay, time.time())
-                return registry.device_config(reg.db, device)
 
-            self._change(set_device)
-            return
-        g = GROUP_PATH.fullmatch(path)
-        if g is not None and g.group(2) == "/config":
-            name = g.group(1)
-
-            def set_group(reg: registry.Registry) -> Any:
-                overlay = check_overlay(self._body())
-                versions = reg.set_group_config(check_group(name), overlay, time.time())
-                return {"name": name, "config": overlay, "versions": versions}
-
-            self._change(set_group)
-            return
-        self._send(HTTPStatus.NOT_FOUND, {"error": "not_found", "path": path})
-
-    def _create_job(self) -> None:
-        try:
-            body = self._body()
-        except OverlayError as exc:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "invalid", "problems": exc.problems})
-            return
-        ok = isinstance(body, dict) and isinstance(body.get("artifact"), str)
-        device = body.get("device") if isinstance(body, dict) else None
-        group = body.get("group") if isinstance(body, dict) else None
-        if not ok or not (isinstance(device, str) or isinstance(group, str)):
-            problem = 'the body must be {"artifact": SHA256, "device": ID} or {..., "group": NAME}'
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "invalid", "problems": [problem]})
-            return
-        try:
-            device = check_device(device) if isinstance(device, str) else None
-            group = check_group(group) if isinstance(group, str) else None
-        except OverlayError as exc:
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "invalid", "problems": exc.problems})
-            return
-        db = jobstore.connect(self.server.db_path)
-        try:
-            job = jobstore.create_job(
-                db,
-                self.server.artifacts,
-                body["artifact"],
-                device=device,
-                group=group,
-                now=time.time(),
-            )
-        except jobstore.JobError as exc:
-            self._send(HTTPStatus.CONFLICT, {"error": "refused", "problems": [str(exc)]})
-            return
-        finally:
-            db.close()
-        self.server.changed()
-        self._send(HTTPStatus.CREATED, job)
-
-    def do_POST(self) -> None:
-        path = self._path()
-        if path == "/jobs":
-            self._create_job()
-            return
-        g = GROUP_PATH.fullmatch(path)
-        if g is None or g.group(2) != "/members":
-            self._send(HTTPStatus.NOT_FOUND, {"error": "not_found", "path": path})
-            return
-        name = g.group(1)
-
-        def add(reg: registry.Registry) -> Any:
-            body = self._body()
-            devices = body.get("devices") if isinstance(body, dict) else None
-            if isinstance(body, dict) and isinstance(body.get("device"), str):
-                devices = [body["device"]]
-            if not isinstance(devices, list) or not all(isinstance(d, str) for d in devices):
-                raise OverlayError(['the body must be {"device": ID} or {"devices": [ID, ...]}'])
-            for d in devices:
-                check_device(d)
-            return {"name": name, "versions": reg.add_members(name, devices, time.time())}
-
-        self._change(add)
-
-    def do_DELETE(self) -> None:
-        path = self._path()
-        mm = MEMBER_PATH.fullmatch(path)
-        if mm is not None:
-            name, device = mm.group(1), mm.group(2)
-            self._change(
-                lambda reg: {
-                    "name": name,
-                    "versions": reg.remove_members(name, [device], time.time()),
-                }
-            )
-            return
-        m = DEVICE_PATH.fullmatch(path)
-        if m is not None and m.group(2) == "/config":
-            device = m.group(1)
-            self._change(
-                lambda reg: {
-                    "device": device,
-                    "version": reg.set_device_config(device, None, time.time()),
-                }
-            )
-            return
-        self._send(HTTPStatus.NOT_FOUND, {"error": "not_found", "path": path})
-
-    def do_GET(self) -> None:
-        path = self._path()
-        if path == "/healthz":
-            h = self.server.health()
-            self._send(HTTPStatus.OK if h["ok"] else HTTPStatus.SERVICE_UNAVAILABLE, h)
-            return
-        if path == "/artifacts":
-            self._send(HTTPStatus.OK, [a.to_json() for a in self.server.artifacts.list()])
-            return
-        db = jobstore.connect(self.server.db_path)
-        try:
-            if path == "/jobs":
-                self._send(HTTPStatus.OK, jobstore.list_jobs(db))
-                return
-            j = JOB_PATH.fullmatch(path)
-            if j is not None:
-                job = jobstore.get_job(db, j.group(1))
-                if job is None:
-                    self._send(HTTPStatus.NOT_FOUND, {"error": "unknown_job", "id": j.group(1)})
-                else:
-                    self._send(HTTPStatus.OK, job)
-                return
-            if path == "/devices":
-                self._send(HTTPStatus.OK, registry.list_devices(db))
-                return
-            if path == "/groups":
-                self._send(HTTPStatus.OK, registry.list_groups(db))
-                return
-            g = GROUP_PATH.fullmatch(path)
-            if g is not None and g.group(2) is None:
-                group = registry.group_config(db, g.group(1))
-                if group is None:
-                    self._send(HTTPStatus.NOT_FOUND, {"error": "unknown_group", "name": g.group(1)})
-                else:
-                    self._send(HTTPStatus.OK, group)
-                return
-            m = DEVICE_PATH.fullmatch(path)
-            if m is None:
-                self._send(HTTPStatus.NOT_FOUND, {"error": "not_found", "path": path})
-                return
-            if m.group(2) == "/config":
-                cfg = registry.device_config(db, m.group(1))
-                if cfg is None:
-                    self._send(HTTPStatus.NOT_FOUND, {"error": "no_config", "id": m.group(1)})
-                else:
-                    self._send(HTTPStatus.OK, cfg)
-                return
-            device = registry.get_device(db, m.group(1))
-            if device is None:
-                self._send(HTTPStatus.NOT_FOUND, {"error": "unknown_device", "id": m.group(1)})
-            elif m.group(2):
-                page = self._history_page()
-                if page is None:
-                    return
-                self._send(HTTPStatus.OK, registry.history(db, m.group(1), **page))
-            else:
-                self._send(HTTPStatus.OK, device)
-        finally:
-            db.close()
+def _with_db(path: Path, work: Callable[[Any], Any]) -> Any:
+    db = operators.connect(path)
+    try:
+        return work(db)
+    finally:
+        db.close()

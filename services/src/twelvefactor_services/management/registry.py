@@ -86,7 +86,7 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 @contextmanager
-def _write(db: sqlite3.Connection) -> Iterator[None]:
+def write(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")  # take the write lock first: no upgrade deadlock between copies
     try:
         yield
@@ -105,7 +105,7 @@ class Registry:
 
     def apply(self, device: str, report: Report, now: float) -> Transition | None:
         """Record one report; returns the online transition it caused, if any."""
-        with _write(self.db):
+        with write(self.db):
             self.db.execute(
                 "INSERT OR IGNORE INTO devices (id, first_seen) VALUES (?, ?)", (device, now)
             )
@@ -197,7 +197,7 @@ class Registry:
 
     def set_device_config(self, device: str, overlay: Overlay | None, now: float) -> int:
         """Set (or with None clear) a device's own overlay; its desired version."""
-        with _write(self.db):
+        with write(self.db):
             self._ensure_config_row(device, now)
             self.db.execute(
                 "UPDATE device_config SET overlay = ? WHERE device = ?",
@@ -207,7 +207,7 @@ class Registry:
 
     def set_group_config(self, group: str, overlay: Overlay, now: float) -> dict[str, int]:
         """Create or replace a group's overlay; the new desired version of each member."""
-        with _write(self.db):
+        with write(self.db):
             self.db.execute(
                 "INSERT INTO config_groups (name, overlay, updated) VALUES (?, ?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET overlay = excluded.overlay,"
@@ -224,7 +224,7 @@ class Registry:
 
     def add_members(self, group: str, devices: list[str], now: float) -> dict[str, int]:
         """Put devices in a group (moving them out of any other); their desired versions."""
-        with _write(self.db):
+        with write(self.db):
             if not self._group_exists(group):
                 raise KeyError(group)
             out = {}
@@ -239,7 +239,7 @@ class Registry:
             return out
 
     def remove_members(self, group: str, devices: list[str], now: float) -> dict[str, int]:
-        with _write(self.db):
+        with write(self.db):
             if not self._group_exists(group):
                 raise KeyError(group)
             out = {}
@@ -260,7 +260,7 @@ class Registry:
         return [(r["device"], r["version"], json.loads(r["desired"])) for r in rows]
 
     def mark_published(self, device: str, version: int) -> None:
-        with _write(self.db):
+        with write(self.db):
             self.db.execute(
                 "UPDATE device_config SET published = MAX(published, ?) WHERE device = ?",
                 (version, device),

@@ -26,10 +26,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 from twelvefactor_agent.protocol.topics import MANAGEMENT_UP, mgmt_down, parse_up
 
 from twelvefactor_services.management import jobstore
+from twelvefactor_services.management.access import certificate_names
 from twelvefactor_services.management.artifact_server import ArtifactServer, server_context
 from twelvefactor_services.management.artifacts import ArtifactStore
 from twelvefactor_services.management.configlogic import desired_document
-from twelvefactor_services.management.http_api import ApiServer
+from twelvefactor_services.management.http_api import MAX_ARTIFACT, ApiServer
+from twelvefactor_services.management.http_api import server_context as api_context
 from twelvefactor_services.management.jobs import JobReportError, parse_job_report
 from twelvefactor_services.management.logic import ConfigReport, PayloadError, parse_report
 from twelvefactor_services.management.registry import Registry
@@ -48,14 +50,25 @@ PUBLISH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
+class OperatorApi:
+    """The operator API's HTTPS listener: address, certificate and the names it answers to."""
+
+    cert: Path
+    key: Path
+    names: tuple[str, ...] = ()  # besides the certificate's own names and the bound address
+    host: str = "127.0.0.1"
+    port: int = 9443
+    max_artifact: int = MAX_ARTIFACT
+
+
+@dataclass(frozen=True)
 class ManagementConfig:
     db: Path
     identity: Identity
     broker: Endpoint
     group: str
+    api: OperatorApi
     instance: int = 1
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
     ready_file: Path | None = None
     artifact_dir: Path | None = None  # default: "artifacts" next to the registry
     artifacts: ArtifactServing | None = None  # None: no artifact server in this copy
@@ -92,12 +105,16 @@ class ManagementService:
         self.client.on_message = self._on_message
         self.stopping = threading.Event()
         self.publish_wake = threading.Event()
+        api = cfg.api
         self.http = ApiServer(
-            (cfg.http_host, cfg.http_port),
+            (api.host, api.port),
             cfg.db,
             self.health,
+            api_context(api.cert, api.key),
+            [*certificate_names(api.cert), *api.names],
             changed=self.publish_wake.set,
             artifacts=cfg.artifact_store,
+            max_artifact=api.max_artifact,
         )
         self.jobs_db: sqlite3.Connection | None = None  # the MQTT thread's connection
         self.artifact_server: ArtifactServer | None = None
@@ -148,7 +165,7 @@ class ManagementService:
             return
         self.subscribed.set()
         if self.cfg.ready_file is not None and not self.cfg.ready_file.exists():
-            self.cfg.ready_file.write_text(f"{self.cfg.http_port}\n")
+            self.cfg.ready_file.write_text(f"{self.http.server_address[1]}\n")
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self.handled += 1
@@ -266,7 +283,7 @@ class ManagementService:
             log.info("artifact server on https://%s:%d", host, port)
         publisher = threading.Thread(target=self._publisher, name="publisher", daemon=True)
         publisher.start()
-        log.info("HTTP API on http://%s:%d", self.cfg.http_host, self.http.server_address[1])
+        log.info("operator API on https://%s:%d", self.cfg.api.host, self.http.server_address[1])
 
         def stop(_sig: int, _frame: FrameType | None) -> None:
             self.client.disconnect()
