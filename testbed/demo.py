@@ -102,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"broker: management listener {stack.management_endpoint.port}, "
             f"solution listener {stack.solution_endpoint.port} (TLS, client certificates)"
         )
-        print(f"management service: {management.api.url if management.api else '-'}/devices")
+        api = " ".join(stack.api_options(management))
+        print(f"management service: operator API {management.api.url if management.api else '-'}")
+        print(f"  try: twelvefactor-management devices {api}")
         for i in range(args.devices):
             device_id = f"dev-{i + 1:03d}"
             agent = HostAgent(stack, device_id, root / "devices" / device_id)
