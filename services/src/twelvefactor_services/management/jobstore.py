@@ -98,25 +98,10 @@ def create_job(
             devices, target = sorted(r[0] for r in rows), f"group:{group}"
             if not devices:
                 raise JobError(f"group {group!r} has no members")
-        busy = [
-            r[0]
-            for r in db.execute(
-                f"SELECT device, job FROM device_jobs WHERE state NOT IN {FINAL_SQL}"
-                f" AND device IN ({','.join('?' * len(devices))})",
-                devices,
-            )
-        ]
+        busy = busy_devices(db, devices)
         if busy:
             raise JobError(f"unfinished job for {', '.join(sorted(busy))}; wait for it to end")
-        job = new_job_id()
-        db.execute(
-            "INSERT INTO update_jobs (id, artifact, target, created) VALUES (?, ?, ?, ?)",
-            (job, sha256, target, now),
-        )
-        db.executemany(
-            "INSERT INTO device_jobs (job, device, state, updated) VALUES (?, ?, 'queued', ?)",
-            [(job, d, now) for d in devices],
-        )
+        job = insert_job(db, sha256, devices, target, now)
     except BaseException:
         db.execute("ROLLBACK")
         raise
@@ -124,6 +109,36 @@ def create_job(
     found = get_job(db, job)
     assert found is not None
     return found
+
+
+def busy_devices(db: sqlite3.Connection, devices: list[str]) -> dict[str, str]:
+    """device -> its unfinished job, for those of ``devices`` that have one."""
+    found: dict[str, str] = {}
+    for i in range(0, len(devices), 500):  # SQLite's limit on parameters
+        chunk = devices[i : i + 500]
+        rows = db.execute(
+            f"SELECT device, job FROM device_jobs WHERE state NOT IN {FINAL_SQL}"
+            f" AND device IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+        found.update({r[0]: r[1] for r in rows})
+    return found
+
+
+def insert_job(
+    db: sqlite3.Connection, sha256: str, devices: list[str], target: str, now: float
+) -> str:
+    """A new job for ``devices`` (inside the caller's write transaction); its id."""
+    job = new_job_id()
+    db.execute(
+        "INSERT INTO update_jobs (id, artifact, target, created) VALUES (?, ?, ?, ?)",
+        (job, sha256, target, now),
+    )
+    db.executemany(
+        "INSERT INTO device_jobs (job, device, state, updated) VALUES (?, ?, 'queued', ?)",
+        [(job, d, now) for d in devices],
+    )
+    return job
 
 
 def get_job(db: sqlite3.Connection, job: str) -> dict[str, Any] | None:
