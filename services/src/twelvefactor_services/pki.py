@@ -417,7 +417,8 @@ class Pki:
     ) -> Credentials:
         """Copy ``credentials(process)`` into ``folder`` (see ``export_files``)."""
         files = self.credentials(process, broker=broker, artifacts=artifacts)
-        for source in files.values():
+        # the CA certificates first: in a PKI not made yet, `init` is the command to name
+        for source in sorted(files.values(), key=lambda path: path.parent != self.root):
             if not source.is_file():
                 raise PkiError(f"{process} needs {source}, which does not exist: {_maker(source)}")
         export_files(files, folder)
