@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -13,7 +14,13 @@ from pathlib import Path
 import pytest
 from twelvefactor_agent.protocol.envelope import MAX_MESSAGE
 from twelvefactor_agent.protocol.topics import MANAGEMENT_UP, SOLUTION_DATA_UP
-from twelvefactor_services.broker import MAX_PACKET, BrokerConfig, BrokerError, render_config
+from twelvefactor_services.broker import (
+    MAX_PACKET,
+    BrokerConfig,
+    BrokerError,
+    BrokerTls,
+    render_config,
+)
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Pki, Validity
 from twelvefactor_services.solution.receivers import read_archive
@@ -258,14 +265,21 @@ def test_solution_group_is_separate(stack: Stack, probes: MakeProbe) -> None:
 
 def test_broker_config_refuses_bad_settings_with_a_reason(tmp_path: Path) -> None:
     pki = Pki(tmp_path / "pki")
+    tls = tmp_path / "tls"
 
     def cfg(m: int, s: int, v: int) -> BrokerConfig:
-        return BrokerConfig(pki.root, tmp_path / "run", m, s, v)
+        return BrokerConfig(BrokerTls.exported(tls), tmp_path / "run", m, s, v)
 
-    with pytest.raises(BrokerError, match="create the PKI"):
+    # the missing file by its option, and the command that makes it
+    missing = (
+        re.escape(f"missing --cert {tls / 'broker.crt'}: ")
+        + ".*twelvefactor-pki export PKI broker DIR"
+    )
+    with pytest.raises(BrokerError, match=missing):
         render_config(cfg(1883, 1884, 1885))
     pki.init()
     pki.server("broker", dns=["localhost"])
+    pki.export("broker", tls)
     with pytest.raises(BrokerError, match="must differ"):
         render_config(cfg(1883, 1883, 1885))
     with pytest.raises(BrokerError, match="out of range"):
@@ -274,7 +288,8 @@ def test_broker_config_refuses_bad_settings_with_a_reason(tmp_path: Path) -> Non
     conf = files["mosquitto.conf"]
     assert conf.count("require_certificate true") == 3
     assert "allow_anonymous true" not in conf and "listener 1883 127.0.0.1" in conf
-    assert f"cafile {pki.service_ca_cert.resolve()}" in conf
+    assert f"cafile {(tls / 'service-ca.crt').resolve()}" in conf
+    assert f"keyfile {(tls / 'broker.key').resolve()}" in conf and str(pki.root) not in conf
 
 
 # -- client ids belong to certificates (the identity plugin) --------------------------
@@ -376,13 +391,12 @@ def test_the_broker_does_not_start_without_its_identity_plugin(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TWELVEFACTOR_BROKER_PLUGIN", str(tmp_path / "absent.so"))
-    cfg = BrokerConfig(stack.pki.root, tmp_path / "run", 1883, 1884, 1885)
+    tls = stack.broker.cfg.tls
+    cfg = BrokerConfig(tls, tmp_path / "run", 1883, 1884, 1885)
     with pytest.raises(BrokerError, match=r"identity plugin is missing.*make -C services/broker"):
         render_config(cfg)
     rendered = render_config(
-        BrokerConfig(
-            stack.pki.root, tmp_path / "run", 1883, 1884, 1885, identity_plugin=Path("/x/p.so")
-        )
+        BrokerConfig(tls, tmp_path / "run", 1883, 1884, 1885, identity_plugin=Path("/x/p.so"))
     )["mosquitto.conf"]
     assert rendered.count("plugin /x/p.so") == 3
     assert "use_identity_as_username" not in rendered

@@ -141,3 +141,63 @@ def test_explicit_validity_window_makes_an_expired_certificate(pki: Pki, tmp_pat
     )
     assert _load(pki.device_paths("dev-old2").cert).not_valid_after_utc.year == 2020
     assert main(["device", d, "dev-x", "--not-before", "2020-01-01"]) == 2
+
+
+# -- export: what one process is given (issue 19, finding 16a) --------------------------
+
+
+def test_export_copies_exactly_a_process_files_keys_0600_and_refuses_strangers(
+    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "management-tls"
+    # what is missing is named, with the command that makes it
+    with pytest.raises(PkiError, match=r"services/management\.crt.*twelvefactor-pki service"):
+        pki.export("management", out)
+    pki.service("management")
+    with pytest.raises(PkiError, match=r"servers/artifacts\.crt.*twelvefactor-pki server .*--ip"):
+        pki.export("management", out)
+    pki.server("artifacts", ips=["127.0.0.1"])
+    with pytest.raises(PkiError, match=r"servers/management-api\.crt.*twelvefactor-pki server"):
+        pki.export("management", out)
+    pki.server("management-api", ips=["127.0.0.1"])
+    assert main(["export", str(pki.root), "management", str(out)]) == 0
+    printed = capsys.readouterr().out.split()
+    names = ["api.crt", "api.key", "artifacts.crt", "artifacts.key", "ca.crt"]
+    names += ["management.crt", "management.key"]
+    assert printed == [str(out / n) for n in names]
+    assert sorted(p.name for p in out.iterdir()) == names
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    for name in names:
+        mode = stat.S_IMODE((out / name).stat().st_mode)
+        assert mode == (0o600 if name.endswith(".key") else 0o644), name
+    assert (out / "management.key").read_bytes() == pki.service_paths("management").key.read_bytes()
+    assert (out / "ca.crt").read_bytes() == pki.ca_cert.read_bytes()
+
+    # a renewal is copied over the old files; a file that is not the process's is refused
+    (pki.root / "services" / "management.key").unlink()
+    pki.service("management")
+    pki.export("management", out)
+    assert (out / "management.key").read_bytes() == pki.service_paths("management").key.read_bytes()
+    (out / "ca.key").write_bytes((pki.root / "ca.key").read_bytes())
+    with pytest.raises(PkiError, match=r"holds files that are not its process's: ca\.key"):
+        pki.export("management", out)
+    assert main(["export", str(pki.root), "management", str(out)]) == 2
+    assert "ca.key" in capsys.readouterr().err
+
+
+def test_each_process_is_given_its_own_files_and_no_ca_key(pki: Pki) -> None:
+    assert set(pki.credentials("broker")) == {
+        "broker.crt",
+        "broker.key",
+        "ca.crt",
+        "service-ca.crt",
+    }
+    assert set(pki.credentials("solution")) == {"solution.crt", "solution.key", "ca.crt"}
+    every = [
+        source
+        for p in ("broker", "management", "solution")
+        for source in pki.credentials(p).values()
+    ]
+    assert pki.root / "ca.key" not in every and pki.root / "service-ca.key" not in every
+    with pytest.raises(PkiError, match="unknown process 'hub'"):
+        pki.credentials("hub")

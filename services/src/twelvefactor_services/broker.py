@@ -1,4 +1,9 @@
-"""The reference broker: one mosquitto process configured from a PKI directory.
+"""The reference broker: one mosquitto process with its own certificate, key and CA certificates.
+
+The broker is given its server certificate and key and the two CA
+certificates (device CA, service CA) as files, normally its credentials
+folder from ``twelvefactor-pki export PKI broker DIR``; never the PKI
+directory, which holds the CA keys (docs/pki.md).
 
 Three TLS listeners, each with its own ACL file (``per_listener_settings``):
 
@@ -43,7 +48,7 @@ from pathlib import Path
 
 from twelvefactor_agent.protocol.envelope import MAX_MESSAGE
 
-from twelvefactor_services.pki import Pki
+from twelvefactor_services.pki import Credentials
 from twelvefactor_services.process import ChildProcess, LaunchError
 
 
@@ -85,15 +90,49 @@ def find_identity_plugin() -> Path:
 
 
 @dataclass(frozen=True)
+class BrokerTls:
+    """The broker's server certificate and key, and the CA certificates it checks clients with.
+
+    ``device_ca`` signed every device's certificate (and the broker's own);
+    ``service_ca`` only the services'.
+    """
+
+    cert: Path
+    key: Path
+    device_ca: Path
+    service_ca: Path
+
+    @classmethod
+    def exported(cls, folder: Path) -> BrokerTls:
+        """The files ``twelvefactor-pki export PKI broker FOLDER`` writes."""
+        files = Credentials(folder, "broker")
+        return cls(files.cert, files.key, files.ca, files.service_ca)
+
+    def check(self) -> None:
+        """BrokerError naming the first missing file (by option) and the command that makes it."""
+        named = (
+            ("--cert", self.cert),
+            ("--key", self.key),
+            ("--device-ca", self.device_ca),
+            ("--service-ca", self.service_ca),
+        )
+        for option, path in named:
+            if not path.is_file():
+                raise BrokerError(
+                    f"missing {option} {path}: make the broker's files with "
+                    "'twelvefactor-pki export PKI broker DIR' (docs/pki.md)"
+                )
+
+
+@dataclass(frozen=True)
 class BrokerConfig:
-    pki_dir: Path
+    tls: BrokerTls
     run_dir: Path
     management_port: int
     solution_port: int
     service_port: int
     address: str = "127.0.0.1"
     service_address: str = "127.0.0.1"
-    server_name: str = "broker"
     identity_plugin: Path | None = None  # None: find_identity_plugin()
     # A further client id suffix a device may use on both device listeners, for a
     # test's observer of what the broker carries to a device. The hub never sets it.
@@ -159,11 +198,8 @@ def render_config(cfg: BrokerConfig) -> dict[str, str]:
         _check_port(name, port)
     if len(set(ports.values())) != 3:
         raise BrokerError(f"the three listener ports must differ, got {ports}")
-    pki = Pki(cfg.pki_dir)
-    server = pki.server_paths(cfg.server_name)
-    for path in (pki.ca_cert, pki.service_ca_cert, server.cert, server.key):
-        if not path.is_file():
-            raise BrokerError(f"missing {path}: create the PKI with twelvefactor-pki first")
+    tls = cfg.tls
+    tls.check()
     run = cfg.run_dir.resolve()
     user = pwd.getpwuid(os.geteuid()).pw_name
     plugin = (cfg.identity_plugin or find_identity_plugin()).resolve()
@@ -176,13 +212,13 @@ def render_config(cfg: BrokerConfig) -> dict[str, str]:
             "require_certificate true",
             "tls_version tlsv1.2",
             f"cafile {cafile.resolve()}",
-            f"certfile {server.cert.resolve()}",
-            f"keyfile {server.key.resolve()}",
+            f"certfile {tls.cert.resolve()}",
+            f"keyfile {tls.key.resolve()}",
             "allow_anonymous false",
             f"acl_file {run / acl}",
             f"plugin {plugin}",
-            f"plugin_opt_device_ca {pki.ca_cert.resolve()}",
-            f"plugin_opt_service_ca {pki.service_ca_cert.resolve()}",
+            f"plugin_opt_device_ca {tls.device_ca.resolve()}",
+            f"plugin_opt_service_ca {tls.service_ca.resolve()}",
         ]
         if suffixes:
             lines.append(f"plugin_opt_device_suffixes {','.join(suffixes)}")
@@ -212,11 +248,9 @@ def render_config(cfg: BrokerConfig) -> dict[str, str]:
             f"max_packet_size {MAX_PACKET}",
             "set_tcp_nodelay true",
             "",
-            listener(cfg.management_port, cfg.address, pki.ca_cert, "acl-management", "-mgmt"),
-            listener(cfg.solution_port, cfg.address, pki.ca_cert, "acl-solution", "-sol"),
-            listener(
-                cfg.service_port, cfg.service_address, pki.service_ca_cert, "acl-service", None
-            ),
+            listener(cfg.management_port, cfg.address, tls.device_ca, "acl-management", "-mgmt"),
+            listener(cfg.solution_port, cfg.address, tls.device_ca, "acl-solution", "-sol"),
+            listener(cfg.service_port, cfg.service_address, tls.service_ca, "acl-service", None),
         ]
     )
     return {
@@ -274,7 +308,6 @@ class Broker(ChildProcess):
     def start(self, timeout: float = 30.0) -> None:
         mosquitto = find_mosquitto()
         conf = write_config(self.cfg)
-        pki = Pki(self.cfg.pki_dir)
         pending = {
             (_probe_host(self.cfg.address), self.cfg.management_port),
             (_probe_host(self.cfg.address), self.cfg.solution_port),
@@ -283,7 +316,8 @@ class Broker(ChildProcess):
 
         def all_listening() -> bool:
             for host, port in list(pending):
-                if tls_listening(host, port, pki.ca_cert):
+                # every listener presents the broker's one certificate, from the device CA
+                if tls_listening(host, port, self.cfg.tls.device_ca):
                     pending.discard((host, port))
             return not pending
 
@@ -307,24 +341,41 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="twelvefactor-broker",
         description="Run mosquitto in the foreground with the twelvefactor listeners and ACLs.",
     )
-    parser.add_argument("--pki", type=Path, required=True, help="PKI directory")
+    parser.add_argument(
+        "--cert", type=Path, required=True, metavar="FILE", help="the broker's server certificate"
+    )
+    parser.add_argument(
+        "--key", type=Path, required=True, metavar="FILE", help="the broker's private key"
+    )
+    parser.add_argument(
+        "--device-ca",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="CA certificate of the devices (device listeners)",
+    )
+    parser.add_argument(
+        "--service-ca",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="CA certificate of the services (service listener)",
+    )
     parser.add_argument("--run-dir", type=Path, required=True, help="config, ACLs, persistence")
     parser.add_argument("--management-port", type=int, required=True)
     parser.add_argument("--solution-port", type=int, required=True)
     parser.add_argument("--service-port", type=int, required=True)
     parser.add_argument("--address", default="127.0.0.1", help="device listeners bind here")
     parser.add_argument("--service-address", default="127.0.0.1")
-    parser.add_argument("--server-name", default="broker", help="servers/NAME.crt in the PKI")
     args = parser.parse_args(argv)
     cfg = BrokerConfig(
-        pki_dir=args.pki,
+        tls=BrokerTls(args.cert, args.key, args.device_ca, args.service_ca),
         run_dir=args.run_dir,
         management_port=args.management_port,
         solution_port=args.solution_port,
         service_port=args.service_port,
         address=args.address,
         service_address=args.service_address,
-        server_name=args.server_name,
     )
     try:
         mosquitto = find_mosquitto()

@@ -17,6 +17,13 @@ Layout of a PKI directory::
     devices/ID/device.crt devices/ID/device.key devices/ID/ca.crt
 
 Private keys are created with mode 0600 from the start (never chmod'ed after).
+
+No running process is given this directory: it holds both CA keys and every
+device key made here. ``export`` copies what one process of the cloud side
+needs into a folder of its own (``Pki.credentials``: its certificate and key,
+the CA certificates it checks peers with), and the process is given those
+files. Where the CA is kept offline, export runs there and only the folders
+travel (docs/pki.md).
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import datetime as dt
 import ipaddress
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +45,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from twelvefactor_agent.protocol.names import DEVICE_ID_RE
 
 SERVICE_NAMES = ("management", "solution")
+# The processes of the cloud side that hold credentials (export PROCESS).
+PROCESSES = ("broker", *SERVICE_NAMES)
+# Default names in servers/: the broker's certificate and the management service's artifact server.
+BROKER_SERVER = "broker"
+ARTIFACT_SERVER = "artifacts"
+API_SERVER = "management-api"  # the management service's operator API (HTTPS)
 RESERVED_IDS = frozenset(SERVICE_NAMES)
 DEFAULT_DAYS = 825
 CA_DAYS = 3650
@@ -69,6 +83,52 @@ class CertPaths:
     ca: Path
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """A process's credentials folder as ``export`` writes it: the files' names there.
+
+    ``ca`` is the device CA's certificate: the broker's server certificate and every
+    device's are signed by it. ``service_ca`` (broker only) checks the services'
+    certificates; ``artifact_cert``/``artifact_key`` and ``api_cert``/``api_key``
+    (management only) are the artifact server's and the operator API's.
+    """
+
+    folder: Path
+    process: str
+
+    @property
+    def cert(self) -> Path:
+        return self.folder / f"{self.process}.crt"
+
+    @property
+    def key(self) -> Path:
+        return self.folder / f"{self.process}.key"
+
+    @property
+    def ca(self) -> Path:
+        return self.folder / "ca.crt"
+
+    @property
+    def service_ca(self) -> Path:
+        return self.folder / "service-ca.crt"
+
+    @property
+    def artifact_cert(self) -> Path:
+        return self.folder / "artifacts.crt"
+
+    @property
+    def artifact_key(self) -> Path:
+        return self.folder / "artifacts.key"
+
+    @property
+    def api_cert(self) -> Path:
+        return self.folder / "api.crt"
+
+    @property
+    def api_key(self) -> Path:
+        return self.folder / "api.key"
+
+
 def validate_device_id(device_id: str) -> str:
     if not DEVICE_ID_RE.fullmatch(device_id):
         raise PkiError(f"invalid device id {device_id!r}: must match [a-z0-9][a-z0-9-]{{0,62}}")
@@ -95,6 +155,45 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _install(source: Path, dest: Path, mode: int) -> None:
+    """Copy ``source`` to ``dest`` with ``mode``, replacing ``dest`` in one step.
+
+    The copy is made as a temporary file in ``dest``'s folder, which mkstemp creates
+    0600: a key is never readable by others, not even for a moment.
+    """
+    data = source.read_bytes()
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), mode)
+        os.replace(tmp, dest)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def export_files(files: Mapping[str, Path], folder: Path) -> None:
+    """Copy ``files`` (name in ``folder`` -> source) into ``folder``; keys 0600, others 0644.
+
+    ``folder`` (0700) must hold nothing but these names: a file left there from
+    elsewhere, a CA key above all, is refused rather than kept or deleted.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    for leftover in folder.glob(".*"):  # a copy an interrupted export left (see _install)
+        if any(leftover.name.startswith(f".{name}.") for name in files):
+            leftover.unlink()
+    strangers = sorted(p.name for p in folder.iterdir() if p.name not in files)
+    if strangers:
+        raise PkiError(
+            f"{folder} holds files that are not its process's: {', '.join(strangers)} "
+            f"(expected only {', '.join(sorted(files))}): remove them, or export to an empty folder"
+        )
+    for name, source in files.items():
+        _install(source, folder / name, 0o600 if name.endswith(".key") else 0o644)
 
 
 def _load_ca(
@@ -285,6 +384,59 @@ class Pki:
         _write_cert(paths.ca, ca_cert)
         return paths
 
+    def credentials(
+        self,
+        process: str,
+        *,
+        broker: str = BROKER_SERVER,
+        artifacts: str = ARTIFACT_SERVER,
+        api_server: str = API_SERVER,
+    ) -> dict[str, Path]:
+        """What ``process`` is given: file name in its folder -> the file here.
+
+        Its own certificate and key and the CA certificates it checks its peers
+        with; never a CA key, never another process's key. ``broker`` and
+        ``artifacts`` name the server certificates (servers/NAME.crt) to give.
+        """
+        out = Credentials(self.root, process)  # only the names are used
+        if process == "broker":
+            server = self.server_paths(broker)
+            files = {
+                out.cert: server.cert,
+                out.key: server.key,
+                out.service_ca: self.service_ca_cert,
+            }
+        elif process in SERVICE_NAMES:
+            own = self.service_paths(process)
+            files = {out.cert: own.cert, out.key: own.key}
+            if process == "management":
+                served = self.server_paths(artifacts)
+                files |= {out.artifact_cert: served.cert, out.artifact_key: served.key}
+                api = self.server_paths(api_server)
+                files |= {out.api_cert: api.cert, out.api_key: api.key}
+        else:
+            raise PkiError(f"unknown process {process!r}: expected one of {', '.join(PROCESSES)}")
+        files[out.ca] = self.ca_cert
+        return {name.name: source for name, source in files.items()}
+
+    def export(
+        self,
+        process: str,
+        folder: Path,
+        *,
+        broker: str = BROKER_SERVER,
+        artifacts: str = ARTIFACT_SERVER,
+        api_server: str = API_SERVER,
+    ) -> Credentials:
+        """Copy ``credentials(process)`` into ``folder`` (see ``export_files``)."""
+        files = self.credentials(process, broker=broker, artifacts=artifacts, api_server=api_server)
+        # the CA certificates first: in a PKI not made yet, `init` is the command to name
+        for source in sorted(files.values(), key=lambda path: path.parent != self.root):
+            if not source.is_file():
+                raise PkiError(f"{process} needs {source}, which does not exist: {_maker(source)}")
+        export_files(files, folder)
+        return Credentials(folder, process)
+
     def server_paths(self, name: str) -> CertPaths:
         d = self.root / "servers"
         return CertPaths(d / f"{name}.crt", d / f"{name}.key", self.ca_cert)
@@ -297,6 +449,16 @@ class Pki:
     def device_paths(self, device_id: str) -> CertPaths:
         d = self.root / "devices" / device_id
         return CertPaths(d / "device.crt", d / "device.key", d / "ca.crt")
+
+
+def _maker(path: Path) -> str:
+    """The command that makes a missing PKI file, for an error message."""
+    root, kind = path.parent, path.parent.name
+    if kind == "servers":
+        return f"run 'twelvefactor-pki server {root.parent} {path.stem} --ip ADDRESS' first"
+    if kind == "services":
+        return f"run 'twelvefactor-pki service {root.parent} {path.stem}' first"
+    return f"run 'twelvefactor-pki init {root}' first"
 
 
 def _parse_time(text: str) -> dt.datetime:
@@ -336,8 +498,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("name", choices=SERVICE_NAMES)
     p = sub.add_parser("device", parents=[common], help="device client certificate")
     p.add_argument("id")
+    p = sub.add_parser(
+        "export",
+        help="copy what one process needs (its certificate and key, CA certificates) to a folder",
+    )
+    p.add_argument("dir", type=Path, help="PKI directory")
+    p.add_argument("process", choices=PROCESSES)
+    p.add_argument("dest", type=Path, help="the process's credentials folder (made 0700)")
+    p.add_argument("--broker-cert", default=BROKER_SERVER, metavar="NAME", help="servers/NAME.crt")
+    p.add_argument(
+        "--artifact-cert", default=ARTIFACT_SERVER, metavar="NAME", help="servers/NAME.crt"
+    )
+    p.add_argument("--api-cert", default=API_SERVER, metavar="NAME", help="servers/NAME.crt")
     args = parser.parse_args(argv)
     pki = Pki(args.dir)
+    if args.command == "export":
+        try:
+            out = pki.export(
+                args.process,
+                args.dest,
+                broker=args.broker_cert,
+                artifacts=args.artifact_cert,
+                api_server=args.api_cert,
+            )
+        except PkiError as exc:
+            print(f"twelvefactor-pki: {exc}", file=sys.stderr)
+            return 2
+        for name in sorted(pki.credentials(args.process)):
+            print(out.folder / name)
+        return 0
     try:
         validity = _validity(args)
         if args.command == "init":

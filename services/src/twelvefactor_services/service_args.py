@@ -1,4 +1,9 @@
-"""Command-line options the two services share: PKI, broker, share group, logging."""
+"""Command-line options the two services share: identity, broker, share group, logging.
+
+A service is given its own certificate and key and the CA certificate it
+checks the broker with, as files (``twelvefactor-pki export`` makes them),
+never the PKI directory, which holds the CA keys (docs/pki.md).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,23 @@ import logging
 from pathlib import Path
 
 from twelvefactor_services.mqtt import Endpoint, Identity
-from twelvefactor_services.pki import Pki
 from twelvefactor_services.topics import share_group
 
 
 def add_service_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pki", type=Path, required=True, help="PKI directory")
+    parser.add_argument(
+        "--cert", type=Path, required=True, metavar="FILE", help="the service's certificate"
+    )
+    parser.add_argument(
+        "--key", type=Path, required=True, metavar="FILE", help="the service's private key"
+    )
+    parser.add_argument(
+        "--ca",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="CA certificate that signed the broker's certificate (the device CA)",
+    )
     parser.add_argument("--broker-host", default="127.0.0.1")
     parser.add_argument("--broker-port", type=int, required=True, help="the service listener")
     parser.add_argument("--instance", type=int, default=1, help="copy number n (client id)")
@@ -24,12 +40,19 @@ def add_service_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO")
 
 
+def require_files(service: str, files: dict[str, Path]) -> None:
+    """SystemExit naming the first missing file (by its option) and the command that makes it."""
+    for option, path in files.items():
+        if not path.is_file():
+            raise SystemExit(
+                f"missing {option} {path}: make the {service} service's files with "
+                f"'twelvefactor-pki export PKI {service} DIR' (docs/pki.md)"
+            )
+
+
 def identity(args: argparse.Namespace, service: str) -> Identity:
-    paths = Pki(args.pki).service_paths(service)
-    for p in (paths.cert, paths.key, paths.ca):
-        if not p.is_file():
-            raise SystemExit(f"missing {p}: run 'twelvefactor-pki service {args.pki} {service}'")
-    return Identity(paths.cert, paths.key, paths.ca)
+    require_files(service, {"--cert": args.cert, "--key": args.key, "--ca": args.ca})
+    return Identity(args.cert, args.key, args.ca)
 
 
 def group(args: argparse.Namespace, service: str, ident: Identity) -> str:

@@ -6,7 +6,12 @@ only tests need (device identities, endpoints, HTTP helpers).
 
 Directory layout under ``root``: ``pki/`` (made beforehand: ``make_pki``),
 ``broker/`` (config, ACLs, persistence, log), ``management/`` (registry.db,
-artifacts/, log), ``solution/`` (solution.db, archive/, log).
+artifacts/, log), ``solution/`` (solution.db, archive/, log), and in each of
+the last three ``tls/``: that process's credentials, copied from the PKI.
+
+The stack signs nothing but the artifact server's certificate when it is
+missing; the processes it starts are never given ``pki/``, only the files in
+their own ``tls/`` folder (docs/pki.md).
 """
 
 from __future__ import annotations
@@ -18,15 +23,20 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from twelvefactor_services.broker import Broker, BrokerConfig
+from twelvefactor_services.broker import Broker, BrokerConfig, BrokerTls
 from twelvefactor_services.management import operators
 from twelvefactor_services.management.api_client import ManagementClient
-from twelvefactor_services.pki import Pki, PkiError
+from twelvefactor_services.pki import (
+    API_SERVER,
+    ARTIFACT_SERVER,
+    PROCESSES,
+    Credentials,
+    Pki,
+    PkiError,
+)
 from twelvefactor_services.process import ChildProcess
 
 LOCALHOST = "127.0.0.1"
-ARTIFACT_CERT = "artifacts"  # the artifact server's certificate in the PKI (servers/NAME.crt)
-API_CERT = "management-api"  # the operator API's certificate in the PKI
 ADMIN = "admin"  # the operator the stack bootstraps; its token is in management/admin.token
 
 _handed_out: set[int] = set()
@@ -94,9 +104,11 @@ class ServiceProcess(ChildProcess):
 class ServicesStack:
     """Broker and service copies in ``root``, over the PKI in ``root/pki``.
 
-    The devices' listeners (management, solution) and the artifact server bind
-    ``address``; the services reach the broker on its loopback service
-    listener. A port not given is picked free.
+    At construction each process's credentials are copied from the PKI into its
+    ``tls/`` folder (``install_credentials``); each process is started with
+    those files only. The devices' listeners (management, solution) and the
+    artifact server bind ``address``; the services reach the broker on its
+    loopback service listener. A port not given is picked free.
     """
 
     def __init__(
@@ -114,9 +126,17 @@ class ServicesStack:
         if not (pki_dir / "ca.crt").exists():
             raise PkiError(f"{pki_dir} holds no PKI (make_pki makes one)")
         self.pki = Pki(pki_dir)
+        # The artifact server (HTTPS, mutual TLS) listens where devices reach the broker.
+        self.address = address
+        if not self.pki.server_paths(ARTIFACT_SERVER).cert.exists():
+            self.pki.server(ARTIFACT_SERVER, dns=["localhost"], ips=sorted({LOCALHOST, address}))
+        if not self.pki.server_paths(API_SERVER).cert.exists():
+            self.pki.server(API_SERVER, dns=["localhost"], ips=[LOCALHOST])
+        self.credentials = {p: Credentials(root / p / "tls", p) for p in PROCESSES}
+        self.install_credentials()
         self.broker = Broker(
             BrokerConfig(
-                pki_dir=pki_dir,
+                tls=BrokerTls.exported(self.credentials["broker"].folder),
                 run_dir=root / "broker",
                 management_port=free_port() if management_port is None else management_port,
                 solution_port=free_port() if solution_port is None else solution_port,
@@ -127,13 +147,12 @@ class ServicesStack:
         )
         self.services: list[ServiceProcess] = []
         self._copies = {"management": 0, "solution": 0}
-        # The artifact server (HTTPS, mutual TLS) listens where devices reach the broker.
-        self.address = address
         self.artifact_port = free_port()
-        if not self.pki.server_paths(ARTIFACT_CERT).cert.exists():
-            self.pki.server(ARTIFACT_CERT, dns=["localhost"], ips=sorted({LOCALHOST, address}))
-        if not self.pki.server_paths(API_CERT).cert.exists():
-            self.pki.server(API_CERT, dns=["localhost"], ips=[LOCALHOST])
+
+    def install_credentials(self) -> None:
+        """Copy each process's files from the PKI into its ``tls/`` folder (again: renewals)."""
+        for process, creds in self.credentials.items():
+            self.pki.export(process, creds.folder)
 
     @property
     def admin_token_file(self) -> Path:
@@ -173,7 +192,7 @@ class ServicesStack:
         n = self._next_copy("management")
         run = self.root / "management"
         port = api_port if api_port is not None else free_port()
-        api_cert = self.pki.server_paths(API_CERT)
+        creds = self.credentials["management"]
         if artifact_port is None:
             artifact_port = self.artifact_port if n == 1 else free_port()
         svc = ServiceProcess(
@@ -183,7 +202,7 @@ class ServicesStack:
                 "-m",
                 "twelvefactor_services.management.cli",
                 "serve",
-                *self._service_args(),
+                *self._service_args("management"),
                 "--db",
                 str(self.registry_db),
                 "--instance",
@@ -191,15 +210,14 @@ class ServicesStack:
                 "--api-port",
                 str(port),
                 "--api-cert",
-                str(api_cert.cert),
+                str(creds.api_cert),
                 "--api-key",
-                str(api_cert.key),
+                str(creds.api_key),
                 "--artifact-host",
                 self.address,
                 "--artifact-port",
                 str(artifact_port),
-                "--artifact-cert",
-                ARTIFACT_CERT,
+                *self._artifact_args(),
             ],
             run,
             api=ManagementClient(
@@ -226,7 +244,7 @@ class ServicesStack:
             "-m",
             "twelvefactor_services.solution.cli",
             "serve",
-            *self._service_args(),
+            *self._service_args("solution"),
             "--db",
             str(self.solution_db),
             "--archive-dir",
@@ -246,14 +264,30 @@ class ServicesStack:
         self.services.append(svc)
         return svc
 
-    def _service_args(self) -> list[str]:
+    def _service_args(self, name: str) -> list[str]:
+        creds = self.credentials[name]
         return [
-            "--pki",
-            str(self.pki.root),
+            "--cert",
+            str(creds.cert),
+            "--key",
+            str(creds.key),
+            "--ca",
+            str(creds.ca),
             "--broker-host",
             LOCALHOST,
             "--broker-port",
             str(self.broker.cfg.service_port),
+        ]
+
+    def _artifact_args(self) -> list[str]:
+        creds = self.credentials["management"]
+        return [
+            "--artifact-cert",
+            str(creds.artifact_cert),
+            "--artifact-key",
+            str(creds.artifact_key),
+            "--device-ca",
+            str(creds.ca),
         ]
 
     @property

@@ -10,7 +10,10 @@ root folder:
   hub/wg.conf         the peers as last applied (0600, holds the private key)
   hub/hub.nft         the hub's table as last loaded
   hub.json            what runs where, written once everything is up
-  pki/, broker/, management/, solution/   the broker and the services (services_stack.py)
+  pki/                the PKI (`init` makes it): this process and the operator use it,
+                      the broker and the services are never given it
+  broker/, management/, solution/   the broker and the services (services_stack.py),
+                      each with its own credentials copied into tls/ (docs/pki.md)
 
 Peers come from the registry's `tunnel_peers` table and are re-read every
 second: adding a device takes effect without a restart (`wg syncconf` keeps

@@ -507,10 +507,16 @@ def _serve_parser(sub: Any) -> None:
         "--artifact-url", help="base URL devices use (default https://ARTIFACT_HOST:PORT)"
     )
     serve.add_argument(
-        "--artifact-cert",
-        default="artifacts",
-        metavar="NAME",
-        help="server certificate name in the PKI (servers/NAME.crt)",
+        "--artifact-cert", type=Path, metavar="FILE", help="the artifact server's certificate"
+    )
+    serve.add_argument(
+        "--artifact-key", type=Path, metavar="FILE", help="the artifact server's private key"
+    )
+    serve.add_argument(
+        "--device-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA certificate whose devices may download artifacts (the device CA)",
     )
 
 
@@ -596,20 +602,26 @@ def _operator_api(args: argparse.Namespace) -> OperatorApi:
 
 def _serving(args: argparse.Namespace) -> ArtifactServing | None:
     from twelvefactor_services.management.service import ArtifactServing
-    from twelvefactor_services.pki import Pki
 
     if args.artifact_port is None:
         return None
-    pki = Pki(args.pki)
-    paths = pki.server_paths(args.artifact_cert)
-    for p in (paths.cert, paths.key, pki.ca_cert):
-        if not p.is_file():
-            cmd = f"twelvefactor-pki server {args.pki} {args.artifact_cert} --ip ADDRESS"
-            raise SystemExit(f"missing {p}: run '{cmd}'")
+    files = {
+        "--artifact-cert": args.artifact_cert,
+        "--artifact-key": args.artifact_key,
+        "--device-ca": args.device_ca,
+    }
+    if None in files.values():
+        raise SystemExit("--artifact-port needs --artifact-cert, --artifact-key and --device-ca")
+    service_args.require_files("management", files)
     host = f"[{args.artifact_host}]" if ":" in args.artifact_host else args.artifact_host
     url = args.artifact_url or f"https://{host}:{args.artifact_port}"
     return ArtifactServing(
-        args.artifact_host, args.artifact_port, paths.cert, paths.key, pki.ca_cert, url
+        args.artifact_host,
+        args.artifact_port,
+        args.artifact_cert,
+        args.artifact_key,
+        args.device_ca,
+        url,
     )
 
 
