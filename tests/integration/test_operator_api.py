@@ -143,6 +143,8 @@ def test_every_route_but_health_and_login_needs_a_token(
         path = path.replace("/artifacts/{id}", "/artifacts/" + "0" * 64)
         path = path.replace("/jobs/{id}", "/jobs/j-000000000000")
         path = path.replace("/tokens/{id}", "/tokens/" + "0" * 16)
+        path = path.replace("/rollouts/{id}", "/rollouts/r-000000000000")
+        path = path.replace("{action}", "pause")
         for key, value in SAMPLES.items():
             path = path.replace(key, value)
         assert "{" not in path, path

@@ -216,6 +216,101 @@ def _job(api: ManagementClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def _phase_arg(text: str) -> dict[str, float | int]:
+    """--phase 4 (devices) or --phase 25% (of the rollout's devices)."""
+    try:
+        if text.endswith("%"):
+            return {"percent": float(text[:-1])}
+        return {"count": int(text)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a count (4) or a percent (25%)") from None
+
+
+def _time_arg(text: str) -> float:
+    """--start 2026-12-24T08:00 (local time unless an offset is given)."""
+    try:
+        return dt.datetime.fromisoformat(text).astimezone().timestamp()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: an ISO 8601 time, 2026-12-24T08:00") from None
+
+
+def _bar(done: int, size: int, width: int = 20) -> str:
+    filled = 0 if size == 0 else round(width * done / size)
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def _print_rollout(r: dict[str, Any]) -> None:
+    target = f"group {r['group']}" if r["group"] else f"{len(r['devices'] or [])} devices"
+    print(f"rollout {r['id']}  {r['state']}  phase {r['phase']} of {len(r['phase_progress'])}")
+    print(f"  artifact {r['artifact'][:12]}, {target}, by {r['created_by']} at {iso(r['created'])}")
+    print(
+        f"  advance at {r['success_percent']:g}% succeeded (at least {r['success_min']}); "
+        f"{r['on_error']} at {r['error_percent']:g}% failed (after {r['error_min']} executed)"
+    )
+    if r["reason"]:
+        print(f"  {r['state']}: {r['reason']}")
+    for p in r["phase_progress"]:
+        counts = {k: v for k, v in p.items() if k not in ("phase", "size", "started")}
+        done = counts.get("succeeded", 0)
+        text = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "not started"
+        print(f"  phase {p['phase']}  {_bar(done, p['size'])}  {p['size']} device(s): {text}")
+    for e in r["events"]:
+        print(f"  {iso(e['ts'])}  {e['state']}: {e['reason']}")
+    for d in r.get("devices") or []:
+        if d["state"] in ("failed", "rolled_back", "skipped"):
+            print(f"  {d['device']} (phase {d['phase']}) {d['state']}: {d['reason']}")
+
+
+def _rollout(api: ManagementClient, args: argparse.Namespace) -> int:
+    if args.action == "create":
+        body: dict[str, Any] = {
+            "artifact": api.get(f"/artifacts/{args.artifact}")["sha256"],
+            "phases": args.phase or [{"percent": 100}],
+            "success_percent": args.success,
+            "success_min": args.success_min,
+            "error_percent": args.error,
+            "error_min": args.error_min,
+            "on_error": args.on_error,
+        }
+        if args.group:
+            body["group"] = args.group
+        else:
+            body["devices"] = [d for d in args.devices.split(",") if d]
+        if args.start is not None:
+            body["start_at"] = args.start
+        made = api.call("POST", "/rollouts", body)
+        if args.json:
+            _print_json(made)
+        else:
+            _print_rollout(made)
+        return 0
+    if args.action in ("pause", "resume", "cancel"):
+        done = api.call("POST", f"/rollouts/{args.id}/{args.action}")
+        print(f"rollout {done['id']}: {done['state']} ({done['reason']})")
+        return 0
+    if args.action == "show":
+        found = api.get(f"/rollouts/{args.id}")
+        if args.json:
+            _print_json(found)
+        else:
+            _print_rollout(found)
+        return 0
+    rows = api.get("/rollouts")
+    if args.json:
+        _print_json(rows)
+        return 0
+    table = []
+    for r in rows:
+        size = sum(p["size"] for p in r["phase_progress"])
+        done = sum(p.get("succeeded", 0) for p in r["phase_progress"])
+        phase = f"{r['phase']}/{len(r['phase_progress'])}"
+        table.append(
+            [r["id"], r["state"], phase, f"{done}/{size}", iso(r["created"]), r["reason"] or ""]
+        )
+    _table(table, ["ROLLOUT", "STATE", "PHASE", "SUCCEEDED", "CREATED", "WHY"])
+    return 0
+
+
 def _operator(api: ManagementClient, args: argparse.Namespace) -> int:
     if args.action == "list":
         rows = api.get("/operators")
@@ -322,6 +417,7 @@ COMMANDS: dict[str, Command] = {
     "config": _config,
     "artifact": _artifact,
     "job": _job,
+    "rollout": _rollout,
     "operator": _operator,
     "token": _token,
     "audit": _audit,
@@ -444,6 +540,48 @@ def _fleet_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     p.add_argument("id", metavar="JOB", help="any unique prefix")
     jsub.add_parser("list", help="all jobs")
     leaves += jsub.choices.values()
+    ro = sub.add_parser("rollout", help="phased rollouts that stop themselves")
+    rsub = ro.add_subparsers(dest="action", required=True)
+    p = rsub.add_parser("create", help="roll an artifact out in phases")
+    p.add_argument("--artifact", required=True, metavar="ID", help="any unique prefix")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--group", metavar="NAME")
+    target.add_argument("--devices", metavar="ID,ID,...")
+    p.add_argument(
+        "--phase",
+        action="append",
+        type=_phase_arg,
+        help="a phase: a count (4) or a percent (25%%); repeat; the last takes the rest",
+    )
+    p.add_argument(
+        "--success",
+        type=float,
+        default=100.0,
+        metavar="PERCENT",
+        help="succeeded in a phase to start the next (default 100)",
+    )
+    p.add_argument("--success-min", type=int, default=1, metavar="N")
+    p.add_argument(
+        "--error",
+        type=float,
+        default=20.0,
+        metavar="PERCENT",
+        help="failed or rolled back (of those executed) that stops it (default 20)",
+    )
+    p.add_argument(
+        "--error-min",
+        type=int,
+        default=1,
+        metavar="N",
+        help="executed devices before the error threshold applies",
+    )
+    p.add_argument("--on-error", choices=("pause", "abort"), default="pause")
+    p.add_argument("--start", type=_time_arg, metavar="ISO8601", help="start time (default: now)")
+    rsub.add_parser("list", help="all rollouts")
+    for action in ("show", "pause", "resume", "cancel"):
+        p = rsub.add_parser(action, help=f"{action} a rollout")
+        p.add_argument("id", metavar="ROLLOUT", help="any unique prefix")
+    leaves += rsub.choices.values()
     op = sub.add_parser("operator", help="operators and their roles (admin)")
     osub = op.add_subparsers(dest="action", required=True)
     p = osub.add_parser("add", help="a new operator")

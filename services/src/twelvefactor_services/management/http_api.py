@@ -29,7 +29,7 @@ from typing import Any
 
 from twelvefactor_agent.protocol.names import DEVICE_ID_RE, FLEET_GROUP_RE, JOB_ID_RE
 
-from twelvefactor_services.management import jobstore, operators, registry
+from twelvefactor_services.management import jobstore, operators, registry, rolloutstore
 from twelvefactor_services.management.access import Refused, Site, bearer, check_request
 from twelvefactor_services.management.artifacts import ArtifactError, ArtifactStore
 from twelvefactor_services.management.configlogic import (
@@ -39,10 +39,12 @@ from twelvefactor_services.management.configlogic import (
     check_overlay,
 )
 from twelvefactor_services.management.operators import OperatorError, Principal
+from twelvefactor_services.management.rollouts import RolloutError, parse_spec
 
 log = logging.getLogger(__name__)
 _DEVICE, _GROUP, _JOB = DEVICE_ID_RE.pattern, FLEET_GROUP_RE.pattern, JOB_ID_RE.pattern
 _OPERATOR = operators.NAME_RE.pattern
+_ROLLOUT = r"r-[0-9a-f]{1,12}"
 MAX_BODY = 64 * 1024
 MAX_ARTIFACT = 4 * 1024**3  # default upload limit (serve --max-artifact-bytes)
 HISTORY_PAGE = 100  # online changes per page of /devices/<id>/history
@@ -364,6 +366,54 @@ def create_job(req: Request) -> Answer:
     return 201, job
 
 
+def _rollout_db(req: Request, work: Callable[[Any], Any]) -> Any:
+    db = rolloutstore.connect(req.server.db_path)
+    try:
+        return work(db)
+    except RolloutError as exc:  # a valid request the fleet's state does not allow
+        raise Problem(409, "refused", exc.problems) from None
+    finally:
+        db.close()
+
+
+def list_rollouts(req: Request) -> Answer:
+    return 200, _rollout_db(req, rolloutstore.list_all)
+
+
+def get_rollout(req: Request) -> Answer:
+    def work(db: Any) -> Any:
+        return rolloutstore.get(db, _unique("rollout", req.match.group(1), rolloutstore.ids(db)))
+
+    return 200, _rollout_db(req, work)
+
+
+def create_rollout(req: Request) -> Answer:
+    assert req.who is not None
+    try:
+        spec = parse_spec(req.body())
+    except RolloutError as exc:
+        raise Problem(400, "invalid", exc.problems) from None
+    who = req.who.name
+    made = _rollout_db(
+        req, lambda db: rolloutstore.create(db, req.server.artifacts, spec, time.time(), who)
+    )
+    req.server.changed()
+    return 201, made
+
+
+def control_rollout(req: Request) -> Answer:
+    assert req.who is not None
+    who = req.who.name
+
+    def work(db: Any) -> Any:
+        rollout = _unique("rollout", req.match.group(1), rolloutstore.ids(db))
+        return rolloutstore.control(db, rollout, req.match.group(2), time.time(), who)
+
+    done = _rollout_db(req, work)
+    req.server.changed()
+    return 200, done
+
+
 def get_audit(req: Request) -> Answer:
     limit = req.query_int("limit", 1, operators.AUDIT_PAGE_MAX, 100) or 100
     before = req.query_int("before", 1, 2**62, None)
@@ -511,6 +561,16 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/jobs", "viewer", list_jobs, "/jobs"),
     Route("POST", "/jobs", "operator", create_job, "/jobs"),
     Route("GET", rf"/jobs/({_JOB})", "viewer", get_job, "/jobs/{id}"),
+    Route("GET", "/rollouts", "viewer", list_rollouts, "/rollouts"),
+    Route("POST", "/rollouts", "operator", create_rollout, "/rollouts"),
+    Route("GET", rf"/rollouts/({_ROLLOUT})", "viewer", get_rollout, "/rollouts/{id}"),
+    Route(
+        "POST",
+        rf"/rollouts/({_ROLLOUT})/(pause|resume|cancel)",
+        "operator",
+        control_rollout,
+        "/rollouts/{id}/{action}",
+    ),
     Route("GET", "/audit", "operator", get_audit, "/audit"),
     Route("GET", "/operators", "admin", list_operators, "/operators"),
     Route("POST", "/operators", "admin", add_operator, "/operators"),

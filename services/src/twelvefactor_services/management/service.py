@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 from twelvefactor_agent.protocol.topics import MANAGEMENT_UP, mgmt_down, parse_up
 
-from twelvefactor_services.management import jobstore
+from twelvefactor_services.management import jobstore, rolloutstore
 from twelvefactor_services.management.access import certificate_names
 from twelvefactor_services.management.artifact_server import ArtifactServer, server_context
 from twelvefactor_services.management.artifacts import ArtifactStore
@@ -218,11 +218,12 @@ class ManagementService:
 
     def _publisher(self) -> None:
         registry = Registry(self.cfg.db)  # this thread's own connections
-        jobs_db = jobstore.connect(self.cfg.db)
+        jobs_db = rolloutstore.connect(self.cfg.db)
         try:
             while not self.stopping.is_set():
                 self.publish_wake.wait(PUBLISH_INTERVAL)
                 self.publish_wake.clear()
+                self._move_rollouts(jobs_db)
                 if self.conn.connected.is_set():
                     self._publish_desired(registry)
                 if self.conn.connected.is_set():
@@ -230,6 +231,15 @@ class ManagementService:
         finally:
             registry.close()
             jobs_db.close()
+
+    def _move_rollouts(self, db: sqlite3.Connection) -> None:
+        try:
+            moves = rolloutstore.tick(db, time.time())
+        except sqlite3.Error as exc:  # a busy or damaged registry: try again next round
+            log.warning("rollouts not moved: %s", exc)
+            return
+        for rollout, action, reason in moves:
+            log.info("rollout %s: %s (%s)", rollout, action, reason)
 
     def _publish_jobs(self, db: sqlite3.Connection) -> None:
         if self.cfg.artifacts is None:

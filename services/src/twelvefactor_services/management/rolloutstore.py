@@ -1,0 +1,343 @@
+"""Rollouts in the registry's SQLite file, moved on by `tick` (rules: rollouts.py).
+
+`rollouts` holds one row per rollout (its request, state, current phase and
+why it is in that state), `rollout_devices` each device's phase and, once its
+phase started, its update job (or why it was skipped: a device busy with
+another job is left out rather than given a second one), `rollout_events`
+every change of state with its reason. A phase starts as one update job for
+its devices (target `rollout:<id>:<phase>`), so the publisher, the agents and
+the artifact server treat it as any job. Every service copy runs `tick`;
+each step is one write transaction, so copies never start a phase twice.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from typing import Any
+
+from twelvefactor_agent.protocol.states import FAILED, FINAL, ROLLED_BACK, SUCCEEDED
+
+from twelvefactor_services.management import jobstore, registry
+from twelvefactor_services.management.artifacts import ArtifactStore
+from twelvefactor_services.management.rollouts import (
+    ABORTED,
+    CANCELLED,
+    ENDED,
+    FINISHED,
+    PAUSED,
+    RUNNING,
+    SCHEDULED,
+    Phase,
+    Progress,
+    RolloutError,
+    Spec,
+    decide,
+    phase_sizes,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,                 -- the request (JSON)
+    state TEXT NOT NULL,
+    reason TEXT,
+    phase INTEGER NOT NULL DEFAULT -1,  -- current phase, 0-based; -1 before the start
+    phases INTEGER NOT NULL,
+    created REAL NOT NULL,
+    created_by TEXT,
+    updated REAL NOT NULL,
+    accepted_failed INTEGER NOT NULL DEFAULT 0,
+    accepted_executed INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS rollout_devices (
+    rollout TEXT NOT NULL REFERENCES rollouts(id),
+    device TEXT NOT NULL,
+    phase INTEGER NOT NULL,
+    job TEXT,                           -- set when its phase starts
+    skipped TEXT,                       -- why it got no job
+    PRIMARY KEY (rollout, device)
+);
+CREATE TABLE IF NOT EXISTS rollout_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout TEXT NOT NULL,
+    ts REAL NOT NULL,
+    state TEXT NOT NULL,
+    reason TEXT
+);
+"""
+_FINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(FINAL)) + ")"
+
+
+def connect(path: Any, *, readonly: bool = False) -> sqlite3.Connection:
+    db = jobstore.connect(path, readonly=readonly)
+    if not readonly:
+        db.executescript(SCHEMA)
+    return db
+
+
+def _spec_json(spec: Spec) -> str:
+    return json.dumps(
+        {
+            "artifact": spec.artifact,
+            "group": spec.group,
+            "devices": None if spec.devices is None else list(spec.devices),
+            "phases": [p.to_json() for p in spec.phases],
+            "success_percent": spec.success_percent,
+            "success_min": spec.success_min,
+            "error_percent": spec.error_percent,
+            "error_min": spec.error_min,
+            "on_error": spec.on_error,
+            "start_at": spec.start_at,
+        }
+    )
+
+
+def _spec(text: str) -> Spec:
+    doc = json.loads(text)
+    doc["phases"] = tuple(Phase(**p) for p in doc["phases"])
+    doc["devices"] = None if doc["devices"] is None else tuple(doc["devices"])
+    return Spec(**doc)
+
+
+def _event(db: sqlite3.Connection, rollout: str, now: float, state: str, reason: str) -> None:
+    db.execute(
+        "UPDATE rollouts SET state = ?, reason = ?, updated = ? WHERE id = ?",
+        (state, reason, now, rollout),
+    )
+    db.execute(
+        "INSERT INTO rollout_events (rollout, ts, state, reason) VALUES (?, ?, ?, ?)",
+        (rollout, now, state, reason),
+    )
+
+
+def create(
+    db: sqlite3.Connection, store: ArtifactStore, spec: Spec, now: float, who: str | None
+) -> dict[str, Any]:
+    if store.get(spec.artifact) is None:
+        raise RolloutError([f"unknown artifact {spec.artifact!r}"])
+    rollout = "r-" + secrets.token_hex(6)
+    with registry.write(db):
+        if spec.group is not None:
+            rows = db.execute("SELECT device FROM config_members WHERE grp = ?", (spec.group,))
+            devices = sorted(r[0] for r in rows)
+            if not devices:
+                raise RolloutError([f"group {spec.group!r} has no members"])
+        else:
+            devices = list(spec.devices or ())
+        sizes = phase_sizes(len(devices), spec.phases)
+        db.execute(
+            "INSERT INTO rollouts (id, spec, state, phases, created, created_by, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (rollout, _spec_json(spec), SCHEDULED, len(sizes), now, who, now),
+        )
+        rows_in: list[tuple[str, str, int]] = []
+        start = 0
+        for phase, size in enumerate(sizes):
+            rows_in += [(rollout, d, phase) for d in devices[start : start + size]]
+            start += size
+        db.executemany(
+            "INSERT INTO rollout_devices (rollout, device, phase) VALUES (?, ?, ?)", rows_in
+        )
+        when = "now" if spec.start_at is None else f"at {spec.start_at:.0f}"
+        _event(
+            db, rollout, now, SCHEDULED, f"{len(devices)} devices in {len(sizes)} phases, {when}"
+        )
+    found = get(db, rollout)
+    assert found is not None
+    return found
+
+
+def ids(db: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in db.execute("SELECT id FROM rollouts ORDER BY created, id")]
+
+
+def get(db: sqlite3.Connection, rollout: str) -> dict[str, Any] | None:
+    row = db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout,)).fetchone()
+    if row is None:
+        return None
+    devices = db.execute(
+        "SELECT r.device, r.phase, r.job, r.skipped, d.state, d.reason, d.updated"
+        " FROM rollout_devices r LEFT JOIN device_jobs d ON d.job = r.job AND d.device = r.device"
+        " WHERE r.rollout = ? ORDER BY r.phase, r.device",
+        (rollout,),
+    ).fetchall()
+    phases: list[dict[str, Any]] = [
+        {"phase": i + 1, "size": 0, "started": i <= row["phase"]} for i in range(row["phases"])
+    ]
+    for d in devices:
+        p = phases[d["phase"]]
+        p["size"] += 1
+        key = "skipped" if d["skipped"] else (d["state"] or "waiting")
+        p[key] = p.get(key, 0) + 1
+    events = db.execute(
+        "SELECT ts, state, reason FROM rollout_events WHERE rollout = ? ORDER BY id", (rollout,)
+    ).fetchall()
+    return {
+        "id": row["id"],
+        **json.loads(row["spec"]),
+        "state": row["state"],
+        "reason": row["reason"],
+        "phase": row["phase"] + 1,
+        "created": row["created"],
+        "created_by": row["created_by"],
+        "updated": row["updated"],
+        "phase_progress": phases,
+        "devices": [
+            {
+                "device": d["device"],
+                "phase": d["phase"] + 1,
+                "job": d["job"],
+                "state": "skipped" if d["skipped"] else (d["state"] or "waiting"),
+                "reason": d["skipped"] or d["reason"],
+                "updated": d["updated"],
+            }
+            for d in devices
+        ],
+        "events": [dict(e) for e in events],
+    }
+
+
+def list_all(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    out = []
+    for rollout in ids(db):
+        found = get(db, rollout)
+        if found is not None:
+            found.pop("devices")
+            out.append(found)
+    return out
+
+
+def control(
+    db: sqlite3.Connection, rollout: str, action: str, now: float, who: str
+) -> dict[str, Any]:
+    """pause, resume or cancel; RolloutError if the rollout's state does not allow it."""
+    with registry.write(db):
+        row = db.execute("SELECT state, phase FROM rollouts WHERE id = ?", (rollout,)).fetchone()
+        if row is None:
+            raise KeyError(rollout)
+        state = row["state"]
+        if state in ENDED:
+            raise RolloutError([f"rollout {rollout} has ended ({state})"])
+        if action == "pause":
+            if state == PAUSED:
+                raise RolloutError([f"rollout {rollout} is paused already"])
+            _event(db, rollout, now, PAUSED, f"paused by {who}")
+        elif action == "resume":
+            if state != PAUSED:
+                raise RolloutError([f"rollout {rollout} is {state}, not paused"])
+            # the failures so far are accepted: the error threshold counts from here
+            p = _progress(db, rollout, max(row["phase"], 0))
+            db.execute(
+                "UPDATE rollouts SET accepted_failed = ?, accepted_executed = ? WHERE id = ?",
+                (p.failed, p.failed + p.succeeded, rollout),
+            )
+            _event(
+                db, rollout, now, RUNNING if row["phase"] >= 0 else SCHEDULED, f"resumed by {who}"
+            )
+        elif action == "cancel":
+            _event(
+                db,
+                rollout,
+                now,
+                CANCELLED,
+                f"cancelled by {who}; jobs already sent run to their end",
+            )
+        else:
+            raise RolloutError([f"unknown action {action!r}: pause, resume or cancel"])
+    found = get(db, rollout)
+    assert found is not None
+    return found
+
+
+def _progress(db: sqlite3.Connection, rollout: str, phase: int) -> Progress:
+    row = db.execute(
+        "SELECT phases, accepted_failed, accepted_executed FROM rollouts WHERE id = ?", (rollout,)
+    ).fetchone()
+    rows = db.execute(
+        "SELECT r.phase, r.skipped, d.state FROM rollout_devices r"
+        " LEFT JOIN device_jobs d ON d.job = r.job AND d.device = r.device"
+        " WHERE r.rollout = ? AND r.phase <= ?",
+        (rollout, phase),
+    ).fetchall()
+    size = succeeded_here = succeeded = failed = unfinished = 0
+    for r in rows:
+        if r["skipped"]:
+            continue
+        if r["phase"] == phase:
+            size += 1
+            succeeded_here += r["state"] == SUCCEEDED
+        succeeded += r["state"] == SUCCEEDED
+        failed += r["state"] in (FAILED, ROLLED_BACK)
+        unfinished += r["state"] not in FINAL
+    return Progress(
+        phase=phase,
+        phases=row["phases"],
+        phase_size=size,
+        phase_succeeded=succeeded_here,
+        succeeded=succeeded,
+        failed=failed,
+        unfinished=unfinished,
+        accepted_failed=row["accepted_failed"],
+        accepted_executed=row["accepted_executed"],
+    )
+
+
+def _start_phase(db: sqlite3.Connection, rollout: str, spec: Spec, phase: int, now: float) -> int:
+    devices = [
+        r[0]
+        for r in db.execute(
+            "SELECT device FROM rollout_devices WHERE rollout = ? AND phase = ? ORDER BY device",
+            (rollout, phase),
+        )
+    ]
+    busy = jobstore.busy_devices(db, devices)
+    for device, job in busy.items():
+        db.execute(
+            "UPDATE rollout_devices SET skipped = ? WHERE rollout = ? AND device = ?",
+            (f"busy with job {job}", rollout, device),
+        )
+    free = [d for d in devices if d not in busy]
+    if free:
+        job = jobstore.insert_job(db, spec.artifact, free, f"rollout:{rollout}:{phase + 1}", now)
+        db.executemany(
+            "UPDATE rollout_devices SET job = ? WHERE rollout = ? AND device = ?",
+            [(job, rollout, d) for d in free],
+        )
+    db.execute("UPDATE rollouts SET phase = ? WHERE id = ?", (phase, rollout))
+    return len(free)
+
+
+def tick(db: sqlite3.Connection, now: float) -> list[tuple[str, str, str]]:
+    """Move every active rollout one step; (rollout, action, reason) for each move made."""
+    moves: list[tuple[str, str, str]] = []
+    active = [
+        r[0]
+        for r in db.execute(
+            "SELECT id FROM rollouts WHERE state IN (?, ?) ORDER BY created", (SCHEDULED, RUNNING)
+        )
+    ]
+    for rollout in active:
+        with registry.write(db):
+            row = db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout,)).fetchone()
+            if row["state"] not in (SCHEDULED, RUNNING):
+                continue  # another copy moved it meanwhile
+            spec = _spec(row["spec"])
+            progress = None if row["phase"] < 0 else _progress(db, rollout, row["phase"])
+            d = decide(spec, row["state"], progress, now)
+            if d.action == "wait":
+                continue
+            if d.action in ("start", "next"):
+                phase = row["phase"] + 1
+                sent = _start_phase(db, rollout, spec, phase, now)
+                reason = f"phase {phase + 1} of {row['phases']} started: {sent} device(s)"
+                if d.reason:
+                    reason = f"{d.reason}; {reason}"
+                _event(db, rollout, now, RUNNING, reason)
+                moves.append((rollout, d.action, reason))
+                continue
+            state = {"pause": PAUSED, "abort": ABORTED, "finish": FINISHED}[d.action]
+            _event(db, rollout, now, state, d.reason)
+            moves.append((rollout, d.action, d.reason))
+    return moves

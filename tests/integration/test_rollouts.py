@@ -1,0 +1,227 @@
+"""Phased rollouts over 20 devices: a release that fails in the first phase never reaches the
+second; a good one goes through every phase.
+
+The failures are real: two devices are the real agent on this machine, which refuses the job
+before downloading (this host has no /etc/hwrevision). The other devices take a job the way the
+agent's update worker does up to SWUpdate: the agent's own job parser and checks, a download
+from the artifact server with their own certificate and the digest checked, then the protocol's
+reports; the install and the reboot are the boot tier's (tests/boot/test_update.py).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_artifacts import make_swu
+from twelvefactor_agent.protocol.topics import mgmt_down, mgmt_up
+from twelvefactor_agent.update.decide import decide, parse_job
+from twelvefactor_agent.update.download import ClientIdentity, download
+
+from testbed.hostagent import HostAgent
+from testbed.probe import Probe, ProbeError
+from testbed.stack import ServiceProcess, Stack, wait_until
+
+pytestmark = pytest.mark.integration
+
+DEVICES = [f"dev-{i:02d}" for i in range(1, 21)]
+REFUSING = ["dev-01", "dev-03"]  # real agents: two of the first phase's four
+
+
+class UpdatingDevice:
+    """Takes each update job it is sent, fetches and checks the artifact, reports success."""
+
+    def __init__(self, stack: Stack, device: str, work: Path) -> None:
+        self.device = device
+        self.work = work
+        ident = stack.device(device)
+        self.identity = ClientIdentity(ident.cert, ident.key, ident.ca)
+        self.probe = Probe(stack.management_endpoint, ident, f"{device}-mgmt")
+        self.probe.connect()
+        self.probe.subscribe(mgmt_down(device, "update"))
+        self.jobs: list[str] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=device, daemon=True)
+        self.thread.start()
+
+    def _report(self, job: str, state: str, **kw: Any) -> None:
+        doc = {"v": 1, "job": job, "state": state, "ts": 1.8e9, **kw}
+        self.probe.publish(mgmt_up(self.device, "update"), doc)
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                msg = self.probe.wait_for(timeout=0.5)
+            except ProbeError:
+                continue
+            offered = parse_job(msg.payload)
+            if offered.job in self.jobs:
+                continue
+            self.jobs.append(offered.job)
+            refusal = decide(
+                offered,
+                device=self.device,
+                hwrevision="qemux86-64 1.0",
+                os_version="1.0",
+                free_bytes=1 << 34,
+            )
+            if refusal is not None:
+                self._report(offered.job, "failed", reason=f"{refusal.code}: {refusal.detail}")
+                continue
+            self._report(offered.job, "downloading", percent=0)
+            download(
+                offered.url,
+                self.work / f"{offered.job}.swu",
+                sha256=offered.sha256,
+                size=offered.size,
+                identity=self.identity,
+            )
+            for state, pct in (("downloading", 100), ("installing", 100)):
+                self._report(offered.job, state, percent=pct)
+            for state in ("rebooting", "verifying", "succeeded"):
+                self._report(offered.job, state)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(10)
+        self.probe.disconnect()
+
+
+@pytest.fixture
+def fleet(
+    stack: Stack, management: ServiceProcess, tmp_path: Path
+) -> Iterator[dict[str, UpdatingDevice | HostAgent]]:
+    made: dict[str, UpdatingDevice | HostAgent] = {}
+    try:
+        for device in DEVICES:
+            if device in REFUSING:
+                agent = HostAgent(stack, device, tmp_path / device)
+                agent.start()
+                made[device] = agent
+            else:
+                (tmp_path / device).mkdir()
+                made[device] = UpdatingDevice(stack, device, tmp_path / device)
+        yield made
+    finally:
+        for d in made.values():
+            d.close()
+
+
+def run_cli(
+    stack: Stack, management: ServiceProcess, *args: str
+) -> subprocess.CompletedProcess[str]:
+    api = stack.api_options(management)
+    return subprocess.run(
+        [sys.executable, "-m", "twelvefactor_services.management.cli", *args, *api],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def cli(stack: Stack, management: ServiceProcess, *args: str) -> str:
+    done = run_cli(stack, management, *args)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def rollout(stack: Stack, management: ServiceProcess, rid: str) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(cli(stack, management, "rollout", "show", rid, "--json"))
+    return found
+
+
+def wait_rollout(
+    stack: Stack,
+    management: ServiceProcess,
+    rid: str,
+    cond: Callable[[dict[str, Any]], bool],
+    what: str,
+) -> dict[str, Any]:
+    return wait_until(
+        lambda: r if cond(r := rollout(stack, management, rid)) else None, timeout=120, what=what
+    )
+
+
+def test_a_release_that_fails_in_the_first_phase_never_reaches_the_second(
+    stack: Stack,
+    management: ServiceProcess,
+    fleet: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    added = json.loads(cli(stack, management, "artifact", "add", str(make_swu(tmp_path / "a.swu"))))
+    made = cli(
+        stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
+        "--devices", ",".join(DEVICES), "--phase", "4", "--phase", "50%", "--phase", "100%",
+        "--success", "50", "--error", "25", "--error-min", "4", "--json",
+    )  # fmt: skip
+    rid = json.loads(made)["id"]
+    r = wait_rollout(stack, management, rid, lambda r: r["state"] == "paused", "the pause")
+    assert r["reason"] == "error threshold 25% reached (2 of 4)"
+    by_device = {d["device"]: d for d in r["devices"]}
+    assert {d for d, v in by_device.items() if v["state"] == "failed"} == set(REFUSING)
+    assert all(by_device[d]["reason"].startswith("no_hwrevision: ") for d in REFUSING)
+    assert {d for d, v in by_device.items() if v["state"] == "succeeded"} == {"dev-02", "dev-04"}
+    # nobody in the later phases was sent anything
+    assert all(v["job"] is None and v["state"] == "waiting" for v in r["devices"][4:])
+    assert [p["size"] for p in r["phase_progress"]] == [4, 10, 6]
+    shown = cli(stack, management, "rollout", "show", rid[:5])
+    assert "paused: error threshold 25% reached (2 of 4)" in shown
+    assert "dev-01 (phase 1) failed: no_hwrevision" in shown
+    # still paused a while later: the pause holds
+    assert rollout(stack, management, rid)["phase"] == 1
+
+    # the operator accepts those two and resumes: the rest goes through every phase
+    cli(stack, management, "rollout", "resume", rid)
+    r = wait_rollout(stack, management, rid, lambda r: r["state"] == "finished", "the end")
+    assert r["reason"] == "18 succeeded, 2 failed or rolled back"
+    assert [e["state"] for e in r["events"]] == [
+        "scheduled", "running", "paused", "running", "running", "running", "finished",
+    ]  # fmt: skip
+    assert all(fleet[d].jobs for d in DEVICES if d not in REFUSING)
+    listed = cli(stack, management, "rollout", "list")
+    assert rid in listed and "finished" in listed and "18/20" in listed
+
+
+def test_a_good_release_goes_through_every_phase_and_a_cancel_stops_the_next(
+    stack: Stack,
+    management: ServiceProcess,
+    fleet: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    good = [d for d in DEVICES if d not in REFUSING]
+    added = json.loads(cli(stack, management, "artifact", "add", str(make_swu(tmp_path / "g.swu"))))
+    cli(stack, management, "config", "group", "set", "field", "--set-json", "{}")
+    cli(stack, management, "config", "group", "add", "field", *good)
+    made = cli(
+        stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
+        "--group", "field", "--phase", "2", "--phase", "50%", "--phase", "100%",
+        "--error", "10", "--json",
+    )  # fmt: skip
+    rid = json.loads(made)["id"]
+    r = wait_rollout(stack, management, rid, lambda r: r["state"] == "finished", "the end")
+    assert [p["size"] for p in r["phase_progress"]] == [2, 9, 7]
+    assert [p.get("succeeded") for p in r["phase_progress"]] == [2, 9, 7]
+    assert r["reason"] == "18 succeeded, 0 failed or rolled back"
+
+    # a second release, cancelled while it waits for its start time, sends nothing
+    second = json.loads(
+        cli(stack, management, "artifact", "add", str(make_swu(tmp_path / "h.swu", "2.1")))
+    )
+    made = cli(
+        stack, management, "rollout", "create", "--artifact", second["sha256"][:8],
+        "--group", "field", "--start", "2099-01-01T00:00", "--json",
+    )  # fmt: skip
+    later = json.loads(made)["id"]
+    assert rollout(stack, management, later)["state"] == "scheduled"
+    cli(stack, management, "rollout", "cancel", later)
+    r = rollout(stack, management, later)
+    assert r["state"] == "cancelled" and r["reason"].startswith("cancelled by admin")
+    assert all(d["job"] is None for d in r["devices"])
+    done = run_cli(stack, management, "rollout", "resume", later)
+    assert done.returncode == 1 and f"rollout {later} has ended (cancelled)" in done.stderr
