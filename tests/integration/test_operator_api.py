@@ -164,6 +164,8 @@ def test_roles_decide_per_request(
     viewer = make_operator(admin, management, stack, "vera", "viewer")
     operator = make_operator(admin, management, stack, "otto", "operator")
     assert viewer.get("/whoami")["role"] == "viewer"
+    served = viewer.get("/openapi.json")
+    assert served["openapi"].startswith("3.") and "/rollouts/{id}/{action}" in served["paths"]
     assert viewer.get("/groups/field")["name"] == "field"
     status, answer = viewer.request("PUT", "/groups/field/config", {"agent": {"keepalive": 7}})
     assert (status, answer["error"]) == (403, "forbidden")

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,12 @@ def login(req: Request) -> Answer:
         raise Problem(401, "unauthorized", "wrong name or password")
     req.audit_detail = {"name": name, "token": token["id"]}
     return 201, token
+
+
+def openapi(req: Request) -> Answer:
+    """The API's OpenAPI document (checked against ROUTES by the tests)."""
+    text = resources.files("twelvefactor_services.management").joinpath("openapi.json")
+    return 200, json.loads(text.read_text(encoding="utf-8"))
 
 
 def whoami(req: Request) -> Answer:
@@ -511,6 +518,7 @@ def revoke_token(req: Request) -> Answer:
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", None, healthz, "/healthz"),
     Route("POST", "/login", None, login, "/login"),
+    Route("GET", "/openapi.json", "viewer", openapi, "/openapi.json"),
     Route("GET", "/whoami", "viewer", whoami, "/whoami"),
     Route("GET", "/devices", "viewer", list_devices, "/devices"),
     Route("GET", rf"/devices/({_DEVICE})", "viewer", get_device, "/devices/{id}"),
