@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -132,7 +133,14 @@ def test_duplicates_are_archived_once(
     assert "dev-101" in capsys.readouterr().out
     args = ["archive", "--archive-dir", str(stack.archive_dir), "--device", "dev-101"]
     assert solution_cli(args) == 0
-    assert len(capsys.readouterr().out.splitlines()) == 4
+    shown = capsys.readouterr().out.splitlines()
+    assert len(shown) == 4
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d  seq 1  temperature  \{.*\}", shown[0]
+    )
+    assert shown[0].endswith('{"t": 20.1}'), shown[0]  # the payload decoded: it is text
+    assert solution_cli([*args, "--json"]) == 0
+    assert [json.loads(x)["seq"] for x in capsys.readouterr().out.splitlines()] == [1, 2, 3, 4]
 
 
 def test_invalid_envelopes_are_dropped(

@@ -1,8 +1,15 @@
-"""twelvefactor-solution: serve, or read the archive."""
+"""twelvefactor-solution: serve, or read the archive.
+
+`archive --device ID` prints each message with its time (ISO 8601, local), seq,
+stream and payload, decoded when it is printable UTF-8; `--json` prints the
+archive's lines as they are.
+"""
 
 from __future__ import annotations
 
 import argparse
+import base64
+import datetime as dt
 import json
 import sys
 from collections.abc import Sequence
@@ -19,7 +26,30 @@ from twelvefactor_services.solution.receivers import (
 from twelvefactor_services.solution.store import Store
 
 
-def _archive(directory: Path, device: str | None) -> int:
+def _payload_text(payload: str) -> str:
+    """A payload as text when it is printable UTF-8, else as `base64:...`."""
+    raw = base64.b64decode(payload)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"base64:{payload}"
+    return text if text.isprintable() else f"base64:{payload}"
+
+
+def _readable(record: dict[str, object]) -> str:
+    """One archived message: device time (ISO 8601, local), seq, stream, payload."""
+    ts = record.get("ts")
+    when = (
+        dt.datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+        if isinstance(ts, int | float)
+        else "-"
+    )
+    payload = record.get("payload")
+    text = _payload_text(payload) if isinstance(payload, str) else "-"
+    return f"{when}  seq {record.get('seq')}  {record.get('stream')}  {text}"
+
+
+def _archive(directory: Path, device: str | None, as_json: bool = False) -> int:
     if not directory.is_dir():
         print(f"twelvefactor-solution: no archive at {directory}", file=sys.stderr)
         return 1
@@ -34,7 +64,7 @@ def _archive(directory: Path, device: str | None) -> int:
             print(f"twelvefactor-solution: nothing archived for {device!r}", file=sys.stderr)
             return 1
         for line in archive_lines(path):
-            sys.stdout.write(line.decode())
+            sys.stdout.write(line.decode() if as_json else _readable(json.loads(line)) + "\n")
         return 0
     print(f"{'DEVICE':<24} {'MESSAGES':>8} {'FIRST SEQ':>10} {'LAST SEQ':>10}")
     for path in sorted(directory.glob("*.jsonl")):
@@ -91,11 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("archive", help="per-device counts, or one device's archive")
     p.add_argument("--archive-dir", type=Path, required=True)
     p.add_argument("--device")
+    p.add_argument("--json", action="store_true", help="the archive's JSON lines as they are")
     d = sub.add_parser("dead-letters", help="messages a receiver refused too often (JSON lines)")
     d.add_argument("--db", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "archive":
-        return _archive(args.archive_dir, args.device)
+        return _archive(args.archive_dir, args.device, args.json)
     if args.command == "dead-letters":
         return _dead_letters(args.db)
     if args.max_attempts < 1:
