@@ -11,7 +11,7 @@ def test_text_is_shown_and_anything_else_stays_base64() -> None:
     def b64(raw: bytes) -> str:
         return base64.b64encode(raw).decode()
 
-    assert _payload_text(b64('{"t": 20.1}'.encode())) == '{"t": 20.1}'
+    assert _payload_text(b64(b'{"t": 20.1}')) == '{"t": 20.1}'
     assert _payload_text(b64("Grüße".encode())) == "Grüße"
     for raw in (
         b"\xff\xfe\x00",
