@@ -13,25 +13,22 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import ssl
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from twelvefactor_services.management.artifacts import ArtifactStore
+from twelvefactor_services.management.tls_http import TlsHandler, TlsServer
 
 log = logging.getLogger("twelvefactor.artifacts")
 SERVED_KEPT = 1000
 PATH_RE = re.compile(r"/artifacts/([0-9a-f]{64})\.swu")
 RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)")
 CHUNK = 64 * 1024
-HANDSHAKE_TIMEOUT = 30.0
 IDLE_TIMEOUT = 60.0
 
 MayFetch = Callable[[str, str], bool]  # (device id, sha256) -> allowed
@@ -64,17 +61,9 @@ def _common_name(peer: dict[str, Any]) -> str | None:
     return None
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(TlsHandler):
     server: ArtifactServer
-    protocol_version = "HTTP/1.1"
     timeout = IDLE_TIMEOUT
-
-    def setup(self) -> None:
-        sock = self.request
-        assert isinstance(sock, ssl.SSLSocket)
-        sock.settimeout(HANDSHAKE_TIMEOUT)
-        sock.do_handshake()  # raises on a client without a valid device certificate
-        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)
@@ -139,9 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
                 left -= len(block)
 
 
-class ArtifactServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class ArtifactServer(TlsServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -157,17 +144,6 @@ class ArtifactServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__(address, _Handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = super().get_request()
-        # the handshake happens in the handler's thread (see _Handler.setup)
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # refused handshakes and clients that go away are routine: one line, no traceback
-
-        exc = sys.exc_info()[1]
-        log.warning("%s: %s", client_address[0], exc)
 
     @property
     def served(self) -> list[Served]:

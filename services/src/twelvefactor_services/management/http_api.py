@@ -13,9 +13,7 @@ import json
 import logging
 import os
 import re
-import socket
 import ssl
-import sys
 import tempfile
 import threading
 import time
@@ -23,7 +21,6 @@ import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -41,6 +38,7 @@ from twelvefactor_services.management.configlogic import (
 )
 from twelvefactor_services.management.operators import OperatorError, Principal
 from twelvefactor_services.management.rollouts import RolloutError, parse_spec
+from twelvefactor_services.management.tls_http import TlsHandler, TlsServer
 
 log = logging.getLogger(__name__)
 _DEVICE, _GROUP, _JOB = DEVICE_ID_RE.pattern, FLEET_GROUP_RE.pattern, JOB_ID_RE.pattern
@@ -49,7 +47,6 @@ _ROLLOUT = r"r-[0-9a-f]{1,12}"
 MAX_BODY = 64 * 1024
 MAX_ARTIFACT = 4 * 1024**3  # default upload limit (serve --max-artifact-bytes)
 HISTORY_PAGE = 100  # online changes per page of /devices/<id>/history
-HANDSHAKE_TIMEOUT = 30.0
 IDLE_TIMEOUT = 60.0
 LOGIN_FAILURES = 5  # wrong passwords for one name within LOGIN_WINDOW lock it for a while
 LOGIN_WINDOW = 300.0
@@ -614,9 +611,7 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     return ctx
 
 
-class ApiServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class ApiServer(TlsServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -640,14 +635,6 @@ class ApiServer(ThreadingHTTPServer):
         self.site = Site.of([*names, address[0]], self.server_address[1])
         operators.connect(db_path).close()  # the tables exist before the first request
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, addr = super().get_request()
-        # the handshake happens in the handler's thread (Handler.setup)
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.warning("%s: %s", client_address[0], sys.exc_info()[1])  # one line, no traceback
-
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, name="http-api", daemon=True)
         t.start()
@@ -668,18 +655,10 @@ class ApiServer(ThreadingHTTPServer):
             self._failures.setdefault(name, deque(maxlen=LOGIN_FAILURES)).append(time.monotonic())
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(TlsHandler):
     server: ApiServer
     server_version = "twelvefactor-management"
-    protocol_version = "HTTP/1.1"
     timeout = IDLE_TIMEOUT
-
-    def setup(self) -> None:
-        sock = self.request
-        assert isinstance(sock, ssl.SSLSocket)
-        sock.settimeout(HANDSHAKE_TIMEOUT)
-        sock.do_handshake()
-        super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("http %s " + format, self.address_string(), *args)
