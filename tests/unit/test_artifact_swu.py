@@ -3,8 +3,9 @@
 Built from a small real ext4 (mkfs.ext4 -d) and checked with the tools a
 device or an attacker would use: GNU cpio to list and unpack (it checks the
 "crc" checksums), `openssl cms -verify` against the certificate, zstd, and
-libconf for the sw-description syntax. SWUpdate itself checks the archive
-when scripts/setup installs it (see test_swupdate_or_openssl_accepts_it).
+libconf for the sw-description syntax. SWUpdate on this machine checks the
+archive when scripts/setup installs it (test_swupdate_or_openssl_accepts_it);
+the image's own SWUpdate does in tests/boot/test_artifact_swupdate.py.
 """
 
 from __future__ import annotations
@@ -208,8 +209,8 @@ def _setup_packages() -> list[str]:
 
 def test_swupdate_or_openssl_accepts_it(built: Built, tmp_path: Path) -> None:
     """SWUpdate's own reader checks the archive when scripts/setup installs it; it
-    does not today (the reference image's SWUpdate checks every update in the boot
-    tier), so openssl and cpio, the same checks SWUpdate makes, stand for it here."""
+    does not today (the image's SWUpdate checks the tool's artifacts in the boot
+    tier), so openssl and cpio, the checks SWUpdate makes, stand for it here."""
     if "swupdate" in _setup_packages():
         swupdate = require_tool("swupdate")
         done = subprocess.run(

@@ -9,7 +9,8 @@ meta-swupdate's `SWUPDATE_SIGNING = "CMS"` makes and SWUpdate's
 sw-description.sig, the image; SWUpdate reads them in that order).
 
 After signing, `build_swu` checks the signature against the certificate it
-was given (`cms.check_signature`, OpenSSL's CMS code as SWUpdate runs it): a
+was given (`cms.check_signature`, OpenSSL's CMS code as the layer's SWUpdate
+runs it): a
 certificate SWUpdate would refuse (wrong key usage, expired) stops the build
 instead of every device's install.
 """

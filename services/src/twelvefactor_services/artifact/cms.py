@@ -1,13 +1,16 @@
 """The CMS signature over sw-description, made and checked with the `openssl` command.
 
-meta-swupdate signs with `openssl cms -sign` too, and SWUpdate checks with
-OpenSSL's `CMS_verify` (`CONFIG_SIGALG_CMS`): the same code on both sides,
-so what `check_signature` accepts, SWUpdate accepts. Its checks are
-SWUpdate's defaults: the signer's certificate chains to the given one, is
-valid now, and may sign S/MIME (key usage digitalSignature, extended key
-usage emailProtection when present: SWUpdate's default certificate purpose).
-The `cryptography` package can sign CMS but not verify it, and one tool for
-both keeps the two halves in step.
+meta-swupdate signs with `openssl cms -sign` too, and the layer's SWUpdate
+(`CONFIG_SSL_IMPL_OPENSSL`, `CONFIG_SIGALG_CMS`) checks with OpenSSL's
+`CMS_verify`: the same code on both sides, so what `check_signature`
+accepts, the device accepts. Its checks are SWUpdate's defaults: the
+signer's certificate chains to the given one, is valid now, and may sign
+S/MIME (key usage digitalSignature, extended key usage emailProtection when
+present: SWUpdate's default certificate purpose). Debian's SWUpdate in the
+reference image checks with wolfSSL's PKCS#7 code instead and accepts the
+same signatures (tests/boot/test_artifact_swupdate.py). The `cryptography`
+package can sign CMS but not verify it, and one tool for both keeps the two
+halves in step.
 """
 
 from __future__ import annotations
