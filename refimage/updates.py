@@ -2,7 +2,8 @@
 
 Each kind is the image's root file system with a few files changed in an ext4
 copy (debugfs, nothing mounted, the partition's size kept), zstd-compressed and
-packed like the twelvefactor-update recipe packs it (refimage/swu.py):
+packed like the twelvefactor-update recipe packs it, by the artifact tool's
+functions (refimage/swu.py; twelvefactor_services.artifact):
 
   good       /usr/lib/os-release VERSION_ID (and VERSION, PRETTY_NAME, CPE_NAME)
              set to the requested version; signed; hardware = the image's
@@ -22,8 +23,9 @@ packed like the twelvefactor-update recipe packs it (refimage/swu.py):
 Everything is cached under OUT_ROOT/updates, keyed by its inputs: the image
 (its refimage key, or the digest of its rootfs-a partition), the kind, the
 version, the sw-description template, the signing key and certificate, and
-this builder's code. The changed file systems are cached apart from the .swu
-files, so good, unsigned, tampered and other-hw of one version share one.
+this builder's code and the artifact tool's. The changed file systems are
+cached apart from the .swu files, so good, unsigned, tampered and other-hw of
+one version share one.
 """
 
 from __future__ import annotations
@@ -39,11 +41,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import twelvefactor_services.artifact
+from twelvefactor_services.artifact import ArtifactToolError
+from twelvefactor_services.artifact.template import check_version
+from twelvefactor_services.management import swu as swuformat
+
 from refimage import disk, image, swu
 from refimage.lock import locked
 from refimage.progress import BuildError, say, step
 
-VERSION_RE = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9}){0,5}")  # the agent's update.VERSION_RE
 UPDATES = "updates"
 SWU_NAME = "update.swu"
 ROOTFS_NAME = "rootfs.ext4.zst"
@@ -88,10 +94,10 @@ def check(kind: str, version: str) -> None:
     """Refuse an unknown kind or a version the agent could not compare."""
     if kind not in KINDS:
         raise BuildError(f"unknown update kind {kind!r}; one of {', '.join(KINDS)}")
-    if not VERSION_RE.fullmatch(version):
-        raise BuildError(
-            f"version {version!r} is not numbers separated by dots (1 to 6 of them), e.g. 1.1"
-        )
+    try:
+        check_version(version)  # the agent's rule (protocol.names.VERSION_RE)
+    except ArtifactToolError as exc:
+        raise BuildError(str(exc)) from None
 
 
 def build(top: Path, image_path: Path, out_root: Path, *, kind: str, version: str) -> Path:
@@ -175,9 +181,16 @@ def os_release_with_version(text: str, version: str) -> str:
 
 
 def _code() -> str:
-    """This builder's code and the .swu packer's, so a change to either rebuilds."""
+    """This builder's code and the artifact tool's, so a change to either rebuilds."""
+    tool = Path(twelvefactor_services.artifact.__file__).parent
     h = hashlib.sha256()
-    for path in (BUILDER, BUILDER.parent / "swu.py", BUILDER.parent / "disk.py"):
+    for path in (
+        BUILDER,
+        BUILDER.parent / "swu.py",
+        BUILDER.parent / "disk.py",
+        *sorted(tool.glob("*.py")),
+        Path(swuformat.__file__),
+    ):
         h.update(path.read_bytes())
     return h.hexdigest()
 
@@ -319,17 +332,17 @@ def _swu(
             top, version=version, board=board, revision=hardware, packed=packed, name=name
         )
         (work / swu.DESCRIPTION).write_text(text)
-        names = [swu.DESCRIPTION]
+        members = [(swu.DESCRIPTION, work / swu.DESCRIPTION)]
         if spec.signed:
-            swu.sign(top, work / swu.DESCRIPTION, work / swu.SIGNATURE)
-            names.append(swu.SIGNATURE)
+            (work / swu.SIGNATURE).write_bytes(swu.sign(top, text))
+            members.append((swu.SIGNATURE, work / swu.SIGNATURE))
+        image_file = packed  # read from the cache as it is
         if spec.tampered:
-            _tamper(packed, work / name)
-        else:
-            (work / name).symlink_to(packed)  # cpio --dereference reads the cached file
-        names.append(name)
-        swu.pack(work, names, work / SWU_NAME)
-        (work / name).unlink()
+            image_file = _tamper(packed, work / name)
+        members.append((name, image_file))
+        swu.pack(work / SWU_NAME, members)
+        if spec.tampered:
+            image_file.unlink()
         _publish(work, dest)
     finally:
         if work.exists():
@@ -343,13 +356,14 @@ def _publish(work: Path, dest: Path) -> None:
     work.rename(dest)
 
 
-def _tamper(packed: Path, out: Path) -> None:
+def _tamper(packed: Path, out: Path) -> Path:
     """`packed` with a skippable frame before its first frame."""
     with packed.open("rb") as src, out.open("wb") as dst:
         if src.read(4) != ZSTD_MAGIC:
             raise BuildError(f"{packed} is not zstd: cannot tamper with it")
         dst.write(SKIPPABLE_FRAME + ZSTD_MAGIC)
         shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
+    return out
 
 
 def _write_manifest(folder: Path, values: dict[str, object]) -> None:

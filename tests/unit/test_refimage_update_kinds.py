@@ -1,0 +1,91 @@
+"""The reference-image builder's .swu kinds (refimage/updates.py, refimage/swu.py) are
+made by the artifact tool's functions, and the tool's verify tells them apart as
+SWUpdate would: good passes, unsigned, tampered and other-hw each fail for their
+own reason. The root file system is a small ext4; the boot tier makes the kinds
+from the reference image (tests/boot/test_update_images.py) and installs them."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import require_tool
+from twelvefactor_services.artifact import inspect as inspecting
+from twelvefactor_services.artifact.verify import verify
+
+from refimage import swu, updates
+from refimage.progress import BuildError
+
+ROOT = Path(__file__).resolve().parents[2]
+CERT = ROOT / swu.SIGNING_CERT
+BOARD, REVISION = "qemux86-64", "1.0"
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    for name in ("openssl", "zstd"):
+        require_tool(name)
+    folder = tmp_path_factory.mktemp("rootfs")
+    (folder / "tree").mkdir()
+    (folder / "tree/hello").write_text("hello\n")
+    fs = folder / "rootfs.ext4"
+    subprocess.run([require_tool("mkfs.ext4"), "-q", "-d", folder / "tree", fs, "2M"], check=True)
+    return swu.compress(fs, folder / updates.ROOTFS_NAME)
+
+
+def _kind(tmp_path: Path, packed: Path, kind: str) -> Path:
+    hardware = f"{REVISION}-other" if updates.KINDS[kind].other_hw else REVISION
+    dest = tmp_path / kind
+    updates._swu(ROOT, dest, packed, updates.KINDS[kind], BOARD, hardware, "1.1")
+    return dest / updates.SWU_NAME
+
+
+def test_good(tmp_path: Path, packed: Path) -> None:
+    good = _kind(tmp_path, packed, "good")
+    assert verify(good, CERT) == []
+    found = inspecting.as_json(inspecting.inspect(good))
+    assert [f["name"] for f in found["files"]] == [
+        swu.DESCRIPTION,
+        swu.SIGNATURE,
+        swu.image_name(BOARD),
+    ]
+    assert found["files"][2]["sha256"] == hashlib.sha256(packed.read_bytes()).hexdigest()
+    assert (found["version"], found["hardware"]) == ("1.1", {BOARD: [REVISION]})
+    # the cache entry holds no second copy of the image
+    assert sorted(p.name for p in good.parent.iterdir()) == [
+        "sw-description",
+        "sw-description.sig",
+        "update.swu",
+    ]
+
+
+def test_unsigned(tmp_path: Path, packed: Path) -> None:
+    assert verify(_kind(tmp_path, packed, "unsigned"), CERT) == [
+        "signature: unsigned (no sw-description.sig in the archive)"
+    ]
+
+
+def test_tampered(tmp_path: Path, packed: Path) -> None:
+    tampered = _kind(tmp_path, packed, "tampered")
+    (problem,) = verify(tampered, CERT)
+    said = hashlib.sha256(packed.read_bytes()).hexdigest()
+    assert problem.startswith(f"{swu.image_name(BOARD)}: sha256 is ")
+    assert problem.endswith(f", sw-description says {said}")
+    image = inspecting.inspect(tampered).files[2]
+    assert image.size == packed.stat().st_size + len(updates.SKIPPABLE_FRAME)
+    assert swu.image_name(BOARD) not in {p.name for p in tampered.parent.iterdir()}
+
+
+def test_other_hardware(tmp_path: Path, packed: Path) -> None:
+    other = _kind(tmp_path, packed, "other-hw")
+    assert verify(other, CERT) == []  # signed and intact: the device's revision refuses it
+    assert inspecting.inspect(other).info.hardware == {BOARD: (f"{REVISION}-other",)}
+
+
+def test_a_version_the_agent_refuses() -> None:
+    with pytest.raises(BuildError, match="not numbers separated by dots"):
+        updates.check("good", "1.1-rc1")
+    with pytest.raises(BuildError, match="unknown update kind"):
+        updates.check("evil", "1.1")
