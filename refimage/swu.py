@@ -24,8 +24,8 @@ from pathlib import Path
 
 from twelvefactor_services.artifact import ArtifactToolError, cms
 from twelvefactor_services.artifact import build as artifact
+from twelvefactor_services.artifact import swu as swuformat
 from twelvefactor_services.artifact import template as swtemplate
-from twelvefactor_services.management import swu as swuformat
 
 from refimage import partfs
 from refimage.progress import BuildError

@@ -43,8 +43,8 @@ from pathlib import Path
 
 import twelvefactor_services.artifact
 from twelvefactor_services.artifact import ArtifactToolError
+from twelvefactor_services.artifact import swu as swuformat
 from twelvefactor_services.artifact.template import check_version
-from twelvefactor_services.management import swu as swuformat
 
 from refimage import disk, image, swu
 from refimage.lock import locked

@@ -26,9 +26,9 @@ import pytest
 from helpers import require_root, require_tool
 from twelvefactor_services.artifact.build import build_swu
 from twelvefactor_services.artifact.cms import Signer
+from twelvefactor_services.artifact.swu import DESCRIPTION, SIGNATURE, write_archive
 from twelvefactor_services.artifact.template import Hardware
 from twelvefactor_services.artifact.verify import verify
-from twelvefactor_services.management.swu import DESCRIPTION, SIGNATURE, write_archive
 
 from refimage import disk, swu, updates
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import require_root, require_tool
 from twelvefactor_agent.device.sysinfo import parse_os_release
-from twelvefactor_services.management.swu import describe
+from twelvefactor_services.artifact.swu import describe
 
 from refimage import disk, partfs, swu, updates
 

@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 from twelvefactor_agent.update.decide import decide, parse_job
 from twelvefactor_agent.update.download import ClientIdentity, DownloadError, download
-from twelvefactor_services.management.swu import newc_archive
+from twelvefactor_services.artifact.build import build_swu
+from twelvefactor_services.artifact.cms import Signer
+from twelvefactor_services.artifact.swu import newc_archive
+from twelvefactor_services.artifact.template import parse_hardware
 
 from testbed.probe import Probe
 from testbed.stack import ServiceProcess, Stack, http_get, http_send, wait_until
@@ -261,3 +264,42 @@ def test_foreign_and_malformed_reports_and_a_restart(
     # a finished job frees the device for the next one
     status, _ = http_send(copy, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-001"})
     assert status == 201
+
+
+def test_with_the_signing_certificate_what_no_device_would_install_is_refused(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Issue 12, item 5: checked when added, against the certificate the devices use."""
+    dev_signing = Path(__file__).parents[2] / "meta-twelvefactor" / "files" / "dev-signing"
+    cert = dev_signing / "twelvefactor-dev-update.crt"
+    svc = stack.management(signing_cert=cert)
+    svc.start()
+    rootfs = tmp_path / "rootfs.ext4"
+    with rootfs.open("wb") as f:
+        f.truncate(4 * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(rootfs)], check=True, timeout=60)
+    signed = build_swu(
+        rootfs,
+        tmp_path / "signed.swu",
+        version="3.0",
+        hardware=[parse_hardware("qemux86-64=1.0")],
+        signer=Signer(dev_signing / "twelvefactor-dev-update.key", cert),
+    ).path
+    unsigned = build_swu(
+        rootfs,
+        tmp_path / "unsigned.swu",
+        version="3.1",
+        hardware=[parse_hardware("qemux86-64=1.0")],
+        signer=None,
+    ).path
+    r = cli(stack, "artifact", "add", str(unsigned))
+    assert r.returncode == 2, r.stderr
+    assert "devices would refuse it (twelvefactor-dev-update.crt)" in r.stderr, r.stderr
+    assert "signature" in r.stderr
+    r = cli(stack, "artifact", "add", str(make_swu(tmp_path / "nohw.swu", "3.2")))
+    assert r.returncode == 2 and "signature" in r.stderr, r.stderr
+    r = cli(stack, "artifact", "add", str(signed))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["version"] == "3.0"
+    listed = cli(stack, "artifact", "list", "--json")
+    assert [a["version"] for a in json.loads(listed.stdout)] == ["3.0"]

@@ -28,6 +28,7 @@ from twelvefactor_agent.update.download import (
     download,
     tls_context,
 )
+from twelvefactor_services.artifact.swu import newc_archive
 from twelvefactor_services.management.artifact_server import (
     SERVED_KEPT,
     ArtifactServer,
@@ -35,7 +36,6 @@ from twelvefactor_services.management.artifact_server import (
     server_context,
 )
 from twelvefactor_services.management.artifacts import Artifact, ArtifactStore
-from twelvefactor_services.management.swu import newc_archive
 from twelvefactor_services.pki import Pki
 
 from testbed.stack import make_pki, wait_until

@@ -31,14 +31,14 @@ from twelvefactor_services.artifact import inspect as inspecting
 from twelvefactor_services.artifact import template as swtemplate
 from twelvefactor_services.artifact.build import Built, build_swu
 from twelvefactor_services.artifact.cms import Signer
-from twelvefactor_services.artifact.template import Hardware, parse_hardware
-from twelvefactor_services.artifact.verify import verify
-from twelvefactor_services.management.swu import (
+from twelvefactor_services.artifact.swu import (
     DESCRIPTION,
     SIGNATURE,
     parse_description,
     write_archive,
 )
+from twelvefactor_services.artifact.template import Hardware, parse_hardware
+from twelvefactor_services.artifact.verify import verify
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYER = ROOT / "meta-twelvefactor"

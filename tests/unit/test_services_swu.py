@@ -1,4 +1,4 @@
-"""The .swu format (management/swu.py): version and hardware for the management
+"""The .swu format (artifact/swu.py): version and hardware for the management
 service, and the whole archive and its named files for the artifact tool."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from twelvefactor_services.management.swu import (
+from twelvefactor_services.artifact.swu import (
     SwuError,
     SwuFile,
     newc_archive,

@@ -182,7 +182,11 @@ class ServicesStack:
         return self._copies[name]
 
     def management(
-        self, *, api_port: int | None = None, artifact_port: int | None = None
+        self,
+        *,
+        api_port: int | None = None,
+        artifact_port: int | None = None,
+        signing_cert: Path | None = None,
     ) -> ServiceProcess:
         """A management service copy (not started); copies share one registry and .swu store.
 
@@ -218,6 +222,7 @@ class ServicesStack:
                 "--artifact-port",
                 str(artifact_port),
                 *self._artifact_args(),
+                *([] if signing_cert is None else ["--artifact-signing-cert", str(signing_cert)]),
             ],
             run,
             api=ManagementClient(

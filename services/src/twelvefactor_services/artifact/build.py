@@ -26,6 +26,12 @@ from pathlib import Path
 
 from twelvefactor_services.artifact import ArtifactToolError
 from twelvefactor_services.artifact.cms import Signer, check_signature, run, sign, tool
+from twelvefactor_services.artifact.swu import (
+    DESCRIPTION,
+    SIGNATURE,
+    SwuError,
+    write_archive,
+)
 from twelvefactor_services.artifact.template import (
     COMPRESSIONS,
     Hardware,
@@ -34,12 +40,6 @@ from twelvefactor_services.artifact.template import (
     default_template,
     description,
     image_name,
-)
-from twelvefactor_services.management.swu import (
-    DESCRIPTION,
-    SIGNATURE,
-    SwuError,
-    write_archive,
 )
 
 ZSTD_LEVEL = 3  # oe-core's ZSTD_COMPRESSION_LEVEL default

@@ -1,7 +1,7 @@
 """What a `.swu` holds: version, hardware, files with sizes and digests, signature, compression.
 
 The archive is read with the management service's reader
-(`management.swu.read_archive`: every member streamed through sha256, the
+(`artifact.swu.read_archive`: every member streamed through sha256, the
 "crc" checksums checked) and sw-description with its parser. Nothing is
 judged here beyond what the reader refuses; `verify` judges.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twelvefactor_services.artifact import ArtifactToolError
-from twelvefactor_services.management.swu import (
+from twelvefactor_services.artifact.swu import (
     DESCRIPTION,
     SIGNATURE,
     Archive,

@@ -31,7 +31,7 @@ from pathlib import Path
 from twelvefactor_agent.protocol.names import VERSION_RE
 
 from twelvefactor_services.artifact import ArtifactToolError
-from twelvefactor_services.management.swu import (
+from twelvefactor_services.artifact.swu import (
     FILE_SECTIONS,
     SwuError,
     parse_description,

@@ -23,7 +23,7 @@ from twelvefactor_agent.protocol.names import VERSION_RE
 from twelvefactor_services.artifact import ArtifactToolError
 from twelvefactor_services.artifact.cms import check_signature
 from twelvefactor_services.artifact.inspect import Inspection, inspect
-from twelvefactor_services.management.swu import DESCRIPTION, SIGNATURE
+from twelvefactor_services.artifact.swu import DESCRIPTION, SIGNATURE
 
 
 def verify(path: Path, cert: Path) -> list[str]:

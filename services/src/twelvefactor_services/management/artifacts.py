@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -20,11 +21,20 @@ from typing import Any
 
 from twelvefactor_agent.protocol.names import SHA256_RE, VERSION_RE
 
-from twelvefactor_services.management.swu import SwuError, describe
+from twelvefactor_services.artifact.swu import SwuError, describe
+from twelvefactor_services.artifact.verify import verify
 
 
 class ArtifactError(ValueError):
     pass
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -40,8 +50,13 @@ class Artifact:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path) -> None:
+    """``signing_cert``: the certificate devices check signatures with; when given, an
+    artifact it does not verify (or whose files do not match sw-description) is refused,
+    because every device would refuse it."""
+
+    def __init__(self, root: Path, signing_cert: Path | None = None) -> None:
         self.root = root
+        self.signing_cert = signing_cert
 
     def path(self, sha256: str) -> Path:
         if not SHA256_RE.fullmatch(sha256):
@@ -69,6 +84,21 @@ class ArtifactStore:
                 f"{src}: version {info.version!r} is not numbers separated by dots"
                 " (at most six, each up to nine digits), which is all a device accepts"
             )
+        if not any(revs for revs in found.values()):
+            raise ArtifactError(
+                f"{src}: sw-description names no hardware revision, so every device refuses it"
+            )
+        for revs in found.values():
+            for rev in revs:
+                if rev.startswith("#RE:") and not _compiles(rev[4:]):
+                    raise ArtifactError(f"{src}: hardware pattern {rev!r} is not a valid regex")
+        if self.signing_cert is not None:
+            problems = verify(src, self.signing_cert)
+            if problems:
+                raise ArtifactError(
+                    f"{src}: devices would refuse it ({self.signing_cert.name}): "
+                    + "; ".join(problems)
+                )
         if version is not None and version != info.version:
             raise ArtifactError(
                 f"{src}: sw-description says version {info.version!r}, not {version!r}"

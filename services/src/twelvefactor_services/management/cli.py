@@ -639,6 +639,13 @@ def _serve_parser(sub: Any) -> None:
         "--max-artifact-bytes", type=int, default=4 * 1024**3, help="largest .swu upload"
     )
     serve.add_argument("--artifact-dir", type=Path, help="default: artifacts/ next to --db")
+    serve.add_argument(
+        "--artifact-signing-cert",
+        type=Path,
+        metavar="FILE",
+        help="the certificate devices check .swu signatures with: an artifact it does not "
+        "verify is refused when added",
+    )
     serve.add_argument("--artifact-port", type=int, help="serve artifacts over HTTPS here")
     serve.add_argument("--artifact-host", default="127.0.0.1", help="address to bind")
     serve.add_argument(
@@ -715,9 +722,16 @@ def _serve(args: argparse.Namespace) -> int:
         ready_file=args.ready_file,
         artifact_dir=args.artifact_dir,
         artifacts=_serving(args),
+        signing_cert=_signing_cert(args.artifact_signing_cert),
     )
     ManagementService(cfg).run()
     return 0
+
+
+def _signing_cert(path: Path | None) -> Path | None:
+    if path is not None and not path.is_file():
+        raise SystemExit(f"--artifact-signing-cert {path}: no such file")
+    return path
 
 
 def _operator_api(args: argparse.Namespace) -> OperatorApi:

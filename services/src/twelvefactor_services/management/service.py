@@ -72,10 +72,11 @@ class ManagementConfig:
     ready_file: Path | None = None
     artifact_dir: Path | None = None  # default: "artifacts" next to the registry
     artifacts: ArtifactServing | None = None  # None: no artifact server in this copy
+    signing_cert: Path | None = None  # what devices check .swu signatures with
 
     @property
     def artifact_store(self) -> ArtifactStore:
-        return ArtifactStore(self.artifact_dir or self.db.parent / "artifacts")
+        return ArtifactStore(self.artifact_dir or self.db.parent / "artifacts", self.signing_cert)
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,11 @@ class ManagementService:
             self.artifact_server.start()
             host, port = self.artifact_server.server_address[:2]
             log.info("artifact server on https://%s:%d", host, port)
+        if self.cfg.signing_cert is None:
+            log.warning(
+                "no --artifact-signing-cert: artifacts are not checked against the devices'"
+                " signing certificate when added (a badly signed one fails on every device)"
+            )
         publisher = threading.Thread(target=self._publisher, name="publisher", daemon=True)
         publisher.start()
         log.info("operator API on https://%s:%d", self.cfg.api.host, self.http.server_address[1])
