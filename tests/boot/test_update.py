@@ -103,6 +103,42 @@ def _refused(device: Device, swu: Path, reason: str) -> None:
     assert device.vm.check("twelvefactor-bootenv get upgrade_available") == "0"
 
 
+def test_a_rollout_whose_first_phase_fails_never_reaches_the_second(
+    updating_device: Device, boot_image: Path
+) -> None:
+    """Issue 12: the QEMU device is phase 1 and refuses the release (another board's); the
+    rollout pauses itself and phase 2's device is never sent a job."""
+    device, hub = updating_device, updating_device.hub
+    running = running_slot(device)
+    artifact = hub.add_artifact(build_update(boot_image, "other-hw", "1.4"))
+    later = "boot-dev-later"  # sorted after the QEMU device: phase 2
+    assert device.device_id < later
+    made = hub.api.call(
+        "POST",
+        "/rollouts",
+        {
+            "artifact": artifact["sha256"],
+            "devices": [later, device.device_id],
+            "phases": [{"count": 1}, {"percent": 100}],
+            "error_percent": 50,
+            "error_min": 1,
+        },
+    )
+    deadline = time.monotonic() + job_limit(boots=0)
+    rollout = made
+    while rollout["state"] != "paused" and time.monotonic() < deadline:
+        time.sleep(1)
+        rollout = hub.api.get(f"/rollouts/{made['id']}")
+    assert rollout["state"] == "paused", rollout
+    assert rollout["reason"] == "error threshold 50% reached (1 of 1)"
+    first, second = sorted(rollout["devices"], key=lambda d: d["phase"])
+    assert first["device"] == device.device_id and first["state"] == "failed"
+    assert str(first["reason"]).startswith("wrong_hardware"), first
+    assert second == {**second, "device": later, "job": None, "state": "waiting"}
+    assert running_slot(device) == running
+    hub.api.call("POST", f"/rollouts/{made['id']}/cancel")  # nothing more is sent
+
+
 def test_broken_update_rolls_back_within_the_boot_limit(
     updating_device: Device, boot_image: Path
 ) -> None:
