@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 import subprocess
 import time
@@ -100,6 +101,25 @@ class Capture:
 
 
 WG_PORT = 51820
+
+
+def ping(ns: Netns, address: str, count: int, *, wait: float = 1.0) -> bool:
+    """Ping ``address`` from ``ns`` ``count`` times a second apart: True if any answer came.
+
+    An error (no `ping` on this host, a bad address, no route) raises rather than
+    reading as "no answer", which a test of isolation would take for a pass.
+    """
+    if shutil.which("ping") is None:
+        raise TestbedError(
+            "this test needs 'ping' (Debian package iputils-ping): run scripts/setup"
+        )
+    argv = ns.argv("ping", "-n", "-c", str(count), "-i", "1", "-W", f"{wait:g}", address)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode not in (0, 1):  # 1: sent, nothing answered; 2 and up: it could not send
+        raise TestbedError(f"ping {address} failed ({done.returncode}): {done.stderr.strip()}")
+    return done.returncode == 0
+
+
 # IPv6 router solicitation, neighbour solicitation and advertisement (ICMPv6
 # types 133, 135, 136 right after the 40-byte header): link-layer machinery the
 # layer's ruleset allows on the underlay, not a service

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from testbed.network.lab import DEVICES, HUB_UNDERLAY, WG_PORT, Lab
-from testbed.network.probes import Capture, udp_payloads
+from testbed.network.probes import Capture, ping, udp_payloads
 from testbed.proc import run, stop
 
 INITIATION, RESPONSE, COOKIE_REPLY = 1, 2, 3
@@ -59,14 +58,7 @@ class Attacker:
 
     def knock(self, seconds: float) -> None:
         """Send traffic into the attacker's tunnel: WireGuard initiates handshakes."""
-        subprocess.run(
-            self.lab.inet.argv(
-                "ping", "-c", str(int(seconds)), "-i", "1", "-W", "1",
-                self.lab.tunnel_address(self.lab.a.id),
-            ),
-            capture_output=True,
-            check=False,
-        )  # fmt: skip
+        ping(self.lab.inet, self.lab.tunnel_address(self.lab.a.id), int(seconds))
 
     def close(self) -> None:
         self.lab.inet.exec("nft", "delete", "table", "ip", "tfspoof", check=False)
