@@ -55,7 +55,7 @@ class Owners:
     def from_etc(cls, etc: Path) -> Owners:
         users = _id_file(etc / "passwd")
         groups = _id_file(etc / "group")
-        missing = [f"user {AGENT_USER}" for _ in [0] if AGENT_USER not in users]
+        missing = [] if AGENT_USER in users else [f"user {AGENT_USER}"]
         missing += [f"group {g}" for g in (AGENT_GROUP, NETWORK_GROUP) if g not in groups]
         if missing:
             raise EnrolError(
