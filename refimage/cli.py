@@ -5,6 +5,7 @@ refimage swu --out FILE [--version V]      a signed .swu of the image's root fs 
 refimage updates --version V KIND... [--image IMG]
                                            test .swu files (good broken unsigned tampered
                                            other-hw), cached; prints their paths
+refimage provision --image IMG --out COPY --data-dir DIR   an enrolled /data (docs/enrolment.md)
 refimage provision --image IMG --out COPY --device-id ID --cert C --key K --ca CA
                    --hub-endpoint ADDR:PORT --hub-public-key KEY ...
 """
@@ -51,13 +52,22 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("provision", help="a copy of an image with one device's identity on /data")
     p.add_argument("--image", type=Path, required=True, help="disk image (not modified)")
     p.add_argument("--out", type=Path, required=True, help="the provisioned copy")
-    p.add_argument("--device-id", required=True)
-    p.add_argument("--cert", type=Path, required=True, help="device certificate (PEM)")
-    p.add_argument("--key", type=Path, required=True, help="device private key (PEM)")
-    p.add_argument("--ca", type=Path, required=True, help="CA that signed the broker (PEM)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        help="an enrolled /data folder (docs/enrolment.md): written as it is, its keys "
+        "deleted afterwards; instead of every option below",
+    )
+    p.add_argument(
+        "--keep-keys", action="store_true", help="with --data-dir: keep the folder's keys"
+    )
+    p.add_argument("--device-id")
+    p.add_argument("--cert", type=Path, help="device certificate (PEM)")
+    p.add_argument("--key", type=Path, help="device private key (PEM)")
+    p.add_argument("--ca", type=Path, help="CA that signed the broker (PEM)")
     p.add_argument("--wg-private-key", type=Path, help="file with the device's WireGuard key")
-    p.add_argument("--hub-endpoint", required=True, help="ADDRESS:PORT of the hub's WireGuard")
-    p.add_argument("--hub-public-key", required=True)
+    p.add_argument("--hub-endpoint", help="ADDRESS:PORT of the hub's WireGuard")
+    p.add_argument("--hub-public-key")
     p.add_argument("--tunnel-address", default="10.77.0.2/24")
     p.add_argument("--service-address", default="10.77.0.1")
     p.add_argument("--management-port", type=int, default=8883)
@@ -67,6 +77,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _provision(args: argparse.Namespace) -> Path:
+    one_by_one = ("device_id", "cert", "key", "ca", "hub_endpoint", "hub_public_key")
+    if args.data_dir is not None:
+        given = [f"--{n.replace('_', '-')}" for n in one_by_one if getattr(args, n) is not None]
+        if given:
+            raise BuildError(f"--data-dir holds the device's files: drop {', '.join(given)}")
+        with step(f"provision {args.data_dir} onto a copy of {args.image}"):
+            out = provision.provision_bundle(
+                args.image, args.out, args.data_dir, keep_keys=args.keep_keys
+            )
+        if not args.keep_keys:
+            say(f"the keys in {args.data_dir}/identity are deleted: the copy holds them")
+        return out
+    missing = [f"--{n.replace('_', '-')}" for n in one_by_one if getattr(args, n) is None]
+    if missing:
+        raise BuildError(f"give --data-dir, or all of {', '.join(missing)}")
     address, sep, port = str(args.hub_endpoint).rpartition(":")
     if not sep or not port.isdigit():
         raise BuildError(f"--hub-endpoint {args.hub_endpoint!r} is not ADDRESS:PORT")

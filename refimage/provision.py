@@ -1,6 +1,13 @@
 """Provision one device: its identity and tunnel configuration onto the data
 partition of a copy of the image (the image itself holds no secret).
 
+Two sources: the files given one by one (``provision``: a certificate and
+key made elsewhere, a WireGuard key), or a /data folder that enrolment
+wrote (``provision_bundle``: ``twelvefactor-agent enrol install --no-owners``
+or ``twelvefactor-hub enrol --new``, docs/enrolment.md), whose private keys
+are deleted once they are in the copy. network.conf and agent.toml are
+rendered by the agent's one renderer (twelvefactor_agent.enrol.datafiles).
+
 What goes onto /data (the layer's and the agent's formats):
   identity/device.crt, device.key, ca.crt   the device's TLS identity
   identity/wg.key                           its WireGuard private key
@@ -12,13 +19,15 @@ copy with dd; owners are the image's own user ids, read from its /etc/passwd.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from twelvefactor_agent.enrol import datafiles
+from twelvefactor_agent.enrol.datafiles import DataFileError, NetworkSettings
 
 from refimage import disk, partfs
 from refimage.progress import BuildError, run
@@ -52,20 +61,20 @@ class Tunnel:
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def network_conf(self) -> str:
-        values = {
-            "HUB_ENDPOINT_ADDRESS": self.hub_endpoint_address,
-            "HUB_ENDPOINT_PORT": str(self.hub_endpoint_port),
-            "HUB_PUBLIC_KEY": self.hub_public_key,
-            "TUNNEL_ADDRESS_V4": self.tunnel_address,
-            "SERVICE_ADDRESS_V4": self.service_address,
-            "MANAGEMENT_MQTT_PORT": str(self.management_mqtt_port),
-            "SOLUTION_MQTT_PORT": str(self.solution_mqtt_port),
-            "MANAGEMENT_HTTPS_PORT": str(self.management_https_port),
-            **self.extra,
-        }
-        lines = ["# Written by refimage provision for this device only."]
-        lines += [f"{k}={v}" for k, v in values.items()]
-        return "\n".join(lines) + "\n"
+        try:
+            text = NetworkSettings(
+                hub_endpoint_address=self.hub_endpoint_address,
+                hub_endpoint_port=self.hub_endpoint_port,
+                hub_public_key=self.hub_public_key,
+                tunnel_address_v4=self.tunnel_address,
+                service_address_v4=self.service_address,
+                management_mqtt_port=self.management_mqtt_port,
+                solution_mqtt_port=self.solution_mqtt_port,
+                management_https_port=self.management_https_port,
+            ).network_conf("Written by refimage provision for this device only.")
+        except DataFileError as exc:
+            raise BuildError(str(exc)) from None
+        return text + "".join(f"{k}={v}\n" for k, v in self.extra.items())
 
 
 def wg_keypair() -> tuple[str, str]:
@@ -77,39 +86,18 @@ def wg_keypair() -> tuple[str, str]:
     return private.strip(), public.strip()
 
 
-def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def agent_config(template: str, identity: Identity, tunnel: Tunnel) -> str:
     """The image's agent.toml with this device's id and the services inside the tunnel."""
-    settings = {
-        ("device", "id"): _toml_string(identity.device_id),
-        ("device", "certificate"): _toml_string("/data/identity/device.crt"),
-        ("device", "key"): _toml_string("/data/identity/device.key"),
-        ("device", "ca"): _toml_string("/data/identity/ca.crt"),
-        ("management", "host"): _toml_string(tunnel.service_address),
-        ("management", "port"): str(tunnel.management_mqtt_port),
-        ("solution", "host"): _toml_string(tunnel.service_address),
-        ("solution", "port"): str(tunnel.solution_mqtt_port),
-    }
-    section = ""
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for line in template.splitlines():
-        head = re.match(r"^\s*\[([A-Za-z0-9_.-]+)\]\s*(#.*)?$", line)
-        if head:
-            section = head.group(1)
-        kv = re.match(r"^(\s*)([A-Za-z0-9_-]+)(\s*=\s*)", line)
-        if kv and (section, kv.group(2)) in settings:
-            key = (section, kv.group(2))
-            line = f"{kv.group(1)}{kv.group(2)}{kv.group(3)}{settings[key]}"
-            seen.add(key)
-        out.append(line)
-    missing = sorted(set(settings) - seen)
-    if missing:
-        raise BuildError(f"{AGENT_TEMPLATE} lacks the keys {missing}")
-    return "\n".join(out) + "\n"
+    try:
+        return datafiles.agent_config(
+            template,
+            identity.device_id,
+            tunnel.service_address,
+            tunnel.management_mqtt_port,
+            tunnel.solution_mqtt_port,
+        )
+    except DataFileError as exc:
+        raise BuildError(f"{AGENT_TEMPLATE}: {exc}") from None
 
 
 def data_tree(root: Path, image: Path, identity: Identity, tunnel: Tunnel) -> None:
@@ -139,8 +127,60 @@ def data_tree(root: Path, image: Path, identity: Identity, tunnel: Tunnel) -> No
     shutil.chown(agent_dir, uid, gid)
 
 
+# A bundle's files (enrolment's layout, twelvefactor_agent.enrol.device), with the
+# owner and mode each gets on the device: (uid or None = root, group name or None = root)
+BUNDLE_FILES = {
+    "identity/device.key": (0o640, AGENT_USER),
+    "identity/wg.key": (0o640, NETWORKD_GROUP),
+    "identity/device.crt": (0o644, None),
+    "identity/ca.crt": (0o644, None),
+    "identity/request.json": (0o644, None),
+    "provisioning/network.conf": (0o644, None),
+    "config/agent.toml": (0o644, None),
+}
+BUNDLE_KEYS = ("identity/device.key", "identity/wg.key")
+
+
+def bundle_tree(root: Path, image: Path, bundle: Path) -> None:
+    """Lay out an enrolled /data bundle in `root` with the image's owners."""
+    missing = [rel for rel in BUNDLE_FILES if not (bundle / rel).is_file()]
+    if missing:
+        raise BuildError(
+            f"{bundle} is not an enrolled /data folder: it lacks {', '.join(missing)} "
+            "(twelvefactor-agent enrol install writes them)"
+        )
+    uid, gid = partfs.account_ids(image, AGENT_USER)
+    groups = {AGENT_USER: gid, NETWORKD_GROUP: partfs.group_id(image, NETWORKD_GROUP)}
+    root.chmod(0o755)
+    for rel, (mode, group) in BUNDLE_FILES.items():
+        path = root / rel
+        path.parent.mkdir(mode=0o755, exist_ok=True)
+        path.write_bytes((bundle / rel).read_bytes())
+        path.chmod(mode)
+        shutil.chown(path, 0, 0 if group is None else groups[group])
+    agent_dir = root / "agent"
+    agent_dir.mkdir(mode=0o750)
+    shutil.chown(agent_dir, uid, gid)
+
+
+def provision_bundle(image: Path, out: Path, bundle: Path, *, keep_keys: bool = False) -> Path:
+    """A copy of `image` at `out` whose data partition holds an enrolled /data bundle.
+
+    The bundle's private keys are deleted once the copy holds them (unless
+    ``keep_keys``): a factory keeps a device's key no longer than it needs it."""
+    out = _provision(image, out, lambda tree: bundle_tree(tree, image, bundle))
+    if not keep_keys:
+        for rel in BUNDLE_KEYS:
+            (bundle / rel).unlink()
+    return out
+
+
 def provision(image: Path, out: Path, identity: Identity, tunnel: Tunnel) -> Path:
     """A copy of `image` at `out` whose data partition holds this device's identity."""
+    return _provision(image, out, lambda tree: data_tree(tree, image, identity, tunnel))
+
+
+def _provision(image: Path, out: Path, fill: Callable[[Path], None]) -> Path:
     table = disk.read_table(image)
     if "data" not in table:
         raise BuildError(f"{image} has no partition named 'data'")
@@ -150,7 +190,7 @@ def provision(image: Path, out: Path, identity: Identity, tunnel: Tunnel) -> Pat
     with tempfile.TemporaryDirectory(prefix="refimage-data-") as tmp:
         tree = Path(tmp) / "data"
         tree.mkdir()
-        data_tree(tree, image, identity, tunnel)
+        fill(tree)
         fs = Path(tmp) / "data.ext4"
         disk.make_ext4(tree, fs, "data", size, Path(tmp) / "mkfs.log")
         disk.write_into(out, fs, offset, size)

@@ -21,13 +21,27 @@
  *   - a username, if the client sends one, must equal the CN; the plugin then
  *     sets the username to the CN, which the ACL files' %u patterns use.
  *
+ * Revocation (plugin_opt_crl, the device CA's CRL in PEM, on the device
+ * listeners): a device certificate on the CRL is refused at CONNECT. On the
+ * broker's reload (SIGHUP, the MOSQ_EVT_RELOAD event; mosquitto 2.0.11 never
+ * sends MOSQ_EVT_TICK to plugins) the file is read again, its signature
+ * checked with the device CA (a CRL that does not verify is ignored and the
+ * old one kept), and every connected device whose certificate is now on it is
+ * disconnected (its will is sent). For that the plugin remembers the serial
+ * number of the certificate each device CN last connected with. mosquitto's
+ * own "crlfile", read at start and on the same SIGHUP, refuses the TLS
+ * handshake too, but never drops a client already connected
+ * (docs/decisions.md, "Revocation: the broker's plugin disconnects").
+ *
  * Options (per listener): plugin_opt_device_ca and plugin_opt_service_ca, the
  * two CA certificates (PEM); plugin_opt_device_suffixes, the client id suffixes
  * a device may use on this listener, comma-separated (empty on the service
- * listener, where no device certificate is accepted anyway). Extended authentication (MQTT 5 AUTH) is not offered: a
- * client asking for it is refused by mosquitto itself.
+ * listener, where no device certificate is accepted anyway); plugin_opt_crl.
+ * Extended authentication (MQTT 5 AUTH) is not offered: a client asking for it
+ * is refused by mosquitto itself.
  */
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +58,12 @@
 #define MAX_SUFFIXES 4
 #define MAX_SUFFIX 16
 
+/* A device CN and the serial number of the certificate it last connected with. */
+struct accepted {
+	char cn[MAX_CN + 1];
+	ASN1_INTEGER *serial;
+};
+
 /* One per listener (per_listener_settings loads the plugin once for each). */
 struct identity_cas {
 	mosquitto_plugin_id_t *plugin_id;
@@ -51,6 +71,13 @@ struct identity_cas {
 	X509 *service_ca;
 	int suffix_count;
 	char suffixes[MAX_SUFFIXES][MAX_SUFFIX + 1];
+	/* revocation */
+	char *crl_path;
+	X509_CRL *crl;
+	/* accepted devices: open addressing by CN, never more than half full */
+	struct accepted *seen;
+	size_t seen_cap;
+	size_t seen_count;
 };
 
 static X509 *load_cert(const char *path)
@@ -154,6 +181,118 @@ static int refuse(const char *id, const char *cn, const char *why)
 	return MOSQ_ERR_AUTH;
 }
 
+static uint64_t fnv1a(const char *s)
+{
+	uint64_t h = 14695981039346656037ULL;
+
+	while(*s){
+		h = (h ^ (unsigned char)*s++) * 1099511628211ULL;
+	}
+	return h;
+}
+
+/* The slot of `cn` in `table` (of `cap` slots, a power of two): its own or the empty one. */
+static struct accepted *slot_of(struct accepted *table, size_t cap, const char *cn)
+{
+	size_t i = (size_t)fnv1a(cn) & (cap - 1);
+
+	while(table[i].cn[0] && strcmp(table[i].cn, cn) != 0){
+		i = (i + 1) & (cap - 1);
+	}
+	return &table[i];
+}
+
+/* Remember that `cn` connected with `serial`; 0 on success. */
+static int remember(struct identity_cas *c, const char *cn, const ASN1_INTEGER *serial)
+{
+	struct accepted *slot, *bigger;
+	size_t i, cap;
+
+	if((c->seen_count + 1) * 2 > c->seen_cap){
+		cap = c->seen_cap ? c->seen_cap * 2 : 256;
+		bigger = calloc(cap, sizeof(*bigger));
+		if(!bigger){
+			return -1;
+		}
+		for(i = 0; i < c->seen_cap; i++){
+			if(c->seen[i].cn[0]){
+				*slot_of(bigger, cap, c->seen[i].cn) = c->seen[i];
+			}
+		}
+		free(c->seen);
+		c->seen = bigger;
+		c->seen_cap = cap;
+	}
+	slot = slot_of(c->seen, c->seen_cap, cn);
+	if(!slot->cn[0]){
+		strcpy(slot->cn, cn);
+		c->seen_count++;
+	}
+	ASN1_INTEGER_free(slot->serial);
+	slot->serial = ASN1_INTEGER_dup(serial);
+	return slot->serial ? 0 : -1;
+}
+
+static int on_crl(const struct identity_cas *c, const ASN1_INTEGER *serial)
+{
+	X509_REVOKED *entry;
+
+	/* const-cast: OpenSSL 3 takes a non-const serial but only reads it */
+	return c->crl && X509_CRL_get0_by_serial(c->crl, &entry, (ASN1_INTEGER *)serial) == 1;
+}
+
+/* Read the CRL file; keep it if it is signed by the device CA. 0 on success. */
+static int load_crl(struct identity_cas *c)
+{
+	FILE *f = fopen(c->crl_path, "r");
+	X509_CRL *crl;
+	EVP_PKEY *ca_key;
+
+	if(!f){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "twelvefactor_identity: cannot open CRL %s", c->crl_path);
+		return -1;
+	}
+	crl = PEM_read_X509_CRL(f, NULL, NULL, NULL);
+	fclose(f);
+	ca_key = X509_get0_pubkey(c->device_ca);
+	if(!crl || !ca_key || X509_CRL_verify(crl, ca_key) != 1){
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				"twelvefactor_identity: %s is not a CRL signed by the device CA: ignored", c->crl_path);
+		X509_CRL_free(crl);
+		return -1;
+	}
+	X509_CRL_free(c->crl);
+	c->crl = crl;
+	return 0;
+}
+
+/* SIGHUP: the CRL is read again and the connected devices now on it are disconnected. */
+static int on_reload(int event, void *event_data, void *userdata)
+{
+	struct identity_cas *c = userdata;
+	size_t i;
+	int kicked = 0;
+
+	(void)event;
+	(void)event_data;
+	if(load_crl(c)){
+		return MOSQ_ERR_SUCCESS;
+	}
+	for(i = 0; i < c->seen_cap; i++){
+		if(c->seen[i].cn[0] && on_crl(c, c->seen[i].serial)){
+			/* the username is the CN (set below): all of the device's sessions go */
+			if(mosquitto_kick_client_by_username(c->seen[i].cn, true) == MOSQ_ERR_SUCCESS){
+				kicked++;
+			}
+		}
+	}
+	mosquitto_log_printf(MOSQ_LOG_NOTICE,
+			"twelvefactor_identity: read %s again: %d revoked certificates; disconnected "
+			"the %d devices last seen with one of them",
+			c->crl_path, sk_X509_REVOKED_num(X509_CRL_get_REVOKED(c->crl)), kicked);
+	return MOSQ_ERR_SUCCESS;
+}
+
 static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	struct mosquitto_evt_basic_auth *ed = event_data;
@@ -178,8 +317,13 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	}else if(ed->username && strcmp(ed->username, cn) != 0){
 		rc = refuse(id, cn, "username differs from the certificate's CN");
 	}else if(X509_check_issued(c->device_ca, cert) == X509_V_OK){
-		rc = is_device_id(c, id, cn)
-			? MOSQ_ERR_SUCCESS : refuse(id, cn, "not a client id of this device on this listener");
+		if(on_crl(c, X509_get0_serialNumber(cert))){
+			rc = refuse(id, cn, "the certificate is revoked");
+		}else if(!is_device_id(c, id, cn)){
+			rc = refuse(id, cn, "not a client id of this device on this listener");
+		}else{
+			rc = remember(c, cn, X509_get0_serialNumber(cert)) ? MOSQ_ERR_NOMEM : MOSQ_ERR_SUCCESS;
+		}
 	}else if(X509_check_issued(c->service_ca, cert) == X509_V_OK){
 		rc = is_service_id(id, cn)
 			? MOSQ_ERR_SUCCESS : refuse(id, cn, "a service may use only <CN>-<number>");
@@ -207,6 +351,14 @@ int mosquitto_plugin_version(int supported_version_count, const int *supported_v
 
 static void free_cas(struct identity_cas *c)
 {
+	size_t i;
+
+	for(i = 0; i < c->seen_cap; i++){
+		ASN1_INTEGER_free(c->seen[i].serial);
+	}
+	free(c->seen);
+	X509_CRL_free(c->crl);
+	free(c->crl_path);
 	X509_free(c->device_ca);
 	X509_free(c->service_ca);
 	free(c);
@@ -215,7 +367,7 @@ static void free_cas(struct identity_cas *c)
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		struct mosquitto_opt *opts, int opt_count)
 {
-	const char *device_ca = NULL, *service_ca = NULL, *suffixes = "";
+	const char *device_ca = NULL, *service_ca = NULL, *suffixes = "", *crl = NULL;
 	struct identity_cas *c;
 	int i, rc;
 
@@ -226,6 +378,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 			service_ca = opts[i].value;
 		}else if(!strcmp(opts[i].key, "device_suffixes")){
 			suffixes = opts[i].value;
+		}else if(!strcmp(opts[i].key, "crl")){
+			crl = opts[i].value;
 		}
 	}
 	if(!device_ca || !service_ca){
@@ -248,7 +402,21 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		free_cas(c);
 		return MOSQ_ERR_INVAL;
 	}
+	if(crl){
+		/* a broker told to check revocation does not start without a good CRL */
+		c->crl_path = strdup(crl);
+		if(!c->crl_path || load_crl(c)){
+			free_cas(c);
+			return MOSQ_ERR_INVAL;
+		}
+	}
 	rc = mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, c);
+	if(rc == MOSQ_ERR_SUCCESS && crl){
+		rc = mosquitto_callback_register(identifier, MOSQ_EVT_RELOAD, on_reload, NULL, c);
+		if(rc != MOSQ_ERR_SUCCESS){
+			mosquitto_callback_unregister(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
+		}
+	}
 	if(rc != MOSQ_ERR_SUCCESS){
 		free_cas(c);
 		return rc;
@@ -265,6 +433,9 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
 	(void)opt_count;
 	if(c){
 		mosquitto_callback_unregister(c->plugin_id, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL);
+		if(c->crl_path){
+			mosquitto_callback_unregister(c->plugin_id, MOSQ_EVT_RELOAD, on_reload, NULL);
+		}
 		free_cas(c);
 	}
 	return MOSQ_ERR_SUCCESS;

@@ -50,6 +50,7 @@ class Lab:
         self._hub: subprocess.Popen[bytes] | None = None
         self.hub_info: dict[str, Any] = {}
         self._namespaces = [self.lan.ns, self.hub_ns, self.inet]
+        self._blank: list[Device] = []  # devices made by blank_device(), for close()
 
     # -- set-up -------------------------------------------------------------------
 
@@ -127,6 +128,19 @@ class Lab:
         for dev in self.devices.values():
             self.wait_online(dev)
 
+    def blank_device(self, device_id: str, letter: str, v4: str, v6: str) -> Device:
+        """A device namespace on the LAN with nothing on its /data yet: no identity, no
+        tunnel, no peer at the hub (enrolment's starting point, docs/enrolment.md)."""
+        ns = Netns(f"{self.prefix}-{letter}")
+        self._namespaces.append(ns)
+        ns.create()
+        self.lan.attach(ns, v4, v6)
+        ns.ip("route", "add", "default", "via", INTERNET[0])
+        ns.ip("-6", "route", "add", "default", "via", INTERNET[1])
+        dev = Device(ns, device_id, self.root / device_id, f"tn{letter}{self.tag}")
+        self._blank.append(dev)
+        return dev
+
     def wait_online(self, dev: Device, timeout: float = 90) -> None:
         """Both sessions up, and the management service has recorded the device online
         (it does so a moment after the agent's CONNACK: a test reading the registry
@@ -190,7 +204,7 @@ class Lab:
     # -- tear-down ----------------------------------------------------------------
 
     def close(self) -> None:
-        for dev in self.devices.values():
+        for dev in [*self.devices.values(), *self._blank]:
             dev.close()
         stop(self._hub, 30)
         self._hub = None

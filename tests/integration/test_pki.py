@@ -191,6 +191,7 @@ def test_each_process_is_given_its_own_files_and_no_ca_key(pki: Pki) -> None:
         "broker.key",
         "ca.crt",
         "service-ca.crt",
+        "crl.pem",
     }
     assert set(pki.credentials("solution")) == {"solution.crt", "solution.key", "ca.crt"}
     every = [

@@ -28,6 +28,7 @@ EXPECTED = {
         "broker.key": 0o600,
         "ca.crt": 0o644,
         "service-ca.crt": 0o644,
+        "crl.pem": 0o644,
     },
     "management": {
         "management.crt": 0o644,
@@ -154,6 +155,7 @@ def test_each_process_holds_only_its_own_key_and_never_the_pki(
         "api.key": "servers/management-api.key",
         "ca.crt": "ca.crt",
         "service-ca.crt": "service-ca.crt",
+        "crl.pem": "crl.pem",
     }
     for process, files in EXPECTED.items():
         tls = _tls_folder(stack, process)

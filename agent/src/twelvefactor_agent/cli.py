@@ -131,7 +131,77 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="validate the configuration; exit 0 if good, 2 if not",
     )
+    _enrol_parser(sub)
     return parser
+
+
+def _enrol_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    import argparse
+
+    enrol = sub.add_parser(
+        "enrol",
+        help="make this device's keys and request, install the response (docs/enrolment.md)",
+    )
+    steps = enrol.add_subparsers(dest="step", required=True)
+    owners = argparse.ArgumentParser(add_help=False)
+    owners.add_argument("--data", type=Path, default=Path("/data"), help="the data partition")
+    owners.add_argument(
+        "--etc", type=Path, default=Path("/etc"), help="the device's /etc (for the owners' ids)"
+    )
+    owners.add_argument(
+        "--no-owners",
+        action="store_true",
+        help="keys stay 0600 with the caller's owner (a bench folder for refimage provision)",
+    )
+    req = steps.add_parser(
+        "request", parents=[owners], help="make the keys on --data; print the request (JSON)"
+    )
+    req.add_argument("--device-id", required=True)
+    req.add_argument(
+        "--hwrevision",
+        type=Path,
+        help="the board and revision file (default: <etc>/hwrevision if it exists)",
+    )
+    req.add_argument("-o", "--output", type=Path, help="also write the request to this file")
+    inst = steps.add_parser(
+        "install", parents=[owners], help="check RESPONSE against the keys, write /data's files"
+    )
+    inst.add_argument("response", type=Path, help="the hub's response (JSON), - for stdin")
+    inst.add_argument(
+        "--template",
+        type=Path,
+        help="the image's agent.toml (default: <etc>/twelvefactor/agent.toml)",
+    )
+
+
+def _enrol(args: argparse.Namespace) -> int:
+    """twelvefactor-agent enrol request|install (twelvefactor_agent.enrol.device)."""
+    from twelvefactor_agent.enrol.bundle import EnrolError, Hardware, Response
+    from twelvefactor_agent.enrol.device import Owners, install_response, make_request
+
+    try:
+        owners = None if args.no_owners else Owners.from_etc(args.etc)
+        if args.step == "request":
+            hw_file = args.hwrevision or args.etc / "hwrevision"
+            hardware = None
+            if args.hwrevision is not None or hw_file.exists():
+                hardware = Hardware.parse_hwrevision(hw_file.read_text())
+            made = make_request(args.data, args.device_id, hardware, owners)
+            text = made.to_json()
+            if args.output is not None:
+                args.output.write_text(text)
+            sys.stdout.write(text)
+            return 0
+        raw = sys.stdin.buffer.read() if str(args.response) == "-" else args.response.read_bytes()
+        template = args.template or args.etc / "twelvefactor" / "agent.toml"
+        for path in install_response(
+            args.data, Response.from_json(raw), template.read_text(), owners
+        ):
+            print(path)
+        return 0
+    except EnrolError as exc:
+        print(f"twelvefactor-agent: enrol {args.step}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def _socket_path(args: argparse.Namespace) -> Path:
@@ -223,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return Agent(config, doc).run()
         assert args is not None
+        if command == "enrol":
+            return _enrol(args)
         return _client_command(command, args)
     except ConfigError as exc:
         for problem in exc.problems:

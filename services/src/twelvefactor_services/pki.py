@@ -15,6 +15,13 @@ Layout of a PKI directory::
     servers/NAME.crt servers/NAME.key  broker server certificates
     services/NAME.crt services/NAME.key
     devices/ID/device.crt devices/ID/device.key devices/ID/ca.crt
+    crl.pem                            the device CA's revocation list (revoke)
+
+A device certificate is made either with its key here (``device``) or for a
+key the device made itself, from its certificate request (``sign_request``:
+enrolment, docs/enrolment.md); then no device key is ever here. ``revoke``
+puts a device's certificate on the CRL, which the broker is given with its
+own files and reads again the moment it changes.
 
 Private keys are created with mode 0600 from the start (never chmod'ed after).
 
@@ -111,6 +118,11 @@ class Credentials:
     @property
     def service_ca(self) -> Path:
         return self.folder / "service-ca.crt"
+
+    @property
+    def crl(self) -> Path:
+        """The device CA's revocation list (broker only)."""
+        return self.folder / "crl.pem"
 
     @property
     def artifact_cert(self) -> Path:
@@ -251,11 +263,25 @@ def _issue(
     sans: Sequence[x509.GeneralName] = (),
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
+    cert = _certificate(ca_cert, ca_key, common_name, key.public_key(), usage, validity, sans)
+    return cert, key
+
+
+def _certificate(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    common_name: str,
+    public_key: ec.EllipticCurvePublicKey,
+    usage: x509.ObjectIdentifier,
+    validity: Validity,
+    sans: Sequence[x509.GeneralName] = (),
+) -> x509.Certificate:
+    """The one certificate profile for servers, services and devices (``usage`` differs)."""
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(validity.not_before)
         .not_valid_after(validity.not_after)
@@ -275,14 +301,14 @@ def _issue(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(list(sans)), critical=False)
-    return builder.sign(ca_key, hashes.SHA256()), key
+    return builder.sign(ca_key, hashes.SHA256())
 
 
 class Pki:
@@ -384,6 +410,116 @@ class Pki:
         _write_cert(paths.ca, ca_cert)
         return paths
 
+    def sign_request(
+        self, device_id: str, request_pem: bytes, validity: Validity | None = None
+    ) -> CertPaths:
+        """A device certificate for the key in ``request_pem`` (PKCS#10), as ``device`` makes.
+
+        The request must be signed by its own key (proof the device holds it), name
+        exactly CN = ``device_id`` and hold a P-256 key. Only the certificate and
+        ``ca.crt`` are written: the key never left the device.
+        """
+        validate_device_id(device_id)
+        try:
+            csr = x509.load_pem_x509_csr(request_pem)
+        except ValueError as exc:
+            raise PkiError(f"not a PEM certificate request: {exc}") from None
+        if not csr.is_signature_valid:
+            raise PkiError("the certificate request's signature does not verify with its own key")
+        expected = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)])
+        if csr.subject != expected:
+            raise PkiError(
+                f"the certificate request names {csr.subject.rfc4514_string()!r}, "
+                f"expected exactly CN={device_id}"
+            )
+        public = csr.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+            raise PkiError("the certificate request's key is not an EC P-256 key")
+        ca_cert, ca_key = _load_ca(self.ca_cert, self.root / "ca.key")
+        paths = self.device_paths(device_id)
+        if paths.cert.exists():
+            raise PkiError(f"device {device_id!r} already has a certificate at {paths.cert}")
+        cert = _certificate(
+            ca_cert,
+            ca_key,
+            device_id,
+            public,
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+            validity or Validity.days(DEFAULT_DAYS),
+        )
+        _write_cert(paths.cert, cert)
+        _write_cert(paths.ca, ca_cert)
+        return paths
+
+    @property
+    def crl(self) -> Path:
+        return self.root / "crl.pem"
+
+    def revoked(self) -> dict[int, dt.datetime]:
+        """Serial -> revocation time of every certificate on the CRL (empty without one)."""
+        if not self.crl.exists():
+            return {}
+        crl = x509.load_pem_x509_crl(self.crl.read_bytes())
+        return {r.serial_number: r.revocation_date_utc for r in crl}
+
+    def revoke(self, device_id: str) -> int:
+        """Put the device's certificate on the CRL; its serial number.
+
+        The CRL is written anew (replacing the file in one step), signed by the
+        device CA. Revoking a certificate already on it changes nothing.
+        """
+        validate_device_id(device_id)
+        path = self.device_paths(device_id).cert
+        if not path.exists():
+            raise PkiError(f"device {device_id!r} has no certificate here ({path})")
+        serial = x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+        revoked = self.revoked()
+        if serial not in revoked:
+            revoked[serial] = dt.datetime.now(dt.UTC)
+            self.write_crl(revoked)
+        return serial
+
+    def write_crl(self, revoked: Mapping[int, dt.datetime] | None = None) -> Path:
+        """Sign the CRL (the entries on it now, or ``revoked``) and write it.
+
+        nextUpdate is a year ahead: the broker's plugin takes the newest CRL it
+        was given whatever its date, but OpenSSL refuses an expired one, so a
+        broker configured with ``crlfile`` needs it re-signed within the year.
+        """
+        ca_cert, ca_key = _load_ca(self.ca_cert, self.root / "ca.key")
+        entries = self.revoked() if revoked is None else revoked
+        now = dt.datetime.now(dt.UTC)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca_cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=365))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                critical=False,
+            )
+        )
+        for serial, when in sorted(entries.items()):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+            )
+        crl = builder.sign(ca_key, hashes.SHA256())
+        tmp = self.crl.with_name(".crl.pem.new")
+        tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        os.replace(tmp, self.crl)
+        return self.crl
+
+    def install_crl(self, folder: Path) -> Path:
+        """Replace the CRL in a broker's credentials folder (in one step: the broker
+        reads it again when it changes); the copy's path."""
+        dest = Credentials(folder, "broker").crl
+        if not folder.is_dir():
+            raise PkiError(f"{folder} is not a broker's credentials folder")
+        if not self.crl.exists():
+            self.write_crl()
+        _install(self.crl, dest, 0o644)
+        return dest
+
     def credentials(
         self,
         process: str,
@@ -405,6 +541,7 @@ class Pki:
                 out.cert: server.cert,
                 out.key: server.key,
                 out.service_ca: self.service_ca_cert,
+                out.crl: self.crl,
             }
         elif process in SERVICE_NAMES:
             own = self.service_paths(process)
@@ -430,6 +567,8 @@ class Pki:
     ) -> Credentials:
         """Copy ``credentials(process)`` into ``folder`` (see ``export_files``)."""
         files = self.credentials(process, broker=broker, artifacts=artifacts, api_server=api_server)
+        if process == "broker" and not self.crl.exists() and self.ca_cert.exists():
+            self.write_crl()  # an empty one: a PKI made before revocation existed
         # the CA certificates first: in a PKI not made yet, `init` is the command to name
         for source in sorted(files.values(), key=lambda path: path.parent != self.root):
             if not source.is_file():
@@ -458,6 +597,8 @@ def _maker(path: Path) -> str:
         return f"run 'twelvefactor-pki server {root.parent} {path.stem} --ip ADDRESS' first"
     if kind == "services":
         return f"run 'twelvefactor-pki service {root.parent} {path.stem}' first"
+    if path.name == "crl.pem":
+        return f"run 'twelvefactor-pki crl {root}' first"
     return f"run 'twelvefactor-pki init {root}' first"
 
 
@@ -499,6 +640,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("device", parents=[common], help="device client certificate")
     p.add_argument("id")
     p = sub.add_parser(
+        "sign", parents=[common], help="device certificate for a device's request (CSR, PEM)"
+    )
+    p.add_argument("id")
+    p.add_argument("request", type=Path, help="the device's certificate request (PEM)")
+    p = sub.add_parser("revoke", help="put a device's certificate on the CRL (crl.pem)")
+    p.add_argument("dir", type=Path, help="PKI directory")
+    p.add_argument("id")
+    p = sub.add_parser("crl", help="sign crl.pem again (the same entries, a new date)")
+    p.add_argument("dir", type=Path, help="PKI directory")
+    p = sub.add_parser(
         "export",
         help="copy what one process needs (its certificate and key, CA certificates) to a folder",
     )
@@ -512,6 +663,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--api-cert", default=API_SERVER, metavar="NAME", help="servers/NAME.crt")
     args = parser.parse_args(argv)
     pki = Pki(args.dir)
+    if args.command in ("revoke", "crl"):
+        try:
+            if args.command == "revoke":
+                print(f"{pki.revoke(args.id):x}")
+            print(pki.write_crl() if args.command == "crl" else pki.crl)
+        except PkiError as exc:
+            print(f"twelvefactor-pki: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "export":
         try:
             out = pki.export(
@@ -538,6 +698,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             paths = pki.server(args.name, args.dns, args.ip, validity)
         elif args.command == "service":
             paths = pki.service(args.name, validity)
+        elif args.command == "sign":
+            paths = pki.sign_request(args.id, args.request.read_bytes(), validity)
+            print(paths.cert)
+            return 0
         else:
             paths = pki.device(args.id, validity)
     except PkiError as exc:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import twelvefactor_agent
+from twelvefactor_agent.enrol.bundle import EnrolError, Hardware, Request
+
+from twelvefactor_services.hub.enrol import HubEnrolError, decommission, enrol, enrol_new
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import PlanError, provisioning
 from twelvefactor_services.hub.service import (
@@ -54,11 +59,104 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("device")
     p = sub.add_parser("peers", help="list tunnel peers as JSON")
     p.add_argument("root", type=Path)
+    p = sub.add_parser(
+        "enrol",
+        help="sign a device's request, add its peer, record it in the registry; "
+        "write the response (or, with --new, a whole /data bundle with keys made here)",
+    )
+    p.add_argument("root", type=Path)
+    p.add_argument("request", type=Path, nargs="?", help="the device's request (JSON), - for stdin")
+    p.add_argument("--new", metavar="ID", help="factory keys: make the device's keys here")
+    p.add_argument("--endpoint", required=True, help="the hub's address as the device reaches it")
+    p.add_argument("--group", help="the fleet group it joins (made if new)")
+    p.add_argument("--tag", action="append", default=[], help="a registry tag (repeatable)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="the response (JSON); with --new the bundle folder (must not exist)",
+    )
+    p.add_argument(
+        "--hwrevision", help="with --new: the device's 'board revision' (its /etc/hwrevision)"
+    )
+    p.add_argument(
+        "--agent-template",
+        type=Path,
+        help="with --new: the image's /etc/twelvefactor/agent.toml "
+        "(default: agent/config/agent.toml of this checkout)",
+    )
+    p = sub.add_parser(
+        "decommission",
+        help="revoke the device's certificate, remove its peer, mark it retired (history kept)",
+    )
+    p.add_argument("root", type=Path)
+    p.add_argument("device")
     p = sub.add_parser("provisioning", help="print a device's network.conf")
     p.add_argument("root", type=Path)
     p.add_argument("device")
     p.add_argument("--endpoint", required=True, help="the hub's address as the device reaches it")
     return parser
+
+
+def _agent_template(given: Path | None) -> str:
+    # agent/config/agent.toml beside the agent's sources: the file the recipe installs
+    shipped = Path(twelvefactor_agent.__file__).resolve().parents[2] / "config" / "agent.toml"
+    path = given or shipped
+    if not path.is_file():
+        raise HubEnrolError(
+            f"no agent.toml template at {path}: pass --agent-template with the image's "
+            "/etc/twelvefactor/agent.toml"
+        )
+    return path.read_text()
+
+
+def _enrolment(args: argparse.Namespace) -> int:
+    try:
+        if args.command == "decommission":
+            done = decommission(args.root, args.device)
+            print(json.dumps(dataclasses.asdict(done), indent=1))
+            return 0
+        if (args.new is None) == (args.request is None):
+            raise HubEnrolError("give either the device's REQUEST or --new ID")
+        if args.new is not None:
+            hardware = (
+                None if args.hwrevision is None else Hardware.parse_hwrevision(args.hwrevision)
+            )
+            bundle = enrol_new(
+                args.root,
+                args.new,
+                args.output,
+                endpoint=args.endpoint,
+                agent_template=_agent_template(args.agent_template),
+                hardware=hardware,
+                group=args.group,
+                tags=args.tag,
+            )
+            print(bundle)
+            print(
+                f"{PROG}: the device's private keys are in {bundle}/identity (0600): "
+                "put the bundle on the device, then delete it (refimage provision "
+                "--data-dir does)",
+                file=sys.stderr,
+            )
+            return 0
+        if args.hwrevision is not None or args.agent_template is not None:
+            raise HubEnrolError("--hwrevision and --agent-template go with --new only")
+        raw = sys.stdin.buffer.read() if str(args.request) == "-" else args.request.read_bytes()
+        response = enrol(
+            args.root,
+            Request.from_json(raw),
+            endpoint=args.endpoint,
+            group=args.group,
+            tags=args.tag,
+        )
+        args.output.write_text(response.to_json())
+        print(args.output)
+        return 0
+    except (HubEnrolError, EnrolError, OSError) as exc:
+        print(f"{PROG}: {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "serve":
             return serve_forever(args.root, args.interface)
+        if args.command in ("enrol", "decommission"):
+            return _enrolment(args)
         settings = load_settings(args.root)
         store = PeerStore(registry_path(args.root))
         try:

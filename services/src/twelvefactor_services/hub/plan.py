@@ -17,6 +17,8 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from twelvefactor_agent.enrol.datafiles import DataFileError, NetworkSettings
+
 NTP_PORT = 123
 TABLE = "twelvefactor_hub"
 
@@ -192,6 +194,38 @@ class ServicePorts:
         return [self.management_mqtt, self.solution_mqtt, self.management_https]
 
 
+def network_settings(
+    peer: Peer,
+    tunnel: Tunnel,
+    *,
+    hub_endpoint: str,
+    hub_port: int,
+    hub_public_key: str,
+    ports: ServicePorts,
+) -> NetworkSettings:
+    """The device's side of the tunnel: the hub's endpoint and key, the device's tunnel
+    addresses, the services (what network.conf holds, and an enrolment response)."""
+    try:
+        ipaddress.ip_address(hub_endpoint.strip("[]"))
+        v6 = peer.address_v6 is not None and tunnel.network_v6 is not None
+        return NetworkSettings(
+            hub_endpoint_address=hub_endpoint.strip("[]"),
+            hub_endpoint_port=hub_port,
+            hub_public_key=check_public_key(hub_public_key),
+            tunnel_address_v4=f"{peer.address_v4}/{tunnel.network_v4.prefixlen}",
+            service_address_v4=str(tunnel.hub_v4),
+            management_mqtt_port=ports.management_mqtt,
+            solution_mqtt_port=ports.solution_mqtt,
+            management_https_port=ports.management_https,
+            tunnel_address_v6=f"{peer.address_v6}/{tunnel.network_v6.prefixlen}"
+            if v6 and tunnel.network_v6 is not None
+            else None,
+            service_address_v6=str(tunnel.hub_v6) if v6 else None,
+        )
+    except (ValueError, DataFileError) as exc:
+        raise PlanError(f"--endpoint {hub_endpoint!r}: {exc}") from None
+
+
 def provisioning(
     peer: Peer,
     tunnel: Tunnel,
@@ -202,20 +236,13 @@ def provisioning(
     ports: ServicePorts,
 ) -> str:
     """The device's /data/provisioning/network.conf (the layer's twelvefactor-netconfig
-    reads it): the hub's endpoint and key, the device's tunnel addresses, the services."""
-    ipaddress.ip_address(hub_endpoint.strip("[]"))
-    lines = [
-        f"# tunnel of {peer.device}, written by twelvefactor-hub",
-        f"HUB_ENDPOINT_ADDRESS={hub_endpoint}",
-        f"HUB_ENDPOINT_PORT={hub_port}",
-        f"HUB_PUBLIC_KEY={check_public_key(hub_public_key)}",
-        f"TUNNEL_ADDRESS_V4={peer.address_v4}/{tunnel.network_v4.prefixlen}",
-        f"SERVICE_ADDRESS_V4={tunnel.hub_v4}",
-        f"MANAGEMENT_MQTT_PORT={ports.management_mqtt}",
-        f"SOLUTION_MQTT_PORT={ports.solution_mqtt}",
-        f"MANAGEMENT_HTTPS_PORT={ports.management_https}",
-    ]
-    if peer.address_v6 is not None and tunnel.network_v6 is not None:
-        lines.append(f"TUNNEL_ADDRESS_V6={peer.address_v6}/{tunnel.network_v6.prefixlen}")
-        lines.append(f"SERVICE_ADDRESS_V6={tunnel.hub_v6}")
-    return "\n".join(lines) + "\n"
+    reads it), rendered as enrolment renders it (twelvefactor_agent.enrol.datafiles)."""
+    settings = network_settings(
+        peer,
+        tunnel,
+        hub_endpoint=hub_endpoint,
+        hub_port=hub_port,
+        hub_public_key=hub_public_key,
+        ports=ports,
+    )
+    return settings.network_conf(f"tunnel of {peer.device}, written by twelvefactor-hub")

@@ -15,6 +15,12 @@ root folder:
   broker/, management/, solution/   the broker and the services (services_stack.py),
                       each with its own credentials copied into tls/ (docs/pki.md)
 
+The device CA's CRL (pki/crl.pem, which `decommission` writes) is compared
+with the broker's copy every second too: a new one is copied to the broker,
+which is sent SIGHUP, reads it and disconnects the devices it lists
+(broker.py). It is signed again a month before it would expire, because the
+broker's TLS check refuses every device once its CRL has expired.
+
 Peers come from the registry's `tunnel_peers` table and are re-read every
 second: adding a device takes effect without a restart (`wg syncconf` keeps
 the sessions of the others). A peer that has gone quiet is removed and added
@@ -25,6 +31,7 @@ device whose clock went back (hub/stale.py).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import signal
@@ -36,6 +43,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from cryptography import x509
+
+from twelvefactor_services.broker import BrokerError
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import (
     NTP_PORT,
@@ -50,10 +60,12 @@ from twelvefactor_services.hub.plan import (
 )
 from twelvefactor_services.hub.stale import DEFAULT_AFTER, StaleTracker, parse_dump
 from twelvefactor_services.ntp import SntpServer
+from twelvefactor_services.pki import PkiError
 from twelvefactor_services.process import CommandError, run, stop
 from twelvefactor_services.services_stack import ServicesStack, make_pki
 
 MIN_STALE_AFTER = 30.0
+CRL_RESIGN_DAYS = 30  # the CRL is signed again this long before its nextUpdate
 
 
 class HubError(RuntimeError):
@@ -228,6 +240,23 @@ class Hub:
         self._applied = peers
         return True
 
+    def sync_crl(self) -> bool:
+        """Give the broker the PKI's CRL if it changed, and make it read it; True if so."""
+        pki = self.stack.pki
+        if pki.crl.exists():
+            crl = x509.load_pem_x509_crl(pki.crl.read_bytes())
+            if crl.next_update_utc is None or crl.next_update_utc - dt.datetime.now(
+                dt.UTC
+            ) < dt.timedelta(days=CRL_RESIGN_DAYS):
+                pki.write_crl()
+        copy = self.stack.credentials["broker"].crl
+        if pki.crl.exists() and copy.exists() and pki.crl.read_bytes() == copy.read_bytes():
+            return False
+        pki.install_crl(copy.parent)
+        self.stack.broker.reload()
+        print("twelvefactor-hub: the broker was given the new CRL", flush=True)
+        return True
+
     def forget_quiet_peers(self, now: float) -> list[str]:
         """Remove and re-add the peers that went quiet; their device ids."""
         rx = parse_dump(run("wg", "show", self.interface, "dump"))
@@ -253,6 +282,10 @@ class Hub:
                 self.forget_quiet_peers(time.monotonic())
             except (PlanError, HubError, CommandError, ValueError) as exc:
                 print(f"twelvefactor-hub: peers not applied: {exc}", flush=True)
+            try:
+                self.sync_crl()
+            except (OSError, ValueError, BrokerError, PkiError) as exc:
+                print(f"twelvefactor-hub: CRL not applied: {exc}", flush=True)
 
     def stop(self) -> None:
         self.stack.stop()

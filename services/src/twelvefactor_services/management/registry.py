@@ -1,14 +1,24 @@
-"""The device registry in SQLite (WAL, busy timeout: several service copies share it)."""
+"""The device registry in SQLite (WAL, busy timeout: several service copies share it).
+
+A device appears in `devices` on first contact. Enrolment (`twelvefactor-hub
+enrol`) records it before that in `enrolments`: its hardware, tags, the
+certificate it was given and when; decommissioning marks it retired there
+(when, and the group it left) and keeps every other row, its online history
+included. `get_device` and `list_devices` show both.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from twelvefactor_agent.protocol.names import FLEET_GROUP_RE
 
 from twelvefactor_services.management.configlogic import Overlay, effective
 from twelvefactor_services.management.logic import (
@@ -54,6 +64,15 @@ CREATE TABLE IF NOT EXISTS config_groups (
 CREATE TABLE IF NOT EXISTS config_members (
     device TEXT PRIMARY KEY,            -- a device is in at most one group
     grp TEXT NOT NULL REFERENCES config_groups(name)
+);
+CREATE TABLE IF NOT EXISTS enrolments (
+    device TEXT PRIMARY KEY,
+    hardware TEXT,                      -- JSON {board, revision} from the device's request
+    tags TEXT NOT NULL,                 -- JSON list, sorted
+    certificate_serial TEXT,            -- hex
+    enrolled REAL,                      -- NULL: made before enrolment existed, retired since
+    retired REAL,                       -- when it was decommissioned, or NULL
+    retired_group TEXT                  -- the fleet group it was in then
 );
 CREATE TABLE IF NOT EXISTS device_config (
     device TEXT PRIMARY KEY,
@@ -251,6 +270,76 @@ class Registry:
                     out[device] = self._refresh(device, now)
             return out
 
+    # -- enrolment ----------------------------------------------------------------------
+
+    def enrol(
+        self,
+        device: str,
+        *,
+        hardware: dict[str, str] | None,
+        group: str | None,
+        tags: list[str],
+        certificate_serial: int,
+        now: float,
+    ) -> dict[str, Any]:
+        """Record an enrolled device and, with ``group``, make it a member (the group is
+        made with an empty configuration if it does not exist), in one transaction."""
+        with write(self.db):
+            kept = check_enrolment(self.db, device, group, tags)
+            self.db.execute(
+                "INSERT INTO enrolments (device, hardware, tags, certificate_serial, enrolled)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    device,
+                    None if hardware is None else json.dumps(hardware),
+                    json.dumps(kept),
+                    f"{certificate_serial:x}",
+                    now,
+                ),
+            )
+            if group is not None:
+                self.db.execute(
+                    "INSERT OR IGNORE INTO config_groups (name, overlay, updated)"
+                    " VALUES (?, '{}', ?)",
+                    (group, now),
+                )
+                self._ensure_config_row(device, now)
+                self.db.execute(
+                    "INSERT INTO config_members (device, grp) VALUES (?, ?)", (device, group)
+                )
+                self._refresh(device, now)
+        found = enrolment(self.db, device)
+        assert found is not None
+        return found
+
+    def retire(self, device: str, now: float, certificate_serial: int | None) -> dict[str, Any]:
+        """Mark a device retired and take it out of its fleet group (no group job or
+        configuration is made for it again); every other row stays, its online history
+        included. A device made before enrolment existed gets its enrolment row now.
+        Its enrolment as ``enrolment`` shows it."""
+        with write(self.db):
+            row = self.db.execute(
+                "SELECT retired FROM enrolments WHERE device = ?", (device,)
+            ).fetchone()
+            if row is not None and row["retired"] is not None:
+                raise EnrolmentError(f"{device} was already decommissioned")
+            if row is None:
+                self.db.execute(
+                    "INSERT INTO enrolments (device, tags, certificate_serial) VALUES (?, '[]', ?)",
+                    (device, None if certificate_serial is None else f"{certificate_serial:x}"),
+                )
+            member = self.db.execute(
+                "SELECT grp FROM config_members WHERE device = ?", (device,)
+            ).fetchone()
+            self.db.execute(
+                "UPDATE enrolments SET retired = ?, retired_group = ? WHERE device = ?",
+                (now, None if member is None else member["grp"], device),
+            )
+            self.db.execute("DELETE FROM config_members WHERE device = ?", (device,))
+        found = enrolment(self.db, device)
+        assert found is not None
+        return found
+
     def unpublished(self) -> list[tuple[str, int, Overlay]]:
         """Desired configurations not yet published: (device, version, config)."""
         rows = self.db.execute(
@@ -350,6 +439,63 @@ def list_groups(db: sqlite3.Connection) -> list[dict[str, Any]]:
     return [g for g in (group_config(db, n) for n in names) if g is not None]
 
 
+# -- enrolment ------------------------------------------------------------------------
+
+TAG_RE = re.compile(r"[a-z0-9][a-z0-9_.:=-]{0,62}")
+
+
+class EnrolmentError(ValueError):
+    """An enrolment or decommission the registry refuses; the message says why."""
+
+
+def check_tags(tags: list[str]) -> list[str]:
+    for tag in tags:
+        if not TAG_RE.fullmatch(tag):
+            raise EnrolmentError(f"invalid tag {tag!r}: must match [a-z0-9][a-z0-9_.:=-]{{0,62}}")
+    return sorted(set(tags))
+
+
+def check_enrolment(
+    db: sqlite3.Connection, device: str, group: str | None, tags: list[str]
+) -> list[str]:
+    """EnrolmentError unless ``device`` may be enrolled now; the tags as kept."""
+    row = db.execute("SELECT retired FROM enrolments WHERE device = ?", (device,)).fetchone()
+    if row is not None:
+        state = "was decommissioned" if row["retired"] is not None else "is already enrolled"
+        raise EnrolmentError(
+            f"{device} {state}: a device id is enrolled once (its history stays with it)"
+        )
+    if group is not None and not FLEET_GROUP_RE.fullmatch(group):
+        raise EnrolmentError(f"invalid group {group!r}: must match [a-z0-9][a-z0-9_-]{{0,62}}")
+    return check_tags(tags)
+
+
+def enrolment(db: sqlite3.Connection, device: str) -> dict[str, Any] | None:
+    row = db.execute("SELECT * FROM enrolments WHERE device = ?", (device,)).fetchone()
+    return None if row is None else _enrolment(row)
+
+
+def _enrolment(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "hardware": json.loads(row["hardware"]) if row["hardware"] else None,
+        "tags": json.loads(row["tags"]),
+        "certificate_serial": row["certificate_serial"],
+        "enrolled": row["enrolled"],
+        "retired": None
+        if row["retired"] is None
+        else {"at": row["retired"], "group": row["retired_group"]},
+    }
+
+
+_NOT_ENROLLED: dict[str, Any] = {
+    "hardware": None,
+    "tags": [],
+    "certificate_serial": None,
+    "enrolled": None,
+    "retired": None,
+}
+
+
 def _device(row: sqlite3.Row, *, full: bool) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": row["id"],
@@ -359,19 +505,39 @@ def _device(row: sqlite3.Row, *, full: bool) -> dict[str, Any]:
         "health_ts": row["health_ts"],
         "meta_ts": row["meta_ts"],
     }
+    enrolled = dict(_NOT_ENROLLED) if row["tags"] is None else _enrolment(row)
+    if not full:
+        enrolled.pop("certificate_serial")
+    out |= enrolled
     if full:
         out["health"] = json.loads(row["health"]) if row["health"] else None
         out["meta"] = json.loads(row["meta"]) if row["meta"] else None
     return out
 
 
+# A device enrolled but never seen has a row in `enrolments` only: it is shown with
+# first_seen and online null. The columns of both tables, side by side.
+_DEVICES_AND_ENROLMENTS = """
+SELECT d.id, d.first_seen, d.online, d.last_online_change, d.health, d.health_ts, d.meta,
+       d.meta_ts, e.hardware, e.tags, e.certificate_serial, e.enrolled, e.retired,
+       e.retired_group
+  FROM devices d LEFT JOIN enrolments e ON e.device = d.id
+UNION ALL
+SELECT e.device, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.hardware, e.tags,
+       e.certificate_serial, e.enrolled, e.retired, e.retired_group
+  FROM enrolments e WHERE e.device NOT IN (SELECT id FROM devices)
+"""
+
+
 def list_devices(db: sqlite3.Connection) -> list[dict[str, Any]]:
-    rows = db.execute("SELECT * FROM devices ORDER BY id").fetchall()
+    rows = db.execute(f"SELECT * FROM ({_DEVICES_AND_ENROLMENTS}) ORDER BY id").fetchall()
     return [_device(r, full=False) for r in rows]
 
 
 def get_device(db: sqlite3.Connection, device: str) -> dict[str, Any] | None:
-    row = db.execute("SELECT * FROM devices WHERE id = ?", (device,)).fetchone()
+    row = db.execute(
+        f"SELECT * FROM ({_DEVICES_AND_ENROLMENTS}) WHERE id = ?", (device,)
+    ).fetchone()
     return None if row is None else _device(row, full=True)
 
 
