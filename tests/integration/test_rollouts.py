@@ -23,6 +23,7 @@ from test_artifacts import make_swu
 from twelvefactor_agent.protocol.topics import mgmt_down, mgmt_up
 from twelvefactor_agent.update.decide import decide, parse_job
 from twelvefactor_agent.update.download import ClientIdentity, download
+from twelvefactor_services.management.registry import Registry
 
 from testbed.hostagent import HostAgent
 from testbed.probe import Probe, ProbeError
@@ -225,3 +226,29 @@ def test_a_good_release_goes_through_every_phase_and_a_cancel_stops_the_next(
     assert all(d["job"] is None for d in r["devices"])
     done = run_cli(stack, management, "rollout", "resume", later)
     assert done.returncode == 1 and f"rollout {later} has ended (cancelled)" in done.stderr
+
+
+def test_a_rollout_by_tags_takes_the_enrolled_devices_with_all_of_them(
+    stack: Stack, management: ServiceProcess, tmp_path: Path
+) -> None:
+    reg = Registry(stack.registry_db)
+    try:
+        for i, tags in enumerate([["bench", "site:b"], ["bench"], ["bench", "site:b"], ["site:b"]]):
+            reg.enrol(
+                f"tag-{i}", hardware=None, group=None, tags=tags, certificate_serial=i + 1, now=1.0
+            )
+        reg.retire("tag-2", 2.0, None)  # decommissioned: never in a rollout again
+    finally:
+        reg.close()
+    added = json.loads(cli(stack, management, "artifact", "add", str(make_swu(tmp_path / "t.swu"))))
+    made = cli(
+        stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
+        "--tags", "bench,site:b", "--json",
+    )  # fmt: skip
+    r = json.loads(made)
+    assert r["tags"] == ["bench", "site:b"] and [d["device"] for d in r["devices"]] == ["tag-0"]
+    done = run_cli(
+        stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
+        "--devices", "tag-1,tag-2",
+    )  # fmt: skip
+    assert done.returncode == 1 and "decommissioned: tag-2" in done.stderr

@@ -61,7 +61,7 @@ def test_every_problem_is_listed() -> None:
     assert info.value.problems == [
         "unknown field 'colour'",
         "artifact must be the artifact's sha256",
-        "give exactly one target: group or devices",
+        "give exactly one target: group, devices or tags",
         "devices lists a device twice",
         'phase 1: {"count": N > 0} or {"percent": 0 < P <= 100}',
         'phase 2: {"count": N > 0} or {"percent": 0 < P <= 100}',
@@ -72,6 +72,12 @@ def test_every_problem_is_listed() -> None:
     ]
     with pytest.raises(RolloutError, match="give exactly one target"):
         parse_spec({"artifact": SHA})
+    with pytest.raises(RolloutError, match="tags must be a list of 1 to 20 tags"):
+        parse_spec({"artifact": SHA, "tags": ["Site Berlin"]})
+    assert parse_spec({"artifact": SHA, "tags": ["site:b", "bench", "bench"]}).tags == (
+        "bench",
+        "site:b",
+    )
     with pytest.raises(RolloutError, match="JSON object"):
         parse_spec([SHA])
 

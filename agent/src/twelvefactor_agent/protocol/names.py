@@ -23,5 +23,7 @@ PATH_RE = re.compile(r"/[A-Za-z0-9\-._~%!$&'()*+,;=:@/]*")
 QUEUE_ID_RE = re.compile(r"[0-9a-f]{16}")
 # A fleet group in the management service (not a Unix group).
 FLEET_GROUP_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# A fleet tag given at enrolment (`twelvefactor-hub enrol --tag`), e.g. `site:berlin`.
+TAG_RE = re.compile(r"[a-z0-9][a-z0-9_.:=-]{0,62}")
 # An HTTP header name (RFC 9110 token), bounded.
 HEADER_NAME_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")

@@ -240,7 +240,11 @@ def _bar(done: int, size: int, width: int = 20) -> str:
 
 
 def _print_rollout(r: dict[str, Any]) -> None:
-    target = f"group {r['group']}" if r["group"] else f"{len(r['devices'] or [])} devices"
+    target = f"{len(r['devices'] or [])} devices"
+    if r["group"]:
+        target = f"group {r['group']}"
+    elif r.get("tags"):
+        target = f"devices tagged {', '.join(r['tags'])}"
     print(f"rollout {r['id']}  {r['state']}  phase {r['phase']} of {len(r['phase_progress'])}")
     print(f"  artifact {r['artifact'][:12]}, {target}, by {r['created_by']} at {iso(r['created'])}")
     print(
@@ -274,6 +278,8 @@ def _rollout(api: ManagementClient, args: argparse.Namespace) -> int:
         }
         if args.group:
             body["group"] = args.group
+        elif args.tags:
+            body["tags"] = [t for t in args.tags.split(",") if t]
         else:
             body["devices"] = [d for d in args.devices.split(",") if d]
         if args.start is not None:
@@ -547,6 +553,7 @@ def _fleet_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--group", metavar="NAME")
     target.add_argument("--devices", metavar="ID,ID,...")
+    target.add_argument("--tags", metavar="TAG,TAG,...", help="enrolled devices with all these")
     p.add_argument(
         "--phase",
         action="append",

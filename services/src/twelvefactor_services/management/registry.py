@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from twelvefactor_agent.protocol.names import FLEET_GROUP_RE
+from twelvefactor_agent.protocol.names import FLEET_GROUP_RE, TAG_RE
 
 from twelvefactor_services.management.configlogic import Overlay, effective
 from twelvefactor_services.management.logic import (
@@ -440,8 +439,6 @@ def list_groups(db: sqlite3.Connection) -> list[dict[str, Any]]:
 
 
 # -- enrolment ------------------------------------------------------------------------
-
-TAG_RE = re.compile(r"[a-z0-9][a-z0-9_.:=-]{0,62}")
 
 
 class EnrolmentError(ValueError):

@@ -1,6 +1,7 @@
 """Phased rollouts: the rules, without I/O (rolloutstore.py keeps them in the registry).
 
-A rollout is an artifact, a target (a group or a list of devices), phases,
+A rollout is an artifact, a target (a group, a list of devices, or the
+enrolled devices that carry every one of some tags), phases,
 a success threshold that moves it to the next phase and an error threshold
 that pauses (or aborts) it, and an optional start time. Anchors: hawkBit's
 rollout groups with success and error thresholds, AWS IoT Jobs' abort
@@ -28,7 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from twelvefactor_agent.protocol.names import DEVICE_ID_RE, FLEET_GROUP_RE, SHA256_RE
+from twelvefactor_agent.protocol.names import DEVICE_ID_RE, FLEET_GROUP_RE, SHA256_RE, TAG_RE
 
 SCHEDULED, RUNNING, PAUSED = "scheduled", "running", "paused"
 FINISHED, ABORTED, CANCELLED = "finished", "aborted", "cancelled"
@@ -61,6 +62,7 @@ class Spec:
     group: str | None
     devices: tuple[str, ...] | None
     phases: tuple[Phase, ...]
+    tags: tuple[str, ...] | None = None  # devices enrolled with every one of these tags
     success_percent: float = 100.0
     success_min: int = 1
     error_percent: float = 20.0
@@ -88,6 +90,7 @@ def parse_spec(doc: object) -> Spec:
         "artifact",
         "group",
         "devices",
+        "tags",
         "phases",
         "success_percent",
         "success_min",
@@ -101,9 +104,15 @@ def parse_spec(doc: object) -> Spec:
     artifact = doc.get("artifact")
     if not isinstance(artifact, str) or not SHA256_RE.fullmatch(artifact):
         problems.append("artifact must be the artifact's sha256")
-    group, devices = doc.get("group"), doc.get("devices")
-    if (group is None) == (devices is None):
-        problems.append("give exactly one target: group or devices")
+    group, devices, tags = doc.get("group"), doc.get("devices"), doc.get("tags")
+    if [group, devices, tags].count(None) != 2:
+        problems.append("give exactly one target: group, devices or tags")
+    if tags is not None and (
+        not isinstance(tags, list)
+        or not 0 < len(tags) <= 20
+        or not all(isinstance(t, str) and TAG_RE.fullmatch(t) for t in tags)
+    ):
+        problems.append("tags must be a list of 1 to 20 tags")
     if group is not None and (not isinstance(group, str) or not FLEET_GROUP_RE.fullmatch(group)):
         problems.append(f"group {group!r} is not a group name")
     if devices is not None:
@@ -155,6 +164,7 @@ def parse_spec(doc: object) -> Spec:
         group=group,
         devices=None if devices is None else tuple(devices),
         phases=tuple(phases),
+        tags=None if tags is None else tuple(sorted(set(tags))),
         success_percent=float(_or(values["success_percent"], defaults.success_percent)),
         success_min=int(_or(values["success_min"], defaults.success_min)),
         error_percent=float(_or(values["error_percent"], defaults.error_percent)),

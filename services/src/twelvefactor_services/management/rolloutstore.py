@@ -83,6 +83,7 @@ def _spec_json(spec: Spec) -> str:
             "artifact": spec.artifact,
             "group": spec.group,
             "devices": None if spec.devices is None else list(spec.devices),
+            "tags": None if spec.tags is None else list(spec.tags),
             "phases": [p.to_json() for p in spec.phases],
             "success_percent": spec.success_percent,
             "success_min": spec.success_min,
@@ -98,6 +99,7 @@ def _spec(text: str) -> Spec:
     doc = json.loads(text)
     doc["phases"] = tuple(Phase(**p) for p in doc["phases"])
     doc["devices"] = None if doc["devices"] is None else tuple(doc["devices"])
+    doc["tags"] = None if doc.get("tags") is None else tuple(doc["tags"])
     return Spec(**doc)
 
 
@@ -119,13 +121,25 @@ def create(
         raise RolloutError([f"unknown artifact {spec.artifact!r}"])
     rollout = "r-" + secrets.token_hex(6)
     with registry.write(db):
+        retired = {
+            r[0] for r in db.execute("SELECT device FROM enrolments WHERE retired IS NOT NULL")
+        }
         if spec.group is not None:
             rows = db.execute("SELECT device FROM config_members WHERE grp = ?", (spec.group,))
-            devices = sorted(r[0] for r in rows)
+            devices = sorted(r[0] for r in rows if r[0] not in retired)
             if not devices:
                 raise RolloutError([f"group {spec.group!r} has no members"])
+        elif spec.tags is not None:
+            wanted = set(spec.tags)
+            rows = db.execute("SELECT device, tags FROM enrolments WHERE retired IS NULL")
+            devices = sorted(r[0] for r in rows if wanted <= set(json.loads(r[1])))
+            if not devices:
+                raise RolloutError([f"no enrolled device has the tags {', '.join(spec.tags)}"])
         else:
             devices = list(spec.devices or ())
+            gone = sorted(set(devices) & retired)
+            if gone:
+                raise RolloutError([f"decommissioned: {', '.join(gone)}"])
         sizes = phase_sizes(len(devices), spec.phases)
         db.execute(
             "INSERT INTO rollouts (id, spec, state, phases, created, created_by, updated)"
