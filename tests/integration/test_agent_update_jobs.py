@@ -29,7 +29,7 @@ def _device_state(management: ServiceProcess, job: str) -> dict[str, Any]:
 
 
 def _new_job(stack: Stack, management: ServiceProcess, swu: Path) -> str:
-    art = json.loads(cli(stack, "artifact", "add", str(swu)).stdout)
+    art = json.loads(cli(stack, "artifact", "add", "--json", str(swu)).stdout)
     status, job = http_send(
         management, "POST", "/jobs", {"artifact": art["sha256"], "device": DEVICE}
     )

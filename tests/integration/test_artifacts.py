@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -62,38 +63,53 @@ def identity(stack: Stack, device: str) -> ClientIdentity:
 
 def test_artifact_cli(stack: Stack, management: ServiceProcess, tmp_path: Path) -> None:
     swu = make_swu(tmp_path / "a.swu", "2.1")
-    r = cli(stack, "artifact", "add", str(swu), "--version", "2.2")
+    r = cli(stack, "artifact", "add", "--json", str(swu), "--version", "2.2")
     assert r.returncode == 2 and "says version '2.1', not '2.2'" in r.stderr
-    r = cli(stack, "artifact", "add", str(swu), "--hardware", "qemux86-64=1.1")
+    r = cli(stack, "artifact", "add", "--json", str(swu), "--hardware", "qemux86-64=1.1")
     assert r.returncode == 2 and "hardware" in r.stderr
     (tmp_path / "bad.swu").write_bytes(b"PK\x03\x04 not a cpio archive" * 10)
-    r = cli(stack, "artifact", "add", str(tmp_path / "bad.swu"))
+    r = cli(stack, "artifact", "add", "--json", str(tmp_path / "bad.swu"))
     assert r.returncode == 2 and "not a cpio newc archive" in r.stderr
     # A version every agent would refuse is refused here (issue 19, finding 16).
-    r = cli(stack, "artifact", "add", str(make_swu(tmp_path / "rc.swu", "2.0-rc1")))
+    r = cli(stack, "artifact", "add", "--json", str(make_swu(tmp_path / "rc.swu", "2.0-rc1")))
     assert r.returncode == 2 and "version '2.0-rc1' is not numbers separated by dots" in r.stderr
-    r = cli(stack, "artifact", "add", str(swu), "--version", "2.1", "--hardware", "qemux86-64=1.0")
+    r = cli(
+        stack,
+        "artifact",
+        "add",
+        "--json",
+        str(swu),
+        "--version",
+        "2.1",
+        "--hardware",
+        "qemux86-64=1.0",
+    )
     assert r.returncode == 0, r.stderr
     art = json.loads(r.stdout)
     assert art["version"] == "2.1" and art["hardware"] == {"qemux86-64": ["1.0"]}
     assert art["size"] == swu.stat().st_size
     assert (stack.artifact_dir / f"{art['sha256']}.swu").read_bytes() == swu.read_bytes()
-    again = json.loads(cli(stack, "artifact", "add", str(swu)).stdout)
+    again = json.loads(cli(stack, "artifact", "add", "--json", str(swu)).stdout)
     assert again == art  # the same file is the same artifact
+    r = cli(stack, "artifact", "show", art["sha256"][:8])  # as people read it: ISO 8601 times
+    assert r.stdout.startswith(f"artifact {art['sha256']}\n"), r.stdout
+    assert re.search(r"version 2\.1, \d+ bytes, added \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]", r.stdout)
     r = cli(stack, "artifact", "list")
     assert art["sha256"][:12] in r.stdout and "1 artifact(s)" in r.stdout
-    r = cli(stack, "job", "create", "--artifact", "0" * 64, "--device", "dev-001")
+    r = cli(stack, "job", "create", "--json", "--artifact", "0" * 64, "--device", "dev-001")
     assert r.returncode == 1 and f"no artifact '{'0' * 64}'" in r.stderr
     # the id as `artifact list` shows it is enough (any unique prefix, as git does)
-    r = cli(stack, "job", "create", "--artifact", art["sha256"][:12], "--device", "dev-001")
+    r = cli(
+        stack, "job", "create", "--json", "--artifact", art["sha256"][:12], "--device", "dev-001"
+    )
     assert r.returncode == 0, r.stderr
     job = json.loads(r.stdout)
     assert job["devices"][0]["state"] == "queued" and job["target"] == "device:dev-001"
-    r = cli(stack, "job", "create", "--artifact", art["sha256"], "--device", "dev-001")
+    r = cli(stack, "job", "create", "--json", "--artifact", art["sha256"], "--device", "dev-001")
     assert r.returncode == 1 and "unfinished job for dev-001" in r.stderr
-    r = cli(stack, "job", "show", job["id"][:5])
+    r = cli(stack, "job", "show", "--json", job["id"][:5])
     assert json.loads(r.stdout) == job
-    assert cli(stack, "job", "show", "j-nope").returncode == 1
+    assert cli(stack, "job", "show", "--json", "j-nope").returncode == 1
     r = cli(stack, "job", "list")
     assert job["id"] in r.stdout and "1 queued" in r.stdout
 
@@ -124,7 +140,7 @@ def test_job_end_to_end(
     tmp_path: Path,
 ) -> None:
     swu = make_swu(tmp_path / "u.swu", "2.0")
-    art = json.loads(cli(stack, "artifact", "add", str(swu)).stdout)
+    art = json.loads(cli(stack, "artifact", "add", "--json", str(swu)).stdout)
     status, listed = http_get(management, "/artifacts")
     assert status == 200 and [a["sha256"] for a in listed] == [art["sha256"]]
     status, _body = http_send(management, "POST", "/jobs", {"artifact": art["sha256"]})
@@ -195,8 +211,10 @@ def test_group_job_and_failure_reason(
     probes: Callable[..., Probe],
     tmp_path: Path,
 ) -> None:
-    art = json.loads(cli(stack, "artifact", "add", str(make_swu(tmp_path / "g.swu"))).stdout)
-    r = cli(stack, "job", "create", "--artifact", art["sha256"], "--group", "field")
+    art = json.loads(
+        cli(stack, "artifact", "add", "--json", str(make_swu(tmp_path / "g.swu"))).stdout
+    )
+    r = cli(stack, "job", "create", "--json", "--artifact", art["sha256"], "--group", "field")
     assert r.returncode == 1 and "has no members" in r.stderr
     assert http_send(management, "PUT", "/groups/field/config", {})[0] == 200
     assert (
@@ -230,13 +248,17 @@ def test_foreign_and_malformed_reports_and_a_restart(
     probes: Callable[..., Probe],
     tmp_path: Path,
 ) -> None:
-    art = json.loads(cli(stack, "artifact", "add", str(make_swu(tmp_path / "r.swu"))).stdout)
+    art = json.loads(
+        cli(stack, "artifact", "add", "--json", str(make_swu(tmp_path / "r.swu"))).stdout
+    )
     status, body = http_send(
         management, "POST", "/jobs", {"artifact": "f" * 64, "device": "dev-001"}
     )
     assert status == 409 and "unknown artifact" in body["problems"][0]
     job = json.loads(
-        cli(stack, "job", "create", "--artifact", art["sha256"], "--device", "dev-001").stdout
+        cli(
+            stack, "job", "create", "--json", "--artifact", art["sha256"], "--device", "dev-001"
+        ).stdout
     )
     other = probes(stack.management_endpoint, stack.device("dev-002"), "dev-002-mgmt")
     # another device reporting this job's id moves nothing
@@ -292,13 +314,13 @@ def test_with_the_signing_certificate_what_no_device_would_install_is_refused(
         hardware=[parse_hardware("qemux86-64=1.0")],
         signer=None,
     ).path
-    r = cli(stack, "artifact", "add", str(unsigned))
+    r = cli(stack, "artifact", "add", "--json", str(unsigned))
     assert r.returncode == 2, r.stderr
     assert "devices would refuse it (twelvefactor-dev-update.crt)" in r.stderr, r.stderr
     assert "signature" in r.stderr
-    r = cli(stack, "artifact", "add", str(make_swu(tmp_path / "nohw.swu", "3.2")))
+    r = cli(stack, "artifact", "add", "--json", str(make_swu(tmp_path / "nohw.swu", "3.2")))
     assert r.returncode == 2 and "signature" in r.stderr, r.stderr
-    r = cli(stack, "artifact", "add", str(signed))
+    r = cli(stack, "artifact", "add", "--json", str(signed))
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["version"] == "3.0"
     listed = cli(stack, "artifact", "list", "--json")

@@ -155,7 +155,9 @@ def test_a_release_that_fails_in_the_first_phase_never_reaches_the_second(
     fleet: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    added = json.loads(cli(stack, management, "artifact", "add", str(make_swu(tmp_path / "a.swu"))))
+    added = json.loads(
+        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "a.swu")))
+    )
     made = cli(
         stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
         "--devices", ",".join(DEVICES), "--phase", "4", "--phase", "50%", "--phase", "100%",
@@ -196,7 +198,9 @@ def test_a_good_release_goes_through_every_phase_and_a_cancel_stops_the_next(
     tmp_path: Path,
 ) -> None:
     good = [d for d in DEVICES if d not in REFUSING]
-    added = json.loads(cli(stack, management, "artifact", "add", str(make_swu(tmp_path / "g.swu"))))
+    added = json.loads(
+        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "g.swu")))
+    )
     cli(stack, management, "config", "group", "set", "field", "--set-json", "{}")
     cli(stack, management, "config", "group", "add", "field", *good)
     made = cli(
@@ -212,7 +216,9 @@ def test_a_good_release_goes_through_every_phase_and_a_cancel_stops_the_next(
 
     # a second release, cancelled while it waits for its start time, sends nothing
     second = json.loads(
-        cli(stack, management, "artifact", "add", str(make_swu(tmp_path / "h.swu", "2.1")))
+        cli(
+            stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "h.swu", "2.1"))
+        )
     )
     made = cli(
         stack, management, "rollout", "create", "--artifact", second["sha256"][:8],
@@ -240,7 +246,9 @@ def test_a_rollout_by_tags_takes_the_enrolled_devices_with_all_of_them(
         reg.retire("tag-2", 2.0, None)  # decommissioned: never in a rollout again
     finally:
         reg.close()
-    added = json.loads(cli(stack, management, "artifact", "add", str(make_swu(tmp_path / "t.swu"))))
+    added = json.loads(
+        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "t.swu")))
+    )
     made = cli(
         stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
         "--tags", "bench,site:b", "--json",

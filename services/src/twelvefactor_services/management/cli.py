@@ -156,6 +156,20 @@ def _hardware_text(hardware: dict[str, list[str]]) -> str:
     return " ".join(f"{b or '*'}={','.join(r)}" for b, r in hardware.items())
 
 
+def _print_artifact(a: dict[str, Any]) -> None:
+    print(f"artifact {a['sha256']}")
+    print(f"  version {a['version']}, {a['size']} bytes, added {iso(a['added'])}")
+    print(f"  hardware {_hardware_text(a['hardware'])}")
+
+
+def _print_job(j: dict[str, Any]) -> None:
+    print(f"job {j['id']}  artifact {j['artifact'][:12]}  {j['target']}  {iso(j['created'])}")
+    for d in j["devices"]:
+        pct = "" if d["percent"] is None else f" {d['percent']}%"
+        why = f": {d['reason']}" if d["reason"] else ""
+        print(f"  {d['device']}  {d['state']}{pct}{why}  ({iso(d['updated'])})")
+
+
 def _artifact(api: ManagementClient, args: argparse.Namespace) -> int:
     if args.action == "add":
         query: dict[str, str | list[str]] = {}
@@ -164,10 +178,11 @@ def _artifact(api: ManagementClient, args: argparse.Namespace) -> int:
         if args.hardware:
             query["hardware"] = args.hardware
         added = api.upload("/artifacts", args.file, query)
-        _print_json(added)
+        _print_json(added) if args.json else _print_artifact(added)
         return 0
     if args.action == "show":
-        _print_json(api.get(f"/artifacts/{args.id}"))
+        found = api.get(f"/artifacts/{args.id}")
+        _print_json(found) if args.json else _print_artifact(found)
         return 0
     rows = api.get("/artifacts")
     if args.json:
@@ -196,10 +211,12 @@ def _job(api: ManagementClient, args: argparse.Namespace) -> int:
         body = {"artifact": sha, "device": args.device} if args.device else {}
         if args.group:
             body = {"artifact": sha, "group": args.group}
-        _print_json(api.call("POST", "/jobs", body))
+        made = api.call("POST", "/jobs", body)
+        _print_json(made) if args.json else _print_job(made)
         return 0
     if args.action == "show":
-        _print_json(api.get(f"/jobs/{args.id}"))
+        found = api.get(f"/jobs/{args.id}")
+        _print_json(found) if args.json else _print_job(found)
         return 0
     rows = api.get("/jobs")
     if args.json:
@@ -245,7 +262,8 @@ def _print_rollout(r: dict[str, Any]) -> None:
         target = f"group {r['group']}"
     elif r.get("tags"):
         target = f"devices tagged {', '.join(r['tags'])}"
-    print(f"rollout {r['id']}  {r['state']}  phase {r['phase']} of {len(r['phase_progress'])}")
+    phase = f"phase {r['phase']} of {len(r['phase_progress'])}" if r["phase"] else "not started"
+    print(f"rollout {r['id']}  {r['state']}  {phase}")
     print(f"  artifact {r['artifact'][:12]}, {target}, by {r['created_by']} at {iso(r['created'])}")
     print(
         f"  advance at {r['success_percent']:g}% succeeded (at least {r['success_min']}); "

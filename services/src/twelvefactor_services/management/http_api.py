@@ -411,6 +411,7 @@ def control_rollout(req: Request) -> Answer:
 
     def work(db: Any) -> Any:
         rollout = _unique("rollout", req.match.group(1), rolloutstore.ids(db))
+        req.audit_detail = {"rollout": rollout}
         return rolloutstore.control(db, rollout, req.match.group(2), time.time(), who)
 
     done = _rollout_db(req, work)
