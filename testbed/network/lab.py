@@ -92,14 +92,7 @@ class Lab:
         settings = load_settings(self.hub_root)
         hub_public = (self.hub_root / "hub" / "wg.pub").read_text().strip()
         for letter, (device_id, (v4, v6)) in zip("ab", DEVICES.items(), strict=True):
-            ns = Netns(f"{self.prefix}-{letter}")
-            self._namespaces.append(ns)
-            ns.create()
-            self.lan.attach(ns, v4, v6)
-            # the underlay's router (DHCP would say so on a real network)
-            ns.ip("route", "add", "default", "via", INTERNET[0])
-            ns.ip("-6", "route", "add", "default", "via", INTERNET[1])
-            dev = Device(ns, device_id, self.root / device_id, f"tn{letter}{self.tag}")
+            dev = self._on_the_lan(device_id, letter, v4, v6)
             self.devices[device_id] = dev
             peer = peers.add(settings.tunnel, device_id, dev.wg_public)
             conf = provisioning(
@@ -131,15 +124,20 @@ class Lab:
     def blank_device(self, device_id: str, letter: str, v4: str, v6: str) -> Device:
         """A device namespace on the LAN with nothing on its /data yet: no identity, no
         tunnel, no peer at the hub (enrolment's starting point, docs/enrolment.md)."""
+        dev = self._on_the_lan(device_id, letter, v4, v6)
+        self._blank.append(dev)
+        return dev
+
+    def _on_the_lan(self, device_id: str, letter: str, v4: str, v6: str) -> Device:
+        """A device's namespace, attached to the LAN with its underlay addresses."""
         ns = Netns(f"{self.prefix}-{letter}")
         self._namespaces.append(ns)
         ns.create()
         self.lan.attach(ns, v4, v6)
+        # the underlay's router (DHCP would say so on a real network)
         ns.ip("route", "add", "default", "via", INTERNET[0])
         ns.ip("-6", "route", "add", "default", "via", INTERNET[1])
-        dev = Device(ns, device_id, self.root / device_id, f"tn{letter}{self.tag}")
-        self._blank.append(dev)
-        return dev
+        return Device(ns, device_id, self.root / device_id, f"tn{letter}{self.tag}")
 
     def wait_online(self, dev: Device, timeout: float = 90) -> None:
         """Both sessions up, and the management service has recorded the device online

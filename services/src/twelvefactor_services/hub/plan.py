@@ -11,13 +11,11 @@ management HTTPS port (artifacts) and NTP.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from twelvefactor_agent.enrol.datafiles import DataFileError, NetworkSettings
+from twelvefactor_agent.enrol.datafiles import DataFileError, NetworkSettings, check_wireguard_key
 
 NTP_PORT = 123
 TABLE = "twelvefactor_hub"
@@ -30,12 +28,9 @@ class PlanError(ValueError):
 def check_public_key(text: str) -> str:
     """A WireGuard public key: base64 of 32 bytes."""
     try:
-        raw = base64.b64decode(text, validate=True)
-    except (ValueError, binascii.Error):
-        raise PlanError(f"public key {text!r} is not base64") from None
-    if len(raw) != 32:
-        raise PlanError(f"public key {text!r} is {len(raw)} bytes, a WireGuard key is 32")
-    return text
+        return check_wireguard_key(text, "public key")
+    except DataFileError as exc:
+        raise PlanError(str(exc)) from None
 
 
 @dataclass(frozen=True)
