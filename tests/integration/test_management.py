@@ -105,6 +105,10 @@ def test_device_appears_online_with_meta_and_health(
     assert "dev-001" in out and "online" in out
     assert management_cli(["device", "dev-001", "--json", *api]) == 0
     assert json.loads(capsys.readouterr().out)["meta"]["device"] == "dev-001"
+    assert management_cli(["device", "dev-001", *api]) == 0
+    shown = capsys.readouterr().out
+    assert "device     dev-001\nstate      online since 20" in shown
+    assert "hardware   -; tags -\nenrolled   -" in shown  # made before enrolment existed
     assert management_cli(["device", "dev-404", *api]) == 1
     assert "no device 'dev-404'" in capsys.readouterr().err
 

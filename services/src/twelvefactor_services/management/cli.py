@@ -94,7 +94,12 @@ def _devices(api: ManagementClient, args: argparse.Namespace) -> int:
     state = {True: "online", False: "offline", None: "unknown"}
     _table(
         [
-            [r["id"], state[r["online"]], iso(r["last_online_change"]), iso(r["health_ts"])]
+            [
+                r["id"],
+                "retired" if r.get("retired") else state[r["online"]],
+                iso(r["last_online_change"]),
+                iso(r["health_ts"]),
+            ]
             for r in rows
         ],
         ["DEVICE", "STATE", "SINCE", "LAST HEALTH"],
@@ -113,6 +118,12 @@ def _device(api: ManagementClient, args: argparse.Namespace) -> int:
     print(f"device     {found['id']}")
     print(f"state      {state} since {iso(found['last_online_change'])}")
     print(f"first seen {iso(found['first_seen'])}")
+    hw = found.get("hardware") or {}
+    board = f"{hw.get('board')} {hw.get('revision')}" if hw else "-"
+    print(f"hardware   {board}; tags {', '.join(found.get('tags') or []) or '-'}")
+    retired = found.get("retired")
+    enrolled = f"enrolled   {iso(found.get('enrolled'))}"
+    print(enrolled + (f"; retired {iso(retired['at'])}" if retired else ""))
     print(f"health     {iso(found['health_ts'])}: {json.dumps(found['health'])}")
     print(f"meta       {iso(found['meta_ts'])}: {json.dumps(found['meta'])}")
     for h in found["history"]:
