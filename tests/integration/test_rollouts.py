@@ -260,3 +260,12 @@ def test_a_rollout_by_tags_takes_the_enrolled_devices_with_all_of_them(
         "--devices", "tag-1,tag-2",
     )  # fmt: skip
     assert done.returncode == 1 and "decommissioned: tag-2" in done.stderr
+    # a list is put in phases in sorted order, whatever order it was given in
+    made = cli(
+        stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
+        "--devices", "tag-3,tag-1", "--phase", "1", "--phase", "100%", "--json",
+    )  # fmt: skip
+    assert [(d["device"], d["phase"]) for d in json.loads(made)["devices"]] == [
+        ("tag-1", 1),
+        ("tag-3", 2),
+    ]

@@ -136,7 +136,7 @@ def create(
             if not devices:
                 raise RolloutError([f"no enrolled device has the tags {', '.join(spec.tags)}"])
         else:
-            devices = list(spec.devices or ())
+            devices = sorted(spec.devices or ())  # phases follow the sorted order, as for groups
             gone = sorted(set(devices) & retired)
             if gone:
                 raise RolloutError([f"decommissioned: {', '.join(gone)}"])
