@@ -512,6 +512,13 @@ def test_out_of_descriptors_the_agent_pauses_accepting_and_recovers(
     (45% CPU, 203,629 log lines in 20 s). Now it stops accepting for a moment, logs once a
     while, serves the clients it has, and takes new ones once descriptors are free."""
     agent = Agent(tmp_path, identity)
+    try:
+        _run_out_of_descriptors(agent)
+    finally:
+        agent.close()
+
+
+def _run_out_of_descriptors(agent: Agent) -> None:
     agent.start()
     assert agent.proc is not None
     held: list[socket.socket] = []
@@ -550,7 +557,6 @@ def test_out_of_descriptors_the_agent_pauses_accepting_and_recovers(
             s.close()
     # descriptors free again: a new client is served
     wait_for(lambda: _status_ok(agent), what="a new client served once descriptors are free")
-    agent.close()
 
 
 def _status_ok(agent: Agent) -> bool:
