@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import shutil
 import socket
 import ssl
 import stat
@@ -284,3 +285,22 @@ def test_the_cli_works_from_a_laptop_with_a_login(
     assert not saved.exists()
     assert management_cli(["devices", "--url", url, "--ca", ca]) == 1
     assert "send Authorization: Bearer TOKEN" in capsys.readouterr().err
+
+
+def test_a_fault_of_the_service_is_a_500_and_audited(
+    stack: Stack, management: ServiceProcess, admin: ManagementClient, tmp_path: Path
+) -> None:
+    store = stack.artifact_dir
+    if store.is_dir():
+        shutil.rmtree(store)
+    store.write_text("not a folder\n")  # the artifact store cannot be written
+    try:
+        upload = tmp_path / "a.swu"
+        upload.write_bytes(b"x" * 100)
+        status, answer = admin.request("POST", "/artifacts", upload=upload.open("rb"), size=100)
+        assert (status, answer["error"]) == (500, "internal"), answer
+        assert admin.get("/whoami")["name"] == "admin"  # the service goes on
+        entry = admin.get("/audit", limit="1")[0]
+        assert (entry["path"], entry["status"], entry["operator"]) == ("/artifacts", 500, "admin")
+    finally:
+        store.unlink()

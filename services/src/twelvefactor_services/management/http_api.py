@@ -751,6 +751,10 @@ class Handler(TlsHandler):
             status, answer = exc.status, {"error": exc.error, "problems": exc.problems}
         except ValueError as exc:  # parse_qs: too many fields
             status, answer = 400, {"error": "bad_query", "problems": [str(exc)]}
+        except Exception as exc:  # a fault of ours (a busy or damaged registry): say so, audit it
+            log.exception("%s %s failed", method, path)
+            self.close_connection = True
+            status, answer = 500, {"error": "internal", "problems": [type(exc).__name__]}
         self._send(status, answer)
         if method != "GET":
             self._audit(who, method, path, status, None if req is None else req.audit_detail)
