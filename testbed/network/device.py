@@ -249,6 +249,16 @@ class Device:
         )
         doc["management"] = {"host": host, "port": management_port}
         doc["solution"] = {"host": host, "port": solution_port}
+        self.lab_settings(doc)
+        doc["agent"]["confirm_window"] = 20
+        for table, items in overrides.items():
+            doc.setdefault(table, {}).update(items)
+        path = self.data("config/agent.toml")
+        path.write_text(_toml(doc))
+        return path
+
+    def lab_settings(self, doc: dict[str, dict[str, Any]]) -> None:
+        """An agent.toml's on-host paths and the lab's short intervals, in place."""
         doc["agent"].pop("socket_group", None)  # no such group on the test host
         doc["agent"].update(
             data_dir=str(self.data("agent")),
@@ -256,14 +266,8 @@ class Device:
             state_file=str(self.root / "run" / "state.json"),
             health_interval=5,
             keepalive=10,
-            confirm_window=20,
         )
         doc["backoff"] = {"initial": 0.5, "multiplier": 2.0, "cap": 2.0}
-        for table, items in overrides.items():
-            doc.setdefault(table, {}).update(items)
-        path = self.data("config/agent.toml")
-        path.write_text(_toml(doc))
-        return path
 
     def start_agent(
         self,

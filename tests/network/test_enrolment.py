@@ -45,15 +45,7 @@ def _lab_config(dev: Device) -> Path:
     for key in ("certificate", "key", "ca"):
         assert doc["device"][key].startswith("/data/identity/")
         doc["device"][key] = str(dev.on_device(doc["device"][key]))
-    doc["agent"].pop("socket_group", None)  # no such group on the test host
-    doc["agent"].update(
-        data_dir=str(dev.data("agent")),
-        socket=str(dev.socket),
-        state_file=str(dev.root / "run" / "state.json"),
-        health_interval=5,
-        keepalive=10,
-    )
-    doc["backoff"] = {"initial": 0.5, "multiplier": 2.0, "cap": 2.0}
+    dev.lab_settings(doc)
     path = dev.root / "run" / "agent.toml"
     path.write_text(_toml(doc))
     return path
