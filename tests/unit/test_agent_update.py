@@ -59,7 +59,9 @@ def run(job: UpdateJob | None = None, **kw: Any) -> Any:
 def test_parse_and_accept() -> None:
     job = parse_job(doc())
     assert job.hardware == {"qemux86-64": ("1.0",)} and job.size == 100 * MiB
+    assert job.install == "now"  # no `install` field: install at once
     assert run(job) is None
+    assert parse_job(doc(install="hold")).install == "hold"
 
 
 @pytest.mark.parametrize(
@@ -79,6 +81,8 @@ def test_parse_and_accept() -> None:
         (doc(hardware={"b": []}), "hardware\\['b'\\]"),
         (doc(hardware={"b": [1]}), "hardware\\['b'\\]"),
         (doc(device=""), "field 'device' is not a non-empty string"),
+        (doc(install="later"), "install must be one of now, hold, cancel"),
+        (doc(install=None), "install must be one of"),
     ],
 )
 def test_parse_rejects(raw: bytes, message: str) -> None:

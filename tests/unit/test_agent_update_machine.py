@@ -500,6 +500,102 @@ def test_the_job_in_hand_arriving_again_changes_nothing() -> None:
     assert d.m.phase is Phase.DOWNLOADING
 
 
+# -- download only: held after the download, installed on the go ----------------------------
+
+HOLD = job(install="hold")
+
+
+def to_held(d: Device) -> None:
+    to_download(d, HOLD)
+    out = d(lambda m: m.fetched())
+    assert long(out) == Measure(SHA)  # is the file still there when it is held?
+    assert d.disk.record is not None and d.disk.record.state == "downloaded"
+    assert d.disk.record.hold
+    out = d(lambda m: m.measured(SIZE))
+    assert reports(out) == [("downloaded", None)] and long(out) is None
+    assert d.m.phase is Phase.HELD
+
+
+def test_a_held_job_waits_after_its_download_and_installs_on_the_go() -> None:
+    d = Device()
+    to_held(d)
+    assert d(lambda m: m.received(HOLD)) == []  # the retained copy on a reconnect
+    assert reports(d(lambda m: m.session_up())) == [("downloaded", None)]
+    out = d(lambda m: m.received(job(install="now")))
+    assert long(out) == Measure(SHA)
+    assert d.disk.record is not None and not d.disk.record.hold
+    assert d.disk.record.state == "installing"
+    out = d(lambda m: m.measured(SIZE))
+    assert reports(out) == [("installing", 0)] and long(out) == DryRun(SHA)
+
+
+def test_a_job_released_while_it_downloads_installs_once_fetched() -> None:
+    d = Device()
+    to_download(d, HOLD)
+    out = d(lambda m: m.received(job()))  # no `install`: now
+    assert long(out) is None
+    assert d.disk.record is not None and not d.disk.record.hold
+    assert long(d(lambda m: m.fetched())) == Measure(SHA)
+    assert d.disk.record is not None and d.disk.record.state == "installing"
+
+
+def test_a_power_cut_while_held_holds_again_or_fetches_a_lost_file() -> None:
+    d = Device()
+    to_held(d)
+    assert long(d.boot()) == Survey()
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-2", env=ENV_A))
+    assert long(out) == Measure(SHA)
+    out = d(lambda m: m.measured(SIZE))
+    assert reports(out) == [("downloaded", None)] and d.m.phase is Phase.HELD
+    # the file went from /data while the device was off: download it again, then hold
+    d.boot()
+    d(lambda m: m.surveyed(running_slot="A", boot_id="boot-3", env=ENV_A))
+    out = d(lambda m: m.measured(None))
+    assert long(out) == Measure(SHA)
+    assert d.disk.record is not None and d.disk.record.state == "downloading"
+    out = d(lambda m: m.measured(None))
+    assert reports(out) == [("downloading", 0)] and isinstance(long(out), Fetch)
+
+
+def test_a_job_released_just_before_a_power_cut_installs_after_it() -> None:
+    d = Device()
+    d.disk.record = RECORD._replace(state="downloaded", hold=False)
+    d.boot()
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-2", env=ENV_A))
+    assert long(out) == Measure(SHA)
+    assert d.disk.record is not None and d.disk.record.state == "installing"
+
+
+def test_a_held_job_cancelled_drops_the_file_and_fails() -> None:
+    d = Device()
+    to_held(d)
+    out = d(lambda m: m.received(job(install="cancel")))
+    assert DeleteArtifact(SHA) in out
+    assert final(out) == ReportFinal("j-1", ("failed",), um.CANCELLED)
+    assert d.disk.record is not None and d.disk.record.final == "failed"
+    d(lambda m: m.final_acked("j-1"))
+    assert d.disk.record is None and d.disk.handled == ["j-1"]
+
+
+def test_a_cancel_before_the_job_started_is_reported_and_one_after_the_hold_ignored() -> None:
+    d = Device()
+    out = d(lambda m: m.received(job(install="cancel")))
+    assert [(a.state, a.reason) for a in out if isinstance(a, Report)] == [
+        ("failed", um.CANCELLED)
+    ]
+    assert d.disk.handled == ["j-1"] and d.disk.record is None
+    d = Device()
+    to_dry_run(d)  # a job that was never held: too late to cancel
+    assert d(lambda m: m.received(job(install="cancel"))) == []
+
+
+def test_an_unknown_install_mode_is_an_invalid_job() -> None:
+    out = Device()(lambda m: m.received(job(install="later")))
+    (report,) = [a for a in out if isinstance(a, Report)]
+    assert report.state == "failed" and report.reason is not None
+    assert report.reason.startswith("invalid_job: install must be one of now, hold, cancel")
+
+
 # -- any sequence of events ----------------------------------------------------------------
 
 
@@ -507,6 +603,8 @@ def outcomes(action: Action | None) -> list[Callable[[UpdateMachine], list[Actio
     """The events the I/O layer may feed after `action` (the machine's point of view)."""
     if isinstance(action, Examine):
         return [lambda m: m.examined(FACTS), lambda m: m.examined(FACTS._replace(free_bytes=0))]
+    if action is None:  # nothing in flight (idle, held, or the final report out)
+        return [lambda m: m.received(HOLD), lambda m: m.received(job())]
     if isinstance(action, Survey):
         return [
             lambda m, s=s, b=b, e=e: m.surveyed(running_slot=s, boot_id=b, env=e)
@@ -539,6 +637,8 @@ def outcomes(action: Action | None) -> list[Callable[[UpdateMachine], list[Actio
 
 STRAY: list[Callable[[UpdateMachine], list[Action]]] = [
     lambda m: m.received(job()),
+    lambda m: m.received(HOLD),
+    lambda m: m.received(job(install="cancel")),
     lambda m: m.received(job("j-2")),
     lambda m: m.received(b"[]"),
     lambda m: m.session_up(),

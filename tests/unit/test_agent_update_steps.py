@@ -7,6 +7,7 @@ from twelvefactor_agent.update import steps
 from twelvefactor_agent.update.steps import (
     Download,
     Finish,
+    Hold,
     Install,
     Reboot,
     Record,
@@ -37,6 +38,7 @@ def test_record_round_trips() -> None:
         RECORD.to_json().replace(b'"downloading"', b'"dancing"'),
         RECORD.to_json().replace(b"1000", b'"1000"'),
         RECORD.finished("exploded", None).to_json(),
+        RECORD._replace(hold=True).to_json().replace(b"true", b'"yes"'),
     ],
 )
 def test_bad_records_are_refused(raw: bytes) -> None:
@@ -46,6 +48,18 @@ def test_bad_records_are_refused(raw: bytes) -> None:
 
 def test_download_continues() -> None:
     assert steps.resume(RECORD, running_slot="A", boot_id=BOOT, env=IDLE_ENV) == Download()
+
+
+def test_a_record_from_before_download_only_reads_as_not_held() -> None:
+    raw = RECORD.to_json().replace(b',\n "hold": false', b"")
+    assert b"hold" not in raw and steps.parse_record(raw) == RECORD
+
+
+def test_a_held_download_holds_again_and_a_released_one_installs() -> None:
+    held = RECORD._replace(state="downloaded", hold=True)
+    assert steps.resume(held, running_slot="A", boot_id=BOOT, env=IDLE_ENV) == Hold()
+    released = held._replace(hold=False)
+    assert steps.resume(released, running_slot="A", boot_id=BOOT, env=IDLE_ENV) == Install()
 
 
 def test_install_is_retried_after_a_cut_until_the_limit() -> None:

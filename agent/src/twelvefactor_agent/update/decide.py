@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from twelvefactor_agent.protocol import envelope
 from twelvefactor_agent.protocol.envelope import ProtocolError
 from twelvefactor_agent.protocol.names import JOB_ID_RE, SHA256_RE, VERSION_RE
-from twelvefactor_agent.protocol.states import FAILED
+from twelvefactor_agent.protocol.states import FAILED, INSTALL_MODES, INSTALL_NOW
 
 MAX_SIZE = 1 << 40
 # Room kept free on /data beyond the artifact: the queue and state files live there too.
@@ -44,6 +44,7 @@ class UpdateJob(NamedTuple):
     sha256: str
     size: int
     url: str
+    install: str = INSTALL_NOW  # "now", "hold" (download only) or "cancel" (a held job)
 
 
 class Refusal(NamedTuple):
@@ -83,7 +84,10 @@ def parse_job(payload: bytes) -> UpdateJob:
             raise JobError(f"hardware[{board!r}] must be a non-empty list of strings")
         hardware[board] = tuple(revs)
     device = envelope.text(doc, "device", error=JobError)
-    return UpdateJob(job, device, version, hardware, sha, size, url)
+    install = doc.get("install", INSTALL_NOW)
+    if install not in INSTALL_MODES:
+        raise JobError(f"install must be one of {', '.join(INSTALL_MODES)}, got {install!r}")
+    return UpdateJob(job, device, version, hardware, sha, size, url, install)
 
 
 def version_key(version: str) -> tuple[int, ...]:

@@ -23,6 +23,9 @@ it describes, so a power cut at any point leaves a record that `start`
     download:  Measure -> measured -> Fetch -> fetched
                                             -> fetch_interrupted | fetch_failed | checksum_mismatch
                                                -> Wait(backoff) -> waited -> Fetch
+    hold:      (a download-only job, once fetched) SaveRecord(downloaded), Measure -> measured
+                                 -> Report(downloaded) ... received(same job, "now") -> install
+                                                       ... received(same job, "cancel") -> finish
     install:   SaveRecord(installing), Measure -> measured -> DryRun -> dry_run_passed
                                  -> WriteSlot -> slot_written -> Survey -> surveyed
     reboot:    SaveRecord(rebooting), DeleteArtifact, ReportRebooting -> rebooting_reported
@@ -44,8 +47,12 @@ from typing import NamedTuple
 
 from twelvefactor_agent.protocol import envelope, names
 from twelvefactor_agent.protocol.states import (
+    DOWNLOADED,
     DOWNLOADING,
     FAILED,
+    INSTALL_CANCEL,
+    INSTALL_HOLD,
+    INSTALL_NOW,
     INSTALLING,
     REBOOTING,
     SUCCEEDED,
@@ -77,6 +84,7 @@ VERIFY_POLL = 2.0  # look again for the new slot's confirmation
 ENV_RETRY = 10.0
 ENV_TRIES = 30
 MAX_REASON = 512  # the protocol's bound on a report's reason
+CANCELLED = "cancelled: the job was cancelled before its install"
 
 
 class Facts(NamedTuple):
@@ -216,6 +224,8 @@ class Phase(enum.Enum):
     MEASURING_DOWNLOAD = "measuring_download"
     DOWNLOADING = "downloading"  # Fetch
     DOWNLOAD_PAUSE = "download_pause"  # Wait before the next Fetch
+    MEASURING_HOLD = "measuring_hold"  # Measure: is the held file still there?
+    HELD = "held"  # downloaded; nothing in flight until the same job comes with "now"
     MEASURING_INSTALL = "measuring_install"
     DRY_RUN = "dry_run"
     WRITING_SLOT = "writing_slot"
@@ -282,8 +292,11 @@ class UpdateMachine:
             busy = self._offered.job
         if busy is not None:
             if busy == job.job:
-                return []
+                return self._install_mode(job.install)
             return [Log(logging.WARNING, f"update job {job.job} ignored: busy with {busy}")]
+        if job.install == INSTALL_CANCEL:
+            note = Log(logging.INFO, f"update job {job.job} cancelled before it started")
+            return [note, *self._refuse(job.job, CANCELLED)]
         self.phase = Phase.EXAMINING
         self._offered = job
         return [Examine(job)]
@@ -313,7 +326,14 @@ class UpdateMachine:
             return self._refuse(job.job, "no_slot: cannot tell which slot is running")
         self.phase = Phase.RESUMING
         record = Record(
-            job.job, job.version, job.sha256, job.size, job.url, DOWNLOADING, facts.running_slot
+            job.job,
+            job.version,
+            job.sha256,
+            job.size,
+            job.url,
+            DOWNLOADING,
+            facts.running_slot,
+            hold=job.install == INSTALL_HOLD,
         )
         return [
             Log(logging.INFO, f"update job {job.job}: version {job.version}, {job.size} bytes"),
@@ -359,6 +379,15 @@ class UpdateMachine:
             self.phase = Phase.DOWNLOADING
             shown = self._gate.percent(size or 0, record.size)
             return [*self._progress(DOWNLOADING, shown), self._fetch(record)]
+        if self.phase is Phase.MEASURING_HOLD:
+            if size is None:  # the file went while held: fetch it again
+                saved = self._save(record._replace(state=DOWNLOADING))
+                return [*saved, *self._carry_on(steps.Download())]
+            if not record.hold:  # released meanwhile
+                return self._carry_on(steps.Install())
+            self.phase = Phase.HELD
+            note = f"update job {record.job}: downloaded; the install waits for the go"
+            return [Log(logging.INFO, note), *self._progress(DOWNLOADED, None)]
         if self.phase is Phase.MEASURING_INSTALL:
             if size is None:  # the file went (a full /data cleaned up?): fetch it again
                 saved = self._save(record._replace(state=DOWNLOADING))
@@ -375,9 +404,9 @@ class UpdateMachine:
 
     def fetched(self) -> list[Action]:
         """The artifact is complete and its sha256 checked."""
-        if self.phase is not Phase.DOWNLOADING:
+        if self.phase is not Phase.DOWNLOADING or self.record is None:
             return []
-        return self._carry_on(steps.Install(), None)
+        return self._carry_on(steps.Hold() if self.record.hold else steps.Install(), None)
 
     def fetch_interrupted(self, error: str) -> list[Action]:
         """The link dropped (or timed out): always worth another try, from where it stopped."""
@@ -511,6 +540,9 @@ class UpdateMachine:
         note = Log(logging.INFO, f"update job {record.job}: {type(step).__name__.lower()}")
         if isinstance(step, steps.Download):
             return [note, *self._download()]
+        if isinstance(step, steps.Hold):
+            self.phase = Phase.MEASURING_HOLD
+            return [note, *self._save(record._replace(state=DOWNLOADED)), Measure(record.sha256)]
         if isinstance(step, steps.Install):
             return [note, *self._install(record)]
         if isinstance(step, steps.Reboot):
@@ -570,6 +602,21 @@ class UpdateMachine:
             actions += self._save(record)
         self.phase = Phase.FINAL
         return [*actions, DeleteArtifact(record.sha256), self._final_report(record)]
+
+    def _install_mode(self, mode: str) -> list[Action]:
+        """The job in hand came again (retained, or re-sent with another `install`)."""
+        record = self.record
+        if record is None or record.final is not None or not record.hold or mode == INSTALL_HOLD:
+            return []
+        if self.phase is not Phase.HELD:  # (the worker feeds jobs between long actions only)
+            if mode == INSTALL_NOW:  # still downloading: install once fetched
+                return self._save(record._replace(hold=False))
+            return [Log(logging.WARNING, f"update job {record.job}: cancel ignored while busy")]
+        if mode == INSTALL_NOW:
+            note = Log(logging.INFO, f"update job {record.job}: released for install")
+            released = self._save(record._replace(hold=False))
+            return [note, *released, *self._carry_on(steps.Install())]
+        return [DeleteArtifact(record.sha256), *self._carry_on(steps.Finish(FAILED, CANCELLED))]
 
     # -- helpers -----------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ The agent keeps the job it is working on in a record on /data (written
 before each step starts, so a power cut or a kill leaves the step to redo):
 
     downloading -> installing -> rebooting -> (new boot) verifying -> succeeded
-                                          \\-> (back on the old slot) rolled_back
+         \\             /                    \\-> (back on the old slot) rolled_back
+          downloaded --   (a held job: downloaded, checked, waiting for the go)
 
 On start, `resume` reads the record together with the slot the device runs
 from, this boot's id and the boot environment, and says what to do:
@@ -21,12 +22,18 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from twelvefactor_agent.protocol.states import DOWNLOADING, FINAL, INSTALLING, REBOOTING
+from twelvefactor_agent.protocol.states import (
+    DOWNLOADED,
+    DOWNLOADING,
+    FINAL,
+    INSTALLING,
+    REBOOTING,
+)
 
 MAX_INSTALLS = 5  # install attempts (each power cut during SWUpdate is one) before giving up
 HANDLED_KEPT = 32  # finished job ids remembered, so a retained job is not run twice
 
-STATES = (DOWNLOADING, INSTALLING, REBOOTING)
+STATES = (DOWNLOADING, DOWNLOADED, INSTALLING, REBOOTING)
 
 
 class RecordError(ValueError):
@@ -48,6 +55,7 @@ class Record(NamedTuple):
     # management service has acknowledged the final report.
     final: str | None = None
     reason: str | None = None
+    hold: bool = False  # a download-only job not released yet: stop once downloaded
 
     def finished(self, state: str, reason: str | None) -> Record:
         return self._replace(final=state, reason=reason)
@@ -77,6 +85,7 @@ def parse_record(raw: bytes) -> Record:
         "state": str,
         "from_slot": str,
         "installs": int,
+        "hold": bool,
     }
     for key, kind in types.items():
         if not isinstance(getattr(record, key), kind):
@@ -90,6 +99,10 @@ def parse_record(raw: bytes) -> Record:
 
 class Download(NamedTuple):
     """Continue (or start) the download."""
+
+
+class Hold(NamedTuple):
+    """The file is downloaded and checked: report `downloaded` and wait for the go."""
 
 
 class Install(NamedTuple):
@@ -113,7 +126,7 @@ class Finish(NamedTuple):
     reason: str
 
 
-Step = Download | Install | Reboot | Verify | Finish
+Step = Download | Hold | Install | Reboot | Verify | Finish
 
 
 def final_chain(state: str) -> tuple[str, ...]:
@@ -163,6 +176,8 @@ def resume(
         return Finish("failed", "cannot read the boot environment")
     if record.state == DOWNLOADING:
         return Download()
+    if record.state == DOWNLOADED:
+        return Hold() if record.hold else Install()  # released, not installing yet
     if record.state == INSTALLING:
         target = installed_slot(env, running_slot)
         if target is not None:  # SWUpdate finished before the agent could note it
