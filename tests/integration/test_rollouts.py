@@ -10,6 +10,7 @@ reports; the install and the reboot are the boot tier's (tests/boot/test_update.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from test_artifacts import make_swu
 from twelvefactor_agent.protocol.topics import mgmt_down, mgmt_up
 from twelvefactor_agent.update.decide import decide, parse_job
 from twelvefactor_agent.update.download import ClientIdentity, download
+from twelvefactor_agent.update.machine import CANCELLED
 from twelvefactor_services.management.registry import Registry
 
 from testbed.hostagent import HostAgent
@@ -36,7 +38,10 @@ REFUSING = ["dev-01", "dev-03"]  # real agents: two of the first phase's four
 
 
 class UpdatingDevice:
-    """Takes each update job it is sent, fetches and checks the artifact, reports success."""
+    """Takes each update job it is sent, fetches and checks the artifact, reports success.
+
+    A download-only job (`install` "hold") stops at `downloaded` until the same job comes
+    with "now"; "cancel" ends a held job `failed`, as the agent's update machine does."""
 
     def __init__(self, stack: Stack, device: str, work: Path) -> None:
         self.device = device
@@ -46,13 +51,17 @@ class UpdatingDevice:
         self.probe = Probe(stack.management_endpoint, ident, f"{device}-mgmt")
         self.probe.connect()
         self.probe.subscribe(mgmt_down(device, "update"))
-        self.jobs: list[str] = []
+        self.jobs: list[str] = []  # taken
+        self.held: set[str] = set()
+        self.done: set[str] = set()
+        self.reports: list[tuple[str, str]] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name=device, daemon=True)
         self.thread.start()
 
     def _report(self, job: str, state: str, **kw: Any) -> None:
         doc = {"v": 1, "job": job, "state": state, "ts": 1.8e9, **kw}
+        self.reports.append((job, state))
         self.probe.publish(mgmt_up(self.device, "update"), doc)
 
     def _run(self) -> None:
@@ -62,29 +71,43 @@ class UpdatingDevice:
             except ProbeError:
                 continue
             offered = parse_job(msg.payload)
-            if offered.job in self.jobs:
+            if offered.job in self.done:
                 continue
-            self.jobs.append(offered.job)
-            refusal = decide(
-                offered,
-                device=self.device,
-                hwrevision="qemux86-64 1.0",
-                os_version="1.0",
-                free_bytes=1 << 34,
-            )
-            if refusal is not None:
-                self._report(offered.job, "failed", reason=f"{refusal.code}: {refusal.detail}")
+            if offered.install == "cancel":
+                self.done.add(offered.job)
+                if offered.job in self.held or offered.job not in self.jobs:
+                    self._report(offered.job, "failed", reason=CANCELLED)
                 continue
-            self._report(offered.job, "downloading", percent=0)
-            download(
-                offered.url,
-                self.work / f"{offered.job}.swu",
-                sha256=offered.sha256,
-                size=offered.size,
-                identity=self.identity,
-            )
-            for state, pct in (("downloading", 100), ("installing", 100)):
-                self._report(offered.job, state, percent=pct)
+            if offered.job not in self.jobs:
+                self.jobs.append(offered.job)
+                refusal = decide(
+                    offered,
+                    device=self.device,
+                    hwrevision="qemux86-64 1.0",
+                    os_version="1.0",
+                    free_bytes=1 << 34,
+                )
+                if refusal is not None:
+                    self.done.add(offered.job)
+                    self._report(offered.job, "failed", reason=f"{refusal.code}: {refusal.detail}")
+                    continue
+                self._report(offered.job, "downloading", percent=0)
+                download(
+                    offered.url,
+                    self.work / f"{offered.job}.swu",
+                    sha256=offered.sha256,
+                    size=offered.size,
+                    identity=self.identity,
+                )
+                self._report(offered.job, "downloading", percent=100)
+            if offered.install == "hold":
+                if offered.job not in self.held:
+                    self.held.add(offered.job)
+                    self._report(offered.job, "downloaded")
+                continue
+            self.held.discard(offered.job)
+            self.done.add(offered.job)
+            self._report(offered.job, "installing", percent=100)
             for state in ("rebooting", "verifying", "succeeded"):
                 self._report(offered.job, state)
 
@@ -269,3 +292,111 @@ def test_a_rollout_by_tags_takes_the_enrolled_devices_with_all_of_them(
         ("tag-1", 1),
         ("tag-3", 2),
     ]
+
+
+def test_a_download_only_rollout_downloads_everywhere_then_installs_phase_by_phase_on_the_go(
+    stack: Stack,
+    management: ServiceProcess,
+    fleet: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    good = [d for d in DEVICES if d not in REFUSING]
+    added = json.loads(
+        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "d.swu")))
+    )
+    cli(stack, management, "config", "group", "set", "night", "--set-json", "{}")
+    cli(stack, management, "config", "group", "add", "night", *good)
+    made = cli(
+        stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
+        "--group", "night", "--phase", "2", "--phase", "50%", "--phase", "100%",
+        "--download-only", "--json",
+    )  # fmt: skip
+    rid = json.loads(made)["id"]
+    # every phase downloads at once, and nobody installs before the go
+    r = wait_rollout(
+        stack,
+        management,
+        rid,
+        lambda r: all(d["state"] == "downloaded" for d in r["devices"]),
+        "every device holding its download",
+    )
+    assert r["state"] == "running" and r["go"] is None and r["phase"] == 1
+    assert r["events"][-1]["reason"] == (
+        "downloads started: 18 device(s) in 3 phase(s); the installs wait for the go"
+    )
+    assert not any(s in ("installing", "succeeded") for d in good for _, s in fleet[d].reports)
+    shown = cli(stack, management, "rollout", "show", rid)
+    assert f"download only: installs on the go (`rollout install {rid}`)" in shown
+    assert "  phase 2  [--------------------]  9 device(s): 9 downloaded" in shown
+
+    cli(stack, management, "rollout", "install", rid[:6])
+    r = wait_rollout(stack, management, rid, lambda r: r["state"] == "finished", "the end")
+    assert r["reason"] == "18 succeeded, 0 failed or rolled back"
+    reasons = [e["reason"] for e in r["events"]]
+    assert "install started by admin: phase 1, 2 device(s)" in reasons
+    # phase 2 began only once phase 1 had installed
+    first, second = r["devices"][0]["device"], r["devices"][2]["device"]
+    assert fleet[first].reports[-1][1] == "succeeded"
+    assert [s for _, s in fleet[second].reports].index("downloaded") < [
+        s for _, s in fleet[second].reports
+    ].index("installing")
+    done = run_cli(stack, management, "rollout", "install", rid)
+    assert done.returncode == 1 and f"rollout {rid} has ended (finished)" in done.stderr
+
+
+def test_a_held_job_installs_at_its_time_and_a_cancelled_hold_ends_failed(
+    stack: Stack,
+    management: ServiceProcess,
+    fleet: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    added = json.loads(
+        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "e.swu")))
+    )
+    sha = added["sha256"][:8]
+    # a job for one device, to install a few seconds from now: it holds, then goes by itself
+    at = dt.datetime.now().astimezone() + dt.timedelta(seconds=6)
+    args = ["job", "create", "--artifact", sha, "--device", "dev-02", "--json"]
+    made = json.loads(cli(stack, management, *args, "--install-at", at.isoformat("T", "seconds")))
+    assert made["install_at"] is not None and made["devices"][0]["install"] == "hold"
+    job = made["id"]
+    wait_until(
+        lambda: (
+            json.loads(cli(stack, management, "job", "show", job, "--json"))["devices"][0]["state"]
+            == "succeeded"
+        ),
+        timeout=120,
+        what="the held job installed at its time",
+    )
+    states = [s for j, s in fleet["dev-02"].reports if j == job]
+    assert states.index("downloaded") < states.index("installing")
+
+    # a download-only rollout cancelled while held: the devices drop the file, end failed
+    made = cli(
+        stack, management, "rollout", "create", "--artifact", sha,
+        "--devices", "dev-04,dev-05", "--download-only", "--json",
+    )  # fmt: skip
+    rid = json.loads(made)["id"]
+    wait_rollout(
+        stack,
+        management,
+        rid,
+        lambda r: all(d["state"] == "downloaded" for d in r["devices"]),
+        "both holding",
+    )
+    cli(stack, management, "rollout", "cancel", rid)
+    r = wait_rollout(
+        stack,
+        management,
+        rid,
+        lambda r: all(d["state"] == "failed" for d in r["devices"]),
+        "both cancelled",
+    )
+    assert r["state"] == "cancelled" and r["reason"].endswith("2 held download(s) cancelled")
+    assert all(d["reason"] == CANCELLED for d in r["devices"])
+    # a job that is not download-only has nothing to release
+    made = json.loads(
+        cli(stack, management, "job", "create", "--artifact", sha, "--device", "dev-06", "--json")
+    )
+    done = run_cli(stack, management, "job", "install", made["id"])
+    assert done.returncode == 1 and "has no device waiting for its install" in done.stderr

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
+from twelvefactor_services.management import jobstore, rolloutstore
 from twelvefactor_services.management.rollouts import (
     PAUSED,
     RUNNING,
@@ -147,3 +151,40 @@ def test_the_success_threshold_moves_to_the_next_phase_and_the_last_finishes() -
 
 def test_a_paused_rollout_does_nothing() -> None:
     assert decide(spec(), PAUSED, progress(succeeded=4, phase_succeeded=4), 0).action == "wait"
+
+
+def test_download_only_and_its_install_time() -> None:
+    s = spec(download_only=True, install_at=1_900_000_000)
+    assert s.download_only and s.install_at == 1_900_000_000
+    assert not spec().download_only
+    with pytest.raises(RolloutError) as info:
+        spec(install_at=1_900_000_000)
+    assert info.value.problems == ["install_at is for a download-only rollout"]
+    with pytest.raises(RolloutError, match="download_only must be true or false"):
+        spec(download_only="yes")
+
+
+def test_a_registry_from_before_download_only_gets_its_columns(tmp_path: Path) -> None:
+    """An older registry (no `install`, `install_at`, `go`) opens with them added, its rows
+    read as jobs that install at once; opening it again changes nothing."""
+    path = tmp_path / "registry.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        """
+        CREATE TABLE update_jobs (id TEXT PRIMARY KEY, artifact TEXT NOT NULL,
+            target TEXT NOT NULL, created REAL NOT NULL);
+        CREATE TABLE device_jobs (job TEXT NOT NULL, device TEXT NOT NULL, state TEXT NOT NULL,
+            percent INTEGER, reason TEXT, updated REAL NOT NULL,
+            published INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (job, device));
+        INSERT INTO update_jobs VALUES ('j-000000000001', 'ab', 'device:dev-1', 1.0);
+        INSERT INTO device_jobs VALUES ('j-000000000001', 'dev-1', 'queued', NULL, NULL, 1.0, 1);
+        """
+    )
+    old.close()
+    for _ in range(2):
+        db = rolloutstore.connect(path)
+        job = jobstore.get_job(db, "j-000000000001")
+        assert job is not None and job["install_at"] is None
+        assert job["devices"][0]["install"] == "now"
+        assert "go" in {r[1] for r in db.execute("PRAGMA table_info(rollouts)")}
+        db.close()

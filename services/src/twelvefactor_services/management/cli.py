@@ -175,10 +175,14 @@ def _print_artifact(a: dict[str, Any]) -> None:
 
 def _print_job(j: dict[str, Any]) -> None:
     print(f"job {j['id']}  artifact {j['artifact'][:12]}  {j['target']}  {iso(j['created'])}")
+    if any(d["install"] != "now" for d in j["devices"]) or j.get("install_at"):
+        when = "on the go" if j.get("install_at") is None else f"from {iso(j['install_at'])}"
+        print(f"  download only: installs {when} (`job install {j['id']}`)")
     for d in j["devices"]:
         pct = "" if d["percent"] is None else f" {d['percent']}%"
         why = f": {d['reason']}" if d["reason"] else ""
-        print(f"  {d['device']}  {d['state']}{pct}{why}  ({iso(d['updated'])})")
+        mode = {"hold": ", held", "cancel": ", cancel sent"}.get(d["install"], "")
+        print(f"  {d['device']}  {d['state']}{pct}{why}  ({iso(d['updated'])}{mode})")
 
 
 def _artifact(api: ManagementClient, args: argparse.Namespace) -> int:
@@ -222,8 +226,21 @@ def _job(api: ManagementClient, args: argparse.Namespace) -> int:
         body = {"artifact": sha, "device": args.device} if args.device else {}
         if args.group:
             body = {"artifact": sha, "group": args.group}
+        if args.download_only or args.install_at is not None:
+            body["download_only"] = True
+        if args.install_at is not None:
+            body["install_at"] = args.install_at
         made = api.call("POST", "/jobs", body)
         _print_json(made) if args.json else _print_job(made)
+        return 0
+    if args.action in ("install", "cancel"):
+        picked = {"devices": args.device} if args.device else None
+        done = api.call("POST", f"/jobs/{args.id}/{args.action}", picked)
+        if args.json:
+            _print_json(done)
+        else:
+            what = "released for install" if args.action == "install" else "sent a cancel"
+            print(f"job {done['id']}: {len(done['changed'])} held device(s) {what}")
         return 0
     if args.action == "show":
         found = api.get(f"/jobs/{args.id}")
@@ -280,6 +297,10 @@ def _print_rollout(r: dict[str, Any]) -> None:
         f"  advance at {r['success_percent']:g}% succeeded (at least {r['success_min']}); "
         f"{r['on_error']} at {r['error_percent']:g}% failed (after {r['error_min']} executed)"
     )
+    if r.get("download_only"):
+        when = "on the go" if r.get("install_at") is None else f"from {iso(r['install_at'])}"
+        go = f"; installing since {iso(r['go'])}" if r.get("go") else ""
+        print(f"  download only: installs {when} (`rollout install {r['id']}`){go}")
     if r["reason"]:
         print(f"  {r['state']}: {r['reason']}")
     for p in r["phase_progress"]:
@@ -313,13 +334,17 @@ def _rollout(api: ManagementClient, args: argparse.Namespace) -> int:
             body["devices"] = [d for d in args.devices.split(",") if d]
         if args.start is not None:
             body["start_at"] = args.start
+        if args.download_only or args.install_at is not None:
+            body["download_only"] = True
+        if args.install_at is not None:
+            body["install_at"] = args.install_at
         made = api.call("POST", "/rollouts", body)
         if args.json:
             _print_json(made)
         else:
             _print_rollout(made)
         return 0
-    if args.action in ("pause", "resume", "cancel"):
+    if args.action in ("pause", "resume", "cancel", "install"):
         done = api.call("POST", f"/rollouts/{args.id}/{args.action}")
         print(f"rollout {done['id']}: {done['state']} ({done['reason']})")
         return 0
@@ -545,6 +570,17 @@ def _config_parser(sub: Any) -> list[argparse.ArgumentParser]:
     return [p for name, p in csub.choices.items() if name != "group"] + list(gsub.choices.values())
 
 
+def _download_only_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--download-only",
+        action="store_true",
+        help=f"devices download and hold; they install on `{what} install` or at --install-at",
+    )
+    p.add_argument(
+        "--install-at", type=_time_arg, metavar="ISO8601", help="download only: install from then"
+    )
+
+
 def _fleet_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     leaves: list[argparse.ArgumentParser] = []
     leaves.append(sub.add_parser("devices", help="list devices"))
@@ -571,6 +607,14 @@ def _fleet_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--device", metavar="ID")
     target.add_argument("--group", metavar="NAME")
+    _download_only_args(p, "job")
+    for action, text in (
+        ("install", "the go for a download-only job's held devices"),
+        ("cancel", "held devices drop the download and end the job failed"),
+    ):
+        p = jsub.add_parser(action, help=text)
+        p.add_argument("id", metavar="JOB", help="any unique prefix")
+        p.add_argument("--device", action="append", metavar="ID", help="only these (repeat)")
     p = jsub.add_parser("show", help="one job with each device's state")
     p.add_argument("id", metavar="JOB", help="any unique prefix")
     jsub.add_parser("list", help="all jobs")
@@ -613,9 +657,11 @@ def _fleet_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     )
     p.add_argument("--on-error", choices=("pause", "abort"), default="pause")
     p.add_argument("--start", type=_time_arg, metavar="ISO8601", help="start time (default: now)")
+    _download_only_args(p, "rollout")
     rsub.add_parser("list", help="all rollouts")
-    for action in ("show", "pause", "resume", "cancel"):
-        p = rsub.add_parser(action, help=f"{action} a rollout")
+    for action in ("show", "pause", "resume", "cancel", "install"):
+        helped = "the go for a download-only rollout" if action == "install" else ""
+        p = rsub.add_parser(action, help=helped or f"{action} a rollout")
         p.add_argument("id", metavar="ROLLOUT", help="any unique prefix")
     leaves += rsub.choices.values()
     op = sub.add_parser("operator", help="operators and their roles (admin)")

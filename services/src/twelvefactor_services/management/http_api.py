@@ -357,10 +357,24 @@ def create_job(req: Request) -> Answer:
         group = check_group(group) if isinstance(group, str) else None
     except OverlayError as exc:
         raise Problem(400, "invalid", exc.problems) from None
+    download_only, install_at = body.get("download_only", False), body.get("install_at")
+    if not isinstance(download_only, bool):
+        raise Problem(400, "invalid", "download_only must be true or false")
+    if install_at is not None and (
+        isinstance(install_at, bool) or not isinstance(install_at, int | float) or install_at < 0
+    ):
+        raise Problem(400, "invalid", "install_at must be a time in seconds since the epoch")
     db = jobstore.connect(req.server.db_path)
     try:
         job = jobstore.create_job(
-            db, req.server.artifacts, body["artifact"], device=device, group=group, now=time.time()
+            db,
+            req.server.artifacts,
+            body["artifact"],
+            device=device,
+            group=group,
+            now=time.time(),
+            download_only=download_only,
+            install_at=install_at,
         )
     except jobstore.JobError as exc:
         raise Problem(409, "refused", str(exc)) from None
@@ -368,6 +382,31 @@ def create_job(req: Request) -> Answer:
         db.close()
     req.server.changed()
     return 201, job
+
+
+def control_job(req: Request) -> Answer:
+    """install or cancel the held devices of a download-only job (all, or `devices`)."""
+    body = req.body() if req.handler.headers.get("Content-Length", "0") != "0" else {}
+    devices = body.get("devices") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or (
+        devices is not None
+        and (not isinstance(devices, list) or not all(isinstance(d, str) for d in devices))
+    ):
+        raise Problem(400, "invalid", 'the body must be {} or {"devices": [ID, ...]}')
+    change = jobstore.release if req.match.group(2) == "install" else jobstore.cancel_held
+    db = jobstore.connect(req.server.db_path)
+    try:
+        ids = [r[0] for r in db.execute("SELECT id FROM update_jobs")]
+        job = _unique("job", req.match.group(1), ids)
+        req.audit_detail = {"job": job}
+        changed = change(db, job, devices)
+        found = jobstore.get_job(db, job)
+    except jobstore.JobError as exc:
+        raise Problem(409, "refused", str(exc)) from None
+    finally:
+        db.close()
+    req.server.changed()
+    return 200, {**(found or {}), "changed": changed}
 
 
 def _rollout_db(req: Request, work: Callable[[Any], Any]) -> Any:
@@ -567,12 +606,15 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/jobs", "viewer", list_jobs, "/jobs"),
     Route("POST", "/jobs", "operator", create_job, "/jobs"),
     Route("GET", rf"/jobs/({_JOB})", "viewer", get_job, "/jobs/{id}"),
+    Route(
+        "POST", rf"/jobs/({_JOB})/(install|cancel)", "operator", control_job, "/jobs/{id}/{action}"
+    ),
     Route("GET", "/rollouts", "viewer", list_rollouts, "/rollouts"),
     Route("POST", "/rollouts", "operator", create_rollout, "/rollouts"),
     Route("GET", rf"/rollouts/({_ROLLOUT})", "viewer", get_rollout, "/rollouts/{id}"),
     Route(
         "POST",
-        rf"/rollouts/({_ROLLOUT})/(pause|resume|cancel)",
+        rf"/rollouts/({_ROLLOUT})/(pause|resume|cancel|install)",
         "operator",
         control_rollout,
         "/rollouts/{id}/{action}",

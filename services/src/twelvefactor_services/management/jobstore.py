@@ -6,6 +6,12 @@ the transitions) and the last published flag. A group job is expanded to the
 group's members when it is created. A device has at most one unfinished job:
 its retained `mgmt/<id>/down/update` holds one job, and a second one would
 silently replace the first.
+
+A download-only job is created with each device's `install` at "hold": the
+device downloads, checks and reports `downloaded`, then waits. `release`
+(the operator's go, or `release_due` once the job's `install_at` has come)
+sets it to "now" and `cancel_held` to "cancel"; either marks the row
+unpublished, so the publisher sends the same job again with the new mode.
 """
 
 from __future__ import annotations
@@ -17,7 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from twelvefactor_agent.protocol import envelope
-from twelvefactor_agent.protocol.states import FINAL
+from twelvefactor_agent.protocol.states import (
+    FINAL,
+    INSTALL_CANCEL,
+    INSTALL_HOLD,
+    INSTALL_NOW,
+)
 
 from twelvefactor_services.management import registry
 from twelvefactor_services.management.artifacts import Artifact, ArtifactStore
@@ -33,7 +44,8 @@ CREATE TABLE IF NOT EXISTS update_jobs (
     id TEXT PRIMARY KEY,
     artifact TEXT NOT NULL,             -- sha256 of the .swu
     target TEXT NOT NULL,               -- "device:<id>" or "group:<name>"
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    install_at REAL                     -- a download-only job installs from then on
 );
 CREATE TABLE IF NOT EXISTS device_jobs (
     job TEXT NOT NULL REFERENCES update_jobs(id),
@@ -43,6 +55,7 @@ CREATE TABLE IF NOT EXISTS device_jobs (
     reason TEXT,
     updated REAL NOT NULL,
     published INTEGER NOT NULL DEFAULT 0,
+    install TEXT NOT NULL DEFAULT 'now', -- now, hold (download only) or cancel (a held job)
     PRIMARY KEY (job, device)
 );
 CREATE INDEX IF NOT EXISTS device_jobs_device ON device_jobs(device, state);
@@ -69,6 +82,9 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     db = registry.connect(path, readonly=readonly)
     if not readonly:
         db.executescript(SCHEMA)
+        # registries made before download-only jobs
+        registry.add_columns(db, "update_jobs", {"install_at": "REAL"})
+        registry.add_columns(db, "device_jobs", {"install": "TEXT NOT NULL DEFAULT 'now'"})
     return db
 
 
@@ -84,9 +100,13 @@ def create_job(
     device: str | None = None,
     group: str | None = None,
     now: float,
+    download_only: bool = False,
+    install_at: float | None = None,
 ) -> dict[str, Any]:
     if (device is None) == (group is None):
         raise JobError("a job targets exactly one of a device or a group")
+    if install_at is not None and not download_only:
+        raise JobError("install_at is for a download-only job")
     if store.get(sha256) is None:
         raise JobError(f"unknown artifact {sha256!r}")
     db.execute("BEGIN IMMEDIATE")
@@ -101,7 +121,9 @@ def create_job(
         busy = busy_devices(db, devices)
         if busy:
             raise JobError(f"unfinished job for {', '.join(sorted(busy))}; wait for it to end")
-        job = insert_job(db, sha256, devices, target, now)
+        job = insert_job(
+            db, sha256, devices, target, now, hold=download_only, install_at=install_at
+        )
     except BaseException:
         db.execute("ROLLBACK")
         raise
@@ -126,19 +148,88 @@ def busy_devices(db: sqlite3.Connection, devices: list[str]) -> dict[str, str]:
 
 
 def insert_job(
-    db: sqlite3.Connection, sha256: str, devices: list[str], target: str, now: float
+    db: sqlite3.Connection,
+    sha256: str,
+    devices: list[str],
+    target: str,
+    now: float,
+    *,
+    hold: bool = False,
+    install_at: float | None = None,
 ) -> str:
-    """A new job for ``devices`` (inside the caller's write transaction); its id."""
+    """A new job for ``devices`` (inside the caller's write transaction); its id.
+
+    ``hold``: download only, each device waits for `release` before installing."""
     job = new_job_id()
     db.execute(
-        "INSERT INTO update_jobs (id, artifact, target, created) VALUES (?, ?, ?, ?)",
-        (job, sha256, target, now),
+        "INSERT INTO update_jobs (id, artifact, target, created, install_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (job, sha256, target, now, install_at),
     )
+    mode = INSTALL_HOLD if hold else INSTALL_NOW
     db.executemany(
-        "INSERT INTO device_jobs (job, device, state, updated) VALUES (?, ?, 'queued', ?)",
-        [(job, d, now) for d in devices],
+        "INSERT INTO device_jobs (job, device, state, updated, install)"
+        " VALUES (?, ?, 'queued', ?, ?)",
+        [(job, d, now, mode) for d in devices],
     )
     return job
+
+
+def set_install(
+    db: sqlite3.Connection, job: str, mode: str, devices: list[str] | None = None
+) -> list[str]:
+    """Held, unfinished devices of ``job`` (all, or those of ``devices``) set to ``mode``,
+    to be published again; the devices changed (inside the caller's transaction)."""
+    rows = db.execute(
+        f"SELECT device FROM device_jobs WHERE job = ? AND install = '{INSTALL_HOLD}'"
+        f" AND state NOT IN {FINAL_SQL} ORDER BY device",
+        (job,),
+    )
+    held = [r[0] for r in rows if devices is None or r[0] in devices]
+    db.executemany(
+        "UPDATE device_jobs SET install = ?, published = 0 WHERE job = ? AND device = ?",
+        [(mode, job, d) for d in held],
+    )
+    return held
+
+
+def _change_holds(
+    db: sqlite3.Connection, job: str, mode: str, devices: list[str] | None
+) -> list[str]:
+    with registry.write(db):
+        if db.execute("SELECT 1 FROM update_jobs WHERE id = ?", (job,)).fetchone() is None:
+            raise KeyError(job)
+        changed = set_install(db, job, mode, devices)
+        if not changed:
+            raise JobError(f"job {job} has no device waiting for its install")
+    return changed
+
+
+def release(db: sqlite3.Connection, job: str, devices: list[str] | None = None) -> list[str]:
+    """The operator's go: the held devices of ``job`` install; the devices released."""
+    return _change_holds(db, job, INSTALL_NOW, devices)
+
+
+def cancel_held(db: sqlite3.Connection, job: str, devices: list[str] | None = None) -> list[str]:
+    """The held devices of ``job`` drop the file and end the job `failed` (`cancelled`)."""
+    return _change_holds(db, job, INSTALL_CANCEL, devices)
+
+
+def release_due(db: sqlite3.Connection, now: float) -> list[tuple[str, int]]:
+    """Release the download-only jobs whose `install_at` has come: (job, devices released)."""
+    done: list[tuple[str, int]] = []
+    due = db.execute(
+        "SELECT DISTINCT u.id FROM update_jobs u JOIN device_jobs d ON d.job = u.id"
+        f" WHERE u.install_at <= ? AND d.install = '{INSTALL_HOLD}'"
+        f" AND d.state NOT IN {FINAL_SQL} ORDER BY u.id",
+        (now,),
+    ).fetchall()
+    for (job,) in due:
+        with registry.write(db):  # (another copy may have released it meanwhile)
+            changed = set_install(db, job, INSTALL_NOW, None)
+        if changed:
+            done.append((job, len(changed)))
+    return done
 
 
 def get_job(db: sqlite3.Connection, job: str) -> dict[str, Any] | None:
@@ -146,7 +237,7 @@ def get_job(db: sqlite3.Connection, job: str) -> dict[str, Any] | None:
     if row is None:
         return None
     devices = db.execute(
-        "SELECT device, state, percent, reason, updated FROM device_jobs WHERE job = ?"
+        "SELECT device, state, percent, reason, updated, install FROM device_jobs WHERE job = ?"
         " ORDER BY device",
         (job,),
     ).fetchall()
@@ -168,25 +259,32 @@ def may_fetch(db: sqlite3.Connection, device: str, sha256: str) -> bool:
     return row is not None
 
 
-def unpublished(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
-    """(device, job, artifact) whose job has not been published yet."""
+def unpublished(db: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
+    """(device, job, artifact, install) whose job has not been published (again) yet."""
     return [
-        (r[0], r[1], r[2])
+        (r[0], r[1], r[2], r[3])
         for r in db.execute(
-            "SELECT d.device, d.job, u.artifact FROM device_jobs d JOIN update_jobs u"
+            "SELECT d.device, d.job, u.artifact, d.install FROM device_jobs d JOIN update_jobs u"
             " ON u.id = d.job WHERE d.published = 0 ORDER BY u.created"
         )
     ]
 
 
-def mark_published(db: sqlite3.Connection, device: str, job: str) -> None:
-    db.execute("UPDATE device_jobs SET published = 1 WHERE job = ? AND device = ?", (job, device))
+def mark_published(db: sqlite3.Connection, device: str, job: str, install: str) -> None:
+    """``install`` is the mode that went out: a release made meanwhile stays unpublished."""
+    db.execute(
+        "UPDATE device_jobs SET published = 1 WHERE job = ? AND device = ? AND install = ?",
+        (job, device, install),
+    )
 
 
-def job_document(job: str, device: str, artifact: Artifact, base_url: str) -> bytes:
+def job_document(
+    job: str, device: str, artifact: Artifact, base_url: str, install: str = INSTALL_NOW
+) -> bytes:
     """The retained payload of `mgmt/<device>/down/update` (docs/protocol.md)."""
     return envelope.dumps(
         {
+            "install": install,
             "v": envelope.V,
             "job": job,
             "device": device,

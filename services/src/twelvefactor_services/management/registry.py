@@ -103,6 +103,15 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return db
 
 
+def add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
+    """Add the ``columns`` (name -> declaration) a registry made by an older version lacks."""
+    with write(db):  # under the write lock: two service copies starting together add each once
+        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+        for name, declaration in columns.items():
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+
+
 @contextmanager
 def write(db: sqlite3.Connection) -> Iterator[None]:
     db.execute("BEGIN IMMEDIATE")  # take the write lock first: no upgrade deadlock between copies

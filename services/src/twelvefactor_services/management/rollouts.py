@@ -7,6 +7,13 @@ that pauses (or aborts) it, and an optional start time. Anchors: hawkBit's
 rollout groups with success and error thresholds, AWS IoT Jobs' abort
 criteria (percent failed after a minimum executed), Mender's phases.
 
+A download-only rollout first sends every phase its job held: all its
+devices download and check the artifact, then wait (`downloaded`). The
+installs start on the go (the operator's `install`, or `install_at`): the
+current phase's holds are released, and each next phase's when the success
+threshold is reached, so the phases guard the installs as in any rollout. A
+cancelled or aborted download-only rollout cancels the holds not released.
+
 Phases are sizes: a count, or a percent of all the rollout's devices
 (rounded up); the last phase takes every device left, so `4, 50%, 100%` over
 20 devices is 4, 10 and 6. Devices are put in phases in a fixed order (the
@@ -69,6 +76,8 @@ class Spec:
     error_min: int = 1
     on_error: str = "pause"
     start_at: float | None = None
+    download_only: bool = False
+    install_at: float | None = None  # download only: the go comes by itself then
 
 
 def _number(doc: dict[str, Any], key: str, low: float, high: float, problems: list[str]) -> Any:
@@ -98,6 +107,8 @@ def parse_spec(doc: object) -> Spec:
         "error_min",
         "on_error",
         "start_at",
+        "download_only",
+        "install_at",
     }
     for key in sorted(set(doc) - known):
         problems.append(f"unknown field {key!r}")
@@ -148,8 +159,14 @@ def parse_spec(doc: object) -> Spec:
             ("error_percent", 0, 100),
             ("error_min", 1, MAX_DEVICES),
             ("start_at", 0, 2**40),
+            ("install_at", 0, 2**40),
         )
     }
+    download_only = doc.get("download_only", False)
+    if not isinstance(download_only, bool):
+        problems.append("download_only must be true or false")
+    elif values["install_at"] is not None and not download_only:
+        problems.append("install_at is for a download-only rollout")
     on_error = doc.get("on_error", "pause")
     if on_error not in ("pause", "abort"):
         problems.append("on_error must be 'pause' or 'abort'")
@@ -171,6 +188,8 @@ def parse_spec(doc: object) -> Spec:
         error_min=int(_or(values["error_min"], defaults.error_min)),
         on_error=str(on_error),
         start_at=values["start_at"],
+        download_only=download_only is True,
+        install_at=values["install_at"],
     )
 
 

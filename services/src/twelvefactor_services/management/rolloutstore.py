@@ -6,7 +6,9 @@ phase started, its update job (or why it was skipped: a device busy with
 another job is left out rather than given a second one), `rollout_events`
 every change of state with its reason. A phase starts as one update job for
 its devices (target `rollout:<id>:<phase>`), so the publisher, the agents and
-the artifact server treat it as any job. Every service copy runs `tick`;
+the artifact server treat it as any job. A download-only rollout makes every
+phase's job, held, when it starts; `go` records when its installs began, and
+a phase then starts by releasing its job's holds (jobstore.py). Every service copy runs `tick`;
 each step is one write transaction, so copies never start a phase twice.
 """
 
@@ -17,7 +19,14 @@ import secrets
 import sqlite3
 from typing import Any
 
-from twelvefactor_agent.protocol.states import FAILED, FINAL, ROLLED_BACK, SUCCEEDED
+from twelvefactor_agent.protocol.states import (
+    FAILED,
+    FINAL,
+    INSTALL_CANCEL,
+    INSTALL_NOW,
+    ROLLED_BACK,
+    SUCCEEDED,
+)
 
 from twelvefactor_services.management import jobstore, registry
 from twelvefactor_services.management.artifacts import ArtifactStore
@@ -29,6 +38,7 @@ from twelvefactor_services.management.rollouts import (
     PAUSED,
     RUNNING,
     SCHEDULED,
+    WAIT,
     Phase,
     Progress,
     RolloutError,
@@ -49,7 +59,8 @@ CREATE TABLE IF NOT EXISTS rollouts (
     created_by TEXT,
     updated REAL NOT NULL,
     accepted_failed INTEGER NOT NULL DEFAULT 0,
-    accepted_executed INTEGER NOT NULL DEFAULT 0
+    accepted_executed INTEGER NOT NULL DEFAULT 0,
+    go REAL                             -- download only: when the installs began
 );
 CREATE TABLE IF NOT EXISTS rollout_devices (
     rollout TEXT NOT NULL REFERENCES rollouts(id),
@@ -74,6 +85,7 @@ def connect(path: Any, *, readonly: bool = False) -> sqlite3.Connection:
     db = jobstore.connect(path, readonly=readonly)
     if not readonly:
         db.executescript(SCHEMA)
+        registry.add_columns(db, "rollouts", {"go": "REAL"})  # before download-only rollouts
     return db
 
 
@@ -91,6 +103,8 @@ def _spec_json(spec: Spec) -> str:
             "error_min": spec.error_min,
             "on_error": spec.on_error,
             "start_at": spec.start_at,
+            "download_only": spec.download_only,
+            "install_at": spec.install_at,
         }
     )
 
@@ -155,6 +169,9 @@ def create(
             "INSERT INTO rollout_devices (rollout, device, phase) VALUES (?, ?, ?)", rows_in
         )
         when = "now" if spec.start_at is None else f"at {spec.start_at:.0f}"
+        if spec.download_only:
+            go = "on the go" if spec.install_at is None else f"from {spec.install_at:.0f}"
+            when += f", download only (install {go})"
         _event(
             db, rollout, now, SCHEDULED, f"{len(devices)} devices in {len(sizes)} phases, {when}"
         )
@@ -197,6 +214,7 @@ def get(db: sqlite3.Connection, rollout: str) -> dict[str, Any] | None:
         "created": row["created"],
         "created_by": row["created_by"],
         "updated": row["updated"],
+        "go": row["go"],
         "phase_progress": phases,
         "devices": [
             {
@@ -228,7 +246,9 @@ def control(
 ) -> dict[str, Any]:
     """pause, resume or cancel; RolloutError if the rollout's state does not allow it."""
     with registry.write(db):
-        row = db.execute("SELECT state, phase FROM rollouts WHERE id = ?", (rollout,)).fetchone()
+        row = db.execute(
+            "SELECT state, phase, go, spec FROM rollouts WHERE id = ?", (rollout,)
+        ).fetchone()
         if row is None:
             raise KeyError(rollout)
         state = row["state"]
@@ -251,15 +271,26 @@ def control(
                 db, rollout, now, RUNNING if row["phase"] >= 0 else SCHEDULED, f"resumed by {who}"
             )
         elif action == "cancel":
+            held = _cancel_holds(db, rollout)
+            note = f"; {held} held download(s) cancelled" if held else ""
             _event(
                 db,
                 rollout,
                 now,
                 CANCELLED,
-                f"cancelled by {who}; jobs already sent run to their end",
+                f"cancelled by {who}; jobs already sent run to their end{note}",
             )
+        elif action == "install":
+            if not _spec(row["spec"]).download_only:
+                raise RolloutError(
+                    [f"rollout {rollout} is not download-only: it installs as it goes"]
+                )
+            if state != RUNNING or row["go"] is not None:
+                why = "installing already" if row["go"] is not None else state
+                raise RolloutError([f"rollout {rollout} cannot be given the go: {why}"])
+            _go(db, rollout, row["phase"], now, f"install started by {who}")
         else:
-            raise RolloutError([f"unknown action {action!r}: pause, resume or cancel"])
+            raise RolloutError([f"unknown action {action!r}: pause, resume, cancel or install"])
     found = get(db, rollout)
     assert found is not None
     return found
@@ -298,7 +329,57 @@ def _progress(db: sqlite3.Connection, rollout: str, phase: int) -> Progress:
     )
 
 
+def _phase_jobs(db: sqlite3.Connection, rollout: str, phase: int | None) -> list[str]:
+    """The jobs of the rollout's ``phase`` (None: of every phase)."""
+    rows = db.execute(
+        "SELECT DISTINCT job FROM rollout_devices WHERE rollout = ? AND job IS NOT NULL"
+        " AND (? IS NULL OR phase = ?) ORDER BY job",
+        (rollout, phase, phase),
+    )
+    return [r[0] for r in rows]
+
+
+def _go(db: sqlite3.Connection, rollout: str, phase: int, now: float, reason: str) -> int:
+    """A download-only rollout's installs begin with the current phase; devices released."""
+    db.execute("UPDATE rollouts SET go = ? WHERE id = ?", (now, rollout))
+    released = sum(
+        len(jobstore.set_install(db, job, INSTALL_NOW)) for job in _phase_jobs(db, rollout, phase)
+    )
+    _event(db, rollout, now, RUNNING, f"{reason}: phase {phase + 1}, {released} device(s)")
+    return released
+
+
+def _cancel_holds(db: sqlite3.Connection, rollout: str) -> int:
+    """Held downloads of a cancelled or aborted rollout are dropped by their devices."""
+    return sum(
+        len(jobstore.set_install(db, job, INSTALL_CANCEL)) for job in _phase_jobs(db, rollout, None)
+    )
+
+
 def _start_phase(db: sqlite3.Connection, rollout: str, spec: Spec, phase: int, now: float) -> int:
+    if spec.download_only and phase > 0:  # its job was made held at the start: release it
+        jobs = _phase_jobs(db, rollout, phase)
+        db.execute("UPDATE rollouts SET phase = ? WHERE id = ?", (phase, rollout))
+        return sum(len(jobstore.set_install(db, job, INSTALL_NOW)) for job in jobs)
+    if spec.download_only:  # the start: every phase gets its job, held
+        total = sum(_make_phase_job(db, rollout, spec, p, now) for p in _phases(db, rollout))
+        db.execute("UPDATE rollouts SET phase = 0 WHERE id = ?", (rollout,))
+        return total
+    sent = _make_phase_job(db, rollout, spec, phase, now)
+    db.execute("UPDATE rollouts SET phase = ? WHERE id = ?", (phase, rollout))
+    return sent
+
+
+def _phases(db: sqlite3.Connection, rollout: str) -> list[int]:
+    rows = db.execute(
+        "SELECT DISTINCT phase FROM rollout_devices WHERE rollout = ? ORDER BY phase", (rollout,)
+    )
+    return [r[0] for r in rows]
+
+
+def _make_phase_job(
+    db: sqlite3.Connection, rollout: str, spec: Spec, phase: int, now: float
+) -> int:
     devices = [
         r[0]
         for r in db.execute(
@@ -314,12 +395,12 @@ def _start_phase(db: sqlite3.Connection, rollout: str, spec: Spec, phase: int, n
         )
     free = [d for d in devices if d not in busy]
     if free:
-        job = jobstore.insert_job(db, spec.artifact, free, f"rollout:{rollout}:{phase + 1}", now)
+        target = f"rollout:{rollout}:{phase + 1}"
+        job = jobstore.insert_job(db, spec.artifact, free, target, now, hold=spec.download_only)
         db.executemany(
             "UPDATE rollout_devices SET job = ? WHERE rollout = ? AND device = ?",
             [(job, rollout, d) for d in free],
         )
-    db.execute("UPDATE rollouts SET phase = ? WHERE id = ?", (phase, rollout))
     return len(free)
 
 
@@ -340,18 +421,34 @@ def tick(db: sqlite3.Connection, now: float) -> list[tuple[str, str, str]]:
             spec = _spec(row["spec"])
             progress = None if row["phase"] < 0 else _progress(db, rollout, row["phase"])
             d = decide(spec, row["state"], progress, now)
+            waiting = spec.download_only and row["phase"] >= 0 and row["go"] is None
+            if waiting and d.action == "next":
+                d = WAIT  # (a phase succeeds only by installs: not before the go)
             if d.action == "wait":
+                if waiting and spec.install_at is not None and now >= spec.install_at:
+                    released = _go(db, rollout, row["phase"], now, "install time reached")
+                    moves.append((rollout, "go", f"{released} device(s) released"))
                 continue
             if d.action in ("start", "next"):
                 phase = row["phase"] + 1
                 sent = _start_phase(db, rollout, spec, phase, now)
-                reason = f"phase {phase + 1} of {row['phases']} started: {sent} device(s)"
+                if spec.download_only and phase == 0:
+                    reason = (
+                        f"downloads started: {sent} device(s) in {row['phases']} phase(s);"
+                        " the installs wait for the go"
+                    )
+                else:
+                    reason = f"phase {phase + 1} of {row['phases']} started: {sent} device(s)"
                 if d.reason:
                     reason = f"{d.reason}; {reason}"
                 _event(db, rollout, now, RUNNING, reason)
                 moves.append((rollout, d.action, reason))
                 continue
             state = {"pause": PAUSED, "abort": ABORTED, "finish": FINISHED}[d.action]
-            _event(db, rollout, now, state, d.reason)
-            moves.append((rollout, d.action, d.reason))
+            reason = d.reason
+            if state == ABORTED:
+                held = _cancel_holds(db, rollout)
+                reason += f"; {held} held download(s) cancelled" if held else ""
+            _event(db, rollout, now, state, reason)
+            moves.append((rollout, d.action, reason))
     return moves

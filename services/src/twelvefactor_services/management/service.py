@@ -234,11 +234,15 @@ class ManagementService:
             jobs_db.close()
 
     def _move_rollouts(self, db: sqlite3.Connection) -> None:
+        """Rollouts one step on, and download-only jobs whose install time came released."""
         try:
+            released = jobstore.release_due(db, time.time())
             moves = rolloutstore.tick(db, time.time())
         except sqlite3.Error as exc:  # a busy or damaged registry: try again next round
             log.warning("rollouts not moved: %s", exc)
             return
+        for job, count in released:
+            log.info("job %s: install time reached, %d device(s) released", job, count)
         for rollout, action, reason in moves:
             log.info("rollout %s: %s (%s)", rollout, action, reason)
 
@@ -246,14 +250,14 @@ class ManagementService:
         if self.cfg.artifacts is None:
             return  # without an artifact server a job cannot be fetched: hold it
         store = self.cfg.artifact_store
-        for device, job, sha in jobstore.unpublished(db):
+        for device, job, sha, install in jobstore.unpublished(db):
             artifact = store.get(sha)
             if artifact is None:
                 log.error("job %s names artifact %s, which is gone from the store", job, sha)
                 continue
             info = self.client.publish(
                 mgmt_down(device, "update"),
-                jobstore.job_document(job, device, artifact, self.cfg.artifacts.url),
+                jobstore.job_document(job, device, artifact, self.cfg.artifacts.url, install),
                 qos=1,
                 retain=True,
             )
@@ -264,8 +268,8 @@ class ManagementService:
                 return
             if not info.is_published():
                 return
-            jobstore.mark_published(db, device, job)
-            log.info("published update job %s for %s", job, device)
+            jobstore.mark_published(db, device, job, install)
+            log.info("published update job %s for %s (install: %s)", job, device, install)
 
     def _publish_desired(self, registry: Registry) -> None:
         for device, version, config in registry.unpublished():
