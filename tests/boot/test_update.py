@@ -37,10 +37,12 @@ OLDER = "0.9"
 def test_good_update_survives_a_link_cut_and_switches_slots(
     updating_device: Device, boot_image: Path
 ) -> None:
+    """Download only, then the go: the job holds after its download (across an agent
+    restart) and installs when the operator releases it."""
     device = updating_device
     before = running_slot(device)
     swu = build_update(boot_image, "good", "1.1")
-    up = Updating(device, swu)
+    up = Updating(device, swu, download_only=True)
     # Cut the tunnel in the middle of the download, then bring it back.
     up.wait(
         lambda e: e["state"] == "downloading" and (e.get("percent") or 0) >= 20,
@@ -53,6 +55,26 @@ def test_good_update_survives_a_link_cut_and_switches_slots(
         device.vm.drain()
     finally:
         device.hub.set_link(True)
+    up.wait(lambda e: e["state"] == "downloaded", "the held download", job_limit(boots=0))
+    # The hold is on /data: a restarted agent holds again and installs nothing.
+    vm = device.vm
+    held = f"update job {up.job}: downloaded; the install waits for the go"
+
+    def held_notes() -> int:
+        grep = f"journalctl -b -u twelvefactor-agent --no-pager | grep -c -F '{held}'"
+        return int(vm.run(grep).output.strip() or 0)
+
+    assert held_notes() == 1
+    vm.check("systemctl restart twelvefactor-agent")
+    deadline = time.monotonic() + job_limit(boots=0)
+    while held_notes() < 2:
+        assert time.monotonic() < deadline, "the restarted agent did not hold the job again"
+        time.sleep(1)
+    assert up.state()["state"] == "downloaded"
+    assert vm.check("twelvefactor-bootenv get upgrade_available") == "0"
+    assert running_slot(device) == before
+    status, released = device.hub.management_send("POST", f"/jobs/{up.job}/install")
+    assert status == 200 and released["changed"] == [device.device_id], released
     entry = up.wait_final(job_limit(boots=1))
     assert entry["state"] == "succeeded", (entry, up.states)
     starts = up.ranged_requests()
@@ -67,7 +89,8 @@ def test_good_update_survives_a_link_cut_and_switches_slots(
     changes = [(a, b) for a, b in up.transitions() if a != b]
     assert changes == [
         ("queued", "downloading"),
-        ("downloading", "installing"),
+        ("downloading", "downloaded"),
+        ("downloaded", "installing"),
         ("installing", "rebooting"),
         ("rebooting", "verifying"),
         ("verifying", "succeeded"),

@@ -54,6 +54,24 @@ def connect_properties(session_expiry: int) -> Properties:
     return props
 
 
+def run_until(client: mqtt.Client, stop: threading.Event) -> None:
+    """Connect (connect_async first) and serve in paho's own thread until `stop` is set.
+
+    Not `loop_forever` in the main thread: paho writes a publish made from any
+    other thread straight to the socket unless its loop runs in a thread it
+    started (`loop_start`), so a publisher thread beside `loop_forever` writes
+    on the TLS stream while the loop writes its acknowledgements, the bytes
+    interleave, and the broker drops the session with "protocol error" (seen
+    under bursts: reports sent meanwhile were lost to a clean session).
+    """
+    client.loop_start()
+    try:
+        stop.wait()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
 class Connection:
     """Tracks a paho client's connection state for readiness checks and logs."""
 

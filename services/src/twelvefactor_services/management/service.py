@@ -41,6 +41,7 @@ from twelvefactor_services.mqtt import (
     Identity,
     connect_properties,
     make_client,
+    run_until,
 )
 from twelvefactor_services.topics import shared
 
@@ -305,8 +306,10 @@ class ManagementService:
         publisher.start()
         log.info("operator API on https://%s:%d", self.cfg.api.host, self.http.server_address[1])
 
+        stop_requested = threading.Event()
+
         def stop(_sig: int, _frame: FrameType | None) -> None:
-            self.client.disconnect()
+            stop_requested.set()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -317,7 +320,7 @@ class ManagementService:
             clean_start=True,
             properties=connect_properties(0),
         )
-        self.client.loop_forever(retry_first_connection=True)
+        run_until(self.client, stop_requested)
         self.stopping.set()
         self.publish_wake.set()
         publisher.join(15)

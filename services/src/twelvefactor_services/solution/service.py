@@ -32,6 +32,7 @@ from twelvefactor_services.mqtt import (
     Identity,
     connect_properties,
     make_client,
+    run_until,
 )
 from twelvefactor_services.solution.delivery import DeliveryWorker
 from twelvefactor_services.solution.envelope import parse_envelope
@@ -77,7 +78,8 @@ class SolutionService:
         self.cfg = cfg
         self.store: Store | None = None  # opened in the MQTT thread
         self.conn = Connection()
-        self.stop_event = threading.Event()
+        self.stop_event = threading.Event()  # the workers stop
+        self.stop_requested = threading.Event()  # the service stops (signal, store failure)
         self.failed = False
         # Stable across restarts: a copy restarted after a crash takes its lease back at once
         # (two live copies never share an instance number: the broker allows one client id).
@@ -155,6 +157,7 @@ class SolutionService:
             log.exception("could not store a message from %s; stopping", msg.topic)
             self.failed = True
             c.disconnect()
+            self.stop_requested.set()
             return
         c.ack(msg.mid, msg.qos)
         if new:
@@ -184,7 +187,7 @@ class SolutionService:
         """Serve until SIGTERM or SIGINT; 1 if stopped by a storage failure."""
 
         def stop(_sig: int, _frame: FrameType | None) -> None:
-            self.client.disconnect()
+            self.stop_requested.set()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
@@ -197,7 +200,7 @@ class SolutionService:
             clean_start=False,
             properties=connect_properties(SESSION_EXPIRY),
         )
-        self.client.loop_forever(retry_first_connection=True)
+        run_until(self.client, self.stop_requested)
         self.proxy.close()
         self.stop_event.set()
         for w in self.workers:
