@@ -309,10 +309,9 @@ class Hub:
         artifact: dict[str, Any] = self.api.upload("/artifacts", swu, {})
         return artifact
 
-    def create_job(self, sha256: str, device_id: str) -> str:
-        status, body = self.management_send(
-            "POST", "/jobs", {"artifact": sha256, "device": device_id}
-        )
+    def create_job(self, sha256: str, device_id: str, *, download_only: bool = False) -> str:
+        request = {"artifact": sha256, "device": device_id, "download_only": download_only}
+        status, body = self.management_send("POST", "/jobs", request)
         if status != 201 or not isinstance(body, dict):
             raise HubError(f"POST /jobs: {status} {body}")
         return str(body["id"])

@@ -71,14 +71,24 @@ def partition_digest(image: Path, slot: str) -> str:
 class Updating:
     """One job on the device, watched from the management service; reboots power-cycled."""
 
-    def __init__(self, device: Device, swu: Path | None = None, *, job: str = "") -> None:
-        """A new job for `swu`, or (`job`) one that exists already."""
+    def __init__(
+        self,
+        device: Device,
+        swu: Path | None = None,
+        *,
+        job: str = "",
+        download_only: bool = False,
+    ) -> None:
+        """A new job for `swu` (held after its download if `download_only`), or (`job`)
+        one that exists already."""
         self.device = device
         self.hub = device.hub
         if swu is not None:
             artifact = self.hub.add_artifact(swu)
             self.sha256 = str(artifact["sha256"])
-            self.job = self.hub.create_job(self.sha256, device.device_id)
+            self.job = self.hub.create_job(
+                self.sha256, device.device_id, download_only=download_only
+            )
         else:
             self.job = job
             self.sha256 = str(self.hub.management_get(f"/jobs/{job}")[1].get("artifact", ""))
