@@ -1,8 +1,10 @@
-"""The main job: the demo shows both devices online with health and archived data,
-and Ctrl-C (SIGINT) stops everything cleanly."""
+"""The main job: the demo shows both devices online with health and archived data, says
+what happened when an agent is killed (once, not a line per try of its application),
+and Ctrl-C (SIGINT) stops everything cleanly and removes its folder and keys."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -10,40 +12,54 @@ import sys
 import time
 from pathlib import Path
 
-ROW = re.compile(r"^\s+(dev-\d{3})\s+online\s.*uptime\s+(\d+) s.*archived\s+(\d+)$")
+PID = re.compile(r"^device\s+(dev-\d{3}): agent pid (\d+)")
+FOLDER = re.compile(r"^folder\s+(\S+) \(removed on exit")
 
 
-def test_demo_shows_devices_online_with_data_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def row(line: str) -> list[str] | None:
+    """A device row of the plain table: its cells (two or more spaces apart)."""
+    if not re.match(r"^  dev-\d{3}\s", line):
+        return None
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_demo_shows_devices_reports_a_killed_agent_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "testbed.demo",
-            "--dir",
-            str(tmp_path),
-            "--period",
-            "0.5",
-            "--report-every",
-            "2",
-        ],
+        [sys.executable, "-m", "testbed.demo", "--period", "0.5", "--report-every", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # its temporary folder, to see it go
     )
     assert proc.stdout is not None
-    seen: dict[str, int] = {}
+    pids: dict[str, int] = {}
+    folder = ""
+    seen: dict[str, list[str]] = {}
     output: list[str] = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
+    killed = False
     try:
         for line in proc.stdout:
             output.append(line)
-            m = ROW.match(line.rstrip())
-            # uptime > 0 means a health report has arrived at the management service
-            if m and int(m.group(2)) > 0 and int(m.group(3)) > 0:
-                seen[m.group(1)] = int(m.group(3))
-            if len(seen) == 2 or time.monotonic() > deadline:
+            if m := PID.match(line):
+                pids[m.group(1)] = int(m.group(2))
+            if m := FOLDER.match(line):
+                folder = m.group(1)
+            cells = row(line)
+            # LOAD is shown once a health report reached the management service
+            if cells and cells[1] == "online" and cells[5] != "-" and int(cells[8]) > 0:
+                seen[cells[0]] = cells
+            if len(seen) == 2 and not killed:
+                os.kill(pids["dev-002"], signal.SIGKILL)
+                killed = True
+            if "dev-002 OFFLINE" in line or time.monotonic() > deadline:
                 break
-        assert set(seen) == {"dev-001", "dev-002"}, "".join(output)
+        text = "".join(output)
+        assert set(seen) == {"dev-001", "dev-002"}, text
+        assert seen["dev-001"][3] == "none", text  # a host agent has no A/B slots
+        assert "console " in text and "operator API  https://" in text
+        assert "dev-002 agent died: killed by SIGKILL" in text, text
+        assert "dev-002 OFFLINE (lost)" in text, text
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)
     finally:
@@ -51,7 +67,10 @@ def test_demo_shows_devices_online_with_data_and_stops_on_ctrl_c(tmp_path: Path)
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, rest
+    assert rest.count("local API unreachable") + text.count("local API unreachable") == 1
     assert "stopped cleanly" in rest
+    assert folder.startswith(str(tmp_path)) and not Path(folder).exists()
+    assert f"removed {folder} and the keys in it" in rest
     # Nothing left running: the broker and every agent were children of the demo.
     leftovers = subprocess.run(
         ["pgrep", "-f", str(tmp_path)], capture_output=True, text=True

@@ -580,9 +580,7 @@ def test_a_held_job_cancelled_drops_the_file_and_fails() -> None:
 def test_a_cancel_before_the_job_started_is_reported_and_one_after_the_hold_ignored() -> None:
     d = Device()
     out = d(lambda m: m.received(job(install="cancel")))
-    assert [(a.state, a.reason) for a in out if isinstance(a, Report)] == [
-        ("failed", um.CANCELLED)
-    ]
+    assert [(a.state, a.reason) for a in out if isinstance(a, Report)] == [("failed", um.CANCELLED)]
     assert d.disk.handled == ["j-1"] and d.disk.record is None
     d = Device()
     to_dry_run(d)  # a job that was never held: too late to cancel

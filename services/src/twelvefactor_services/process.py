@@ -80,6 +80,11 @@ class ChildProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def exit_status(self) -> int | None:
+        """The return code once it exited by itself (negative: the signal), else None."""
+        return None if self._proc is None else self._proc.poll()
+
     def _spawn(self, argv: Sequence[str], ready: Callable[[], bool], timeout: float) -> None:
         """Start ``argv`` and wait until ``ready()``; LaunchError if it exits or times out."""
         if self.running:
