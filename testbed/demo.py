@@ -89,6 +89,12 @@ def _console_login(stack: Stack, management: ServiceProcess) -> tuple[str, str] 
     return f"{management.api.url}/console/", password
 
 
+def _cli() -> str:
+    """The operator CLI as this shell can run it (the venv's, when it is not on PATH)."""
+    beside = Path(sys.executable).with_name("twelvefactor-management")
+    return shutil.which("twelvefactor-management") or str(beside)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__)
     parser.add_argument("--dir", type=Path, help="working folder, kept (default: a temporary one)")
@@ -141,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if login
             else "console       (this management service serves none)",
             f"operator API  {management.api.url}",
-            f"  CLI         twelvefactor-management devices {api}",
+            f"  CLI         {_cli()} devices {api}",
             f"broker        management :{stack.management_endpoint.port}, solution"
             f" :{stack.solution_endpoint.port} (TLS, client certificates only)",
             f"folder        {root} ({kept})",
