@@ -84,8 +84,11 @@ def test_good_update_survives_a_link_cut_and_switches_slots(
     device.wait_online("after the update")
     assert device.meta()["slot"] == after
     assert version(device) == "1.1"
-    # The new slot confirmed itself: no update pending in the boot environment.
+    # The new slot confirmed itself: no update pending in the boot environment, and
+    # SWUpdate's "installed" marker cleared with it (the next update starts clean).
     assert device.vm.check("twelvefactor-bootenv get upgrade_available") == "0"
+    ustate = device.vm.run("twelvefactor-bootenv get ustate").output.strip()
+    assert ustate in ("0", "bootenv: ustate is not set"), ustate
     changes = [(a, b) for a, b in up.transitions() if a != b]
     assert changes == [
         ("queued", "downloading"),

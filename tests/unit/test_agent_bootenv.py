@@ -170,6 +170,18 @@ def test_cli_set_get_confirm(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert not list(tmp_path.glob(".grubenv*"))  # no temp file left behind
 
 
+def test_confirm_clears_swupdates_installed_marker(tmp_path: Path) -> None:
+    """SWUpdate leaves ustate=1 after an install: confirming the new slot clears it, so the
+    next update's state starts clean; a block without it gets none."""
+    path = grubenv(tmp_path, {**AB, "slot": "B", "upgrade_available": "1", "ustate": "1"})
+    assert bootenv.main(["--file", str(path), "confirm"]) == 0
+    assert parse(path.read_bytes())["ustate"] == "0"
+    (tmp_path / "x").mkdir()
+    plain = grubenv(tmp_path / "x", AB)
+    assert bootenv.main(["--file", str(plain), "confirm"]) == 0
+    assert "ustate" not in parse(plain.read_bytes())
+
+
 def test_confirm_does_not_rewrite_a_confirmed_block(tmp_path: Path) -> None:
     path = grubenv(tmp_path, AB)
     inode = path.stat().st_ino

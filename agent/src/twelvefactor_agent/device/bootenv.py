@@ -234,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     put = sub.add_parser("set", help="set variables")
     put.add_argument("assignments", nargs="+", metavar="KEY=VALUE")
     confirm = sub.add_parser(
-        "confirm", help="mark the running slot good: upgrade_available=0 bootcount=0"
+        "confirm",
+        help="mark the running slot good: upgrade_available=0 bootcount=0 (and ustate=0 if set)",
     )
     confirm.add_argument("--cmdline", type=Path, default=CMDLINE, help=f"default {CMDLINE}")
     slot = sub.add_parser("slot", help="print the slot this boot runs (A or B)")
@@ -299,6 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{exc}: writing a new one for slot {fresh['slot']}", file=sys.stderr)
                 backend.replace(fresh)
                 return 0
+            # SWUpdate's bootloader state marker (ustate=1, "installed") outlives the
+            # update it marked unless cleared here: the next update must start clean.
+            if env.get("ustate", "0") != "0":
+                confirmed["ustate"] = "0"
             # Only write when something changes: the environment lives on flash.
             if any(env.get(k) != v for k, v in confirmed.items()):
                 backend.update(confirmed)
