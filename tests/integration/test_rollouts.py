@@ -172,15 +172,49 @@ def wait_rollout(
     )
 
 
+def add_artifact(
+    stack: Stack, management: ServiceProcess, swu: Path, version: str = "2.0"
+) -> dict[str, Any]:
+    """A new .swu of ``version`` made at ``swu`` and added through the CLI: the artifact."""
+    made = make_swu(swu, version)
+    added: dict[str, Any] = json.loads(
+        cli(stack, management, "artifact", "add", "--json", str(made))
+    )
+    return added
+
+
+def good_group_rollout(
+    stack: Stack, management: ServiceProcess, swu: Path, group: str, *extra: str
+) -> str:
+    """A new artifact rolled out to a group of the 18 good devices in phases of 2, 50 %
+    and the rest, with ``extra`` options; the rollout's id."""
+    good = [d for d in DEVICES if d not in REFUSING]
+    added = add_artifact(stack, management, swu)
+    cli(stack, management, "config", "group", "set", group, "--set-json", "{}")
+    cli(stack, management, "config", "group", "add", group, *good)
+    made = cli(
+        stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
+        "--group", group, "--phase", "2", "--phase", "50%", "--phase", "100%", "--json", *extra,
+    )  # fmt: skip
+    return str(json.loads(made)["id"])
+
+
+def wait_all(
+    stack: Stack, management: ServiceProcess, rid: str, state: str, what: str
+) -> dict[str, Any]:
+    """The rollout once every one of its devices is in ``state``."""
+    return wait_rollout(
+        stack, management, rid, lambda r: all(d["state"] == state for d in r["devices"]), what
+    )
+
+
 def test_a_release_that_fails_in_the_first_phase_never_reaches_the_second(
     stack: Stack,
     management: ServiceProcess,
     fleet: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    added = json.loads(
-        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "a.swu")))
-    )
+    added = add_artifact(stack, management, tmp_path / "a.swu")
     made = cli(
         stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
         "--devices", ",".join(DEVICES), "--phase", "4", "--phase", "50%", "--phase", "100%",
@@ -220,29 +254,14 @@ def test_a_good_release_goes_through_every_phase_and_a_cancel_stops_the_next(
     fleet: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    good = [d for d in DEVICES if d not in REFUSING]
-    added = json.loads(
-        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "g.swu")))
-    )
-    cli(stack, management, "config", "group", "set", "field", "--set-json", "{}")
-    cli(stack, management, "config", "group", "add", "field", *good)
-    made = cli(
-        stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
-        "--group", "field", "--phase", "2", "--phase", "50%", "--phase", "100%",
-        "--error", "10", "--json",
-    )  # fmt: skip
-    rid = json.loads(made)["id"]
+    rid = good_group_rollout(stack, management, tmp_path / "g.swu", "field", "--error", "10")
     r = wait_rollout(stack, management, rid, lambda r: r["state"] == "finished", "the end")
     assert [p["size"] for p in r["phase_progress"]] == [2, 9, 7]
     assert [p.get("succeeded") for p in r["phase_progress"]] == [2, 9, 7]
     assert r["reason"] == "18 succeeded, 0 failed or rolled back"
 
     # a second release, cancelled while it waits for its start time, sends nothing
-    second = json.loads(
-        cli(
-            stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "h.swu", "2.1"))
-        )
-    )
+    second = add_artifact(stack, management, tmp_path / "h.swu", "2.1")
     made = cli(
         stack, management, "rollout", "create", "--artifact", second["sha256"][:8],
         "--group", "field", "--start", "2099-01-01T00:00", "--json",
@@ -269,9 +288,7 @@ def test_a_rollout_by_tags_takes_the_enrolled_devices_with_all_of_them(
         reg.retire("tag-2", 2.0, None)  # decommissioned: never in a rollout again
     finally:
         reg.close()
-    added = json.loads(
-        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "t.swu")))
-    )
+    added = add_artifact(stack, management, tmp_path / "t.swu")
     made = cli(
         stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
         "--tags", "bench,site:b", "--json",
@@ -301,25 +318,9 @@ def test_a_download_only_rollout_downloads_everywhere_then_installs_phase_by_pha
     tmp_path: Path,
 ) -> None:
     good = [d for d in DEVICES if d not in REFUSING]
-    added = json.loads(
-        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "d.swu")))
-    )
-    cli(stack, management, "config", "group", "set", "night", "--set-json", "{}")
-    cli(stack, management, "config", "group", "add", "night", *good)
-    made = cli(
-        stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
-        "--group", "night", "--phase", "2", "--phase", "50%", "--phase", "100%",
-        "--download-only", "--json",
-    )  # fmt: skip
-    rid = json.loads(made)["id"]
+    rid = good_group_rollout(stack, management, tmp_path / "d.swu", "night", "--download-only")
     # every phase downloads at once, and nobody installs before the go
-    r = wait_rollout(
-        stack,
-        management,
-        rid,
-        lambda r: all(d["state"] == "downloaded" for d in r["devices"]),
-        "every device holding its download",
-    )
+    r = wait_all(stack, management, rid, "downloaded", "every device holding its download")
     assert r["state"] == "running" and r["go"] is None and r["phase"] == 1
     assert r["events"][-1]["reason"] == (
         "downloads started: 18 device(s) in 3 phase(s); the installs wait for the go"
@@ -350,9 +351,7 @@ def test_a_held_job_installs_at_its_time_and_a_cancelled_hold_ends_failed(
     fleet: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    added = json.loads(
-        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "e.swu")))
-    )
+    added = add_artifact(stack, management, tmp_path / "e.swu")
     sha = added["sha256"][:8]
     # a job for one device, to install a few seconds from now: it holds, then goes by itself
     at = dt.datetime.now().astimezone() + dt.timedelta(seconds=6)
@@ -377,21 +376,9 @@ def test_a_held_job_installs_at_its_time_and_a_cancelled_hold_ends_failed(
         "--devices", "dev-04,dev-05", "--download-only", "--json",
     )  # fmt: skip
     rid = json.loads(made)["id"]
-    wait_rollout(
-        stack,
-        management,
-        rid,
-        lambda r: all(d["state"] == "downloaded" for d in r["devices"]),
-        "both holding",
-    )
+    wait_all(stack, management, rid, "downloaded", "both holding")
     cli(stack, management, "rollout", "cancel", rid)
-    r = wait_rollout(
-        stack,
-        management,
-        rid,
-        lambda r: all(d["state"] == "failed" for d in r["devices"]),
-        "both cancelled",
-    )
+    r = wait_all(stack, management, rid, "failed", "both cancelled")
     assert r["state"] == "cancelled" and r["reason"].endswith("2 held download(s) cancelled")
     assert all(d["reason"] == CANCELLED for d in r["devices"])
     # a job that is not download-only has nothing to release
