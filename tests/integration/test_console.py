@@ -108,7 +108,6 @@ def test_find_a_device_and_read_its_health_charts(
     browser: Any,
     tmp_path: Path,
 ) -> None:
-    shots = Shots(tmp_path)
     add_operator(admin, "olga", "operator")
     agents = [HostAgent(stack, d, tmp_path / d, health_interval=5) for d in ("dev-001", "dev-002")]
     try:
@@ -120,8 +119,24 @@ def test_find_a_device_and_read_its_health_charts(
             timeout=UI_WAIT / 1000,
             what="two health reports",
         )
-    finally:
         agents[1].close()
+        find_and_read(management, admin, browser, tmp_path)
+    finally:
+        for agent in agents:
+            agent.close()
+
+
+def find_and_read(
+    management: ServiceProcess, admin: ManagementClient, browser: Any, tmp_path: Path
+) -> None:
+    """dev-001 runs, dev-002 has stopped after its health reports: olga finds and reads it."""
+    shots = Shots(tmp_path)
+    # offline (its will) comes after anything it sent before: its last report is in
+    wait_until(
+        lambda: admin.get("/devices/dev-002")["online"] is False,
+        timeout=UI_WAIT / 1000,
+        what="dev-002 offline",
+    )
     last = admin.get("/devices/dev-002/health")[-1]
     device = admin.get("/devices/dev-002")
     assert device["health_ts"] == last["ts"]
