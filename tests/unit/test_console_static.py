@@ -1,13 +1,17 @@
 """The console's files as the operator API serves them: only files of the console folder, by
 name, with a fixed content type, `Cache-Control: no-cache` and the strict CSP on every answer
-(errors included); `/` leads to `/console/`."""
+(errors included); `/` leads to `/console/`. And the events feed over HTTP: a bad cursor is
+refused, and a waiting request answers when something happens."""
 
 from __future__ import annotations
 
 import datetime as dt
 import http.client
 import ipaddress
+import json
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twelvefactor_services.management import http_api
+from twelvefactor_services.management import http_api, operators, registry
+from twelvefactor_services.management.logic import parse_report
 
 pytestmark = pytest.mark.unit
 
@@ -150,3 +155,48 @@ def test_every_console_answer_has_the_strict_policy(
     assert refused.status == 421 and "Content-Security-Policy" in refused.headers
     # the API itself is unchanged: JSON, a token needed
     assert get(server, "/devices").status == 401
+
+
+def call(
+    server: tuple[http_api.ApiServer, Path], path: str, token: str
+) -> tuple[int, dict[str, object]]:
+    srv, ca = server
+    port = srv.server_address[1]
+    ctx = ssl.create_default_context(cafile=str(ca))
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=60)
+    conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    conn.close()
+    return resp.status, body
+
+
+def test_the_events_feed_waits_for_the_next_event(
+    server: tuple[http_api.ApiServer, Path],
+) -> None:
+    srv, _ = server
+    db = operators.connect(srv.db_path)
+    operators.add_operator(db, "vera", "viewer", None, time.time())
+    token = operators.create_token(db, "vera", "test", time.time(), None)["token"]
+    db.close()
+    status, first = call(server, "/events", token)
+    assert status == 200 and first["events"] == []
+    assert call(server, "/events?after=o1", token)[0] == 400
+    # nothing new: a request with a short wait answers empty, with the same cursor
+    assert call(server, f"/events?after={first['next']}&wait=0", token)[1] == first
+    # a waiting request answers as soon as a device goes online
+    got: dict[str, object] = {}
+    waiting = threading.Thread(
+        target=lambda: got.update(call(server, f"/events?after={first['next']}", token)[1])
+    )
+    started = time.monotonic()
+    waiting.start()
+    reg = registry.Registry(srv.db_path)
+    raw = json.dumps({"v": 1, "online": True, "reason": "", "ts": time.time()}).encode()
+    reg.apply("dev-a", parse_report("dev-a", "online", raw), time.time())
+    reg.close()
+    waiting.join(http_api.EVENTS_WAIT + 10)
+    assert time.monotonic() - started < http_api.EVENTS_WAIT
+    events = got["events"]
+    assert isinstance(events, list)
+    assert [(e["kind"], e["device"]) for e in events] == [("online", "dev-a")]
