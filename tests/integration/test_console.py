@@ -72,7 +72,7 @@ def admin(stack: Stack, management: ServiceProcess) -> ManagementClient:
     return ManagementClient(management.api.url, token=stack.admin_token(), ca=stack.pki.ca_cert)
 
 
-def open_console(browser: Any, management: ServiceProcess, name: str) -> Any:
+def open_console(browser: Any, management: ServiceProcess, name: str, shots: Shots) -> Any:
     """A fresh browser context logged in as ``name``; the page on the overview."""
     assert management.api is not None
     # The API's certificate is the stack's own CA, which this browser does not know: the
@@ -89,6 +89,8 @@ def open_console(browser: Any, management: ServiceProcess, name: str) -> Any:
     page.errors = errors
     page.goto(management.api.url + "/")
     assert page.url.startswith("https://") and page.url.endswith("/console/"), page.url
+    page.wait_for_selector("#login-name")
+    shots(page, "login")
     page.fill("#login-name", name)
     page.fill("#login-password", PASSWORD)
     page.click("#login-submit")
@@ -120,16 +122,21 @@ def test_find_a_device_and_read_its_health_charts(
             what="two health reports",
         )
         agents[1].close()
-        find_and_read(management, admin, browser, tmp_path)
+        find_and_read(management, admin, browser, tmp_path, agents[0])
     finally:
         for agent in agents:
             agent.close()
 
 
 def find_and_read(
-    management: ServiceProcess, admin: ManagementClient, browser: Any, tmp_path: Path
+    management: ServiceProcess,
+    admin: ManagementClient,
+    browser: Any,
+    tmp_path: Path,
+    running: HostAgent,
 ) -> None:
-    """dev-001 runs, dev-002 has stopped after its health reports: olga finds and reads it."""
+    """dev-001 runs, dev-002 has stopped after its health reports: olga finds and reads it;
+    dev-001 stops while she looks at the list, which shows it without a reload."""
     shots = Shots(tmp_path)
     # offline (its will) comes after anything it sent before: its last report is in
     wait_until(
@@ -141,11 +148,17 @@ def find_and_read(
     device = admin.get("/devices/dev-002")
     assert device["health_ts"] == last["ts"]
 
-    page = open_console(browser, management, "olga")
+    page = open_console(browser, management, "olga", shots)
     assert page.text_content("#who") == "olga (operator)"
     shots(page, "overview")
     page.click("a[href='#/devices']")
-    page.wait_for_selector("tr[data-device='dev-001']")
+    page.wait_for_selector("tr[data-device='dev-001'] td.online")
+    shots(page, "devices")
+    page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
+    running.close()
+    page.wait_for_selector("tr[data-device='dev-001'] td.offline")  # from the events feed
+    assert page.evaluate("window.sameDocument === true")
+    shots(page, "devices-live")
     page.fill("#device-search", "dev-002")
     page.wait_for_selector("tr[data-device='dev-001']", state="detached")
     assert page.eval_on_selector_all("#devices tbody tr", "rows => rows.length") == 1
@@ -191,7 +204,7 @@ def test_a_rollout_from_the_form_reaches_100_percent(
         for d in ("dev-a1", "dev-a2"):
             (tmp_path / d).mkdir()
             devices.append(UpdatingDevice(stack, d, tmp_path / d))
-        page = open_console(browser, management, "olga")
+        page = open_console(browser, management, "olga", shots)
         shots(page, "overview")
         page.click("a[href='#/rollouts']")
         page.wait_for_selector("#rollout-form")
@@ -247,7 +260,7 @@ def test_a_viewer_sees_no_control_and_the_api_refuses_a_forced_change(
         "/rollouts",
         {"artifact": added["sha256"], "group": "field", "start_at": 4_000_000_000},
     )
-    page = open_console(browser, management, "vera")
+    page = open_console(browser, management, "vera", shots)
     assert page.text_content("#who") == "vera (viewer)"
 
     def controls() -> list[str]:
