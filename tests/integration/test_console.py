@@ -116,8 +116,10 @@ def test_find_a_device_and_read_its_health_charts(
         for agent in agents:
             agent.start()
         # two health samples of dev-002, then it stops: its last report is known
-        wait_until(
-            lambda: len(admin.get("/devices/dev-002/health")) >= 2,
+        wait_until(  # 404 until the device's first report
+            lambda: (
+                (r := admin.request("GET", "/devices/dev-002/health"))[0] == 200 and len(r[1]) >= 2
+            ),
             timeout=UI_WAIT / 1000,
             what="two health reports",
         )
@@ -150,6 +152,9 @@ def find_and_read(
 
     page = open_console(browser, management, "olga", shots)
     assert page.text_content("#who") == "olga (operator)"
+    assert page.text_content("#count-online b") == "1"
+    assert page.text_content("#count-offline b") == "1"
+    page.wait_for_selector("#events tr[data-kind='offline']")  # dev-002's, as recent events
     shots(page, "overview")
     page.click("a[href='#/devices']")
     page.wait_for_selector("tr[data-device='dev-001'] td.online")

@@ -78,20 +78,21 @@ async function api(method, path, body) {
 
 // -- the live feed: GET /events long-polls; each batch refreshes the page shown ------------
 
-async function follow() {
-  const mine = {};
-  state.feed = mine;
+async function poll() {
+  const q = state.cursor === null ? "/events" : `/events?after=${state.cursor}`;
+  const got = await api("GET", q);
+  const first = state.cursor === null;
+  state.cursor = got.next;
+  state.recent = state.recent.concat(got.events).slice(-50);
+  return first ? [] : got.events;
+}
+
+async function follow(mine) {
   while (state.feed === mine && sessionStorage.getItem(TOKEN)) {
     try {
-      const q = state.cursor === null ? "/events" : `/events?after=${state.cursor}`;
-      const got = await api("GET", q);
+      const events = await poll();
       if (state.feed !== mine) return;
-      const first = state.cursor === null;
-      state.cursor = got.next;
-      state.recent = state.recent.concat(got.events).slice(-50);
-      if (!first && got.events.length && state.page && state.page.onEvents) {
-        state.page.onEvents(got.events);
-      }
+      if (events.length && state.page && state.page.onEvents) state.page.onEvents(events);
     } catch (err) {
       if (err.status === 401) return;
       await new Promise((r) => setTimeout(r, 2000)); // the service restarting: try again
@@ -670,7 +671,10 @@ async function start() {
   document.body.dataset.role = state.who.role;
   state.cursor = null;
   state.recent = [];
-  follow();
+  const mine = {};
+  state.feed = mine;
+  await poll(); // the newest events first (the overview shows them), then follow
+  follow(mine);
 }
 
 async function logout() {
