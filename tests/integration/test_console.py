@@ -239,6 +239,11 @@ def test_a_rollout_from_the_form_reaches_100_percent(
         assert states == ["succeeded", "succeeded"]
         assert page.evaluate("window.sameDocument === true")
         shots(page, "rollout-finished")
+        # the operator's audit log has the rollout made from the form
+        page.click("a[href='#/audit']")
+        page.wait_for_selector("#audit td:text('POST /rollouts')")
+        assert page.text_content("#audit tr:nth-child(2) td:nth-child(2)") == "olga"
+        shots(page, "audit")
         assert page.errors == []
     finally:
         for d in devices:
@@ -309,5 +314,14 @@ def test_a_viewer_sees_no_control_and_the_api_refuses_a_forced_change(
     page.wait_for_function("location.hash === '#/overview'")
     page.wait_for_selector("#count-online")
     shots(page, "audit-refused")
+    # logging out revokes the token and forgets it
+    token = page.evaluate("sessionStorage.getItem('twelvefactor.token')")
+    page.click("#logout")
+    page.wait_for_selector("#login-name")
+    shots(page, "logged-out")
+    assert page.evaluate("sessionStorage.getItem('twelvefactor.token')") is None
+    assert management.api is not None
+    gone = ManagementClient(management.api.url, token=token, ca=stack.pki.ca_cert)
+    assert gone.request("GET", "/whoami")[0] == 401
     assert page.errors == []
     shots.check()
