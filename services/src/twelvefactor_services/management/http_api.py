@@ -51,6 +51,22 @@ IDLE_TIMEOUT = 60.0
 LOGIN_FAILURES = 5  # wrong passwords for one name within LOGIN_WINDOW lock it for a while
 LOGIN_WINDOW = 300.0
 PREFIX_MIN = 4  # an artifact or job may be named by a unique prefix this long, as git does
+EVENTS_WAIT = 25.0  # GET /events waits this long for something new before answering empty
+EVENTS_POLL = 0.5  # how often a waiting GET /events looks again
+# The web console (console/): static files for the browser, a client of this same API.
+CONSOLE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'"
+)
+CONSOLE_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+_CONSOLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,99})*")
 
 
 class Problem(Exception):
@@ -204,6 +220,45 @@ def device_history(req: Request) -> Answer:
     if before is not None:
         page["before"] = before
     return 200, _read(req, lambda db: registry.history(db, _device(req), **page))
+
+
+def device_health(req: Request) -> Answer:
+    """The device's health series: `since` (epoch seconds, exclusive), `limit` newest."""
+    get_device(req)
+    limit = req.query_int("limit", 1, registry.HEALTH_KEPT, registry.HEALTH_KEPT)
+    since: float | None = None
+    if "since" in req.query:
+        try:
+            since = float(req.query["since"][-1])
+        except ValueError:
+            raise Problem(400, "bad_query", "since must be a time in seconds") from None
+        if since != since or since in (float("inf"), float("-inf")):
+            raise Problem(400, "bad_query", "since must be a time in seconds")
+    return 200, _read(
+        req,
+        lambda db: registry.health_series(
+            db, _device(req), since=since, limit=limit or registry.HEALTH_KEPT
+        ),
+    )
+
+
+def get_events(req: Request) -> Answer:
+    """Fleet events after the cursor `after` (the `next` of the last answer); without it the
+    newest. With nothing new it waits up to `wait` seconds (default 25) for something."""
+    assert req.who is not None
+    after: dict[str, int] | None = None
+    if "after" in req.query:
+        after = registry.parse_cursor(req.query["after"][-1])
+        if after is None:
+            raise Problem(400, "bad_query", "after must be the `next` of an earlier answer")
+    wait = req.query_int("wait", 0, int(EVENTS_WAIT), int(EVENTS_WAIT))
+    audit = req.who.may("operator")  # the audit log is not a viewer's
+    deadline = time.monotonic() + (wait or 0)
+    while True:
+        found = _read(req, lambda db: registry.events(db, after, audit=audit))
+        if found["events"] or after is None or time.monotonic() >= deadline:
+            return 200, found
+        time.sleep(EVENTS_POLL)
 
 
 def get_device_config(req: Request) -> Answer:
@@ -562,6 +617,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET", rf"/devices/({_DEVICE})/history", "viewer", device_history, "/devices/{id}/history"
     ),
+    Route("GET", rf"/devices/({_DEVICE})/health", "viewer", device_health, "/devices/{id}/health"),
     Route(
         "GET", rf"/devices/({_DEVICE})/config", "viewer", get_device_config, "/devices/{id}/config"
     ),
@@ -619,6 +675,7 @@ ROUTES: tuple[Route, ...] = (
         control_rollout,
         "/rollouts/{id}/{action}",
     ),
+    Route("GET", "/events", "viewer", get_events, "/events"),
     Route("GET", "/audit", "operator", get_audit, "/audit"),
     Route("GET", "/operators", "admin", list_operators, "/operators"),
     Route("POST", "/operators", "admin", add_operator, "/operators"),
@@ -642,6 +699,30 @@ def find_route(method: str, path: str) -> tuple[Route, re.Match[str]] | str:
             return route, m
         seen = True
     return "method_not_allowed" if seen else "not_found"
+
+
+# -- the console's files --------------------------------------------------------
+
+
+def console_root() -> Any:
+    return resources.files("twelvefactor_services.management").joinpath("console")
+
+
+def console_file(name: str) -> tuple[str, bytes] | None:
+    """(content type, bytes) of the console file ``name`` (relative, "/"-separated), or None:
+    a name of an unknown type, with a part starting with a dot, or not a file in the folder."""
+    if _CONSOLE_NAME.fullmatch(name) is None or ".." in name:
+        return None
+    suffix = "." + name.rsplit(".", 1)[-1] if "." in name else ""
+    content_type = CONSOLE_TYPES.get(suffix)
+    if content_type is None:
+        return None
+    node = console_root()
+    for part in name.split("/"):
+        node = node.joinpath(part)
+    if not node.is_file():
+        return None
+    return content_type, node.read_bytes()
 
 
 # -- the server ----------------------------------------------------------------
@@ -677,6 +758,11 @@ class ApiServer(TlsServer):
         super().__init__(address, Handler)
         self.site = Site.of([*names, address[0]], self.server_address[1])
         operators.connect(db_path).close()  # the tables exist before the first request
+        db = rolloutstore.connect(db_path)
+        try:
+            registry.add_event_triggers(db)  # job state changes for GET /events
+        finally:
+            db.close()
 
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, name="http-api", daemon=True)
@@ -751,6 +837,9 @@ class Handler(TlsHandler):
         self._body_read = False
         method = self.command
         raw_path, _, query = self.path.partition("?")
+        if method == "GET" and (raw_path in ("/", "/console") or raw_path.startswith("/console/")):
+            self._console(raw_path)
+            return
         path = raw_path.rstrip("/") or "/"
         who: Principal | None = None
         req: Request | None = None
@@ -800,6 +889,40 @@ class Handler(TlsHandler):
         self._send(status, answer)
         if method != "GET":
             self._audit(who, method, path, status, None if req is None else req.audit_detail)
+
+    def _console(self, path: str) -> None:
+        """A file of the web console (no token: the pages hold no data; the API calls they
+        make carry the operator's token). Only files that are there, by name: no listing,
+        no path outside the folder."""
+        try:
+            check_request(self.server.site, "GET", self.headers.get("Host"), None, None, False)
+        except Refused as exc:
+            self._send_console(exc.status, "text/plain; charset=utf-8", f"{exc}\n".encode())
+            return
+        if path in ("/", "/console"):
+            self._send_console(302, "text/plain; charset=utf-8", b"", location="/console/")
+            return
+        found = console_file(path.removeprefix("/console/") or "index.html")
+        if found is None:
+            self._send_console(404, "text/plain; charset=utf-8", b"not found\n")
+        else:
+            self._send_console(200, *found)
+
+    def _send_console(
+        self, status: int, content_type: str, data: bytes, location: str | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Content-Security-Policy", CONSOLE_CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Referrer-Policy", "no-referrer")
+        if location is not None:
+            self.send_header("Location", location)
+        self.end_headers()
+        self.wfile.write(data)
 
     def _authenticate(self) -> Principal:
         token = bearer(self.headers.get("Authorization"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,9 @@ from twelvefactor_services.management.logic import (
 
 log = logging.getLogger("twelvefactor.management")
 HISTORY_KEPT = 1000  # online changes kept per device, newest
+HEALTH_KEPT = 1000  # health samples kept per device, newest (the console's charts)
+EVENTS_KEPT = 10_000  # rows of `events` kept, newest
+EVENTS_PAGE = 200  # events per source in one answer of `events`
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -85,7 +89,54 @@ CREATE TABLE IF NOT EXISTS device_config (
     reported_error TEXT,
     reported_ts REAL
 );
+CREATE TABLE IF NOT EXISTS health_samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device TEXT NOT NULL,
+    ts REAL NOT NULL,                   -- the report's own time (device clock)
+    load1 REAL,
+    memory_available_kb INTEGER,
+    memory_total_kb INTEGER,
+    data_free_bytes INTEGER,
+    data_total_bytes INTEGER,
+    queue_depth INTEGER,
+    queue_dropped INTEGER
+);
+CREATE INDEX IF NOT EXISTS health_samples_device ON health_samples(device, id);
+-- Changes no other table keeps a history of (job states, configuration reports), for the
+-- events feed; online changes, rollout events and the audit log are read where they are.
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,                   -- the service's clock
+    kind TEXT NOT NULL,                 -- job, config
+    device TEXT,
+    subject TEXT,                       -- the job id, the configuration version
+    state TEXT,
+    reason TEXT
+);
 """
+
+_NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"
+# device_jobs keeps each job's current state only: a trigger records every change of it, from
+# whichever code path (jobstore) makes it. Made by `add_event_triggers` once jobstore's tables
+# exist (jobstore imports this module, not the other way round).
+_JOB_TRIGGERS = f"""
+CREATE TRIGGER IF NOT EXISTS device_jobs_event_insert AFTER INSERT ON device_jobs BEGIN
+    INSERT INTO events (ts, kind, device, subject, state, reason)
+        VALUES ({_NOW_SQL}, 'job', new.device, new.job, new.state, new.reason);
+    DELETE FROM events WHERE id <= last_insert_rowid() - {EVENTS_KEPT};
+END;
+CREATE TRIGGER IF NOT EXISTS device_jobs_event_update AFTER UPDATE OF state ON device_jobs
+    WHEN old.state IS NOT new.state BEGIN
+    INSERT INTO events (ts, kind, device, subject, state, reason)
+        VALUES ({_NOW_SQL}, 'job', new.device, new.job, new.state, new.reason);
+    DELETE FROM events WHERE id <= last_insert_rowid() - {EVENTS_KEPT};
+END;
+"""
+
+
+def add_event_triggers(db: sqlite3.Connection) -> None:
+    """Record job state changes in `events` (device_jobs must exist: jobstore.connect)."""
+    db.executescript(_JOB_TRIGGERS)
 
 
 def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -177,13 +228,30 @@ class Registry:
                     "UPDATE devices SET health = ?, health_ts = ? WHERE id = ?",
                     (json.dumps(report.body), report.device_ts, device),
                 )
+                self._record_health_sample(device, report)
             return None
+
+    def _record_health_sample(self, device: str, report: HealthReport) -> None:
+        """One point of the device's health series; the oldest beyond HEALTH_KEPT go."""
+        self.db.execute(
+            "INSERT INTO health_samples (device, ts, load1, memory_available_kb,"
+            " memory_total_kb, data_free_bytes, data_total_bytes, queue_depth, queue_dropped)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (device, report.device_ts, *health_sample(report.body)),
+        )
+        self.db.execute(
+            "DELETE FROM health_samples WHERE device = ? AND id <= (SELECT id FROM"
+            " health_samples WHERE device = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (device, device, HEALTH_KEPT),
+        )
 
     # -- desired configuration ----------------------------------------------------
 
     def _record_config_report(self, device: str, report: ConfigReport, now: float) -> None:
         row = self.db.execute(
-            "SELECT reported_version, published FROM device_config WHERE device = ?", (device,)
+            "SELECT reported_version, reported_status, published FROM device_config"
+            " WHERE device = ?",
+            (device,),
         ).fetchone()
         if row is not None and row["published"] and report.version > row["published"]:
             # A device reports only versions it was sent: a higher one is a lie that
@@ -198,6 +266,7 @@ class Registry:
         if row is None:
             # A report without a desired configuration here (the registry was reset):
             # keep it; the next version set for the device starts above it.
+            self._config_event(device, report, now)
             self.db.execute(
                 "INSERT INTO device_config (device, overlay, version, desired, updated, published,"
                 " reported_version, reported_status, reported_error, reported_ts)"
@@ -216,11 +285,21 @@ class Registry:
             return
         if row["reported_version"] is not None and report.version < row["reported_version"]:
             return  # an older report arriving late
+        if (row["reported_version"], row["reported_status"]) != (report.version, report.status):
+            self._config_event(device, report, now)  # not the same report repeated
         self.db.execute(
             "UPDATE device_config SET reported_version = ?, reported_status = ?,"
             " reported_error = ?, reported_ts = ? WHERE device = ?",
             (report.version, report.status, report.error, now, device),
         )
+
+    def _config_event(self, device: str, report: ConfigReport, now: float) -> None:
+        cur = self.db.execute(
+            "INSERT INTO events (ts, kind, device, subject, state, reason)"
+            " VALUES (?, 'config', ?, ?, ?, ?)",
+            (now, device, str(report.version), report.status, report.error),
+        )
+        self.db.execute("DELETE FROM events WHERE id <= ?", ((cur.lastrowid or 0) - EVENTS_KEPT,))
 
     def set_device_config(self, device: str, overlay: Overlay | None, now: float) -> int:
         """Set (or with None clear) a device's own overlay; its desired version."""
@@ -511,12 +590,15 @@ def _device(row: sqlite3.Row, *, full: bool) -> dict[str, Any]:
         "health_ts": row["health_ts"],
         "meta_ts": row["meta_ts"],
     }
+    health = json.loads(row["health"]) if row["health"] else None
+    # the version it runs, from its last health report (the console's filters and overview)
+    out["os_version"] = health.get("os_version") if isinstance(health, dict) else None
     enrolled = dict(_NOT_ENROLLED) if row["tags"] is None else _enrolment(row)
     if not full:
         enrolled.pop("certificate_serial")
     out |= enrolled
     if full:
-        out["health"] = json.loads(row["health"]) if row["health"] else None
+        out["health"] = health
         out["meta"] = json.loads(row["meta"]) if row["meta"] else None
     return out
 
@@ -568,3 +650,151 @@ def history(
         }
         for r in rows
     ]
+
+
+# -- health series and events feed (the console) --------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if ok else None
+
+
+def _int(value: Any) -> int | None:
+    n = _number(value)
+    return None if n is None else int(n)
+
+
+def health_sample(body: dict[str, Any]) -> tuple[Any, ...]:
+    """(load1, memory available/total kB, data free/total bytes, queue depth, dropped) of a
+    health report; None for what the report lacks or gives in the wrong type."""
+
+    def part(name: str) -> dict[str, Any]:
+        value = body.get(name)
+        return value if isinstance(value, dict) else {}
+
+    load = body.get("load")
+    load1 = _number(load[0]) if isinstance(load, list) and load else None
+    memory, data, queue = part("memory"), part("data"), part("queue")
+    return (
+        load1,
+        _int(memory.get("available_kb")),
+        _int(memory.get("total_kb")),
+        _int(data.get("free_bytes")),
+        _int(data.get("total_bytes")),
+        _int(queue.get("depth")),
+        _int(queue.get("dropped")),
+    )
+
+
+def health_series(
+    db: sqlite3.Connection, device: str, *, since: float | None = None, limit: int = HEALTH_KEPT
+) -> list[dict[str, Any]]:
+    """The device's last ``limit`` health samples (with ts after ``since``), oldest first."""
+    rows = db.execute(
+        "SELECT * FROM (SELECT * FROM health_samples WHERE device = ? AND ts > ?"
+        " ORDER BY id DESC LIMIT ?) ORDER BY id",
+        (device, -1.0 if since is None else since, limit),
+    ).fetchall()
+    return [
+        {
+            "ts": r["ts"],
+            "load1": r["load1"],
+            "memory_available_kb": r["memory_available_kb"],
+            "memory_total_kb": r["memory_total_kb"],
+            "data_free_bytes": r["data_free_bytes"],
+            "data_total_bytes": r["data_total_bytes"],
+            "queue_depth": r["queue_depth"],
+            "queue_dropped": r["queue_dropped"],
+        }
+        for r in rows
+    ]
+
+
+# The feed's sources: (letter of its cursor, table). Each has its own id sequence, so a
+# cursor is the last id seen of each, as `o12_e5_r3_a40`.
+EVENT_SOURCES = (("o", "online_history"), ("e", "events"), ("r", "rollout_events"), ("a", "audit"))
+CURSOR_RE = re.compile(r"o(\d{1,18})_e(\d{1,18})_r(\d{1,18})_a(\d{1,18})")
+
+
+def parse_cursor(text: str) -> dict[str, int] | None:
+    m = CURSOR_RE.fullmatch(text)
+    if m is None:
+        return None
+    return {letter: int(m.group(i + 1)) for i, (letter, _) in enumerate(EVENT_SOURCES)}
+
+
+def _event_rows(
+    db: sqlite3.Connection, letter: str, limit: int, after: dict[str, int] | None
+) -> list[sqlite3.Row]:
+    table = dict(EVENT_SOURCES)[letter]
+    where = " AND status < 400" if letter == "a" else ""  # changes made, not refusals
+    if after is None:  # the newest
+        sql = (
+            f"SELECT * FROM (SELECT * FROM {table} WHERE 1 {where} ORDER BY id DESC LIMIT ?)"
+            " ORDER BY id"
+        )
+        return db.execute(sql, (limit,)).fetchall()
+    sql = f"SELECT * FROM {table} WHERE id > ? {where} ORDER BY id LIMIT ?"
+    return db.execute(sql, (after[letter], limit)).fetchall()
+
+
+def _event(letter: str, r: sqlite3.Row) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": f"{letter}{r['id']}", "ts": r["ts"]}
+    if letter == "o":
+        out |= {
+            "kind": "online" if r["online"] else "offline",
+            "device": r["device"],
+            "reason": r["reason"],
+        }
+    elif letter == "e":
+        out |= {
+            "kind": r["kind"],
+            "device": r["device"],
+            ("job" if r["kind"] == "job" else "version"): r["subject"],
+            "state": r["state"],
+            "reason": r["reason"],
+        }
+    elif letter == "r":
+        out |= {"kind": "rollout", "rollout": r["rollout"], "state": r["state"]}
+        out["reason"] = r["reason"]
+    else:
+        out |= {
+            "kind": "audit",
+            "operator": r["operator"],
+            "method": r["method"],
+            "path": r["path"],
+            "status": r["status"],
+        }
+    return out
+
+
+def events(
+    db: sqlite3.Connection,
+    after: dict[str, int] | None,
+    *,
+    audit: bool,
+    limit: int = EVENTS_PAGE,
+) -> dict[str, Any]:
+    """Fleet events after the cursor ``after`` (None: the newest), oldest first, and the
+    cursor to ask with next. Without ``audit`` (a viewer) the audit log's entries are left
+    out. The tables of jobstore, rolloutstore and operators must exist."""
+    found: list[tuple[float, int, int, dict[str, Any]]] = []
+    cursor: dict[str, int] = {}
+    db.execute("BEGIN")  # one snapshot of every table (WAL): the cursor matches the rows
+    try:
+        for order, (letter, table) in enumerate(EVENT_SOURCES):
+            if after is None:
+                cursor[letter] = db.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0] or 0
+            skip = letter == "a" and not audit
+            rows = [] if skip else _event_rows(db, letter, limit, after)
+            if after is not None:
+                cursor[letter] = rows[-1]["id"] if rows else after[letter]
+            found += [(r["ts"], order, r["id"], _event(letter, r)) for r in rows]
+    finally:
+        db.execute("COMMIT")
+    found.sort(key=lambda f: f[:3])
+    return {
+        "events": [f[3] for f in found],
+        "next": "_".join(f"{letter}{cursor[letter]}" for letter, _ in EVENT_SOURCES),
+    }

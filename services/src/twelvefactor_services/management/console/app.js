@@ -1,0 +1,706 @@
+// twelvefactor fleet console: a static client of the operator API (docs/console.md).
+// The token from POST /login is kept in sessionStorage and sent as a bearer header on every
+// call; the API decides what the operator may do, the page only hides what it would refuse.
+// Everything is built with DOM calls (never innerHTML): text from devices stays text.
+
+const TOKEN = "twelvefactor.token";
+const ROLES = ["viewer", "operator", "admin"];
+const FINAL = new Set(["succeeded", "failed", "rolled_back"]);
+const ENDED_ROLLOUT = new Set(["finished", "aborted", "cancelled"]);
+
+const state = { who: null, cursor: null, feed: null, page: null, recent: [] };
+
+// -- small helpers ---------------------------------------------------------------------
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "text") el.textContent = v;
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function when(ts) {
+  if (ts === null || ts === undefined) return "—";
+  return new Date(ts * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC";
+}
+
+function fixed(x, digits = 2) {
+  return x === null || x === undefined ? "—" : Number(x).toFixed(digits);
+}
+
+function may(role) {
+  return state.who !== null && ROLES.indexOf(state.who.role) >= ROLES.indexOf(role);
+}
+
+function status(text) {
+  document.getElementById("status").textContent = text || "";
+}
+
+// -- the API ---------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(statusCode, body) {
+    const said = body && (body.problems || [body.message || body.error]);
+    super(`${statusCode}: ${[].concat(said || []).join("; ")}`);
+    this.status = statusCode;
+    this.body = body;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  const token = sessionStorage.getItem(TOKEN);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const init = { method, headers, cache: "no-store" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const resp = await fetch(path, init);
+  const answer = await resp.json().catch(() => null);
+  if (resp.status === 401 && path !== "/login") {
+    sessionStorage.removeItem(TOKEN);
+    state.who = null;
+    location.hash = "#/login";
+    throw new ApiError(401, answer);
+  }
+  if (!resp.ok) throw new ApiError(resp.status, answer);
+  return answer;
+}
+
+// -- the live feed: GET /events long-polls; each batch refreshes the page shown ------------
+
+async function poll() {
+  const q = state.cursor === null ? "/events" : `/events?after=${state.cursor}`;
+  const got = await api("GET", q);
+  const first = state.cursor === null;
+  state.cursor = got.next;
+  state.recent = state.recent.concat(got.events).slice(-50);
+  return first ? [] : got.events;
+}
+
+async function follow(mine) {
+  while (state.feed === mine && sessionStorage.getItem(TOKEN)) {
+    try {
+      const events = await poll();
+      if (state.feed !== mine) return;
+      if (events.length && state.page && state.page.onEvents) state.page.onEvents(events);
+    } catch (err) {
+      if (err.status === 401) return;
+      await new Promise((r) => setTimeout(r, 2000)); // the service restarting: try again
+    }
+  }
+}
+
+function describe(e) {
+  switch (e.kind) {
+    case "online":
+    case "offline":
+      return `${e.device} ${e.kind}${e.reason ? ` (${e.reason})` : ""}`;
+    case "job":
+      return `${e.device} job ${e.job}: ${e.state}${e.reason ? ` (${e.reason})` : ""}`;
+    case "config":
+      return `${e.device} configuration ${e.version}: ${e.state}${e.reason ? ` (${e.reason})` : ""}`;
+    case "rollout":
+      return `rollout ${e.rollout}: ${e.state}${e.reason ? ` (${e.reason})` : ""}`;
+    case "audit":
+      return `${e.operator || "-"}: ${e.method} ${e.path} → ${e.status}`;
+    default:
+      return e.kind;
+  }
+}
+
+function eventList(events) {
+  return h(
+    "table",
+    { id: "events" },
+    h("tr", {}, h("th", { text: "time" }), h("th", { text: "event" })),
+    events
+      .slice()
+      .reverse()
+      .map((e) => h("tr", { "data-kind": e.kind }, h("td", { text: when(e.ts) }), h("td", { text: describe(e) }))),
+  );
+}
+
+// -- pages -------------------------------------------------------------------------------
+
+function loginPage(main) {
+  document.getElementById("top").hidden = true;
+  const err = h("p", { class: "error", id: "login-error" });
+  const form = h(
+    "form",
+    { class: "card login", id: "login" },
+    h("h1", { text: "Fleet console" }),
+    h("label", {}, "Name", h("input", { name: "name", id: "login-name", autocomplete: "username", required: true })),
+    h(
+      "label",
+      {},
+      "Password",
+      h("input", { name: "password", id: "login-password", type: "password", autocomplete: "current-password", required: true }),
+    ),
+    h("button", { type: "submit", id: "login-submit", text: "Log in" }),
+    err,
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    err.textContent = "";
+    try {
+      const made = await api("POST", "/login", { name: form.elements.name.value, password: form.elements.password.value });
+      sessionStorage.setItem(TOKEN, made.token);
+      await start();
+      if (location.hash === "#/overview") render();
+      else location.hash = "#/overview";
+    } catch (e) {
+      err.textContent = e.status === 401 ? "Wrong name or password." : e.message;
+    }
+  });
+  main.append(form);
+}
+
+async function overviewPage(main) {
+  const [devices, jobs] = await Promise.all([api("GET", "/devices"), api("GET", "/jobs")]);
+  const live = devices.filter((d) => !d.retired);
+  const updating = new Set();
+  let failed = 0;
+  for (const job of jobs) {
+    for (const d of job.devices) {
+      if (!FINAL.has(d.state)) updating.add(d.device);
+      if (d.state === "failed" || d.state === "rolled_back") failed += 1;
+    }
+  }
+  const versions = {};
+  for (const d of live) versions[d.os_version || "unknown"] = (versions[d.os_version || "unknown"] || 0) + 1;
+  const count = (id, label, n) => h("div", { class: "count", id }, h("b", { text: n }), label);
+  main.append(
+    h("h1", { text: "Overview" }),
+    h(
+      "div",
+      { class: "counts" },
+      count("count-online", "online", live.filter((d) => d.online === true).length),
+      count("count-offline", "offline", live.filter((d) => d.online !== true).length),
+      count("count-updating", "updating", updating.size),
+      count("count-failed", "failed (jobs)", failed),
+    ),
+    h("h2", { text: "Versions in the field" }),
+    h(
+      "table",
+      { id: "versions" },
+      h("tr", {}, h("th", { text: "version" }), h("th", { text: "devices" })),
+      Object.entries(versions)
+        .sort()
+        .map(([v, n]) => h("tr", {}, h("td", { text: v }), h("td", { text: n }))),
+    ),
+    h("h2", { text: "Recent events" }),
+    eventList(state.recent.slice(-20)),
+  );
+  return { onEvents: () => render() };
+}
+
+async function devicesPage(main) {
+  const [devices, groups] = await Promise.all([api("GET", "/devices"), api("GET", "/groups")]);
+  const groupOf = {};
+  for (const g of groups) for (const m of g.members) groupOf[m] = g.name;
+  const options = (values) => [h("option", { value: "", text: "all" }), ...[...new Set(values)].sort().map((v) => h("option", { value: v, text: v }))];
+  const params = new URLSearchParams(location.hash.split("?")[1] || "");
+  const search = h("input", { id: "device-search", type: "search", placeholder: "search id", value: params.get("q") || "" });
+  const group = h("select", { id: "filter-group" }, options(Object.values(groupOf)));
+  const tag = h("select", { id: "filter-tag" }, options(devices.flatMap((d) => d.tags)));
+  const version = h("select", { id: "filter-version" }, options(devices.map((d) => d.os_version || "unknown")));
+  const online = h(
+    "select",
+    { id: "filter-online" },
+    h("option", { value: "", text: "all" }),
+    h("option", { value: "online", text: "online" }),
+    h("option", { value: "offline", text: "offline" }),
+  );
+  const body = h("tbody");
+  const shown = () => {
+    body.replaceChildren();
+    for (const d of devices) {
+      const st = d.online === true ? "online" : "offline";
+      if (search.value && !d.id.includes(search.value.trim())) continue;
+      if (group.value && groupOf[d.id] !== group.value) continue;
+      if (tag.value && !d.tags.includes(tag.value)) continue;
+      if (version.value && (d.os_version || "unknown") !== version.value) continue;
+      if (online.value && st !== online.value) continue;
+      body.append(
+        h(
+          "tr",
+          { "data-device": d.id },
+          h("td", {}, h("a", { href: `#/device/${d.id}`, text: d.id })),
+          h("td", { class: st, text: d.retired ? "retired" : st }),
+          h("td", { text: groupOf[d.id] || "" }),
+          h("td", { text: d.tags.join(", ") }),
+          h("td", { text: d.os_version || "" }),
+          h("td", { text: when(d.last_online_change) }),
+        ),
+      );
+    }
+  };
+  for (const el of [search, group, tag, version, online]) el.addEventListener("input", shown);
+  main.append(
+    h("h1", { text: "Devices" }),
+    h(
+      "div",
+      { class: "filters" },
+      h("label", {}, "Search ", search),
+      h("label", {}, "Group ", group),
+      h("label", {}, "Tag ", tag),
+      h("label", {}, "Version ", version),
+      h("label", {}, "State ", online),
+    ),
+    h(
+      "table",
+      { id: "devices" },
+      h("thead", {}, h("tr", {}, ["device", "state", "group", "tags", "version", "since"].map((t) => h("th", { text: t })))),
+      body,
+    ),
+  );
+  shown();
+  return {
+    // keep the filters: fetch the list again and redraw the rows only
+    onEvents: async (events) => {
+      if (!events.some((e) => e.device)) return;
+      const fresh = await api("GET", "/devices");
+      devices.splice(0, devices.length, ...fresh);
+      shown();
+    },
+  };
+}
+
+const CHARTS = [
+  ["load1", "Load (1 min)", (s) => s.load1, (v) => fixed(v)],
+  ["memory", "Memory available (MiB)", (s) => (s.memory_available_kb === null ? null : s.memory_available_kb / 1024), (v) => fixed(v, 1)],
+  ["data", "Data partition free (MiB)", (s) => (s.data_free_bytes === null ? null : s.data_free_bytes / 1048576), (v) => fixed(v, 1)],
+  ["queue", "Queue depth", (s) => s.queue_depth, (v) => fixed(v, 0)],
+  ["dropped", "Queue dropped", (s) => s.queue_dropped, (v) => fixed(v, 0)],
+];
+
+function drawCharts(box, series) {
+  box.replaceChildren();
+  const xs = series.map((s) => s.ts);
+  for (const [key, title, pick, format] of CHARTS) {
+    const ys = series.map(pick);
+    const last = ys.length ? ys[ys.length - 1] : null;
+    const holder = h("div", { class: "chart-canvas" });
+    box.append(
+      h(
+        "div",
+        { class: "chart", id: `chart-${key}`, "data-points": ys.length },
+        h("h3", {}, title, ": ", h("span", { class: "latest", id: `latest-${key}`, text: format(last) })),
+        holder,
+      ),
+    );
+    // eslint-disable-next-line no-undef
+    new uPlot(
+      {
+        width: 360,
+        height: 160,
+        legend: { show: false },
+        scales: { x: { time: true } },
+        axes: [{}, { size: 72 }], // room for values such as 23380.8
+        series: [{}, { label: title, stroke: "#2f5bd3", width: 2, fill: "rgba(47,91,211,0.08)" }],
+      },
+      [xs, ys],
+      holder,
+    );
+  }
+}
+
+async function devicePage(main, id) {
+  const [device, historyRows, series, jobs] = await Promise.all([
+    api("GET", `/devices/${id}`),
+    api("GET", `/devices/${id}/history?limit=50`),
+    api("GET", `/devices/${id}/health`),
+    api("GET", "/jobs"),
+  ]);
+  let config = null;
+  try {
+    config = await api("GET", `/devices/${id}/config`);
+  } catch (e) {
+    if (e.status !== 404) throw e;
+  }
+  const meta = device.meta || {};
+  const health = device.health || {};
+  const boot = meta.boot || {};
+  const fact = (k, v) => [h("dt", { text: k }), h("dd", { text: v === null || v === undefined || v === "" ? "—" : v })];
+  const charts = h("div", { class: "charts", id: "charts" });
+  main.append(
+    h("h1", {}, `Device ${device.id} `, h("span", { class: device.online ? "online" : "offline", id: "device-state", text: device.online ? "online" : "offline" })),
+    h(
+      "div",
+      { class: "card" },
+      h(
+        "dl",
+        { class: "facts", id: "identity" },
+        fact("first seen", when(device.first_seen)),
+        fact("enrolled", when(device.enrolled)),
+        fact("tags", device.tags.join(", ")),
+        fact("hardware", device.hardware ? `${device.hardware.board} ${device.hardware.revision}` : meta.hardware),
+        fact("machine", meta.machine),
+        fact("kernel", meta.kernel),
+        fact("slot", health.slot || meta.slot),
+        fact("boot", boot.slot ? `slot ${boot.slot}, bootcount ${boot.bootcount}${boot.rollback ? `, fell back from ${boot.rollback}` : ""}` : null),
+        fact("OS version", health.os_version || (meta.os && meta.os.version)),
+        fact("agent version", health.agent_version || meta.agent_version),
+        fact("last health report", when(device.health_ts)),
+        fact("retired", device.retired ? when(device.retired.at) : null),
+      ),
+    ),
+    h("h2", { text: "Health" }),
+    charts,
+    h("h2", { text: "Configuration" }),
+    config === null
+      ? h("p", { class: "muted", text: "No configuration set." })
+      : h(
+          "div",
+          { class: "card", id: "config" },
+          h(
+            "dl",
+            { class: "facts" },
+            fact("group", config.group),
+            fact("desired version", config.version),
+            fact("reported", config.reported ? `version ${config.reported.version}: ${config.reported.status}${config.reported.error ? ` (${config.reported.error})` : ""}` : "nothing yet"),
+          ),
+          h("h3", { text: "Desired" }),
+          h("pre", { text: JSON.stringify(config.desired, null, 2) }),
+        ),
+    h("h2", { text: "Online history" }),
+    h(
+      "table",
+      { id: "history" },
+      h("tr", {}, h("th", { text: "time" }), h("th", { text: "state" }), h("th", { text: "reason" })),
+      historyRows
+        .slice()
+        .reverse()
+        .map((r) => h("tr", {}, h("td", { text: when(r.ts) }), h("td", { class: r.online ? "online" : "offline", text: r.online ? "online" : "offline" }), h("td", { text: r.reason || "" }))),
+    ),
+    h("h2", { text: "Jobs" }),
+    h(
+      "table",
+      { id: "device-jobs" },
+      h("tr", {}, ["job", "artifact", "state", "reason", "updated"].map((t) => h("th", { text: t }))),
+      jobs.flatMap((j) =>
+        j.devices
+          .filter((d) => d.device === id)
+          .map((d) => h("tr", {}, h("td", { text: j.id }), h("td", { text: j.artifact.slice(0, 12) }), h("td", { class: d.state, text: d.state }), h("td", { text: d.reason || "" }), h("td", { text: when(d.updated) }))),
+      ),
+    ),
+  );
+  drawCharts(charts, series);
+  const page = {
+    onEvents: async (events) => {
+      if (events.some((e) => e.device === id)) render();
+    },
+    // health reports are not events: the charts look again every 10 s
+    timer: setInterval(async () => {
+      try {
+        drawCharts(charts, await api("GET", `/devices/${id}/health`));
+      } catch (e) {
+        status(e.message);
+      }
+    }, 10000),
+  };
+  return page;
+}
+
+function progressOf(phase) {
+  const ended = (phase.succeeded || 0) + (phase.failed || 0) + (phase.rolled_back || 0) + (phase.skipped || 0);
+  return phase.size ? Math.round((100 * ended) / phase.size) : 100;
+}
+
+function phasesFrom(text) {
+  return text
+    .split(",")
+    .map((p) => p.trim())
+    .filter((p) => p)
+    .map((p) => (p.endsWith("%") ? { percent: Number(p.slice(0, -1)) } : { count: Number(p) }));
+}
+
+async function rolloutsPage(main) {
+  const rollouts = await api("GET", "/rollouts");
+  main.append(
+    h("h1", { text: "Rollouts" }),
+    h(
+      "table",
+      { id: "rollouts" },
+      h("tr", {}, ["rollout", "state", "phase", "progress", "created"].map((t) => h("th", { text: t }))),
+      rollouts
+        .slice()
+        .reverse()
+        .map((r) => {
+          const size = r.phase_progress.reduce((a, p) => a + p.size, 0);
+          const ok = r.phase_progress.reduce((a, p) => a + (p.succeeded || 0), 0);
+          return h(
+            "tr",
+            { "data-rollout": r.id },
+            h("td", {}, h("a", { href: `#/rollout/${r.id}`, text: r.id })),
+            h("td", { class: r.state, text: r.reason ? `${r.state}: ${r.reason}` : r.state }),
+            h("td", { text: `${r.phase} of ${r.phase_progress.length}` }),
+            h("td", { text: `${ok}/${size} succeeded` }),
+            h("td", { text: `${when(r.created)} by ${r.created_by || "—"}` }),
+          );
+        }),
+    ),
+  );
+  if (may("operator")) main.append(await rolloutForm());
+  return { onEvents: (events) => events.some((e) => e.kind === "rollout") && render() };
+}
+
+async function rolloutForm() {
+  const [artifacts, groups] = await Promise.all([api("GET", "/artifacts"), api("GET", "/groups")]);
+  const err = h("p", { class: "error", id: "rollout-error" });
+  const input = (name, attrs = {}) => h("input", { name, id: `rollout-${name}`, ...attrs });
+  const form = h(
+    "form",
+    { class: "card", id: "rollout-form", "data-needs": "operator" },
+    h("h2", { text: "New rollout" }),
+    h(
+      "label",
+      {},
+      "Artifact",
+      h("select", { name: "artifact", id: "rollout-artifact", required: true }, artifacts.map((a) => h("option", { value: a.sha256, text: `${a.version} (${a.sha256.slice(0, 12)})` }))),
+    ),
+    h(
+      "label",
+      {},
+      "Target",
+      h(
+        "select",
+        { name: "target", id: "rollout-target" },
+        h("option", { value: "group", text: "a group" }),
+        h("option", { value: "devices", text: "devices" }),
+        h("option", { value: "tags", text: "devices with tags" }),
+      ),
+    ),
+    h("label", {}, "Group", h("select", { name: "group", id: "rollout-group" }, groups.map((g) => h("option", { value: g.name, text: g.name })))),
+    h("label", {}, "Devices or tags (comma-separated)", input("list", { placeholder: "dev-001, dev-002" })),
+    h("label", {}, "Phases (counts or percents, comma-separated)", input("phases", { value: "100%" })),
+    h("label", {}, "Success % to start the next phase", input("success", { type: "number", min: 0, max: 100, value: 100 })),
+    h("label", {}, "Error % that stops it", input("error", { type: "number", min: 0, max: 100, value: 20 })),
+    h(
+      "label",
+      {},
+      "On error",
+      h("select", { name: "on_error", id: "rollout-on_error" }, h("option", { value: "pause", text: "pause" }), h("option", { value: "abort", text: "abort" })),
+    ),
+    h("label", {}, input("download_only", { type: "checkbox" }), " download only (install on the go)"),
+    h("button", { type: "submit", id: "rollout-create", text: "Create rollout" }),
+    err,
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    err.textContent = "";
+    const f = form.elements;
+    const spec = {
+      artifact: f.artifact.value,
+      phases: phasesFrom(f.phases.value),
+      success_percent: Number(f.success.value),
+      error_percent: Number(f.error.value),
+      on_error: f.on_error.value,
+      download_only: f.download_only.checked,
+    };
+    const list = f.list.value
+      .split(",")
+      .map((s) => s.trim())
+      .filter((s) => s);
+    if (f.target.value === "group") spec.group = f.group.value;
+    else spec[f.target.value] = list;
+    try {
+      const made = await api("POST", "/rollouts", spec);
+      location.hash = `#/rollout/${made.id}`;
+    } catch (e) {
+      err.textContent = e.message;
+    }
+  });
+  return form;
+}
+
+async function rolloutPage(main, id) {
+  const r = await api("GET", `/rollouts/${id}`);
+  const control = (action, label, enabled) =>
+    h("button", {
+      type: "button",
+      id: `rollout-${action}`,
+      "data-needs": "operator",
+      class: "secondary",
+      disabled: !enabled,
+      text: label,
+      onclick: async () => {
+        try {
+          await api("POST", `/rollouts/${id}/${action}`, {});
+          render();
+        } catch (e) {
+          status(e.message);
+        }
+      },
+    });
+  const ended = ENDED_ROLLOUT.has(r.state);
+  main.append(
+    h("h1", {}, `Rollout ${r.id} `, h("span", { class: r.state, id: "rollout-state", text: r.state })),
+    h("p", { id: "rollout-reason", text: r.reason || "" }),
+    h("p", { class: "muted", text: `artifact ${String(r.artifact).slice(0, 12)}; created ${when(r.created)} by ${r.created_by || "—"}${r.download_only ? "; download only" : ""}` }),
+    may("operator")
+      ? h(
+          "div",
+          { class: "actions" },
+          control("pause", "Pause", !ended && r.state !== "paused"),
+          control("resume", "Resume", r.state === "paused"),
+          control("cancel", "Cancel", !ended),
+          r.download_only ? control("install", "Install (go)", !ended && !r.go) : null,
+        )
+      : null,
+    h("h2", { text: "Phases" }),
+    h(
+      "div",
+      { id: "phases" },
+      r.phase_progress.map((p) => {
+        const pct = progressOf(p);
+        return h(
+          "div",
+          { class: "phase", "data-phase": p.phase, "data-percent": pct },
+          h("span", { text: `phase ${p.phase} (${p.size})` }),
+          h("progress", { max: 100, value: pct }),
+          h("span", { class: "pct", text: `${pct} %` }),
+        );
+      }),
+    ),
+    h("h2", { text: "Devices" }),
+    h(
+      "table",
+      { id: "rollout-devices" },
+      h("tr", {}, ["device", "phase", "job", "state", "reason"].map((t) => h("th", { text: t }))),
+      r.devices.map((d) =>
+        h("tr", { "data-device": d.device }, h("td", {}, h("a", { href: `#/device/${d.device}`, text: d.device })), h("td", { text: d.phase }), h("td", { text: d.job || "" }), h("td", { class: d.state, text: d.state }), h("td", { text: d.reason || "" })),
+      ),
+    ),
+    h("h2", { text: "Events" }),
+    h(
+      "table",
+      {},
+      r.events.map((e) => h("tr", {}, h("td", { text: when(e.ts) }), h("td", { text: e.state }), h("td", { text: e.reason || "" }))),
+    ),
+  );
+  const mine = new Set(r.devices.map((d) => d.device));
+  return { onEvents: (events) => events.some((e) => e.rollout === id || mine.has(e.device)) && render() };
+}
+
+async function auditPage(main) {
+  const entries = await api("GET", "/audit?limit=200");
+  main.append(
+    h("h1", { text: "Audit log" }),
+    h(
+      "table",
+      { id: "audit" },
+      h("tr", {}, ["time", "operator", "request", "status", "detail"].map((t) => h("th", { text: t }))),
+      entries.map((e) =>
+        h("tr", {}, h("td", { text: when(e.ts) }), h("td", { text: e.operator || "—" }), h("td", { text: `${e.method} ${e.path}` }), h("td", { class: e.status >= 400 ? "error" : "", text: e.status }), h("td", {}, h("pre", { text: e.detail === null ? "" : JSON.stringify(e.detail) }))),
+      ),
+    ),
+  );
+  return { onEvents: (events) => events.some((e) => e.kind === "audit") && render() };
+}
+
+// -- routing -----------------------------------------------------------------------------
+
+const ROUTES = [
+  [/^#\/overview$/, overviewPage],
+  [/^#\/devices(\?.*)?$/, devicesPage],
+  [/^#\/device\/([a-z0-9][a-z0-9_-]{0,63})$/, devicePage],
+  [/^#\/rollouts$/, rolloutsPage],
+  [/^#\/rollout\/(r-[0-9a-f]{1,12})$/, rolloutPage],
+  [/^#\/audit$/, auditPage],
+];
+
+let rendering = Promise.resolve();
+
+function render() {
+  rendering = rendering.then(renderNow, renderNow);
+  return rendering;
+}
+
+async function renderNow() {
+  const main = document.getElementById("page");
+  if (state.page && state.page.timer) clearInterval(state.page.timer);
+  state.page = null;
+  status("");
+  if (!sessionStorage.getItem(TOKEN) || state.who === null) {
+    main.replaceChildren();
+    loginPage(main);
+    document.body.dataset.page = "login";
+    return;
+  }
+  document.getElementById("top").hidden = false;
+  let found = ROUTES.find(([re]) => re.test(location.hash));
+  if (!found || (found[1] === auditPage && !may("operator"))) {
+    location.hash = "#/overview";
+    return;
+  }
+  const match = location.hash.match(found[0]);
+  const fresh = h("div");
+  try {
+    state.page = await found[1](fresh, match[1]);
+    main.replaceChildren(...fresh.childNodes);
+    document.body.dataset.page = location.hash.slice(2).split("/")[0].split("?")[0];
+  } catch (e) {
+    if (e.status !== 401) status(e.message);
+  }
+  hideWhatTheRoleMayNot(main);
+}
+
+function hideWhatTheRoleMayNot(root) {
+  for (const el of document.querySelectorAll("[data-needs]")) {
+    const allowed = may(el.dataset.needs);
+    el.hidden = !allowed;
+    if (!allowed && "disabled" in el) el.disabled = true;
+  }
+  void root;
+}
+
+async function start() {
+  state.who = await api("GET", "/whoami");
+  document.getElementById("who").textContent = `${state.who.name} (${state.who.role})`;
+  document.body.dataset.role = state.who.role;
+  state.cursor = null;
+  state.recent = [];
+  const mine = {};
+  state.feed = mine;
+  await poll(); // the newest events first (the overview shows them), then follow
+  follow(mine);
+}
+
+async function logout() {
+  const token = state.who && state.who.token;
+  try {
+    if (token) await api("DELETE", `/tokens/${token}`);
+  } catch (e) {
+    // the token may have expired already: forgetting it is what matters
+  }
+  sessionStorage.removeItem(TOKEN);
+  state.who = null;
+  state.feed = null;
+  location.hash = "#/login";
+  render();
+}
+
+window.addEventListener("hashchange", render);
+document.getElementById("logout").addEventListener("click", logout);
+(async () => {
+  if (sessionStorage.getItem(TOKEN)) {
+    try {
+      await start();
+    } catch (e) {
+      sessionStorage.removeItem(TOKEN);
+    }
+  }
+  if (state.who && (location.hash === "" || location.hash === "#/login")) location.hash = "#/overview";
+  else render();
+})();

@@ -1,0 +1,327 @@
+"""The web console in a real browser (Debian's chromium through Playwright) against a real
+broker, the real management service and real devices: an operator finds a device and reads its
+health charts, runs a rollout from the form and watches it reach 100 %, and a viewer sees no
+control that changes anything (and the API refuses the change when the page forces it).
+
+Every page a test visits is saved as a PNG in the test's output folder (tmp_path).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_artifacts import make_swu
+from test_rollouts import UpdatingDevice, cli
+from twelvefactor_services.management.api_client import ManagementClient
+
+from testbed.hostagent import HostAgent
+from testbed.stack import ServiceProcess, Stack, wait_until
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path("/usr/bin/chromium")
+UI_WAIT = 60_000  # ms: a page, its API calls and a redraw on a loaded 2-core machine
+ROLLOUT_WAIT = 120_000  # ms: as tests/integration/test_rollouts.py waits for a rollout's end
+PASSWORD = "correct horse battery staple"
+
+
+class Shots:
+    """Screenshots of every page visited, in the test's folder; checked at the end."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.taken: list[Path] = []
+
+    def __call__(self, page: Any, name: str) -> None:
+        path = self.folder / f"{len(self.taken) + 1:02d}-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        self.taken.append(path)
+
+    def check(self) -> None:
+        assert self.taken
+        for path in self.taken:
+            assert path.is_file(), path
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"this test needs {CHROMIUM} (Debian packages chromium, chromium-driver): "
+            "run scripts/setup",
+            pytrace=False,
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+@pytest.fixture
+def admin(stack: Stack, management: ServiceProcess) -> ManagementClient:
+    assert management.api is not None
+    return ManagementClient(management.api.url, token=stack.admin_token(), ca=stack.pki.ca_cert)
+
+
+def open_console(browser: Any, management: ServiceProcess, name: str, shots: Shots) -> Any:
+    """A fresh browser context logged in as ``name``; the page on the overview."""
+    assert management.api is not None
+    # The API's certificate is the stack's own CA, which this browser does not know: the
+    # check is switched off for the context and the page must still be served over https.
+    context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(UI_WAIT)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "console",
+        lambda msg: errors.append(msg.text) if "Content Security Policy" in msg.text else None,
+    )
+    page.errors = errors
+    page.goto(management.api.url + "/")
+    assert page.url.startswith("https://") and page.url.endswith("/console/"), page.url
+    page.wait_for_selector("#login-name")
+    shots(page, "login")
+    page.fill("#login-name", name)
+    page.fill("#login-password", PASSWORD)
+    page.click("#login-submit")
+    page.wait_for_selector("#count-online")
+    assert page.evaluate("sessionStorage.getItem('twelvefactor.token')").startswith("tfm_")
+    return page
+
+
+def add_operator(admin: ManagementClient, name: str, role: str) -> None:
+    admin.call("POST", "/operators", {"name": name, "role": role, "password": PASSWORD})
+
+
+def test_find_a_device_and_read_its_health_charts(
+    stack: Stack,
+    management: ServiceProcess,
+    admin: ManagementClient,
+    browser: Any,
+    tmp_path: Path,
+) -> None:
+    add_operator(admin, "olga", "operator")
+    agents = [HostAgent(stack, d, tmp_path / d, health_interval=5) for d in ("dev-001", "dev-002")]
+    try:
+        for agent in agents:
+            agent.start()
+        # two health samples of dev-002, then it stops: its last report is known
+        wait_until(  # 404 until the device's first report
+            lambda: (
+                (r := admin.request("GET", "/devices/dev-002/health"))[0] == 200 and len(r[1]) >= 2
+            ),
+            timeout=UI_WAIT / 1000,
+            what="two health reports",
+        )
+        agents[1].close()
+        find_and_read(management, admin, browser, tmp_path, agents[0])
+    finally:
+        for agent in agents:
+            agent.close()
+
+
+def find_and_read(
+    management: ServiceProcess,
+    admin: ManagementClient,
+    browser: Any,
+    tmp_path: Path,
+    running: HostAgent,
+) -> None:
+    """dev-001 runs, dev-002 has stopped after its health reports: olga finds and reads it;
+    dev-001 stops while she looks at the list, which shows it without a reload."""
+    shots = Shots(tmp_path)
+    # offline (its will) comes after anything it sent before: its last report is in
+    wait_until(
+        lambda: admin.get("/devices/dev-002")["online"] is False,
+        timeout=UI_WAIT / 1000,
+        what="dev-002 offline",
+    )
+    last = admin.get("/devices/dev-002/health")[-1]
+    device = admin.get("/devices/dev-002")
+    assert device["health_ts"] == last["ts"]
+
+    page = open_console(browser, management, "olga", shots)
+    assert page.text_content("#who") == "olga (operator)"
+    assert page.text_content("#count-online b") == "1"
+    assert page.text_content("#count-offline b") == "1"
+    page.wait_for_selector("#events tr[data-kind='offline']")  # dev-002's, as recent events
+    shots(page, "overview")
+    page.click("a[href='#/devices']")
+    page.wait_for_selector("tr[data-device='dev-001'] td.online")
+    shots(page, "devices")
+    page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
+    running.close()
+    page.wait_for_selector("tr[data-device='dev-001'] td.offline")  # from the events feed
+    assert page.evaluate("window.sameDocument === true")
+    shots(page, "devices-live")
+    page.fill("#device-search", "dev-002")
+    page.wait_for_selector("tr[data-device='dev-001']", state="detached")
+    assert page.eval_on_selector_all("#devices tbody tr", "rows => rows.length") == 1
+    shots(page, "devices-search")
+    page.click("tr[data-device='dev-002'] a")
+    page.wait_for_selector("#chart-load1 canvas")
+    shots(page, "device")
+    # each chart's canvas is drawn on: some pixel is not transparent
+    for chart in ("load1", "memory", "data", "queue", "dropped"):
+        drawn = page.eval_on_selector(
+            f"#chart-{chart} canvas",
+            """c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                     for (let i = 3; i < d.length; i += 4) if (d[i] !== 0) return c.width;
+                     return 0; }""",
+        )
+        assert drawn > 0, chart
+        assert int(page.get_attribute(f"#chart-{chart}", "data-points") or 0) >= 2, chart
+    # the latest values as text are the last health report's
+    assert page.text_content("#latest-load1") == f"{last['load1']:.2f}"
+    assert page.text_content("#latest-memory") == f"{last['memory_available_kb'] / 1024:.1f}"
+    assert page.text_content("#latest-queue") == str(last["queue_depth"])
+    assert page.text_content("#latest-dropped") == str(last["queue_dropped"])
+    assert last["load1"] == device["health"]["load"][0]
+    assert "dev-002" in (page.text_content("h1") or "")
+    assert page.errors == []
+    shots.check()
+
+
+def test_a_rollout_from_the_form_reaches_100_percent(
+    stack: Stack,
+    management: ServiceProcess,
+    admin: ManagementClient,
+    browser: Any,
+    tmp_path: Path,
+) -> None:
+    shots = Shots(tmp_path)
+    add_operator(admin, "olga", "operator")
+    added = json.loads(
+        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "a.swu")))
+    )
+    devices: list[UpdatingDevice] = []
+    try:
+        for d in ("dev-a1", "dev-a2"):
+            (tmp_path / d).mkdir()
+            devices.append(UpdatingDevice(stack, d, tmp_path / d))
+        page = open_console(browser, management, "olga", shots)
+        shots(page, "overview")
+        page.click("a[href='#/rollouts']")
+        page.wait_for_selector("#rollout-form")
+        shots(page, "rollouts")
+        page.select_option("#rollout-artifact", added["sha256"])
+        page.select_option("#rollout-target", "devices")
+        page.fill("#rollout-list", "dev-a1, dev-a2")
+        page.fill("#rollout-phases", "1, 100%")
+        page.click("#rollout-create")
+        page.wait_for_selector("#phases .phase")
+        assert page.url.split("#/rollout/")[1].startswith("r-")
+        shots(page, "rollout-started")
+        page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
+        # the page follows the events feed: no reload
+        page.wait_for_selector("#rollout-state:text('finished')", timeout=ROLLOUT_WAIT)
+        percents = page.eval_on_selector_all(
+            "#phases .phase", "ps => ps.map(p => p.dataset.percent)"
+        )
+        assert percents == ["100", "100"]
+        assert page.eval_on_selector_all("#phases progress", "ps => ps.map(p => p.value)") == [
+            100,
+            100,
+        ]
+        states = page.eval_on_selector_all(
+            "#rollout-devices tr[data-device] td:nth-child(4)", "tds => tds.map(t => t.textContent)"
+        )
+        assert states == ["succeeded", "succeeded"]
+        assert page.evaluate("window.sameDocument === true")
+        shots(page, "rollout-finished")
+        # the operator's audit log has the rollout made from the form
+        page.click("a[href='#/audit']")
+        page.wait_for_selector("#audit td:text('POST /rollouts')")
+        assert page.text_content("#audit tr:nth-child(2) td:nth-child(2)") == "olga"
+        shots(page, "audit")
+        assert page.errors == []
+    finally:
+        for d in devices:
+            d.close()
+    shots.check()
+
+
+def test_a_viewer_sees_no_control_and_the_api_refuses_a_forced_change(
+    stack: Stack,
+    management: ServiceProcess,
+    admin: ManagementClient,
+    browser: Any,
+    tmp_path: Path,
+) -> None:
+    shots = Shots(tmp_path)
+    add_operator(admin, "vera", "viewer")
+    admin.call("PUT", "/groups/field/config", {})
+    admin.call("POST", "/groups/field/members", {"devices": ["dev-v1"]})
+    added = json.loads(
+        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "a.swu")))
+    )
+    made = admin.call(
+        "POST",
+        "/rollouts",
+        {"artifact": added["sha256"], "group": "field", "start_at": 4_000_000_000},
+    )
+    page = open_console(browser, management, "vera", shots)
+    assert page.text_content("#who") == "vera (viewer)"
+
+    def controls() -> list[str]:
+        """The buttons and inputs that would change something, shown and usable."""
+        found: list[str] = page.eval_on_selector_all(
+            "button, input[type=submit]",
+            "els => els.filter(e => e.offsetParent !== null && !e.disabled).map(e => e.id)",
+        )
+        return [f for f in found if f != "logout"]
+
+    for hash_, ready, name in [
+        ("#/overview", "#count-online", "overview"),
+        ("#/devices", "#devices", "devices"),
+        ("#/rollouts", "tr[data-rollout]", "rollouts"),
+        (f"#/rollout/{made['id']}", "#phases .phase", "rollout"),
+    ]:
+        page.evaluate(f"location.hash = '{hash_}'")
+        page.wait_for_selector(ready)
+        shots(page, name)
+        assert controls() == [], name
+    assert page.query_selector("#rollout-form") is None
+    assert page.is_hidden("#nav-audit")
+    assert page.query_selector("#rollout-pause") is None
+    # the page forces the change with the viewer's own token: the API says no
+    forced = page.evaluate(
+        """async (id) => {
+            const token = sessionStorage.getItem('twelvefactor.token');
+            const send = (method, path, body) => fetch(path, {method, headers: {
+                'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'},
+                body: JSON.stringify(body)}).then(r => r.status);
+            return [await send('POST', `/rollouts/${id}/pause`, {}),
+                    await send('PUT', '/groups/field/config', {agent: {keepalive: 7}}),
+                    await send('POST', '/rollouts', {artifact: 'x', group: 'field'})];
+        }""",
+        made["id"],
+    )
+    assert forced == [403, 403, 403]
+    assert admin.get(f"/rollouts/{made['id']}")["state"] == "scheduled"
+    # the audit log's page is not a viewer's either
+    page.evaluate("location.hash = '#/audit'")
+    page.wait_for_function("location.hash === '#/overview'")
+    page.wait_for_selector("#count-online")
+    shots(page, "audit-refused")
+    # logging out revokes the token and forgets it
+    token = page.evaluate("sessionStorage.getItem('twelvefactor.token')")
+    page.click("#logout")
+    page.wait_for_selector("#login-name")
+    shots(page, "logged-out")
+    assert page.evaluate("sessionStorage.getItem('twelvefactor.token')") is None
+    assert management.api is not None
+    gone = ManagementClient(management.api.url, token=token, ca=stack.pki.ca_cert)
+    assert gone.request("GET", "/whoami")[0] == 401
+    assert page.errors == []
+    shots.check()
