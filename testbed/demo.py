@@ -143,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         api = " ".join(stack.api_options(management))
         kept = "kept" if not remove else "removed on exit; --keep keeps it"
         pinned = [
-            f"console       {login[0]}  login: demo / {login[1]}"
+            f"console       {login[0]}  login: demo / {login[1]}  (the certificate is the"
+            f" demo's own CA, {stack.pki.ca_cert}: the browser asks before it trusts it)"
             if login
             else "console       (this management service serves none)",
             f"operator API  {management.api.url}",

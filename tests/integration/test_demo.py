@@ -57,7 +57,9 @@ def test_demo_shows_devices_reports_a_killed_agent_and_stops_on_ctrl_c(tmp_path:
         text = "".join(output)
         assert set(seen) == {"dev-001", "dev-002"}, text
         assert seen["dev-001"][3] == "none", text  # a host agent has no A/B slots
-        assert "console " in text and "operator API  https://" in text
+        console = r"^console\s+https://127\.0\.0\.1:\d+/console/  login: demo / \S+"
+        assert re.search(console, text, re.M), text
+        assert "operator API  https://" in text
         assert "dev-002 agent died: killed by SIGKILL" in text, text
         assert "dev-002 OFFLINE (lost)" in text, text
         proc.send_signal(signal.SIGINT)
