@@ -505,10 +505,26 @@ def test_a_group_configuration_edited_checked_saved_and_applied(
         assert [(e["operator"], e["path"]) for e in audit[:1]] == [("olga", "/groups/field/config")]
         assert not any(e["path"] == "/config/check" for e in audit)
 
+        # one each device refuses (below its file's backoff.initial): rejected, with the reason
+        page.fill("#config-text", '{"agent": {"keepalive": 12}, "backoff": {"cap": 0.1}}')
+        page.wait_for_selector("#config-editor[data-check='ok']")
+        page.click("#config-save")
+        page.wait_for_selector("#config-editor[data-check='saved']")
+        why = "config: backoff.cap: 0.1 is smaller than backoff.initial (0.2)"
+        for d in members:
+            version = admin.get(f"/devices/{d}/config")["version"]
+            page.wait_for_selector(
+                f"tr[data-device='{d}'][data-state='rejected'][data-reported='{version}']",
+                timeout=ROLLOUT_WAIT,
+            )
+            assert page.text_content(f"tr[data-device='{d}'] td:nth-child(5)") == why
+        shots(page, "config-rejected")
+
         # a member's own page says the same
         page.click("tr[data-device='dev-c1'] a")
-        page.wait_for_selector("#device-config-status.applied")
-        assert "keepalive" in (page.text_content("#device-config-desired") or "")
+        page.wait_for_selector("#device-config-status.rejected")
+        assert page.text_content("#device-config-status") == f"rejected: {why}"
+        assert '"cap": 0.1' in (page.text_content("#device-config-desired") or "")
         shots(page, "config-device")
         assert page.errors == []
     finally:
