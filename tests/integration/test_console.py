@@ -1,13 +1,15 @@
 """The web console in a real browser (Debian's chromium through Playwright) against a real
 broker, the real management service and real devices: an operator finds a device and reads its
-health charts, runs a rollout from the form and watches it reach 100 %, and a viewer sees no
-control that changes anything (and the API refuses the change when the page forces it).
+health charts, runs a rollout from the form and watches it reach 100 %, uploads, inspects and
+deletes artifacts, edits a group's configuration and watches its devices apply it, and a viewer
+sees no control that changes anything (and the API refuses the change when the page forces it).
 
 Every page a test visits is saved as a PNG in the test's output folder (tmp_path).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 from test_artifacts import make_swu
 from test_rollouts import UpdatingDevice, cli
 from twelvefactor_services.management.api_client import ManagementClient
+from twelvefactor_services.management.configlogic import OverlayError, check_overlay
 
 from testbed.hostagent import HostAgent
 from testbed.stack import ServiceProcess, Stack, wait_until
@@ -286,6 +289,11 @@ def test_a_viewer_sees_no_control_and_the_api_refuses_a_forced_change(
         ("#/devices", "#devices", "devices"),
         ("#/rollouts", "tr[data-rollout]", "rollouts"),
         (f"#/rollout/{made['id']}", "#phases .phase", "rollout"),
+        ("#/artifacts", f"tr[data-artifact='{added['sha256']}']", "artifacts"),
+        (f"#/artifact/{added['sha256']}", "#artifact-facts", "artifact"),
+        ("#/config", "tr[data-group='field']", "config"),
+        ("#/config/group/field", "tr[data-device='dev-v1']", "config-group"),
+        ("#/config/device/dev-v1", "#device-config-facts", "config-device"),
     ]:
         page.evaluate(f"location.hash = '{hash_}'")
         page.wait_for_selector(ready)
@@ -294,24 +302,39 @@ def test_a_viewer_sees_no_control_and_the_api_refuses_a_forced_change(
     assert page.query_selector("#rollout-form") is None
     assert page.is_hidden("#nav-audit")
     assert page.query_selector("#rollout-pause") is None
+    assert page.query_selector("#config-save") is None
+    assert page.get_attribute("#config-text", "readonly") is not None  # the device page's
+    page.evaluate("location.hash = '#/artifacts'")
+    page.wait_for_selector("#artifacts")
+    assert page.query_selector("#upload-form") is None
+    page.evaluate(f"location.hash = '#/artifact/{added['sha256']}'")
+    page.wait_for_selector("#artifact-facts")
+    assert page.query_selector("#artifact-delete") is None
     # the page forces the change with the viewer's own token: the API says no
     forced = page.evaluate(
-        """async (id) => {
+        """async ([id, sha]) => {
             const token = sessionStorage.getItem('twelvefactor.token');
             const send = (method, path, body) => fetch(path, {method, headers: {
                 'Authorization': 'Bearer ' + token, 'Content-Type': 'application/json'},
                 body: JSON.stringify(body)}).then(r => r.status);
+            const upload = await fetch('/artifacts', {method: 'POST', headers: {
+                'Authorization': 'Bearer ' + token, 'Content-Type': 'application/octet-stream'},
+                body: new Blob(['not a swu'])}).then(r => r.status);
             return [await send('POST', `/rollouts/${id}/pause`, {}),
                     await send('PUT', '/groups/field/config', {agent: {keepalive: 7}}),
-                    await send('POST', '/rollouts', {artifact: 'x', group: 'field'})];
+                    await send('POST', '/rollouts', {artifact: 'x', group: 'field'}),
+                    await send('DELETE', `/artifacts/${sha}`),
+                    upload,
+                    await send('POST', '/config/check', {agent: {keepalive: 7}})];
         }""",
-        made["id"],
+        [made["id"], added["sha256"]],
     )
-    assert forced == [403, 403, 403]
+    assert forced == [403, 403, 403, 403, 403, 200]  # the check changes nothing: a viewer's
+    assert admin.get(f"/artifacts/{added['sha256']}")["sha256"] == added["sha256"]
     assert admin.get(f"/rollouts/{made['id']}")["state"] == "scheduled"
     # the audit log's page is not a viewer's either
     page.evaluate("location.hash = '#/audit'")
-    page.wait_for_function("location.hash === '#/overview'")
+    page.wait_for_selector("body[data-page='overview']")  # not wait_for_function: the CSP
     page.wait_for_selector("#count-online")
     shots(page, "audit-refused")
     # logging out revokes the token and forgets it
@@ -324,4 +347,187 @@ def test_a_viewer_sees_no_control_and_the_api_refuses_a_forced_change(
     gone = ManagementClient(management.api.url, token=token, ca=stack.pki.ca_cert)
     assert gone.request("GET", "/whoami")[0] == 401
     assert page.errors == []
+    shots.check()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_artifacts_uploaded_inspected_and_deleted_from_the_page(
+    stack: Stack,
+    management: ServiceProcess,
+    admin: ManagementClient,
+    browser: Any,
+    tmp_path: Path,
+) -> None:
+    shots = Shots(tmp_path)
+    add_operator(admin, "olga", "operator")
+    used = json.loads(
+        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "u.swu")))
+    )["sha256"]
+    job = admin.call("POST", "/jobs", {"artifact": used, "device": "dev-u1"})["id"]  # no device
+    page = open_console(browser, management, "olga", shots)
+    page.click("a[href='#/artifacts']")
+    page.wait_for_selector(f"tr[data-artifact='{used}'][data-used='yes']")
+    assert f"job {job} (unfinished)" in (page.text_content(f"tr[data-artifact='{used}']") or "")
+    shots(page, "artifacts")
+
+    # upload one: it is listed
+    swu = make_swu(tmp_path / "new.swu", "2.1", size=50_000)
+    sha = sha256_of(swu)
+    page.set_input_files("#upload-file", str(swu))
+    page.click("#upload-submit")
+    page.wait_for_selector(f"tr[data-artifact='{sha}'][data-used='no']")
+    assert page.text_content("#upload-done") == f"Added version 2.1 as {sha[:12]}."
+    assert admin.get(f"/artifacts/{sha}")["version"] == "2.1"
+    shots(page, "artifact-uploaded")
+
+    # one no device accepts: the service's reason, word for word
+    rc = make_swu(tmp_path / "rc.swu", "2.0-rc1", size=1000)
+    page.set_input_files("#upload-file", str(rc))
+    page.click("#upload-submit")
+    page.wait_for_selector("#upload-error:not(:empty)")
+    with rc.open("rb") as f:
+        status, said = admin.request("POST", "/artifacts", upload=f, size=rc.stat().st_size)
+    assert status == 400 and "is not numbers separated by dots" in said["problems"][0]
+    assert page.text_content("#upload-error") == "\n".join(said["problems"])
+    assert sha256_of(rc) not in [a["sha256"] for a in admin.get("/artifacts")]
+    shots(page, "artifact-refused")
+
+    # inspect the new one and delete it
+    page.click(f"tr[data-artifact='{sha}'] a")
+    page.wait_for_selector("#artifact-facts")
+    assert page.text_content("#artifact-sha256") == sha
+    assert page.text_content("#artifact-version") == "2.1"
+    assert page.text_content("#artifact-hardware") == "qemux86-64: 1.0"
+    assert page.text_content("#artifact-signature") == (
+        "not checked (the service has no signing certificate)"
+    )
+    assert page.text_content("#artifact-used") == "nothing unfinished"
+    shots(page, "artifact")
+    page.click("#artifact-delete")
+    # (not wait_for_function: its polling evaluates a string, which the console's CSP refuses)
+    page.wait_for_selector("body[data-page='artifacts']")
+    page.wait_for_selector(f"tr[data-artifact='{used}']")
+    assert page.query_selector(f"tr[data-artifact='{sha}']") is None
+    assert admin.request("GET", f"/artifacts/{sha}")[0] == 404
+    shots(page, "artifact-deleted")
+
+    # the used one: refused, with the reason
+    page.click(f"tr[data-artifact='{used}'] a")
+    page.wait_for_selector("#artifact-facts")
+    assert page.text_content("#artifact-used") == f"job {job} (unfinished)"
+    page.click("#artifact-delete")
+    page.wait_for_selector("#artifact-error:not(:empty)")
+    assert page.text_content("#artifact-error") == (
+        f"artifact {used[:12]} is in use by job {job} (unfinished):"
+        " delete it when the job has ended"
+    )
+    assert admin.get(f"/artifacts/{used}")["sha256"] == used
+    shots(page, "artifact-in-use")
+    entries = [(e["method"], e["status"]) for e in admin.get("/audit") if e["operator"] == "olga"]
+    assert entries[:3] == [("DELETE", 409), ("DELETE", 200), ("POST", 400)]
+    assert page.errors == []
+    shots.check()
+
+
+def test_a_group_configuration_edited_checked_saved_and_applied(
+    stack: Stack,
+    management: ServiceProcess,
+    admin: ManagementClient,
+    browser: Any,
+    tmp_path: Path,
+) -> None:
+    shots = Shots(tmp_path)
+    add_operator(admin, "olga", "operator")
+    members = ["dev-c1", "dev-c2"]
+    admin.call("PUT", "/groups/field/config", {})
+    admin.call("POST", "/groups/field/members", {"devices": members})
+    agents = [HostAgent(stack, d, tmp_path / d, confirm_window=10) for d in members]
+    try:
+        for agent in agents:
+            agent.start()
+        for d in members:
+            wait_until(
+                lambda d=d: (
+                    (r := admin.request("GET", f"/devices/{d}"))[0] == 200
+                    and r[1]["online"] is True
+                ),
+                timeout=UI_WAIT / 1000,
+                what=f"{d} online",
+            )
+        page = open_console(browser, management, "olga", shots)
+        page.click("a[href='#/config']")
+        page.wait_for_selector("tr[data-group='field']")
+        shots(page, "config")
+        page.click("tr[data-group='field'] a[href='#/config/group/field']")
+        page.wait_for_selector("#config-editor[data-check='ok']")
+        page.wait_for_selector("tr[data-device='dev-c2']")
+        shots(page, "config-group")
+        page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
+
+        # refused before saving: not JSON, then what the agent's rules refuse
+        page.fill("#config-text", '{"agent": ')
+        page.wait_for_selector("#config-editor[data-check='invalid']")
+        assert page.is_disabled("#config-save")
+        assert (page.text_content("#config-problems li") or "").startswith("not JSON")
+        bad = {"agent": {"keepalive": 12, "confirm_window": 30}}
+        with pytest.raises(OverlayError) as caught:
+            check_overlay(bad)
+        page.fill("#config-text", json.dumps(bad))
+        page.wait_for_selector("#config-editor[data-check='invalid'] #config-problems li")
+        assert page.is_disabled("#config-save")
+        said = page.eval_on_selector_all(
+            "#config-problems li", "lis => lis.map(l => l.textContent)"
+        )
+        assert said == caught.value.problems
+        assert "set by provisioning" in said[0]
+        shots(page, "config-invalid")
+        assert admin.get("/groups/field")["config"] == {}  # nothing was sent
+
+        # a good one: Save, and every member reports it applied (from the events feed)
+        page.fill("#config-text", '{"agent": {"keepalive": 12}}')
+        page.wait_for_selector("#config-editor[data-check='ok']")
+        assert not page.is_disabled("#config-save")
+        page.click("#config-save")
+        page.wait_for_selector("#config-editor[data-check='saved']")
+        assert admin.get("/groups/field")["config"] == {"agent": {"keepalive": 12}}
+        for d in members:
+            version = admin.get(f"/devices/{d}/config")["version"]
+            page.wait_for_selector(
+                f"tr[data-device='{d}'][data-state='applied'][data-reported='{version}']",
+                timeout=ROLLOUT_WAIT,
+            )
+        assert page.evaluate("window.sameDocument === true")
+        shots(page, "config-applied")
+        audit = admin.get("/audit")
+        assert [(e["operator"], e["path"]) for e in audit[:1]] == [("olga", "/groups/field/config")]
+        assert not any(e["path"] == "/config/check" for e in audit)
+
+        # one each device refuses (below its file's backoff.initial): rejected, with the reason
+        page.fill("#config-text", '{"agent": {"keepalive": 12}, "backoff": {"cap": 0.1}}')
+        page.wait_for_selector("#config-editor[data-check='ok']")
+        page.click("#config-save")
+        page.wait_for_selector("#config-editor[data-check='saved']")
+        why = "config: backoff.cap: 0.1 is smaller than backoff.initial (0.2)"
+        for d in members:
+            version = admin.get(f"/devices/{d}/config")["version"]
+            page.wait_for_selector(
+                f"tr[data-device='{d}'][data-state='rejected'][data-reported='{version}']",
+                timeout=ROLLOUT_WAIT,
+            )
+            assert page.text_content(f"tr[data-device='{d}'] td:nth-child(5)") == why
+        shots(page, "config-rejected")
+
+        # a member's own page says the same
+        page.click("tr[data-device='dev-c1'] a")
+        page.wait_for_selector("#device-config-status.rejected")
+        assert page.text_content("#device-config-status") == f"rejected: {why}"
+        assert '"cap": 0.1' in (page.text_content("#device-config-desired") or "")
+        shots(page, "config-device")
+        assert page.errors == []
+    finally:
+        for agent in agents:
+            agent.close()
     shots.check()

@@ -305,3 +305,39 @@ def test_a_fault_of_the_service_is_a_500_and_audited(
         assert (entry["path"], entry["status"], entry["operator"]) == ("/artifacts", 500, "admin")
     finally:
         store.unlink()
+
+
+def test_artifact_delete_from_the_cli(
+    stack: Stack, management: ServiceProcess, admin: ManagementClient, tmp_path: Path
+) -> None:
+    """`artifact delete` (issue 13): refused with the reason while an unfinished job uses the
+    artifact, done otherwise; both audited."""
+    from test_artifacts import make_swu
+    from test_rollouts import cli, run_cli
+
+    def add(name: str, version: str) -> dict[str, Any]:
+        swu = make_swu(tmp_path / name, version, size=1000)
+        added: dict[str, Any] = json.loads(
+            cli(stack, management, "artifact", "add", "--json", str(swu))
+        )
+        return added
+
+    used, free = add("u.swu", "2.0"), add("f.swu", "2.1")
+    job = admin.call("POST", "/jobs", {"artifact": used["sha256"], "device": "dev-001"})
+    refused = run_cli(stack, management, "artifact", "delete", used["sha256"][:8])
+    assert refused.returncode == 1, refused.stderr
+    assert f"in use by job {job['id']} (unfinished)" in refused.stderr, refused.stderr
+    shown = cli(stack, management, "artifact", "show", used["sha256"][:8])
+    assert f"used by job {job['id']} (unfinished)" in shown
+    assert "signature not checked (no --artifact-signing-cert)" in shown
+    gone = cli(stack, management, "artifact", "delete", free["sha256"][:8])
+    assert gone == f"deleted artifact {free['sha256']} (version 2.1)\n"
+    listed = json.loads(cli(stack, management, "artifact", "list", "--json"))
+    assert [a["sha256"] for a in listed] == [used["sha256"]]
+    assert run_cli(stack, management, "artifact", "delete", free["sha256"]).returncode == 1
+    entries = [e for e in admin.get("/audit") if e["method"] == "DELETE"]
+    assert [(e["status"], e["detail"]) for e in reversed(entries)] == [
+        (409, {"sha256": used["sha256"]}),
+        (200, {"sha256": free["sha256"], "version": "2.1"}),
+        (404, None),  # gone: no artifact by that id
+    ]

@@ -21,6 +21,7 @@ from typing import Any
 
 from twelvefactor_agent.protocol.names import SHA256_RE, VERSION_RE
 
+from twelvefactor_services.artifact import ArtifactToolError
 from twelvefactor_services.artifact.swu import SwuError, describe
 from twelvefactor_services.artifact.verify import verify
 
@@ -139,6 +140,33 @@ class ArtifactStore:
         if not self.path(sha256).exists():
             return None
         return Artifact(**doc)
+
+    def signature(self, sha256: str) -> dict[str, Any]:
+        """The stored artifact checked again against the signing certificate, as the operator
+        API shows it: ``{"status": "verified" | "refused" | "not_checked", "certificate",
+        "problems"}``; "not_checked" when the service has no signing certificate."""
+        if self.signing_cert is None:
+            return {"status": "not_checked", "certificate": None, "problems": []}
+        try:
+            problems = verify(self.path(sha256), self.signing_cert)
+        except ArtifactToolError as exc:  # the certificate is gone since the service started
+            problems = [str(exc)]
+        return {
+            "status": "refused" if problems else "verified",
+            "certificate": self.signing_cert.name,
+            "problems": [p.replace(str(self.root) + "/", "") for p in problems],
+        }
+
+    def remove(self, sha256: str) -> bool:
+        """Forget the artifact: its record first (so it is no longer listed), then its bytes.
+        False if there was none. Whether anything still uses it is the caller's question."""
+        path = self.path(sha256)
+        meta = self.root / f"{sha256}.json"
+        if not meta.exists() and not path.exists():
+            return False
+        meta.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        return True
 
     def list(self) -> list[Artifact]:
         if not self.root.is_dir():

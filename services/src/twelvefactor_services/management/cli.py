@@ -171,6 +171,14 @@ def _print_artifact(a: dict[str, Any]) -> None:
     print(f"artifact {a['sha256']}")
     print(f"  version {a['version']}, {a['size']} bytes, added {iso(a['added'])}")
     print(f"  hardware {_hardware_text(a['hardware'])}")
+    if "signature" in a:
+        sig = a["signature"]
+        said = {"not_checked": "not checked (no --artifact-signing-cert)"}.get(sig["status"])
+        print(f"  signature {said or sig['status'] + ' by ' + str(sig['certificate'])}")
+        for problem in sig["problems"]:
+            print(f"    {problem}")
+    for user in a.get("used_by", []):
+        print(f"  used by {user['kind']} {user['id']} ({user['state']})")
 
 
 def _print_job(j: dict[str, Any]) -> None:
@@ -198,6 +206,13 @@ def _artifact(api: ManagementClient, args: argparse.Namespace) -> int:
     if args.action == "show":
         found = api.get(f"/artifacts/{args.id}")
         _print_json(found) if args.json else _print_artifact(found)
+        return 0
+    if args.action == "delete":
+        gone = api.call("DELETE", f"/artifacts/{args.id}")
+        if args.json:
+            _print_json(gone)
+        else:
+            print(f"deleted artifact {gone['sha256']} (version {gone['version']})")
         return 0
     rows = api.get("/artifacts")
     if args.json:
@@ -599,6 +614,10 @@ def _fleet_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     asub.add_parser("list", help="stored artifacts")
     p = asub.add_parser("show", help="one artifact, by any unique prefix of its id")
     p.add_argument("id")
+    p = asub.add_parser(
+        "delete", help="delete an artifact no unfinished job and no running rollout uses"
+    )
+    p.add_argument("id", help="any unique prefix of its id")
     leaves += asub.choices.values()
     job = sub.add_parser("job", help="update jobs")
     jsub = job.add_subparsers(dest="action", required=True)

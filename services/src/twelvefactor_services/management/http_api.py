@@ -4,7 +4,8 @@ Each route names the least role it needs (viewer < operator < admin; see
 operators.py) and is listed in ROUTES, which docs/operator-api.md and the
 route test read. Every request first passes the Host, Origin and Content-Type
 checks (access.py); every write, answered or refused, is recorded in the
-audit log with who made it. `GET /healthz` and `POST /login` need no token.
+audit log with who made it (but POST /config/check, a dry run that changes
+nothing). `GET /healthz` and `POST /login` need no token.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from twelvefactor_services.management.configlogic import (
     check_overlay,
 )
 from twelvefactor_services.management.operators import OperatorError, Principal
-from twelvefactor_services.management.rollouts import RolloutError, parse_spec
+from twelvefactor_services.management.rollouts import ENDED, RolloutError, parse_spec
 from twelvefactor_services.management.tls_http import TlsHandler, TlsServer
 
 log = logging.getLogger(__name__)
@@ -130,6 +131,7 @@ class Route:
     work: Work
     doc: str
     upload: bool = False  # the body is a .swu (application/octet-stream)
+    audited: bool = True  # False: a check that changes nothing (POST /config/check)
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -287,6 +289,16 @@ def delete_device_config(req: Request) -> Answer:
     )
 
 
+def check_config(req: Request) -> Answer:
+    """A dry run of PUT /groups/NAME/config and PUT /devices/ID/config: the overlay checked
+    with the same rules (the agent's), nothing stored. 200 either way, with the problems."""
+    try:
+        check_overlay(req.body())
+    except OverlayError as exc:
+        return 200, {"ok": False, "problems": exc.problems}
+    return 200, {"ok": True, "problems": []}
+
+
 def list_groups(req: Request) -> Answer:
     return 200, _read(req, registry.list_groups)
 
@@ -344,17 +356,80 @@ def _unique(kind: str, prefix: str, ids: list[str]) -> str:
     raise Problem(409, "ambiguous", f"{kind} {prefix!r} is ambiguous: {shown}")
 
 
+def artifact_users(db: Any) -> dict[str, list[dict[str, str]]]:
+    """sha256 -> what still needs the artifact: each update job with a device whose state is
+    not final, and each rollout that has not ended (`db`: rolloutstore.connect)."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for row in db.execute(
+        "SELECT u.id, u.artifact FROM update_jobs u WHERE EXISTS (SELECT 1 FROM device_jobs d"
+        f" WHERE d.job = u.id AND d.state NOT IN {jobstore.FINAL_SQL}) ORDER BY u.created"
+    ):
+        found.setdefault(row[1], []).append({"kind": "job", "id": row[0], "state": "unfinished"})
+    ended = ",".join(f"'{s}'" for s in sorted(ENDED))
+    for row in db.execute(
+        f"SELECT id, state, spec FROM rollouts WHERE state NOT IN ({ended}) ORDER BY created"
+    ):
+        sha = json.loads(row[2]).get("artifact")
+        found.setdefault(sha, []).append({"kind": "rollout", "id": row[0], "state": row[1]})
+    return found
+
+
+def _users(req: Request) -> dict[str, list[dict[str, str]]]:
+    return _rollout_db(req, artifact_users)  # type: ignore[no-any-return]
+
+
 def list_artifacts(req: Request) -> Answer:
-    return 200, [a.to_json() for a in req.server.artifacts.list()]
+    users = _users(req)
+    return 200, [
+        {**a.to_json(), "used_by": users.get(a.sha256, [])} for a in req.server.artifacts.list()
+    ]
 
 
 def get_artifact(req: Request) -> Answer:
+    """One artifact, what still uses it, and its signature checked again now (when the
+    service has --artifact-signing-cert; "not_checked" otherwise)."""
     store = req.server.artifacts
     sha = _unique("artifact", req.match.group(1), [a.sha256 for a in store.list()])
     found = store.get(sha)
     if found is None:
         raise Problem(404, "unknown_artifact", f"no artifact {sha!r}")
-    return 200, found.to_json()
+    return 200, {
+        **found.to_json(),
+        "used_by": _users(req).get(sha, []),
+        "signature": store.signature(sha),
+    }
+
+
+def delete_artifact(req: Request) -> Answer:
+    """Remove an artifact's file and record, unless an unfinished job or a rollout that has
+    not ended names it (409 with what uses it)."""
+    store = req.server.artifacts
+    sha = _unique("artifact", req.match.group(1), [a.sha256 for a in store.list()])
+    req.audit_detail = {"sha256": sha}
+    found = store.get(sha)
+    if found is None:
+        raise Problem(404, "unknown_artifact", f"no artifact {sha!r}")
+    db = rolloutstore.connect(req.server.db_path)
+    try:
+        # under the write lock: no job or rollout is written between the look and the removal
+        # (one whose artifact was looked up just before may still name it: docs/console.md)
+        with registry.write(db):
+            users = artifact_users(db).get(sha, [])
+            if users:
+                raise Problem(
+                    409,
+                    "in_use",
+                    [
+                        f"artifact {sha[:12]} is in use by {u['kind']} {u['id']} ({u['state']}):"
+                        f" delete it when the {u['kind']} has ended"
+                        for u in users
+                    ],
+                )
+            store.remove(sha)
+    finally:
+        db.close()
+    req.audit_detail = {"sha256": sha, "version": found.version}
+    return 200, {"sha256": sha, "version": found.version, "deleted": True}
 
 
 def upload_artifact(req: Request) -> Answer:
@@ -635,6 +710,7 @@ ROUTES: tuple[Route, ...] = (
         delete_device_config,
         "/devices/{id}/config",
     ),
+    Route("POST", "/config/check", "viewer", check_config, "/config/check", audited=False),
     Route("GET", "/groups", "viewer", list_groups, "/groups"),
     Route("GET", rf"/groups/({_GROUP})", "viewer", get_group, "/groups/{name}"),
     Route(
@@ -657,6 +733,13 @@ ROUTES: tuple[Route, ...] = (
         rf"/artifacts/([0-9a-f]{{{PREFIX_MIN},64}})",
         "viewer",
         get_artifact,
+        "/artifacts/{id}",
+    ),
+    Route(
+        "DELETE",
+        rf"/artifacts/([0-9a-f]{{{PREFIX_MIN},64}})",
+        "operator",
+        delete_artifact,
         "/artifacts/{id}",
     ),
     Route("GET", "/jobs", "viewer", list_jobs, "/jobs"),
@@ -843,6 +926,7 @@ class Handler(TlsHandler):
         path = raw_path.rstrip("/") or "/"
         who: Principal | None = None
         req: Request | None = None
+        route: Route | None = None
         status: int
         try:
             found = find_route(method, path)
@@ -887,7 +971,7 @@ class Handler(TlsHandler):
             self.close_connection = True
             status, answer = 500, {"error": "internal", "problems": [type(exc).__name__]}
         self._send(status, answer)
-        if method != "GET":
+        if method != "GET" and (route is None or route.audited):
             self._audit(who, method, path, status, None if req is None else req.audit_detail)
 
     def _console(self, path: str) -> None:

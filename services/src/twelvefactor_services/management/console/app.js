@@ -40,6 +40,11 @@ function may(role) {
   return state.who !== null && ROLES.indexOf(state.who.role) >= ROLES.indexOf(role);
 }
 
+function reasons(e) {
+  // the service's words when it answered with some, else what went wrong
+  return e.problems && e.problems.length ? e.problems : [e.message];
+}
+
 function status(text) {
   document.getElementById("status").textContent = text || "";
 }
@@ -48,10 +53,11 @@ function status(text) {
 
 class ApiError extends Error {
   constructor(statusCode, body) {
-    const said = body && (body.problems || [body.message || body.error]);
-    super(`${statusCode}: ${[].concat(said || []).join("; ")}`);
+    const said = [].concat((body && (body.problems || [body.message || body.error])) || []);
+    super(`${statusCode}: ${said.join("; ")}`);
     this.status = statusCode;
     this.body = body;
+    this.problems = said; // the service's reasons, verbatim
   }
 }
 
@@ -60,7 +66,11 @@ async function api(method, path, body) {
   const token = sessionStorage.getItem(TOKEN);
   if (token) headers.Authorization = `Bearer ${token}`;
   const init = { method, headers, cache: "no-store" };
-  if (body !== undefined) {
+  if (body instanceof Blob) {
+    // a .swu upload: the bytes as they are, as the CLI sends them
+    headers["Content-Type"] = "application/octet-stream";
+    init.body = body;
+  } else if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
@@ -373,6 +383,7 @@ async function devicePage(main, id) {
           h("h3", { text: "Desired" }),
           h("pre", { text: JSON.stringify(config.desired, null, 2) }),
         ),
+    h("p", {}, h("a", { href: `#/config/device/${id}`, id: "device-config-link", text: "The device's own configuration" })),
     h("h2", { text: "Online history" }),
     h(
       "table",
@@ -609,6 +620,339 @@ async function auditPage(main) {
   return { onEvents: (events) => events.some((e) => e.kind === "audit") && render() };
 }
 
+// -- artifacts ------------------------------------------------------------------------------
+
+function size(n) {
+  if (n >= 1048576) return `${(n / 1048576).toFixed(1)} MiB`;
+  if (n >= 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${n} B`;
+}
+
+function hardwareText(hw) {
+  return Object.entries(hw)
+    .map(([board, revs]) => `${board || "any board"}: ${revs.join(", ")}`)
+    .join("; ");
+}
+
+function usersText(users) {
+  return users.length ? users.map((u) => `${u.kind} ${u.id} (${u.state})`).join(", ") : "—";
+}
+
+function artifactRows(body, artifacts) {
+  body.replaceChildren(
+    ...artifacts
+      .slice()
+      .reverse()
+      .map((a) =>
+        h(
+          "tr",
+          { "data-artifact": a.sha256, "data-used": a.used_by.length ? "yes" : "no" },
+          h("td", {}, h("a", { href: `#/artifact/${a.sha256}`, class: "mono", text: a.sha256.slice(0, 12) })),
+          h("td", { text: a.version }),
+          h("td", { text: size(a.size) }),
+          h("td", { text: hardwareText(a.hardware) }),
+          h("td", { text: when(a.added) }),
+          h("td", { class: "used", text: usersText(a.used_by) }),
+        ),
+      ),
+  );
+}
+
+async function artifactsPage(main) {
+  const artifacts = await api("GET", "/artifacts");
+  const body = h("tbody");
+  artifactRows(body, artifacts);
+  main.append(
+    h("h1", { text: "Artifacts" }),
+    h(
+      "table",
+      { id: "artifacts" },
+      h("thead", {}, h("tr", {}, ["id", "version", "size", "hardware", "added", "used by (unfinished)"].map((t) => h("th", { text: t })))),
+      body,
+    ),
+  );
+  if (may("operator")) main.append(uploadForm(body));
+  const refresh = async () => artifactRows(body, await api("GET", "/artifacts"));
+  return {
+    // a job or rollout ending frees an artifact; another operator may add or delete one
+    onEvents: (events) => events.some((e) => e.kind === "job" || e.kind === "rollout" || (e.kind === "audit" && e.path.startsWith("/artifacts"))) && refresh(),
+  };
+}
+
+function uploadForm(body) {
+  const err = h("p", { class: "error", id: "upload-error" });
+  const done = h("p", { class: "muted", id: "upload-done" });
+  const file = h("input", { type: "file", id: "upload-file", name: "file", accept: ".swu", required: true });
+  const submit = h("button", { type: "submit", id: "upload-submit", text: "Upload" });
+  const form = h("form", { class: "card", id: "upload-form", "data-needs": "operator" }, h("h2", { text: "Upload a .swu" }), h("label", {}, "File", file), submit, err, done);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    err.textContent = "";
+    done.textContent = "";
+    if (!file.files.length) return;
+    submit.disabled = true;
+    try {
+      const added = await api("POST", "/artifacts", file.files[0]);
+      done.textContent = `Added version ${added.version} as ${added.sha256.slice(0, 12)}.`;
+      form.reset();
+      artifactRows(body, await api("GET", "/artifacts"));
+    } catch (e) {
+      err.textContent = reasons(e).join("\n"); // the service's reason, as it says it
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  return form;
+}
+
+const SIGNATURE = {
+  verified: (s) => `verified by ${s.certificate}`,
+  refused: (s) => `refused by ${s.certificate}: ${s.problems.join("; ")}`,
+  not_checked: () => "not checked (the service has no signing certificate)",
+};
+
+async function artifactPage(main, id) {
+  const a = await api("GET", `/artifacts/${id}`);
+  const fact = (k, v, attrs = {}) => [h("dt", { text: k }), h("dd", { ...attrs }, v)];
+  const err = h("p", { class: "error", id: "artifact-error" });
+  // a rollout has a page; a job is shown on its devices' pages
+  const users = a.used_by.map((u) => h(u.kind === "rollout" ? "a" : "span", { href: u.kind === "rollout" ? `#/rollout/${u.id}` : null, text: `${u.kind} ${u.id} (${u.state})` }));
+  main.append(
+    h("h1", {}, `Artifact ${a.version} `, h("span", { class: "muted mono", text: a.sha256.slice(0, 12) })),
+    h(
+      "div",
+      { class: "card" },
+      h(
+        "dl",
+        { class: "facts", id: "artifact-facts" },
+        fact("sha256", a.sha256, { class: "mono", id: "artifact-sha256" }),
+        fact("version", a.version, { id: "artifact-version" }),
+        fact("size", `${size(a.size)} (${a.size} bytes)`),
+        fact("hardware", hardwareText(a.hardware), { id: "artifact-hardware" }),
+        fact("added", when(a.added)),
+        fact("signature", SIGNATURE[a.signature.status](a.signature), { id: "artifact-signature", class: a.signature.status === "refused" ? "error" : "" }),
+        fact("used by", users.length ? users.flatMap((u, i) => (i ? [", ", u] : [u])) : "nothing unfinished", { id: "artifact-used" }),
+      ),
+    ),
+    may("operator")
+      ? h(
+          "div",
+          { class: "actions" },
+          h("button", {
+            type: "button",
+            id: "artifact-delete",
+            class: "secondary",
+            "data-needs": "operator",
+            text: "Delete",
+            onclick: async () => {
+              err.textContent = "";
+              try {
+                await api("DELETE", `/artifacts/${a.sha256}`);
+                location.hash = "#/artifacts";
+              } catch (e) {
+                err.textContent = reasons(e).join("\n");
+              }
+            },
+          }),
+        )
+      : null,
+    err,
+  );
+  return {};
+}
+
+// -- configuration --------------------------------------------------------------------------
+
+// A device's configuration as the group page shows it: what it reports against what it should.
+function configState(c) {
+  if (!c || !c.version) return ["pending", "nothing desired yet"];
+  const r = c.reported;
+  if (!r) return ["pending", "nothing reported yet"];
+  if (r.version < c.version) return ["pending", `reports version ${r.version} (${r.status})`];
+  return [r.status, r.error || ""];
+}
+
+async function deviceConfigs(devices) {
+  return Promise.all(
+    devices.map((d) =>
+      api("GET", `/devices/${d}/config`).catch((e) => {
+        if (e.status === 404) return null;
+        throw e;
+      }),
+    ),
+  );
+}
+
+async function configPage(main) {
+  const [groups, devices] = await Promise.all([api("GET", "/groups"), api("GET", "/devices")]);
+  const pick = h(
+    "select",
+    { id: "config-device", onchange: (ev) => ev.target.value && (location.hash = `#/config/device/${ev.target.value}`) },
+    h("option", { value: "", text: "choose a device" }),
+    devices.filter((d) => !d.retired).map((d) => h("option", { value: d.id, text: d.id })),
+  );
+  main.append(
+    h("h1", { text: "Configuration" }),
+    h("p", { class: "muted", text: "A device's desired configuration is its group's overlay with its own laid over it." }),
+    h("h2", { text: "Groups" }),
+    h(
+      "table",
+      { id: "config-groups" },
+      h("tr", {}, ["group", "overlay", "members", "updated"].map((t) => h("th", { text: t }))),
+      groups.map((g) =>
+        h(
+          "tr",
+          { "data-group": g.name },
+          h("td", {}, h("a", { href: `#/config/group/${g.name}`, text: g.name })),
+          h("td", {}, h("pre", { text: JSON.stringify(g.config, null, 2) })),
+          h("td", {}, g.members.flatMap((m, i) => [i ? ", " : "", h("a", { href: `#/config/device/${m}`, text: m })])),
+          h("td", { text: when(g.updated) }),
+        ),
+      ),
+    ),
+    h("h2", { text: "A device's own overlay" }),
+    h("label", {}, "Device ", pick),
+  );
+  return { onEvents: (events) => events.some((e) => e.kind === "audit" && (e.path.startsWith("/groups") || e.path.startsWith("/devices"))) && render() };
+}
+
+// The overlay as JSON in a textarea, checked by the service (POST /config/check, the agent's
+// rules) while it is edited; Save only when the check passes.
+function overlayEditor(overlay, saveTo, onSaved) {
+  const editable = may("operator");
+  const text = h("textarea", { id: "config-text", rows: 14, spellcheck: "false", readonly: !editable });
+  text.value = JSON.stringify(overlay || {}, null, 2);
+  const problems = h("ul", { id: "config-problems", class: "error" });
+  const saved = h("p", { id: "config-saved", class: "muted" });
+  const save = h("button", { type: "button", id: "config-save", "data-needs": "operator", disabled: true, text: "Save" });
+  const box = h("div", { class: "card editor", id: "config-editor", "data-check": "checking" }, text, problems, editable ? h("div", { class: "actions" }, save) : null, saved);
+  let asked = 0;
+  let timer = null;
+  const show = (ok, list) => {
+    problems.replaceChildren(...list.map((p) => h("li", { text: p })));
+    save.disabled = !ok;
+    box.dataset.check = ok ? "ok" : "invalid";
+  };
+  const check = async () => {
+    const mine = ++asked;
+    let doc;
+    try {
+      doc = JSON.parse(text.value);
+    } catch (e) {
+      show(false, [`not JSON: ${e.message}`]);
+      return;
+    }
+    try {
+      const got = await api("POST", "/config/check", doc);
+      if (mine === asked) show(got.ok, got.problems);
+    } catch (e) {
+      if (mine === asked) show(false, reasons(e));
+    }
+  };
+  text.addEventListener("input", () => {
+    save.disabled = true;
+    box.dataset.check = "checking";
+    saved.textContent = "";
+    clearTimeout(timer);
+    timer = setTimeout(check, 300);
+  });
+  save.addEventListener("click", async () => {
+    save.disabled = true;
+    try {
+      const done = await api("PUT", saveTo, JSON.parse(text.value));
+      saved.textContent = `Saved at ${when(Date.now() / 1000)}.`;
+      box.dataset.check = "saved";
+      if (onSaved) await onSaved(done);
+    } catch (e) {
+      show(false, reasons(e));
+      return;
+    }
+    save.disabled = false;
+  });
+  if (editable) check();
+  return box;
+}
+
+function memberRows(body, members, configs) {
+  body.replaceChildren(
+    ...members.map((d, i) => {
+      const c = configs[i];
+      const [st, why] = configState(c);
+      return h(
+        "tr",
+        { "data-device": d, "data-state": st, "data-reported": c && c.reported ? c.reported.version : "" },
+        h("td", {}, h("a", { href: `#/config/device/${d}`, text: d })),
+        h("td", { text: c && c.version ? c.version : "—" }),
+        h("td", { text: c && c.reported ? c.reported.version : "—" }),
+        h("td", { class: `status ${st}`, text: st }),
+        h("td", { text: why }),
+      );
+    }),
+  );
+}
+
+async function groupConfigPage(main, name) {
+  const g = await api("GET", `/groups/${name}`);
+  const body = h("tbody");
+  const refresh = async () => memberRows(body, g.members, await deviceConfigs(g.members));
+  await refresh();
+  main.append(
+    h("h1", {}, `Group ${g.name} `, h("span", { class: "muted", text: "configuration" })),
+    h("p", { class: "muted", text: `Updated ${when(g.updated)}. The overlay every member gets; a device's own overlay is laid over it.` }),
+    overlayEditor(g.config, `/groups/${g.name}/config`, refresh),
+    h("h2", { text: "Who has applied it" }),
+    h(
+      "table",
+      { id: "config-members" },
+      h("thead", {}, h("tr", {}, ["device", "desired version", "reported version", "status", "reason"].map((t) => h("th", { text: t })))),
+      body,
+    ),
+  );
+  const mine = new Set(g.members);
+  // configuration reports arrive as `config` events: the table only, the editor keeps its text
+  return { onEvents: (events) => events.some((e) => e.kind === "config" && mine.has(e.device)) && refresh() };
+}
+
+async function deviceConfigPage(main, id) {
+  let c = null;
+  try {
+    c = await api("GET", `/devices/${id}/config`);
+  } catch (e) {
+    if (e.status !== 404) throw e;
+  }
+  const facts = h("dl", { class: "facts", id: "device-config-facts" });
+  const desired = h("pre", { id: "device-config-desired" });
+  const draw = (cfg) => {
+    const [st, why] = configState(cfg);
+    const fact = (k, v) => [h("dt", { text: k }), h("dd", {}, v === null || v === undefined || v === "" ? "—" : v)];
+    facts.replaceChildren(
+      ...fact("group", cfg && cfg.group ? h("a", { href: `#/config/group/${cfg.group}`, text: cfg.group }) : null),
+      ...fact("desired version", cfg && cfg.version),
+      ...fact("reported version", cfg && cfg.reported ? cfg.reported.version : null),
+      ...fact("status", h("span", { id: "device-config-status", class: `status ${st}`, text: why ? `${st}: ${why}` : st })),
+    );
+    desired.textContent = JSON.stringify(cfg ? cfg.desired : {}, null, 2);
+  };
+  const refresh = async () => {
+    try {
+      draw(await api("GET", `/devices/${id}/config`));
+    } catch (e) {
+      if (e.status !== 404) status(e.message);
+    }
+  };
+  draw(c);
+  main.append(
+    h("h1", {}, `Device ${id} `, h("span", { class: "muted", text: "configuration" })),
+    h("p", {}, h("a", { href: `#/device/${id}`, text: "the device's page" })),
+    h("div", { class: "card" }, facts),
+    h("h2", { text: "Its own overlay" }),
+    overlayEditor(c && c.overlay, `/devices/${id}/config`, (done) => draw(done)),
+    h("h2", { text: "Desired (group and own overlay)" }),
+    desired,
+  );
+  return { onEvents: (events) => events.some((e) => e.kind === "config" && e.device === id) && refresh() };
+}
+
 // -- routing -----------------------------------------------------------------------------
 
 const ROUTES = [
@@ -617,6 +961,11 @@ const ROUTES = [
   [/^#\/device\/([a-z0-9][a-z0-9_-]{0,63})$/, devicePage],
   [/^#\/rollouts$/, rolloutsPage],
   [/^#\/rollout\/(r-[0-9a-f]{1,12})$/, rolloutPage],
+  [/^#\/artifacts$/, artifactsPage],
+  [/^#\/artifact\/([0-9a-f]{4,64})$/, artifactPage],
+  [/^#\/config$/, configPage],
+  [/^#\/config\/group\/([a-z0-9][a-z0-9_-]{0,62})$/, groupConfigPage],
+  [/^#\/config\/device\/([a-z0-9][a-z0-9_-]{0,63})$/, deviceConfigPage],
   [/^#\/audit$/, auditPage],
 ];
 
