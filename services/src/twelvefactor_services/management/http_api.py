@@ -412,7 +412,7 @@ def delete_artifact(req: Request) -> Answer:
     db = rolloutstore.connect(req.server.db_path)
     try:
         # under the write lock: no job or rollout is written between the look and the removal
-        # (one whose artifact was looked up just before may still name it: docs/console.md)
+        # (jobs and rollouts look their artifact up under the same lock)
         with registry.write(db):
             users = artifact_users(db).get(sha, [])
             if users:

@@ -107,10 +107,12 @@ def create_job(
         raise JobError("a job targets exactly one of a device or a group")
     if install_at is not None and not download_only:
         raise JobError("install_at is for a download-only job")
-    if store.get(sha256) is None:
-        raise JobError(f"unknown artifact {sha256!r}")
     db.execute("BEGIN IMMEDIATE")
     try:
+        # Under the write lock: an artifact deleted meanwhile (its delete holds the same
+        # lock) is gone here, not named by a job whose devices could not fetch it.
+        if store.get(sha256) is None:
+            raise JobError(f"unknown artifact {sha256!r}")
         if device is not None:
             devices, target = [device], f"device:{device}"
         else:

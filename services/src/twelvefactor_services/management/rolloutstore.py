@@ -131,10 +131,10 @@ def _event(db: sqlite3.Connection, rollout: str, now: float, state: str, reason:
 def create(
     db: sqlite3.Connection, store: ArtifactStore, spec: Spec, now: float, who: str | None
 ) -> dict[str, Any]:
-    if store.get(spec.artifact) is None:
-        raise RolloutError([f"unknown artifact {spec.artifact!r}"])
     rollout = "r-" + secrets.token_hex(6)
     with registry.write(db):
+        if store.get(spec.artifact) is None:  # under the lock an artifact delete also holds
+            raise RolloutError([f"unknown artifact {spec.artifact!r}"])
         retired = {
             r[0] for r in db.execute("SELECT device FROM enrolments WHERE retired IS NOT NULL")
         }
