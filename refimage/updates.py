@@ -1,7 +1,8 @@
 """Update images for the tests: signed .swu files made from a built image's rootfs-a.
 
 Each kind is the image's root file system with a few files changed in an ext4
-copy (debugfs, nothing mounted, the partition's size kept), zstd-compressed and
+copy (debugfs, nothing mounted), then sized as oe-core sizes the ext4 image of
+the Yocto .swu (refimage/imagesize.py), zstd-compressed and
 packed like the twelvefactor-update recipe packs it, by the artifact tool's
 functions (refimage/swu.py; twelvefactor_services.artifact):
 
@@ -46,7 +47,7 @@ from twelvefactor_services.artifact import ArtifactToolError
 from twelvefactor_services.artifact import swu as swuformat
 from twelvefactor_services.artifact.template import check_version
 
-from refimage import disk, image, swu
+from refimage import disk, image, imagesize, swu
 from refimage.lock import locked
 from refimage.progress import BuildError, say, step
 
@@ -188,6 +189,7 @@ def _code() -> str:
         BUILDER,
         BUILDER.parent / "swu.py",
         BUILDER.parent / "disk.py",
+        BUILDER.parent / "imagesize.py",
         *sorted(tool.glob("*.py")),
         Path(swuformat.__file__),
     ):
@@ -228,6 +230,8 @@ def _rootfs(
         with step(f"rootfs {variant} {version}: rootfs-a copied out, files changed (debugfs)"):
             disk.extract(image_path, "rootfs-a", fs)
             _change(fs, work, broken=broken, version=version)
+        with step(f"rootfs {variant} {version}: sized as oe-core sizes an ext4 image"):
+            imagesize.shrink_like_oe(fs)
         with step(f"rootfs {variant} {version}: zstd -{swu.ZSTD_LEVEL}"):
             swu.compress(fs, work / ROOTFS_NAME)
         fs.unlink()

@@ -15,7 +15,7 @@ from helpers import require_tool
 from twelvefactor_services.artifact import inspect as inspecting
 from twelvefactor_services.artifact.verify import verify
 
-from refimage import swu, updates
+from refimage import imagesize, swu, updates
 from refimage.progress import BuildError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,3 +89,35 @@ def test_a_version_the_agent_refuses() -> None:
         updates.check("good", "1.1-rc1")
     with pytest.raises(BuildError, match="unknown update kind"):
         updates.check("evil", "1.1")
+
+
+def test_ext4_image_size_is_oe_cores() -> None:
+    """image.bbclass's get_rootfs_size() with oe-core's defaults."""
+    assert imagesize.oe_rootfs_kib(100_000) == 130_000
+    assert imagesize.oe_rootfs_kib(100_001) == 130_002  # 130001.3, rounded up
+    assert imagesize.oe_rootfs_kib(1_000) == imagesize.ROOTFS_SIZE_KIB  # the minimum
+    with pytest.raises(BuildError, match="IMAGE_ROOTFS_MAXSIZE"):
+        imagesize.oe_rootfs_kib(700_000)
+    with pytest.raises(ValueError):
+        imagesize.oe_rootfs_kib(-1)
+
+
+def test_a_partition_sized_ext4_image_shrinks_to_oe_cores_size(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc/hwrevision").write_text("qemux86-64 1.0\n")
+    (tree / "blob").write_bytes(hashlib.sha256(b"x").digest() * 4096 * 32)  # 4 MiB
+    fs = tmp_path / "rootfs.ext4"
+    subprocess.run(
+        [require_tool("mkfs.ext4"), "-q", "-F", "-d", tree, fs, "256M"], check=True, timeout=120
+    )
+    used = imagesize.used_kib(fs)
+    assert imagesize.shrink_like_oe(fs) == imagesize.oe_rootfs_kib(used)
+    assert fs.stat().st_size == imagesize.oe_rootfs_kib(used) * 1024 < 256 << 20
+    check = subprocess.run([require_tool("e2fsck"), "-fn", fs], capture_output=True, timeout=120)
+    assert check.returncode == 0, check.stdout
+    listed = subprocess.run(
+        [require_tool("debugfs"), "-R", "cat /etc/hwrevision", fs],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert listed.stdout == "qemux86-64 1.0\n"
