@@ -118,6 +118,9 @@ def test_a_partition_sized_ext4_image_shrinks_to_oe_cores_size(tmp_path: Path) -
     assert check.returncode == 0, check.stdout
     listed = subprocess.run(
         [require_tool("debugfs"), "-R", "cat /etc/hwrevision", fs],
-        capture_output=True, text=True, timeout=120, check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert listed.stdout == "qemux86-64 1.0\n"
