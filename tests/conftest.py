@@ -93,9 +93,3 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=["tcg", "kvm"],
         help="QEMU accelerator (default tcg: the CI machines have no KVM)",
     )
-    group.addoption(
-        "--first-boot-at-epoch",
-        action="store_true",
-        help="the device's first boot is a factory-fresh one with a dead RTC (the boot at "
-        "systemd's epoch the update tests need first; scripts/test's update session)",
-    )

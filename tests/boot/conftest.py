@@ -20,7 +20,7 @@ import pytest
 from helpers import require_root, require_tool
 
 from refimage import image as refimage_image
-from testbed.boot.device import DEAD_RTC, Device, provision_device
+from testbed.boot.device import Device, provision_device
 from testbed.boot.hub import STALE_AFTER, Hub
 from testbed.boot.pace import PACE
 from testbed.boot.updating import settle
@@ -122,17 +122,13 @@ def device(
     accel = _option(request.config, "accel", os.environ.get("TWELVEFACTOR_QEMU_ACCEL", "tcg"))
     dev = provision_device(boot_image, hub, work, DEVICE_ID, accel)
     vm = dev.vm
-    at_epoch = _option(request.config, "first_boot_at_epoch", False)
     try:
         # the first boot's underlay, as QEMU passes it on (test_device.py's egress test)
         vm.capture = dev.first_boot_capture = work / "first-boot.pcap"
-        # a fresh /data has no saved clock: with a dead RTC this boot starts at the epoch
-        vm.rtc_base = DEAD_RTC if at_epoch else None
         dev.power_on()
-        vm.capture = vm.rtc_base = None  # read at power-on: later boots are ordinary
+        vm.capture = None  # read at power-on: later boots are not captured
         vm.login()
-        dev.epoch_boots += at_epoch
-        dev.wait_online("first boot, at the epoch" if at_epoch else "first boot")
+        dev.wait_online("first boot")
         _shared["device"] = dev
         yield dev
     finally:
@@ -145,8 +141,7 @@ def after_an_epoch_boot(device: Device) -> Device:
     """The first update comes after a boot at systemd's epoch: a SWUpdate started
     on such a clock refused every later update (docs/decisions.md, "SWUpdate
     starts on demand, not at boot"). test_device.py ends with such a boot; where the
-    update tests run in a session of their own, the first module makes one, unless
-    the session's first boot was one (--first-boot-at-epoch, as scripts/test runs them)."""
+    update tests run in a session of their own (scripts/test), the first module makes one."""
     if device.epoch_boots == 0:
         device.power_cycle_at_the_epoch()
         # the device's first handshakes carry a stamp older than the hub's last:
