@@ -18,18 +18,35 @@ from typing import Any
 
 import pytest
 from test_artifacts import make_swu
-from test_rollouts import UpdatingDevice, add_artifact
+from test_rollouts import ROLLOUT, UpdatingDevice, add_artifact
 from twelvefactor_services.management.api_client import ManagementClient
 from twelvefactor_services.management.configlogic import OverlayError, check_overlay
 
 from testbed.hostagent import HostAgent
+from testbed.pace import PACE, REFERENCE
 from testbed.stack import ServiceProcess, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
-UI_WAIT = 60_000  # ms: a page, its API calls and a redraw on a loaded 2-core machine
-ROLLOUT_WAIT = 120_000  # ms: as tests/integration/test_rollouts.py waits for a rollout's end
+# The longest single page step: the login (a new browser context, the page, the form, the
+# overview with its API calls), 2.2-3.1 s in a run at slowdown x1.6 (testbed/pace.py); a
+# page after a click, its API calls and a redraw take less. The limits follow this run's pace.
+PAGE = 2.2
+HEALTH = 5  # the agents' health interval: their timer
+
+
+def ui_wait() -> float:
+    """Playwright's limit for one page step, in ms."""
+    return 1000 * PACE.limit(PAGE)
+
+
+def rollout_wait() -> float:
+    """Playwright's limit for a rollout to end or a configuration to be applied, in ms:
+    as tests/integration/test_rollouts.py waits for a rollout (ROLLOUT)."""
+    return 1000 * PACE.limit(ROLLOUT)
+
+
 PASSWORD = "correct horse battery staple"
 
 
@@ -83,7 +100,7 @@ def open_console(browser: Any, management: ServiceProcess, name: str, shots: Sho
     # check is switched off for the context and the page must still be served over https.
     context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    page.set_default_timeout(UI_WAIT)
+    page.set_default_timeout(ui_wait())
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on(
@@ -155,7 +172,8 @@ def console(
 
 def test_find_a_device_and_read_its_health_charts(console: Console, tmp_path: Path) -> None:
     agents = [
-        HostAgent(console.stack, d, tmp_path / d, health_interval=5) for d in ("dev-001", "dev-002")
+        HostAgent(console.stack, d, tmp_path / d, health_interval=HEALTH)
+        for d in ("dev-001", "dev-002")
     ]
     try:
         for agent in agents:
@@ -166,7 +184,7 @@ def test_find_a_device_and_read_its_health_charts(console: Console, tmp_path: Pa
                 (r := console.admin.request("GET", "/devices/dev-002/health"))[0] == 200
                 and len(r[1]) >= 2
             ),
-            timeout=UI_WAIT / 1000,
+            timeout=PACE.limit(2 * REFERENCE["online"], fixed=HEALTH),  # one at start, one later
             what="two health reports",
         )
         agents[1].close()
@@ -182,7 +200,6 @@ def find_and_read(console: Console, running: HostAgent) -> None:
     # offline (its will) comes after anything it sent before: its last report is in
     wait_until(
         lambda: console.admin.get("/devices/dev-002")["online"] is False,
-        timeout=UI_WAIT / 1000,
         what="dev-002 offline",
     )
     last = console.admin.get("/devices/dev-002/health")[-1]
@@ -247,7 +264,7 @@ def test_a_rollout_from_the_form_reaches_100_percent(console: Console, tmp_path:
         console.shots(page, "rollout-started")
         page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
         # the page follows the events feed: no reload
-        page.wait_for_selector("#rollout-state:text('finished')", timeout=ROLLOUT_WAIT)
+        page.wait_for_selector("#rollout-state:text('finished')", timeout=rollout_wait())
         percents = page.eval_on_selector_all(
             "#phases .phase", "ps => ps.map(p => p.dataset.percent)"
         )
@@ -444,7 +461,7 @@ def test_a_group_configuration_edited_checked_saved_and_applied(
                     (r := console.admin.request("GET", f"/devices/{d}"))[0] == 200
                     and r[1]["online"] is True
                 ),
-                timeout=UI_WAIT / 1000,
+                timeout=PACE.steps_of("online", len(members)),
                 what=f"{d} online",
             )
         page = console.log_in("operator")
@@ -485,7 +502,7 @@ def test_a_group_configuration_edited_checked_saved_and_applied(
             version = console.admin.get(f"/devices/{d}/config")["version"]
             page.wait_for_selector(
                 f"tr[data-device='{d}'][data-state='applied'][data-reported='{version}']",
-                timeout=ROLLOUT_WAIT,
+                timeout=rollout_wait(),
             )
         assert page.evaluate("window.sameDocument === true")
         console.shots(page, "config-applied")
@@ -503,7 +520,7 @@ def test_a_group_configuration_edited_checked_saved_and_applied(
             version = console.admin.get(f"/devices/{d}/config")["version"]
             page.wait_for_selector(
                 f"tr[data-device='{d}'][data-state='rejected'][data-reported='{version}']",
-                timeout=ROLLOUT_WAIT,
+                timeout=rollout_wait(),
             )
             assert page.text_content(f"tr[data-device='{d}'] td:nth-child(5)") == why
         console.shots(page, "config-rejected")

@@ -61,12 +61,17 @@ from twelvefactor_agent.update.steps import Record, other
 from twelvefactor_services.management.registry import Registry
 
 from testbed.hostagent import HostAgent
+from testbed.pace import PACE
 from testbed.probe import Probe, ProbeError
 from testbed.stack import ServiceProcess, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
 DEVICES = [f"dev-{i:02d}" for i in range(1, 21)]
+# A rollout over these devices from its start to its end, in three phases: 4.7 s in the
+# reference run (testbed/pace.py), polled through the CLI; the phases move on the management
+# service's round (PUBLISH_INTERVAL, 1 s), counted in the figure.
+ROLLOUT = 4.7
 REFUSING = ["dev-01", "dev-03"]  # real agents: two of the first phase's four
 
 
@@ -259,7 +264,7 @@ def run_cli(
         [sys.executable, "-m", "twelvefactor_services.management.cli", *args, *api],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=PACE.steps_of("cli"),
     )
 
 
@@ -280,9 +285,14 @@ def wait_rollout(
     rid: str,
     cond: Callable[[dict[str, Any]], bool],
     what: str,
+    fixed: float = 0.0,
 ) -> dict[str, Any]:
+    """The rollout once ``cond`` holds; ``fixed``: seconds of the rollout's own timers
+    (a start or install time) that no machine's speed changes."""
     return wait_until(
-        lambda: r if cond(r := rollout(stack, management, rid)) else None, timeout=120, what=what
+        lambda: r if cond(r := rollout(stack, management, rid)) else None,
+        PACE.limit(ROLLOUT, fixed=fixed),
+        what,
     )
 
 
@@ -478,7 +488,7 @@ def test_a_held_job_installs_at_its_time_and_a_cancelled_hold_ends_failed(
             json.loads(cli(stack, management, "job", "show", job, "--json"))["devices"][0]["state"]
             == "succeeded"
         ),
-        timeout=120,
+        timeout=PACE.limit(ROLLOUT, fixed=6),  # the install time, 6 s from now
         what="the held job installed at its time",
     )
     states = [s for j, s in fleet["dev-02"].reports if j == job]
