@@ -439,7 +439,7 @@ def test_a_packet_over_the_protocols_largest_message_is_refused(
     big = Probe(stack.solution_endpoint, stack.device("dev-a"), "dev-a-sol")
     big.connect()
     big.client.publish("sol/dev-a/up/data/t", b"x" * (MAX_PACKET + 1), qos=1)
-    wait_until(big._disconnected.is_set, 20, "the broker to drop the client")
+    wait_until(big._disconnected.is_set, what="the broker to drop the client")
     big.client.loop_stop()
     assert service.drain(QUIET) == []
     # The largest message the protocol allows still goes through.

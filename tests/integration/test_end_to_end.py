@@ -241,7 +241,7 @@ def test_nothing_sent_after_a_queue_reset_is_lost(
     with agent.client() as client:
         before = client.publish_many("t", [b"old-%d" % i for i in range(5)])
     assert before == [1, 2, 3, 4, 5]
-    wait_until(lambda: len(archive_records(stack, "dev-q")) == 5, 60, "five archived")
+    wait_until(lambda: len(archive_records(stack, "dev-q")) == 5, what="five archived")
     agent.stop()
     (agent.data_dir / "queue.db").write_bytes(b"\xff" * 8192)  # the queue is damaged
     for side in ("queue.db-wal", "queue.db-shm"):

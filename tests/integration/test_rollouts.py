@@ -61,7 +61,7 @@ from twelvefactor_agent.update.steps import Record, other
 from twelvefactor_services.management.registry import Registry
 
 from testbed.hostagent import HostAgent
-from testbed.pace import PACE
+from testbed.pace import PACE, ROUND_TRIP
 from testbed.probe import Probe, ProbeError
 from testbed.stack import ServiceProcess, Stack, wait_until
 
@@ -232,7 +232,7 @@ class UpdatingDevice:
 
     def close(self) -> None:
         self.stopping.set()
-        self.thread.join(10)
+        self.thread.join(PACE.limit(ROUND_TRIP))
         self.probe.disconnect()
 
 
