@@ -6,7 +6,8 @@ machine fails on a busier one. The integration tier waited with fixed guesses
 (30, 60, 120 s) that were needlessly long on a quiet machine and, on a machine
 shared by several runs, not derived from anything. So this tier measures too:
 the steps every test takes anyway are timed as they happen (`Stack` times the
-broker's start and the services' start; `timed` times anything else), each is
+broker's start and the services' start; the agent tests time an agent's start
+with `timed`), each is
 compared with its REFERENCE figure, and a limit is FACTOR x (the work's
 reference time x this run's slowdown + any fixed time no machine's speed
 changes) + SLACK. The slowest ratio so far counts, as in the boot tier: the

@@ -35,7 +35,7 @@ def start_agent(
 ) -> HostAgent:
     agent = HostAgent(stack, device, stack.root.parent / device, confirm_window=window)
     agents.append(agent)
-    agent.start()
+    PACE.timed("agent", agent.start)  # this run's pace (testbed/pace.py)
     return agent
 
 

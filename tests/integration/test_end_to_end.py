@@ -42,7 +42,7 @@ def agents(tmp_path: Path) -> Iterator[list[HostAgent]]:
 def start_agent(stack: Stack, agents: list[HostAgent], device_id: str, **kw: Any) -> HostAgent:
     agent = HostAgent(stack, device_id, stack.root.parent / device_id, **kw)
     agents.append(agent)
-    agent.start()
+    PACE.timed("agent", agent.start)  # this run's pace (testbed/pace.py)
     return agent
 
 

@@ -150,7 +150,7 @@ def agents() -> Iterator[list[HostAgent]]:
 def online_agent(stack: Stack, agents: list[HostAgent], device: str) -> HostAgent:
     agent = HostAgent(stack, device, stack.root.parent / device)
     agents.append(agent)
-    agent.start()
+    PACE.timed("agent", agent.start)  # this run's pace (testbed/pace.py)
     wait_until(
         lambda: agent.client().status()["solution"] == "online",
         timeout=PACE.steps_of("online"),

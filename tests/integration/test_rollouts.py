@@ -26,6 +26,7 @@ import pytest
 from test_artifacts import make_swu
 from twelvefactor_agent.protocol.states import REBOOTING
 from twelvefactor_agent.protocol.topics import mgmt_down, mgmt_up
+from twelvefactor_agent.update import machine
 from twelvefactor_agent.update.decide import report_payload
 from twelvefactor_agent.update.download import (
     ChecksumError,
@@ -34,29 +35,7 @@ from twelvefactor_agent.update.download import (
     DownloadInterrupted,
     download,
 )
-from twelvefactor_agent.update.machine import (
-    CANCELLED,
-    LONG,
-    Action,
-    DeleteArtifact,
-    DeleteRecord,
-    DryRun,
-    Examine,
-    Facts,
-    Fetch,
-    Log,
-    Measure,
-    Remember,
-    Report,
-    ReportFinal,
-    ReportRebooting,
-    RequestReboot,
-    SaveRecord,
-    Survey,
-    UpdateMachine,
-    Wait,
-    WriteSlot,
-)
+from twelvefactor_agent.update.machine import CANCELLED, UpdateMachine
 from twelvefactor_agent.update.steps import Record, other
 from twelvefactor_services.management.registry import Registry
 
@@ -125,46 +104,46 @@ class UpdatingDevice:
     def _take(self, payload: bytes) -> None:
         self._drive(lambda m: m.received(payload))
 
-    def _drive(self, event: Callable[[UpdateMachine], list[Action]]) -> None:
+    def _drive(self, event: Callable[[UpdateMachine], list[machine.Action]]) -> None:
         """Feed `event`, carry out the quick actions and feed back the long one's outcome."""
         actions = event(self.machine)
         while actions:
             *quick, last = actions
             for action in quick:
                 self._quick(action)
-            if not isinstance(last, LONG):
+            if not isinstance(last, machine.LONG):
                 self._quick(last)
                 return
-            if isinstance(last, RequestReboot):
+            if isinstance(last, machine.RequestReboot):
                 self._reboot()
                 return
             actions = self._perform(last)(self.machine)
 
-    def _quick(self, action: Action) -> None:
-        if isinstance(action, SaveRecord):
+    def _quick(self, action: machine.Action) -> None:
+        if isinstance(action, machine.SaveRecord):
             self.record = action.record
-        elif isinstance(action, DeleteRecord):
+        elif isinstance(action, machine.DeleteRecord):
             self.record = None
-        elif isinstance(action, Remember):
+        elif isinstance(action, machine.Remember):
             self.handled = list(action.jobs)
-        elif isinstance(action, DeleteArtifact):
+        elif isinstance(action, machine.DeleteArtifact):
             self._artifact(action.sha256).unlink(missing_ok=True)
-        elif isinstance(action, Report):
+        elif isinstance(action, machine.Report):
             self._report(action.job, action.state, action.percent, action.reason)
-        elif isinstance(action, ReportFinal):
+        elif isinstance(action, machine.ReportFinal):
             for i, state in enumerate(action.chain):
                 last = i == len(action.chain) - 1
                 self._report(action.job, state, None, action.reason if last else None)
             self._drive(lambda m: m.final_acked(action.job))  # the probe waited for the ack
         else:
-            assert isinstance(action, Log), action
+            assert isinstance(action, machine.Log), action
 
-    def _perform(self, action: Action) -> Callable[[UpdateMachine], list[Action]]:
+    def _perform(self, action: machine.Action) -> Callable[[UpdateMachine], list[machine.Action]]:
         """Carry out a long action; the event that says how it went."""
-        if isinstance(action, Examine):
+        if isinstance(action, machine.Examine):
             self.jobs.append(action.job.job)
             partial = self._artifact(action.job.sha256)
-            facts = Facts(
+            facts = machine.Facts(
                 hwrevision="qemux86-64 1.0",
                 os_version="1.0",
                 free_bytes=1 << 34,
@@ -172,24 +151,24 @@ class UpdatingDevice:
                 running_slot=self.running,
             )
             return lambda m: m.examined(facts)
-        if isinstance(action, Survey):
+        if isinstance(action, machine.Survey):
             slot, boot, env = self.running, f"boot-{self.boots}", dict(self.env)
             return lambda m: m.surveyed(running_slot=slot, boot_id=boot, env=env)
-        if isinstance(action, Measure):
+        if isinstance(action, machine.Measure):
             path = self._artifact(action.sha256)
             size = path.stat().st_size if path.exists() else None
             return lambda m: m.measured(size)
-        if isinstance(action, Fetch):
+        if isinstance(action, machine.Fetch):
             return self._fetch(action)
-        if isinstance(action, DryRun):
+        if isinstance(action, machine.DryRun):
             return lambda m: m.dry_run_passed()
-        if isinstance(action, WriteSlot):  # SWUpdate selects the idle slot, last of all
+        if isinstance(action, machine.WriteSlot):  # SWUpdate selects the idle slot, last of all
             self.env = {"slot": other(self.running), "upgrade_available": "1"}
             return lambda m: m.slot_written()
-        if isinstance(action, ReportRebooting):
+        if isinstance(action, machine.ReportRebooting):
             self._report(action.job, REBOOTING, None, None)
             return lambda m: m.rebooting_reported()
-        assert isinstance(action, Wait), action
+        assert isinstance(action, machine.Wait), action
         time.sleep(action.seconds)
         return lambda m: m.waited()
 
@@ -200,7 +179,7 @@ class UpdatingDevice:
         self.env["upgrade_available"] = "0"  # twelvefactor-confirm, on a healthy boot
         self._agent_start()
 
-    def _fetch(self, action: Fetch) -> Callable[[UpdateMachine], list[Action]]:
+    def _fetch(self, action: machine.Fetch) -> Callable[[UpdateMachine], list[machine.Action]]:
         """One download attempt, its outcome as the worker tells the machine."""
         try:
             download(
