@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from twelvefactor_services.broker import Broker
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Validity
 from twelvefactor_services.services_stack import (
@@ -24,6 +25,8 @@ from twelvefactor_services.services_stack import (
     free_port,
     make_pki,
 )
+
+from testbed.pace import PACE, ROUND_TRIP
 
 __all__ = [
     "LOCALHOST",
@@ -52,16 +55,22 @@ def http_send(svc: ServiceProcess, method: str, path: str, body: Any = None) -> 
 
 
 def wait_until(
-    condition: Callable[[], T | None], timeout: float = 30.0, what: str = "condition"
+    condition: Callable[[], T | None], timeout: float | None = None, what: str = "condition"
 ) -> T:
-    """Poll until ``condition()`` returns something truthy; that value, or TimeoutError."""
-    deadline = time.monotonic() + timeout
+    """Poll until ``condition()`` returns something truthy; that value, or TimeoutError.
+
+    ``timeout`` comes from ``PACE.limit(...)``; by default, the limit of a round trip
+    (ROUND_TRIP: a message through the broker and a service, seen in the registry)."""
+    limit = PACE.limit(ROUND_TRIP) if timeout is None else timeout
+    started = time.monotonic()
     while True:
         value = condition()
+        took = time.monotonic() - started
         if value:
+            PACE.waited(what, took, limit)
             return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout:.0f} s")
+        if took > limit:
+            raise TimeoutError(f"{what} not met within {limit:.1f} s ({PACE.summary()[0]})")
         time.sleep(0.1)
 
 
@@ -120,6 +129,11 @@ class Stack(ServicesStack):
 
     # -- processes ----------------------------------------------------------------
 
+    def start_broker(self) -> Broker:
+        """The broker, its start timed for this run's pace (testbed/pace.py)."""
+        PACE.timed("broker", lambda: self.broker.start(PACE.steps_of("broker")))
+        return self.broker
+
     def start_all(
         self, *, webhook: str | None = None, max_backoff: float | None = None
     ) -> tuple[ServiceProcess, ServiceProcess]:
@@ -128,6 +142,8 @@ class Stack(ServicesStack):
             self.start_broker()
         management = self.management()
         solution = self.solution(webhook=webhook, max_backoff=max_backoff)
-        management.start()
-        solution.start()
+        started = time.monotonic()
+        management.start(PACE.steps_of("services"))
+        solution.start(PACE.steps_of("services"))
+        PACE.record("services", time.monotonic() - started)
         return management, solution

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from helpers import require_root, require_tool
 
+from testbed.pace import PACE
+
 __all__ = ["require_root", "require_tool"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +77,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"{tier:12} {tests:4} tests {minutes:6.1f} min")
     wall = (time.monotonic() - _STARTED) / 60
     terminalreporter.write_line(f"{'this session':12} {'':10} {wall:6.1f} min of wall time")
+    if PACE.steps:  # the host tiers' limits followed these (testbed/pace.py)
+        terminalreporter.section("pace of the host tiers")
+        for line in PACE.summary():
+            terminalreporter.write_line(line)
 
 
 # The boot tier's options live here, in the top conftest: pytest only takes options

@@ -17,6 +17,7 @@ from twelvefactor_services.broker import BrokerError
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.process import LaunchError
 
+from testbed.pace import PACE
 from testbed.probe import Probe
 from testbed.stack import ServiceProcess, Stack
 
@@ -66,7 +67,7 @@ def management(stack: Stack) -> ServiceProcess:
     """One running management service on the stack (stopped with the stack)."""
     svc = stack.management()
     try:
-        svc.start()
+        svc.start(PACE.steps_of("services"))  # one copy: within the two copies' limit
     except LaunchError as exc:
         pytest.fail(str(exc), pytrace=False)
     return svc

@@ -16,6 +16,7 @@ from typing import Any
 from test_artifacts import cli, make_swu
 
 from testbed.hostagent import HostAgent
+from testbed.pace import PACE
 from testbed.stack import ServiceProcess, Stack, http_get, http_send, wait_until
 
 DEVICE = "dev-upd-1"
@@ -46,8 +47,7 @@ def test_agent_refuses_a_job_once_and_remembers_it(
         job = _new_job(stack, management, make_swu(tmp_path / "a.swu", "2.0"))
         entry = wait_until(
             lambda: (e := _device_state(management, job))["state"] == "failed" and e,
-            60,
-            "the agent's refusal",
+            what="the agent's refusal",
         )
         assert str(entry["reason"]).startswith("no_hwrevision: "), entry
         handled = json.loads((agent.data_dir / "update" / "handled.json").read_text())
@@ -58,15 +58,17 @@ def test_agent_refuses_a_job_once_and_remembers_it(
         agent.kill()
         agent.start()
         wait_until(
-            lambda: "management session online" in agent.log_tail(200), 60, "the agent online"
+            lambda: "management session online" in agent.log_tail(200),
+            PACE.steps_of("online"),
+            "the agent online",
         )
-        wait_until(lambda: "already handled" in agent.log_tail(200), 30, "the retained job")
+        wait_until(lambda: "already handled" in agent.log_tail(200), what="the retained job")
         assert _device_state(management, job)["updated"] == entry["updated"]
 
         # a new job (the first one is final) is taken and refused in its turn
         second = _new_job(stack, management, make_swu(tmp_path / "b.swu", "2.1"))
         wait_until(
-            lambda: _device_state(management, second)["state"] == "failed", 60, "the refusal"
+            lambda: _device_state(management, second)["state"] == "failed", what="the refusal"
         )
         handled = json.loads((agent.data_dir / "update" / "handled.json").read_text())
         assert handled["jobs"] == [job, second]

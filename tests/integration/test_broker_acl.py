@@ -26,13 +26,12 @@ from twelvefactor_services.pki import Pki, Validity
 from twelvefactor_services.solution.receivers import read_archive
 from twelvefactor_services.topics import share_group, shared
 
+from testbed.pace import PACE, ROUND_TRIP
 from testbed.probe import Probe, ProbeError
 from testbed.stack import Stack, wait_until
 
 MakeProbe = Callable[..., Probe]
 QUIET = 2.0  # seconds of silence taken as "nothing more is coming"
-# A refusal comes within milliseconds on loopback; this only bounds a broker that hangs.
-TLS_WAIT = 20.0
 UNKNOWN_CA = "TLSV1_ALERT_UNKNOWN_CA"
 TLS_ALERT_RECORD = 0x15
 
@@ -143,16 +142,18 @@ def _tls_alert(endpoint: Endpoint, ca: Path, identity: Identity | None) -> str:
     ctx.check_hostname = False
     if identity is not None:
         ctx.load_cert_chain(str(identity.cert), str(identity.key))
+    # A refusal comes within milliseconds on loopback; the limit only bounds a broker that hangs.
+    limit = PACE.limit(ROUND_TRIP)
     try:
         with (
-            socket.create_connection((endpoint.host, endpoint.port), timeout=TLS_WAIT) as raw,
+            socket.create_connection((endpoint.host, endpoint.port), timeout=limit) as raw,
             ctx.wrap_socket(raw) as tls,
         ):
             data = tls.recv(1)
     except ssl.SSLError as exc:
         return str(exc.reason)
     except TimeoutError:
-        pytest.fail(f"{endpoint}: no TLS alert within {TLS_WAIT:.0f} s, the handshake was taken")
+        pytest.fail(f"{endpoint}: no TLS alert within {limit:.0f} s, the handshake was taken")
     pytest.fail(f"{endpoint}: no TLS alert, the first read gave {data!r}")
 
 
@@ -197,9 +198,11 @@ PLAIN_CONNECT = bytes([0x10, len(PLAIN_CONNECT_BODY)]) + PLAIN_CONNECT_BODY
 
 def _plain_mqtt(endpoint: Endpoint) -> bytes:
     """What a listener sends a plain-MQTT client before it closes the connection.
-    A connection still open after TLS_WAIT fails the test: no answer is no refusal."""
+    A connection still open after a round trip's limit (testbed/pace.py) fails the test: no
+    answer is no refusal."""
     got = b""
-    with socket.create_connection((endpoint.host, endpoint.port), timeout=TLS_WAIT) as raw:
+    limit = PACE.limit(ROUND_TRIP)
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=limit) as raw:
         raw.sendall(PLAIN_CONNECT)
         try:
             while chunk := raw.recv(4096):
@@ -207,7 +210,7 @@ def _plain_mqtt(endpoint: Endpoint) -> bytes:
         except ConnectionResetError:
             pass
         except TimeoutError:
-            pytest.fail(f"{endpoint}: a plain CONNECT left open {TLS_WAIT:.0f} s, got {got!r}")
+            pytest.fail(f"{endpoint}: a plain CONNECT left open {limit:.0f} s, got {got!r}")
     return got
 
 
@@ -365,7 +368,6 @@ def test_a_device_cannot_throw_the_solution_service_off_and_nothing_acked_is_los
     assert refused == 20
     wait_until(
         lambda: len(read_archive(stack.archive_dir / "dev-b.jsonl")) >= 200,
-        timeout=60,
         what="200 archived messages",
     )
     assert [r["seq"] for r in read_archive(stack.archive_dir / "dev-b.jsonl")] == list(
@@ -437,7 +439,7 @@ def test_a_packet_over_the_protocols_largest_message_is_refused(
     big = Probe(stack.solution_endpoint, stack.device("dev-a"), "dev-a-sol")
     big.connect()
     big.client.publish("sol/dev-a/up/data/t", b"x" * (MAX_PACKET + 1), qos=1)
-    wait_until(big._disconnected.is_set, 20, "the broker to drop the client")
+    wait_until(big._disconnected.is_set, what="the broker to drop the client")
     big.client.loop_stop()
     assert service.drain(QUIET) == []
     # The largest message the protocol allows still goes through.

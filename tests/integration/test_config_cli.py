@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.pace import PACE
+
 
 def good(tmp: Path) -> dict[str, str]:
     for name in ("device.crt", "device.key", "ca.crt"):
@@ -77,7 +79,7 @@ def test_malformed_config_exits_2_naming_the_key(
         [sys.executable, "-m", "twelvefactor_agent.cli", "run", "--config", str(config)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=PACE.steps_of("cli"),
     )
     assert proc.returncode == 2, proc.stderr
     assert key in proc.stderr, proc.stderr
@@ -95,7 +97,7 @@ def test_unparseable_and_missing_files_exit_2(tmp_path: Path) -> None:
             [sys.executable, "-m", "twelvefactor_agent.cli", "run", "--config", str(path)],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=PACE.steps_of("cli"),
         )
         assert proc.returncode == 2
         assert words in proc.stderr, proc.stderr
@@ -108,6 +110,6 @@ def test_good_config_passes_the_check(tmp_path: Path) -> None:
         [sys.executable, "-m", "twelvefactor_agent.cli", "check-config", "--config", str(config)],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=PACE.steps_of("cli"),
     )
     assert proc.returncode == 0, proc.stderr

@@ -12,23 +12,41 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_artifacts import make_swu
-from test_rollouts import UpdatingDevice, cli
+from test_rollouts import ROLLOUT, UpdatingDevice, add_artifact
 from twelvefactor_services.management.api_client import ManagementClient
 from twelvefactor_services.management.configlogic import OverlayError, check_overlay
 
 from testbed.hostagent import HostAgent
+from testbed.pace import PACE, REFERENCE
 from testbed.stack import ServiceProcess, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
-UI_WAIT = 60_000  # ms: a page, its API calls and a redraw on a loaded 2-core machine
-ROLLOUT_WAIT = 120_000  # ms: as tests/integration/test_rollouts.py waits for a rollout's end
+# The longest single page step: the login (a new browser context, the page, the form, the
+# overview with its API calls), 2.2-3.1 s in a run at slowdown x1.6 (testbed/pace.py); a
+# page after a click, its API calls and a redraw take less. The limits follow this run's pace.
+PAGE = 2.2
+HEALTH = 5  # the agents' health interval: their timer
+
+
+def ui_wait() -> float:
+    """Playwright's limit for one page step, in ms."""
+    return 1000 * PACE.limit(PAGE)
+
+
+def rollout_wait() -> float:
+    """Playwright's limit for a rollout to end or a configuration to be applied, in ms:
+    as tests/integration/test_rollouts.py waits for a rollout (ROLLOUT)."""
+    return 1000 * PACE.limit(ROLLOUT)
+
+
 PASSWORD = "correct horse battery staple"
 
 
@@ -82,7 +100,7 @@ def open_console(browser: Any, management: ServiceProcess, name: str, shots: Sho
     # check is switched off for the context and the page must still be served over https.
     context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    page.set_default_timeout(UI_WAIT)
+    page.set_default_timeout(ui_wait())
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on(
@@ -106,74 +124,106 @@ def add_operator(admin: ManagementClient, name: str, role: str) -> None:
     admin.call("POST", "/operators", {"name": name, "role": role, "password": PASSWORD})
 
 
-def test_find_a_device_and_read_its_health_charts(
+@dataclass
+class Console:
+    """What a console test stands on: the stack, its management service and the admin's
+    client, the browser, and the test's screenshots."""
+
+    stack: Stack
+    management: ServiceProcess
+    admin: ManagementClient
+    browser: Any
+    shots: Shots
+
+    def log_in(self, role: str) -> Any:
+        """A new operator with ``role`` (olga, an operator; vera, a viewer) logged in: the page."""
+        name = {"operator": "olga", "viewer": "vera"}[role]
+        add_operator(self.admin, name, role)
+        page = open_console(self.browser, self.management, name, self.shots)
+        assert page.text_content("#who") == f"{name} ({role})"
+        return page
+
+    def visit(self, page: Any, name: str, ready: str, *, link: str = "", to: str = "") -> None:
+        """Follow ``link`` (a selector to click) or go to the hash ``to``; once ``ready``
+        shows, a screenshot as ``name``."""
+        if link:
+            page.click(link)
+        else:
+            page.evaluate(f"location.hash = '{to}'")
+        page.wait_for_selector(ready)
+        self.shots(page, name)
+
+    def finish(self, page: Any) -> None:
+        """No script error nor CSP refusal on the page, and every screenshot written."""
+        assert page.errors == []
+        self.shots.check()
+
+
+@pytest.fixture
+def console(
     stack: Stack,
     management: ServiceProcess,
     admin: ManagementClient,
     browser: Any,
     tmp_path: Path,
-) -> None:
-    add_operator(admin, "olga", "operator")
-    agents = [HostAgent(stack, d, tmp_path / d, health_interval=5) for d in ("dev-001", "dev-002")]
+) -> Console:
+    return Console(stack, management, admin, browser, Shots(tmp_path))
+
+
+def test_find_a_device_and_read_its_health_charts(console: Console, tmp_path: Path) -> None:
+    agents = [
+        HostAgent(console.stack, d, tmp_path / d, health_interval=HEALTH)
+        for d in ("dev-001", "dev-002")
+    ]
     try:
         for agent in agents:
             agent.start()
         # two health samples of dev-002, then it stops: its last report is known
         wait_until(  # 404 until the device's first report
             lambda: (
-                (r := admin.request("GET", "/devices/dev-002/health"))[0] == 200 and len(r[1]) >= 2
+                (r := console.admin.request("GET", "/devices/dev-002/health"))[0] == 200
+                and len(r[1]) >= 2
             ),
-            timeout=UI_WAIT / 1000,
+            timeout=PACE.limit(2 * REFERENCE["online"], fixed=HEALTH),  # one at start, one later
             what="two health reports",
         )
         agents[1].close()
-        find_and_read(management, admin, browser, tmp_path, agents[0])
+        find_and_read(console, agents[0])
     finally:
         for agent in agents:
             agent.close()
 
 
-def find_and_read(
-    management: ServiceProcess,
-    admin: ManagementClient,
-    browser: Any,
-    tmp_path: Path,
-    running: HostAgent,
-) -> None:
+def find_and_read(console: Console, running: HostAgent) -> None:
     """dev-001 runs, dev-002 has stopped after its health reports: olga finds and reads it;
     dev-001 stops while she looks at the list, which shows it without a reload."""
-    shots = Shots(tmp_path)
     # offline (its will) comes after anything it sent before: its last report is in
     wait_until(
-        lambda: admin.get("/devices/dev-002")["online"] is False,
-        timeout=UI_WAIT / 1000,
+        lambda: console.admin.get("/devices/dev-002")["online"] is False,
         what="dev-002 offline",
     )
-    last = admin.get("/devices/dev-002/health")[-1]
-    device = admin.get("/devices/dev-002")
+    last = console.admin.get("/devices/dev-002/health")[-1]
+    device = console.admin.get("/devices/dev-002")
     assert device["health_ts"] == last["ts"]
 
-    page = open_console(browser, management, "olga", shots)
-    assert page.text_content("#who") == "olga (operator)"
+    page = console.log_in("operator")
     assert page.text_content("#count-online b") == "1"
     assert page.text_content("#count-offline b") == "1"
     page.wait_for_selector("#events tr[data-kind='offline']")  # dev-002's, as recent events
-    shots(page, "overview")
-    page.click("a[href='#/devices']")
-    page.wait_for_selector("tr[data-device='dev-001'] td.online")
-    shots(page, "devices")
+    console.shots(page, "overview")
+    console.visit(
+        page, "devices", "tr[data-device='dev-001'] td.online", link="a[href='#/devices']"
+    )
     page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
     running.close()
     page.wait_for_selector("tr[data-device='dev-001'] td.offline")  # from the events feed
     assert page.evaluate("window.sameDocument === true")
-    shots(page, "devices-live")
+    console.shots(page, "devices-live")
     page.fill("#device-search", "dev-002")
     page.wait_for_selector("tr[data-device='dev-001']", state="detached")
     assert page.eval_on_selector_all("#devices tbody tr", "rows => rows.length") == 1
-    shots(page, "devices-search")
-    page.click("tr[data-device='dev-002'] a")
-    page.wait_for_selector("#chart-load1 canvas")
-    shots(page, "device")
+    console.shots(page, "devices-search")
+    console.visit(page, "device", "#chart-load1 canvas", link="tr[data-device='dev-002'] a")
     # each chart's canvas is drawn on: some pixel is not transparent
     for chart in ("load1", "memory", "data", "queue", "dropped"):
         drawn = page.eval_on_selector(
@@ -191,32 +241,19 @@ def find_and_read(
     assert page.text_content("#latest-dropped") == str(last["queue_dropped"])
     assert last["load1"] == device["health"]["load"][0]
     assert "dev-002" in (page.text_content("h1") or "")
-    assert page.errors == []
-    shots.check()
+    console.finish(page)
 
 
-def test_a_rollout_from_the_form_reaches_100_percent(
-    stack: Stack,
-    management: ServiceProcess,
-    admin: ManagementClient,
-    browser: Any,
-    tmp_path: Path,
-) -> None:
-    shots = Shots(tmp_path)
-    add_operator(admin, "olga", "operator")
-    added = json.loads(
-        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "a.swu")))
-    )
+def test_a_rollout_from_the_form_reaches_100_percent(console: Console, tmp_path: Path) -> None:
+    added = add_artifact(console.stack, console.management, tmp_path / "a.swu")
     devices: list[UpdatingDevice] = []
     try:
         for d in ("dev-a1", "dev-a2"):
             (tmp_path / d).mkdir()
-            devices.append(UpdatingDevice(stack, d, tmp_path / d))
-        page = open_console(browser, management, "olga", shots)
-        shots(page, "overview")
-        page.click("a[href='#/rollouts']")
-        page.wait_for_selector("#rollout-form")
-        shots(page, "rollouts")
+            devices.append(UpdatingDevice(console.stack, d, tmp_path / d))
+        page = console.log_in("operator")
+        console.shots(page, "overview")
+        console.visit(page, "rollouts", "#rollout-form", link="a[href='#/rollouts']")
         page.select_option("#rollout-artifact", added["sha256"])
         page.select_option("#rollout-target", "devices")
         page.fill("#rollout-list", "dev-a1, dev-a2")
@@ -224,10 +261,10 @@ def test_a_rollout_from_the_form_reaches_100_percent(
         page.click("#rollout-create")
         page.wait_for_selector("#phases .phase")
         assert page.url.split("#/rollout/")[1].startswith("r-")
-        shots(page, "rollout-started")
+        console.shots(page, "rollout-started")
         page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
         # the page follows the events feed: no reload
-        page.wait_for_selector("#rollout-state:text('finished')", timeout=ROLLOUT_WAIT)
+        page.wait_for_selector("#rollout-state:text('finished')", timeout=rollout_wait())
         percents = page.eval_on_selector_all(
             "#phases .phase", "ps => ps.map(p => p.dataset.percent)"
         )
@@ -241,40 +278,28 @@ def test_a_rollout_from_the_form_reaches_100_percent(
         )
         assert states == ["succeeded", "succeeded"]
         assert page.evaluate("window.sameDocument === true")
-        shots(page, "rollout-finished")
+        console.shots(page, "rollout-finished")
         # the operator's audit log has the rollout made from the form
-        page.click("a[href='#/audit']")
-        page.wait_for_selector("#audit td:text('POST /rollouts')")
+        console.visit(page, "audit", "#audit td:text('POST /rollouts')", link="a[href='#/audit']")
         assert page.text_content("#audit tr:nth-child(2) td:nth-child(2)") == "olga"
-        shots(page, "audit")
-        assert page.errors == []
+        console.finish(page)
     finally:
         for d in devices:
             d.close()
-    shots.check()
 
 
 def test_a_viewer_sees_no_control_and_the_api_refuses_a_forced_change(
-    stack: Stack,
-    management: ServiceProcess,
-    admin: ManagementClient,
-    browser: Any,
-    tmp_path: Path,
+    console: Console, tmp_path: Path
 ) -> None:
-    shots = Shots(tmp_path)
-    add_operator(admin, "vera", "viewer")
-    admin.call("PUT", "/groups/field/config", {})
-    admin.call("POST", "/groups/field/members", {"devices": ["dev-v1"]})
-    added = json.loads(
-        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "a.swu")))
-    )
-    made = admin.call(
+    console.admin.call("PUT", "/groups/field/config", {})
+    console.admin.call("POST", "/groups/field/members", {"devices": ["dev-v1"]})
+    added = add_artifact(console.stack, console.management, tmp_path / "a.swu")
+    made = console.admin.call(
         "POST",
         "/rollouts",
         {"artifact": added["sha256"], "group": "field", "start_at": 4_000_000_000},
     )
-    page = open_console(browser, management, "vera", shots)
-    assert page.text_content("#who") == "vera (viewer)"
+    page = console.log_in("viewer")
 
     def controls() -> list[str]:
         """The buttons and inputs that would change something, shown and usable."""
@@ -295,9 +320,7 @@ def test_a_viewer_sees_no_control_and_the_api_refuses_a_forced_change(
         ("#/config/group/field", "tr[data-device='dev-v1']", "config-group"),
         ("#/config/device/dev-v1", "#device-config-facts", "config-device"),
     ]:
-        page.evaluate(f"location.hash = '{hash_}'")
-        page.wait_for_selector(ready)
-        shots(page, name)
+        console.visit(page, name, ready, to=hash_)
         assert controls() == [], name
     assert page.query_selector("#rollout-form") is None
     assert page.is_hidden("#nav-audit")
@@ -330,24 +353,23 @@ def test_a_viewer_sees_no_control_and_the_api_refuses_a_forced_change(
         [made["id"], added["sha256"]],
     )
     assert forced == [403, 403, 403, 403, 403, 200]  # the check changes nothing: a viewer's
-    assert admin.get(f"/artifacts/{added['sha256']}")["sha256"] == added["sha256"]
-    assert admin.get(f"/rollouts/{made['id']}")["state"] == "scheduled"
+    assert console.admin.get(f"/artifacts/{added['sha256']}")["sha256"] == added["sha256"]
+    assert console.admin.get(f"/rollouts/{made['id']}")["state"] == "scheduled"
     # the audit log's page is not a viewer's either
     page.evaluate("location.hash = '#/audit'")
     page.wait_for_selector("body[data-page='overview']")  # not wait_for_function: the CSP
     page.wait_for_selector("#count-online")
-    shots(page, "audit-refused")
+    console.shots(page, "audit-refused")
     # logging out revokes the token and forgets it
     token = page.evaluate("sessionStorage.getItem('twelvefactor.token')")
     page.click("#logout")
     page.wait_for_selector("#login-name")
-    shots(page, "logged-out")
+    console.shots(page, "logged-out")
     assert page.evaluate("sessionStorage.getItem('twelvefactor.token')") is None
-    assert management.api is not None
-    gone = ManagementClient(management.api.url, token=token, ca=stack.pki.ca_cert)
+    assert console.management.api is not None
+    gone = ManagementClient(console.management.api.url, token=token, ca=console.stack.pki.ca_cert)
     assert gone.request("GET", "/whoami")[0] == 401
-    assert page.errors == []
-    shots.check()
+    console.finish(page)
 
 
 def sha256_of(path: Path) -> str:
@@ -355,23 +377,15 @@ def sha256_of(path: Path) -> str:
 
 
 def test_artifacts_uploaded_inspected_and_deleted_from_the_page(
-    stack: Stack,
-    management: ServiceProcess,
-    admin: ManagementClient,
-    browser: Any,
-    tmp_path: Path,
+    console: Console, tmp_path: Path
 ) -> None:
-    shots = Shots(tmp_path)
-    add_operator(admin, "olga", "operator")
-    used = json.loads(
-        cli(stack, management, "artifact", "add", "--json", str(make_swu(tmp_path / "u.swu")))
-    )["sha256"]
-    job = admin.call("POST", "/jobs", {"artifact": used, "device": "dev-u1"})["id"]  # no device
-    page = open_console(browser, management, "olga", shots)
-    page.click("a[href='#/artifacts']")
-    page.wait_for_selector(f"tr[data-artifact='{used}'][data-used='yes']")
+    used = add_artifact(console.stack, console.management, tmp_path / "u.swu")["sha256"]
+    made = console.admin.call("POST", "/jobs", {"artifact": used, "device": "dev-u1"})
+    job = made["id"]  # for a device that never comes: unfinished
+    page = console.log_in("operator")
+    ready = f"tr[data-artifact='{used}'][data-used='yes']"
+    console.visit(page, "artifacts", ready, link="a[href='#/artifacts']")
     assert f"job {job} (unfinished)" in (page.text_content(f"tr[data-artifact='{used}']") or "")
-    shots(page, "artifacts")
 
     # upload one: it is listed
     swu = make_swu(tmp_path / "new.swu", "2.1", size=50_000)
@@ -380,8 +394,8 @@ def test_artifacts_uploaded_inspected_and_deleted_from_the_page(
     page.click("#upload-submit")
     page.wait_for_selector(f"tr[data-artifact='{sha}'][data-used='no']")
     assert page.text_content("#upload-done") == f"Added version 2.1 as {sha[:12]}."
-    assert admin.get(f"/artifacts/{sha}")["version"] == "2.1"
-    shots(page, "artifact-uploaded")
+    assert console.admin.get(f"/artifacts/{sha}")["version"] == "2.1"
+    console.shots(page, "artifact-uploaded")
 
     # one no device accepts: the service's reason, word for word
     rc = make_swu(tmp_path / "rc.swu", "2.0-rc1", size=1000)
@@ -389,15 +403,14 @@ def test_artifacts_uploaded_inspected_and_deleted_from_the_page(
     page.click("#upload-submit")
     page.wait_for_selector("#upload-error:not(:empty)")
     with rc.open("rb") as f:
-        status, said = admin.request("POST", "/artifacts", upload=f, size=rc.stat().st_size)
+        status, said = console.admin.request("POST", "/artifacts", upload=f, size=rc.stat().st_size)
     assert status == 400 and "is not numbers separated by dots" in said["problems"][0]
     assert page.text_content("#upload-error") == "\n".join(said["problems"])
-    assert sha256_of(rc) not in [a["sha256"] for a in admin.get("/artifacts")]
-    shots(page, "artifact-refused")
+    assert sha256_of(rc) not in [a["sha256"] for a in console.admin.get("/artifacts")]
+    console.shots(page, "artifact-refused")
 
     # inspect the new one and delete it
-    page.click(f"tr[data-artifact='{sha}'] a")
-    page.wait_for_selector("#artifact-facts")
+    console.visit(page, "artifact", "#artifact-facts", link=f"tr[data-artifact='{sha}'] a")
     assert page.text_content("#artifact-sha256") == sha
     assert page.text_content("#artifact-version") == "2.1"
     assert page.text_content("#artifact-hardware") == "qemux86-64: 1.0"
@@ -405,14 +418,13 @@ def test_artifacts_uploaded_inspected_and_deleted_from_the_page(
         "not checked (the service has no signing certificate)"
     )
     assert page.text_content("#artifact-used") == "nothing unfinished"
-    shots(page, "artifact")
     page.click("#artifact-delete")
     # (not wait_for_function: its polling evaluates a string, which the console's CSP refuses)
     page.wait_for_selector("body[data-page='artifacts']")
     page.wait_for_selector(f"tr[data-artifact='{used}']")
     assert page.query_selector(f"tr[data-artifact='{sha}']") is None
-    assert admin.request("GET", f"/artifacts/{sha}")[0] == 404
-    shots(page, "artifact-deleted")
+    assert console.admin.request("GET", f"/artifacts/{sha}")[0] == 404
+    console.shots(page, "artifact-deleted")
 
     # the used one: refused, with the reason
     page.click(f"tr[data-artifact='{used}'] a")
@@ -424,47 +436,40 @@ def test_artifacts_uploaded_inspected_and_deleted_from_the_page(
         f"artifact {used[:12]} is in use by job {job} (unfinished):"
         " delete it when the job has ended"
     )
-    assert admin.get(f"/artifacts/{used}")["sha256"] == used
-    shots(page, "artifact-in-use")
-    entries = [(e["method"], e["status"]) for e in admin.get("/audit") if e["operator"] == "olga"]
+    assert console.admin.get(f"/artifacts/{used}")["sha256"] == used
+    console.shots(page, "artifact-in-use")
+    entries = [
+        (e["method"], e["status"]) for e in console.admin.get("/audit") if e["operator"] == "olga"
+    ]
     assert entries[:3] == [("DELETE", 409), ("DELETE", 200), ("POST", 400)]
-    assert page.errors == []
-    shots.check()
+    console.finish(page)
 
 
 def test_a_group_configuration_edited_checked_saved_and_applied(
-    stack: Stack,
-    management: ServiceProcess,
-    admin: ManagementClient,
-    browser: Any,
-    tmp_path: Path,
+    console: Console, tmp_path: Path
 ) -> None:
-    shots = Shots(tmp_path)
-    add_operator(admin, "olga", "operator")
     members = ["dev-c1", "dev-c2"]
-    admin.call("PUT", "/groups/field/config", {})
-    admin.call("POST", "/groups/field/members", {"devices": members})
-    agents = [HostAgent(stack, d, tmp_path / d, confirm_window=10) for d in members]
+    console.admin.call("PUT", "/groups/field/config", {})
+    console.admin.call("POST", "/groups/field/members", {"devices": members})
+    agents = [HostAgent(console.stack, d, tmp_path / d, confirm_window=10) for d in members]
     try:
         for agent in agents:
             agent.start()
         for d in members:
             wait_until(
                 lambda d=d: (
-                    (r := admin.request("GET", f"/devices/{d}"))[0] == 200
+                    (r := console.admin.request("GET", f"/devices/{d}"))[0] == 200
                     and r[1]["online"] is True
                 ),
-                timeout=UI_WAIT / 1000,
+                timeout=PACE.steps_of("online", len(members)),
                 what=f"{d} online",
             )
-        page = open_console(browser, management, "olga", shots)
-        page.click("a[href='#/config']")
-        page.wait_for_selector("tr[data-group='field']")
-        shots(page, "config")
+        page = console.log_in("operator")
+        console.visit(page, "config", "tr[data-group='field']", link="a[href='#/config']")
         page.click("tr[data-group='field'] a[href='#/config/group/field']")
         page.wait_for_selector("#config-editor[data-check='ok']")
         page.wait_for_selector("tr[data-device='dev-c2']")
-        shots(page, "config-group")
+        console.shots(page, "config-group")
         page.evaluate("window.sameDocument = true")  # gone if the page were loaded again
 
         # refused before saving: not JSON, then what the agent's rules refuse
@@ -483,8 +488,8 @@ def test_a_group_configuration_edited_checked_saved_and_applied(
         )
         assert said == caught.value.problems
         assert "set by provisioning" in said[0]
-        shots(page, "config-invalid")
-        assert admin.get("/groups/field")["config"] == {}  # nothing was sent
+        console.shots(page, "config-invalid")
+        assert console.admin.get("/groups/field")["config"] == {}  # nothing was sent
 
         # a good one: Save, and every member reports it applied (from the events feed)
         page.fill("#config-text", '{"agent": {"keepalive": 12}}')
@@ -492,16 +497,16 @@ def test_a_group_configuration_edited_checked_saved_and_applied(
         assert not page.is_disabled("#config-save")
         page.click("#config-save")
         page.wait_for_selector("#config-editor[data-check='saved']")
-        assert admin.get("/groups/field")["config"] == {"agent": {"keepalive": 12}}
+        assert console.admin.get("/groups/field")["config"] == {"agent": {"keepalive": 12}}
         for d in members:
-            version = admin.get(f"/devices/{d}/config")["version"]
+            version = console.admin.get(f"/devices/{d}/config")["version"]
             page.wait_for_selector(
                 f"tr[data-device='{d}'][data-state='applied'][data-reported='{version}']",
-                timeout=ROLLOUT_WAIT,
+                timeout=rollout_wait(),
             )
         assert page.evaluate("window.sameDocument === true")
-        shots(page, "config-applied")
-        audit = admin.get("/audit")
+        console.shots(page, "config-applied")
+        audit = console.admin.get("/audit")
         assert [(e["operator"], e["path"]) for e in audit[:1]] == [("olga", "/groups/field/config")]
         assert not any(e["path"] == "/config/check" for e in audit)
 
@@ -512,22 +517,21 @@ def test_a_group_configuration_edited_checked_saved_and_applied(
         page.wait_for_selector("#config-editor[data-check='saved']")
         why = "config: backoff.cap: 0.1 is smaller than backoff.initial (0.2)"
         for d in members:
-            version = admin.get(f"/devices/{d}/config")["version"]
+            version = console.admin.get(f"/devices/{d}/config")["version"]
             page.wait_for_selector(
                 f"tr[data-device='{d}'][data-state='rejected'][data-reported='{version}']",
-                timeout=ROLLOUT_WAIT,
+                timeout=rollout_wait(),
             )
             assert page.text_content(f"tr[data-device='{d}'] td:nth-child(5)") == why
-        shots(page, "config-rejected")
+        console.shots(page, "config-rejected")
 
         # a member's own page says the same
         page.click("tr[data-device='dev-c1'] a")
         page.wait_for_selector("#device-config-status.rejected")
         assert page.text_content("#device-config-status") == f"rejected: {why}"
         assert '"cap": 0.1' in (page.text_content("#device-config-desired") or "")
-        shots(page, "config-device")
-        assert page.errors == []
+        console.shots(page, "config-device")
+        console.finish(page)
     finally:
         for agent in agents:
             agent.close()
-    shots.check()

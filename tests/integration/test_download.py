@@ -38,6 +38,7 @@ from twelvefactor_services.management.artifact_server import (
 from twelvefactor_services.management.artifacts import Artifact, ArtifactStore
 from twelvefactor_services.pki import Pki
 
+from testbed.pace import PACE, ROUND_TRIP
 from testbed.stack import make_pki, wait_until
 
 DESCRIPTION = b"""software = { version = "2.0";
@@ -81,7 +82,7 @@ class Env:
             sha256=self.artifact.sha256,
             size=self.artifact.size,
             identity=self.identity(device),
-            timeout=20,
+            timeout=PACE.limit(ROUND_TRIP),
         )
 
 
@@ -129,7 +130,7 @@ class CuttingProxy:
         except OSError:
             pass
         if limit is not None and self.stall:
-            self.release.wait(120)
+            self.release.wait(PACE.limit(STALL))  # until the test has seen the stall
         for s in (src, dst):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
@@ -177,10 +178,13 @@ KILLED_DOWNLOAD = """
 import sys
 from pathlib import Path
 from twelvefactor_agent.update.download import ClientIdentity, download
-url, dest, sha, size, cert, key, ca = sys.argv[1:]
+url, dest, sha, size, cert, key, ca, timeout = sys.argv[1:]
 download(url, Path(dest), sha256=sha, size=int(size),
-         identity=ClientIdentity(Path(cert), Path(key), Path(ca)), timeout=120)
+         identity=ClientIdentity(Path(cert), Path(key), Path(ca)), timeout=float(timeout))
 """
+# 1.5 MB through the proxy, then ten polls of a file that stopped growing: 1.3 s measured
+# in the reference run (testbed/pace.py)
+STALL = 1.4
 
 
 def test_download_killed_midway_resumes_from_the_file_on_disk(env: Env, tmp_path: Path) -> None:
@@ -200,6 +204,7 @@ def test_download_killed_midway_resumes_from_the_file_on_disk(env: Env, tmp_path
             str(ident.cert),
             str(ident.key),
             str(ident.ca),
+            str(2 * PACE.limit(STALL)),  # its reads outlast the test's wait for the stall
         ]
     )
     try:
@@ -210,14 +215,14 @@ def test_download_killed_midway_resumes_from_the_file_on_disk(env: Env, tmp_path
             sizes.append(dest.stat().st_size if dest.exists() else 0)
             return len(sizes) > 10 and sizes[-1] > 0 and sizes[-1] == sizes[-11]
 
-        wait_until(stalled, timeout=60, what="the download to stall")
+        wait_until(stalled, PACE.limit(STALL), what="the download to stall")
         assert child.poll() is None
         child.kill()
-        child.wait(30)
+        child.wait(PACE.limit(ROUND_TRIP))
     finally:
         if child.poll() is None:
             child.kill()
-            child.wait(30)
+            child.wait(PACE.limit(ROUND_TRIP))
         proxy.close()
     on_disk = dest.stat().st_size
     assert 0 < on_disk < env.artifact.size
@@ -253,7 +258,8 @@ def test_only_artifacts_of_jobs_addressed_to_the_device(env: Env, tmp_path: Path
 
 
 def _raw_get(env: Env, ctx: ssl.SSLContext, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
-    conn = http.client.HTTPSConnection("127.0.0.1", env.port, timeout=20, context=ctx)
+    limit = PACE.limit(ROUND_TRIP)
+    conn = http.client.HTTPSConnection("127.0.0.1", env.port, timeout=limit, context=ctx)
     try:
         conn.request("GET", f"/artifacts/{env.artifact.sha256}.swu", headers=headers)
         resp = conn.getresponse()

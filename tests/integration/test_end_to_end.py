@@ -19,9 +19,16 @@ import pytest
 from twelvefactor_services.solution.receivers import read_archive
 
 from testbed.hostagent import HostAgent
+from testbed.pace import PACE, REFERENCE, ROUND_TRIP
 from testbed.stack import ServiceProcess, Stack, http_get, wait_until
 
-KEEPALIVE = 10
+KEEPALIVE = 10  # the agent's MQTT keepalive: the broker's own timer, the same everywhere
+HEALTH = 5  # the agent's health interval (a timer)
+BACKOFF_CAP = 2.0  # the host agent's reconnect backoff cap (testbed/hostagent.py)
+# In the reference run (testbed/pace.py): the first 500 of a backlog archived after the
+# broker came back 2.8 s; the whole 10,000 archived, with a kill -9 on the way, 26.2 s.
+DRAINING = 2.8
+ALL_ARCHIVED = 26.2
 
 
 @pytest.fixture
@@ -35,7 +42,7 @@ def agents(tmp_path: Path) -> Iterator[list[HostAgent]]:
 def start_agent(stack: Stack, agents: list[HostAgent], device_id: str, **kw: Any) -> HostAgent:
     agent = HostAgent(stack, device_id, stack.root.parent / device_id, **kw)
     agents.append(agent)
-    agent.start()
+    PACE.timed("agent", agent.start)  # this run's pace (testbed/pace.py)
     return agent
 
 
@@ -53,7 +60,7 @@ def test_online_health_metadata_and_offline_after_kill9(
     stack: Stack, services: Any, agents: list[HostAgent], probes: Any
 ) -> None:
     management, _ = services
-    agent = start_agent(stack, agents, "dev-a", health_interval=5, keepalive=KEEPALIVE)
+    agent = start_agent(stack, agents, "dev-a", health_interval=HEALTH, keepalive=KEEPALIVE)
 
     view = wait_until(
         lambda: (
@@ -63,7 +70,7 @@ def test_online_health_metadata_and_offline_after_kill9(
             and v.get("meta")
             and v
         ),
-        timeout=60,
+        timeout=PACE.steps_of("online"),
         what="dev-a online with health and metadata",
     )
     assert view["meta"]["device"] == "dev-a"
@@ -81,14 +88,14 @@ def test_online_health_metadata_and_offline_after_kill9(
     # Metadata is retained: a subscriber that comes later still gets it at once.
     eye = probes(stack.service_endpoint, stack.service_identity("management"), "management-99")
     assert not eye.subscribe("mgmt/dev-a/up/meta").is_failure
-    retained = eye.wait_for(lambda m: m.topic == "mgmt/dev-a/up/meta", timeout=10)
+    retained = eye.wait_for(lambda m: m.topic == "mgmt/dev-a/up/meta", PACE.limit(ROUND_TRIP))
     assert retained.retain and retained.json()["device"] == "dev-a"
 
     killed_at = time.monotonic()
     agent.kill()
     wait_until(
         lambda: (v := device_view(management, "dev-a")) and v["online"] is False,
-        timeout=1.5 * KEEPALIVE + 15,
+        timeout=PACE.limit(ROUND_TRIP, fixed=1.5 * KEEPALIVE),  # the broker's keepalive rule
         what="dev-a offline after kill -9",
     )
     print(f"offline shown {time.monotonic() - killed_at:.1f} s after kill -9")
@@ -114,13 +121,14 @@ def test_ten_thousand_messages_survive_broker_outage_and_kill9(
     stack.broker.start()
 
     # Another crash while the backlog drains, so some messages are sent twice.
-    wait_until(lambda: len(archive_records(stack, device)) > 500, timeout=120, what="draining")
+    limit = PACE.limit(DRAINING, fixed=BACKOFF_CAP)
+    wait_until(lambda: len(archive_records(stack, device)) > 500, limit, what="draining")
     agent.kill()
     agent.start()
 
     records = wait_until(
         lambda: (r := archive_records(stack, device)) and len(r) >= total and r,
-        timeout=300,
+        timeout=PACE.limit(ALL_ARCHIVED, fixed=BACKOFF_CAP),
         what=f"{total} messages archived",
     )
     assert len(records) == total, "each message exactly once"
@@ -135,10 +143,10 @@ def test_queue_stays_within_byte_limit_and_health_reports_drops(
 ) -> None:
     management, _ = services
     limit = 64 * 1024
-    agent = start_agent(stack, agents, "dev-q", health_interval=5, queue_max_bytes=limit)
+    agent = start_agent(stack, agents, "dev-q", health_interval=HEALTH, queue_max_bytes=limit)
     wait_until(
         lambda: (v := device_view(management, "dev-q")) and v["online"],
-        timeout=60,
+        timeout=PACE.steps_of("online"),
         what="dev-q online",
     )
     stack.broker.stop()
@@ -169,12 +177,12 @@ def test_queue_stays_within_byte_limit_and_health_reports_drops(
             and v["health"]["queue"]["dropped"] == dropped
             and v["health"]["queue"]["depth"] == 0
         ),
-        timeout=120,
+        # the next health report after the reconnect
+        timeout=PACE.limit(REFERENCE["broker"] + ROUND_TRIP, fixed=HEALTH + BACKOFF_CAP),
         what="health with the drop count after reconnecting",
     )
     records = wait_until(
         lambda: (r := archive_records(stack, "dev-q")) and len(r) >= kept and r,
-        timeout=60,
         what="the kept messages archived",
     )
     assert [r["seq"] for r in records] == seqs[dropped:]
@@ -200,7 +208,7 @@ def test_agent_holds_no_listening_network_socket(
     agent = start_agent(stack, agents, "dev-s")
     wait_until(
         lambda: (v := device_view(management, "dev-s")) and v["online"],
-        timeout=60,
+        timeout=PACE.steps_of("online"),
         what="dev-s online",
     )
     assert agent.pid is not None
@@ -233,7 +241,7 @@ def test_nothing_sent_after_a_queue_reset_is_lost(
     with agent.client() as client:
         before = client.publish_many("t", [b"old-%d" % i for i in range(5)])
     assert before == [1, 2, 3, 4, 5]
-    wait_until(lambda: len(archive_records(stack, "dev-q")) == 5, 60, "five archived")
+    wait_until(lambda: len(archive_records(stack, "dev-q")) == 5, what="five archived")
     agent.stop()
     (agent.data_dir / "queue.db").write_bytes(b"\xff" * 8192)  # the queue is damaged
     for side in ("queue.db-wal", "queue.db-shm"):

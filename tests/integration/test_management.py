@@ -75,7 +75,9 @@ def device_state(svc: ServiceProcess, device: str) -> dict[str, Any] | None:
 def wait_device(
     svc: ServiceProcess, device: str, cond: Callable[[dict[str, Any]], bool], what: str
 ) -> dict[str, Any]:
-    return wait_until(lambda: d if (d := device_state(svc, device)) and cond(d) else None, 30, what)
+    return wait_until(
+        lambda: d if (d := device_state(svc, device)) and cond(d) else None, what=what
+    )
 
 
 def test_device_appears_online_with_meta_and_health(
@@ -209,7 +211,7 @@ def test_two_copies_share_the_load_and_the_registry(stack: Stack, probes: MakePr
             got.append(http_get(c, "/healthz")[1]["handled"])
         return got if sum(got) >= len(devices) * 12 else None
 
-    handled = wait_until(counts, 30, "all messages handled")
+    handled = wait_until(counts, what="all messages handled")
     assert sum(handled) == len(devices) * 12  # online + meta + 10 health each, exactly once
     assert all(n > 0 for n in handled), handled
 
@@ -234,7 +236,7 @@ def test_device_text_cannot_forge_a_log_line_and_nan_is_refused(
     marker = time.time()
     dev.publish("mgmt/dev-005/up/health", health(marker))
     wait_device(management, "dev-005", lambda d: d["health_ts"] == marker, "marker")
-    wait_until(lambda: "configuration version 1 rejected" in management.log_file.read_text(), 30)
+    wait_until(lambda: "configuration version 1 rejected" in management.log_file.read_text())
     log = management.log_file.read_text()
     assert not any(line.startswith(forged) for line in log.splitlines())
     assert forged in log  # it is there, quoted, inside the line that names the device

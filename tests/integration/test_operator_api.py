@@ -3,21 +3,21 @@ and Content-Type checks, and an audit log of every change, readable through the 
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import shutil
 import socket
-import ssl
 import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import https_request
 from twelvefactor_services.management import http_api
 from twelvefactor_services.management.api_client import ManagementClient
 from twelvefactor_services.management.cli import main as management_cli
 
+from testbed.pace import PACE, ROUND_TRIP
 from testbed.stack import ServiceProcess, Stack
 
 pytestmark = pytest.mark.integration
@@ -39,17 +39,10 @@ def raw(
 ) -> tuple[int, Any]:
     """One request with exactly these headers (Host included), over TLS checked against the CA."""
     assert svc.api is not None
-    ctx = ssl.create_default_context(cafile=str(stack.pki.ca_cert))
-    conn = http.client.HTTPSConnection("127.0.0.1", svc.api.port, context=ctx, timeout=30)
-    sent = {"Host": f"127.0.0.1:{svc.api.port}", **(headers or {})}
-    if body is not None:
-        sent.setdefault("Content-Length", str(len(body)))
-    try:
-        conn.request(method, path, body=body, headers=sent)
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
-    finally:
-        conn.close()
+    answer = https_request(
+        svc.api.port, stack.pki.ca_cert, method, path, body=body, headers=headers
+    )
+    return answer.status, answer.json()
 
 
 def client(svc: ServiceProcess, stack: Stack, token: str | None) -> ManagementClient:
@@ -128,7 +121,8 @@ def test_the_reported_cross_site_write_is_refused_and_changes_nothing(
 
 def test_plain_http_gets_no_answer(stack: Stack, management: ServiceProcess) -> None:
     assert management.api_port is not None
-    with socket.create_connection(("127.0.0.1", management.api_port), timeout=30) as s:
+    limit = PACE.limit(ROUND_TRIP)
+    with socket.create_connection(("127.0.0.1", management.api_port), timeout=limit) as s:
         s.sendall(b"GET /devices HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         reply = s.recv(4096)
     assert not reply.startswith(b"HTTP/"), reply  # a TLS alert or nothing, never HTTP

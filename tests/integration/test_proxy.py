@@ -29,6 +29,7 @@ import pytest
 from twelvefactor_agent.localapi.client import AgentError, CallResponse
 
 from testbed.hostagent import HostAgent
+from testbed.pace import PACE, REFERENCE, ROUND_TRIP
 from testbed.probe import Probe, ProbeError, Received
 from testbed.stack import ServiceProcess, Stack, wait_until
 
@@ -149,10 +150,10 @@ def agents() -> Iterator[list[HostAgent]]:
 def online_agent(stack: Stack, agents: list[HostAgent], device: str) -> HostAgent:
     agent = HostAgent(stack, device, stack.root.parent / device)
     agents.append(agent)
-    agent.start()
+    PACE.timed("agent", agent.start)  # this run's pace (testbed/pace.py)
     wait_until(
         lambda: agent.client().status()["solution"] == "online",
-        timeout=60,
+        timeout=PACE.steps_of("online"),
         what=f"{device} solution session online",
     )
     return agent
@@ -243,7 +244,7 @@ def test_round_trip_errors_and_no_credentials_on_the_device(
             str(agent.socket),
         ],
         capture_output=True,
-        timeout=60,
+        timeout=PACE.limit(REFERENCE["cli"] + ROUND_TRIP),
     )
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout) == {"city": "Paris", "temp": 21.5}
@@ -265,7 +266,7 @@ def test_round_trip_errors_and_no_credentials_on_the_device(
     cli = subprocess.run(
         [sys.executable, "-m", "twelvefactor_agent.cli", "call", "traffic", "--socket", sock],
         capture_output=True,
-        timeout=60,
+        timeout=PACE.limit(REFERENCE["cli"] + ROUND_TRIP),
     )
     assert cli.returncode == 1 and b"unknown_service" in cli.stderr
     assert not any(s["path"] in ("/v1/../admin", "/admin") for s in upstream.seen)
@@ -279,7 +280,9 @@ def test_round_trip_errors_and_no_credentials_on_the_device(
     def ends_with_both_refusals(seen: list[Received]) -> bool:
         return sum(b'"unknown_service"' in m.payload for m in seen) == 2
 
-    down = collect(eye, ends_with_both_refusals, timeout=max(60.0, 20 * first_call))
+    down = collect(
+        eye, ends_with_both_refusals, timeout=max(PACE.limit(ROUND_TRIP), 20 * first_call)
+    )
     bodies = [t for m in down for t in _texts(m)]
     assert b'{"city": "Lyon", "temp": 21.5}' in bodies and b"hello upstream" in bodies
     assert {m.topic for m in down} == {"sol/dev-p/down/proxy"}
@@ -308,6 +311,11 @@ def test_round_trip_errors_and_no_credentials_on_the_device(
         assert request["query"].get("appid") == [APP_ID], request["path"]
 
 
+# 200 concurrent calls, 20 pipelined ones and the broker's stop: 3.5 s in the reference run
+# (testbed/pace.py), the limit of any one call here
+CALLS = 3.5
+
+
 def test_two_hundred_concurrent_calls_and_offline(
     stack: Stack, proxied: ServiceProcess, upstream: Upstream, agents: list[HostAgent]
 ) -> None:
@@ -315,7 +323,8 @@ def test_two_hundred_concurrent_calls_and_offline(
 
     def one(i: int) -> tuple[int, CallResponse]:
         with agent.client() as client:
-            return i, client.call("weather", path="/now", query={"city": f"c{i}"}, timeout=60)
+            query = {"city": f"c{i}"}
+            return i, client.call("weather", path="/now", query=query, timeout=PACE.limit(CALLS))
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=200) as pool:
@@ -333,7 +342,7 @@ def test_two_hundred_concurrent_calls_and_offline(
         for i in range(20)
     ]
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(60)
+        sock.settimeout(PACE.limit(CALLS))
         sock.connect(str(agent.socket))
         sock.sendall(b"".join(json.dumps(x).encode() + b"\n" for x in lines) + b'{"op":"status"}\n')
         received = b""
@@ -348,5 +357,5 @@ def test_two_hundred_concurrent_calls_and_offline(
 
     # Offline: the agent answers at once that the service cannot be reached.
     stack.broker.stop()
-    wait_until(lambda: agent.client().status()["solution"] == "offline", timeout=60, what="offline")
+    wait_until(lambda: agent.client().status()["solution"] == "offline", what="offline")
     assert error_of(agent, "weather", path="/now").code == "unavailable"

@@ -23,6 +23,8 @@ from twelvefactor_services.solution.proxyexec import Proxy
 
 from testbed.stack import wait_until
 
+CALL_TIMEOUT = 30  # the calls' own timeout (a protocol field): a timer, not a machine's speed
+
 pytestmark = pytest.mark.integration
 
 
@@ -40,7 +42,7 @@ class HeldUpstream:
 
             def do_GET(self) -> None:
                 hook.arrived += 1
-                hook.release.wait(60)
+                hook.release.wait(CALL_TIMEOUT)  # held until the test releases it
                 self.send_response(200)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
@@ -77,7 +79,8 @@ def test_calls_in_flight_are_bounded_per_device_and_per_group(upstream: HeldUpst
             answers[correlation] = json.loads(payload)
 
     proxy = Proxy(config, publish, workers=64, max_pending=100, max_per_device=8, max_per_group=12)
-    request = json.dumps({"v": 1, "service": "slow", "path": "/", "timeout": 30}).encode()
+    request = json.dumps({"v": 1, "service": "slow", "path": "/", "timeout": CALL_TIMEOUT})
+    request = request.encode()
 
     def call(device: str, n: int) -> bytes:
         correlation = f"{device}/{n}".encode()
@@ -98,16 +101,16 @@ def test_calls_in_flight_are_bounded_per_device_and_per_group(upstream: HeldUpst
         refused_b = [answers[c]["message"] for c in b if c in answers]
         assert refused_b == ["group field has 12 calls in flight already"] * 2
         c = call("dev-c", 0)  # another group: not held back by "field"
-        wait_until(lambda: upstream.arrived == 13, 30, "13 calls at the upstream")
+        wait_until(lambda: upstream.arrived == 13, what="13 calls at the upstream")
         assert c not in answers
         upstream.release.set()
-        wait_until(lambda: len(answers) == 27, 30, "every call answered")
+        wait_until(lambda: len(answers) == 27, what="every call answered")
         ok = [c for c, a in answers.items() if a.get("ok")]
         assert len(ok) == 13 and c in ok
         assert base64.b64decode(answers[c]["body"]) == b"ok"
         # Once answered, the device may call again.
         again = call("dev-a", 99)
-        wait_until(lambda: answers.get(again, {}).get("ok") is True, 30, "dev-a again")
+        wait_until(lambda: answers.get(again, {}).get("ok") is True, what="dev-a again")
         assert (
             proxy.pending == 0 and proxy.per_device == {} and set(proxy.per_group.values()) == {0}
         )
@@ -162,7 +165,7 @@ def test_an_answer_that_echoes_the_credentials_is_withheld(path: str, withheld: 
         request = {"v": 1, "service": "w", "path": path, "timeout": 10}
         props = SimpleNamespace(ResponseTopic=response_topic("dev-a"), CorrelationData=b"c")
         proxy.handle("dev-a", json.dumps(request).encode(), props)
-        wait_until(lambda: got, 30, "the answer")
+        wait_until(lambda: got, what="the answer")
         answer = got[0]
         text = json.dumps(answer) + base64.b64decode(answer.get("body", "")).decode()
         if withheld:

@@ -2,46 +2,69 @@
 second; a good one goes through every phase.
 
 The failures are real: two devices are the real agent on this machine, which refuses the job
-before downloading (this host has no /etc/hwrevision). The other devices take a job the way the
-agent's update worker does up to SWUpdate: the agent's own job parser and checks, a download
-from the artifact server with their own certificate and the digest checked, then the protocol's
-reports; the install and the reboot are the boot tier's (tests/boot/test_update.py).
+before downloading (this host has no /etc/hwrevision). The other devices decide with the agent's
+own update machine (`UpdateMachine`) and carry out its actions as the agent's update worker
+does: a download from the artifact server with their own certificate and the digest checked,
+the protocol's reports; SWUpdate and the reboot are a boot environment in memory here and real
+in the boot tier (tests/boot/test_update.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import random
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_artifacts import make_swu
+from twelvefactor_agent.protocol.states import REBOOTING
 from twelvefactor_agent.protocol.topics import mgmt_down, mgmt_up
-from twelvefactor_agent.update.decide import decide, parse_job
-from twelvefactor_agent.update.download import ClientIdentity, download
-from twelvefactor_agent.update.machine import CANCELLED
+from twelvefactor_agent.update import machine
+from twelvefactor_agent.update.decide import report_payload
+from twelvefactor_agent.update.download import (
+    ChecksumError,
+    ClientIdentity,
+    DownloadError,
+    DownloadInterrupted,
+    download,
+)
+from twelvefactor_agent.update.machine import CANCELLED, UpdateMachine
+from twelvefactor_agent.update.steps import Record, other
 from twelvefactor_services.management.registry import Registry
 
 from testbed.hostagent import HostAgent
+from testbed.pace import PACE, ROUND_TRIP
 from testbed.probe import Probe, ProbeError
 from testbed.stack import ServiceProcess, Stack, wait_until
 
 pytestmark = pytest.mark.integration
 
 DEVICES = [f"dev-{i:02d}" for i in range(1, 21)]
+# A rollout over these devices from its start to its end, in three phases: 4.7 s in the
+# reference run (testbed/pace.py), polled through the CLI; the phases move on the management
+# service's round (PUBLISH_INTERVAL, 1 s), counted in the figure.
+ROLLOUT = 4.7
 REFUSING = ["dev-01", "dev-03"]  # real agents: two of the first phase's four
 
 
 class UpdatingDevice:
-    """Takes each update job it is sent, fetches and checks the artifact, reports success.
+    """A device whose every decision about a job is the agent's own update machine's.
 
-    A download-only job (`install` "hold") stops at `downloaded` until the same job comes
-    with "now"; "cancel" ends a held job `failed`, as the agent's update machine does."""
+    `UpdateMachine` (the agent's, unit- and property-tested) decides: whether to take a job,
+    a held download-only job waiting for "now", a "cancel", the reports and when a job is
+    over. This class carries out its actions as the agent's update worker does, with a real
+    download (the device's own certificate, the digest checked) and the protocol's reports
+    on the real broker. In place of SWUpdate and the bootloader it keeps the boot
+    environment in memory: the install selects the idle slot, the reboot boots it and the
+    new slot confirms itself, and the agent starts again on the record it saved (the boot
+    tier does these for real: tests/boot/test_update.py)."""
 
     def __init__(self, stack: Stack, device: str, work: Path) -> None:
         self.device = device
@@ -51,18 +74,24 @@ class UpdatingDevice:
         self.probe = Probe(stack.management_endpoint, ident, f"{device}-mgmt")
         self.probe.connect()
         self.probe.subscribe(mgmt_down(device, "update"))
-        self.jobs: list[str] = []  # taken
-        self.held: set[str] = set()
-        self.done: set[str] = set()
+        self.jobs: list[str] = []  # examined
         self.reports: list[tuple[str, str]] = []
+        self.env = {"slot": "A", "upgrade_available": "0"}  # the boot environment
+        self.running = "A"
+        self.boots = 1
+        self.record: Record | None = None  # what the agent saves on /data
+        self.handled: list[str] = []
+        self._agent_start()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name=device, daemon=True)
         self.thread.start()
 
-    def _report(self, job: str, state: str, **kw: Any) -> None:
-        doc = {"v": 1, "job": job, "state": state, "ts": 1.8e9, **kw}
-        self.reports.append((job, state))
-        self.probe.publish(mgmt_up(self.device, "update"), doc)
+    def _agent_start(self) -> None:
+        """The agent starts: a new machine on the jobs handled and the record saved."""
+        self.machine = UpdateMachine(
+            device=self.device, uniform=random.uniform, handled=self.handled
+        )
+        self._drive(lambda m: m.start(self.record))
 
     def _run(self) -> None:
         while not self.stopping.is_set():
@@ -70,50 +99,119 @@ class UpdatingDevice:
                 msg = self.probe.wait_for(timeout=0.5)
             except ProbeError:
                 continue
-            offered = parse_job(msg.payload)
-            if offered.job in self.done:
-                continue
-            if offered.install == "cancel":
-                self.done.add(offered.job)
-                if offered.job in self.held or offered.job not in self.jobs:
-                    self._report(offered.job, "failed", reason=CANCELLED)
-                continue
-            if offered.job not in self.jobs:
-                self.jobs.append(offered.job)
-                refusal = decide(
-                    offered,
-                    device=self.device,
-                    hwrevision="qemux86-64 1.0",
-                    os_version="1.0",
-                    free_bytes=1 << 34,
-                )
-                if refusal is not None:
-                    self.done.add(offered.job)
-                    self._report(offered.job, "failed", reason=f"{refusal.code}: {refusal.detail}")
-                    continue
-                self._report(offered.job, "downloading", percent=0)
-                download(
-                    offered.url,
-                    self.work / f"{offered.job}.swu",
-                    sha256=offered.sha256,
-                    size=offered.size,
-                    identity=self.identity,
-                )
-                self._report(offered.job, "downloading", percent=100)
-            if offered.install == "hold":
-                if offered.job not in self.held:
-                    self.held.add(offered.job)
-                    self._report(offered.job, "downloaded")
-                continue
-            self.held.discard(offered.job)
-            self.done.add(offered.job)
-            self._report(offered.job, "installing", percent=100)
-            for state in ("rebooting", "verifying", "succeeded"):
-                self._report(offered.job, state)
+            self._take(msg.payload)
+
+    def _take(self, payload: bytes) -> None:
+        self._drive(lambda m: m.received(payload))
+
+    def _drive(self, event: Callable[[UpdateMachine], list[machine.Action]]) -> None:
+        """Feed `event`, carry out the quick actions and feed back the long one's outcome."""
+        actions = event(self.machine)
+        while actions:
+            *quick, last = actions
+            for action in quick:
+                self._quick(action)
+            if not isinstance(last, machine.LONG):
+                self._quick(last)
+                return
+            if isinstance(last, machine.RequestReboot):
+                self._reboot()
+                return
+            actions = self._perform(last)(self.machine)
+
+    def _quick(self, action: machine.Action) -> None:
+        if isinstance(action, machine.SaveRecord):
+            self.record = action.record
+        elif isinstance(action, machine.DeleteRecord):
+            self.record = None
+        elif isinstance(action, machine.Remember):
+            self.handled = list(action.jobs)
+        elif isinstance(action, machine.DeleteArtifact):
+            self._artifact(action.sha256).unlink(missing_ok=True)
+        elif isinstance(action, machine.Report):
+            self._report(action.job, action.state, action.percent, action.reason)
+        elif isinstance(action, machine.ReportFinal):
+            for i, state in enumerate(action.chain):
+                last = i == len(action.chain) - 1
+                self._report(action.job, state, None, action.reason if last else None)
+            self._drive(lambda m: m.final_acked(action.job))  # the probe waited for the ack
+        else:
+            assert isinstance(action, machine.Log), action
+
+    def _perform(self, action: machine.Action) -> Callable[[UpdateMachine], list[machine.Action]]:
+        """Carry out a long action; the event that says how it went."""
+        if isinstance(action, machine.Examine):
+            self.jobs.append(action.job.job)
+            partial = self._artifact(action.job.sha256)
+            facts = machine.Facts(
+                hwrevision="qemux86-64 1.0",
+                os_version="1.0",
+                free_bytes=1 << 34,
+                partial_bytes=partial.stat().st_size if partial.exists() else 0,
+                running_slot=self.running,
+            )
+            return lambda m: m.examined(facts)
+        if isinstance(action, machine.Survey):
+            slot, boot, env = self.running, f"boot-{self.boots}", dict(self.env)
+            return lambda m: m.surveyed(running_slot=slot, boot_id=boot, env=env)
+        if isinstance(action, machine.Measure):
+            path = self._artifact(action.sha256)
+            size = path.stat().st_size if path.exists() else None
+            return lambda m: m.measured(size)
+        if isinstance(action, machine.Fetch):
+            return self._fetch(action)
+        if isinstance(action, machine.DryRun):
+            return lambda m: m.dry_run_passed()
+        if isinstance(action, machine.WriteSlot):  # SWUpdate selects the idle slot, last of all
+            self.env = {"slot": other(self.running), "upgrade_available": "1"}
+            return lambda m: m.slot_written()
+        if isinstance(action, machine.ReportRebooting):
+            self._report(action.job, REBOOTING, None, None)
+            return lambda m: m.rebooting_reported()
+        assert isinstance(action, machine.Wait), action
+        time.sleep(action.seconds)
+        return lambda m: m.waited()
+
+    def _reboot(self) -> None:
+        """The device boots the selected slot, which confirms itself; the agent starts again."""
+        self.running = self.env["slot"]
+        self.boots += 1
+        self.env["upgrade_available"] = "0"  # twelvefactor-confirm, on a healthy boot
+        self._agent_start()
+
+    def _fetch(self, action: machine.Fetch) -> Callable[[UpdateMachine], list[machine.Action]]:
+        """One download attempt, its outcome as the worker tells the machine."""
+        try:
+            download(
+                action.url,
+                self._artifact(action.sha256),
+                sha256=action.sha256,
+                size=action.size,
+                identity=self.identity,
+                progress=lambda done, total: self._drive(lambda m: m.fetch_progress(done, total)),
+            )
+        except ChecksumError as exc:
+            error = str(exc)
+            return lambda m: m.checksum_mismatch(error)
+        except DownloadInterrupted as exc:
+            error = str(exc)
+            return lambda m: m.fetch_interrupted(error)
+        except DownloadError as exc:
+            error = str(exc)
+            return lambda m: m.fetch_failed(error)
+        return lambda m: m.fetched()
+
+    def _artifact(self, sha256: str) -> Path:
+        return self.work / f"{sha256}.swu"
+
+    def _report(self, job: str, state: str, percent: int | None, reason: str | None) -> None:
+        self.reports.append((job, state))
+        payload = report_payload(job, state, ts=time.time(), percent=percent, reason=reason)
+        self.probe.publish(mgmt_up(self.device, "update"), payload)
 
     def close(self) -> None:
         self.stopping.set()
-        self.thread.join(10)
+        self.thread.join(PACE.limit(ROUND_TRIP))
         self.probe.disconnect()
 
 
@@ -145,7 +243,7 @@ def run_cli(
         [sys.executable, "-m", "twelvefactor_services.management.cli", *args, *api],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=PACE.steps_of("cli"),
     )
 
 
@@ -166,9 +264,14 @@ def wait_rollout(
     rid: str,
     cond: Callable[[dict[str, Any]], bool],
     what: str,
+    fixed: float = 0.0,
 ) -> dict[str, Any]:
+    """The rollout once ``cond`` holds; ``fixed``: seconds of the rollout's own timers
+    (a start or install time) that no machine's speed changes."""
     return wait_until(
-        lambda: r if cond(r := rollout(stack, management, rid)) else None, timeout=120, what=what
+        lambda: r if cond(r := rollout(stack, management, rid)) else None,
+        PACE.limit(ROLLOUT, fixed=fixed),
+        what,
     )
 
 
@@ -364,7 +467,7 @@ def test_a_held_job_installs_at_its_time_and_a_cancelled_hold_ends_failed(
             json.loads(cli(stack, management, "job", "show", job, "--json"))["devices"][0]["state"]
             == "succeeded"
         ),
-        timeout=120,
+        timeout=PACE.limit(ROLLOUT, fixed=6),  # the install time, 6 s from now
         what="the held job installed at its time",
     )
     states = [s for j, s in fleet["dev-02"].reports if j == job]

@@ -21,6 +21,7 @@ from twelvefactor_services.solution.envelope import parse_envelope
 from twelvefactor_services.solution.receivers import ArchiveReceiver, read_archive
 from twelvefactor_services.solution.store import Store
 
+from testbed.pace import PACE, ROUND_TRIP
 from testbed.probe import Probe
 from testbed.stack import ServiceProcess, Stack, wait_until
 
@@ -64,7 +65,7 @@ def archived(stack: Stack, device: str) -> list[int]:
 
 
 def wait_archived(stack: Stack, device: str, expected: list[int]) -> None:
-    wait_until(lambda: archived(stack, device) == expected, 60, f"archive of {device}")
+    wait_until(lambda: archived(stack, device) == expected, what=f"archive of {device}")
 
 
 @pytest.fixture
@@ -179,14 +180,17 @@ def test_failing_webhook_gets_everything_in_order_and_archive_is_unaffected(
     send(dev, "dev-103", range(1, 21))
     wait_archived(stack, "dev-103", list(range(1, 21)))  # while the webhook still fails
     archived_in = time.monotonic() - started
-    wait_until(lambda: webhook.refused >= 3, 60, "webhook retried")
+    # three tries, the service's retry backoff (capped at max_backoff) between them
+    limit = PACE.limit(ROUND_TRIP, fixed=3 * 2.0)
+    wait_until(lambda: webhook.refused >= 3, limit, "webhook retried")
     assert webhook.taken == []
     webhook.failing.clear()
-    wait_until(lambda: len(webhook.taken) >= 20, 60, "webhook caught up")
+    limit = PACE.limit(ROUND_TRIP, fixed=2.0)  # the retry backoff once more, at the most
+    wait_until(lambda: len(webhook.taken) >= 20, limit, "webhook caught up")
     # One more message: the worker delivers a device's backlog in seq order, so a
     # duplicate of 1-20 still to come would reach the webhook before 21 does.
     send(dev, "dev-103", [21])
-    deadline = max(30.0, 10 * archived_in)
+    deadline = max(PACE.limit(ROUND_TRIP), 10 * archived_in)
     try:
         wait_until(lambda: any(m["seq"] == 21 for m in webhook.taken), deadline, "seq 21")
     except TimeoutError:
@@ -308,18 +312,17 @@ def test_a_message_the_webhook_never_takes_holds_back_only_its_device_then_is_se
         svc.start()
         bad, good = sensor(stack, probes, "dev-107"), sensor(stack, probes, "dev-108")
         send(bad, "dev-107", [1, 2, 3])
-        wait_until(lambda: hook.refused >= 1, 30, "the first refusal")
+        wait_until(lambda: hook.refused >= 1, what="the first refusal")
         send(good, "dev-108", range(1, 6))
         # Another device's data goes on while dev-107's seq 2 waits for its retry.
         wait_until(
             lambda: [m["seq"] for m in hook.taken if m["device"] == "dev-108"] == [1, 2, 3, 4, 5],
-            30,
-            "dev-108 delivered",
+            what="dev-108 delivered",
         )
         # After three refusals seq 2 is set aside and seq 3 follows, in order.
         wait_until(
             lambda: [m["seq"] for m in hook.taken if m["device"] == "dev-107"] == [1, 3],
-            60,
+            PACE.limit(ROUND_TRIP, fixed=3 * 0.5),  # three tries, max_backoff apart at most
             "dev-107 seq 3 after seq 2 was set aside",
         )
         assert hook.refused == 3

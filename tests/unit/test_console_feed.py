@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import ConsoleApi
 from twelvefactor_services.management import operators, registry, rolloutstore
 from twelvefactor_services.management.logic import parse_report
 from twelvefactor_services.management.operators import Principal
@@ -76,12 +77,10 @@ def online(reg: registry.Registry, device: str, up: bool, reason: str) -> None:
     reg.apply(device, parse_report(device, "online", raw), now)
 
 
-def test_the_events_feed_is_in_order_and_goes_on_from_its_cursor(tmp_path: Path) -> None:
-    path = tmp_path / "registry.db"
-    db = rolloutstore.connect(path)
-    operators.connect(path).close()
-    registry.add_event_triggers(db)
-    reg = registry.Registry(path)
+def test_the_events_feed_is_in_order_and_goes_on_from_its_cursor(api: ConsoleApi) -> None:
+    # the operator API's registry, as it prepared it (its tables and the events' triggers)
+    db = rolloutstore.connect(api.srv.db_path)
+    reg = registry.Registry(api.srv.db_path)
     admin = Principal("admin", "admin", "0" * 16)
 
     steps = [

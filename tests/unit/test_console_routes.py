@@ -5,23 +5,18 @@ PUT routes' check without the change (a viewer's, and not an audited write)."""
 
 from __future__ import annotations
 
-import http.client
 import json
-import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from helpers import require_tool
-from test_console_static import self_signed
+from helpers import ConsoleApi, require_tool
 from twelvefactor_services.artifact.build import build_swu
 from twelvefactor_services.artifact.cms import Signer
 from twelvefactor_services.artifact.swu import newc_archive
 from twelvefactor_services.artifact.template import Hardware
-from twelvefactor_services.management import http_api, jobstore, operators, rolloutstore
+from twelvefactor_services.management import jobstore, rolloutstore
 from twelvefactor_services.management.artifacts import ArtifactStore
 from twelvefactor_services.management.configlogic import OverlayError, check_overlay
 from twelvefactor_services.management.rollouts import parse_spec
@@ -38,64 +33,8 @@ def swu(path: Path, version: str) -> Path:
     return path
 
 
-class Api:
-    """The operator API in this process, with an operator's and a viewer's token."""
-
-    def __init__(self, srv: http_api.ApiServer, ca: Path) -> None:
-        self.srv, self.ca = srv, ca
-        db = operators.connect(srv.db_path)
-        now = time.time()
-        operators.add_operator(db, "olga", "operator", None, now)
-        operators.add_operator(db, "vera", "viewer", None, now)
-        self.olga = operators.create_token(db, "olga", "test", now, None)["token"]
-        self.vera = operators.create_token(db, "vera", "test", now, None)["token"]
-        db.close()
-
-    def __call__(
-        self, method: str, path: str, token: str | None, body: bytes | None = None
-    ) -> tuple[int, Any]:
-        port = self.srv.server_address[1]
-        ctx = ssl.create_default_context(cafile=str(self.ca))
-        conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=30)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read())
-        finally:
-            conn.close()
-
-    def audit(self) -> list[dict[str, Any]]:
-        db = operators.connect(self.srv.db_path)
-        try:
-            return operators.audit(db, limit=100, before=None)
-        finally:
-            db.close()
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    crt, key = self_signed(tmp_path)
-    srv = http_api.ApiServer(
-        ("127.0.0.1", 0),
-        tmp_path / "registry.db",
-        lambda: {"ok": True},
-        http_api.server_context(crt, key),
-        ["127.0.0.1"],
-        artifacts=ArtifactStore(tmp_path / "artifacts"),
-    )
-    srv.start()
-    try:
-        yield Api(srv, crt)
-    finally:
-        srv.shutdown()
-        srv.server_close()
-
-
 def test_an_artifact_is_deleted_only_when_nothing_unfinished_uses_it(
-    api: Api, tmp_path: Path
+    api: ConsoleApi, tmp_path: Path
 ) -> None:
     store = api.srv.artifacts
     jobbed = store.add(swu(tmp_path / "a.swu", "2.0")).sha256
@@ -198,7 +137,7 @@ def test_the_signature_is_checked_again_against_the_signing_certificate(tmp_path
 
 
 def test_an_overlay_is_checked_as_the_put_routes_check_it_and_nothing_changes(
-    api: Api,
+    api: ConsoleApi,
 ) -> None:
     good = {"agent": {"keepalive": 9}}
     assert api("POST", "/config/check", api.vera, json.dumps(good).encode()) == (
