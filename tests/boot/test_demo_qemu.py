@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 from helpers import require_root, require_tool
+from twelvefactor_services.management.api_client import ManagementClient
 
 from testbed.boot.pace import PACE, REFERENCE_BOOT
 from testbed.boot.vm import COMMAND_SECONDS
 from testbed.demo_qemu import QEMU_DEVICE, TOOLS
 from testbed.shipped_hub import START_TIMEOUT
-from twelvefactor_services.management.api_client import ManagementClient
 
 HOST_AGENTS = ("dev-001", "dev-002")
 

@@ -41,7 +41,7 @@ def test_the_update_is_the_next_version(image: str, update: str) -> None:
 
 
 def test_a_version_that_does_not_end_in_a_number_is_refused() -> None:
-    with pytest.raises(ValueError, match="'1.0-rc' does not end in a number"):
+    with pytest.raises(ValueError, match=r"'1\.0-rc' does not end in a number"):
         next_version("1.0-rc")
 
 
