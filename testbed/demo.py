@@ -142,8 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     remove = args.dir is None and not args.keep
     stop = threading.Event()
 
+    starting = [True]  # a signal while starting (an image build, a hub start) ends the step
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        if starting[0]:
+            starting[0] = False
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -247,13 +252,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             " A/B slots on a host agent.  Ctrl-C stops everything."
         )
         live = False if args.plain else None
+        starting[0] = False
         with Screen(pinned, live=live) as screen:
             get: Get = lambda path: send("GET", path, None)  # noqa: E731
             _watch(screen, get, archive_dir, agents, machine, started_at, events, stop, args)
     except demo_qemu.ERRORS as exc:
         print(f"demo: {exc}", file=sys.stderr)
         status = 1
+    except KeyboardInterrupt:
+        print("demo: stopped while starting", file=sys.stderr)
+        status = 130
     finally:
+        starting[0] = False
         stop.set()
         for feeder in feeders:
             feeder.join(timeout=5)
