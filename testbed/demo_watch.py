@@ -136,7 +136,8 @@ def machine_row(row: DeviceRow | None, device: str, powered_for: float | None) -
         return replace(row, machine="powered off")
     if row.online:
         return replace(row, machine=None)
-    return replace(row, machine=f"booting {age_text(powered_for)}")
+    # its last slot and version stay in view; its last uptime and load belong to the last boot
+    return replace(row, machine=f"booting {age_text(powered_for)}", uptime_s=None, load=None)
 
 
 def exit_text(returncode: int) -> str:

@@ -145,8 +145,11 @@ def test_demo_qemu_device_online_beside_the_host_agents(boot_image: Path) -> Non
         lines.until("stopped cleanly", proc)
         assert proc.returncode == 0, "\n".join(lines.seen[-30:])
         assert not folder.exists()
-        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert namespace not in names
+        # the hub's namespace and its link's neighbour (tfboot-N, tfinet-N) are gone
+        tag = namespace.rpartition("-")[2]
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        left = [line.split()[0] for line in listed.splitlines() if line]
+        assert not [name for name in left if name.endswith(f"-{tag}")], left
     finally:
         if proc.poll() is None:
             proc.kill()
