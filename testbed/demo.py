@@ -308,6 +308,7 @@ def _watch(
     started = time.monotonic()
     before = Snapshot()
     died: dict[str, str] = {}
+    overdue: set[int] = set()  # boots of the QEMU device said to be slow
     next_report = 0.0
     while not stop.is_set():
         while not events.empty():
@@ -332,6 +333,18 @@ def _watch(
                 device = demo_qemu.QEMU_DEVICE
                 powered_for = None if on is None else now - on
                 shown[device] = machine_row(shown.get(device), device, powered_for)
+                boot = machine.boots
+                if (
+                    shown[device].machine
+                    and powered_for is not None
+                    and machine.overdue(powered_for)
+                    and boot not in overdue
+                ):
+                    overdue.add(boot)
+                    screen.event(
+                        f"{device} not online {powered_for:.0f} s after power-on (boot {boot}):"
+                        f" its serial console is in {machine.console_log}"
+                    )
             rows = []
             for device, row in sorted(shown.items()):
                 if device in started_at:  # a host agent: its own uptime, not the host's

@@ -42,7 +42,7 @@ from refimage import system
 from refimage.progress import BuildError
 from testbed.boot.device import Device, provision_device
 from testbed.boot.hub import HUB_ADDRESS, WG_PORT, Hub, connect_in_netns
-from testbed.boot.pace import PACE
+from testbed.boot.pace import PACE, REFERENCE_BOOT
 from testbed.boot.updating import CONFIRM_SECONDS, build_update
 from testbed.boot.vm import OVMF_CODE, OVMF_VARS, VMError
 from testbed.hostagent import HostAgent
@@ -305,6 +305,14 @@ class QemuDevice:
         self.powered_on_at: float | None = None  # monotonic, of the running boot
 
     @property
+    def boots(self) -> int:
+        return self.device.vm.boots
+
+    def overdue(self, powered_for: float) -> bool:
+        """Whether this boot has taken longer than a boot's limit at this run's pace."""
+        return powered_for > PACE.limit(REFERENCE_BOOT)
+
+    @property
     def console_log(self) -> Path:
         return self.device.vm.console_log
 
@@ -323,7 +331,9 @@ class QemuDevice:
             try:
                 if not vm.running:
                     if vm.boots:
-                        self.events.put(f"{QEMU_DEVICE} QEMU exited (a reboot): powering it on")
+                        self.events.put(
+                            f"{QEMU_DEVICE} QEMU exited (a reboot or a power cut): powering it on"
+                        )
                     self.device.power_on()
                     self.powered_on_at = time.monotonic()
                     self.events.put(f"{QEMU_DEVICE} powered on (boot {vm.boots}): booting")
