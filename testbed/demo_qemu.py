@@ -112,8 +112,7 @@ class Relay:
             self._listener.close()
             raise QemuDemoError(
                 f"port {port} on the host's loopback is taken ({exc.strerror}): the console is"
-                " relayed at the port the management service took in the hub's namespace; run"
-                " the demo again"
+                " relayed at the port the management service took in the hub's namespace"
             ) from None
         self._listener.listen(16)
         self._open: set[socket.socket] = set()
@@ -221,9 +220,20 @@ class HubCloud:
         self.hub = Hub(root)
         self.relay: Relay | None = None
 
-    def start(self) -> None:
-        self.hub.start()
-        self.relay = Relay(self.hub.netns, self.port)
+    def start(self, tries: int = 3) -> None:
+        """The hub, and the relay at its API's port; a port taken on the host (the hub's
+        service picks a free one in its namespace) is a new start, with a new port."""
+        for attempt in range(1, tries + 1):
+            self.hub.start()
+            try:
+                self.relay = Relay(self.hub.netns, self.port)
+                return
+            except QemuDemoError:
+                if attempt == tries:
+                    raise
+                print(f"port {self.port} is taken on the host: starting the hub again", flush=True)
+                self.hub.stop()
+                (self.hub.root / "hub.json").unlink()  # start_hub waits for a new one
 
     def stop(self) -> None:
         if self.relay is not None:
