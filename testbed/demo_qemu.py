@@ -95,6 +95,24 @@ def next_version(version: str) -> str:
     return f"{head}.{int(last) + 1}" if head else str(int(last) + 1)
 
 
+def host_ephemeral_ports() -> tuple[int, int]:
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return int(low), int(high)
+
+
+def below_ephemeral(host: tuple[int, int], size: int = 8192) -> tuple[int, int]:
+    """The hub namespace's range for ports picked free: just below the host's ephemeral
+    range, where no outgoing connection of the host takes a port (a busy host has thousands),
+    so that the relay finds the API's port free on the host's loopback."""
+    low = host[0]
+    if low - size < 1024:
+        raise QemuDemoError(
+            f"the host's ephemeral ports start at {low}: no room below them for the hub's"
+            f" {size} (net.ipv4.ip_local_port_range)"
+        )
+    return low - size, low - 1
+
+
 # -- the operator API on the host's loopback ------------------------------------------
 
 
@@ -217,7 +235,7 @@ class HubCloud:
     """The shipped hub in its namespace as the demo's cloud, its operator API on the host."""
 
     def __init__(self, root: Path) -> None:
-        self.hub = Hub(root)
+        self.hub = Hub(root, local_ports=below_ephemeral(host_ephemeral_ports()))
         self.relay: Relay | None = None
 
     def start(self, tries: int = 3) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.demo_qemu import TOOLS, QemuDemoError, check_can_run, next_version
+from testbed.demo_qemu import TOOLS, QemuDemoError, below_ephemeral, check_can_run, next_version
 from testbed.demo_view import cells
 from testbed.demo_watch import DeviceRow, machine_row
 
@@ -67,3 +67,9 @@ def test_missing_tools_and_firmware_are_named_with_the_setup_line() -> None:
     # root, every tool and the firmware: nothing to say
     assert check_can_run(0, which=lambda tool: f"/usr/bin/{tool}", exists=lambda p: True) is None
     assert "wireguard-go" in TOOLS and "qemu-system-x86_64" in TOOLS
+
+
+def test_the_hubs_free_ports_are_below_the_hosts_ephemeral_range() -> None:
+    assert below_ephemeral((32768, 60999)) == (24576, 32767)
+    with pytest.raises(QemuDemoError, match="ephemeral ports start at 4000"):
+        below_ephemeral((4000, 60999))
