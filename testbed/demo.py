@@ -243,8 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 " Booting takes minutes under TCG: its row says booting until it is online.",
                 f"UPDATE IT     in the console: Rollouts → artifact {update.version}"
                 f" ({update.sha256[:12]}) → Target: devices → {demo_qemu.QEMU_DEVICE} → Create"
-                f" rollout; then watch the rollout's page and Devices → {demo_qemu.QEMU_DEVICE}:"
-                " download %, installing, rebooting, verifying, succeeded (the new slot confirmed)."
+                f" rollout; the rollout's page and Devices → {demo_qemu.QEMU_DEVICE} show the"
+                " job's state (downloading, installing, rebooting, verifying, succeeded: the new"
+                " slot confirmed itself), the UPDATE column below its percentage."
                 f"  The .swu: {update.swu}",
             ]
         pinned.append(
