@@ -8,6 +8,11 @@ operator API reports it, and the fleet's events as they happen
 applied or rejected, update jobs, an agent that died and how. Ctrl-C (or
 ``--duration``) stops everything in reverse order; the working folder, with
 the keys in it, is removed unless ``--keep`` (or ``--dir``) says otherwise.
+
+``--qemu`` adds a real device (testbed/demo_qemu.py): the reference image in
+QEMU behind the shipped hub, whose broker and services then serve the host
+agents too, so that the console shows one fleet; an update of the next
+version waits as an artifact, and the pinned lines say how to roll it out.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import queue
 import secrets
 import shutil
@@ -24,16 +30,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from twelvefactor_services.process import LaunchError
 
+from testbed import demo_qemu
 from testbed.demo_view import Screen, cells
-from testbed.demo_watch import Snapshot, changes, exit_text, snapshot
+from testbed.demo_watch import Get, Snapshot, changes, exit_text, machine_row, snapshot
 from testbed.hostagent import HostAgent
-from testbed.stack import ServiceProcess, Stack, http_get, http_send
+from testbed.stack import ServiceProcess, Stack, http_send
 
 
 def _reading(device_index: int, t: float) -> bytes:
@@ -75,18 +83,20 @@ def _archive_counts(archive_dir: Path) -> dict[str, int]:
     return counts
 
 
-def _console_login(stack: Stack, management: ServiceProcess) -> tuple[str, str] | None:
+Send = Callable[[str, str, Any], tuple[int, Any]]  # (method, path, body) on the operator API
+
+
+def _console_login(send: Send, api_url: str) -> tuple[str, str] | None:
     """An operator with a password for the web console, if this service serves one."""
-    assert management.api is not None
-    status, _ = http_get(management, "/console/")
+    status, _ = send("GET", "/console/", None)
     if status != 200:
         return None
     password = secrets.token_urlsafe(12)
     body = {"name": "demo", "role": "admin", "password": password}
-    status, answer = http_send(management, "POST", "/operators", body)
+    status, answer = send("POST", "/operators", body)
     if status != 201:
         raise LaunchError(f"could not make the console's operator: {status} {answer}")
-    return f"{management.api.url}/console/", password
+    return f"{api_url}/console/", password
 
 
 def _cli() -> str:
@@ -106,32 +116,100 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--plain", action="store_true", help="lines, not a live view (the default off a terminal)"
     )
+    parser.add_argument(
+        "--qemu",
+        action="store_true",
+        help="add a real device: the reference image in QEMU through a WireGuard tunnel (root)",
+    )
+    parser.add_argument(
+        "--image",
+        type=Path,
+        help="with --qemu: the disk image to boot (default: the reference image, built or cached)",
+    )
     args = parser.parse_args(argv)
+    if args.image is not None and not args.qemu:
+        parser.error("--image is for --qemu")
+    if args.image is not None and not args.image.is_file():
+        parser.error(f"--image {args.image}: no such file")
+    if args.qemu:
+        try:
+            demo_qemu.check_can_run(os.geteuid())
+        except demo_qemu.QemuDemoError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 2
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="twelvefactor-demo-"))
     remove = args.dir is None and not args.keep
     stop = threading.Event()
 
+    starting = [True]  # a signal while starting (an image build, a hub start) ends the step
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        if starting[0]:
+            starting[0] = False
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    print(f"twelvefactor demo in {root}: starting the broker, the services and the agents")
-    stack = Stack(root / "cloud")
+    what = (
+        "the hub (broker and services), the agents and QEMU"
+        if args.qemu
+        else ("the broker, the services and the agents")
+    )
+    print(f"twelvefactor demo in {root}: starting {what}", flush=True)
+    stack: Stack | None = None
+    cloud: demo_qemu.HubCloud | None = None
+    machine: demo_qemu.QemuDevice | None = None
     agents: list[HostAgent] = []
     started_at: dict[str, float] = {}
     feeders: list[threading.Thread] = []
     events: queue.SimpleQueue[str] = queue.SimpleQueue()
     status = 0
     try:
-        management, _solution = stack.start_all()
-        assert management.api is not None
-        login = _console_login(stack, management)
+        if args.qemu:
+            image = args.image.resolve() if args.image else demo_qemu.reference_image()
+            cloud = demo_qemu.HubCloud(root / "hub")
+            cloud.start()
+            send: Send = cloud.request
+            api_url, ca, archive_dir = cloud.api_url, cloud.ca_cert, cloud.archive_dir
+            cli = f"--url {api_url} --ca {ca} --token-file {cloud.token_file}"
+            keys = f"CA and service keys in {cloud.hub.pki_dir}"
+            registry = cloud.registry
+            broker = (
+                f"hub           namespace {cloud.hub.netns}: WireGuard :{demo_qemu.WG_PORT} on the"
+                f" device's link, broker {demo_qemu.HUB_ADDRESS}"
+                f" :{cloud.hub.info['management_port']} management,"
+                f" :{cloud.hub.info['solution_port']} solution (TLS, client"
+                " certificates only); the host agents run in the namespace too"
+            )
+        else:
+            stack = Stack(root / "cloud")  # before any agent: HostAgent below needs it
+            management, _solution = stack.start_all()
+            assert management.api is not None
+            send = _sender(management)
+            api_url, ca, archive_dir = management.api.url, stack.pki.ca_cert, stack.archive_dir
+            cli = " ".join(stack.api_options(management))
+            keys = f"CA and service keys in {stack.pki.root}"
+            registry = stack.registry_db
+            broker = (
+                f"broker        management :{stack.management_endpoint.port}, solution"
+                f" :{stack.solution_endpoint.port} (TLS, client certificates only)"
+            )
+        login = _console_login(send, api_url)
+        update = None
+        if cloud is not None:
+            print("preparing the update to try: a signed .swu of the next version", flush=True)
+            update = demo_qemu.prepare_update(image, cloud)
         for i in range(args.devices):
             device_id = f"dev-{i + 1:03d}"
-            agent = HostAgent(stack, device_id, root / "devices" / device_id)
+            where = root / "devices" / device_id
+            if cloud is not None:
+                agent: HostAgent = cloud.agent(device_id, where)
+            else:
+                assert stack is not None
+                agent = HostAgent(stack, device_id, where)
             agent.start()
             agents.append(agent)
             started_at[device_id] = time.monotonic()
@@ -140,40 +218,68 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             feeder.start()
             feeders.append(feeder)
-        api = " ".join(stack.api_options(management))
+        if cloud is not None:
+            print(f"provisioning {demo_qemu.QEMU_DEVICE}: a copy of {image}", flush=True)
+            machine = demo_qemu.QemuDevice(cloud, image, root / "qemu", events)
+            machine.start()
         kept = "kept" if not remove else "removed on exit; --keep keeps it"
         pinned = [
             f"console       {login[0]}  login: demo / {login[1]}  (the certificate is the"
-            f" demo's own CA, {stack.pki.ca_cert}: the browser asks before it trusts it)"
+            f" demo's own CA, {ca}: the browser asks before it trusts it)"
             if login
             else "console       (this management service serves none)",
-            f"operator API  {management.api.url}",
-            f"  CLI         {_cli()} devices {api}",
-            f"broker        management :{stack.management_endpoint.port}, solution"
-            f" :{stack.solution_endpoint.port} (TLS, client certificates only)",
+            f"operator API  {api_url}",
+            f"  CLI         {_cli()} devices {cli}",
+            broker,
             f"folder        {root} ({kept})",
-            f"  keys        CA and service keys in {stack.pki.root}; each device's in"
-            f" {root / 'devices'}/<id>",
-            f"  registry    {stack.registry_db}; archive {stack.archive_dir}",
+            f"  keys        {keys}; each host agent's in {root / 'devices'}/<id>",
+            f"  registry    {registry}; archive {archive_dir}",
             *(f"device        {a.device_id}: agent pid {a.pid}, API {a.socket}" for a in agents),
-            "UP is the agent's uptime (a host agent's health reports the host's); SLOT none: no"
-            " A/B slots on a host agent.  Ctrl-C stops everything.",
         ]
+        if machine is not None and update is not None:
+            pinned += [
+                f"device        {demo_qemu.QEMU_DEVICE}: the reference image in QEMU (TCG, OVMF),"
+                f" through a WireGuard tunnel; serial console log {machine.console_log}."
+                " Booting takes minutes under TCG: its row says booting until it is online.",
+                f"UPDATE IT     in the console: Rollouts → artifact {update.version}"
+                f" ({update.sha256[:12]}) → Target: devices → {demo_qemu.QEMU_DEVICE} → Create"
+                f" rollout; the rollout's page and Devices → {demo_qemu.QEMU_DEVICE} show the"
+                " job's state (downloading, installing, rebooting, verifying, succeeded: the new"
+                " slot confirmed itself), the UPDATE column below its percentage."
+                f"  The .swu: {update.swu}",
+            ]
+        pinned.append(
+            "UP is the agent's uptime (a host agent's health reports the host's); SLOT none: no"
+            " A/B slots on a host agent.  Ctrl-C stops everything."
+        )
         live = False if args.plain else None
+        starting[0] = False
         with Screen(pinned, live=live) as screen:
-            _watch(screen, management, stack, agents, started_at, events, stop, args)
-    except LaunchError as exc:
+            get: Get = lambda path: send("GET", path, None)  # noqa: E731
+            _watch(screen, get, archive_dir, agents, machine, started_at, events, stop, args)
+    except demo_qemu.ERRORS as exc:
         print(f"demo: {exc}", file=sys.stderr)
         status = 1
+    except KeyboardInterrupt:
+        print("demo: stopped while starting", file=sys.stderr)
+        status = 130
     finally:
+        starting[0] = False
         stop.set()
         for feeder in feeders:
             feeder.join(timeout=5)
-        print("stopping agents, services and broker")
+        if machine is not None:
+            print(f"stopping QEMU ({demo_qemu.QEMU_DEVICE})", flush=True)
+            machine.stop()
+        print("stopping agents, services and broker", flush=True)
         for agent in reversed(agents):
             agent.stop()
             agent.close()
-        stack.stop()
+        if stack is not None:
+            stack.stop()
+        if cloud is not None:
+            print("stopping the hub and removing its namespace", flush=True)
+            cloud.stop()
         if remove:
             shutil.rmtree(root, ignore_errors=True)
             print(f"removed {root} and the keys in it")
@@ -181,11 +287,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return status
 
 
+def _sender(management: ServiceProcess) -> Send:
+    def send(method: str, path: str, body: Any) -> tuple[int, Any]:
+        return http_send(management, method, path, body)
+
+    return send
+
+
 def _watch(
     screen: Screen,
-    management: ServiceProcess,
-    stack: Stack,
+    get: Get,
+    archive_dir: Path,
     agents: list[HostAgent],
+    machine: demo_qemu.QemuDevice | None,
     started_at: dict[str, float],
     events: queue.SimpleQueue[str],
     stop: threading.Event,
@@ -195,6 +309,7 @@ def _watch(
     started = time.monotonic()
     before = Snapshot()
     died: dict[str, str] = {}
+    overdue: set[int] = set()  # boots of the QEMU device said to be slow
     next_report = 0.0
     while not stop.is_set():
         while not events.empty():
@@ -207,14 +322,32 @@ def _watch(
         now = time.monotonic()
         if now >= next_report:
             next_report = now + args.report_every
-            after = snapshot(lambda path: http_get(management, path))
+            after = snapshot(get)
             for line in changes(before, after):
                 screen.event(line)
             if after.ok:
                 before = after
-            archive = _archive_counts(stack.archive_dir)
+            archive = _archive_counts(archive_dir)
+            shown = dict(before.rows)
+            if machine is not None:
+                on = machine.powered_on_at
+                device = demo_qemu.QEMU_DEVICE
+                powered_for = None if on is None else now - on
+                shown[device] = machine_row(shown.get(device), device, powered_for)
+                boot = machine.boots
+                if (
+                    shown[device].machine
+                    and powered_for is not None
+                    and machine.overdue(powered_for)
+                    and boot not in overdue
+                ):
+                    overdue.add(boot)
+                    screen.event(
+                        f"{device} not online {powered_for:.0f} s after power-on (boot {boot}):"
+                        f" its serial console is in {machine.console_log}"
+                    )
             rows = []
-            for device, row in sorted(before.rows.items()):
+            for device, row in sorted(shown.items()):
                 if device in started_at:  # a host agent: its own uptime, not the host's
                     up = None if device in died else now - started_at[device]
                     row = dataclasses.replace(row, uptime_s=up)

@@ -41,13 +41,15 @@ EVENTS_SHOWN = 12
 def cells(row: DeviceRow, archived: int, agent: str | None) -> list[str]:
     """One table row. `agent` says why a host agent is not running, if it is not."""
     state = "-" if row.online is None else ("online" if row.online else "OFFLINE")
+    if row.machine:
+        state = row.machine
     if agent:
         state += f" (agent {agent})"
     return [
         row.device,
         state,
         age_text(row.uptime_s),
-        row.slot or "none",  # a host agent has no A/B slots
+        row.slot or ("-" if row.machine else "none"),  # a host agent has no A/B slots
         row.version or "-",
         "-" if row.load is None else f"{row.load:.2f}",
         "-" if row.queue_depth is None else str(row.queue_depth),

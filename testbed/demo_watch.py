@@ -13,7 +13,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 Get = Callable[[str], tuple[int, Any]]  # (status, body) of GET path on the operator API
@@ -33,6 +33,7 @@ class DeviceRow:
     config: str | None  # "v3 applied", "v4 rejected: ...", "v5 pending"
     job: str | None  # "j-... downloading 40%"
     job_state: tuple[str, str] | None = None  # (job id, state), for the events
+    machine: str | None = None  # a machine the demo powers, while not online: "booting 40 s"
 
 
 @dataclass
@@ -123,6 +124,20 @@ def changes(before: Snapshot, after: Snapshot) -> list[str]:
             job, state = row.job_state
             events.append(f"{device} update {job}: {state}")
     return events
+
+
+def machine_row(row: DeviceRow | None, device: str, powered_for: float | None) -> DeviceRow:
+    """The row of a device the demo boots (QEMU): the operator API's while it is online;
+    "booting" with the seconds since power-on until it is (the device may not be in the
+    registry yet: a first boot is a row too), "powered off" between a reboot and power-on."""
+    if row is None:
+        row = DeviceRow(device, None, None, None, None, None, None, None, None, None, None)
+    if powered_for is None:
+        return replace(row, machine="powered off")
+    if row.online:
+        return replace(row, machine=None)
+    # its last slot and version stay in view; its last uptime and load belong to the last boot
+    return replace(row, machine=f"booting {age_text(powered_for)}", uptime_s=None, load=None)
 
 
 def exit_text(returncode: int) -> str:

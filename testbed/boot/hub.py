@@ -121,8 +121,12 @@ class _NetnsClient(ManagementClient):
 
 
 class Hub:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, local_ports: tuple[int, int] | None = None) -> None:
+        """`local_ports`: the namespace's range for ports picked free (its services'
+        HTTP API among them), when they must not collide with the host's (the demo
+        relays the API to the host at the same port); None keeps the kernel's default."""
         self.root = root
+        self.local_ports = local_ports
         root.mkdir(parents=True, exist_ok=True)
         tag = os.getpid() % 100000
         self.netns = f"tfboot-{tag}"
@@ -151,6 +155,10 @@ class Hub:
         # nftables table keeps spokes apart, and the scans prove that it does.
         for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
             _run("ip", "netns", "exec", self.netns, "sysctl", "-q", "-w", f"{key}=1")
+        if self.local_ports is not None:
+            low, high = self.local_ports
+            key = "net.ipv4.ip_local_port_range"
+            _run("ip", "netns", "exec", self.netns, "sysctl", "-q", "-w", f"{key}={low} {high}")
         self.public_key = init(
             self.root,
             Settings(
