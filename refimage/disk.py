@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from refimage import reproducible
 from refimage.progress import BuildError, run
 
 MIB = 1024 * 1024
@@ -55,12 +56,37 @@ def disk_size(layout: tuple[Partition, ...] = LAYOUT) -> int:
     return (FIRST_MIB + sum(p.size_mib for p in layout) + BACKUP_GPT_MIB) * MIB
 
 
-def make_ext4(src: Path | None, out: Path, label: str, size: int, log: Path) -> None:
-    """An ext4 image of `size` bytes holding the tree `src` (or empty)."""
+@dataclass(frozen=True)
+class Reproducible:
+    """What makes mke2fs's output the same for the same tree (refimage/reproducible.py)."""
+
+    epoch: int  # SOURCE_DATE_EPOCH: superblock and inode times
+    uuid: str
+    hash_seed: str
+
+
+def make_ext4(
+    src: Path | None,
+    out: Path,
+    label: str,
+    size: int,
+    log: Path,
+    fixed: Reproducible | None = None,
+) -> None:
+    """An ext4 image of `size` bytes holding the tree `src` (or empty).
+
+    With `fixed`, the image is reproducible: fixed UUID, hash seed and clock,
+    C collation for mke2fs's sorted directory reads, and every inode's ctime
+    and atime set to the epoch afterwards (mke2fs -d copies the host's)."""
     out.unlink(missing_ok=True)
     with out.open("wb") as f:
         f.truncate(size)
-    argv: list[str | Path] = [
+    extended = "root_owner=0:0"
+    argv: list[str | Path] = []
+    if fixed is not None:
+        argv += reproducible.mkfs_env(fixed.epoch)
+        extended += f",hash_seed={fixed.hash_seed}"
+    argv += [
         "mkfs.ext4",
         "-q",
         "-F",
@@ -70,12 +96,16 @@ def make_ext4(src: Path | None, out: Path, label: str, size: int, log: Path) -> 
         "-O",
         "^metadata_csum_seed",
         "-E",
-        "root_owner=0:0",
+        extended,
     ]
+    if fixed is not None:
+        argv += ["-U", fixed.uuid]
     if src is not None:
         argv += ["-d", src]
     argv += [out]
     run(argv, log=log)
+    if fixed is not None:
+        reproducible.set_inode_times(out, fixed.epoch, log)
 
 
 def make_esp(out: Path, size: int, files: dict[str, Path], log: Path) -> None:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from refimage import agent, disk, grub, kmodules, layer, packages, rootfs, system
+from refimage import agent, disk, grub, kmodules, layer, packages, reproducible, rootfs, system
 from refimage.lock import locked
 from refimage.progress import BuildError, run, say, step
 
@@ -17,6 +17,7 @@ TOP = Path(__file__).resolve().parent.parent
 BUILDER = Path(__file__).resolve().parent
 DISK_NAME = "twelvefactor-refimage.img"
 ROOTFS_NAME = "rootfs.ext4"  # slot A's file system, kept for the .swu
+ROOTFS_LABEL = "rootfs-a"
 MANIFEST = "manifest.json"
 KEEP_IMAGES = 2  # older cached images are removed
 
@@ -120,29 +121,14 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
     work = out / "work"
     rootfs.remove_tree(work)
     work.mkdir()
-    stage = work / "root"
-    with step("root tree: copy of the base"):
-        rootfs.unmount_below(base)  # a /proc mmdebstrap left behind is not copied
-        run(["cp", "-a", "--reflink=auto", base, stage])
-    with step("root tree: only the kernel modules the layer's image would have"):
-        modules = kmodules.keep(stage)
-    with step(f"root tree: {len(files)} layer files, the agent, system settings"):
-        layer.install(files, stage)
-        scripts = agent.install(top / "agent", stage)
-        for params in layer.group_params(top):
-            # -f: a group Debian's packages already made (swupdate) is kept, as
-            # useradd.bbclass skips a group that exists
-            system.chroot_quiet(stage, "groupadd", "-f", *params)
-        for params in layer.user_params(top):
-            system.chroot_quiet(stage, "useradd", *params)
-        system.configure(stage, console_login=console_login)
-        system.enable(stage, units)
     sizes = disk.offsets()
-    with step("file systems: rootfs-a (mkfs.ext4 -d), data, ESP (mtools)"):
-        tmp = out / f"tmp-{key}"
-        rootfs.remove_tree(tmp)
-        tmp.mkdir()
-        disk.make_ext4(stage, tmp / ROOTFS_NAME, "rootfs-a", sizes["rootfs-a"][1], log)
+    tmp = out / f"tmp-{key}"
+    rootfs.remove_tree(tmp)
+    tmp.mkdir()
+    made = build_rootfs(
+        base, work, tmp / ROOTFS_NAME, top=top, console_login=console_login, log=log
+    )
+    with step("file systems: data, ESP (mtools)"):
         disk.make_ext4(None, work / "data.ext4", "data", sizes["data"][1], log)
         efi = work / "BOOTX64.EFI"
         grub.make_efi(grub_cfg, efi, log)
@@ -166,8 +152,11 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
             "console_login": console_login,
             "layer_files": [[f.destination, f"{f.mode:04o}", f.digest()] for f in files],
             "enabled_units": units,
-            "agent_scripts": scripts,
-            "kernel_modules": modules,
+            "agent_scripts": made.scripts,
+            "kernel_modules": made.modules,
+            "source_date_epoch": made.fixed.epoch,
+            "rootfs_uuid": made.fixed.uuid,
+            "rootfs_hash_seed": made.fixed.hash_seed,
             "packages": list(packages.PACKAGES),
             "partitions": {name: list(v) for name, v in sizes.items()},
             "grub_cfg": str(grub_cfg),
@@ -178,6 +167,71 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
     _prune(out, directory)
     _link_latest(out, directory)
     return _load(directory)
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """What build_rootfs made, for the manifest."""
+
+    image: Path
+    modules: list[str]
+    scripts: list[str]
+    fixed: disk.Reproducible
+
+
+def rootfs_settings(top: Path = TOP) -> disk.Reproducible:
+    """SOURCE_DATE_EPOCH, UUID and hash seed of rootfs-a (refimage/reproducible.py)."""
+    distro = system.distro_variables(top).get("DISTRO")
+    if not distro:
+        raise BuildError(f"{top / system.DISTRO_CONF} sets no DISTRO")
+    return disk.Reproducible(
+        epoch=reproducible.source_date_epoch(top),
+        uuid=reproducible.fs_uuid(distro, ROOTFS_LABEL),
+        hash_seed=reproducible.hash_seed(distro, ROOTFS_LABEL),
+    )
+
+
+def build_rootfs(
+    base: Path,
+    work: Path,
+    out_image: Path,
+    *,
+    top: Path = TOP,
+    console_login: bool = True,
+    log: Path,
+) -> Rootfs:
+    """Slot A's ext4 image from the cached base tree: the same bytes for the same inputs.
+
+    The tree is assembled in `work`/root (which must not exist yet) and left there."""
+    fixed = rootfs_settings(top)
+    files = layer.device_files(top)
+    units = layer.enabled_units(top)
+    stage = work / "root"
+    with step("root tree: copy of the base"):
+        rootfs.unmount_below(base)  # a /proc mmdebstrap left behind is not copied
+        run(["cp", "-a", "--reflink=auto", base, stage])
+    with step("root tree: only the kernel modules the layer's image would have"):
+        modules = kmodules.keep(stage)
+    with step(f"root tree: {len(files)} layer files, the agent, system settings"):
+        layer.install(files, stage)
+        scripts = agent.install(top / "agent", stage)
+        for params in layer.group_params(top):
+            # -f: a group Debian's packages already made (swupdate) is kept, as
+            # useradd.bbclass skips a group that exists
+            system.chroot_quiet(stage, "groupadd", "-f", *params)
+        for params in layer.user_params(top):
+            system.chroot_quiet(stage, "useradd", *params)
+        system.configure(stage, console_login=console_login)
+        system.enable(stage, units)
+    with step(f"root tree: reproducible (SOURCE_DATE_EPOCH={fixed.epoch})"):
+        reproducible.remove_noise(stage)
+        reproducible.shadow_last_change(stage, fixed.epoch)
+        reproducible.clamp_mtimes(stage, fixed.epoch)
+    with step("file system: rootfs-a (mkfs.ext4 -d)"):
+        disk.make_ext4(
+            stage, out_image, ROOTFS_LABEL, disk.offsets()["rootfs-a"][1], log, fixed
+        )
+    return Rootfs(out_image, modules, scripts, fixed)
 
 
 def _link_latest(out: Path, directory: Path) -> None:
