@@ -174,7 +174,7 @@ class Rootfs:
     """What build_rootfs made, for the manifest."""
 
     image: Path
-    modules: list[str]
+    modules: dict[str, str]
     scripts: list[str]
     fixed: disk.Reproducible
 
@@ -228,9 +228,7 @@ def build_rootfs(
         reproducible.shadow_last_change(stage, fixed.epoch)
         reproducible.clamp_mtimes(stage, fixed.epoch)
     with step("file system: rootfs-a (mkfs.ext4 -d)"):
-        disk.make_ext4(
-            stage, out_image, ROOTFS_LABEL, disk.offsets()["rootfs-a"][1], log, fixed
-        )
+        disk.make_ext4(stage, out_image, ROOTFS_LABEL, disk.offsets()["rootfs-a"][1], log, fixed)
     return Rootfs(out_image, modules, scripts, fixed)
 
 

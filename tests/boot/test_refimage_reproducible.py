@@ -101,9 +101,10 @@ def test_no_per_build_noise(two_builds: tuple[Path, Path]) -> None:
     assert days == {str(fixed.epoch // 86400)}
     assert _tool("debugfs", "-R", "cat /etc/machine-id", fs) == ""
     for gone in ("/etc/shadow-", "/etc/passwd-", "/var/cache/ldconfig/aux-cache"):
-        assert "File not found" in subprocess.run(
+        found = subprocess.run(
             ["debugfs", "-R", f"stat {gone}", fs], capture_output=True, text=True
-        ).stderr, gone
+        )
+        assert "File not found" in found.stderr, gone
     logs = _tool("debugfs", "-R", "ls -p /var/log", fs)
     # only directories (mode 04xxxx) are left under /var/log
     modes = [line.split("/")[2] for line in logs.splitlines() if line.count("/") >= 6]
