@@ -108,19 +108,35 @@ def make_ext4(
         reproducible.set_inode_times(out, fixed.epoch, log)
 
 
-def make_esp(out: Path, size: int, files: dict[str, Path], log: Path) -> None:
-    """A FAT ESP labelled 'esp' holding `files` (ESP path -> host file)."""
+def make_esp(
+    out: Path,
+    size: int,
+    files: dict[str, Path],
+    log: Path,
+    fixed: tuple[int, str] | None = None,
+) -> None:
+    """A FAT ESP labelled 'esp' holding `files` (ESP path -> host file).
+
+    With `fixed` (SOURCE_DATE_EPOCH, volume id): that volume id, and every
+    time mkfs.vfat and mtools write taken from SOURCE_DATE_EPOCH."""
     out.unlink(missing_ok=True)
-    run(["mkfs.vfat", "-F", "32", "-n", "esp", "-C", out, str(size // 1024)], log=log)
+    env: list[str] = []
+    volume: list[str] = []
+    if fixed is not None:
+        env = ["env", f"SOURCE_DATE_EPOCH={fixed[0]}"]
+        volume = ["-i", fixed[1]]
+    run(
+        [*env, "mkfs.vfat", "-F", "32", "-n", "esp", *volume, "-C", out, str(size // 1024)], log=log
+    )
     dirs: set[str] = set()
     for dest in files:
         parts = dest.strip("/").split("/")[:-1]
         for i in range(1, len(parts) + 1):
             dirs.add("/".join(parts[:i]))
     for d in sorted(dirs, key=lambda p: p.count("/")):
-        run(["mmd", "-i", out, f"::/{d}"], log=log)
+        run([*env, "mmd", "-i", out, f"::/{d}"], log=log)
     for dest, src in files.items():
-        run(["mcopy", "-o", "-i", out, src, f"::/{dest.strip('/')}"], log=log)
+        run([*env, "mcopy", "-o", "-i", out, src, f"::/{dest.strip('/')}"], log=log)
 
 
 def write_into(disk: Path, image: Path, offset: int, size: int) -> None:
@@ -144,16 +160,26 @@ def write_into(disk: Path, image: Path, offset: int, size: int) -> None:
     )
 
 
-def partition_table(disk: Path, layout: tuple[Partition, ...] = LAYOUT) -> None:
-    """A new sparse disk file with a GPT holding `layout`."""
+def partition_table(
+    disk: Path,
+    layout: tuple[Partition, ...] = LAYOUT,
+    ids: tuple[str, dict[str, str]] | None = None,
+) -> None:
+    """A new sparse disk file with a GPT holding `layout`.
+
+    With `ids` (disk GUID, partition name -> GUID) the GUIDs are those, not random."""
     disk.unlink(missing_ok=True)
     with disk.open("wb") as f:
         f.truncate(disk_size(layout))
     script = "label: gpt\nunit: sectors\n"
+    if ids is not None:
+        script += f"label-id: {ids[0]}\n"
     for part in layout:
         offset, size = offsets(layout)[part.name]
+        guid = f", uuid={ids[1][part.name]}" if ids is not None else ""
         script += (
-            f"start={offset // 512}, size={size // 512}, type={part.type_uuid}, name={part.name}\n"
+            f"start={offset // 512}, size={size // 512}, type={part.type_uuid}, "
+            f"name={part.name}{guid}\n"
         )
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", disk], input_bytes=script.encode())
 

@@ -128,8 +128,13 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
     made = build_rootfs(
         base, work, tmp / ROOTFS_NAME, top=top, console_login=console_login, log=log
     )
+    distro = str(system.distro_variables(top).get("DISTRO"))
+    epoch = made.fixed.epoch
+    data_fixed = disk.Reproducible(
+        epoch, reproducible.fs_uuid(distro, "data"), reproducible.hash_seed(distro, "data")
+    )
     with step("file systems: data, ESP (mtools)"):
-        disk.make_ext4(None, work / "data.ext4", "data", sizes["data"][1], log)
+        disk.make_ext4(None, work / "data.ext4", "data", sizes["data"][1], log, data_fixed)
         efi = work / "BOOTX64.EFI"
         grub.make_efi(grub_cfg, efi, log)
         env = work / "grubenv"
@@ -139,10 +144,11 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
             sizes["esp"][1],
             {"EFI/BOOT/BOOTX64.EFI": efi, "grub/grubenv": env},
             log,
+            (epoch, reproducible.fat_volume_id(distro, "esp")),
         )
     with step("disk: GPT (sfdisk) and partitions (dd conv=sparse)"):
         image = tmp / DISK_NAME
-        disk.partition_table(image)
+        disk.partition_table(image, ids=reproducible.gpt_ids(distro, list(sizes)))
         disk.write_into(image, work / "esp.vfat", *sizes["esp"])
         disk.write_into(image, tmp / ROOTFS_NAME, *sizes["rootfs-a"])
         disk.write_into(image, work / "data.ext4", *sizes["data"])

@@ -31,6 +31,12 @@ What varies from one build to the next, and what is done about it:
   logs, caches, `-old` and `-` backup files (see NOISE), and /etc/shadow's
   last-change day, which passwd and useradd write from the wall clock.
   /etc/machine-id stays empty (system.py), as the layer's image has it.
+- **The rest of the disk** (image.py): the GPT's disk and partition GUIDs,
+  the ESP's FAT volume id and the data file system's UUID and hash seed are
+  fixed the same way, and mkfs.vfat and mtools take their times from
+  SOURCE_DATE_EPOCH. Left: grub-mkstandalone stamps its memdisk's tar
+  headers with the time it copied the GRUB modules, so BOOTX64.EFI differs
+  from build to build (docs/refimage.md).
 - **Byte code.** The agent's .pyc files are compiled with
   `--invalidation-mode checked-hash` (agent.py): they hold a hash of the
   source, not its mtime.
@@ -48,6 +54,7 @@ from refimage import system
 from refimage.progress import BuildError, run
 
 TIMESTAMP_VARIABLE = "REPRODUCIBLE_TIMESTAMP_ROOTFS"
+ROOT_INODE = 2
 # A fixed namespace for the UUID v5s below (itself uuid5(NAMESPACE_DNS, ...)).
 NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "twelvefactor.rootfs.reproducible")
 
@@ -92,6 +99,17 @@ def fs_uuid(distro: str, label: str) -> str:
 def hash_seed(distro: str, label: str) -> str:
     """The htree directory hash seed of the image labelled `label`."""
     return str(uuid.uuid5(NAMESPACE, f"{distro}/{label}/hash_seed"))
+
+
+def fat_volume_id(distro: str, label: str) -> str:
+    """The FAT volume id (mkfs.vfat -i, 8 hex digits) of the file system labelled `label`."""
+    return uuid.uuid5(NAMESPACE, f"{distro}/{label}/volume_id").hex[:8]
+
+
+def gpt_ids(distro: str, names: list[str]) -> tuple[str, dict[str, str]]:
+    """The GPT's disk GUID and each partition's unique GUID (partitions are named)."""
+    label_id = str(uuid.uuid5(NAMESPACE, f"{distro}/gpt/label-id"))
+    return label_id, {n: str(uuid.uuid5(NAMESPACE, f"{distro}/gpt/{n}")) for n in names}
 
 
 def remove_noise(root: Path) -> list[str]:
@@ -147,23 +165,32 @@ _FREE = re.compile(r"^\s+Free inodes:\s*(.*)$")
 
 
 def used_inodes(dumpe2fs_output: str) -> list[int]:
-    """In-use inode numbers, from `dumpe2fs` output (its per-group free ranges)."""
+    """In-use inode numbers that mke2fs -d fills from the host (the root directory
+    and every ordinary inode), from `dumpe2fs` output (its per-group free ranges)."""
     m = re.search(r"^Inodes per group:\s+(\d+)$", dumpe2fs_output, re.M)
     if m is None:
         raise BuildError("dumpe2fs printed no 'Inodes per group'")
     per_group = int(m.group(1))
+    first = re.search(r"^First inode:\s+(\d+)$", dumpe2fs_output, re.M)
+    # the reserved inodes below the first ordinary one keep what mke2fs wrote
+    # (its fake clock); of them only the root directory is copied from the host
+    first_ordinary = int(first.group(1)) if first else 11
     used: list[int] = []
     group = None
     for line in dumpe2fs_output.splitlines():
         if g := _GROUP.match(line):
             group = int(g.group(1))
         elif (f := _FREE.match(line)) and group is not None:
-            first = group * per_group + 1
+            start = group * per_group + 1
             free: set[int] = set()
             for part in filter(None, (p.strip() for p in f.group(1).split(","))):
                 lo, _, hi = part.partition("-")
                 free.update(range(int(lo), int(hi or lo) + 1))
-            used += [i for i in range(first, first + per_group) if i not in free]
+            used += [
+                i
+                for i in range(start, start + per_group)
+                if i not in free and (i == ROOT_INODE or i >= first_ordinary)
+            ]
             group = None
     if not used:
         raise BuildError("dumpe2fs listed no group's free inodes")
