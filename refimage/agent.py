@@ -64,7 +64,9 @@ def install(agent_dir: Path, root: Path) -> list[str]:
         )
         script.chmod(0o755)
         names.append(name)
-    # Byte-compile now: the root file system is read-only at run time.
+    # Byte-compile now: the root file system is read-only at run time. The
+    # .pyc files hold a hash of their source, not its mtime, so they are the
+    # same at every build (refimage/reproducible.py).
     run(
         [
             "chroot",
@@ -73,6 +75,8 @@ def install(agent_dir: Path, root: Path) -> list[str]:
             "-m",
             "compileall",
             "-q",
+            "--invalidation-mode",
+            "checked-hash",
             *(f"/{DIST_PACKAGES}/{p.name}" for p in packages),
         ]
     )

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from refimage import reproducible
 from refimage.progress import BuildError, run
 
 MIB = 1024 * 1024
@@ -55,12 +56,37 @@ def disk_size(layout: tuple[Partition, ...] = LAYOUT) -> int:
     return (FIRST_MIB + sum(p.size_mib for p in layout) + BACKUP_GPT_MIB) * MIB
 
 
-def make_ext4(src: Path | None, out: Path, label: str, size: int, log: Path) -> None:
-    """An ext4 image of `size` bytes holding the tree `src` (or empty)."""
+@dataclass(frozen=True)
+class Reproducible:
+    """What makes mke2fs's output the same for the same tree (refimage/reproducible.py)."""
+
+    epoch: int  # SOURCE_DATE_EPOCH: superblock and inode times
+    uuid: str
+    hash_seed: str
+
+
+def make_ext4(
+    src: Path | None,
+    out: Path,
+    label: str,
+    size: int,
+    log: Path,
+    fixed: Reproducible | None = None,
+) -> None:
+    """An ext4 image of `size` bytes holding the tree `src` (or empty).
+
+    With `fixed`, the image is reproducible: fixed UUID, hash seed and clock,
+    C collation for mke2fs's sorted directory reads, and every inode's ctime
+    and atime set to the epoch afterwards (mke2fs -d copies the host's)."""
     out.unlink(missing_ok=True)
     with out.open("wb") as f:
         f.truncate(size)
-    argv: list[str | Path] = [
+    extended = "root_owner=0:0"
+    argv: list[str | Path] = []
+    if fixed is not None:
+        argv += reproducible.mkfs_env(fixed.epoch)
+        extended += f",hash_seed={fixed.hash_seed}"
+    argv += [
         "mkfs.ext4",
         "-q",
         "-F",
@@ -70,27 +96,47 @@ def make_ext4(src: Path | None, out: Path, label: str, size: int, log: Path) -> 
         "-O",
         "^metadata_csum_seed",
         "-E",
-        "root_owner=0:0",
+        extended,
     ]
+    if fixed is not None:
+        argv += ["-U", fixed.uuid]
     if src is not None:
         argv += ["-d", src]
     argv += [out]
     run(argv, log=log)
+    if fixed is not None:
+        reproducible.set_inode_times(out, fixed.epoch, log)
 
 
-def make_esp(out: Path, size: int, files: dict[str, Path], log: Path) -> None:
-    """A FAT ESP labelled 'esp' holding `files` (ESP path -> host file)."""
+def make_esp(
+    out: Path,
+    size: int,
+    files: dict[str, Path],
+    log: Path,
+    fixed: tuple[int, str] | None = None,
+) -> None:
+    """A FAT ESP labelled 'esp' holding `files` (ESP path -> host file).
+
+    With `fixed` (SOURCE_DATE_EPOCH, volume id): that volume id, and every
+    time mkfs.vfat and mtools write taken from SOURCE_DATE_EPOCH."""
     out.unlink(missing_ok=True)
-    run(["mkfs.vfat", "-F", "32", "-n", "esp", "-C", out, str(size // 1024)], log=log)
+    env: list[str] = []
+    volume: list[str] = []
+    if fixed is not None:
+        env = ["env", f"SOURCE_DATE_EPOCH={fixed[0]}"]
+        volume = ["-i", fixed[1]]
+    run(
+        [*env, "mkfs.vfat", "-F", "32", "-n", "esp", *volume, "-C", out, str(size // 1024)], log=log
+    )
     dirs: set[str] = set()
     for dest in files:
         parts = dest.strip("/").split("/")[:-1]
         for i in range(1, len(parts) + 1):
             dirs.add("/".join(parts[:i]))
     for d in sorted(dirs, key=lambda p: p.count("/")):
-        run(["mmd", "-i", out, f"::/{d}"], log=log)
+        run([*env, "mmd", "-i", out, f"::/{d}"], log=log)
     for dest, src in files.items():
-        run(["mcopy", "-o", "-i", out, src, f"::/{dest.strip('/')}"], log=log)
+        run([*env, "mcopy", "-o", "-i", out, src, f"::/{dest.strip('/')}"], log=log)
 
 
 def write_into(disk: Path, image: Path, offset: int, size: int) -> None:
@@ -114,16 +160,26 @@ def write_into(disk: Path, image: Path, offset: int, size: int) -> None:
     )
 
 
-def partition_table(disk: Path, layout: tuple[Partition, ...] = LAYOUT) -> None:
-    """A new sparse disk file with a GPT holding `layout`."""
+def partition_table(
+    disk: Path,
+    layout: tuple[Partition, ...] = LAYOUT,
+    ids: tuple[str, dict[str, str]] | None = None,
+) -> None:
+    """A new sparse disk file with a GPT holding `layout`.
+
+    With `ids` (disk GUID, partition name -> GUID) the GUIDs are those, not random."""
     disk.unlink(missing_ok=True)
     with disk.open("wb") as f:
         f.truncate(disk_size(layout))
     script = "label: gpt\nunit: sectors\n"
+    if ids is not None:
+        script += f"label-id: {ids[0]}\n"
     for part in layout:
         offset, size = offsets(layout)[part.name]
+        guid = f", uuid={ids[1][part.name]}" if ids is not None else ""
         script += (
-            f"start={offset // 512}, size={size // 512}, type={part.type_uuid}, name={part.name}\n"
+            f"start={offset // 512}, size={size // 512}, type={part.type_uuid}, "
+            f"name={part.name}{guid}\n"
         )
     run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", disk], input_bytes=script.encode())
 

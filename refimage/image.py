@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from refimage import agent, disk, grub, kmodules, layer, packages, rootfs, system
+from refimage import agent, disk, grub, kmodules, layer, packages, reproducible, rootfs, system
 from refimage.lock import locked
 from refimage.progress import BuildError, run, say, step
 
@@ -17,6 +17,7 @@ TOP = Path(__file__).resolve().parent.parent
 BUILDER = Path(__file__).resolve().parent
 DISK_NAME = "twelvefactor-refimage.img"
 ROOTFS_NAME = "rootfs.ext4"  # slot A's file system, kept for the .swu
+ROOTFS_LABEL = "rootfs-a"
 MANIFEST = "manifest.json"
 KEEP_IMAGES = 2  # older cached images are removed
 
@@ -120,6 +121,97 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
     work = out / "work"
     rootfs.remove_tree(work)
     work.mkdir()
+    sizes = disk.offsets()
+    tmp = out / f"tmp-{key}"
+    rootfs.remove_tree(tmp)
+    tmp.mkdir()
+    made = build_rootfs(
+        base, work, tmp / ROOTFS_NAME, top=top, console_login=console_login, log=log
+    )
+    distro = str(system.distro_variables(top).get("DISTRO"))
+    epoch = made.fixed.epoch
+    data_fixed = disk.Reproducible(
+        epoch, reproducible.fs_uuid(distro, "data"), reproducible.hash_seed(distro, "data")
+    )
+    with step("file systems: data, ESP (mtools)"):
+        disk.make_ext4(None, work / "data.ext4", "data", sizes["data"][1], log, data_fixed)
+        efi = work / "BOOTX64.EFI"
+        grub.make_efi(grub_cfg, efi, log)
+        env = work / "grubenv"
+        env.write_bytes(grub.env_block(grub.INITIAL_ENV))
+        disk.make_esp(
+            work / "esp.vfat",
+            sizes["esp"][1],
+            {"EFI/BOOT/BOOTX64.EFI": efi, "grub/grubenv": env},
+            log,
+            (epoch, reproducible.fat_volume_id(distro, "esp")),
+        )
+    with step("disk: GPT (sfdisk) and partitions (dd conv=sparse)"):
+        image = tmp / DISK_NAME
+        disk.partition_table(image, ids=reproducible.gpt_ids(distro, list(sizes)))
+        disk.write_into(image, work / "esp.vfat", *sizes["esp"])
+        disk.write_into(image, tmp / ROOTFS_NAME, *sizes["rootfs-a"])
+        disk.write_into(image, work / "data.ext4", *sizes["data"])
+        manifest: dict[str, object] = {
+            "key": key,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "console_login": console_login,
+            "layer_files": [[f.destination, f"{f.mode:04o}", f.digest()] for f in files],
+            "enabled_units": units,
+            "agent_scripts": made.scripts,
+            "kernel_modules": made.modules,
+            "source_date_epoch": made.fixed.epoch,
+            "rootfs_uuid": made.fixed.uuid,
+            "rootfs_hash_seed": made.fixed.hash_seed,
+            "packages": list(packages.PACKAGES),
+            "partitions": {name: list(v) for name, v in sizes.items()},
+            "grub_cfg": str(grub_cfg),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        tmp.rename(directory)
+    rootfs.remove_tree(work)
+    _prune(out, directory)
+    _link_latest(out, directory)
+    return _load(directory)
+
+
+@dataclass(frozen=True)
+class Rootfs:
+    """What build_rootfs made, for the manifest."""
+
+    image: Path
+    modules: dict[str, str]
+    scripts: list[str]
+    fixed: disk.Reproducible
+
+
+def rootfs_settings(top: Path = TOP) -> disk.Reproducible:
+    """SOURCE_DATE_EPOCH, UUID and hash seed of rootfs-a (refimage/reproducible.py)."""
+    distro = system.distro_variables(top).get("DISTRO")
+    if not distro:
+        raise BuildError(f"{top / system.DISTRO_CONF} sets no DISTRO")
+    return disk.Reproducible(
+        epoch=reproducible.source_date_epoch(top),
+        uuid=reproducible.fs_uuid(distro, ROOTFS_LABEL),
+        hash_seed=reproducible.hash_seed(distro, ROOTFS_LABEL),
+    )
+
+
+def build_rootfs(
+    base: Path,
+    work: Path,
+    out_image: Path,
+    *,
+    top: Path = TOP,
+    console_login: bool = True,
+    log: Path,
+) -> Rootfs:
+    """Slot A's ext4 image from the cached base tree: the same bytes for the same inputs.
+
+    The tree is assembled in `work`/root (which must not exist yet) and left there."""
+    fixed = rootfs_settings(top)
+    files = layer.device_files(top)
+    units = layer.enabled_units(top)
     stage = work / "root"
     with step("root tree: copy of the base"):
         rootfs.unmount_below(base)  # a /proc mmdebstrap left behind is not copied
@@ -137,47 +229,13 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
             system.chroot_quiet(stage, "useradd", *params)
         system.configure(stage, console_login=console_login)
         system.enable(stage, units)
-    sizes = disk.offsets()
-    with step("file systems: rootfs-a (mkfs.ext4 -d), data, ESP (mtools)"):
-        tmp = out / f"tmp-{key}"
-        rootfs.remove_tree(tmp)
-        tmp.mkdir()
-        disk.make_ext4(stage, tmp / ROOTFS_NAME, "rootfs-a", sizes["rootfs-a"][1], log)
-        disk.make_ext4(None, work / "data.ext4", "data", sizes["data"][1], log)
-        efi = work / "BOOTX64.EFI"
-        grub.make_efi(grub_cfg, efi, log)
-        env = work / "grubenv"
-        env.write_bytes(grub.env_block(grub.INITIAL_ENV))
-        disk.make_esp(
-            work / "esp.vfat",
-            sizes["esp"][1],
-            {"EFI/BOOT/BOOTX64.EFI": efi, "grub/grubenv": env},
-            log,
-        )
-    with step("disk: GPT (sfdisk) and partitions (dd conv=sparse)"):
-        image = tmp / DISK_NAME
-        disk.partition_table(image)
-        disk.write_into(image, work / "esp.vfat", *sizes["esp"])
-        disk.write_into(image, tmp / ROOTFS_NAME, *sizes["rootfs-a"])
-        disk.write_into(image, work / "data.ext4", *sizes["data"])
-        manifest: dict[str, object] = {
-            "key": key,
-            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "console_login": console_login,
-            "layer_files": [[f.destination, f"{f.mode:04o}", f.digest()] for f in files],
-            "enabled_units": units,
-            "agent_scripts": scripts,
-            "kernel_modules": modules,
-            "packages": list(packages.PACKAGES),
-            "partitions": {name: list(v) for name, v in sizes.items()},
-            "grub_cfg": str(grub_cfg),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        tmp.rename(directory)
-    rootfs.remove_tree(work)
-    _prune(out, directory)
-    _link_latest(out, directory)
-    return _load(directory)
+    with step(f"root tree: reproducible (SOURCE_DATE_EPOCH={fixed.epoch})"):
+        reproducible.remove_noise(stage)
+        reproducible.shadow_last_change(stage, fixed.epoch)
+        reproducible.clamp_mtimes(stage, fixed.epoch)
+    with step("file system: rootfs-a (mkfs.ext4 -d)"):
+        disk.make_ext4(stage, out_image, ROOTFS_LABEL, disk.offsets()["rootfs-a"][1], log, fixed)
+    return Rootfs(out_image, modules, scripts, fixed)
 
 
 def _link_latest(out: Path, directory: Path) -> None:

@@ -44,6 +44,21 @@ TWELVEFACTOR_ROOTFS_SIZE ?= "768M"
 TWELVEFACTOR_DATA_SIZE ?= "512M"
 IMAGE_ROOTFS_MAXSIZE = "786432"
 
+# Reproducible ext4 (the slot image an update carries; docs/layer.md): oe-core's
+# reproducible_final_image_task sets every mtime to REPRODUCIBLE_TIMESTAMP_ROOTFS
+# (distro conf); mke2fs gets the same clock, a fixed UUID and a fixed directory
+# hash seed. The UUID is fixed across releases, not per build input: with
+# metadata_csum every metadata checksum is seeded by it. The values are the UUID
+# v5s refimage/reproducible.py derives for DISTRO "twelvefactor", label "rootfs-a"
+# (tests/unit/test_refimage_reproducible.py checks they agree). wic's own ext4
+# partitions take E2FSPROGS_FAKE_TIME and a hash seed from SOURCE_DATE_EPOCH.
+TWELVEFACTOR_ROOTFS_UUID ?= "cb029b56-b25a-5e44-b9f5-46534a637abf"
+TWELVEFACTOR_ROOTFS_HASH_SEED ?= "fbefdf88-c92f-535e-a13b-fbf716a2f086"
+# ext4 is an image type override (image_types.bbclass), which oelint does not know.
+# nooelint: oelint.vars.specific
+EXTRA_IMAGECMD:ext4 = "-i 4096 -U ${TWELVEFACTOR_ROOTFS_UUID} -E hash_seed=${TWELVEFACTOR_ROOTFS_HASH_SEED}"
+export E2FSPROGS_FAKE_TIME = "${REPRODUCIBLE_TIMESTAMP_ROOTFS}"
+
 IMAGE_BOOT_FILES:x86-64 = "\
     grub-efi-bootx64.efi;EFI/BOOT/bootx64.efi \
     twelvefactor/grub.cfg;EFI/BOOT/grub.cfg \
