@@ -43,10 +43,11 @@ def main() -> int:
     parser.add_argument("--health-interval", type=float, default=10.0)
     parser.add_argument("--data-interval", type=float, default=5.0)
     parser.add_argument("--workers", type=int, default=2, help="simulator processes")
-    parser.add_argument("--connect-threads", type=int, default=4, help="per worker")
+    parser.add_argument("--connect-threads", type=int, default=32, help="per worker")
     parser.add_argument("--payload", type=int, default=64, help="bytes per data message")
     parser.add_argument("--work", type=Path, default=Path("build/fleet"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--profile", type=Path, help="py-spy the services into this folder")
     args = parser.parse_args()
     if args.quick:
         args.devices, args.seconds, args.health_interval, args.data_interval = 50, 10.0, 2.0, 1.0
@@ -59,17 +60,24 @@ def main() -> int:
         connect_threads=args.connect_threads,
         payload_bytes=args.payload,
         work=args.work.resolve(),
+        profile=args.profile,
     )
     try:
         opts.check()
     except ValueError as exc:
         parser.error(str(exc))
+    load_before = os.getloadavg()
     figures = run(opts)
+    load_after = os.getloadavg()
     print(f"fleet simulator, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},")
     print(f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}")
     print(
         f"health every {opts.health_interval:g} s, data every {opts.data_interval:g} s"
         f" per device ({opts.payload_bytes} B), steady {opts.seconds:g} s"
+    )
+    print(
+        "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f},"
+        " after: {:.2f} {:.2f} {:.2f}".format(*load_before, *load_after)
     )
     print(table(figures))
     if args.json:

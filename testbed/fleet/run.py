@@ -68,6 +68,7 @@ class Options:
     connect_threads: int
     payload_bytes: int
     work: Path
+    profile: Path | None = None  # py-spy's samples of the services go here (collapsed stacks)
     keepalive: int = int(agent_default("agent", "keepalive"))
     backoff: tuple[float, float, float] = (
         agent_default("backoff", "initial"),
@@ -97,9 +98,10 @@ class Fleet:
     conns: list[Connection]
     procs: list[Any]
     ups: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    downs: dict[tuple[str, str], float] = field(default_factory=dict)  # the last one
     jobs: dict[str, dict[str, float]] = field(default_factory=dict)  # job -> device -> time
     job_ends: dict[str, dict[str, str]] = field(default_factory=dict)
-    finals: list[tuple[dict[str, Any], float, int]] = field(default_factory=list)
+    finals: list[tuple[dict[str, Any], float, int, float]] = field(default_factory=list)
     tallies: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -124,13 +126,15 @@ class Fleet:
                     elif msg[0] == "tally":
                         self.tallies.append(msg[1])
                     elif msg[0] == "final":
-                        self.finals.append((msg[1], msg[2], msg[3]))
+                        self.finals.append((msg[1], msg[2], msg[3], msg[4]))
                         open_conns.remove(conn)
 
     def _event(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
         if kind == "up":
             self.ups.setdefault((event[1], event[2]), []).append(event[3])
+        elif kind == "down":
+            self.downs[(event[1], event[2])] = event[3]
         elif kind == "job":
             self.jobs.setdefault(event[2], {})[event[1]] = event[3]
         elif kind == "job_end":
@@ -141,8 +145,13 @@ class Fleet:
             conn.send(command)
 
     def sessions_up_since(self, since: float) -> int:
+        """Sessions up now that came up at or after ``since``."""
         with self.lock:
-            return sum(1 for times in self.ups.values() if times and times[-1] >= since)
+            return sum(
+                1
+                for session, times in self.ups.items()
+                if times and times[-1] >= since and self.downs.get(session, 0.0) <= times[-1]
+            )
 
     def last_up(self) -> float:
         with self.lock:
@@ -254,6 +263,17 @@ def certificates(stack: Stack, ids: list[str]) -> tuple[int, float]:
     return made, time.perf_counter() - started
 
 
+def profile(out: Path, pid: int | None) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` (100 Hz, every thread, without pausing it) into ``out``."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if pid is None or not Path(spy).exists():
+        raise RuntimeError("profiling needs py-spy (pip install py-spy) and a running process")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [spy, "record", "-p", str(pid), "-r", "100", "--threads", "--nonblocking"]
+    argv += ["-f", "raw", "-o", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def fresh_stack(work: Path) -> Stack:
     """The stack in ``work``: the PKI (and the devices' certificates) kept, all state new."""
     for folder in ("broker", "management", "solution"):
@@ -293,6 +313,7 @@ def run(opts: Options) -> dict[str, Any]:
     figures["certificates (s)"] = took
     cpu = Cpu()
     fleet: Fleet | None = None
+    profilers: list[subprocess.Popen[bytes]] = []
     watch = RegistryWatch(stack.registry_db)
     probe: ApiProbe | None = None
     try:
@@ -306,6 +327,11 @@ def run(opts: Options) -> dict[str, Any]:
             ("solution", solution.pid),
         ):
             cpu.begin(name, pid)
+        if opts.profile is not None:
+            profilers = [
+                profile(opts.profile / f"{name}-n{opts.devices}.txt", pid)
+                for name, pid in (("management", management.pid), ("solution", solution.pid))
+            ]
         watch.start()
         assert management.api is not None
         probe = ApiProbe(
@@ -425,6 +451,10 @@ def run(opts: Options) -> dict[str, Any]:
         in_window = [ts for ts in lost if window[0] <= ts <= window[1]]
         figures["loss: health, outside the restart"] = len(lost) - len(in_window)
         figures["health lost in the restart window"] = len(in_window)
+        outside = [ts for ts in lost if not window[0] <= ts <= window[1]]
+        if outside:  # when they were sent, from the broker's stop
+            figures["  outside: sent from (s after stop)"] = min(outside) - t_stop
+            figures["  outside: sent until (s after stop)"] = max(outside) - t_stop
         if in_window:  # when they were sent, from the broker's being up again
             figures["  sent from (s after broker up)"] = min(in_window) - t_up
             figures["  sent until (s after broker up)"] = max(in_window) - t_up
@@ -449,9 +479,14 @@ def run(opts: Options) -> dict[str, Any]:
             fleet.stop(60)
         watch.stop()
         stack.stop()
+        for p in profilers:  # py-spy writes its file when the process it samples has ended
+            p.wait(60)
     if fleet.finals:
         figures["cpu simulator (s)"] = sum(f[1] for f in fleet.finals)
         figures["connect errors"] = sum(f[2] for f in fleet.finals)
+        # A connect waits for a thread of the simulator's pool: the longest wait says how
+        # far the simulator itself held the storm back.
+        figures["simulator: longest connect-thread wait (s)"] = max(f[3] for f in fleet.finals)
     figures["run (s)"] = time.perf_counter() - started
     return figures
 

@@ -95,6 +95,10 @@ class SimSettings:
     seed: int
 
 
+class Abandoned(Exception):
+    """A connect given up on (the machine's CONNACK deadline) before a thread took it."""
+
+
 class Session:
     """One MQTT session of a simulated device and the agent's machine that drives it."""
 
@@ -182,6 +186,7 @@ class Worker:
         self.stopping = False
         self.rng = random.Random(settings.seed)
         self.connect_errors = 0
+        self.pool_waits: list[float] = []  # seconds each connect waited for a pool thread
         self.payload = os.urandom(settings.payload_bytes)
 
     # -- timers ------------------------------------------------------------------------
@@ -249,7 +254,12 @@ class Worker:
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = SESSION_EXPIRY
 
+        asked = time.monotonic()
+
         def handshake() -> None:
+            self.pool_waits.append(time.monotonic() - asked)
+            if generation != s.generation:
+                raise Abandoned  # given up on while it waited for a thread
             client.connect(
                 self.settings.host,
                 s.port,
@@ -274,6 +284,8 @@ class Worker:
                 with contextlib.suppress(OSError):
                     sock.close()
             return
+        if isinstance(error, Abandoned):
+            return
         if error is not None or client.socket() is None:
             self.connect_errors += 1
             self.apply(s, s.machine.connect_failed(time.monotonic()))
@@ -284,16 +296,17 @@ class Worker:
 
     def _close(self, s: Session) -> None:
         s.generation += 1
-        client, s.client = s.client, None
+        s.client = None
         if s.sock is not None:
             if s.mask:
                 with contextlib.suppress(KeyError, ValueError):
                     self.sel.unregister(s.sock)
             with contextlib.suppress(OSError):
                 s.sock.close()
-        elif client is not None and client.socket() is not None:
-            with contextlib.suppress(OSError):
-                client.socket().close()  # type: ignore[union-attr]
+        # A client whose handshake is still on the pool is left alone: its thread owns the
+        # socket, and closing it here would free the descriptor for another connect to
+        # reuse while the first thread still writes to it (two streams in one, which the
+        # broker drops as a protocol error). _handshake_done closes it when it returns.
         s.sock = None
         s.mask = 0
 
@@ -614,7 +627,7 @@ class Worker:
         tally = self._tally()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage.ru_utime + usage.ru_stime
-        self.ctl.send(("final", tally, cpu, self.connect_errors))
+        self.ctl.send(("final", tally, cpu, self.connect_errors, max(self.pool_waits, default=0.0)))
         for d in self.devices:
             self._close(d.mgmt)
             self._close(d.sol)
