@@ -70,6 +70,7 @@ STREAM = "bench"
 WINDOW = 100  # in-flight data messages per device, as the agent's solution session
 MISC_EVERY = 1.0  # keepalive bookkeeping (loop_misc) for every client, at least this often
 EVENTS_EVERY = 0.25  # events go to the parent in batches at most this far apart
+TIMER_BATCH = 50  # timers run between two rounds of socket I/O, at most
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,6 @@ class Session:
         self.mask = 0
         self.generation = 0  # a connect that finishes for an older generation is dropped
         self.timer_due: float | None = None
-        self.ssl_context: ssl.SSLContext | None = None
 
     @property
     def online(self) -> bool:
@@ -143,6 +143,9 @@ class Device:
         self.final_mids: dict[int, str] = {}  # the mid of a job's `succeeded` -> job
         self.config_report: bytes | None = None
         self.booted = time.monotonic()
+        # The device's TLS identity, loaded once for both sessions before the loop starts
+        # (loading a key and a certificate per connect would hold the loop up in a storm).
+        self.ssl_context = _context(spec)
 
     @property
     def queue_hex(self) -> str:
@@ -247,9 +250,7 @@ class Worker:
                 retain=True,
                 properties=props,
             )
-        if s.ssl_context is None:
-            s.ssl_context = _context(s.device.spec)
-        client.tls_set_context(s.ssl_context)
+        client.tls_set_context(s.device.ssl_context)
         s.client = client
         connect_props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect_props.SessionExpiryInterval = SESSION_EXPIRY
@@ -293,6 +294,12 @@ class Worker:
         s.sock = client.socket()
         s.mask = 0
         self._update_mask(s)
+        if isinstance(s.sock, ssl.SSLSocket) and s.sock.pending() > 0:
+            # The CONNACK came with the handshake's last records: OpenSSL holds it already
+            # and the kernel's buffer is empty, so select would never say readable.
+            self._io(s, selectors.EVENT_READ)
+            self._handle_deferred()
+            self._update_mask(s)
 
     def _close(self, s: Session) -> None:
         s.generation += 1
@@ -571,7 +578,13 @@ class Worker:
         last_misc = time.monotonic()
         while not self.stopping:
             now = time.monotonic()
-            while self.timers and self.timers[0][0] <= now:
+            while self.connected:
+                self._handshake_done(*self.connected.popleft())
+            # At most TIMER_BATCH timers between two looks at the sockets: a storm's
+            # thousands of due connects must not keep CONNACKs waiting past their deadline.
+            for _ in range(TIMER_BATCH):
+                if not self.timers or self.timers[0][0] > now:
+                    break
                 _, _, fn = heapq.heappop(self.timers)
                 fn()
             self._handle_deferred()
