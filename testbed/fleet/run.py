@@ -1,0 +1,511 @@
+"""One run of the fleet simulator against the real stack, and its figures (bench/fleet.py).
+
+The order of a run, the figures and their targets are described in
+bench/fleet.py and docs/scale.md. Every wait here fails on a stall, not on
+slowness: when its count has not moved for FACTOR times the longest step this
+run has already measured (plus the protocol's own timers), never on a fixed
+guess.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from twelvefactor_agent.config.settings import _SCHEMA as AGENT_SETTINGS
+from twelvefactor_agent.session.mqtt import CONNECT_TIMEOUT
+from twelvefactor_services.artifact.swu import newc_archive
+from twelvefactor_services.management.api_client import ManagementClient
+
+from testbed.fleet.sim import DeviceSpec, SimSettings, run_worker
+from testbed.fleet.watch import (
+    ApiProbe,
+    RegistryWatch,
+    archive_seqs,
+    cpu_seconds,
+    health_samples,
+    percentile,
+    solution_counts,
+)
+from testbed.stack import Stack
+
+# A wait fails when its count has not moved for FACTOR times the longest time this run
+# has already needed for the same kind of step (plus the protocol's own timers).
+FACTOR = 3.0
+TARGETS = {
+    "health p99 (s)": 1.0,
+    "online after restart (s)": 60.0,
+    "api p99 (s)": 0.2,
+}
+SWU_DESCRIPTION = """software = {{ version = "{version}";
+  qemux86-64 = {{ hardware-compatibility: [ "1.0" ]; }}; }};"""
+
+
+def agent_default(table: str, key: str) -> float:
+    value = AGENT_SETTINGS[table][key].default
+    assert isinstance(value, int | float)
+    return float(value)
+
+
+@dataclass
+class Options:
+    devices: int
+    seconds: float
+    health_interval: float
+    data_interval: float
+    workers: int
+    connect_threads: int
+    payload_bytes: int
+    work: Path
+    profile: Path | None = None  # py-spy's samples of the services go here (collapsed stacks)
+    keepalive: int = int(agent_default("agent", "keepalive"))
+    backoff: tuple[float, float, float] = (
+        agent_default("backoff", "initial"),
+        agent_default("backoff", "multiplier"),
+        agent_default("backoff", "cap"),
+    )
+
+    def check(self) -> None:
+        if self.devices < 1:
+            raise ValueError(f"--devices must be at least 1, got {self.devices}")
+        if self.devices > 99_999:
+            raise ValueError(f"--devices must be at most 99999, got {self.devices}")
+        if self.seconds <= 0:
+            raise ValueError(f"--seconds must be positive, got {self.seconds}")
+        if self.health_interval <= 0 or self.data_interval <= 0:
+            raise ValueError("--health-interval and --data-interval must be positive")
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"--workers must be in 1..64, got {self.workers}")
+        if not 1 <= self.connect_threads <= 64:
+            raise ValueError(f"--connect-threads must be in 1..64, got {self.connect_threads}")
+
+
+@dataclass
+class Fleet:
+    """The worker processes and what they report."""
+
+    conns: list[Connection]
+    procs: list[Any]
+    ups: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    downs: dict[tuple[str, str], float] = field(default_factory=dict)  # the last one
+    jobs: dict[str, dict[str, float]] = field(default_factory=dict)  # job -> device -> time
+    job_ends: dict[str, dict[str, str]] = field(default_factory=dict)
+    finals: list[tuple[dict[str, Any], float, int, float]] = field(default_factory=list)
+    tallies: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, name="fleet-events", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        open_conns = list(self.conns)
+        while open_conns:
+            for conn in wait(open_conns, timeout=1.0):
+                assert isinstance(conn, Connection)
+                try:
+                    msg = conn.recv()
+                except EOFError:
+                    open_conns.remove(conn)
+                    continue
+                with self.lock:
+                    if msg[0] == "events":
+                        for event in msg[1]:
+                            self._event(event)
+                    elif msg[0] == "tally":
+                        self.tallies.append(msg[1])
+                    elif msg[0] == "final":
+                        self.finals.append((msg[1], msg[2], msg[3], msg[4]))
+                        open_conns.remove(conn)
+
+    def _event(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "up":
+            self.ups.setdefault((event[1], event[2]), []).append(event[3])
+        elif kind == "down":
+            self.downs[(event[1], event[2])] = event[3]
+        elif kind == "job":
+            self.jobs.setdefault(event[2], {})[event[1]] = event[3]
+        elif kind == "job_end":
+            self.job_ends.setdefault(event[2], {})[event[1]] = event[3]
+
+    def send(self, command: tuple[Any, ...]) -> None:
+        for conn in self.conns:
+            conn.send(command)
+
+    def sessions_up_since(self, since: float) -> int:
+        """Sessions up now that came up at or after ``since``."""
+        with self.lock:
+            return sum(
+                1
+                for session, times in self.ups.items()
+                if times and times[-1] >= since and self.downs.get(session, 0.0) <= times[-1]
+            )
+
+    def last_up(self) -> float:
+        with self.lock:
+            return max(times[-1] for times in self.ups.values())
+
+    def tally(self, timeout: float) -> dict[str, Any]:
+        with self.lock:
+            self.tallies.clear()
+        self.send(("tally",))
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                if len(self.tallies) == len(self.conns):
+                    merged: dict[str, Any] = {}
+                    for t in self.tallies:
+                        merged.update(t)
+                    return merged
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the workers did not answer a tally within {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float) -> None:
+        self.send(("stop",))
+        self._thread.join(timeout)
+        for p in self.procs:
+            p.join(timeout)
+            if p.is_alive():
+                p.kill()
+
+
+def start_fleet(stack: Stack, ids: list[str], opts: Options) -> Fleet:
+    settings = SimSettings(
+        host=stack.management_endpoint.host,
+        management_port=stack.management_endpoint.port,
+        solution_port=stack.solution_endpoint.port,
+        health_interval=opts.health_interval,
+        keepalive=opts.keepalive,
+        backoff_initial=opts.backoff[0],
+        backoff_multiplier=opts.backoff[1],
+        backoff_cap=opts.backoff[2],
+        connect_threads=opts.connect_threads,
+        payload_bytes=opts.payload_bytes,
+        seed=1,
+    )
+    specs = []
+    for device in ids:
+        paths = stack.pki.device_paths(device)
+        specs.append(DeviceSpec(device, str(paths.cert), str(paths.key), str(paths.ca)))
+    ctx = multiprocessing.get_context("spawn")
+    conns, procs = [], []
+    for w in range(opts.workers):
+        mine = specs[w :: opts.workers]
+        if not mine:
+            continue
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=run_worker, args=(mine, settings, child), name=f"fleet-{w}")
+        proc.start()
+        child.close()
+        conns.append(parent)
+        procs.append(proc)
+    return Fleet(conns, procs)
+
+
+def wait_for(
+    count: Callable[[], int], target: int, stall: float, what: str, poll: float = 0.1
+) -> float:
+    """Wait until ``count() >= target``; the time.time() it was reached.
+
+    Fails if the count stays put for ``stall`` seconds (no progress, not slowness)."""
+    last, moved = count(), time.monotonic()
+    while last < target:
+        time.sleep(poll)
+        now_count = count()
+        if now_count != last:
+            last, moved = now_count, time.monotonic()
+        elif time.monotonic() - moved > stall:
+            raise TimeoutError(f"{what}: stuck at {last} of {target} for {stall:.0f} s")
+    return time.time()
+
+
+def make_artifact(stack: Stack, work: Path) -> str:
+    """A new .swu (version 2.0 for qemux86-64 1.0) added through the CLI: its sha256."""
+    swu = work / "fleet-2.0.swu"
+    desc = SWU_DESCRIPTION.format(version="2.0").encode()
+    swu.write_bytes(newc_archive([("sw-description", desc), ("rootfs.zlib", os.urandom(200_000))]))
+    svc = next(s for s in stack.services if s.api is not None)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "twelvefactor_services.management.cli"),
+            *("artifact", "add", "--json", str(swu), *stack.api_options(svc)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"artifact add failed: {done.stderr.strip()}")
+    return str(json.loads(done.stdout)["sha256"])
+
+
+def certificates(stack: Stack, ids: list[str]) -> tuple[int, float]:
+    """Each device's certificate, made now if the work folder has none: (made, seconds)."""
+    started = time.perf_counter()
+    made = 0
+    for device in ids:
+        if not stack.pki.device_paths(device).cert.exists():
+            stack.device(device)
+            made += 1
+    return made, time.perf_counter() - started
+
+
+def profile(out: Path, pid: int | None) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` (100 Hz, every thread, without pausing it) into ``out``."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if pid is None or not Path(spy).exists():
+        raise RuntimeError("profiling needs py-spy (pip install py-spy) and a running process")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [spy, "record", "-p", str(pid), "-r", "100", "--threads", "--nonblocking"]
+    argv += ["-f", "raw", "-o", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def fresh_stack(work: Path) -> Stack:
+    """The stack in ``work``: the PKI (and the devices' certificates) kept, all state new."""
+    for folder in ("broker", "management", "solution"):
+        shutil.rmtree(work / folder, ignore_errors=True)
+    return Stack(work)
+
+
+class Cpu:
+    """CPU seconds per process over the run (a restarted broker's time adds up)."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self._start: dict[str, tuple[int, float]] = {}
+
+    def begin(self, name: str, pid: int | None) -> None:
+        at = cpu_seconds(pid)
+        if pid is not None and at is not None:
+            self._start[name] = (pid, at)
+
+    def end(self, name: str) -> None:
+        pid, at = self._start.pop(name, (None, 0.0))
+        now = cpu_seconds(pid)
+        if now is not None:
+            self.spent[name] = self.spent.get(name, 0.0) + now - at
+
+
+def run(opts: Options) -> dict[str, Any]:
+    """One run; the figures by name (see ``table``)."""
+    opts.check()
+    work = opts.work / f"n{opts.devices}"
+    figures: dict[str, Any] = {"devices": opts.devices, "workers": opts.workers}
+    ids = [f"sim-{i:05d}" for i in range(1, opts.devices + 1)]
+    started = time.perf_counter()
+    stack = fresh_stack(work)
+    made, took = certificates(stack, ids)
+    figures["certificates made"] = made
+    figures["certificates (s)"] = took
+    cpu = Cpu()
+    fleet: Fleet | None = None
+    profilers: list[subprocess.Popen[bytes]] = []
+    watch = RegistryWatch(stack.registry_db)
+    probe: ApiProbe | None = None
+    try:
+        t = time.perf_counter()
+        management, solution = stack.start_all()
+        stack_start = time.perf_counter() - t
+        figures["stack start (s)"] = stack_start
+        for name, pid in (
+            ("broker", stack.broker.pid),
+            ("management", management.pid),
+            ("solution", solution.pid),
+        ):
+            cpu.begin(name, pid)
+        if opts.profile is not None:
+            profilers = [
+                profile(opts.profile / f"{name}-n{opts.devices}.txt", pid)
+                for name, pid in (("management", management.pid), ("solution", solution.pid))
+            ]
+        watch.start()
+        assert management.api is not None
+        probe = ApiProbe(
+            ManagementClient(management.api.url, token=stack.admin_token(), ca=stack.pki.ca_cert),
+            ids,
+        )
+        # 1. initial connect
+        connect_stall = FACTOR * (stack_start + CONNECT_TIMEOUT + opts.backoff[2])
+        t0 = time.time()
+        fleet = start_fleet(stack, ids, opts)
+        up_at = wait_for(
+            lambda: fleet.sessions_up_since(t0), 2 * len(ids), connect_stall, "initial connect"
+        )
+        figures["initial: all sessions up (s)"] = up_at - t0
+        seen_at = wait_for(
+            lambda: watch.devices_seen_since(t0), len(ids), connect_stall, "registry: all seen"
+        )
+        figures["initial: registry has all (s)"] = seen_at - t0
+        slowest = max(up_at, seen_at) - t0  # the longest step so far: the measure of stalls
+        probe.start()
+        # 2. steady state
+        fleet.send(("data", opts.data_interval))
+        steady_from = time.time()
+        time.sleep(opts.seconds)
+        steady_to = time.time()
+        lat = watch.latencies_between(steady_from, steady_to)
+        figures["health records (steady)"] = len(lat)
+        figures["health p50 (s)"] = percentile(lat, 50)
+        figures["health p99 (s)"] = percentile(lat, 99)
+        figures["health max (s)"] = max(lat)
+        figures["registry poll (s)"] = watch.interval
+        # 3. a rollout to every device, one phase
+        sha = make_artifact(stack, work)
+        api = management.api
+        t_roll = time.time()
+        status, made_r = management.api.request(
+            "POST", "/rollouts", {"artifact": sha, "devices": ids, "phases": [{"percent": 100}]}
+        )
+        if status != 201:
+            raise RuntimeError(f"rollout create answered {status}: {made_r}")
+        rid = made_r["id"]
+        stall = FACTOR * max(slowest, stack_start)
+
+        def reached() -> int:
+            with fleet.lock:  # devices that received a job (one job each, made by the rollout)
+                return len({device for got in fleet.jobs.values() for device in got})
+
+        reach_at = wait_for(reached, len(ids), stall, "rollout: every device has its job")
+        figures["rollout: phase 1 reached all (s)"] = reach_at - t_roll
+
+        def succeeded() -> int:
+            code, r = api.request("GET", f"/rollouts/{rid}")
+            if code != 200:
+                return 0
+            return sum(1 for d in r["devices"] if d["state"] == "succeeded")
+
+        done_at = wait_for(succeeded, len(ids), stall, "rollout: all succeeded", poll=1.0)
+        figures["rollout: all succeeded (s)"] = done_at - t_roll
+        slowest = max(slowest, done_at - t_roll)
+        # 4. broker restart: the connect storm
+        cpu.end("broker")
+        t_stop = time.time()
+        stack.broker.stop()
+        stack.broker.start()
+        t_up = time.time()
+        cpu.begin("broker", stack.broker.pid)
+        figures["broker restart (s)"] = t_up - t_stop
+        up_at = wait_for(
+            lambda: fleet.sessions_up_since(t_stop), 2 * len(ids), connect_stall, "restart: up"
+        )
+        figures["restart: all sessions up (s)"] = up_at - t_up
+        seen_at = wait_for(
+            lambda: watch.devices_seen_since(t_stop), len(ids), connect_stall, "restart: registry"
+        )
+        figures["restart: registry has all (s)"] = seen_at - t_up
+        restart_seen = seen_at
+        slowest = max(slowest, seen_at - t_up)
+        # 5. data stopped; everything sent must be in the archive
+        fleet.send(("data", 0))
+        data_to = time.time()
+        stall = FACTOR * max(slowest, stack_start)
+        tally = fleet.tally(stall)
+        sent = sum(d["seq"] for d in tally.values())
+
+        def in_archive() -> int:
+            accepted, owed = solution_counts(stack.solution_db)
+            return accepted - owed
+
+        archived_at = wait_for(in_archive, sent, stall, "archive holds every message", poll=0.5)
+        figures["data sent"] = sent
+        figures["data offered (msg/s)"] = sent / (data_to - steady_from)
+        figures["data ingest (msg/s)"] = sent / (archived_at - steady_from)
+        figures["data drain after stop (s)"] = archived_at - data_to
+        probe.stop()
+        tally = fleet.tally(stall)
+        missing = duplicates = 0
+        for device, d in tally.items():
+            seqs = archive_seqs(stack.archive_dir, device)
+            mine = seqs.get(d["queue_id"], set())
+            missing += len(set(range(1, d["seq"] + 1)) - mine)
+            duplicates += sum(len(v) for q, v in seqs.items() if q != d["queue_id"])
+        figures["loss: data missing"] = missing
+        figures["loss: data foreign"] = duplicates
+        recorded = health_samples(stack.registry_db, t0)
+        acked = sum(d["health_acked"] for d in tally.values())
+        figures["health acked by broker"] = acked
+        figures["health recorded"] = sum(len(v) for v in recorded.values())
+        lost = [
+            ts
+            for dev, d in tally.items()
+            for ts in d["health_acked_ts"]
+            if ts not in recorded.get(dev, set())
+        ]
+        # The broker drops what nobody subscribes to: between the broker's restart and the
+        # management service's new subscription (clean start), health has nowhere to go.
+        # It opens before the stop by the longest send-to-record time seen until then: what
+        # the broker had acknowledged but not yet handed to the (lagging) service is lost too.
+        lag = max(watch.latencies_between(t0, t_stop), default=0.0)
+        window = (t_stop - lag, restart_seen)
+        figures["restart window opens before the stop (s)"] = lag
+        in_window = [ts for ts in lost if window[0] <= ts <= window[1]]
+        figures["loss: health, outside the restart"] = len(lost) - len(in_window)
+        figures["health lost in the restart window"] = len(in_window)
+        outside = [ts for ts in lost if not window[0] <= ts <= window[1]]
+        if outside:  # when they were sent, from the broker's stop
+            figures["  outside: sent from (s after stop)"] = min(outside) - t_stop
+            figures["  outside: sent until (s after stop)"] = max(outside) - t_stop
+        if in_window:  # when they were sent, from the broker's being up again
+            figures["  sent from (s after broker up)"] = min(in_window) - t_up
+            figures["  sent until (s after broker up)"] = max(in_window) - t_up
+        figures["loss: jobs not received"] = sum(1 for d in tally.values() if not d["jobs"])
+        answered = probe.latencies()
+        figures["api calls"] = len(answered)
+        figures["api errors"] = len(probe.calls) - len(answered)
+        figures["api p50 (s)"] = percentile(answered, 50)
+        figures["api p99 (s)"] = percentile(answered, 99)
+        for kind in sorted({k for _, k, _, _ in probe.calls}):
+            figures[f"api p99 {kind} (s)"] = percentile(probe.latencies(kind), 99)
+        for name in ("broker", "management", "solution"):
+            cpu.end(name)
+        wall = time.time() - t0
+        figures["wall (s)"] = wall
+        for name, spent in cpu.spent.items():
+            figures[f"cpu {name} (s)"] = spent
+    finally:
+        if probe is not None:
+            probe.stop()
+        if fleet is not None:
+            fleet.stop(60)
+        watch.stop()
+        stack.stop()
+        for p in profilers:  # py-spy writes its file when the process it samples has ended
+            p.wait(60)
+    if fleet.finals:
+        figures["cpu simulator (s)"] = sum(f[1] for f in fleet.finals)
+        figures["connect errors"] = sum(f[2] for f in fleet.finals)
+        # A connect waits for a thread of the simulator's pool: the longest wait says how
+        # far the simulator itself held the storm back.
+        figures["simulator: longest connect-thread wait (s)"] = max(f[3] for f in fleet.finals)
+    figures["run (s)"] = time.perf_counter() - started
+    return figures
+
+
+def table(figures: dict[str, Any]) -> str:
+    lines = []
+    for name, value in figures.items():
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        target = TARGETS.get(name)
+        if name == "restart: registry has all (s)":
+            target = TARGETS["online after restart (s)"]
+        note = ""
+        if target is not None and isinstance(value, float):
+            note = f"  target <= {target:g}: {'met' if value <= target else 'MISSED'}"
+        if name.startswith("loss:"):
+            note = "  target 0: " + ("met" if value == 0 else "MISSED")
+        lines.append(f"{name:<38} {text:>12}{note}")
+    return "\n".join(lines)

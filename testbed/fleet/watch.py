@@ -1,0 +1,206 @@
+"""What the services make of the simulated fleet, watched from outside them.
+
+- ``RegistryWatch`` reads the management service's registry (SQLite, read-only,
+  WAL: a reader never blocks the service's writer) every ``interval`` seconds.
+  A device's health record carries the device's own send time (``health_ts``),
+  and simulator and services share this machine's clock, so the latency from
+  send to record is the time a new ``health_ts`` is first seen minus itself,
+  late by at most one polling interval (the resolution printed with it).
+- ``solution_counts`` counts what the solution service accepted and what its
+  archive receiver still owes; ``archive_seqs`` reads the archive files back.
+- ``ApiProbe`` calls the operator API as the stack's admin the whole time and
+  records each call's latency (a new TLS connection per call, as the CLI does).
+- ``cpu_seconds`` reads a process's CPU time from /proc, to tell which process
+  the machine's two cores went to.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twelvefactor_services.management.api_client import ApiError, ManagementClient
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``values``; ValueError if there are none."""
+    if not values:
+        raise ValueError("no values to take a percentile of")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def _readonly(db: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+
+
+@dataclass
+class RegistryWatch:
+    """Polls the registry: health latencies and when each device's metadata was last seen."""
+
+    db: Path
+    interval: float = 0.05
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (seen, latency)
+    meta_ts: dict[str, float] = field(default_factory=dict)
+    online: dict[str, bool] = field(default_factory=dict)
+    polls: list[float] = field(default_factory=list)  # how long each poll took
+
+    def __post_init__(self) -> None:
+        self._health: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="registry-watch", daemon=True)
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while not self.db.exists() and not self._stop.is_set():
+            time.sleep(self.interval)
+        conn = _readonly(self.db)
+        try:
+            while not self._stop.is_set():
+                started = time.time()
+                try:
+                    rows = conn.execute(
+                        "SELECT id, health_ts, meta_ts, online FROM devices"
+                    ).fetchall()
+                except sqlite3.OperationalError:  # the schema is being made
+                    rows = []
+                seen = time.time()
+                with self.lock:
+                    for device, health_ts, meta_ts, online in rows:
+                        if health_ts is not None and health_ts != self._health.get(device):
+                            if device in self._health:  # the first one may predate the watch
+                                self.latencies.append((seen, seen - health_ts))
+                            self._health[device] = health_ts
+                        if meta_ts is not None:
+                            self.meta_ts[device] = meta_ts
+                        self.online[device] = bool(online)
+                    self.polls.append(seen - started)
+                self._stop.wait(max(0.0, self.interval - (time.time() - started)))
+        finally:
+            conn.close()
+
+    def devices_seen_since(self, since: float) -> int:
+        """Devices whose metadata (sent on every connect) is stamped at or after ``since``."""
+        with self.lock:
+            return sum(1 for ts in self.meta_ts.values() if ts >= since)
+
+    def online_count(self) -> int:
+        with self.lock:
+            return sum(self.online.values())
+
+    def latencies_between(self, start: float, end: float) -> list[float]:
+        with self.lock:
+            return [lat for seen, lat in self.latencies if start <= seen <= end]
+
+
+def health_samples(db: Path, since: float) -> dict[str, set[float]]:
+    """The device times of the health samples the registry recorded at or after ``since``."""
+    conn = _readonly(db)
+    try:
+        rows = conn.execute("SELECT device, ts FROM health_samples WHERE ts >= ?", (since,))
+        found: dict[str, set[float]] = {}
+        for device, ts in rows:
+            found.setdefault(device, set()).add(ts)
+    finally:
+        conn.close()
+    return found
+
+
+def solution_counts(db: Path) -> tuple[int, int]:
+    """(messages the solution service accepted, of those still owed to the archive)."""
+    if not db.exists():
+        return 0, 0
+    conn = _readonly(db)
+    try:
+        accepted = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        owed = conn.execute("SELECT count(*) FROM outbox WHERE receiver = 'archive'").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0, 0
+    finally:
+        conn.close()
+    return int(accepted), int(owed)
+
+
+def archive_seqs(archive_dir: Path, device: str) -> dict[str, set[int]]:
+    """queue_id -> the seqs in the device's archive file."""
+    found: dict[str, set[int]] = {}
+    path = archive_dir / f"{device}.jsonl"
+    if not path.exists():
+        return found
+    with open(path, "rb") as f:
+        for line in f:
+            if line.endswith(b"\n"):
+                record = json.loads(line)
+                found.setdefault(str(record["queue_id"]), set()).add(int(record["seq"]))
+    return found
+
+
+@dataclass
+class ApiProbe:
+    """Calls the operator API in a loop; (time, endpoint, seconds, status) per call."""
+
+    client: ManagementClient
+    devices: Sequence[str]
+    pause: float = 0.2
+    calls: list[tuple[float, str, float, int]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="api-probe", daemon=True)
+        self._rng = random.Random(7)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+    def _run(self) -> None:
+        # What a console or a script asks most: one device, the rollouts, the whole list.
+        kinds = ["GET /devices/{id}", "GET /devices/{id}", "GET /rollouts", "GET /devices"]
+        i = 0
+        while not self._stop.is_set():
+            kind = kinds[i % len(kinds)]
+            i += 1
+            path = kind.split(" ", 1)[1].replace("{id}", self._rng.choice(list(self.devices)))
+            started = time.perf_counter()
+            try:
+                status, _ = self.client.request("GET", path)
+            except ApiError as exc:
+                self.errors.append(str(exc))
+                status = 0
+            self.calls.append((time.time(), kind, time.perf_counter() - started, status))
+            self._stop.wait(self.pause)
+
+    def latencies(self, kind: str | None = None) -> list[float]:
+        return [s for _, k, s, status in self.calls if status == 200 and kind in (None, k)]
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a live process (and its reaped children), from /proc."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(x) for x in fields[11:15]) / ticks
