@@ -84,6 +84,23 @@ def test_versions_only_go_up_and_follow_every_change(tmp_path: Path) -> None:
     reg.close()
 
 
+def test_a_report_that_overtakes_the_publish_acknowledgement_counts(tmp_path: Path) -> None:
+    """The device can apply a version and report it before the service has recorded
+    the broker's acknowledgement of the publish: that report is the device's answer."""
+    reg = registry.Registry(tmp_path / "r.db")
+    reg.set_device_config("dev-a", {"agent": {"keepalive": 10}}, 1.0)
+    reg.mark_published("dev-a", 1)
+    assert reg.set_device_config("dev-a", {"agent": {"keepalive": 20}}, 2.0) == 2
+    reg.apply("dev-a", ConfigReport(2, "applied", None), 3.0)  # before mark_published(2)
+    reg.mark_published("dev-a", 2)
+    shown = registry.device_config(reg.db, "dev-a")
+    assert shown is not None and shown["reported"]["version"] == 2
+    reg.apply("dev-a", ConfigReport(3, "applied", None), 4.0)  # never set: a lie
+    shown = registry.device_config(reg.db, "dev-a")
+    assert shown is not None and shown["reported"]["version"] == 2
+    reg.close()
+
+
 def test_a_device_cannot_freeze_its_groups_configuration(tmp_path: Path) -> None:
     """Issue 19, finding 2: a reported version of 2^63-1 made the next recomputation
     overflow SQLite, and every change to the device's group failed from then on."""

@@ -249,18 +249,19 @@ class Registry:
 
     def _record_config_report(self, device: str, report: ConfigReport, now: float) -> None:
         row = self.db.execute(
-            "SELECT reported_version, reported_status, published FROM device_config"
-            " WHERE device = ?",
+            "SELECT reported_version, reported_status, version FROM device_config WHERE device = ?",
             (device,),
         ).fetchone()
-        if row is not None and row["published"] and report.version > row["published"]:
+        if row is not None and report.version > row["version"]:
             # A device reports only versions it was sent: a higher one is a lie that
             # would push every later version of the device (and its group's) out of range.
+            # The bound is the version set, not the one marked published: the device can
+            # apply and report a version before the broker's acknowledgement is recorded.
             log.warning(
-                "%s reports configuration version %d, above the %d published to it: ignored",
+                "%s reports configuration version %d, above the %d set for it: ignored",
                 device,
                 report.version,
-                row["published"],
+                row["version"],
             )
             return
         if row is None:
