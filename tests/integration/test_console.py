@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,15 @@ from typing import Any
 import pytest
 from test_artifacts import make_swu
 from test_rollouts import ROLLOUT, UpdatingDevice, add_artifact
+from twelvefactor_agent.protocol.states import DOWNLOADING
+from twelvefactor_agent.protocol.topics import mgmt_down, mgmt_up
+from twelvefactor_agent.update.decide import report_payload
 from twelvefactor_services.management.api_client import ManagementClient
 from twelvefactor_services.management.configlogic import OverlayError, check_overlay
 
 from testbed.hostagent import HostAgent
-from testbed.pace import PACE, REFERENCE
+from testbed.pace import PACE, REFERENCE, ROUND_TRIP
+from testbed.probe import Probe
 from testbed.stack import ServiceProcess, Stack, wait_until
 
 pytestmark = pytest.mark.integration
@@ -151,6 +156,14 @@ class Console:
         else:
             page.evaluate(f"location.hash = '{to}'")
         page.wait_for_selector(ready)
+        # a missing field must not reach the page as the words JavaScript prints for it
+        shown = page.evaluate(
+            "() => { const w = document.createTreeWalker(document.getElementById('page'),"
+            " NodeFilter.SHOW_TEXT); const out = [];"
+            " while (w.nextNode()) if (/^(null|undefined|NaN)$/.test(w.currentNode.data.trim()))"
+            " out.push(w.currentNode.parentElement.outerHTML.slice(0, 120)); return out; }"
+        )
+        assert shown == [], f"{name}: {shown}"
         self.shots(page, name)
 
     def finish(self, page: Any) -> None:
@@ -286,6 +299,53 @@ def test_a_rollout_from_the_form_reaches_100_percent(console: Console, tmp_path:
     finally:
         for d in devices:
             d.close()
+
+
+def test_a_download_shows_its_percent_and_moves_without_a_reload(
+    console: Console, tmp_path: Path
+) -> None:
+    """Progress reports are not events: the rollout and device pages look again while a
+    job moves. The device is a bare client with dev-p1's certificate that reports as the
+    agent's update worker does (report_payload), so the percents are the test's own."""
+    ident = console.stack.device("dev-p1")
+    device = Probe(console.stack.management_endpoint, ident, "dev-p1-mgmt")
+    device.connect()
+    try:
+        device.subscribe(mgmt_down("dev-p1", "update"))
+        device.publish(mgmt_up("dev-p1", "online"), {"v": 1, "online": True, "ts": time.time()})
+        added = add_artifact(console.stack, console.management, tmp_path / "a.swu")
+        made = console.admin.call(
+            "POST", "/rollouts", {"artifact": added["sha256"], "devices": ["dev-p1"]}
+        )
+        job = json.loads(device.wait_for(timeout=PACE.limit(ROUND_TRIP)).payload)["job"]
+
+        def report(percent: int) -> None:
+            payload = report_payload(job, DOWNLOADING, ts=time.time(), percent=percent)
+            device.publish(mgmt_up("dev-p1", "update"), payload)
+
+        report(42)
+        page = console.log_in("viewer")
+        console.visit(
+            page,
+            "rollout-downloading",
+            "#rollout-devices td[data-percent='42']",
+            to=f"#/rollout/{made['id']}",
+        )
+        cell = "#rollout-devices tr[data-device='dev-p1'] td:nth-child(4)"
+        assert page.text_content(cell) == "downloading  42 %"
+        assert page.eval_on_selector(f"{cell} progress", "p => p.value") == 42
+        page.evaluate("window.sameDocument = true")
+        report(85)
+        page.wait_for_selector(f"{cell}[data-percent='85']", timeout=rollout_wait())
+        assert page.evaluate("window.sameDocument === true")
+        console.visit(
+            page, "device-downloading", "#device-jobs td[data-percent='85']", to="#/device/dev-p1"
+        )
+        report(100)
+        page.wait_for_selector("#device-jobs td[data-percent='100']", timeout=rollout_wait())
+        console.finish(page)
+    finally:
+        device.disconnect()
 
 
 def test_a_viewer_sees_no_control_and_the_api_refuses_a_forced_change(

@@ -189,7 +189,7 @@ def get(db: sqlite3.Connection, rollout: str) -> dict[str, Any] | None:
     if row is None:
         return None
     devices = db.execute(
-        "SELECT r.device, r.phase, r.job, r.skipped, d.state, d.reason, d.updated"
+        "SELECT r.device, r.phase, r.job, r.skipped, d.state, d.percent, d.reason, d.updated"
         " FROM rollout_devices r LEFT JOIN device_jobs d ON d.job = r.job AND d.device = r.device"
         " WHERE r.rollout = ? ORDER BY r.phase, r.device",
         (rollout,),
@@ -222,6 +222,7 @@ def get(db: sqlite3.Connection, rollout: str) -> dict[str, Any] | None:
                 "phase": d["phase"] + 1,
                 "job": d["job"],
                 "state": "skipped" if d["skipped"] else (d["state"] or "waiting"),
+                "percent": None if d["skipped"] else d["percent"],
                 "reason": d["skipped"] or d["reason"],
                 "updated": d["updated"],
             }

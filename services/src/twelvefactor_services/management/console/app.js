@@ -36,6 +36,22 @@ function fixed(x, digits = 2) {
   return x === null || x === undefined ? "—" : Number(x).toFixed(digits);
 }
 
+// A device's job: downloading and installing repeat with a percent (docs/protocol.md), shown
+// as a bar; an ended job shows its state alone.
+function jobCell(d) {
+  const moving = d.percent !== null && d.percent !== undefined && !FINAL.has(d.state);
+  if (!moving) return h("td", { class: d.state, text: d.state });
+  return h("td", { class: d.state, "data-percent": d.percent }, `${d.state} `, h("progress", { max: 100, value: d.percent }), ` ${d.percent} %`);
+}
+
+// Progress reports are not events (one per few percent per device would flood the feed):
+// a page showing a job under way looks again every few seconds.
+const MOVING_REFRESH = 3000;
+
+function movingJobs(rows) {
+  return rows.some((d) => d.percent !== null && d.percent !== undefined && !FINAL.has(d.state));
+}
+
 function may(role) {
   return state.who !== null && ROLES.indexOf(state.who.role) >= ROLES.indexOf(role);
 }
@@ -402,7 +418,7 @@ async function devicePage(main, id) {
       jobs.flatMap((j) =>
         j.devices
           .filter((d) => d.device === id)
-          .map((d) => h("tr", {}, h("td", { text: j.id }), h("td", { text: j.artifact.slice(0, 12) }), h("td", { class: d.state, text: d.state }), h("td", { text: d.reason || "" }), h("td", { text: when(d.updated) }))),
+          .map((d) => h("tr", {}, h("td", { text: j.id }), h("td", { text: j.artifact.slice(0, 12) }), jobCell(d), h("td", { text: d.reason || "" }), h("td", { text: when(d.updated) }))),
       ),
     ),
   );
@@ -411,14 +427,17 @@ async function devicePage(main, id) {
     onEvents: async (events) => {
       if (events.some((e) => e.device === id)) render();
     },
-    // health reports are not events: the charts look again every 10 s
-    timer: setInterval(async () => {
-      try {
-        drawCharts(charts, await api("GET", `/devices/${id}/health`));
-      } catch (e) {
-        status(e.message);
-      }
-    }, 10000),
+    // health reports are not events: the charts look again every 10 s (and the whole page
+    // every few seconds while one of its jobs moves)
+    timer: movingJobs(jobs.flatMap((j) => j.devices.filter((d) => d.device === id)))
+      ? setInterval(render, MOVING_REFRESH)
+      : setInterval(async () => {
+          try {
+            drawCharts(charts, await api("GET", `/devices/${id}/health`));
+          } catch (e) {
+            status(e.message);
+          }
+        }, 10000),
   };
   return page;
 }
@@ -568,7 +587,7 @@ async function rolloutPage(main, id) {
           control("cancel", "Cancel", !ended),
           r.download_only ? control("install", "Install (go)", !ended && !r.go) : null,
         )
-      : null,
+      : "", // (the element's own append writes null as the text "null")
     h("h2", { text: "Phases" }),
     h(
       "div",
@@ -590,7 +609,7 @@ async function rolloutPage(main, id) {
       { id: "rollout-devices" },
       h("tr", {}, ["device", "phase", "job", "state", "reason"].map((t) => h("th", { text: t }))),
       r.devices.map((d) =>
-        h("tr", { "data-device": d.device }, h("td", {}, h("a", { href: `#/device/${d.device}`, text: d.device })), h("td", { text: d.phase }), h("td", { text: d.job || "" }), h("td", { class: d.state, text: d.state }), h("td", { text: d.reason || "" })),
+        h("tr", { "data-device": d.device }, h("td", {}, h("a", { href: `#/device/${d.device}`, text: d.device })), h("td", { text: d.phase }), h("td", { text: d.job || "" }), jobCell(d), h("td", { text: d.reason || "" })),
       ),
     ),
     h("h2", { text: "Events" }),
@@ -601,7 +620,10 @@ async function rolloutPage(main, id) {
     ),
   );
   const mine = new Set(r.devices.map((d) => d.device));
-  return { onEvents: (events) => events.some((e) => e.rollout === id || mine.has(e.device)) && render() };
+  return {
+    onEvents: (events) => events.some((e) => e.rollout === id || mine.has(e.device)) && render(),
+    timer: movingJobs(r.devices) ? setInterval(render, MOVING_REFRESH) : null,
+  };
 }
 
 async function auditPage(main) {
@@ -755,7 +777,7 @@ async function artifactPage(main, id) {
             },
           }),
         )
-      : null,
+      : "",
     err,
   );
   return {};
