@@ -44,6 +44,16 @@ def test_system_is_running_not_degraded(device: Device) -> None:
     assert state == "running", f"system state {state!r}; failed units:\n{failed}"
 
 
+def test_a_slow_coldplug_does_not_fail_the_partitions(device: Device) -> None:
+    """The layer's system.conf.d drop-in: systemd waits 10 min, not 90 s, for /data's and
+    /boot's devices (a first boot under load once timed out with udev still starting)."""
+    assert device.vm.check("systemctl show -p DefaultDeviceTimeoutUSec --value") == "10min"
+    for partition in ("data", "esp"):
+        unit = f"dev-disk-by\\x2dpartlabel-{partition}.device"
+        shown = device.vm.check(f"systemctl show -p JobRunningTimeoutUSec --value '{unit}'")
+        assert shown == "10min", (unit, shown)
+
+
 def test_root_is_read_only(device: Device) -> None:
     result = device.vm.run("touch /etc/boot-test-write")
     assert result.status != 0

@@ -1,5 +1,5 @@
 SUMMARY = "twelvefactor partitions: persistent /data and the EFI system partition on /boot"
-DESCRIPTION = "Mount units for the data partition (ext4, label data) on /data and the EFI system partition (FAT, label esp) on /boot, where the bootloader environment lives, plus the empty mount point /data in the read-only root; the machine id kept on /data."
+DESCRIPTION = "Mount units for the data partition (ext4, label data) on /data and the EFI system partition (FAT, label esp) on /boot, where the bootloader environment lives, plus the empty mount point /data in the read-only root; the machine id kept on /data; a device timeout long enough for a slow coldplug."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
 BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "base"
@@ -11,6 +11,7 @@ SRC_URI = "\
     file://boot.mount \
     file://twelvefactor-machine-id \
     file://twelvefactor-machine-id.service \
+    file://10-twelvefactor-device-timeout.conf \
 "
 
 S = "${UNPACKDIR}"
@@ -27,11 +28,13 @@ do_install() {
     install -m 0644 ${UNPACKDIR}/data.mount ${D}${systemd_system_unitdir}/data.mount
     install -m 0644 ${UNPACKDIR}/boot.mount ${D}${systemd_system_unitdir}/boot.mount
     install -m 0644 ${UNPACKDIR}/twelvefactor-machine-id.service ${D}${systemd_system_unitdir}/twelvefactor-machine-id.service
+    install -d ${D}${systemd_unitdir}/system.conf.d
+    install -m 0644 ${UNPACKDIR}/10-twelvefactor-device-timeout.conf ${D}${systemd_unitdir}/system.conf.d/10-twelvefactor-device-timeout.conf
     install -d ${D}${libexecdir}/twelvefactor
     install -m 0755 ${UNPACKDIR}/twelvefactor-machine-id ${D}${libexecdir}/twelvefactor/twelvefactor-machine-id
 }
 
-FILES:${PN} += "/data"
+FILES:${PN} += "/data ${systemd_unitdir}/system.conf.d"
 
 # data.mount and boot.mount require systemd-fsck@ for their partitions, which
 # checks nothing (and says so) where no fsck.ext4 / fsck.vfat is installed
