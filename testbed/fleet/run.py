@@ -232,6 +232,18 @@ def wait_for(
     return time.time()
 
 
+def all_back(
+    fleet: Fleet, watch: RegistryWatch, devices: int, since: float, stall: float, what: str
+) -> tuple[float, float]:
+    """When every device had both sessions up again, and when the registry had seen every
+    one, after `since` (a connect storm: the first start, or the broker's restart)."""
+    up_at = wait_for(lambda: fleet.sessions_up_since(since), 2 * devices, stall, f"{what}: up")
+    seen_at = wait_for(
+        lambda: watch.devices_seen_since(since), devices, stall, f"{what}: registry has all"
+    )
+    return up_at, seen_at
+
+
 def make_artifact(stack: Stack, work: Path) -> str:
     """A new .swu (version 2.0 for qemux86-64 1.0) added through the CLI: its sha256."""
     swu = work / "fleet-2.0.swu"
@@ -342,13 +354,8 @@ def run(opts: Options) -> dict[str, Any]:
         connect_stall = FACTOR * (stack_start + CONNECT_TIMEOUT + opts.backoff[2])
         t0 = time.time()
         fleet = start_fleet(stack, ids, opts)
-        up_at = wait_for(
-            lambda: fleet.sessions_up_since(t0), 2 * len(ids), connect_stall, "initial connect"
-        )
+        up_at, seen_at = all_back(fleet, watch, len(ids), t0, connect_stall, "initial")
         figures["initial: all sessions up (s)"] = up_at - t0
-        seen_at = wait_for(
-            lambda: watch.devices_seen_since(t0), len(ids), connect_stall, "registry: all seen"
-        )
         figures["initial: registry has all (s)"] = seen_at - t0
         slowest = max(up_at, seen_at) - t0  # the longest step so far: the measure of stalls
         probe.start()
@@ -399,13 +406,8 @@ def run(opts: Options) -> dict[str, Any]:
         t_up = time.time()
         cpu.begin("broker", stack.broker.pid)
         figures["broker restart (s)"] = t_up - t_stop
-        up_at = wait_for(
-            lambda: fleet.sessions_up_since(t_stop), 2 * len(ids), connect_stall, "restart: up"
-        )
+        up_at, seen_at = all_back(fleet, watch, len(ids), t_stop, connect_stall, "restart")
         figures["restart: all sessions up (s)"] = up_at - t_up
-        seen_at = wait_for(
-            lambda: watch.devices_seen_since(t_stop), len(ids), connect_stall, "restart: registry"
-        )
         figures["restart: registry has all (s)"] = seen_at - t_up
         restart_seen = seen_at
         slowest = max(slowest, seen_at - t_up)

@@ -47,7 +47,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
@@ -57,7 +56,7 @@ from twelvefactor_agent.protocol import states, topics
 from twelvefactor_agent.protocol.envelope import ProtocolError, dumps
 from twelvefactor_agent.session import payloads
 from twelvefactor_agent.session.machine import Action, SessionMachine
-from twelvefactor_agent.session.mqtt import CONNECT_TIMEOUT, SESSION_EXPIRY
+from twelvefactor_agent.session.mqtt import SESSION_EXPIRY, new_client
 from twelvefactor_agent.update.decide import decide, parse_job, refusal_payload, report_payload
 from twelvefactor_agent.util.backoff import Backoff
 
@@ -228,14 +227,7 @@ class Worker:
     def _connect(self, s: Session) -> None:
         s.generation += 1
         generation = s.generation
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            protocol=mqtt.MQTTv5,
-            reconnect_on_failure=False,
-        )
-        client.connect_timeout = CONNECT_TIMEOUT
-        client.max_inflight_messages_set(WINDOW)
+        client = new_client(s.client_id, WINDOW)
         client.on_connect = lambda c, u, f, reason, p: self._defer(s, c, "connack", reason)
         client.on_disconnect = lambda c, u, f, reason, p: self._defer(s, c, "lost", reason)
         client.on_publish = lambda c, u, mid, reason, p: self._defer(s, c, "puback", (mid, reason))

@@ -59,6 +59,20 @@ def _ignore_socket(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     """The loop checks want_write() itself on every round."""
 
 
+def new_client(client_id: str, window: int) -> mqtt.Client:
+    """A paho client as a session uses it: MQTT 5, no reconnect of paho's own (the
+    session machine decides), the connect timeout, and `window` messages in flight."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        reconnect_on_failure=False,
+    )
+    client.connect_timeout = CONNECT_TIMEOUT
+    client.max_inflight_messages_set(window)
+    return client
+
+
 class LastError:
     """The most recent error worth reporting in health (read and written from any thread)."""
 
@@ -276,14 +290,7 @@ class MqttSession(threading.Thread):
 
     def _connect(self) -> None:
         self.log.debug("connecting to %s:%d", self.endpoint.host, self.endpoint.port)
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=mqtt.MQTTv5,
-            reconnect_on_failure=False,
-        )
-        client.connect_timeout = CONNECT_TIMEOUT
-        client.max_inflight_messages_set(self.window)
+        client = new_client(self.client_id, self.window)
         client.on_connect = self._cb_connect
         client.on_disconnect = self._cb_disconnect
         client.on_publish = self._cb_publish
