@@ -104,7 +104,11 @@ def test_demo_qemu_device_online_beside_the_host_agents(boot_image: Path) -> Non
         powered_on = time.monotonic()
         lines.until(rf"{QEMU_DEVICE} powered on \(boot 1\)", proc)
 
-        api = ManagementClient(url, token=token_file.read_text().strip(), ca=ca, timeout=30)
+        # one API call or page: a command's limit at this run's boot pace (not a fixed guess)
+        request_limit = PACE.limit(COMMAND_SECONDS)
+        api = ManagementClient(
+            url, token=token_file.read_text().strip(), ca=ca, timeout=request_limit
+        )
         deadline = powered_on + PACE.limit(REFERENCE_BOOT)
         online: dict[str, bool] = {}
         while time.monotonic() < deadline and proc.poll() is None:
@@ -131,7 +135,9 @@ def test_demo_qemu_device_online_beside_the_host_agents(boot_image: Path) -> Non
 
         # the console's address answers over HTTPS from the host, with the demo's CA
         context = ssl.create_default_context(cafile=str(ca))
-        with urllib.request.urlopen(console.group(1), context=context, timeout=30) as page:
+        with urllib.request.urlopen(
+            console.group(1), context=context, timeout=request_limit
+        ) as page:
             assert page.status == 200
             assert "<html" in page.read().decode().lower()
         status, login = api.request(

@@ -309,9 +309,9 @@ def test_a_download_shows_its_percent_and_moves_without_a_reload(
     agent's update worker does (report_payload), so the percents are the test's own."""
     ident = console.stack.device("dev-p1")
     device = Probe(console.stack.management_endpoint, ident, "dev-p1-mgmt")
-    device.connect()
+    device.connect(timeout=PACE.limit(ROUND_TRIP))
     try:
-        device.subscribe(mgmt_down("dev-p1", "update"))
+        device.subscribe(mgmt_down("dev-p1", "update"), timeout=PACE.limit(ROUND_TRIP))
         device.publish(mgmt_up("dev-p1", "online"), {"v": 1, "online": True, "ts": time.time()})
         added = add_artifact(console.stack, console.management, tmp_path / "a.swu")
         made = console.admin.call(

@@ -38,9 +38,12 @@ function fixed(x, digits = 2) {
 
 // A device's job: downloading and installing repeat with a percent (docs/protocol.md), shown
 // as a bar; an ended job shows its state alone.
+function jobMoves(d) {
+  return d.percent !== null && d.percent !== undefined && !FINAL.has(d.state);
+}
+
 function jobCell(d) {
-  const moving = d.percent !== null && d.percent !== undefined && !FINAL.has(d.state);
-  if (!moving) return h("td", { class: d.state, text: d.state });
+  if (!jobMoves(d)) return h("td", { class: d.state, text: d.state });
   return h("td", { class: d.state, "data-percent": d.percent }, `${d.state} `, h("progress", { max: 100, value: d.percent }), ` ${d.percent} %`);
 }
 
@@ -49,7 +52,7 @@ function jobCell(d) {
 const MOVING_REFRESH = 3000;
 
 function movingJobs(rows) {
-  return rows.some((d) => d.percent !== null && d.percent !== undefined && !FINAL.has(d.state));
+  return rows.some(jobMoves);
 }
 
 function may(role) {
