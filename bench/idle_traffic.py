@@ -2,9 +2,12 @@
 
 In the network tier's lab (testbed/network/lab.py: real WireGuard, the shipped hub
 with its broker and services, the layer's firewall and tunnel renderer), device A runs
-the agent with the shipped settings (agent/config/agent.toml: health every 60 s, MQTT
-keepalive 30 s; the tunnel's persistent keepalive 25 s from the layer's template).
-Once it is online and has settled, two captures run side by side for `--seconds`:
+the agent with the shipped settings (agent/config/agent.toml, read here: health sampled
+every minute and sent on news or every half hour, MQTT keepalive half an hour; the
+tunnel's persistent keepalive 25 s from the layer's template). Once it is online and
+has settled, two captures run side by side for `--seconds`, by default the longest of
+those timers (and at least 10 minutes), so that each happens in the capture as often
+as it does on average:
 device A's link (the underlay: WireGuard only) and the hub's WireGuard interface
 (what the tunnel carries, in clear). testbed/network/traffic.py attributes each
 underlay data message to the inner packet it carries and checks that the sum is
@@ -30,8 +33,10 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
+from testbed.network.device import AGENT_TEMPLATE
 from testbed.network.lab import WG_PORT, Lab, make_lab, remove
 from testbed.network.netns import Netns
 from testbed.network.traffic import (
@@ -45,7 +50,10 @@ from testbed.network.traffic import (
 SNAP = 128  # bytes of each packet kept: the headers and WireGuard's message type
 MESSAGES = 100
 MESSAGE_BYTES = 256
-SHIPPED = {"health_interval": 60, "keepalive": 30}
+TIMERS = ("health_interval", "health_heartbeat", "keepalive")
+SHIPPED = {
+    k: v for k, v in tomllib.loads(AGENT_TEMPLATE.read_text())["agent"].items() if k in TIMERS
+}
 
 
 class Capture:
@@ -110,7 +118,7 @@ def attribute(lab: Lab, outer_pcap: Path, inner_pcap: Path) -> tuple[Tally, int,
 
 def print_idle(tally: Tally, seconds: float, carried: int, explained: int) -> float:
     total = tally.total()
-    print(f"\nidle device, shipped settings, {seconds:.0f} s captured")
+    print(f"\nidle device, shipped settings {SHIPPED}, {seconds:.0f} s captured")
     print(f"{'cause':36} {'packets':>8} {'bytes':>9} {'MB/month':>9}")
     for cause, size in tally.bytes.most_common():
         month = per_month(size, seconds)
@@ -171,7 +179,10 @@ def wait_drained(lab: Lab, timeout: float = 120) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=600.0, help="idle capture (600)")
+    longest = max(600.0, float(SHIPPED["health_heartbeat"]), float(SHIPPED["keepalive"]))
+    parser.add_argument(
+        "--seconds", type=float, default=longest, help=f"idle capture ({longest:.0f})"
+    )
     parser.add_argument("--settle", type=float, default=20.0, help="quiet time before it")
     parser.add_argument("--keep", action="store_true", help="keep the lab's folder")
     args = parser.parse_args(argv)

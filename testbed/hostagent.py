@@ -25,12 +25,16 @@ def agent_config(
     socket_path: Path,
     *,
     health_interval: int = 5,
+    health_heartbeat: int | None = None,
     keepalive: int = 10,
     queue_max_bytes: int | None = None,
     backoff_cap: float = 2.0,
     confirm_window: int | None = None,
 ) -> str:
-    """The TOML configuration of a host agent for ``device_id`` on ``stack``."""
+    """The TOML configuration of a host agent for ``device_id`` on ``stack``.
+
+    Health goes every `health_interval` unless `health_heartbeat` is given: the
+    tests watch health change, which the shipped settings only send on change."""
     identity = stack.device(device_id)
     lines = [
         "[device]",
@@ -49,6 +53,7 @@ def agent_config(
         f'socket = "{socket_path}"',
         f'state_file = "{data_dir / "state.json"}"',
         f"health_interval = {health_interval}",
+        f"health_heartbeat = {health_heartbeat or health_interval}",
         f"keepalive = {keepalive}",
         *([] if confirm_window is None else [f"confirm_window = {confirm_window}"]),
         "[backoff]",

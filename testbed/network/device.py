@@ -265,6 +265,7 @@ class Device:
             socket=str(self.socket),
             state_file=str(self.root / "run" / "state.json"),
             health_interval=5,
+            health_heartbeat=5,
             keepalive=10,
         )
         doc["backoff"] = {"initial": 0.5, "multiplier": 2.0, "cap": 2.0}

@@ -32,7 +32,11 @@ def test_minimal_document_gets_documented_defaults() -> None:
     assert c.agent.socket == Path("/run/twelvefactor/agent.sock")
     assert c.agent.socket_group is None
     assert c.agent.state_file == Path("/run/twelvefactor/state.json")
-    assert (c.agent.health_interval, c.agent.keepalive) == (60, 30)
+    assert (c.agent.health_interval, c.agent.health_heartbeat, c.agent.keepalive) == (
+        60,
+        1800,
+        1800,
+    )
     assert c.queue == cfg.QueueSettings(16777216, 604800, 262144)
     assert c.backoff == cfg.BackoffSettings(1.0, 2.0, 300.0)
     assert c.update == cfg.UpdateSettings(allow_downgrade=False)

@@ -59,6 +59,7 @@ PLAUSIBLE: dict[str, Any] = {
     "host": st.sampled_from(["10.77.0.1", "10.77.0.2", "hub.example", "::1", "bad host", ""]),
     "port": st.one_of(st.integers(min_value=1, max_value=65535), st.sampled_from([0, 70000])),
     "health_interval": st.integers(min_value=0, max_value=100000),
+    "health_heartbeat": st.one_of(st.integers(min_value=0, max_value=100000), st.just(1800)),
     "keepalive": st.one_of(st.integers(min_value=4, max_value=4000), st.just(30)),
     "max_bytes": st.integers(min_value=1000, max_value=2**41),
     "max_age": st.integers(min_value=0, max_value=10**9),

@@ -355,6 +355,7 @@ def _document(config: Config) -> dict[str, Any]:
         "socket": str(a.socket),
         "state_file": str(a.state_file),
         "health_interval": a.health_interval,
+        "health_heartbeat": a.health_heartbeat,
         "keepalive": a.keepalive,
         "confirm_window": a.confirm_window,
     }

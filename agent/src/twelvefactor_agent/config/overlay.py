@@ -23,7 +23,7 @@ from twelvefactor_agent.config.settings import Config, ConfigError, _type_name, 
 MANAGED: dict[str, frozenset[str]] = {
     "management": frozenset({"host", "port"}),
     "solution": frozenset({"host", "port"}),
-    "agent": frozenset({"health_interval", "keepalive"}),
+    "agent": frozenset({"health_interval", "health_heartbeat", "keepalive"}),
     "queue": frozenset({"max_bytes", "max_age", "max_message_bytes"}),
     "backoff": frozenset({"initial", "multiplier", "cap"}),
 }
@@ -94,16 +94,21 @@ def effective(base: Mapping[str, Any], overlay: object) -> Config:
 def needs_confirmation(old: Config, new: Config) -> frozenset[str]:
     """The sessions that must reach their service before a change counts as good.
 
-    Endpoints, keepalive, health interval and backoff decide whether and how
+    Endpoints, keepalive, health interval and heartbeat, and backoff decide whether and how
     the agent reaches the services, so any change to them is tried under a
     confirmation window; the management session must come up in every such
     case, and the solution session too when its endpoint moved. The queue's
     bounds change nothing on the wire: they apply at once (empty set).
     """
     if (old.management, old.solution, old.backoff) == (new.management, new.solution, new.backoff):
-        same_agent = (old.agent.keepalive, old.agent.health_interval) == (
+        same_agent = (
+            old.agent.keepalive,
+            old.agent.health_interval,
+            old.agent.health_heartbeat,
+        ) == (
             new.agent.keepalive,
             new.agent.health_interval,
+            new.agent.health_heartbeat,
         )
         if same_agent:
             return frozenset()

@@ -60,6 +60,7 @@ class AgentSettings(NamedTuple):
     socket_group: str | None
     state_file: Path
     health_interval: int
+    health_heartbeat: int
     keepalive: int
     confirm_window: int
 
@@ -150,8 +151,13 @@ _SCHEMA: dict[str, dict[str, _Field]] = {
         "socket": _Field("path", "/run/twelvefactor/agent.sock", check=_check_socket_path),
         "socket_group": _Field("group", optional=True),
         "state_file": _Field("path", "/run/twelvefactor/state.json"),
+        # Health is sampled every health_interval and sent when it changed, or
+        # every health_heartbeat regardless (session/healthchange.py).
         "health_interval": _Field("integer", 60, low=5, high=86400),
-        "keepalive": _Field("integer", 30, low=5, high=3600),
+        "health_heartbeat": _Field("integer", 1800, low=5, high=86400),
+        # The MQTT keepalive: long, because the hub learns that a device is gone
+        # from its tunnel within two minutes (docs/decisions.md, issue 18).
+        "keepalive": _Field("integer", 1800, low=5, high=3600),
         # How long a remotely managed change of connectivity settings has to
         # reach the management service before it is reverted (docs/agent.md).
         "confirm_window": _Field("integer", 120, low=5, high=86400),
@@ -293,6 +299,11 @@ def _cross_checks(v: dict[str, dict[str, Any]]) -> list[str]:
             f"config: backoff.cap: {b['cap']} is smaller than backoff.initial ({b['initial']})"
         )
     a = v["agent"]
+    if a["health_heartbeat"] < a["health_interval"]:
+        problems.append(
+            f"config: agent.health_heartbeat: {a['health_heartbeat']} is shorter than "
+            f"agent.health_interval ({a['health_interval']})"
+        )
     if a["socket"] == a["state_file"]:
         problems.append("config: agent.state_file: must differ from agent.socket")
     return problems
@@ -312,6 +323,7 @@ def _build(v: dict[str, dict[str, Any]]) -> Config:
             socket_group=a["socket_group"],
             state_file=Path(a["state_file"]),
             health_interval=a["health_interval"],
+            health_heartbeat=a["health_heartbeat"],
             keepalive=a["keepalive"],
             confirm_window=a["confirm_window"],
         ),

@@ -23,7 +23,8 @@ from twelvefactor_agent.config.settings import Config
 from twelvefactor_agent.device import bootenv, sysinfo
 from twelvefactor_agent.forward.queue import Queue
 from twelvefactor_agent.protocol import topics
-from twelvefactor_agent.session import payloads
+from twelvefactor_agent.protocol.envelope import dumps
+from twelvefactor_agent.session import healthchange, payloads
 from twelvefactor_agent.session.mqtt import LastError, MqttSession, StateCallback
 
 
@@ -46,6 +47,8 @@ class ManagementSession(MqttSession):
         super().__init__("management", config, config.management, on_state, last_error, rng)
         self.queue = queue  # this thread's own connection, for queue figures in health
         self._next_health: float | None = None
+        self._heartbeat_due = 0.0
+        self._health_sent: dict[str, object] | None = None
         self._farewell_mid: int | None = None
         self._on_desired = on_desired
         self._report = report
@@ -116,7 +119,7 @@ class ManagementSession(MqttSession):
 
     def after_io(self, now: float) -> float | None:
         if self._next_health is not None and now >= self._next_health and self.client is not None:
-            self._publish_health(self.client)
+            self._sample_health(self.client, now)
         return self._next_health
 
     def farewell(self, client: mqtt.Client) -> bool:
@@ -140,8 +143,24 @@ class ManagementSession(MqttSession):
             self._fail(f"management: broker refused a message: {reason}")
 
     def _publish_health(self, client: mqtt.Client) -> None:
-        self._next_health = time.monotonic() + self.config.agent.health_interval
-        client.publish(self.topic("health"), self.health(), qos=1)
+        """Health now (the session came up): the service learns where this device stands."""
+        self._send_health(client, self.health_fields(), time.monotonic())
+
+    def _sample_health(self, client: mqtt.Client, now: float) -> None:
+        """Health as it is now, sent if it is news or the heartbeat is due (healthchange.py)."""
+        sample = self.health_fields()
+        if now >= self._heartbeat_due or healthchange.changed(
+            self._health_sent, sample, self.config.queue.max_bytes
+        ):
+            self._send_health(client, sample, now)
+        else:
+            self._next_health = now + self.config.agent.health_interval
+
+    def _send_health(self, client: mqtt.Client, sample: dict[str, object], now: float) -> None:
+        self._next_health = now + self.config.agent.health_interval
+        self._heartbeat_due = now + self.config.agent.health_heartbeat
+        self._health_sent = sample
+        client.publish(self.topic("health"), dumps(sample), qos=1)
 
     def meta(self) -> bytes:
         env = bootenv.read_boot_env()
@@ -157,8 +176,8 @@ class ManagementSession(MqttSession):
             boot=None if env is None else bootenv.boot_info(env),
         )
 
-    def health(self) -> bytes:
-        return payloads.health(
+    def health_fields(self) -> dict[str, object]:
+        return payloads.health_fields(
             ts=time.time(),
             uptime_s=sysinfo.uptime(),
             load=sysinfo.load(),

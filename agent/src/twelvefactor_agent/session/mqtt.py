@@ -38,6 +38,11 @@ from twelvefactor_agent.util.backoff import Backoff
 
 SESSION_EXPIRY = 7 * 86400
 CONNECT_TIMEOUT = 10.0
+# Data sent and not acknowledged by TCP for this long breaks the connection. The
+# keepalive is long (the hub watches the tunnel instead), so this is what finds
+# a connection whose other end is gone as soon as there is something to send,
+# instead of Linux's 15 minutes of retransmissions.
+TCP_USER_TIMEOUT_MS = 120_000
 # The loop wakes at least this often: keepalive pings, timers, watchdog heartbeat.
 MAX_SLEEP = 1.0
 
@@ -324,6 +329,10 @@ class MqttSession(threading.Thread):
             )
             self._apply(self.machine.connect_failed(time.monotonic()))
             return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):  # an ssl.SSLSocket is one
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
         self._last_misc = time.monotonic()
 
     def _disconnect(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from twelvefactor_agent.forward.queue import Message, QueueStats
 from twelvefactor_agent.protocol.envelope import V, dumps
@@ -49,7 +50,12 @@ def meta(
     )
 
 
-def health(
+def health(**fields: Any) -> bytes:
+    """The health report (`health_fields`) as it goes on the wire."""
+    return dumps(health_fields(**fields))
+
+
+def health_fields(
     *,
     ts: float,
     uptime_s: float | None,
@@ -61,22 +67,20 @@ def health(
     agent_version: str,
     queue: QueueStats,
     last_error: str | None,
-) -> bytes:
-    return dumps(
-        {
-            "v": V,
-            "ts": ts,
-            "uptime_s": uptime_s,
-            "load": load,
-            "memory": memory,
-            "data": data,
-            "slot": slot,
-            "os_version": os_version,
-            "agent_version": agent_version,
-            "queue": queue.as_json(),
-            "last_error": last_error,
-        }
-    )
+) -> dict[str, object]:
+    return {
+        "v": V,
+        "ts": ts,
+        "uptime_s": uptime_s,
+        "load": load,
+        "memory": memory,
+        "data": data,
+        "slot": slot,
+        "os_version": os_version,
+        "agent_version": agent_version,
+        "queue": queue.as_json(),
+        "last_error": last_error,
+    }
 
 
 def data_envelope(device: str, queue_id: str, message: Message) -> bytes:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from twelvefactor_services.hub.plan import Peer, PlanError, Tunnel, allocate, check_public_key
+from twelvefactor_services.management import tunnelstate
 from twelvefactor_services.pki import PkiError, validate_device_id
 
 SCHEMA = """
@@ -35,6 +36,7 @@ class PeerStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA busy_timeout=10000")
         self.db.executescript(SCHEMA)
+        tunnelstate.create(self.db)
 
     def close(self) -> None:
         self.db.close()
@@ -81,6 +83,10 @@ class PeerStore:
             raise
         self.db.execute("COMMIT")
         return Peer(device, public_key, v4, v6)
+
+    def record_liveness(self, device: str, alive: bool, last_rx: float) -> None:
+        """Tell the management service a device's tunnel went quiet or came back."""
+        tunnelstate.record(self.db, device, alive, last_rx)
 
     def remove(self, device: str) -> bool:
         return self.db.execute("DELETE FROM tunnel_peers WHERE device = ?", (device,)).rowcount > 0

@@ -35,6 +35,7 @@ import datetime as dt
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -46,6 +47,8 @@ from typing import Any
 from cryptography import x509
 
 from twelvefactor_services.broker import BrokerError
+from twelvefactor_services.hub.liveness import DEFAULT_AFTER as LIVENESS_AFTER
+from twelvefactor_services.hub.liveness import LivenessTracker
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import (
     NTP_PORT,
@@ -169,6 +172,7 @@ class Hub:
         self._ntp: SntpServer | None = None
         self._applied: list[Peer] | None = None
         self._stale = StaleTracker(self.settings.stale_after)
+        self._liveness = LivenessTracker(LIVENESS_AFTER)
 
     def start(self) -> None:
         try:
@@ -257,9 +261,25 @@ class Hub:
         print("twelvefactor-hub: the broker was given the new CRL", flush=True)
         return True
 
-    def forget_quiet_peers(self, now: float) -> list[str]:
-        """Remove and re-add the peers that went quiet; their device ids."""
+    def watch_peers(self, now: float) -> None:
+        """Each peer's received bytes: liveness for management, and who to forget."""
         rx = parse_dump(run("wg", "show", self.interface, "dump"))
+        self.report_liveness(rx, now)
+        self.forget_quiet_peers(rx, now)
+
+    def report_liveness(self, rx: dict[str, int], now: float) -> None:
+        names = {p.public_key: p.device for p in self._applied or []}
+        wall = time.time()
+        for change in self._liveness.observe(rx, now):
+            device = names.get(change.key)
+            if device is None:
+                continue
+            self.peers.record_liveness(device, change.alive, wall - (now - change.last_rx))
+            state = "back" if change.alive else f"quiet for {now - change.last_rx:.0f} s"
+            print(f"twelvefactor-hub: {device}: tunnel {state}", flush=True)
+
+    def forget_quiet_peers(self, rx: dict[str, int], now: float) -> list[str]:
+        """Remove and re-add the peers that went quiet; their device ids."""
         names = {p.public_key: p.device for p in self._applied or []}
         forgotten = []
         for key in self._stale.observe(rx, now):
@@ -279,8 +299,8 @@ class Hub:
         while not stopping.wait(1.0):
             try:
                 self.sync_peers()
-                self.forget_quiet_peers(time.monotonic())
-            except (PlanError, HubError, CommandError, ValueError) as exc:
+                self.watch_peers(time.monotonic())
+            except (PlanError, HubError, CommandError, ValueError, sqlite3.Error) as exc:
                 print(f"twelvefactor-hub: peers not applied: {exc}", flush=True)
             try:
                 self.sync_crl()

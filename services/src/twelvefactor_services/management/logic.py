@@ -6,6 +6,7 @@ ACL ties ``mgmt/<id>/...`` to the certificate whose CN is ``<id>``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,8 +104,10 @@ def parse_report(device: str, kind: str, raw: bytes) -> Report:
 
 @dataclass(frozen=True)
 class OnlineState:
-    online: bool | None  # None: never reported
+    online: bool | None  # None: never reported. What the service shows: both of the below
     last_change: float | None
+    session: bool | None = None  # what the device's sessions last said (online, will, goodbye)
+    tunnel_quiet_since: float | None = None  # the hub's word (tunnelstate.py); None: alive
 
 
 @dataclass(frozen=True)
@@ -119,11 +122,38 @@ def online_transition(state: OnlineState, report: OnlineReport, now: float) -> T
     """A history entry when the online state changes; None when it does not.
 
     Retained ``online`` messages are redelivered to every new subscriber, so
-    the same state arriving again must change nothing.
+    the same state arriving again must change nothing. A device whose tunnel
+    the hub has found quiet stays offline whatever a (retained) message says:
+    its sessions come back as soon as the tunnel does (`tunnel_transition`).
     """
-    if state.online is report.online:
+    online = report.online and state.tunnel_quiet_since is None
+    if state.online is online:
         return None
-    return Transition(report.online, report.reason, now, report.device_ts)
+    if online is report.online:
+        return Transition(online, report.reason, now, report.device_ts)
+    assert state.tunnel_quiet_since is not None
+    return Transition(False, quiet_reason(state.tunnel_quiet_since), now, report.device_ts)
+
+
+def tunnel_transition(
+    state: OnlineState, alive: bool, last_rx: float, now: float
+) -> Transition | None:
+    """The history entry the hub's word on a device's tunnel makes, if any.
+
+    A quiet tunnel takes an online device offline: it is off or out of reach,
+    and its MQTT sessions no longer ping often enough to say so. A tunnel that
+    comes back brings it online again only if its sessions never said goodbye.
+    """
+    online = alive and state.session is True
+    if state.online is online or (state.online is None and not online):
+        return None
+    return Transition(online, "tunnel back" if alive else quiet_reason(last_rx), now, None)
+
+
+def quiet_reason(last_rx: float) -> str:
+    return "tunnel quiet: nothing received since " + time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(last_rx)
+    )
 
 
 def is_newer(stored_ts: float | None, new_ts: float) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 
 from twelvefactor_agent.protocol.names import FLEET_GROUP_RE, TAG_RE
 
+from twelvefactor_services.management import tunnelstate
 from twelvefactor_services.management.configlogic import Overlay, effective
 from twelvefactor_services.management.logic import (
     ConfigReport,
@@ -31,7 +32,9 @@ from twelvefactor_services.management.logic import (
     Transition,
     is_newer,
     online_transition,
+    tunnel_transition,
 )
+from twelvefactor_services.management.tunnelstate import TunnelChange
 
 log = logging.getLogger("twelvefactor.management")
 HISTORY_KEPT = 1000  # online changes kept per device, newest
@@ -48,7 +51,9 @@ CREATE TABLE IF NOT EXISTS devices (
     health TEXT,
     health_ts REAL,
     meta TEXT,
-    meta_ts REAL
+    meta_ts REAL,
+    session_online INTEGER,             -- what its sessions last said; online is this and:
+    tunnel_quiet_since REAL             -- the hub found its tunnel quiet (tunnelstate.py)
 );
 CREATE TABLE IF NOT EXISTS online_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -149,18 +154,48 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
+        tunnelstate.create(db)
+        added = add_columns(
+            db, "devices", {"session_online": "INTEGER", "tunnel_quiet_since": "REAL"}
+        )
+        if "session_online" in added:  # what an older registry shows is what its sessions said
+            db.execute("UPDATE devices SET session_online = online")
     db.execute("PRAGMA busy_timeout=10000")
     db.row_factory = sqlite3.Row
     return db
 
 
-def add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> None:
-    """Add the ``columns`` (name -> declaration) a registry made by an older version lacks."""
+def _online_state(db: sqlite3.Connection, device: str) -> OnlineState | None:
+    row = db.execute(
+        "SELECT online, last_online_change, session_online AS session, tunnel_quiet_since"
+        " FROM devices WHERE id = ?",
+        (device,),
+    ).fetchone()
+    if row is None:
+        return None
+
+    def flag(value: int | None) -> bool | None:
+        return None if value is None else bool(value)
+
+    return OnlineState(
+        flag(row["online"]),
+        row["last_online_change"],
+        flag(row["session"]),
+        row["tunnel_quiet_since"],
+    )
+
+
+def add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> list[str]:
+    """Add the ``columns`` (name -> declaration) a registry made by an older version lacks;
+    the names added."""
+    added = []
     with write(db):  # under the write lock: two service copies starting together add each once
         have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
         for name, declaration in columns.items():
             if name not in have:
                 db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+                added.append(name)
+    return added
 
 
 @contextmanager
@@ -188,29 +223,18 @@ class Registry:
                 "INSERT OR IGNORE INTO devices (id, first_seen) VALUES (?, ?)", (device, now)
             )
             row = self.db.execute(
-                "SELECT online, last_online_change, health_ts, meta_ts FROM devices WHERE id = ?",
-                (device,),
+                "SELECT health_ts, meta_ts FROM devices WHERE id = ?", (device,)
             ).fetchone()
             if isinstance(report, OnlineReport):
-                online = None if row["online"] is None else bool(row["online"])
-                state = OnlineState(online, row["last_online_change"])
+                state = _online_state(self.db, device)
+                assert state is not None  # inserted above
+                self.db.execute(
+                    "UPDATE devices SET session_online = ? WHERE id = ?",
+                    (int(report.online), device),
+                )
                 t = online_transition(state, report, now)
                 if t is not None:
-                    self.db.execute(
-                        "UPDATE devices SET online = ?, last_online_change = ? WHERE id = ?",
-                        (int(t.online), t.at, device),
-                    )
-                    self.db.execute(
-                        "INSERT INTO online_history (device, online, reason, ts, device_ts)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (device, int(t.online), t.reason, t.at, t.device_ts),
-                    )
-                    # A device flapping on purpose must not grow the registry without end.
-                    self.db.execute(
-                        "DELETE FROM online_history WHERE device = ? AND id <= (SELECT id FROM"
-                        " online_history WHERE device = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                        (device, device, HISTORY_KEPT),
-                    )
+                    self._record_transition(device, t)
                 return t
             if isinstance(report, ConfigReport):
                 self._record_config_report(device, report, now)
@@ -230,6 +254,43 @@ class Registry:
                 )
                 self._record_health_sample(device, report)
             return None
+
+    def apply_tunnel(self, change: TunnelChange, now: float) -> Transition | None:
+        """Record the hub's word on a device's tunnel; the online transition it caused, if any.
+
+        A device never seen on MQTT is not in `devices` yet: nothing to record."""
+        with write(self.db):
+            state = _online_state(self.db, change.device)
+            if state is None:
+                return None
+            self.db.execute(
+                "UPDATE devices SET tunnel_quiet_since = ? WHERE id = ?",
+                (None if change.alive else change.last_rx, change.device),
+            )
+            t = tunnel_transition(state, change.alive, change.last_rx, now)
+            if t is not None:
+                self._record_transition(change.device, t)
+            return t
+
+    def tunnel_changes(self, after: int) -> list[TunnelChange]:
+        return tunnelstate.changes_after(self.db, after)
+
+    def _record_transition(self, device: str, t: Transition) -> None:
+        self.db.execute(
+            "UPDATE devices SET online = ?, last_online_change = ? WHERE id = ?",
+            (int(t.online), t.at, device),
+        )
+        self.db.execute(
+            "INSERT INTO online_history (device, online, reason, ts, device_ts)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (device, int(t.online), t.reason, t.at, t.device_ts),
+        )
+        # A device flapping on purpose must not grow the registry without end.
+        self.db.execute(
+            "DELETE FROM online_history WHERE device = ? AND id <= (SELECT id FROM"
+            " online_history WHERE device = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (device, device, HISTORY_KEPT),
+        )
 
     def _record_health_sample(self, device: str, report: HealthReport) -> None:
         """One point of the device's health series; the oldest beyond HEALTH_KEPT go."""

@@ -221,10 +221,12 @@ class ManagementService:
     def _publisher(self) -> None:
         registry = Registry(self.cfg.db)  # this thread's own connections
         jobs_db = rolloutstore.connect(self.cfg.db)
+        tunnel_seq = 0
         try:
             while not self.stopping.is_set():
                 self.publish_wake.wait(PUBLISH_INTERVAL)
                 self.publish_wake.clear()
+                tunnel_seq = self._apply_tunnel(registry, tunnel_seq)
                 self._move_rollouts(jobs_db)
                 if self.conn.connected.is_set():
                     self._publish_desired(registry)
@@ -233,6 +235,19 @@ class ManagementService:
         finally:
             registry.close()
             jobs_db.close()
+
+    def _apply_tunnel(self, registry: Registry, seq: int) -> int:
+        """The hub's changes to devices' tunnels since change `seq`; the last one applied."""
+        try:
+            for change in registry.tunnel_changes(seq):
+                t = registry.apply_tunnel(change, time.time())
+                seq = change.seq
+                if t is not None:
+                    state = "online" if t.online else "offline"
+                    log.info("%s is %s (%s)", change.device, state, t.reason)
+        except sqlite3.Error as exc:  # a busy or damaged registry: try again next round
+            log.warning("tunnel states not applied: %s", exc)
+        return seq
 
     def _move_rollouts(self, db: sqlite3.Connection) -> None:
         """Rollouts one step on, and download-only jobs whose install time came released."""

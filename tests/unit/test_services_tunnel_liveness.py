@@ -1,0 +1,152 @@
+"""Liveness from the tunnel (issue 18, item 3): the hub's counters, the registry's online state."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from twelvefactor_services.hub.liveness import Change, LivenessTracker
+from twelvefactor_services.hub.peers import PeerStore
+from twelvefactor_services.management import registry, tunnelstate
+from twelvefactor_services.management.logic import (
+    OnlineReport,
+    OnlineState,
+    online_transition,
+    parse_report,
+    tunnel_transition,
+)
+
+pytestmark = pytest.mark.unit
+
+
+def test_a_peer_whose_counter_stops_goes_quiet_after_the_bound_and_comes_back() -> None:
+    t = LivenessTracker(after=75)
+    assert t.observe({"k": 100}, 0.0) == []  # first sight: undecided
+    assert t.observe({"k": 160}, 25.0) == [Change("k", True, 25.0)]
+    assert t.observe({"k": 220}, 50.0) == []  # alive and still moving: no news
+    assert t.observe({"k": 220}, 124.0) == []  # 74 s quiet: not yet
+    assert t.observe({"k": 220}, 125.0) == [Change("k", False, 50.0)]
+    assert t.observe({"k": 220}, 500.0) == []  # told once
+    assert t.observe({"k": 280}, 501.0) == [Change("k", True, 501.0)]
+
+
+def test_a_peer_that_never_sends_after_the_hub_starts_is_reported_quiet() -> None:
+    t = LivenessTracker(after=75)
+    t.observe({"k": 0, "j": 5}, 10.0)
+    assert t.observe({"k": 0, "j": 5}, 85.0) == [Change("k", False, 10.0), Change("j", False, 10.0)]
+
+
+def test_a_peer_added_again_starts_from_zero_without_counting_as_traffic() -> None:
+    t = LivenessTracker(after=75)
+    t.observe({"k": 500}, 0.0)
+    t.observe({"k": 600}, 10.0)
+    assert t.observe({"k": 600}, 85.0) == [Change("k", False, 10.0)]
+    assert t.observe({"k": 0}, 130.0) == []  # hub/stale.py removed and re-added it
+    assert t.observe({"k": 0}, 300.0) == []  # still quiet, told once
+    assert t.observe({"k": 92}, 301.0) == [Change("k", True, 301.0)]
+    assert t.observe({}, 302.0) == []  # a removed peer is forgotten quietly
+    with pytest.raises(ValueError, match="positive"):
+        LivenessTracker(after=0)
+
+
+def test_tunnel_transitions_need_both_the_sessions_and_the_tunnel() -> None:
+    up = OnlineState(True, 1.0, session=True)
+    t = tunnel_transition(up, False, 1_000_000.0, 50.0)
+    assert t is not None and t.online is False and t.at == 50.0
+    assert t.reason == "tunnel quiet: nothing received since 1970-01-12T13:46:40Z"
+    quiet = OnlineState(False, 50.0, session=True, tunnel_quiet_since=1.0)
+    back = tunnel_transition(quiet, True, 60.0, 60.0)
+    assert back is not None and (back.online, back.reason) == (True, "tunnel back")
+    said_goodbye = OnlineState(False, 50.0, session=False)
+    assert tunnel_transition(said_goodbye, True, 60.0, 60.0) is None
+    assert tunnel_transition(said_goodbye, False, 60.0, 60.0) is None
+    assert tunnel_transition(OnlineState(None, None), False, 1.0, 2.0) is None  # never seen
+    assert tunnel_transition(up, True, 1.0, 2.0) is None
+
+
+def test_a_retained_online_message_does_not_revive_a_device_whose_tunnel_is_quiet() -> None:
+    quiet = OnlineState(False, 50.0, session=True, tunnel_quiet_since=1.0)
+    assert online_transition(quiet, OnlineReport(True, None, 7.0), 60.0) is None
+    fresh = OnlineState(None, None, tunnel_quiet_since=1.0)
+    t = online_transition(fresh, OnlineReport(True, None, 7.0), 60.0)
+    assert t is not None and t.online is False and t.reason is not None
+    assert t.reason.startswith("tunnel quiet")
+
+
+def report(
+    reg: registry.Registry, device: str, online: bool, reason: str | None, at: float
+) -> None:
+    doc: dict[str, object] = {"v": 1, "online": online, "ts": at}
+    if reason is not None:
+        doc["reason"] = reason
+    reg.apply(device, parse_report(device, "online", json.dumps(doc).encode()), at)
+
+
+def apply_all(reg: registry.Registry, after: int, now: float) -> int:
+    for change in reg.tunnel_changes(after):
+        reg.apply_tunnel(change, now)
+        after = change.seq
+    return after
+
+
+def states(reg: registry.Registry, device: str) -> list[tuple[bool, str | None]]:
+    return [(e["online"], e["reason"]) for e in registry.history(reg.db, device)]
+
+
+def test_the_hubs_word_reaches_the_registry_through_the_shared_database(tmp_path: Path) -> None:
+    db = tmp_path / "registry.db"
+    peers = PeerStore(db)  # the hub's connection
+    reg = registry.Registry(db)  # the management service's
+    report(reg, "dev-a", True, None, 10.0)
+    report(reg, "dev-b", True, None, 10.0)
+    seq = apply_all(reg, 0, 11.0)
+    peers.record_liveness("dev-a", False, 20.0)
+    peers.record_liveness("dev-never", False, 20.0)  # a peer that never connected: ignored
+    seq = apply_all(reg, seq, 100.0)
+    assert states(reg, "dev-a") == [
+        (True, None),
+        (False, "tunnel quiet: nothing received since 1970-01-01T00:00:20Z"),
+    ]
+    assert states(reg, "dev-b") == [(True, None)]
+    # The broker redelivers the retained "online" (a service restart): still offline.
+    report(reg, "dev-a", True, None, 10.0)
+    assert registry.get_device(reg.db, "dev-a")["online"] is False
+    peers.record_liveness("dev-a", True, 130.0)
+    seq = apply_all(reg, seq, 130.0)
+    assert states(reg, "dev-a")[-1] == (True, "tunnel back")
+    # A goodbye, then the tunnel's keepalives go on: stays offline.
+    report(reg, "dev-b", False, "shutdown", 140.0)
+    peers.record_liveness("dev-b", False, 140.0)
+    peers.record_liveness("dev-b", True, 150.0)
+    assert [c.device for c in reg.tunnel_changes(seq)] == ["dev-b"]  # the newest change only
+    seq = apply_all(reg, seq, 150.0)
+    assert states(reg, "dev-b")[-1] == (False, "shutdown")
+    assert apply_all(reg, seq, 160.0) == seq
+    peers.close()
+    reg.close()
+
+
+def test_an_older_registry_gets_the_columns_and_its_online_devices_follow_the_tunnel(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "registry.db"
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE devices (id TEXT PRIMARY KEY, first_seen REAL NOT NULL, online INTEGER,"
+        " last_online_change REAL, health TEXT, health_ts REAL, meta TEXT, meta_ts REAL);"
+        "INSERT INTO devices (id, first_seen, online, last_online_change)"
+        " VALUES ('dev-old', 1.0, 1, 1.0);"
+    )
+    old.close()
+    reg = registry.Registry(path)
+    tunnelstate.record(reg.db, "dev-old", False, time.time() - 80)
+    t = reg.apply_tunnel(reg.tunnel_changes(0)[0], time.time())
+    assert t is not None and t.online is False
+    tunnelstate.record(reg.db, "dev-old", True, time.time())
+    t = reg.apply_tunnel(reg.tunnel_changes(1)[0], time.time())
+    assert t is not None and t.online is True  # its sessions never said goodbye
+    reg.close()
