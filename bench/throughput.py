@@ -16,7 +16,7 @@ interpreter, so each round also splits them:
 - forwarding a backlog: the broker started again, from the solution session
   being online until the queue is empty (queue read, publish, PUBACK, delete);
 - the forwarder's own work per message, with no network: the forwarder's
-  queue reads (windows of 100), envelopes and grouped deletes on a queue
+  queue reads (windows of 100), batches and grouped deletes on a queue
   file, as its thread does them, paho left out.
 """
 
@@ -34,8 +34,7 @@ import paho.mqtt.client as mqtt
 from twelvefactor_agent.config.settings import load
 from twelvefactor_agent.forward.queue import Queue
 from twelvefactor_agent.forward.window import ForwardWindow
-from twelvefactor_agent.protocol import topics
-from twelvefactor_agent.session import payloads
+from twelvefactor_agent.protocol import batch, topics
 from twelvefactor_agent.session.solution import DELETE_GROUP, WINDOW
 from twelvefactor_services.mqtt import make_client
 
@@ -144,18 +143,18 @@ def forwarder_work(stack: Stack, root: Path, count: int) -> float:
     mid = 0
     started = time.perf_counter()
     while True:
-        batch = queue.pending(window.cursor, window.room())
-        if not batch:
+        pending = queue.pending(window.cursor, window.room())
+        if not pending:
             break
-        for message in batch:
-            topics.data(device, message.stream)
-            payloads.data_envelope(device, queue.incarnation, message)
+        for run in batch.runs(pending):
+            topics.data(device, run[0].stream)
+            batch.encode(queue.incarnation, [(m.seq, m.ts, m.payload) for m in run])
             mid += 1
-            window.sent(message.seq, mid)
+            window.sent(tuple(m.seq for m in run), mid)
         for acked in list(window.in_flight):  # every PUBACK, as on_publish takes them
-            seq = window.acked(acked)
-            assert seq is not None
-            delivered.append(seq)
+            seqs = window.acked(acked)
+            assert seqs is not None
+            delivered.extend(seqs)
         if len(delivered) >= DELETE_GROUP:
             queue.remove(delivered)
             delivered = []

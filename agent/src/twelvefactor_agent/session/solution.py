@@ -30,8 +30,7 @@ from twelvefactor_agent.forward.queue import Queue, QueueUnavailable
 from twelvefactor_agent.forward.window import ForwardWindow
 from twelvefactor_agent.localapi.calltable import CallEvent, Lost, Reply
 from twelvefactor_agent.localapi.proxycall import parse_answer, refusal
-from twelvefactor_agent.protocol import topics
-from twelvefactor_agent.session import payloads
+from twelvefactor_agent.protocol import batch, topics
 from twelvefactor_agent.session.mqtt import LastError, MqttSession, StateCallback
 
 WINDOW = 100
@@ -149,16 +148,17 @@ class SolutionSession(MqttSession):
                 answer = refusal("unavailable", f"the broker refused the call: {reason}")
                 self._report_call(Reply(call_id, answer))
             return
-        seq = self.forward.acked(mid)
-        if seq is None:
+        seqs = self.forward.acked(mid)
+        if seqs is None:
             return
         if reason.is_failure:
             # The broker will never take it (ACL, size): retrying would block the queue.
-            self._fail(f"solution: broker refused seq {seq}: {reason}; dropped")
-            self._refused.append(seq)
+            shown = f"{seqs[0]}" if len(seqs) == 1 else f"{seqs[0]}-{seqs[-1]}"
+            self._fail(f"solution: broker refused seq {shown}: {reason}; dropped")
+            self._refused.extend(seqs)
             self._delete_due = time.monotonic()
         else:
-            self._delivered.append(seq)
+            self._delivered.extend(seqs)
 
     def after_io(self, now: float) -> float | None:
         if now < self._queue_retry_at:
@@ -202,16 +202,16 @@ class SolutionSession(MqttSession):
         client = self.client
         while client is not None and self.online and self.forward.room() > 0:
             wanted = self.forward.room()
-            batch = self.queue.pending(self.forward.cursor, wanted)
-            for message in batch:
+            pending = self.queue.pending(self.forward.cursor, wanted)
+            for run in batch.runs(pending):
                 info = client.publish(
-                    topics.data(self.device, message.stream),
-                    payloads.data_envelope(self.device, self.queue.incarnation, message),
+                    topics.data(self.device, run[0].stream),
+                    batch.encode(self.queue.incarnation, [(m.seq, m.ts, m.payload) for m in run]),
                     qos=1,
                 )
                 if info.rc != mqtt.MQTT_ERR_SUCCESS:
                     return  # the connection is going down; the disconnect event follows
-                self.forward.sent(message.seq, info.mid)
-            if len(batch) < wanted:
+                self.forward.sent(tuple(m.seq for m in run), info.mid)
+            if len(pending) < wanted:
                 return  # the queue is drained
             client = self.client

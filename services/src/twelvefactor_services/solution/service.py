@@ -35,7 +35,7 @@ from twelvefactor_services.mqtt import (
     run_until,
 )
 from twelvefactor_services.solution.delivery import DeliveryWorker
-from twelvefactor_services.solution.envelope import parse_envelope
+from twelvefactor_services.solution.envelope import parse_data
 from twelvefactor_services.solution.proxyconfig import EMPTY, ProxyConfig
 from twelvefactor_services.solution.proxyexec import Proxy
 from twelvefactor_services.solution.receivers import Receiver
@@ -171,17 +171,19 @@ class SolutionService:
             log.warning("dropped message on unexpected topic %r", topic)
             return False
         try:
-            env = parse_envelope(up.device, up.rest, payload)
+            envs = parse_data(up.device, up.rest, payload)
         except ProtocolError as exc:
             log.warning("dropped message from %s on %s: %s", up.device, topic, exc)
             return False
         if self.store is None:
             self.store = Store(self.cfg.db)
         names = [r.name for r in self.cfg.receivers]
-        new = self.store.accept(env, time.time(), names)
-        if not new:
-            log.info("duplicate %s seq %d ignored", env.device, env.seq)
-        return new
+        new = self.store.accept_all(envs, time.time(), names)
+        if new < len(envs):
+            seqs = f"{envs[0].seq}" if len(envs) == 1 else f"{envs[0].seq}-{envs[-1].seq}"
+            some = "" if new == 0 else f" ({len(envs) - new} of {len(envs)})"
+            log.info("duplicate %s seq %s%s ignored", up.device, seqs, some)
+        return new > 0
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; 1 if stopped by a storage failure."""

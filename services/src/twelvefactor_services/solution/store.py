@@ -124,21 +124,31 @@ class Store:
 
     def accept(self, env: Envelope, received_ts: float, receivers: Sequence[str]) -> bool:
         """True for a new (device, queue_id, seq); False for a duplicate (nothing written)."""
+        return self.accept_all([env], received_ts, receivers) == 1
+
+    def accept_all(
+        self, envs: Sequence[Envelope], received_ts: float, receivers: Sequence[str]
+    ) -> int:
+        """Store the messages of one publish in one transaction; how many were new
+        (a duplicate writes nothing)."""
+        new = 0
         with self._write():
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO messages (device, queue_id, seq, stream, ts, received_ts)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (env.device, env.queue_id, env.seq, env.stream, env.ts, received_ts),
-            )
-            if cur.rowcount != 1:
-                return False
-            record = env.record(received_ts)
-            self.db.executemany(
-                "INSERT INTO outbox (receiver, device, queue_id, seq, record)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(r, env.device, env.queue_id, env.seq, record) for r in receivers],
-            )
-            return True
+            for env in envs:
+                cur = self.db.execute(
+                    "INSERT OR IGNORE INTO messages (device, queue_id, seq, stream, ts,"
+                    " received_ts) VALUES (?, ?, ?, ?, ?, ?)",
+                    (env.device, env.queue_id, env.seq, env.stream, env.ts, received_ts),
+                )
+                if cur.rowcount != 1:
+                    continue
+                new += 1
+                record = env.record(received_ts)
+                self.db.executemany(
+                    "INSERT INTO outbox (receiver, device, queue_id, seq, record)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(r, env.device, env.queue_id, env.seq, record) for r in receivers],
+                )
+        return new
 
     def pending(self, receiver: str, limit: int = 100, skip: Collection[str] = ()) -> list[Pending]:
         """The receiver's backlog, per device in the order accepted, leaving out the devices
