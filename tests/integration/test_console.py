@@ -595,3 +595,38 @@ def test_a_group_configuration_edited_checked_saved_and_applied(
     finally:
         for agent in agents:
             agent.close()
+
+
+def test_sleeping_devices_are_counted_asleep_or_overdue_with_their_next_check_in(
+    console: Console,
+) -> None:
+    """The metered profile's goodbye (issue 18): a device that will be back in four hours is
+    asleep, one that should have been back ten minutes ago is overdue, on every page."""
+    for device, back_in in (("dev-z1", 4 * 3600.0), ("dev-z2", -600.0)):
+        probe = Probe(
+            console.stack.management_endpoint, console.stack.device(device), f"{device}-mgmt"
+        )
+        probe.connect(timeout=PACE.limit(ROUND_TRIP))
+        try:
+            now = time.time()
+            probe.publish(mgmt_up(device, "online"), {"v": 1, "online": True, "ts": now})
+            goodbye = {"v": 1, "online": False, "reason": "asleep", "ts": now + 0.001}
+            goodbye["next_checkin"] = now + back_in
+            probe.publish(mgmt_up(device, "online"), goodbye, retain=True)
+        finally:
+            probe.disconnect()
+    wait_until(
+        lambda: console.admin.get("/devices/dev-z2")["presence"] == "overdue",
+        what="dev-z2 overdue",
+    )
+    page = console.log_in("viewer")
+    assert page.text_content("#count-asleep b") == "1"
+    assert page.text_content("#count-overdue b") == "1"
+    assert page.text_content("#count-online b") == "0"
+    console.shots(page, "overview-asleep")
+    console.visit(page, "devices-asleep", "tr[data-device='dev-z1'] td.asleep", to="#/devices")
+    assert page.text_content("tr[data-device='dev-z2'] td:nth-child(2)") == "overdue"
+    page.select_option("#filter-online", "asleep")
+    page.wait_for_selector("tr[data-device='dev-z2']", state="detached")
+    console.visit(page, "device-asleep", "#device-state.asleep", to="#/device/dev-z1")
+    assert page.text_content("#next-checkin").strip().startswith("next check-in by 20")

@@ -243,3 +243,38 @@ def test_device_text_cannot_forge_a_log_line_and_nan_is_refused(
     assert "dropped 'health' from dev-005: not JSON: NaN is not a JSON number" in log
     status, body = http_get(management, "/devices/dev-005")
     assert status == 200 and body["health_ts"] == marker
+
+
+def test_a_device_that_says_it_sleeps_is_asleep_until_its_check_in_then_overdue(
+    stack: Stack, management: ServiceProcess, probes: MakeProbe, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The metered profile's goodbye (issue 18): retained, then a clean DISCONNECT (no will)."""
+    api = stack.api_options(management)
+    for device, back_in in (("dev-s1", 4 * 3600.0), ("dev-s2", -600.0)):
+        dev = fake_device(stack, probes, device)
+        wait_device(management, device, lambda d: d["presence"] == "online", "online")
+        said = time.time()
+        goodbye = {
+            "v": 1,
+            "online": False,
+            "reason": "asleep",
+            "ts": said,
+            "next_checkin": said + back_in,
+        }
+        dev.publish(f"mgmt/{device}/up/online", goodbye, retain=True)
+        dev.disconnect()
+    d = wait_device(management, "dev-s1", lambda d: d["presence"] == "asleep", "dev-s1 asleep")
+    assert abs(d["next_checkin"] - (time.time() + 4 * 3600)) < 60
+    wait_device(management, "dev-s2", lambda d: d["presence"] == "overdue", "dev-s2 overdue")
+    _, listing = http_get(management, "/devices")
+    assert {x["id"]: x["presence"] for x in listing if x["id"].startswith("dev-s")} == {
+        "dev-s1": "asleep",
+        "dev-s2": "overdue",
+    }
+    _, hist = http_get(management, "/devices/dev-s1/history")
+    assert [(h["online"], h["reason"]) for h in hist] == [(True, None), (False, "asleep")]
+    assert management_cli(["device", "dev-s1", *api]) == 0
+    shown = capsys.readouterr().out
+    assert "state      asleep since 20" in shown and "check-in   by 20" in shown
+    assert management_cli(["devices", *api]) == 0
+    assert re.search(r"dev-s2\s+overdue", capsys.readouterr().out)

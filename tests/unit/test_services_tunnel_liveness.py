@@ -1,4 +1,5 @@
-"""Liveness from the tunnel (issue 18, item 3): the hub's counters, the registry's online state."""
+"""Liveness from the tunnel (issue 18, item 3): the hub's counters, the registry's online state;
+and a sleeping device's presence (asleep until its announced check-in, then overdue)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ from twelvefactor_services.hub.liveness import Change, LivenessTracker
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.management import registry, tunnelstate
 from twelvefactor_services.management.logic import (
+    OVERDUE_AFTER,
     OnlineReport,
     OnlineState,
+    PayloadError,
+    checkin_due,
     online_transition,
     parse_report,
+    presence,
     tunnel_transition,
 )
 
@@ -149,4 +154,60 @@ def test_an_older_registry_gets_the_columns_and_its_online_devices_follow_the_tu
     tunnelstate.record(reg.db, "dev-old", True, time.time())
     t = reg.apply_tunnel(reg.tunnel_changes(1)[0], time.time())
     assert t is not None and t.online is True  # its sessions never said goodbye
+    reg.close()
+
+
+def test_a_goodbye_that_says_asleep_carries_its_next_check_in() -> None:
+    raw = b'{"v":1,"online":false,"reason":"asleep","ts":100.0,"next_checkin":14500.0}'
+    got = parse_report("d", "online", raw)
+    assert got == OnlineReport(False, "asleep", 100.0, 14500.0)
+    with pytest.raises(PayloadError, match="next_checkin"):
+        parse_report("d", "online", b'{"v":1,"online":true,"ts":1,"next_checkin":5}')
+    with pytest.raises(PayloadError, match="next_checkin"):
+        parse_report("d", "online", b'{"v":1,"online":false,"next_checkin":5}')
+    with pytest.raises(PayloadError, match="next_checkin"):
+        parse_report("d", "online", b'{"v":1,"online":false,"ts":1,"next_checkin":"soon"}')
+
+
+def test_presence_follows_the_announced_interval_on_the_services_clock() -> None:
+    report = OnlineReport(False, "asleep", 100.0, 14500.0)  # the device's clock is off
+    due = checkin_due(report, 1_000_000.0)
+    assert due == 1_014_400.0  # four hours from when the service heard it
+    assert presence(False, due, 1_014_400.0 + OVERDUE_AFTER) == "asleep"
+    assert presence(False, due, 1_014_400.0 + OVERDUE_AFTER + 1) == "overdue"
+    assert presence(False, None, 5.0) == "offline"
+    assert presence(True, due, 5.0) == "online"
+    assert presence(None, None, 5.0) is None
+    assert checkin_due(OnlineReport(False, "lost", None), 5.0) is None
+
+
+def test_the_registry_shows_a_sleeping_device_asleep_then_overdue(tmp_path: Path) -> None:
+    reg = registry.Registry(tmp_path / "registry.db")
+    now = time.time()
+
+    def goodbye(device: str, said: float, back_in: float, heard: float) -> None:
+        doc = {
+            "v": 1,
+            "online": False,
+            "reason": "asleep",
+            "ts": said,
+            "next_checkin": said + back_in,
+        }
+        reg.apply(device, parse_report(device, "online", json.dumps(doc).encode()), heard)
+
+    for device in ("dev-m", "dev-n"):
+        report(reg, device, True, None, now - 8000)
+    goodbye("dev-m", 50.0, 600, now)  # its clock says 1970: only the interval counts
+    d = registry.get_device(reg.db, "dev-m")
+    assert d is not None and (d["presence"], d["next_checkin"]) == ("asleep", now + 600)
+    goodbye("dev-n", now - 7200, 600, now - 7200)  # two hours ago, for ten minutes
+    d = registry.get_device(reg.db, "dev-n")
+    assert d is not None and (d["presence"], d["next_checkin"]) == ("overdue", now - 6600)
+    # The same retained goodbye again, now (a service restart): the due time stays.
+    goodbye("dev-n", now - 7200, 600, now)
+    listed = {x["id"]: x for x in registry.list_devices(reg.db)}
+    assert (listed["dev-n"]["presence"], listed["dev-n"]["next_checkin"]) == ("overdue", now - 6600)
+    report(reg, "dev-n", True, None, now)  # it checks in
+    d = registry.get_device(reg.db, "dev-n")
+    assert d is not None and (d["presence"], d["next_checkin"]) == ("online", None)
     reg.close()

@@ -91,12 +91,11 @@ def _devices(api: ManagementClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    state = {True: "online", False: "offline", None: "unknown"}
     _table(
         [
             [
                 r["id"],
-                "retired" if r.get("retired") else state[r["online"]],
+                "retired" if r.get("retired") else r.get("presence") or "unknown",
                 iso(r["last_online_change"]),
                 iso(r["health_ts"]),
             ]
@@ -114,9 +113,11 @@ def _device(api: ManagementClient, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(found)
         return 0
-    state = {True: "online", False: "offline", None: "unknown"}[found["online"]]
+    state = found.get("presence") or "unknown"
     print(f"device     {found['id']}")
     print(f"state      {state} since {iso(found['last_online_change'])}")
+    if state in ("asleep", "overdue"):
+        print(f"check-in   by {iso(found['next_checkin'])}")
     print(f"first seen {iso(found['first_seen'])}")
     hw = found.get("hardware") or {}
     board = f"{hw.get('board')} {hw.get('revision')}" if hw else "-"

@@ -40,6 +40,10 @@ class OnlineReport:
     online: bool
     reason: str | None
     device_ts: float | None  # absent in the will
+    # A device that goes to sleep (the metered profile, issue 18) says by when, on its
+    # clock, it will have checked in again: `{"online": false, "reason": "asleep",
+    # "next_checkin": T}`.
+    next_checkin: float | None = None
 
 
 @dataclass(frozen=True)
@@ -92,7 +96,13 @@ def parse_report(device: str, kind: str, raw: bytes) -> Report:
             raise PayloadError(f"field 'reason' is not a string: {reason!r}"[:200])
         if reason is not None:
             reason = reason[:MAX_REASON]  # kept in the history: bounded
-        return OnlineReport(online, reason, number(obj, "ts") if "ts" in obj else None)
+        ts = number(obj, "ts") if "ts" in obj else None
+        next_checkin = None
+        if "next_checkin" in obj:
+            next_checkin = number(obj, "next_checkin")
+            if online or ts is None:
+                raise PayloadError("field 'next_checkin' goes with online false and a 'ts'")
+        return OnlineReport(online, reason, ts, next_checkin)
     ts = number(obj, "ts")
     if kind == "meta":
         named = obj.get("device")
@@ -154,6 +164,29 @@ def quiet_reason(last_rx: float) -> str:
     return "tunnel quiet: nothing received since " + time.strftime(
         "%Y-%m-%dT%H:%M:%SZ", time.gmtime(last_rx)
     )
+
+
+OVERDUE_AFTER = 120.0  # seconds past the announced check-in: the link's and the clock's slack
+
+
+def checkin_due(report: OnlineReport, now: float) -> float | None:
+    """When, on the service's clock, a device going to sleep said it will have checked in
+    (its announcement is on its own clock, which may be off: only the interval counts)."""
+    if report.next_checkin is None or report.device_ts is None:
+        return None
+    return now + (report.next_checkin - report.device_ts)
+
+
+def presence(online: bool | None, due: float | None, now: float) -> str | None:
+    """online, asleep (until `due`), overdue (asleep and `due` long past), offline;
+    None for a device never seen."""
+    if online is None:
+        return None
+    if online:
+        return "online"
+    if due is None:
+        return "offline"
+    return "asleep" if now <= due + OVERDUE_AFTER else "overdue"
 
 
 def is_newer(stored_ts: float | None, new_ts: float) -> bool:

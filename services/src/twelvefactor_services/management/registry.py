@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,8 +31,10 @@ from twelvefactor_services.management.logic import (
     OnlineState,
     Report,
     Transition,
+    checkin_due,
     is_newer,
     online_transition,
+    presence,
     tunnel_transition,
 )
 from twelvefactor_services.management.tunnelstate import TunnelChange
@@ -53,7 +56,9 @@ CREATE TABLE IF NOT EXISTS devices (
     meta TEXT,
     meta_ts REAL,
     session_online INTEGER,             -- what its sessions last said; online is this and:
-    tunnel_quiet_since REAL             -- the hub found its tunnel quiet (tunnelstate.py)
+    tunnel_quiet_since REAL,            -- the hub found its tunnel quiet (tunnelstate.py)
+    checkin_due REAL,                   -- asleep: when it said it will be back (service clock)
+    checkin_said REAL                   -- the device time stamp of that announcement
 );
 CREATE TABLE IF NOT EXISTS online_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -156,7 +161,14 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         db.executescript(SCHEMA)
         tunnelstate.create(db)
         added = add_columns(
-            db, "devices", {"session_online": "INTEGER", "tunnel_quiet_since": "REAL"}
+            db,
+            "devices",
+            {
+                "session_online": "INTEGER",
+                "tunnel_quiet_since": "REAL",
+                "checkin_due": "REAL",
+                "checkin_said": "REAL",
+            },
         )
         if "session_online" in added:  # what an older registry shows is what its sessions said
             db.execute("UPDATE devices SET session_online = online")
@@ -232,6 +244,7 @@ class Registry:
                     "UPDATE devices SET session_online = ? WHERE id = ?",
                     (int(report.online), device),
                 )
+                self._record_checkin(device, report, now)
                 t = online_transition(state, report, now)
                 if t is not None:
                     self._record_transition(device, t)
@@ -254,6 +267,22 @@ class Registry:
                 )
                 self._record_health_sample(device, report)
             return None
+
+    def _record_checkin(self, device: str, report: OnlineReport, now: float) -> None:
+        """Asleep until when, from a goodbye that says so; a retained one delivered again
+        (a service restart) keeps the time worked out when it first came."""
+        due = checkin_due(report, now)
+        if due is None:
+            self.db.execute(
+                "UPDATE devices SET checkin_due = NULL, checkin_said = NULL WHERE id = ?",
+                (device,),
+            )
+            return
+        self.db.execute(
+            "UPDATE devices SET checkin_due = ?, checkin_said = ? WHERE id = ?"
+            " AND checkin_said IS NOT ?",
+            (due, report.device_ts, device, report.device_ts),
+        )
 
     def apply_tunnel(self, change: TunnelChange, now: float) -> Transition | None:
         """Record the hub's word on a device's tunnel; the online transition it caused, if any.
@@ -644,10 +673,14 @@ _NOT_ENROLLED: dict[str, Any] = {
 
 
 def _device(row: sqlite3.Row, *, full: bool) -> dict[str, Any]:
+    online = None if row["online"] is None else bool(row["online"])
     out: dict[str, Any] = {
         "id": row["id"],
         "first_seen": row["first_seen"],
-        "online": None if row["online"] is None else bool(row["online"]),
+        "online": online,
+        # online, asleep (the metered profile), overdue (missed its check-in), offline
+        "presence": presence(online, row["checkin_due"], time.time()),
+        "next_checkin": row["checkin_due"],
         "last_online_change": row["last_online_change"],
         "health_ts": row["health_ts"],
         "meta_ts": row["meta_ts"],
@@ -669,11 +702,11 @@ def _device(row: sqlite3.Row, *, full: bool) -> dict[str, Any]:
 # first_seen and online null. The columns of both tables, side by side.
 _DEVICES_AND_ENROLMENTS = """
 SELECT d.id, d.first_seen, d.online, d.last_online_change, d.health, d.health_ts, d.meta,
-       d.meta_ts, e.hardware, e.tags, e.certificate_serial, e.enrolled, e.retired,
-       e.retired_group
+       d.meta_ts, d.checkin_due, e.hardware, e.tags, e.certificate_serial, e.enrolled,
+       e.retired, e.retired_group
   FROM devices d LEFT JOIN enrolments e ON e.device = d.id
 UNION ALL
-SELECT e.device, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.hardware, e.tags,
+SELECT e.device, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.hardware, e.tags,
        e.certificate_serial, e.enrolled, e.retired, e.retired_group
   FROM enrolments e WHERE e.device NOT IN (SELECT id FROM devices)
 """

@@ -129,6 +129,11 @@ async function follow(mine) {
   }
 }
 
+// online, asleep (until its announced check-in), overdue (missed it), offline
+function presenceOf(d) {
+  return d.presence || "offline";
+}
+
 function describe(e) {
   switch (e.kind) {
     case "online":
@@ -213,8 +218,10 @@ async function overviewPage(main) {
     h(
       "div",
       { class: "counts" },
-      count("count-online", "online", live.filter((d) => d.online === true).length),
-      count("count-offline", "offline", live.filter((d) => d.online !== true).length),
+      count("count-online", "online", live.filter((d) => presenceOf(d) === "online").length),
+      count("count-asleep", "asleep", live.filter((d) => presenceOf(d) === "asleep").length),
+      count("count-overdue", "overdue", live.filter((d) => presenceOf(d) === "overdue").length),
+      count("count-offline", "offline", live.filter((d) => presenceOf(d) === "offline").length),
       count("count-updating", "updating", updating.size),
       count("count-failed", "failed (jobs)", failed),
     ),
@@ -247,14 +254,13 @@ async function devicesPage(main) {
     "select",
     { id: "filter-online" },
     h("option", { value: "", text: "all" }),
-    h("option", { value: "online", text: "online" }),
-    h("option", { value: "offline", text: "offline" }),
+    ["online", "asleep", "overdue", "offline"].map((v) => h("option", { value: v, text: v })),
   );
   const body = h("tbody");
   const shown = () => {
     body.replaceChildren();
     for (const d of devices) {
-      const st = d.online === true ? "online" : "offline";
+      const st = presenceOf(d);
       if (search.value && !d.id.includes(search.value.trim())) continue;
       if (group.value && groupOf[d.id] !== group.value) continue;
       if (tag.value && !d.tags.includes(tag.value)) continue;
@@ -363,7 +369,15 @@ async function devicePage(main, id) {
   const fact = (k, v) => [h("dt", { text: k }), h("dd", { text: v === null || v === undefined || v === "" ? "—" : v })];
   const charts = h("div", { class: "charts", id: "charts" });
   main.append(
-    h("h1", {}, `Device ${device.id} `, h("span", { class: device.online ? "online" : "offline", id: "device-state", text: device.online ? "online" : "offline" })),
+    h(
+      "h1",
+      {},
+      `Device ${device.id} `,
+      h("span", { class: presenceOf(device), id: "device-state", text: presenceOf(device) }),
+      device.next_checkin && presenceOf(device) !== "online"
+        ? h("small", { id: "next-checkin", text: ` next check-in by ${when(device.next_checkin)}` })
+        : "",
+    ),
     h(
       "div",
       { class: "card" },
