@@ -7,6 +7,7 @@ its two sessions at the stack's listeners and keeps its state in a folder.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import tempfile
@@ -30,6 +31,7 @@ def agent_config(
     queue_max_bytes: int | None = None,
     backoff_cap: float = 2.0,
     confirm_window: int | None = None,
+    link: dict[str, object] | None = None,
 ) -> str:
     """The TOML configuration of a host agent for ``device_id`` on ``stack``.
 
@@ -62,6 +64,8 @@ def agent_config(
     ]
     if queue_max_bytes is not None:
         lines += ["[queue]", f"max_bytes = {queue_max_bytes}"]
+    if link:
+        lines += ["[link]", *(f"{k} = {json.dumps(v)}" for k, v in link.items())]
     return "\n".join(lines) + "\n"
 
 
@@ -78,6 +82,7 @@ class HostAgent(ChildProcess):
         keepalive: int = 10,
         queue_max_bytes: int | None = None,
         confirm_window: int | None = None,
+        link: dict[str, object] | None = None,
         python: str = sys.executable,
     ) -> None:
         super().__init__(f"agent {device_id}", root / "agent.log")
@@ -100,6 +105,7 @@ class HostAgent(ChildProcess):
                 keepalive=keepalive,
                 queue_max_bytes=queue_max_bytes,
                 confirm_window=confirm_window,
+                link=link,
             )
         )
 

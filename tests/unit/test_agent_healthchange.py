@@ -103,8 +103,9 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> Any:
         self.sent.append((topic, payload))
+        return type("Info", (), {"mid": len(self.sent)})()
 
 
 def test_the_session_sends_health_on_news_and_on_the_heartbeat_only() -> None:

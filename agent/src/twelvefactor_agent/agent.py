@@ -32,11 +32,12 @@ from twelvefactor_agent.config.reconfig import (
     Restart,
     Save,
 )
-from twelvefactor_agent.config.settings import Config
+from twelvefactor_agent.config.settings import ALWAYS_ON, METERED, Config
 from twelvefactor_agent.forward.queue import Queue, QueueUnavailable, open_queues
 from twelvefactor_agent.localapi.calltable import CallEvent
 from twelvefactor_agent.localapi.server import ApiServer, bind_socket
 from twelvefactor_agent.protocol.envelope import dumps
+from twelvefactor_agent.session.checkin import CheckinMachine, Progress, Step, Wake
 from twelvefactor_agent.session.management import ManagementSession
 from twelvefactor_agent.session.mqtt import LastError, MqttSession
 from twelvefactor_agent.session.solution import SolutionSession
@@ -72,6 +73,8 @@ class Agent:
         self.queues: list[Queue] = []
         self.api: ApiServer | None = None
         self.updater: Updater | None = None
+        # The metered profile's schedule (session/checkin.py); None: always on.
+        self.link: CheckinMachine | None = None
         # What status shows: taken after the actions of a decision are carried out
         # (a trial shows once it is on disk and the sessions restarted).
         self.config_status: dict[str, Any] = {}
@@ -151,6 +154,7 @@ class Agent:
             self._status,
             on_commit=lambda: self.sol.wake() if self.sol is not None else None,
             submit_call=self._submit_call,
+            checkin=lambda: self.events.put(("checkin",)),
         )
         api.last_error = self.last_error.set
         if not opened.durable:
@@ -195,6 +199,19 @@ class Agent:
             "solution": "online" if sol is not None and sol.online else "offline",
             "queue": self.queues[0].stats().as_json(),
             "config": self.config_status,
+            "link": self._link_status(),
+        }
+
+    def _link_status(self) -> dict[str, object]:
+        """The profile; metered: checking in now, or asleep until when (wall clock)."""
+        link = self.link
+        if link is None:
+            return {"profile": ALWAYS_ON}
+        due = link.due
+        return {
+            "profile": METERED,
+            "awake": link.awake,
+            "next_checkin": None if due is None else time.time() + (due - time.monotonic()),
         }
 
     def _publish_update(self, payload: bytes, acked: threading.Event | None) -> bool:
@@ -213,7 +230,9 @@ class Agent:
         next_ping = 0.0
         while not self.stop_event.is_set():
             now = time.monotonic()
-            wake = self.machine.next_wakeup()
+            link = self.link
+            wakes = [self.machine.next_wakeup(), None if link is None else link.next_wakeup()]
+            wake = min((w for w in wakes if w is not None), default=None)
             timeout = TICK if wake is None else min(TICK, max(0.0, wake - now))
             try:
                 event = self.events.get(timeout=timeout)
@@ -229,6 +248,9 @@ class Agent:
                 actions += self.machine.session_up(event[1], event[2], now)
             actions += self.machine.poll(now)
             self._carry_out(actions)
+            if self.link is not None:
+                steps = self.link.request(now) if event == ("checkin",) else []
+                self._check_in(steps + self.link.poll(now, self._progress()), now)
             workers: list[ApiServer | MqttSession] = [
                 w for w in (self.api, self.mgmt, self.sol) if w is not None
             ]
@@ -265,6 +287,9 @@ class Agent:
                     self.last_error.set(f"config: cannot write {self.managed.path}: {exc}")
             elif isinstance(action, Restart):
                 self._apply_settings(action.config)
+                self._set_profile(action.config)
+                if self.link is not None and not self.link.awake:
+                    self.link.request(time.monotonic())  # a trial reverted while asleep
                 self._restart_sessions(action.config, action.generation)
             elif isinstance(action, ApplyLive):
                 self._apply_settings(action.config)
@@ -281,6 +306,59 @@ class Agent:
             elif isinstance(action, Ignore):
                 log.info("%s", action.reason)
         self.config_status = self.machine.status()
+
+    def _set_profile(self, config: Config) -> None:
+        """Metered or always on, as `config` says; a new schedule starts with a check-in
+        (the sessions are starting anyway)."""
+        if config.link.profile != METERED:
+            if self.link is not None:
+                log.info("link: always on")
+            self.link = None
+        elif self.link is None or self.link.settings != config.link:
+            self.link = CheckinMachine(config.link)
+            self.link.start(time.monotonic())
+            log.info(
+                "link: metered, a check-in every %d s (at most %d s each)",
+                config.link.checkin_interval,
+                config.link.checkin_max,
+            )
+
+    def _progress(self) -> Progress:
+        """How far the current check-in is (or what may call for an early one)."""
+        mgmt, sol = self.mgmt, self.sol
+        try:
+            stats = self.queues[0].stats()
+            queue_bytes = stats.bytes
+            oldest = None if stats.oldest_ts is None else time.time() - stats.oldest_ts
+        except QueueUnavailable:
+            queue_bytes, oldest = 1, None  # unknown: not settled, no early trigger
+        record = self.updater.record if self.updater is not None else None
+        held = record is not None and record.hold and record.final is None
+        return Progress(
+            sessions_up=mgmt is not None and mgmt.online and sol is not None and sol.online,
+            greeted=mgmt is not None and mgmt.greeted,
+            queue_bytes=queue_bytes,
+            oldest_age=oldest,
+            busy=self.machine.stored.trial is not None or (record is not None and not held),
+        )
+
+    def _check_in(self, steps: list[Step], now: float) -> None:
+        for step in steps:
+            if isinstance(step, Wake):
+                log.info("link: checking in (%s)", step.reason)
+                if self.mgmt is None:
+                    self._restart_sessions(self.config, self.machine.generation)
+            else:
+                assert self.link is not None
+                back_by = time.time() + (step.due - now) + self.link.settings.checkin_max
+                log.info(
+                    "link: %s; asleep, next check-in in %.0f s",
+                    "check-in done" if step.settled else "check-in not finished in time",
+                    step.due - now,
+                )
+                if self.mgmt is not None:
+                    self.mgmt.next_checkin = back_by
+                self._stop_sessions("asleep")
 
     def _apply_settings(self, config: Config) -> None:
         """Settings that change without restarting anything: the queue's bounds."""
@@ -378,4 +456,5 @@ def _document(config: Config) -> dict[str, Any]:
         },
         "backoff": {"initial": b.initial, "multiplier": b.multiplier, "cap": b.cap},
         "update": {"allow_downgrade": config.update.allow_downgrade},
+        "link": config.link._asdict(),
     }

@@ -26,6 +26,7 @@ MANAGED: dict[str, frozenset[str]] = {
     "agent": frozenset({"health_interval", "health_heartbeat", "keepalive"}),
     "queue": frozenset({"max_bytes", "max_age", "max_message_bytes"}),
     "backoff": frozenset({"initial", "multiplier", "cap"}),
+    "link": frozenset({"profile", "checkin_interval", "checkin_max", "early_bytes", "early_age"}),
 }
 # Tables of the file that exist but are provisioning's alone.
 PROVISIONED = frozenset({"device", "update"})
@@ -100,7 +101,12 @@ def needs_confirmation(old: Config, new: Config) -> frozenset[str]:
     case, and the solution session too when its endpoint moved. The queue's
     bounds change nothing on the wire: they apply at once (empty set).
     """
-    if (old.management, old.solution, old.backoff) == (new.management, new.solution, new.backoff):
+    if (old.management, old.solution, old.backoff, old.link) == (
+        new.management,
+        new.solution,
+        new.backoff,
+        new.link,
+    ):
         same_agent = (
             old.agent.keepalive,
             old.agent.health_interval,

@@ -81,6 +81,19 @@ class UpdateSettings(NamedTuple):
     allow_downgrade: bool
 
 
+ALWAYS_ON = "always-on"
+METERED = "metered"
+PROFILES = (ALWAYS_ON, METERED)
+
+
+class LinkSettings(NamedTuple):
+    profile: str  # always-on | metered (session/checkin.py)
+    checkin_interval: int
+    checkin_max: int
+    early_bytes: int
+    early_age: int
+
+
 class Config(NamedTuple):
     device: DeviceSettings
     management: Endpoint
@@ -89,6 +102,7 @@ class Config(NamedTuple):
     queue: QueueSettings
     backoff: BackoffSettings
     update: UpdateSettings
+    link: LinkSettings = LinkSettings(ALWAYS_ON, 14400, 300, 65536, 3600)
 
 
 _TYPE_NAMES = {
@@ -122,6 +136,12 @@ def _check_device_id(value: str) -> str | None:
         return f"{value!r} is not a device id ([a-z0-9][a-z0-9-]{{0,62}})"
     if value in RESERVED_IDS:
         return f"{value!r} is reserved for a service"
+    return None
+
+
+def _check_profile(value: str) -> str | None:
+    if value not in PROFILES:
+        return f"{value!r} is not a profile ({' or '.join(PROFILES)})"
     return None
 
 
@@ -176,6 +196,14 @@ _SCHEMA: dict[str, dict[str, _Field]] = {
     # could allow downgrades could also roll a fleet back to a vulnerable release.
     "update": {
         "allow_downgrade": _Field("boolean", False),
+    },
+    # How the device uses its link (issue 18): always on, or checking in on a schedule.
+    "link": {
+        "profile": _Field("string", ALWAYS_ON, check=_check_profile),
+        "checkin_interval": _Field("integer", 14400, low=60, high=7 * 86400),
+        "checkin_max": _Field("integer", 300, low=30, high=3600),
+        "early_bytes": _Field("integer", 65536, low=0, high=1 << 40),  # 0: never early
+        "early_age": _Field("integer", 3600, low=60, high=7 * 86400),
     },
 }
 
@@ -298,6 +326,12 @@ def _cross_checks(v: dict[str, dict[str, Any]]) -> list[str]:
         problems.append(
             f"config: backoff.cap: {b['cap']} is smaller than backoff.initial ({b['initial']})"
         )
+    link = v["link"]
+    if link["checkin_max"] >= link["checkin_interval"]:
+        problems.append(
+            f"config: link.checkin_max: {link['checkin_max']} is not shorter than "
+            f"link.checkin_interval ({link['checkin_interval']})"
+        )
     a = v["agent"]
     if a["health_heartbeat"] < a["health_interval"]:
         problems.append(
@@ -330,6 +364,7 @@ def _build(v: dict[str, dict[str, Any]]) -> Config:
         queue=QueueSettings(q["max_bytes"], q["max_age"], q["max_message_bytes"]),
         backoff=BackoffSettings(float(b["initial"]), float(b["multiplier"]), float(b["cap"])),
         update=UpdateSettings(allow_downgrade=v["update"]["allow_downgrade"]),
+        link=LinkSettings(**v["link"]),
     )
 
 

@@ -111,6 +111,14 @@ class AgentClient:
             raise _error(answer, [])
         return answer
 
+    def checkin(self) -> dict[str, object]:
+        """Ask a metered device to check in now (an alarm must not wait hours); the status."""
+        self._send(b'{"op":"checkin"}\n')
+        answer = self._receive()
+        if answer.get("ok") is not True:
+            raise _error(answer, [])
+        return answer
+
     def call(
         self,
         service: str,

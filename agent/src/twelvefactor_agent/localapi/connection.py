@@ -43,6 +43,10 @@ class Status(NamedTuple):
     pass
 
 
+class Checkin(NamedTuple):
+    """Check in now (the metered profile); answered with the status."""
+
+
 class Refusal(NamedTuple):
     error: str
     message: str
@@ -55,7 +59,7 @@ class CallRequest(NamedTuple):
     call: Call
 
 
-Request = Publish | Status | CallRequest | Refusal
+Request = Publish | Status | Checkin | CallRequest | Refusal
 
 
 def parse_request(line: bytes, max_message_bytes: int) -> Request:
@@ -69,6 +73,8 @@ def parse_request(line: bytes, max_message_bytes: int) -> Request:
     op = doc.get("op")
     if op == "status":
         return Status()
+    if op == "checkin":
+        return Checkin()
     if op == "call":
         try:
             return CallRequest(parse_call(doc))

@@ -30,6 +30,7 @@ from twelvefactor_agent.localapi.calltable import Answered, CallEvent, CallTable
 from twelvefactor_agent.localapi.connection import (
     MAX_LINE,
     CallRequest,
+    Checkin,
     Connection,
     Publish,
     Received,
@@ -149,12 +150,14 @@ class ApiServer(threading.Thread):
         status: Callable[[], dict[str, object]],
         on_commit: Callable[[], None],
         submit_call: SubmitCall | None = None,
+        checkin: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(name="local-api", daemon=True)
         self.listener = listener
         self.queue = queue
         self.status = status
         self.on_commit = on_commit
+        self.checkin = checkin
         self.max_message_bytes = queue.settings.max_message_bytes
         self.sel = selectors.DefaultSelector()
         self._stop_r, self._stop_w = socket.socketpair()
@@ -393,7 +396,9 @@ class ApiServer(threading.Thread):
             elif isinstance(request, CallRequest):
                 self._start_call(conn, slot, request.call)
                 continue
-            elif isinstance(request, Status):
+            elif isinstance(request, Status | Checkin):
+                if isinstance(request, Checkin):
+                    self.checkin()  # the agent's main thread wakes the sessions
                 if status is None:
                     status = self._status()
                 answer = status

@@ -56,6 +56,12 @@ class ManagementSession(MqttSession):
         self._on_connected = on_connected
         self._acks: dict[int, threading.Event] = {}
         self.farewell_reason = "shutdown"
+        # A metered device's goodbye says when it will be back (wall clock); set before stop().
+        self.next_checkin: float | None = None
+        # The service acknowledged the greeting of this connection (online, meta, health,
+        # report): the retained configuration and update job came before (session/checkin.py).
+        self.greeted = False
+        self._greeting_mid: int | None = None
 
     def subscriptions(self) -> list[str]:
         return [topics.mgmt_down(self.device, "#")]
@@ -102,9 +108,12 @@ class ManagementSession(MqttSession):
         return self.topic("online"), payloads.will()
 
     def on_up(self, client: mqtt.Client) -> None:
+        self.greeted = False
         client.publish(self.topic("online"), payloads.online(time.time()), qos=1, retain=True)
         client.publish(self.topic("meta"), self.meta(), qos=1, retain=True)
-        self._publish_health(client)
+        # Its acknowledgement comes after the retained messages the broker sent when
+        # the session subscribed, just before: the greeting is done.
+        self._greeting_mid = self._publish_health(client)
         self._publish_report()
         self._on_connected()
 
@@ -116,6 +125,8 @@ class ManagementSession(MqttSession):
 
     def on_down(self) -> None:
         self._next_health = None
+        self.greeted = False
+        self._greeting_mid = None
 
     def after_io(self, now: float) -> float | None:
         if self._next_health is not None and now >= self._next_health and self.client is not None:
@@ -123,16 +134,18 @@ class ManagementSession(MqttSession):
         return self._next_health
 
     def farewell(self, client: mqtt.Client) -> bool:
-        info = client.publish(
-            self.topic("online"),
-            payloads.shutdown(time.time(), self.farewell_reason),
-            qos=1,
-            retain=True,
-        )
+        if self.next_checkin is not None:
+            goodbye = payloads.asleep(time.time(), self.next_checkin)
+        else:
+            goodbye = payloads.shutdown(time.time(), self.farewell_reason)
+        info = client.publish(self.topic("online"), goodbye, qos=1, retain=True)
         self._farewell_mid = info.mid
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def on_publish(self, mid: int, reason: ReasonCode) -> None:
+        if mid == self._greeting_mid:
+            self._greeting_mid = None
+            self.greeted = True
         if mid == self._farewell_mid:
             self._farewell_mid = None
             self._events.append(("farewell_done", None))
@@ -142,9 +155,9 @@ class ManagementSession(MqttSession):
         if reason.is_failure:
             self._fail(f"management: broker refused a message: {reason}")
 
-    def _publish_health(self, client: mqtt.Client) -> None:
+    def _publish_health(self, client: mqtt.Client) -> int:
         """Health now (the session came up): the service learns where this device stands."""
-        self._send_health(client, self.health_fields(), time.monotonic())
+        return self._send_health(client, self.health_fields(), time.monotonic())
 
     def _sample_health(self, client: mqtt.Client, now: float) -> None:
         """Health as it is now, sent if it is news or the heartbeat is due (healthchange.py)."""
@@ -156,11 +169,11 @@ class ManagementSession(MqttSession):
         else:
             self._next_health = now + self.config.agent.health_interval
 
-    def _send_health(self, client: mqtt.Client, sample: dict[str, object], now: float) -> None:
+    def _send_health(self, client: mqtt.Client, sample: dict[str, object], now: float) -> int:
         self._next_health = now + self.config.agent.health_interval
         self._heartbeat_due = now + self.config.agent.health_heartbeat
         self._health_sent = sample
-        client.publish(self.topic("health"), dumps(sample), qos=1)
+        return client.publish(self.topic("health"), dumps(sample), qos=1).mid
 
     def meta(self) -> bytes:
         env = bootenv.read_boot_env()

@@ -22,6 +22,13 @@ def shutdown(ts: float, reason: str = "shutdown") -> bytes:
     return dumps({"v": V, "online": False, "reason": reason, "ts": ts})
 
 
+def asleep(ts: float, next_checkin: float) -> bytes:
+    """The goodbye of a metered device: back by `next_checkin` (its clock)."""
+    return dumps(
+        {"v": V, "online": False, "reason": "asleep", "ts": ts, "next_checkin": next_checkin}
+    )
+
+
 def meta(
     *,
     ts: float,

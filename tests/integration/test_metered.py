@@ -1,0 +1,108 @@
+"""The metered profile (issue 18, item 2) with the real agent, broker and services.
+
+The agent checks in at start, then sleeps: its sessions closed with the goodbye that
+says when it will be back, so the management service shows it asleep. What happens
+meanwhile (data published by an application, a configuration change) waits; an
+application's "check in now" brings it all: the data archived in order and exactly
+once, the configuration applied, and the device asleep again.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twelvefactor_services.solution.receivers import read_archive
+
+from testbed.hostagent import HostAgent
+from testbed.pace import PACE, REFERENCE, ROUND_TRIP
+from testbed.stack import ServiceProcess, Stack, http_get, http_send, wait_until
+
+pytestmark = pytest.mark.integration
+
+LINK = {"profile": "metered", "checkin_interval": 3600, "checkin_max": 60, "early_bytes": 0}
+
+
+@pytest.fixture
+def agent(stack: Stack) -> Iterator[HostAgent]:
+    made = HostAgent(stack, "dev-m", stack.root.parent / "dev-m", link=LINK)
+    yield made
+    made.close()
+
+
+def device(svc: ServiceProcess) -> dict[str, Any]:
+    status, body = http_get(svc, "/devices/dev-m")
+    return body if status == 200 else {}
+
+
+def asleep_again(svc: ServiceProcess, agent: HostAgent, after: float) -> dict[str, Any]:
+    """The service shows it asleep, from a goodbye sent after `after` (its own history)."""
+
+    def check() -> dict[str, Any] | None:
+        d = device(svc)
+        link = agent.client().status()["link"]
+        if d.get("presence") == "asleep" and d["last_online_change"] > after:
+            assert isinstance(link, dict) and link["awake"] is False
+            return d
+        return None
+
+    return wait_until(
+        check, timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP), what="dev-m asleep"
+    )
+
+
+def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
+    stack: Stack, services: Any, agent: HostAgent
+) -> None:
+    management, _ = services
+    started = time.time()
+    PACE.timed("agent", agent.start)
+    slept = asleep_again(management, agent, started)
+    # back by the end of its next check-in: an hour and a minute from now
+    assert abs(slept["next_checkin"] - (time.time() + 3600 + 60)) < 120
+    status = agent.client().status()
+    assert status["management"] == status["solution"] == "offline"
+    link = status["link"]
+    assert isinstance(link, dict) and link["profile"] == "metered"
+    assert abs(float(link["next_checkin"]) - (time.time() + 3600)) < 120
+
+    # While it sleeps: an application's data, and a configuration change.
+    with agent.client() as client:
+        seqs = [client.publish("meter", f"reading {i}".encode()) for i in range(5)]
+    code, body = http_send(management, "PUT", "/devices/dev-m/config", {"queue": {"max_age": 7200}})
+    assert code == 200, body
+    version = body["version"]
+    time.sleep(PACE.limit(4 * ROUND_TRIP))  # time enough to arrive, were it awake
+    assert not (stack.archive_dir / "dev-m.jsonl").exists()
+    assert device(management)["presence"] == "asleep"
+
+    asked = time.time()
+    answer = agent.client().checkin()
+    assert answer["ok"] is True
+    records = wait_until(
+        lambda: (r := read_archive(stack.archive_dir / "dev-m.jsonl")) and len(r) >= 5 and r,
+        timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP),
+        what="the data archived at the check-in",
+    )
+    time.sleep(PACE.limit(ROUND_TRIP))  # a duplicate would come now
+    records = read_archive(stack.archive_dir / "dev-m.jsonl")
+    assert [r["seq"] for r in records] == seqs  # in order, exactly once
+    assert [base64.b64decode(r["payload"]) for r in records] == [
+        f"reading {i}".encode() for i in range(5)
+    ]
+    assert all(r["received_ts"] >= asked for r in records)
+
+    def applied() -> bool:
+        reported = http_get(management, "/devices/dev-m/config")[1]["reported"]
+        return bool(reported) and reported["version"] == version and reported["status"] == "applied"
+
+    wait_until(
+        applied,
+        timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP),
+        what="the configuration applied at the check-in",
+    )
+    asleep_again(management, agent, asked)
+    assert agent.client().status()["config"]["version"] == version  # type: ignore[index]
