@@ -19,7 +19,7 @@ from twelvefactor_services.solution.receivers import read_archive
 
 from testbed.hostagent import HostAgent
 from testbed.pace import PACE, REFERENCE, ROUND_TRIP
-from testbed.stack import ServiceProcess, Stack, http_get, http_send, wait_until
+from testbed.stack import ServiceProcess, Stack, free_port, http_get, http_send, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +33,22 @@ def agent(stack: Stack) -> Iterator[HostAgent]:
     made.close()
 
 
-def device(svc: ServiceProcess) -> dict[str, Any]:
-    status, body = http_get(svc, "/devices/dev-m")
+def device_of(svc: ServiceProcess, device_id: str) -> dict[str, Any]:
+    status, body = http_get(svc, f"/devices/{device_id}")
     return body if status == 200 else {}
 
 
-def asleep_again(svc: ServiceProcess, agent: HostAgent, after: float) -> dict[str, Any]:
+def device(svc: ServiceProcess) -> dict[str, Any]:
+    return device_of(svc, "dev-m")
+
+
+def asleep_again(
+    svc: ServiceProcess, agent: HostAgent, after: float, device_id: str = "dev-m"
+) -> dict[str, Any]:
     """The service shows it asleep, from a goodbye sent after `after` (its own history)."""
 
     def check() -> dict[str, Any] | None:
-        d = device(svc)
+        d = device_of(svc, device_id)
         link = agent.client().status()["link"]
         if d.get("presence") == "asleep" and d["last_online_change"] > after:
             assert isinstance(link, dict) and link["awake"] is False
@@ -50,7 +56,9 @@ def asleep_again(svc: ServiceProcess, agent: HostAgent, after: float) -> dict[st
         return None
 
     return wait_until(
-        check, timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP), what="dev-m asleep"
+        check,
+        timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP),
+        what=f"{device_id} asleep",
     )
 
 
@@ -106,3 +114,53 @@ def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
     )
     asleep_again(management, agent, asked)
     assert agent.client().status()["config"]["version"] == version  # type: ignore[index]
+
+
+def test_the_profile_is_switched_by_managed_configuration_and_a_bad_switch_goes_back(
+    stack: Stack, services: Any
+) -> None:
+    """Always on to metered by the management service (issue 18): a schedule the device
+    cannot keep is rejected; a switch that cannot reach the service is reverted, as any
+    connectivity change is; a good one is applied at once and the device goes to sleep."""
+    management, _ = services
+    agent = HostAgent(stack, "dev-w", stack.root.parent / "dev-w", confirm_window=10)
+    try:
+        PACE.timed("agent", agent.start)
+        wait_until(
+            lambda: device_of(management, "dev-w").get("presence") == "online",
+            timeout=PACE.steps_of("online"),
+            what="dev-w online",
+        )
+
+        def report(version: int) -> dict[str, Any] | None:
+            reported = http_get(management, "/devices/dev-w/config")[1]["reported"]
+            return reported if reported and reported["version"] == version else None
+
+        def change(overlay: dict[str, Any]) -> dict[str, Any]:
+            code, body = http_send(management, "PUT", "/devices/dev-w/config", overlay)
+            assert code == 200, body
+            version = body["version"]
+            return wait_until(
+                lambda: report(version),
+                timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP, fixed=10),
+                what=f"version {version} reported",
+            )
+
+        cannot = change(
+            {"link": {"profile": "metered", "checkin_interval": 120, "checkin_max": 300}}
+        )
+        assert cannot["status"] == "rejected"
+        assert (
+            "link.checkin_max: 300 is not shorter than link.checkin_interval (120)"
+            in (cannot["error"])
+        )
+        dead = {"link": {"profile": "metered"}, "management": {"port": free_port()}}
+        unreachable = change(dead)
+        assert unreachable["status"] == "reverted", unreachable
+        assert agent.client().status()["link"] == {"profile": "always-on"}
+        good = change({"link": {"profile": "metered", "checkin_interval": 3600, "checkin_max": 60}})
+        assert good["status"] == "applied", good
+        asleep = asleep_again(management, agent, time.time() - 1, "dev-w")
+        assert abs(asleep["next_checkin"] - (time.time() + 3660)) < 120
+    finally:
+        agent.close()
