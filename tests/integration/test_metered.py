@@ -114,6 +114,8 @@ def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
     )
     asleep_again(management, agent, asked)
     assert agent.client().status()["config"]["version"] == version  # type: ignore[index]
+    # The second check-in resumed both TLS sessions: no certificate crossed the link again.
+    assert agent.log_file.read_text().count("(TLS resumed)") == 2
 
 
 def test_the_profile_is_switched_by_managed_configuration_and_a_bad_switch_goes_back(

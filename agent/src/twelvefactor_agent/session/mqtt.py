@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import random
 import select
 import socket
@@ -24,7 +25,8 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -47,16 +49,49 @@ TCP_USER_TIMEOUT_MS = 120_000
 MAX_SLEEP = 1.0
 
 StateCallback = Callable[[str, bool], None]
+C = TypeVar("C", bound=ssl.SSLContext)
 
 
-def tls_context(config: Config) -> ssl.SSLContext:
+def tls_context(config: Config, kind: type[C] = ssl.SSLContext) -> C:  # type: ignore[assignment]
     """TLS 1.2+, the server verified against the device CA, the device certificate presented."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = kind(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.load_verify_locations(cafile=str(config.device.ca))
     ctx.load_cert_chain(certfile=str(config.device.certificate), keyfile=str(config.device.key))
+    return ctx
+
+
+class _ResumingContext(ssl.SSLContext):
+    """A client context that offers the last session it was given (TLS 1.3 resumption)."""
+
+    resume: ssl.SSLSession | None = None
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        if self.resume is not None and kwargs.get("session") is None:
+            kwargs["session"] = self.resume
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+# One context per endpoint and identity, kept while its files stay the same: a session
+# can only be resumed through the context that made it, and a metered device makes new
+# sessions at every check-in (issue 18: a resumed handshake sends no certificates).
+_CONTEXTS: dict[tuple[str, int, Path, Path, Path], tuple[object, _ResumingContext]] = {}
+
+
+def shared_tls_context(config: Config, endpoint: Endpoint) -> _ResumingContext:
+    d = config.device
+    key = (endpoint.host, endpoint.port, d.certificate, d.key, d.ca)
+    try:
+        stamp: object = tuple((st.st_mtime_ns, st.st_size) for st in map(os.stat, key[2:]))
+    except OSError:
+        stamp = None  # tls_context says what is wrong with the files
+    cached = _CONTEXTS.get(key)
+    if cached is not None and stamp is not None and cached[0] == stamp:
+        return cached[1]
+    ctx = tls_context(config, _ResumingContext)
+    _CONTEXTS[key] = (stamp, ctx)
     return ctx
 
 
@@ -254,7 +289,13 @@ class MqttSession(threading.Thread):
                     self._fail(f"{self.session}: connection refused: {arg}")
                     self._apply(self.machine.connect_failed(now))
                 else:
-                    self.log.info("connected to %s:%d", self.endpoint.host, self.endpoint.port)
+                    resumed = self._remember_tls()
+                    self.log.info(
+                        "connected to %s:%d%s",
+                        self.endpoint.host,
+                        self.endpoint.port,
+                        " (TLS resumed)" if resumed else "",
+                    )
                     self._apply(self.machine.connected(now))
             elif kind == "disconnect":
                 if self.machine.phase is Phase.CONNECTED:
@@ -268,6 +309,16 @@ class MqttSession(threading.Thread):
                     self.on_message(topic, payload, properties)
                 except Exception:  # a message must never end the session thread
                     self.log.exception("failed to handle a message on %s", topic)
+
+    def _remember_tls(self) -> bool:
+        """Keep this connection's TLS session for the next one; True if it was resumed."""
+        sock = self.client.socket() if self.client is not None else None
+        if not isinstance(sock, ssl.SSLSocket):
+            return False
+        ctx = sock.context
+        if isinstance(ctx, _ResumingContext) and sock.session is not None:
+            ctx.resume = sock.session
+        return bool(sock.session_reused)
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -314,7 +365,7 @@ class MqttSession(threading.Thread):
         connect_props.SessionExpiryInterval = SESSION_EXPIRY
         self.client = client
         try:
-            client.tls_set_context(tls_context(self.config))
+            client.tls_set_context(shared_tls_context(self.config, self.endpoint))
             client.connect(
                 self.endpoint.host,
                 self.endpoint.port,
