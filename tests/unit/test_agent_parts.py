@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twelvefactor_agent.device import sysinfo
 from twelvefactor_agent.forward.queue import Message, QueueStats
-from twelvefactor_agent.localapi.connection import Publish, Refusal, Status, parse_request
+from twelvefactor_agent.localapi.connection import Checkin, Publish, Refusal, Status, parse_request
 from twelvefactor_agent.protocol import topics
 from twelvefactor_agent.session import payloads
 from twelvefactor_agent.session.statefile import StateFile
@@ -30,6 +30,7 @@ def test_publish_request() -> None:
 
 def test_status_request() -> None:
     assert isinstance(parse_request(b'{"op":"status","extra":1}', 1024), Status)
+    assert isinstance(parse_request(b'{"op":"checkin"}', 1024), Checkin)  # a metered device
 
 
 @pytest.mark.parametrize(

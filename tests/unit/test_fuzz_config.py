@@ -67,6 +67,11 @@ PLAUSIBLE: dict[str, Any] = {
     "initial": st.floats(min_value=0, max_value=5000),
     "multiplier": st.floats(min_value=0.5, max_value=12),
     "cap": st.floats(min_value=0, max_value=100000),
+    "profile": st.sampled_from(["always-on", "metered", "sometimes"]),
+    "checkin_interval": st.integers(min_value=0, max_value=10**6),
+    "checkin_max": st.integers(min_value=0, max_value=5000),
+    "early_bytes": st.integers(min_value=-1, max_value=2**41),
+    "early_age": st.integers(min_value=0, max_value=10**6),
 }
 plausible = st.fixed_dictionaries(
     {},
