@@ -179,6 +179,14 @@ class Lab:
         finally:
             db.close()
 
+    def history(self, device_id: str) -> list[dict[str, Any]]:
+        """The device's online history in the registry, oldest first."""
+        db = registry.connect(Path(self.hub_info["registry"]), readonly=True)
+        try:
+            return registry.history(db, device_id)
+        finally:
+            db.close()
+
     def reaches_broker(self, dev: Device, timeout: float = 3) -> bool:
         """Can `dev` open a TCP connection to the broker's management listener
         on the hub's tunnel address (a fresh connection, not the agent's)?"""

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
-
-from twelvefactor_services.management import registry
 
 from testbed.network.lab import Lab
 from testbed.network.probes import Capture
@@ -27,20 +24,12 @@ LINK = {"profile": "metered", "checkin_interval": INTERVAL, "checkin_max": 30, "
 PASSIVE_KEEPALIVE = 10.0
 
 
-def history(lab: Lab, device: str) -> list[dict[str, Any]]:
-    db = registry.connect(Path(lab.hub_info["registry"]), readonly=True)
-    try:
-        return registry.history(db, device)
-    finally:
-        db.close()
-
-
 def asleep(lab: Lab, after: float) -> float:
     """Wait until device B's agent is asleep after wall time `after`; when it will wake."""
     deadline = time.monotonic() + PACE.limit(REFERENCE["online"] + 10.0, fixed=30.0)
     while True:
         link = lab.b.status()["link"]
-        entries = history(lab, lab.b.id)
+        entries = lab.history(lab.b.id)
         said = [e for e in entries if e["ts"] > after and e["reason"] == "asleep"]
         if link["awake"] is False and said:
             return float(link["next_checkin"])
@@ -86,8 +75,8 @@ def test_a_metered_device_is_silent_between_check_ins_and_checks_in_on_schedule(
         )
         # The next check-in comes on schedule, with nobody asking: online, then asleep.
         asleep(lab, wakes - INTERVAL / 2)
-        ups = [e for e in history(lab, dev.id) if e["ts"] > slept and e["online"]]
-        assert ups, history(lab, dev.id)[-4:]
+        ups = [e for e in lab.history(dev.id) if e["ts"] > slept and e["online"]]
+        assert ups, lab.history(dev.id)[-4:]
     finally:
         dev.stop_agent()
         dev.wg("set", "peer", tunnel.peer_key, "persistent-keepalive", tunnel.keepalive)

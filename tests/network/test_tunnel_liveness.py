@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from twelvefactor_services.hub.liveness import DEFAULT_AFTER
-from twelvefactor_services.management import registry
 
 from testbed.network.device import AGENT_TEMPLATE
 from testbed.network.lab import Lab
@@ -35,14 +34,6 @@ CUT = """table inet tf_power_off {
 """
 
 
-def history(lab: Lab, device: str) -> list[dict[str, Any]]:
-    db = registry.connect(Path(lab.hub_info["registry"]), readonly=True)
-    try:
-        return registry.history(db, device)
-    finally:
-        db.close()
-
-
 def connections(log: Path | None) -> int:
     assert log is not None
     return log.read_text(errors="replace").count(" connected to ")
@@ -51,7 +42,7 @@ def connections(log: Path | None) -> int:
 def wait_for(lab: Lab, device: str, online: bool, after: int, limit: float) -> dict[str, Any]:
     deadline = time.monotonic() + limit
     while True:
-        entries = [e for e in history(lab, device) if e["id"] > after]
+        entries = [e for e in lab.history(device) if e["id"] > after]
         if entries and entries[-1]["online"] is online:
             return entries[-1]
         assert time.monotonic() < deadline, (entries, lab.hub_log())
@@ -71,7 +62,7 @@ def test_a_device_cut_off_shows_offline_from_its_tunnel_and_online_when_it_retur
     try:
         dev.start_agent(lab.root / "dev-b-agent-liveness.log")
         lab.wait_online(dev)
-        last = history(lab, dev.id)[-1]["id"]
+        last = lab.history(dev.id)[-1]["id"]
         connects = connections(dev.agent_log)
         dev.ns.exec("nft", "-f", "-", input_text=CUT)
         cut = time.time()

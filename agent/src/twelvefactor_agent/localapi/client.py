@@ -105,15 +105,14 @@ class AgentClient:
         return seqs
 
     def status(self) -> dict[str, object]:
-        self._send(b'{"op":"status"}\n')
-        answer = self._receive()
-        if answer.get("ok") is not True:
-            raise _error(answer, [])
-        return answer
+        return self._ask(b'{"op":"status"}\n')
 
     def checkin(self) -> dict[str, object]:
         """Ask a metered device to check in now (an alarm must not wait hours); the status."""
-        self._send(b'{"op":"checkin"}\n')
+        return self._ask(b'{"op":"checkin"}\n')
+
+    def _ask(self, line: bytes) -> dict[str, object]:
+        self._send(line)
         answer = self._receive()
         if answer.get("ok") is not True:
             raise _error(answer, [])
