@@ -22,6 +22,12 @@ handshakes), which an always-on device behind NAT pays whatever runs above it.
 Time sync is not running in the lab (the device's timesyncd polls the hub's tunnel
 address at most every PollIntervalMaxSec, 2048 s by default: under 100 KB a month).
 
+Last, the metered profile (issue 18): device A provisioned as a metered device (no
+persistent keepalive, a check-in every 4 hours), the underlay bytes of one check-in
+with full TLS handshakes (the agent's first) and of one with resumed TLS sessions,
+each times six a day for a month; between check-ins the tunnel is silent
+(tests/network/test_metered_silence.py).
+
 Needs root (namespaces), tcpdump, wireguard-go, wg, mosquitto. Prints figures only.
 """
 
@@ -177,6 +183,72 @@ def wait_drained(lab: Lab, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+CHECKINS_PER_DAY = 6  # the metered profile's default: every 4 hours
+PASSIVE_KEEPALIVE = 12.0  # WireGuard's one keepalive 10 s after the last packet, and margin
+
+
+def metered_agent(lab: Lab) -> None:
+    """Device A as a metered device is provisioned: no persistent keepalive on its tunnel,
+    the metered profile (a check-in every 4 h), nothing early by size."""
+    dev = lab.a
+    dev.stop_agent()
+    assert dev.tunnel is not None
+    dev.wg("set", "peer", dev.tunnel.peer_key, "persistent-keepalive", "0")
+    info = lab.hub_info
+    dev.write_agent_config(
+        info["address_v4"],
+        info["management_port"],
+        info["solution_port"],
+        agent=SHIPPED,
+        backoff={"initial": 1.0, "multiplier": 2.0, "cap": 300.0},
+        link={"profile": "metered", "early_bytes": 0},
+    )
+
+
+def wait_asleep(lab: Lab, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        link = lab.a.status()["link"]
+        if isinstance(link, dict) and link.get("awake") is False:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"device A did not go to sleep in {timeout} s: {link}")
+        time.sleep(0.1)
+
+
+def checkin_cost(lab: Lab, name: str, *, restart: bool) -> int:
+    """Underlay bytes of one check-in, from the wake-up until the tunnel is quiet again.
+    `restart`: the agent starts afresh (its boot check-in: full TLS handshakes); else an
+    application asks a sleeping agent (resumed TLS sessions)."""
+    dev = lab.a
+    cap = Capture(dev.ns, "eth0", lab.root / f"checkin-{name}.pcap")
+    if restart:
+        dev.start_agent(lab.root / f"dev-a-agent-{name}.log")
+    else:
+        with dev.client() as client:
+            client.checkin()
+    wait_asleep(lab)
+    time.sleep(PASSIVE_KEEPALIVE)
+    return sum(p.ip_len for p in read_pcap(cap.stop()))
+
+
+def print_metered(lab: Lab) -> None:
+    metered_agent(lab)
+    full = checkin_cost(lab, "boot", restart=True)
+    time.sleep(5)
+    resumed = checkin_cost(lab, "asked", restart=False)
+    print(
+        "\nmetered profile, one check-in (connect both sessions, retained messages, "
+        "health and metadata, goodbye; tunnel silent between):"
+    )
+    for what, size in (("full TLS handshakes", full), ("TLS resumed", resumed)):
+        month = size * CHECKINS_PER_DAY * 30 / 1e6
+        print(
+            f"  {what:22} {size:7d} bytes; every 4 h: {month:.2f} MB/month "
+            f"(target <= 1 MB, balena's floor about 1 MB with one poll a day)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     longest = max(600.0, float(SHIPPED["health_heartbeat"]), float(SHIPPED["keepalive"]))
@@ -200,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         publish_cost(lab, rate, one_by_one=False)
         publish_cost(lab, rate, one_by_one=True)
+        print_metered(lab)
     finally:
         lab.close()
         if args.keep:
