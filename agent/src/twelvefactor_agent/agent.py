@@ -250,7 +250,11 @@ class Agent:
             self._carry_out(actions)
             if self.link is not None:
                 steps = self.link.request(now) if event == ("checkin",) else []
-                self._check_in(steps + self.link.poll(now, self._progress()), now)
+                progress = self._progress()
+                opened = self.link.awake and self.mgmt is not None
+                if opened and self.sol is None and progress.queue_bytes > 0:
+                    self._start_solution(self.config)  # data to send after all: open it now
+                self._check_in(steps + self.link.poll(now, progress), now)
             workers: list[ApiServer | MqttSession] = [
                 w for w in (self.api, self.mgmt, self.sol) if w is not None
             ]
@@ -335,7 +339,8 @@ class Agent:
         record = self.updater.record if self.updater is not None else None
         held = record is not None and record.hold and record.final is None
         return Progress(
-            sessions_up=mgmt is not None and mgmt.online and sol is not None and sol.online,
+            # a check-in with nothing to send opens no solution session
+            sessions_up=mgmt is not None and mgmt.online and (sol is None or sol.online),
             greeted=mgmt is not None and mgmt.greeted,
             queue_bytes=queue_bytes,
             oldest_age=oldest,
@@ -347,7 +352,11 @@ class Agent:
             if isinstance(step, Wake):
                 log.info("link: checking in (%s)", step.reason)
                 if self.mgmt is None:
-                    self._restart_sessions(self.config, self.machine.generation)
+                    try:
+                        data = self.queues[0].stats().depth > 0
+                    except QueueUnavailable:
+                        data = True
+                    self._restart_sessions(self.config, self.machine.generation, solution=data)
             else:
                 assert self.link is not None
                 back_by = time.time() + (step.due - now) + self.link.settings.checkin_max
@@ -372,7 +381,9 @@ class Agent:
         report = self.machine.stored.report
         return None if report is None else dumps(report.as_json())
 
-    def _restart_sessions(self, config: Config, generation: int) -> None:
+    def _restart_sessions(self, config: Config, generation: int, *, solution: bool = True) -> None:
+        """Both sessions on `config`; without the solution session if `solution` is False
+        (a metered check-in with nothing to send: `_start_solution` adds it when needed)."""
         had_sessions = self.mgmt is not None
         self._stop_sessions("reconfigure")
         self.generation = generation
@@ -384,25 +395,28 @@ class Agent:
                 config.solution.host,
                 config.solution.port,
             )
-        on_state = self._state_callback(generation)
         self.mgmt = ManagementSession(
             config,
             self.queues[2],
-            on_state,
+            self._state_callback(generation),
             self.last_error,
             on_desired=lambda raw: self.events.put(("desired", raw)),
             report=self._report,
             on_update=self.updater.offer if self.updater is not None else lambda raw: None,
             on_connected=self.updater.session_up if self.updater is not None else lambda: None,
         )
+        self.mgmt.start()
+        if solution:
+            self._start_solution(config)
+
+    def _start_solution(self, config: Config) -> None:
         self.sol = SolutionSession(
             config,
             self.queues[1],
-            on_state,
+            self._state_callback(self.generation),
             self.last_error,
             report_call=self._report_call,
         )
-        self.mgmt.start()
         self.sol.start()
 
     def _report_call(self, event: CallEvent) -> None:

@@ -9,6 +9,7 @@ dropped with a log line and changes nothing. Update reports go out on
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -26,6 +27,15 @@ from twelvefactor_agent.protocol import topics
 from twelvefactor_agent.protocol.envelope import dumps
 from twelvefactor_agent.session import healthchange, payloads
 from twelvefactor_agent.session.mqtt import LastError, MqttSession, StateCallback
+
+# The metadata each client id last published in this process, without its time stamp.
+_META_SENT: dict[str, bytes] = {}
+
+
+def _without_ts(meta: bytes) -> bytes:
+    doc = json.loads(meta)
+    doc.pop("ts", None)
+    return json.dumps(doc, sort_keys=True).encode()
 
 
 class ManagementSession(MqttSession):
@@ -110,7 +120,11 @@ class ManagementSession(MqttSession):
     def on_up(self, client: mqtt.Client) -> None:
         self.greeted = False
         client.publish(self.topic("online"), payloads.online(time.time()), qos=1, retain=True)
-        client.publish(self.topic("meta"), self.meta(), qos=1, retain=True)
+        meta = self.meta()
+        if _META_SENT.get(self.client_id) != _without_ts(meta):
+            # Retained: sent again only when it changed since this process sent it.
+            client.publish(self.topic("meta"), meta, qos=1, retain=True)
+            _META_SENT[self.client_id] = _without_ts(meta)
         # Its acknowledgement comes after the retained messages the broker sent when
         # the session subscribed, just before: the greeting is done.
         self._greeting_mid = self._publish_health(client)

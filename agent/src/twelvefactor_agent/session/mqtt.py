@@ -33,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from twelvefactor_agent.config.settings import Config, Endpoint
 from twelvefactor_agent.session.machine import Action, ClockWatch, Phase, SessionMachine
@@ -93,6 +94,10 @@ def shared_tls_context(config: Config, endpoint: Endpoint) -> _ResumingContext:
     ctx = tls_context(config, _ResumingContext)
     _CONTEXTS[key] = (stamp, ctx)
     return ctx
+
+
+# Client ids that have subscribed in this process (see Action.UP).
+_SUBSCRIBED: set[str] = set()
 
 
 def _ignore_socket(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -331,8 +336,15 @@ class MqttSession(threading.Thread):
             elif action is Action.UP:
                 assert self.client is not None
                 self._on_state(self.session, True)
+                # The first subscription of this process takes the retained messages
+                # (the agent's state may have been lost); later ones only if the broker
+                # lost the session: what was published meanwhile is queued in it.
+                # A metered device's check-in then costs no retained copies (issue 18).
+                handling = 1 if self.client_id in _SUBSCRIBED else 0
                 for topic in self.subscriptions():
-                    self.client.subscribe(topic, qos=1)
+                    options = SubscribeOptions(qos=1, retainHandling=handling)
+                    self.client.subscribe(topic, options=options)
+                _SUBSCRIBED.add(self.client_id)
                 self.on_up(self.client)
             elif action is Action.DOWN:
                 self.on_down()
