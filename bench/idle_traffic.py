@@ -83,20 +83,26 @@ class Capture:
         return self.path
 
 
+def shipped_config(lab: Lab, **tables: dict[str, object]) -> None:
+    """Device A's agent.toml with the shipped intervals and backoff (and `tables`)."""
+    info = lab.hub_info
+    lab.a.write_agent_config(
+        info["address_v4"],
+        info["management_port"],
+        info["solution_port"],
+        agent=SHIPPED,
+        backoff={"initial": 1.0, "multiplier": 2.0, "cap": 300.0},
+        **tables,
+    )
+
+
 def shipped_agent(lab: Lab) -> None:
     """Device A's agent again, with the shipped intervals instead of the lab's short ones;
     device B's agent stopped (its traffic is not on A's link, but it loads the hub)."""
     lab.b.stop_agent()
     dev = lab.a
     dev.stop_agent()
-    info = lab.hub_info
-    dev.write_agent_config(
-        info["address_v4"],
-        info["management_port"],
-        info["solution_port"],
-        agent=SHIPPED,
-        backoff={"initial": 1.0, "multiplier": 2.0, "cap": 300.0},
-    )
+    shipped_config(lab)
     dev.start_agent(lab.root / "dev-a-agent-shipped.log")
     lab.wait_online(dev)
 
@@ -194,15 +200,7 @@ def metered_agent(lab: Lab) -> None:
     dev.stop_agent()
     assert dev.tunnel is not None
     dev.wg("set", "peer", dev.tunnel.peer_key, "persistent-keepalive", "0")
-    info = lab.hub_info
-    dev.write_agent_config(
-        info["address_v4"],
-        info["management_port"],
-        info["solution_port"],
-        agent=SHIPPED,
-        backoff={"initial": 1.0, "multiplier": 2.0, "cap": 300.0},
-        link={"profile": "metered", "early_bytes": 0},
-    )
+    shipped_config(lab, link={"profile": "metered", "early_bytes": 0})
 
 
 def wait_asleep(lab: Lab, timeout: float = 120) -> None:
