@@ -236,8 +236,9 @@ def print_metered(lab: Lab) -> None:
     time.sleep(5)
     resumed = checkin_cost(lab, "asked", restart=False)
     print(
-        "\nmetered profile, one check-in (connect both sessions, retained messages, "
-        "health and metadata, goodbye; tunnel silent between):"
+        "\nmetered profile, one check-in with nothing queued (the management session, "
+        "health, goodbye; retained messages and metadata after a start only; "
+        "tunnel silent between):"
     )
     for what, size in (("full TLS handshakes", full), ("TLS resumed", resumed)):
         month = size * CHECKINS_PER_DAY * 30 / 1e6
