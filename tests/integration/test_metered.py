@@ -24,6 +24,7 @@ from testbed.stack import ServiceProcess, Stack, free_port, http_get, http_send,
 pytestmark = pytest.mark.integration
 
 LINK = {"profile": "metered", "checkin_interval": 3600, "checkin_max": 60, "early_bytes": 0}
+WINDOW = 10  # the agent's confirmation window: a timer
 
 
 @pytest.fixture
@@ -125,7 +126,7 @@ def test_the_profile_is_switched_by_managed_configuration_and_a_bad_switch_goes_
     cannot keep is rejected; a switch that cannot reach the service is reverted, as any
     connectivity change is; a good one is applied at once and the device goes to sleep."""
     management, _ = services
-    agent = HostAgent(stack, "dev-w", stack.root.parent / "dev-w", confirm_window=10)
+    agent = HostAgent(stack, "dev-w", stack.root.parent / "dev-w", confirm_window=WINDOW)
     try:
         PACE.timed("agent", agent.start)
         wait_until(
@@ -144,7 +145,7 @@ def test_the_profile_is_switched_by_managed_configuration_and_a_bad_switch_goes_
             version = body["version"]
             return wait_until(
                 lambda: report(version),
-                timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP, fixed=10),
+                timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP, fixed=WINDOW),
                 what=f"version {version} reported",
             )
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from testbed.network.lab import Lab
 from testbed.network.probes import Capture
-from testbed.pace import PACE, REFERENCE
+from testbed.pace import PACE, REFERENCE, ROUND_TRIP
 from testbed.proc import run
 
 INTERVAL = 90
@@ -28,9 +28,12 @@ LINK = {"profile": "metered", "checkin_interval": INTERVAL, "checkin_max": 30, "
 AFTERMATH = 20.0
 
 
-def asleep(lab: Lab, after: float) -> float:
-    """Wait until device B's agent is asleep after wall time `after`; when it will wake."""
-    deadline = time.monotonic() + PACE.limit(REFERENCE["online"] + 10.0, fixed=30.0)
+def asleep(lab: Lab, after: float, until_wake: float = 0.0) -> float:
+    """Wait until device B's agent is asleep after wall time `after` (a check-in that starts
+    in `until_wake` seconds, by its schedule: a timer); when it will wake next."""
+    # a check-in: the agent up and online, then its goodbye recorded
+    work = REFERENCE["online"] + 2 * ROUND_TRIP
+    deadline = time.monotonic() + PACE.limit(work, fixed=until_wake)
     while True:
         link = lab.b.status()["link"]
         entries = lab.history(lab.b.id)
@@ -79,7 +82,7 @@ def test_a_metered_device_is_silent_between_check_ins_and_checks_in_on_schedule(
             f"(router solicitations on the lab's router-less LAN: {solicitations})"
         )
         # The next check-in comes on schedule, with nobody asking: online, then asleep.
-        asleep(lab, wakes - INTERVAL / 2)
+        asleep(lab, wakes - INTERVAL / 2, until_wake=max(0.0, wakes - time.time()))
         ups = [e for e in lab.history(dev.id) if e["ts"] > slept and e["online"]]
         assert ups, lab.history(dev.id)[-4:]
     finally:

@@ -142,3 +142,40 @@ def test_the_session_sends_health_on_news_and_on_the_heartbeat_only() -> None:
     session.after_io(sent_at + 600.0)  # the tenth sample: the heartbeat
     assert len(client.sent) == 3
     assert all(topic == "mgmt/dev-1/up/health" for topic, _ in client.sent)
+
+
+def test_metadata_is_sent_again_until_the_broker_has_acknowledged_it() -> None:
+    """A metered check-in skips unchanged metadata; a copy lost with its connection is not
+    counted as sent."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+    from twelvefactor_agent.session.management import ManagementSession
+    from twelvefactor_agent.session.mqtt import LastError
+
+    config = settings.validate(
+        {
+            "device": {"id": "dev-meta", "certificate": "/c", "key": "/k", "ca": "/a"},
+            "management": {"host": "10.77.0.1"},
+            "solution": {"host": "10.77.0.1"},
+        }
+    )
+    session = ManagementSession(config, None, lambda name, up: None, LastError())  # type: ignore[arg-type]
+    stamp = iter(range(100))
+    session.meta = lambda: b'{"v":1,"ts":%d,"slot":"a"}' % next(stamp)  # type: ignore[method-assign]
+    session.health_fields = sample  # type: ignore[method-assign]
+
+    def connect() -> list[str]:
+        client = Recorder()
+        session.client = client  # type: ignore[assignment]
+        session.on_up(client)  # type: ignore[arg-type]
+        return [topic for topic, _ in client.sent]
+
+    assert "mgmt/dev-meta/up/meta" in connect()
+    session.on_down()  # lost before its PUBACK
+    assert "mgmt/dev-meta/up/meta" in connect()
+    meta_mid = 2  # online, meta, health: the Recorder numbers them from 1
+    session.on_publish(meta_mid, ReasonCode(PacketTypes.PUBACK, "Success"))
+    session.on_down()
+    assert "mgmt/dev-meta/up/meta" not in connect()  # unchanged and acknowledged
+    session.meta = lambda: b'{"v":1,"ts":9,"slot":"b"}'  # type: ignore[method-assign]
+    assert "mgmt/dev-meta/up/meta" in connect()  # changed

@@ -211,3 +211,15 @@ def test_the_registry_shows_a_sleeping_device_asleep_then_overdue(tmp_path: Path
     d = registry.get_device(reg.db, "dev-n")
     assert d is not None and (d["presence"], d["next_checkin"]) == ("online", None)
     reg.close()
+
+
+def test_a_change_the_hub_could_not_record_is_reported_again() -> None:
+    t = LivenessTracker(after=75)
+    t.observe({"k": 100, "j": 5}, 0.0)
+    assert t.observe({"k": 160, "j": 5}, 25.0) == [Change("k", True, 25.0)]
+    t.undecide("k")  # the registry was busy
+    assert t.observe({"k": 220, "j": 5}, 50.0) == [Change("k", True, 50.0)]
+    assert t.observe({"k": 220, "j": 5}, 75.0) == [Change("j", False, 0.0)]
+    t.undecide("j")
+    assert t.observe({"k": 220, "j": 5}, 76.0) == [Change("j", False, 0.0)]  # at once
+    t.undecide("gone")  # a peer it no longer knows: nothing to do

@@ -254,7 +254,7 @@ class Agent:
                 opened = self.link.awake and self.mgmt is not None
                 if opened and self.sol is None and progress.queue_bytes > 0:
                     self._start_solution(self.config)  # data to send after all: open it now
-                self._check_in(steps + self.link.poll(now, progress), now)
+                self._check_in(steps + self.link.poll(now, progress), progress, now)
             workers: list[ApiServer | MqttSession] = [
                 w for w in (self.api, self.mgmt, self.sol) if w is not None
             ]
@@ -347,16 +347,14 @@ class Agent:
             busy=self.machine.stored.trial is not None or (record is not None and not held),
         )
 
-    def _check_in(self, steps: list[Step], now: float) -> None:
+    def _check_in(self, steps: list[Step], progress: Progress, now: float) -> None:
         for step in steps:
             if isinstance(step, Wake):
                 log.info("link: checking in (%s)", step.reason)
                 if self.mgmt is None:
-                    try:
-                        data = self.queues[0].stats().depth > 0
-                    except QueueUnavailable:
-                        data = True
-                    self._restart_sessions(self.config, self.machine.generation, solution=data)
+                    self._restart_sessions(
+                        self.config, self.machine.generation, solution=progress.queue_bytes > 0
+                    )
             else:
                 assert self.link is not None
                 back_by = time.time() + (step.due - now) + self.link.settings.checkin_max

@@ -102,7 +102,7 @@ class Config(NamedTuple):
     queue: QueueSettings
     backoff: BackoffSettings
     update: UpdateSettings
-    link: LinkSettings = LinkSettings(ALWAYS_ON, 14400, 300, 65536, 3600)
+    link: LinkSettings
 
 
 _TYPE_NAMES = {

@@ -72,6 +72,7 @@ class ManagementSession(MqttSession):
         # report): the retained configuration and update job came before (session/checkin.py).
         self.greeted = False
         self._greeting_mid: int | None = None
+        self._meta_mid: tuple[int, bytes] | None = None  # the metadata's publish, unacked
 
     def subscriptions(self) -> list[str]:
         return [topics.mgmt_down(self.device, "#")]
@@ -121,10 +122,12 @@ class ManagementSession(MqttSession):
         self.greeted = False
         client.publish(self.topic("online"), payloads.online(time.time()), qos=1, retain=True)
         meta = self.meta()
-        if _META_SENT.get(self.client_id) != _without_ts(meta):
-            # Retained: sent again only when it changed since this process sent it.
-            client.publish(self.topic("meta"), meta, qos=1, retain=True)
-            _META_SENT[self.client_id] = _without_ts(meta)
+        unstamped = _without_ts(meta)
+        if _META_SENT.get(self.client_id) != unstamped:
+            # Retained: sent again only when it changed since the broker acknowledged it
+            # in this process (a connection lost before the PUBACK sends it again).
+            mid = client.publish(self.topic("meta"), meta, qos=1, retain=True).mid
+            self._meta_mid = (mid, unstamped)
         # Its acknowledgement comes after the retained messages the broker sent when
         # the session subscribed, just before: the greeting is done.
         self._greeting_mid = self._publish_health(client)
@@ -141,6 +144,7 @@ class ManagementSession(MqttSession):
         self._next_health = None
         self.greeted = False
         self._greeting_mid = None
+        self._meta_mid = None
 
     def after_io(self, now: float) -> float | None:
         if self._next_health is not None and now >= self._next_health and self.client is not None:
@@ -160,6 +164,9 @@ class ManagementSession(MqttSession):
         if mid == self._greeting_mid:
             self._greeting_mid = None
             self.greeted = True
+        if self._meta_mid is not None and mid == self._meta_mid[0] and not reason.is_failure:
+            _META_SENT[self.client_id] = self._meta_mid[1]
+            self._meta_mid = None
         if mid == self._farewell_mid:
             self._farewell_mid = None
             self._events.append(("farewell_done", None))

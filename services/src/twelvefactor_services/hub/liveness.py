@@ -67,3 +67,10 @@ class LivenessTracker:
             peers[key] = peer
         self._peers = peers
         return changes
+
+    def undecide(self, key: str) -> None:
+        """A change could not be passed on: the next `observe` reports the peer's state
+        again (its counter and the time it last moved are kept)."""
+        peer = self._peers.get(key)
+        if peer is not None:
+            self._peers[key] = peer._replace(alive=None)

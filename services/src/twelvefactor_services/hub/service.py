@@ -264,23 +264,29 @@ class Hub:
     def watch_peers(self, now: float) -> None:
         """Each peer's received bytes: liveness for management, and who to forget."""
         rx = parse_dump(run("wg", "show", self.interface, "dump"))
-        self.report_liveness(rx, now)
-        self.forget_quiet_peers(rx, now)
-
-    def report_liveness(self, rx: dict[str, int], now: float) -> None:
         names = {p.public_key: p.device for p in self._applied or []}
+        self.report_liveness(rx, names, now)
+        self.forget_quiet_peers(rx, names, now)
+
+    def report_liveness(self, rx: dict[str, int], names: dict[str, str], now: float) -> None:
         wall = time.time()
         for change in self._liveness.observe(rx, now):
             device = names.get(change.key)
             if device is None:
                 continue
-            self.peers.record_liveness(device, change.alive, wall - (now - change.last_rx))
+            try:
+                self.peers.record_liveness(device, change.alive, wall - (now - change.last_rx))
+            except sqlite3.Error as exc:  # told again next round: the registry is busy
+                self._liveness.undecide(change.key)
+                print(f"twelvefactor-hub: {device}: tunnel state not recorded: {exc}", flush=True)
+                continue
             state = "back" if change.alive else f"quiet for {now - change.last_rx:.0f} s"
             print(f"twelvefactor-hub: {device}: tunnel {state}", flush=True)
 
-    def forget_quiet_peers(self, rx: dict[str, int], now: float) -> list[str]:
+    def forget_quiet_peers(
+        self, rx: dict[str, int], names: dict[str, str], now: float
+    ) -> list[str]:
         """Remove and re-add the peers that went quiet; their device ids."""
-        names = {p.public_key: p.device for p in self._applied or []}
         forgotten = []
         for key in self._stale.observe(rx, now):
             run("wg", "set", self.interface, "peer", key, "remove")
@@ -300,7 +306,7 @@ class Hub:
             try:
                 self.sync_peers()
                 self.watch_peers(time.monotonic())
-            except (PlanError, HubError, CommandError, ValueError, sqlite3.Error) as exc:
+            except (PlanError, HubError, CommandError, ValueError) as exc:
                 print(f"twelvefactor-hub: peers not applied: {exc}", flush=True)
             try:
                 self.sync_crl()

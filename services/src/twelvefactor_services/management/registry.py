@@ -185,16 +185,17 @@ def _online_state(db: sqlite3.Connection, device: str) -> OnlineState | None:
     ).fetchone()
     if row is None:
         return None
-
-    def flag(value: int | None) -> bool | None:
-        return None if value is None else bool(value)
-
     return OnlineState(
-        flag(row["online"]),
+        _flag(row["online"]),
         row["last_online_change"],
-        flag(row["session"]),
+        _flag(row["session"]),
         row["tunnel_quiet_since"],
     )
+
+
+def _flag(value: int | None) -> bool | None:
+    """An SQLite boolean that may be unknown."""
+    return None if value is None else bool(value)
 
 
 def add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> list[str]:
@@ -673,7 +674,7 @@ _NOT_ENROLLED: dict[str, Any] = {
 
 
 def _device(row: sqlite3.Row, *, full: bool) -> dict[str, Any]:
-    online = None if row["online"] is None else bool(row["online"])
+    online = _flag(row["online"])
     out: dict[str, Any] = {
         "id": row["id"],
         "first_seen": row["first_seen"],

@@ -12,7 +12,7 @@ from twelvefactor_agent.protocol import batch, envelope
 from twelvefactor_agent.protocol.envelope import ProtocolError
 from twelvefactor_agent.protocol.names import QUEUE_ID_RE, STREAM_RE
 
-MAX_SEQ = 2**63 - 1  # SQLite INTEGER
+MAX_SEQ = batch.MAX_SEQ  # SQLite INTEGER, the protocol's bound
 
 
 @dataclass(frozen=True)
