@@ -10,16 +10,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import socket
 import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from twelvefactor_agent.protocol.states import DOWNLOADED, DOWNLOADING, FAILED
 from twelvefactor_agent.update.download import (
     ChecksumError,
     ClientIdentity,
@@ -28,6 +31,7 @@ from twelvefactor_agent.update.download import (
     download,
     tls_context,
 )
+from twelvefactor_agent.update.worker import Paths, Updater
 from twelvefactor_services.artifact.swu import newc_archive
 from twelvefactor_services.management.artifact_server import (
     SERVED_KEPT,
@@ -329,3 +333,105 @@ def test_the_request_log_keeps_the_last_answers_only(tmp_path: Path) -> None:
         assert [s.start for s in kept] == list(range(500, SERVED_KEPT + 500))
     finally:
         server.server_close()
+
+
+class Reports:
+    """The update worker's reports, as the management session would publish them."""
+
+    def __init__(self) -> None:
+        self.docs: list[dict[str, object]] = []
+        self.on_report: Callable[[dict[str, object]], None] = lambda doc: None
+
+    def publish(self, payload: bytes, acked: threading.Event | None) -> bool:
+        doc = json.loads(payload)
+        self.docs.append(doc)
+        self.on_report(doc)
+        if acked is not None:
+            acked.set()
+        return True
+
+    def states(self) -> list[str]:
+        return [str(d["state"]) for d in self.docs]
+
+
+def test_a_download_waits_for_the_check_in_and_resumes_at_the_next_one(
+    env: Env, tmp_path: Path
+) -> None:
+    """A metered device (issue 18): a job that comes while the link is closed fetches
+    nothing until it opens; a check-in that ends in the middle of the download stops it
+    where it is; the next one continues it with a Range from the byte on /data."""
+    ident = env.identity("dev-001")
+    reports = Reports()
+    updater = Updater(
+        device="dev-001",
+        identity=(ident.cert, ident.key, ident.ca),
+        paths=Paths(tmp_path / "data", tmp_path / "run"),
+        publish=reports.publish,
+        read_env=lambda: {"slot": "A", "upgrade_available": "0", "bootcount": "0"},
+        running_slot=lambda: "A",
+        hardware=lambda: "qemux86-64 1.0",
+        os_version=lambda: "1.0",
+    )
+    dest = updater.paths.artifact(env.artifact.sha256)
+    job = {
+        "v": 1,
+        "job": "j-metered",
+        "device": "dev-001",
+        "version": "2.0",
+        "hardware": {"qemux86-64": ["1.0"]},
+        "sha256": env.artifact.sha256,
+        "size": env.artifact.size,
+        "url": env.url(),
+        "install": "hold",  # download only: the test ends with the file checked
+    }
+
+    def sleep_at_a_fifth(doc: dict[str, object]) -> None:  # the check-in ends mid-download
+        if doc["state"] == DOWNLOADING and int(str(doc.get("percent") or 0)) >= 20:
+            updater.set_link(False)
+            reports.on_report = lambda doc: None
+
+    # The quiet spells below last three times what the whole artifact takes here now:
+    # were the link open, the download would have ended in them.
+    started = time.monotonic()
+    env.fetch(tmp_path / "measured.swu")
+    quiet = 3 * (time.monotonic() - started)
+    served = env.server.served
+
+    def requests() -> list[Served]:
+        return env.server.served[len(served) :]
+
+    updater.set_link(False)  # asleep when the job comes
+    updater.start()
+    try:
+        updater.offer(json.dumps(job).encode())
+        wait_until(lambda: updater.record is not None, PACE.limit(ROUND_TRIP), what="the job taken")
+        time.sleep(quiet)
+        assert requests() == [] and not dest.exists()
+
+        reports.on_report = sleep_at_a_fifth
+        updater.set_link(True)  # a check-in
+        wait_until(
+            lambda: not updater.link_open.is_set() and dest.exists(),
+            PACE.limit(ROUND_TRIP),
+            what="the download stopped by the end of the check-in",
+        )
+        paused_at = dest.stat().st_size
+        assert 0 < paused_at < env.artifact.size
+        time.sleep(quiet)  # nothing moves while it sleeps
+        assert dest.stat().st_size == paused_at and len(requests()) == 1
+
+        updater.set_link(True)  # the next check-in
+        wait_until(
+            lambda: DOWNLOADED in reports.states(),
+            PACE.limit(ROUND_TRIP),
+            what="the download finished at the next check-in",
+        )
+    finally:
+        updater.stop()
+        updater.join(PACE.limit(ROUND_TRIP))
+    assert requests() == [
+        Served("dev-001", env.artifact.sha256, 200, 0),
+        Served("dev-001", env.artifact.sha256, 206, paused_at),
+    ]
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == env.artifact.sha256
+    assert FAILED not in reports.states(), reports.docs

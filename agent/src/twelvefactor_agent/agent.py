@@ -255,6 +255,8 @@ class Agent:
                 if opened and self.sol is None and progress.queue_bytes > 0:
                     self._start_solution(self.config)  # data to send after all: open it now
                 self._check_in(steps + self.link.poll(now, progress), progress, now)
+            if self.updater is not None:  # downloads only while the link may be used
+                self.updater.set_link(self.link is None or self.link.awake)
             workers: list[ApiServer | MqttSession] = [
                 w for w in (self.api, self.mgmt, self.sol) if w is not None
             ]

@@ -79,6 +79,10 @@ class _Stopping(Exception):
     pass
 
 
+class _Paused(Exception):
+    """The link closed (a metered device went to sleep) in the middle of a download."""
+
+
 class Paths:
     """Where the update worker keeps its files."""
 
@@ -103,6 +107,8 @@ class Updater(threading.Thread):
         policy: Policy = DEFAULT_POLICY,
         read_env: Callable[[], dict[str, str] | None] = bootenv.read_boot_env,
         running_slot: Callable[[], str | None] = sysinfo.boot_slot,
+        hardware: Callable[[], str | None] = sysinfo.hardware,
+        os_version: Callable[[], str | None] = lambda: sysinfo.os_release()["version"],
         swupdate_client: str = "swupdate-client",
     ) -> None:
         super().__init__(name="update", daemon=True)
@@ -113,9 +119,15 @@ class Updater(threading.Thread):
         self.policy = policy
         self.read_env = read_env
         self.running_slot = running_slot
+        self.hardware = hardware
+        self.os_version = os_version
         self.swupdate_client = swupdate_client
         self.inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self.stopping = threading.Event()
+        # Set while the device may use its link: always, unless a metered device sleeps
+        # between check-ins; a download waits for it, and stops where it is when it clears.
+        self.link_open = threading.Event()
+        self.link_open.set()
         self.error: BaseException | None = None
         self.machine: UpdateMachine | None = None  # set once the thread has read /data
         self._lock = threading.Lock()
@@ -137,6 +149,13 @@ class Updater(threading.Thread):
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def set_link(self, open_: bool) -> None:
+        """A metered device's check-in began (True) or ended (False)."""
+        if open_:
+            self.link_open.set()
+        else:
+            self.link_open.clear()
 
     # -- the thread --------------------------------------------------------------
 
@@ -219,8 +238,8 @@ class Updater(threading.Thread):
         if isinstance(action, Examine):
             dest = self.paths.artifact(action.job.sha256)
             facts = Facts(
-                hwrevision=sysinfo.hardware(),
-                os_version=sysinfo.os_release()["version"],
+                hwrevision=self.hardware(),
+                os_version=self.os_version(),
                 free_bytes=shutil.disk_usage(self.paths.dir).free,
                 partial_bytes=dest.stat().st_size if dest.exists() else 0,
                 running_slot=self.running_slot(),
@@ -257,20 +276,35 @@ class Updater(threading.Thread):
     def _fetch(self, action: Fetch) -> Event:
         from twelvefactor_agent.update import download
 
+        dest = self.paths.artifact(action.sha256)
+
         def progress(done: int, total: int) -> None:
             if self.stopping.is_set():
                 raise _Stopping
+            if not self.link_open.is_set():
+                raise _Paused
             self._feed_quick(lambda m: m.fetch_progress(done, total))
 
         try:
-            download.download(
-                action.url,
-                self.paths.artifact(action.sha256),
-                sha256=action.sha256,
-                size=action.size,
-                identity=download.ClientIdentity(*self.identity),
-                progress=progress,
-            )
+            while True:
+                self._await_link()
+                try:
+                    download.download(
+                        action.url,
+                        dest,
+                        sha256=action.sha256,
+                        size=action.size,
+                        identity=download.ClientIdentity(*self.identity),
+                        progress=progress,
+                    )
+                    break
+                except _Paused:  # the file on /data keeps what came; Range continues it
+                    have = dest.stat().st_size if dest.exists() else 0
+                    log.info(
+                        "download paused at %d of %d bytes until the next check-in",
+                        have,
+                        action.size,
+                    )
         except download.ChecksumError as exc:
             error = str(exc)  # (`exc` is unbound once the handler ends)
             return lambda m: m.checksum_mismatch(error)
@@ -347,6 +381,14 @@ class Updater(threading.Thread):
             with contextlib.suppress(OSError):
                 self.paths.record.rename(bad)
             return None
+
+    def _await_link(self) -> None:
+        """Return once the link is open; a metered device's download waits for its check-in."""
+        while not self.link_open.wait(1.0):
+            if self.stopping.is_set():
+                raise _Stopping
+        if self.stopping.is_set():
+            raise _Stopping
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
