@@ -10,11 +10,14 @@ once, the configuration applied, and the device asleep again.
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from test_artifacts import cli, make_swu
 from twelvefactor_services.solution.receivers import read_archive
 
 from testbed.hostagent import HostAgent
@@ -63,8 +66,15 @@ def asleep_again(
     )
 
 
+def job_state(svc: ServiceProcess, job: str) -> dict[str, Any]:
+    status, body = http_get(svc, f"/jobs/{job}")
+    assert status == 200, body
+    (entry,) = [d for d in body["devices"] if d["device"] == "dev-m"]
+    return dict(entry)
+
+
 def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
-    stack: Stack, services: Any, agent: HostAgent
+    stack: Stack, services: Any, agent: HostAgent, tmp_path: Path
 ) -> None:
     management, _ = services
     started = time.time()
@@ -78,15 +88,24 @@ def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
     assert isinstance(link, dict) and link["profile"] == "metered"
     assert abs(float(link["next_checkin"]) - (time.time() + 3600)) < 120
 
-    # While it sleeps: an application's data, and a configuration change.
+    # While it sleeps: an application's data, a configuration change and an update job.
     with agent.client() as client:
         seqs = [client.publish("meter", f"reading {i}".encode()) for i in range(5)]
     code, body = http_send(management, "PUT", "/devices/dev-m/config", {"queue": {"max_age": 7200}})
     assert code == 200, body
     version = body["version"]
+    art = json.loads(
+        cli(stack, "artifact", "add", "--json", str(make_swu(tmp_path / "u.swu", "2.0"))).stdout
+    )
+    code, body = http_send(
+        management, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-m"}
+    )
+    assert code == 201, body
+    job = str(body["id"])
     time.sleep(PACE.limit(4 * ROUND_TRIP))  # time enough to arrive, were it awake
     assert not (stack.archive_dir / "dev-m.jsonl").exists()
     assert device(management)["presence"] == "asleep"
+    assert job_state(management, job)["state"] == "queued"
 
     asked = time.time()
     answer = agent.client().checkin()
@@ -113,6 +132,15 @@ def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
         timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP),
         what="the configuration applied at the check-in",
     )
+    # The job reached it too: this host has no /etc/hwrevision, so the agent refuses it
+    # before downloading (the download across check-ins: tests/integration/test_download.py).
+    entry = wait_until(
+        lambda: (e := job_state(management, job))["state"] == "failed" and e,
+        timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP),
+        what="the job answered at the check-in",
+    )
+    assert str(entry["reason"]).startswith("no_hwrevision: "), entry
+    assert entry["updated"] >= asked
     asleep_again(management, agent, asked)
     assert agent.client().status()["config"]["version"] == version  # type: ignore[index]
     # The second check-in resumed both TLS sessions: no certificate crossed the link again.
