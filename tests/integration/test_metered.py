@@ -56,6 +56,8 @@ def asleep_again(
         link = agent.client().status()["link"]
         if d.get("presence") == "asleep" and d["last_online_change"] > after:
             assert isinstance(link, dict) and link["awake"] is False
+            # what the root helper twelvefactor-link reads (keepalive, time sync)
+            assert (agent.data_dir / "link").read_text() == "asleep\n"
             return d
         return None
 
@@ -189,6 +191,7 @@ def test_the_profile_is_switched_by_managed_configuration_and_a_bad_switch_goes_
         unreachable = change(dead)
         assert unreachable["status"] == "reverted", unreachable
         assert agent.client().status()["link"] == {"profile": "always-on"}
+        assert (agent.data_dir / "link").read_text() == "always-on\n"
         good = change({"link": {"profile": "metered", "checkin_interval": 3600, "checkin_max": 60}})
         assert good["status"] == "applied", good
         asleep = asleep_again(management, agent, time.time() - 1, "dev-w")

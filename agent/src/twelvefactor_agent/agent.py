@@ -45,6 +45,7 @@ from twelvefactor_agent.session.statefile import StateFile
 from twelvefactor_agent.update.decide import Policy
 from twelvefactor_agent.update.worker import Paths, Updater
 from twelvefactor_agent.util import sdnotify
+from twelvefactor_agent.util.atomicfile import write_atomic
 
 log = logging.getLogger("twelvefactor.agent")
 
@@ -75,6 +76,10 @@ class Agent:
         self.updater: Updater | None = None
         # The metered profile's schedule (session/checkin.py); None: always on.
         self.link: CheckinMachine | None = None
+        # What the root helper twelvefactor-link was last told (its file in the run
+        # directory): it sets the tunnel's keepalive and time sync to match.
+        self.link_file = config.agent.state_file.parent / "link"
+        self.link_told: str | None = None
         # What status shows: taken after the actions of a decision are carried out
         # (a trial shows once it is on disk and the sessions restarted).
         self.config_status: dict[str, Any] = {}
@@ -255,8 +260,7 @@ class Agent:
                 if opened and self.sol is None and progress.queue_bytes > 0:
                     self._start_solution(self.config)  # data to send after all: open it now
                 self._check_in(steps + self.link.poll(now, progress), progress, now)
-            if self.updater is not None:  # downloads only while the link may be used
-                self.updater.set_link(self.link is None or self.link.awake)
+            self._tell_link()
             workers: list[ApiServer | MqttSession] = [
                 w for w in (self.api, self.mgmt, self.sol) if w is not None
             ]
@@ -329,6 +333,22 @@ class Agent:
                 config.link.checkin_max,
             )
 
+    def _tell_link(self) -> None:
+        """The link's state to the update worker (downloads only while the link may be
+        used) and to twelvefactor-link (the tunnel's keepalive, time sync)."""
+        link = self.link
+        if self.updater is not None:
+            self.updater.set_link(link is None or link.awake)
+        word = ALWAYS_ON if link is None else ("awake" if link.awake else "asleep")
+        if word == self.link_told:
+            return
+        try:
+            write_atomic(self.link_file, f"{word}\n".encode(), 0o644)
+        except OSError as exc:
+            log.error("cannot write %s: %s", self.link_file, exc)
+            self.last_error.set(f"link: cannot write {self.link_file}: {exc}")
+        self.link_told = word  # tried once per change: the next change tries again
+
     def _progress(self) -> Progress:
         """How far the current check-in is (or what may call for an early one)."""
         mgmt, sol = self.mgmt, self.sol
@@ -338,15 +358,22 @@ class Agent:
             oldest = None if stats.oldest_ts is None else time.time() - stats.oldest_ts
         except QueueUnavailable:
             queue_bytes, oldest = 1, None  # unknown: not settled, no early trigger
-        record = self.updater.record if self.updater is not None else None
+        updater = self.updater
+        record = updater.record if updater is not None else None
         held = record is not None and record.hold and record.final is None
+        # a job or its refusal still on its way counts: the session closing would lose it
+        in_flight = (updater is not None and updater.has_mail) or (
+            mgmt is not None and mgmt.updates_pending
+        )
         return Progress(
             # a check-in with nothing to send opens no solution session
             sessions_up=mgmt is not None and mgmt.online and (sol is None or sol.online),
             greeted=mgmt is not None and mgmt.greeted,
             queue_bytes=queue_bytes,
             oldest_age=oldest,
-            busy=self.machine.stored.trial is not None or (record is not None and not held),
+            busy=self.machine.stored.trial is not None
+            or (record is not None and not held)
+            or in_flight,
         )
 
     def _check_in(self, steps: list[Step], progress: Progress, now: float) -> None:

@@ -1,5 +1,5 @@
 SUMMARY = "twelvefactor tunnel and time configuration rendered from provisioning data"
-DESCRIPTION = "twelvefactor-netconfig reads /data/provisioning/network.conf at boot, renders the WireGuard netdev/network and the timesyncd drop-in into /run, and fills the firewall's named sets. Also the underlay network file and the timesyncd drop-in that keeps the saved clock on /data."
+DESCRIPTION = "twelvefactor-netconfig reads /data/provisioning/network.conf at boot, renders the WireGuard netdev/network and the timesyncd drop-in into /run, and fills the firewall's named sets; twelvefactor-link makes the tunnel's keepalive and time sync follow the agent's link profile (metered devices send nothing between check-ins). Also the underlay network file and the timesyncd drop-in that keeps the saved clock on /data."
 HOMEPAGE = "https://github.com/twelvefactor/twelvefactor"
 BUGTRACKER = "https://github.com/twelvefactor/twelvefactor/issues"
 SECTION = "net"
@@ -15,6 +15,9 @@ SRC_URI = "\
     file://80-twelvefactor-underlay.network \
     file://10-twelvefactor-timesyncd.conf \
     file://twelvefactor-netconfig-tmpfiles.conf \
+    file://twelvefactor-link \
+    file://twelvefactor-link.path \
+    file://twelvefactor-link.service \
 "
 
 S = "${UNPACKDIR}"
@@ -23,7 +26,7 @@ inherit systemd features_check
 
 REQUIRED_DISTRO_FEATURES = "systemd"
 
-SYSTEMD_SERVICE:${PN} = "twelvefactor-netconfig.service"
+SYSTEMD_SERVICE:${PN} = "twelvefactor-netconfig.service twelvefactor-link.path"
 
 do_install() {
     install -d ${D}${sbindir}
@@ -40,10 +43,18 @@ do_install() {
     install -m 0644 ${UNPACKDIR}/80-twelvefactor-underlay.network ${D}${nonarch_libdir}/systemd/network/80-twelvefactor-underlay.network
     install -d ${D}${nonarch_libdir}/tmpfiles.d
     install -m 0644 ${UNPACKDIR}/twelvefactor-netconfig-tmpfiles.conf ${D}${nonarch_libdir}/tmpfiles.d/twelvefactor-netconfig.conf
+    install -d ${D}${libexecdir}/twelvefactor
+    install -m 0755 ${UNPACKDIR}/twelvefactor-link ${D}${libexecdir}/twelvefactor/twelvefactor-link
+    install -m 0644 ${UNPACKDIR}/twelvefactor-link.path ${D}${systemd_system_unitdir}/twelvefactor-link.path
+    install -m 0644 ${UNPACKDIR}/twelvefactor-link.service ${D}${systemd_system_unitdir}/twelvefactor-link.service
 }
 
+# twelvefactor-link.service is started by twelvefactor-link.path, never enabled:
+# the systemd class packages the units SYSTEMD_SERVICE names, not a .path's.
 FILES:${PN} += "\
     ${datadir}/twelvefactor \
+    ${libexecdir}/twelvefactor \
+    ${systemd_system_unitdir}/twelvefactor-link.service \
     ${systemd_system_unitdir}/systemd-timesyncd.service.d \
     ${nonarch_libdir}/systemd/network \
     ${nonarch_libdir}/tmpfiles.d \
@@ -56,4 +67,5 @@ RDEPENDS:${PN} = "\
     python3-netclient \
     systemd-networkd \
     twelvefactor-firewall \
+    wireguard-tools \
 "

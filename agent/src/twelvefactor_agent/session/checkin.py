@@ -36,7 +36,7 @@ class Progress(NamedTuple):
     greeted: bool
     queue_bytes: int
     oldest_age: float | None  # seconds, of the oldest queued message; None: empty
-    busy: bool  # a configuration trial or an update job under way
+    busy: bool  # a configuration trial, an update job, or an update message or report in flight
 
 
 Step = Wake | Sleep

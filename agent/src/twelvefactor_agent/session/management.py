@@ -64,7 +64,11 @@ class ManagementSession(MqttSession):
         self._report = report
         self._on_update = on_update
         self._on_connected = on_connected
-        self._acks: dict[int, threading.Event] = {}
+        # Update reports: handed over but not yet published, and published awaiting
+        # their PUBACK (with the event to set, if any). A metered check-in waits for both.
+        self._updates_queued = 0
+        self._updates_lock = threading.Lock()
+        self._acks: dict[int, threading.Event | None] = {}
         self.farewell_reason = "shutdown"
         # A metered device's goodbye says when it will be back (wall clock); set before stop().
         self.next_checkin: float | None = None
@@ -103,14 +107,22 @@ class ManagementSession(MqttSession):
             return False
 
         def send() -> None:
+            with self._updates_lock:
+                self._updates_queued -= 1
             if self.client is None or not self.online:
                 return
             info = self.client.publish(self.topic("update"), payload, qos=1)
-            if acked is not None:
-                self._acks[info.mid] = acked
+            self._acks[info.mid] = acked
 
+        with self._updates_lock:
+            self._updates_queued += 1
         self.call_soon(send)
         return True
+
+    @property
+    def updates_pending(self) -> bool:
+        """An update report is still on its way to the broker (lost if the session ends)."""
+        return self._updates_queued > 0 or bool(self._acks)
 
     def topic(self, leaf: str) -> str:
         return topics.mgmt_up(self.device, leaf)
@@ -145,6 +157,7 @@ class ManagementSession(MqttSession):
         self.greeted = False
         self._greeting_mid = None
         self._meta_mid = None
+        self._acks.clear()  # what is repeated comes from the update worker (session_up)
 
     def after_io(self, now: float) -> float | None:
         if self._next_health is not None and now >= self._next_health and self.client is not None:

@@ -123,6 +123,8 @@ class Updater(threading.Thread):
         self.os_version = os_version
         self.swupdate_client = swupdate_client
         self.inbox: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+        self._offered = 0  # messages put in the inbox, and those taken to the end
+        self._taken = 0
         self.stopping = threading.Event()
         # Set while the device may use its link: always, unless a metered device sleeps
         # between check-ins; a download waits for it, and stops where it is when it clears.
@@ -141,7 +143,14 @@ class Updater(threading.Thread):
 
     def offer(self, payload: bytes) -> None:
         """A message on `down/update` (the management session's thread)."""
+        self._offered += 1  # one writer: this thread
         self.inbox.put(payload)
+
+    @property
+    def has_mail(self) -> bool:
+        """A message offered is not yet dealt with (its report, if any, not yet handed
+        to `publish`): a metered check-in must not end before."""
+        return self._taken != self._offered
 
     def session_up(self) -> None:
         """The management session (re)connected: repeat where the job stands."""
@@ -176,7 +185,10 @@ class Updater(threading.Thread):
                     payload = self.inbox.get(timeout=1.0)
                 except queue.Empty:
                     continue
-                self._take(payload)
+                try:
+                    self._take(payload)
+                finally:
+                    self._taken += 1
         except _Stopping:
             log.info("update worker stopped")
         except BaseException as exc:  # the agent's main loop sees the thread end
