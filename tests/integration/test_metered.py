@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,8 +112,15 @@ def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
     assert job_state(management, job)["state"] == "queued"
 
     asked = time.time()
-    answer = agent.client().checkin()
-    assert answer["ok"] is True
+    done = subprocess.run(  # as an application or a person on the device asks
+        [sys.executable, "-m", "twelvefactor_agent.cli", "checkin", "--socket", str(agent.socket)],
+        capture_output=True,
+        text=True,
+        timeout=PACE.steps_of("cli"),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ok"] is True
     records = wait_until(
         lambda: (r := read_archive(stack.archive_dir / "dev-m.jsonl")) and len(r) >= 5 and r,
         timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP),

@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
         "--include", action="store_true", help="print the status and headers to stderr"
     )
     call.add_argument("--socket", type=Path, help="the agent's socket (default: from --config)")
+    checkin = sub.add_parser(
+        "checkin",
+        parents=[common],
+        help="a metered device checks in now (an always-on one is always in)",
+    )
+    checkin.add_argument("--socket", type=Path, help="the agent's socket (default: from --config)")
     sub.add_parser(
         "check-config",
         parents=[common],
@@ -306,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _client_command(command: str, args: argparse.Namespace) -> int:
-    """publish, status, call: one client of the local API."""
+    """publish, status, call, checkin: one client of the local API."""
     import json
 
     from twelvefactor_agent.localapi.client import AgentClient, AgentError
@@ -317,6 +323,8 @@ def _client_command(command: str, args: argparse.Namespace) -> int:
                 return _call(client, args)
             if command == "publish":
                 print(client.publish(args.stream, sys.stdin.buffer.read()))
+            elif command == "checkin":
+                print(json.dumps(client.checkin()))
             else:
                 print(json.dumps(client.status(), indent=2))
         return 0
