@@ -7,6 +7,8 @@ from types import ModuleType
 
 import pytest
 
+from testbed import layerscript
+
 SCRIPT = (
     Path(__file__).resolve().parents[2]
     / "meta-twelvefactor/recipes-twelvefactor/twelvefactor-confirm/files/twelvefactor-confirm"
@@ -15,11 +17,7 @@ SCRIPT = (
 
 @pytest.fixture(scope="module")
 def confirm() -> ModuleType:
-    # exec, not an import: an import would leave __pycache__ in the layer's files folder
-    module = ModuleType("twelvefactor_confirm")
-    module.__file__ = str(SCRIPT)
-    exec(compile(SCRIPT.read_text(encoding="utf-8"), str(SCRIPT), "exec"), module.__dict__)
-    return module
+    return layerscript.load(SCRIPT, "twelvefactor_confirm")
 
 
 def test_sessions_online_reads_the_agent_state(confirm: ModuleType, tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ from types import ModuleType
 
 import pytest
 
+from testbed import layerscript
+
 FILES = Path(__file__).resolve().parents[2] / (
     "meta-twelvefactor/recipes-connectivity/twelvefactor-netconfig/files"
 )
@@ -18,11 +20,7 @@ HUB_KEY = "aGVsbG8gd29ybGQgdGhpcyBpcyBhIDMyIGJ5dGUga2V5IQ=="
 
 @pytest.fixture(scope="module")
 def link() -> ModuleType:
-    # exec, not an import: an import would leave __pycache__ in the layer's files folder
-    module = ModuleType("twelvefactor_link")
-    module.__file__ = str(SCRIPT)
-    exec(compile(SCRIPT.read_text(encoding="utf-8"), str(SCRIPT), "exec"), module.__dict__)
-    return module
+    return layerscript.load(SCRIPT, "twelvefactor_link")
 
 
 def rendered_netdev(keepalive: str) -> str:
