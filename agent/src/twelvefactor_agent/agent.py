@@ -79,6 +79,7 @@ class Agent:
         # What the root helper twelvefactor-link was last told (its file in the run
         # directory): it sets the tunnel's keepalive and time sync to match.
         self.link_file = config.agent.state_file.parent / "link"
+        self.link_request = self.link_file.with_name("link-request")
         self.link_told: str | None = None
         # What status shows: taken after the actions of a decision are carried out
         # (a trial shows once it is on disk and the sessions restarted).
@@ -344,6 +345,8 @@ class Agent:
             return
         try:
             write_atomic(self.link_file, f"{word}\n".encode(), 0o644)
+            # the helper's path unit waits for this file (a level: no change is missed)
+            write_atomic(self.link_request, b"", 0o644)
         except OSError as exc:
             log.error("cannot write %s: %s", self.link_file, exc)
             self.last_error.set(f"link: cannot write {self.link_file}: {exc}")
