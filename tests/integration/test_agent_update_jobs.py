@@ -22,17 +22,19 @@ from testbed.stack import ServiceProcess, Stack, http_get, http_send, wait_until
 DEVICE = "dev-upd-1"
 
 
-def _device_state(management: ServiceProcess, job: str) -> dict[str, Any]:
+def job_entry(management: ServiceProcess, job: str, device: str = DEVICE) -> dict[str, Any]:
+    """The device's entry in the job at the management service (state, reason, ...)."""
     status, body = http_get(management, f"/jobs/{job}")
     assert status == 200, body
-    (entry,) = [d for d in body["devices"] if d["device"] == DEVICE]
+    (entry,) = [d for d in body["devices"] if d["device"] == device]
     return dict(entry)
 
 
-def _new_job(stack: Stack, management: ServiceProcess, swu: Path) -> str:
+def new_job(stack: Stack, management: ServiceProcess, swu: Path, device: str = DEVICE) -> str:
+    """A job for `device` of the artifact `swu`, added through the operator's CLI."""
     art = json.loads(cli(stack, "artifact", "add", "--json", str(swu)).stdout)
     status, job = http_send(
-        management, "POST", "/jobs", {"artifact": art["sha256"], "device": DEVICE}
+        management, "POST", "/jobs", {"artifact": art["sha256"], "device": device}
     )
     assert status == 201, job
     return str(job["id"])
@@ -44,9 +46,9 @@ def test_agent_refuses_a_job_once_and_remembers_it(
     agent = HostAgent(stack, DEVICE, tmp_path / "agent")
     agent.start()
     try:
-        job = _new_job(stack, management, make_swu(tmp_path / "a.swu", "2.0"))
+        job = new_job(stack, management, make_swu(tmp_path / "a.swu", "2.0"))
         entry = wait_until(
-            lambda: (e := _device_state(management, job))["state"] == "failed" and e,
+            lambda: (e := job_entry(management, job))["state"] == "failed" and e,
             what="the agent's refusal",
         )
         assert str(entry["reason"]).startswith("no_hwrevision: "), entry
@@ -63,13 +65,11 @@ def test_agent_refuses_a_job_once_and_remembers_it(
             "the agent online",
         )
         wait_until(lambda: "already handled" in agent.log_tail(200), what="the retained job")
-        assert _device_state(management, job)["updated"] == entry["updated"]
+        assert job_entry(management, job)["updated"] == entry["updated"]
 
         # a new job (the first one is final) is taken and refused in its turn
-        second = _new_job(stack, management, make_swu(tmp_path / "b.swu", "2.1"))
-        wait_until(
-            lambda: _device_state(management, second)["state"] == "failed", what="the refusal"
-        )
+        second = new_job(stack, management, make_swu(tmp_path / "b.swu", "2.1"))
+        wait_until(lambda: job_entry(management, second)["state"] == "failed", what="the refusal")
         handled = json.loads((agent.data_dir / "update" / "handled.json").read_text())
         assert handled["jobs"] == [job, second]
     finally:

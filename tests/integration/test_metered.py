@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_artifacts import cli, make_swu
+from test_agent_update_jobs import job_entry, new_job
+from test_artifacts import make_swu
 from twelvefactor_services.solution.receivers import read_archive
 
 from testbed.hostagent import HostAgent
@@ -70,13 +71,6 @@ def asleep_again(
     )
 
 
-def job_state(svc: ServiceProcess, job: str) -> dict[str, Any]:
-    status, body = http_get(svc, f"/jobs/{job}")
-    assert status == 200, body
-    (entry,) = [d for d in body["devices"] if d["device"] == "dev-m"]
-    return dict(entry)
-
-
 def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
     stack: Stack, services: Any, agent: HostAgent, tmp_path: Path
 ) -> None:
@@ -98,18 +92,11 @@ def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
     code, body = http_send(management, "PUT", "/devices/dev-m/config", {"queue": {"max_age": 7200}})
     assert code == 200, body
     version = body["version"]
-    art = json.loads(
-        cli(stack, "artifact", "add", "--json", str(make_swu(tmp_path / "u.swu", "2.0"))).stdout
-    )
-    code, body = http_send(
-        management, "POST", "/jobs", {"artifact": art["sha256"], "device": "dev-m"}
-    )
-    assert code == 201, body
-    job = str(body["id"])
+    job = new_job(stack, management, make_swu(tmp_path / "u.swu", "2.0"), "dev-m")
     time.sleep(PACE.limit(4 * ROUND_TRIP))  # time enough to arrive, were it awake
     assert not (stack.archive_dir / "dev-m.jsonl").exists()
     assert device(management)["presence"] == "asleep"
-    assert job_state(management, job)["state"] == "queued"
+    assert job_entry(management, job, "dev-m")["state"] == "queued"
 
     asked = time.time()
     done = subprocess.run(  # as an application or a person on the device asks
@@ -146,7 +133,7 @@ def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
     # The job reached it too: this host has no /etc/hwrevision, so the agent refuses it
     # before downloading (the download across check-ins: tests/integration/test_download.py).
     entry = wait_until(
-        lambda: (e := job_state(management, job))["state"] == "failed" and e,
+        lambda: (e := job_entry(management, job, "dev-m"))["state"] == "failed" and e,
         timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP),
         what="the job answered at the check-in",
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from twelvefactor_agent.config import settings
 from twelvefactor_agent.config.settings import LinkSettings
@@ -76,3 +78,46 @@ def test_the_link_table_defaults_to_always_on_and_refuses_a_schedule_it_cannot_k
     assert err.value.problems == [
         "config: link.checkin_max: 300 is not shorter than link.checkin_interval (200)"
     ]
+
+
+def test_the_agent_tells_its_link_to_the_update_worker_and_the_root_helper(
+    tmp_path: Path,
+) -> None:
+    """Always on, awake, asleep: the update worker may download only while the link is
+    open; twelvefactor-link gets the word and a request (its path unit waits for that file),
+    once per change."""
+    from twelvefactor_agent.agent import Agent
+    from twelvefactor_agent.update.worker import Paths, Updater
+
+    config = settings.validate(
+        {**BASE, "agent": {"state_file": str(tmp_path / "run" / "state.json")}}
+    )
+    (tmp_path / "run").mkdir()
+    agent = Agent(config)
+    updater = Updater(
+        device="dev-1",
+        identity=(tmp_path / "c", tmp_path / "k", tmp_path / "a"),
+        paths=Paths(tmp_path / "data", tmp_path / "run"),
+        publish=lambda payload, acked: False,
+    )  # not started: only its link gate is looked at
+    agent.updater = updater
+    word, request = tmp_path / "run" / "link", tmp_path / "run" / "link-request"
+
+    agent._tell_link()
+    assert word.read_text() == "always-on\n" and request.exists()
+    assert updater.link_open.is_set()
+
+    request.unlink()  # the helper took it
+    agent._tell_link()
+    assert not request.exists()  # no change, no request
+
+    agent.link = CheckinMachine(LINK)
+    agent.link.start(0.0)
+    agent._tell_link()
+    assert word.read_text() == "awake\n" and request.exists()
+    assert updater.link_open.is_set()
+
+    agent.link.poll(1.0, DONE)  # the check-in's work is done: asleep
+    agent._tell_link()
+    assert word.read_text() == "asleep\n"
+    assert not updater.link_open.is_set()  # a download waits for the next check-in

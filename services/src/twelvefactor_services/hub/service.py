@@ -306,7 +306,8 @@ class Hub:
             try:
                 self.sync_peers()
                 self.watch_peers(time.monotonic())
-            except (PlanError, HubError, CommandError, ValueError) as exc:
+            # sqlite3.Error: sync_peers reads the registry, which another process may hold
+            except (PlanError, HubError, CommandError, ValueError, sqlite3.Error) as exc:
                 print(f"twelvefactor-hub: peers not applied: {exc}", flush=True)
             try:
                 self.sync_crl()
