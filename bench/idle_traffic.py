@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--settle", type=float, default=20.0, help="quiet time before it")
     parser.add_argument("--keep", action="store_true", help="keep the lab's folder")
+    parser.add_argument(
+        "--metered-only", action="store_true", help="only the metered profile's check-ins"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("bench/idle_traffic.py needs root (network namespaces)", file=sys.stderr)
@@ -266,14 +269,15 @@ def main(argv: list[str] | None = None) -> int:
     lab, root = make_lab()
     try:
         lab.start()
-        shipped_agent(lab)
-        time.sleep(args.settle)  # the first health report and metadata are not idle
-        outer, inner, seconds = measure(lab, args.seconds, "idle")
-        tally, carried, explained = attribute(lab, outer, inner)
-        rate = print_idle(tally, seconds, carried, explained)
-        print()
-        publish_cost(lab, rate, one_by_one=False)
-        publish_cost(lab, rate, one_by_one=True)
+        if not args.metered_only:
+            shipped_agent(lab)
+            time.sleep(args.settle)  # the first health report and metadata are not idle
+            outer, inner, seconds = measure(lab, args.seconds, "idle")
+            tally, carried, explained = attribute(lab, outer, inner)
+            rate = print_idle(tally, seconds, carried, explained)
+            print()
+            publish_cost(lab, rate, one_by_one=False)
+            publish_cost(lab, rate, one_by_one=True)
         print_metered(lab)
     finally:
         lab.close()

@@ -36,7 +36,9 @@
  * Options (per listener): plugin_opt_device_ca and plugin_opt_service_ca, the
  * two CA certificates (PEM); plugin_opt_device_suffixes, the client id suffixes
  * a device may use on this listener, comma-separated (empty on the service
- * listener, where no device certificate is accepted anyway); plugin_opt_crl.
+ * listener, where no device certificate is accepted anyway); plugin_opt_crl;
+ * plugin_opt_tls_session_lifetime, how long a TLS session may be resumed, in
+ * seconds (tls_sessions.c: it applies to every listener of the broker).
  * Extended authentication (MQTT 5 AUTH) is not offered: a client asking for it
  * is refused by mosquitto itself.
  */
@@ -53,6 +55,8 @@
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
+
+#include "tls_sessions.h"
 
 #define MAX_CN 64
 #define MAX_SUFFIXES 4
@@ -380,6 +384,10 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 			suffixes = opts[i].value;
 		}else if(!strcmp(opts[i].key, "crl")){
 			crl = opts[i].value;
+		}else if(!strcmp(opts[i].key, "tls_session_lifetime")){
+			if(tls_sessions_configure(opts[i].value)){
+				return MOSQ_ERR_INVAL;
+			}
 		}
 	}
 	if(!device_ca || !service_ca){

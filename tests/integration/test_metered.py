@@ -145,6 +145,42 @@ def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
     assert agent.log_file.read_text().count("(TLS resumed)") == 2
 
 
+def test_a_device_powered_off_while_asleep_is_overdue_once_its_window_has_passed(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The service shows `asleep` until the check-in the device announced (its interval
+    and the time a check-in may take), then `overdue`; the device, powered on again, is
+    online and then asleep as before. The service's slack past the window (two minutes
+    by default) is short here."""
+    slack = 5.0
+    management = stack.management(overdue_after=slack)
+    solution = stack.solution(max_backoff=2.0)
+    management.start(PACE.steps_of("services"))
+    solution.start(PACE.steps_of("services"))
+    link = {**LINK, "checkin_interval": 60, "checkin_max": 30}  # the shortest allowed
+    agent = HostAgent(stack, "dev-o", tmp_path / "dev-o", link=link)
+    try:
+        started = time.time()
+        PACE.timed("agent", agent.start)
+        slept = asleep_again(management, agent, started, "dev-o")
+        agent.kill()  # powered off: nothing more leaves the device
+        due = float(slept["next_checkin"])
+        assert started + 60 + 30 <= due <= time.time() + 60 + 30  # interval + check-in time
+        assert device_of(management, "dev-o")["presence"] == "asleep"
+        overdue = wait_until(
+            lambda: (d := device_of(management, "dev-o"))["presence"] == "overdue" and d,
+            timeout=due + slack - time.time() + PACE.limit(4 * ROUND_TRIP),
+            what="dev-o overdue",
+        )
+        assert time.time() > due + slack  # not before its window and the slack
+        assert overdue["next_checkin"] == due
+        back = time.time()
+        agent.start()  # powered on: it checks in at start
+        asleep_again(management, agent, back, "dev-o")
+    finally:
+        agent.close()
+
+
 def test_the_profile_is_switched_by_managed_configuration_and_a_bad_switch_goes_back(
     stack: Stack, services: Any
 ) -> None:

@@ -99,6 +99,12 @@ def find_identity_plugin() -> Path:
     )
 
 
+# The broker's TLS session lifetime, seconds: OpenSSL's default is 7,200 (docs/decisions.md,
+# "The broker resumes TLS sessions for a day").
+TLS_SESSION_LIFETIME = 86400
+MAX_TLS_SESSION_LIFETIME = 604800  # RFC 8446: a ticket lives at most seven days
+
+
 @dataclass(frozen=True)
 class BrokerTls:
     """The broker's server certificate and key, and the CA certificates it checks clients with.
@@ -147,6 +153,9 @@ class BrokerConfig:
     address: str = "127.0.0.1"
     service_address: str = "127.0.0.1"
     identity_plugin: Path | None = None  # None: find_identity_plugin()
+    # How long a client's TLS session may be resumed (the plugin's tls_sessions.c): a
+    # day, so that a metered device checking in every 4 h sends no certificate.
+    tls_session_lifetime: int = TLS_SESSION_LIFETIME
     # A further client id suffix a device may use on both device listeners, for a
     # test's observer of what the broker carries to a device. The hub never sets it.
     observer_suffix: str | None = None
@@ -209,6 +218,11 @@ def render_config(cfg: BrokerConfig) -> dict[str, str]:
     }
     for name, port in ports.items():
         _check_port(name, port)
+    if not 1 <= cfg.tls_session_lifetime <= MAX_TLS_SESSION_LIFETIME:
+        raise BrokerError(
+            f"tls_session_lifetime {cfg.tls_session_lifetime} s is out of range "
+            f"1-{MAX_TLS_SESSION_LIFETIME} (RFC 8446 bounds a ticket's lifetime)"
+        )
     if len(set(ports.values())) != 3:
         raise BrokerError(f"the three listener ports must differ, got {ports}")
     tls = cfg.tls
@@ -232,6 +246,7 @@ def render_config(cfg: BrokerConfig) -> dict[str, str]:
             f"plugin {plugin}",
             f"plugin_opt_device_ca {tls.device_ca.resolve()}",
             f"plugin_opt_service_ca {tls.service_ca.resolve()}",
+            f"plugin_opt_tls_session_lifetime {cfg.tls_session_lifetime}",
         ]
         if suffixes:
             lines.append(f"plugin_opt_device_suffixes {','.join(suffixes)}")

@@ -187,6 +187,7 @@ class ServicesStack:
         api_port: int | None = None,
         artifact_port: int | None = None,
         signing_cert: Path | None = None,
+        overdue_after: float | None = None,
     ) -> ServiceProcess:
         """A management service copy (not started); copies share one registry and .swu store.
 
@@ -223,6 +224,7 @@ class ServicesStack:
                 str(artifact_port),
                 *self._artifact_args(),
                 *([] if signing_cert is None else ["--artifact-signing-cert", str(signing_cert)]),
+                *([] if overdue_after is None else ["--overdue-after", str(overdue_after)]),
             ],
             run,
             api=ManagementClient(

@@ -33,6 +33,7 @@ from twelvefactor_services.management.api_client import (
     credentials_file,
 )
 from twelvefactor_services.management.configlogic import OverlayError, check_overlay
+from twelvefactor_services.management.logic import OVERDUE_AFTER
 
 if TYPE_CHECKING:
     from twelvefactor_services.management.service import ArtifactServing, OperatorApi
@@ -722,6 +723,16 @@ def _fleet_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     return leaves
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def _serve_parser(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the service in the foreground")
     service_args.add_service_args(serve)
@@ -741,6 +752,14 @@ def _serve_parser(sub: Any) -> None:
         "--max-artifact-bytes", type=int, default=4 * 1024**3, help="largest .swu upload"
     )
     serve.add_argument("--artifact-dir", type=Path, help="default: artifacts/ next to --db")
+    serve.add_argument(
+        "--overdue-after",
+        type=_seconds,
+        default=OVERDUE_AFTER,
+        metavar="SECONDS",
+        help="a sleeping device is overdue this long after its announced check-in "
+        f"(default {OVERDUE_AFTER:.0f}: the link's and its clock's slack)",
+    )
     serve.add_argument(
         "--artifact-signing-cert",
         type=Path,
@@ -825,6 +844,7 @@ def _serve(args: argparse.Namespace) -> int:
         artifact_dir=args.artifact_dir,
         artifacts=_serving(args),
         signing_cert=_signing_cert(args.artifact_signing_cert),
+        overdue_after=args.overdue_after,
     )
     ManagementService(cfg).run()
     return 0

@@ -37,6 +37,7 @@ from twelvefactor_services.management.configlogic import (
     check_group,
     check_overlay,
 )
+from twelvefactor_services.management.logic import OVERDUE_AFTER
 from twelvefactor_services.management.operators import OperatorError, Principal
 from twelvefactor_services.management.rollouts import ENDED, RolloutError, parse_spec
 from twelvefactor_services.management.tls_http import TlsHandler, TlsServer
@@ -200,7 +201,7 @@ def whoami(req: Request) -> Answer:
 
 
 def list_devices(req: Request) -> Answer:
-    return 200, _read(req, registry.list_devices)
+    return 200, _read(req, lambda db: registry.list_devices(db, req.server.overdue_after))
 
 
 def _device(req: Request) -> str:
@@ -208,7 +209,7 @@ def _device(req: Request) -> str:
 
 
 def get_device(req: Request) -> Answer:
-    found = _read(req, lambda db: registry.get_device(db, _device(req)))
+    found = _read(req, lambda db: registry.get_device(db, _device(req), req.server.overdue_after))
     if found is None:
         raise Problem(404, "unknown_device", f"no device {_device(req)!r}")
     return 200, found
@@ -829,8 +830,10 @@ class ApiServer(TlsServer):
         changed: Callable[[], None] = lambda: None,
         artifacts: ArtifactStore | None = None,
         max_artifact: int = MAX_ARTIFACT,
+        overdue_after: float = OVERDUE_AFTER,
     ) -> None:
         self.db_path = db_path
+        self.overdue_after = overdue_after  # a sleeping device's slack past its check-in
         self.artifacts = artifacts or ArtifactStore(db_path.parent / "artifacts")
         self.health = health
         self.changed = changed  # a desired configuration changed: publish soon

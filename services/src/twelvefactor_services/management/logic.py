@@ -166,7 +166,9 @@ def quiet_reason(last_rx: float) -> str:
     )
 
 
-OVERDUE_AFTER = 120.0  # seconds past the announced check-in: the link's and the clock's slack
+# Seconds past the announced check-in before a sleeping device is overdue: the link's and
+# the clock's slack (the service's --overdue-after).
+OVERDUE_AFTER = 120.0
 
 
 def checkin_due(report: OnlineReport, now: float) -> float | None:
@@ -177,16 +179,18 @@ def checkin_due(report: OnlineReport, now: float) -> float | None:
     return now + (report.next_checkin - report.device_ts)
 
 
-def presence(online: bool | None, due: float | None, now: float) -> str | None:
-    """online, asleep (until `due`), overdue (asleep and `due` long past), offline;
-    None for a device never seen."""
+def presence(
+    online: bool | None, due: float | None, now: float, overdue_after: float = OVERDUE_AFTER
+) -> str | None:
+    """online, asleep (until `due`), overdue (asleep and `due` more than `overdue_after`
+    seconds past), offline; None for a device never seen."""
     if online is None:
         return None
     if online:
         return "online"
     if due is None:
         return "offline"
-    return "asleep" if now <= due + OVERDUE_AFTER else "overdue"
+    return "asleep" if now <= due + overdue_after else "overdue"
 
 
 def is_newer(stored_ts: float | None, new_ts: float) -> bool:

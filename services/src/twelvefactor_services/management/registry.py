@@ -24,6 +24,7 @@ from twelvefactor_agent.protocol.names import FLEET_GROUP_RE, TAG_RE
 from twelvefactor_services.management import tunnelstate
 from twelvefactor_services.management.configlogic import Overlay, effective
 from twelvefactor_services.management.logic import (
+    OVERDUE_AFTER,
     ConfigReport,
     HealthReport,
     MetaReport,
@@ -673,14 +674,14 @@ _NOT_ENROLLED: dict[str, Any] = {
 }
 
 
-def _device(row: sqlite3.Row, *, full: bool) -> dict[str, Any]:
+def _device(row: sqlite3.Row, *, full: bool, overdue_after: float) -> dict[str, Any]:
     online = _flag(row["online"])
     out: dict[str, Any] = {
         "id": row["id"],
         "first_seen": row["first_seen"],
         "online": online,
         # online, asleep (the metered profile), overdue (missed its check-in), offline
-        "presence": presence(online, row["checkin_due"], time.time()),
+        "presence": presence(online, row["checkin_due"], time.time(), overdue_after),
         "next_checkin": row["checkin_due"],
         "last_online_change": row["last_online_change"],
         "health_ts": row["health_ts"],
@@ -713,16 +714,20 @@ SELECT e.device, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.hardware, e.t
 """
 
 
-def list_devices(db: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_devices(
+    db: sqlite3.Connection, overdue_after: float = OVERDUE_AFTER
+) -> list[dict[str, Any]]:
     rows = db.execute(f"SELECT * FROM ({_DEVICES_AND_ENROLMENTS}) ORDER BY id").fetchall()
-    return [_device(r, full=False) for r in rows]
+    return [_device(r, full=False, overdue_after=overdue_after) for r in rows]
 
 
-def get_device(db: sqlite3.Connection, device: str) -> dict[str, Any] | None:
+def get_device(
+    db: sqlite3.Connection, device: str, overdue_after: float = OVERDUE_AFTER
+) -> dict[str, Any] | None:
     row = db.execute(
         f"SELECT * FROM ({_DEVICES_AND_ENROLMENTS}) WHERE id = ?", (device,)
     ).fetchone()
-    return None if row is None else _device(row, full=True)
+    return None if row is None else _device(row, full=True, overdue_after=overdue_after)
 
 
 def history(

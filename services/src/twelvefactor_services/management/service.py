@@ -33,7 +33,12 @@ from twelvefactor_services.management.configlogic import desired_document
 from twelvefactor_services.management.http_api import MAX_ARTIFACT, ApiServer
 from twelvefactor_services.management.http_api import server_context as api_context
 from twelvefactor_services.management.jobs import JobReportError, parse_job_report
-from twelvefactor_services.management.logic import ConfigReport, PayloadError, parse_report
+from twelvefactor_services.management.logic import (
+    OVERDUE_AFTER,
+    ConfigReport,
+    PayloadError,
+    parse_report,
+)
 from twelvefactor_services.management.registry import Registry
 from twelvefactor_services.mqtt import (
     Connection,
@@ -74,6 +79,7 @@ class ManagementConfig:
     artifact_dir: Path | None = None  # default: "artifacts" next to the registry
     artifacts: ArtifactServing | None = None  # None: no artifact server in this copy
     signing_cert: Path | None = None  # what devices check .swu signatures with
+    overdue_after: float = OVERDUE_AFTER  # seconds a sleeping device may be late
 
     @property
     def artifact_store(self) -> ArtifactStore:
@@ -117,6 +123,7 @@ class ManagementService:
             changed=self.publish_wake.set,
             artifacts=cfg.artifact_store,
             max_artifact=api.max_artifact,
+            overdue_after=cfg.overdue_after,
         )
         self.jobs_db: sqlite3.Connection | None = None  # the MQTT thread's connection
         self.artifact_server: ArtifactServer | None = None
