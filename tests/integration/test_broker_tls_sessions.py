@@ -8,6 +8,7 @@ test moves forward while it runs; the client is Python's ssl, as the agent's is.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -46,9 +47,14 @@ def clock(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stack_at(tmp_path: Path, clock: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
-    """A broker whose clock reads `clock` (a libfaketime offset such as "+4h")."""
+def stack_at(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Stack]:
+    """A broker whose clock reads `clock` (a libfaketime offset such as "+4h"), with the
+    session lifetime the test is parametrised with (default: the broker's)."""
     s = Stack(tmp_path / "stack")
+    lifetime = getattr(request, "param", TLS_SESSION_LIFETIME)
+    s.broker.cfg = dataclasses.replace(s.broker.cfg, tls_session_lifetime=lifetime)
     s.device("dev-t")  # the PKI's openssl runs before the clock is faked
     with monkeypatch.context() as env:
         env.setenv("LD_PRELOAD", FAKETIME_LIB)
@@ -177,6 +183,19 @@ def test_a_session_is_resumed_after_four_hours_and_not_after_a_day(
     clock.write_text(f"+{4 + TLS_SESSION_LIFETIME // HOUR + 1}h\n")
     expired = Connection(endpoint, ctx, "dev-t-mgmt", later.session)
     assert not expired.reused and expired.return_code == 0
+
+
+@pytest.mark.parametrize("stack_at", [7200], indirect=True)
+def test_with_openssls_default_lifetime_four_hours_are_too_many(
+    stack_at: Stack, clock: Path
+) -> None:
+    """The control: what mosquitto does by itself (OpenSSL's 7,200 s)."""
+    ctx = client_context(stack_at.device("dev-t"))
+    first = Connection(stack_at.management_endpoint, ctx, "dev-t-mgmt", None)
+    assert first.session is not None and first.session.ticket_lifetime_hint == 7200
+    clock.write_text("+4h\n")
+    later = Connection(stack_at.management_endpoint, ctx, "dev-t-mgmt", first.session)
+    assert not later.reused and later.return_code == 0
 
 
 def test_a_resumed_connection_carries_no_certificate(stack_at: Stack) -> None:
