@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -186,6 +187,17 @@ class Lab:
             return registry.history(db, device_id)
         finally:
             db.close()
+
+    def archived(self, device_id: str) -> list[dict[str, Any]]:
+        """The device's records in the solution service's archive, in the order archived."""
+        out = []
+        for path in sorted(Path(self.hub_info["archive_dir"]).rglob("*")):
+            if path.is_file():
+                for line in path.read_text(errors="replace").splitlines():
+                    rec = json.loads(line)
+                    if isinstance(rec, dict) and rec.get("device") == device_id:
+                        out.append(rec)
+        return out
 
     def reaches_broker(self, dev: Device, timeout: float = 3) -> bool:
         """Can `dev` open a TCP connection to the broker's management listener

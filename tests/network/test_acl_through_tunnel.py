@@ -22,17 +22,6 @@ from testbed.network.lab import Lab
 PROBE = Path(__file__).with_name("acl_probe.py")
 
 
-def _archived(lab: Lab, device: str) -> list[dict[str, object]]:
-    out = []
-    for path in Path(lab.hub_info["archive_dir"]).rglob("*"):
-        if path.is_file():
-            for line in path.read_text(errors="replace").splitlines():
-                rec = json.loads(line)
-                if isinstance(rec, dict) and rec.get("device") == device:
-                    out.append(rec)
-    return out
-
-
 def _wait(what: str, look: Callable[[], Any], done: Callable[[Any], bool], timeout: float) -> float:
     """Poll `look()` until `done` holds; the seconds it took. Fails with the last look."""
     started = time.monotonic()
@@ -74,7 +63,7 @@ def test_device_a_cannot_read_or_write_device_b_topics(lab: Lab) -> None:
     budget = max(60.0, 20 * result["connect_s"])
     took = _wait(
         "A's control data in the archive",
-        lambda: [(r.get("seq"), r.get("stream")) for r in _archived(lab, lab.a.id)],
+        lambda: [(r.get("seq"), r.get("stream")) for r in lab.archived(lab.a.id)],
         lambda seen: (control["seq"], control["stream"]) in seen,
         budget,
     )
@@ -92,9 +81,9 @@ def test_device_a_cannot_read_or_write_device_b_topics(lab: Lab) -> None:
     seq = lab.b.client().publish("acl-control", b"from b")
     _wait(
         "B's own data in the archive",
-        lambda: [r.get("seq") for r in _archived(lab, lab.b.id)],
+        lambda: [r.get("seq") for r in lab.archived(lab.b.id)],
         lambda seen: seq in seen,
         max(60.0, 20 * took),
     )
-    forged = [r for r in _archived(lab, lab.b.id) if r.get("seq") == result["forged_seq"]]
+    forged = [r for r in lab.archived(lab.b.id) if r.get("seq") == result["forged_seq"]]
     assert forged == []

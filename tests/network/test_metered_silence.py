@@ -5,12 +5,14 @@ keepalive (PERSISTENT_KEEPALIVE=0 in network.conf) and its agent with the metere
 profile, here a check-in every 90 s. After its first check-in it goes to sleep; a
 capture of its underlay from then until just before the next check-in holds no packet
 at all, in either direction (sent by B or addressed to it), once the check-in's last
-words (AFTERMATH) are over. Then the scheduled
-check-in comes by itself, and the management service sees it online and asleep again.
+words (AFTERMATH) are over, although an application publishes meanwhile. Then the
+scheduled check-in comes by itself, the management service sees it online and asleep
+again, and what the application published is in the archive, in order, exactly once.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from pathlib import Path
 
@@ -62,6 +64,8 @@ def test_a_metered_device_is_silent_between_check_ins_and_checks_in_on_schedule(
         wakes = asleep(lab, started)
         slept = time.time()
         with Capture(dev.ns, "eth0", tmp_path / "underlay.pcap") as cap:
+            with dev.client() as client:  # an application's readings, while it sleeps
+                seqs = [client.publish("meter", f"reading {i}".encode()) for i in range(5)]
             time.sleep(max(0.0, wakes - 3 - time.time()))
         quiet_from, quiet_until = slept + AFTERMATH, wakes - 3
         assert quiet_until - quiet_from >= 45, (slept, wakes)
@@ -85,6 +89,24 @@ def test_a_metered_device_is_silent_between_check_ins_and_checks_in_on_schedule(
         asleep(lab, wakes - INTERVAL / 2, until_wake=max(0.0, wakes - time.time()))
         ups = [e for e in lab.history(dev.id) if e["ts"] > slept and e["online"]]
         assert ups, lab.history(dev.id)[-4:]
+
+        # the check-in drained the queue before its goodbye
+        def readings() -> list[dict[str, object]]:
+            return [
+                r
+                for r in lab.archived(dev.id)
+                if r.get("stream") == "meter" and float(str(r["received_ts"])) > slept
+            ]
+
+        deadline = time.monotonic() + PACE.limit(4 * ROUND_TRIP)
+        while len(readings()) < len(seqs) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(PACE.limit(ROUND_TRIP))  # a duplicate would come now
+        records = readings()
+        assert [r["seq"] for r in records] == seqs, records  # in order, exactly once
+        assert [base64.b64decode(str(r["payload"])) for r in records] == [
+            f"reading {i}".encode() for i in range(5)
+        ]
     finally:
         dev.stop_agent()
         dev.wg("set", "peer", tunnel.peer_key, "persistent-keepalive", tunnel.keepalive)
