@@ -33,17 +33,27 @@ def openssl() -> str:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    """PKI in tmp_path and a broker running on free ports (services: start what you need)."""
-    s = Stack(tmp_path / "stack")
-    try:
-        s.start_broker()
-    except BrokerError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield s
-    finally:
+def run_stack() -> Iterator[Callable[[Stack], Stack]]:
+    """Starts a stack's broker (a test may prepare the stack first); stops it at the end."""
+    started: list[Stack] = []
+
+    def start(s: Stack) -> Stack:
+        try:
+            s.start_broker()
+        except BrokerError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
         s.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, run_stack: Callable[[Stack], Stack]) -> Stack:
+    """PKI in tmp_path and a broker running on free ports (services: start what you need)."""
+    return run_stack(Stack(tmp_path / "stack"))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import socket
 import ssl
 import struct
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -48,8 +48,12 @@ def clock(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def stack_at(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Stack]:
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    clock: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    run_stack: Callable[[Stack], Stack],
+) -> Stack:
     """A broker whose clock reads `clock` (a libfaketime offset such as "+4h"), with the
     session lifetime the test is parametrised with (default: the broker's)."""
     s = Stack(tmp_path / "stack")
@@ -60,14 +64,7 @@ def stack_at(
         env.setenv("LD_PRELOAD", FAKETIME_LIB)
         env.setenv("FAKETIME_TIMESTAMP_FILE", str(clock))
         env.setenv("FAKETIME_NO_CACHE", "1")
-        try:
-            s.start_broker()
-        except BrokerError as exc:
-            pytest.fail(str(exc), pytrace=False)
-    try:
-        yield s
-    finally:
-        s.stop()
+        return run_stack(s)
 
 
 def _connect_packet(client_id: str) -> bytes:
