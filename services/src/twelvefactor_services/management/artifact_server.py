@@ -5,7 +5,9 @@ PKI's device CA; its CN is the device id). A device gets an artifact only if
 an update job addressed to it names that artifact (`may_fetch`); otherwise,
 or if the artifact does not exist, 404 with the same body, so a device learns
 nothing about other devices' jobs. `Range: bytes=N-` (or `N-M`) answers 206
-with `Content-Range`; no Range answers 200. The TLS handshake runs in the
+with `Content-Range`; several ranges (SWUpdate's delta handler) answer 206
+`multipart/byteranges` (byteranges.py); no Range answers 200. The server
+counts the body bytes it sent to each device. The TLS handshake runs in the
 request's thread, so a client that stalls it holds up nobody else.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import ssl
 import threading
 from collections import deque
@@ -22,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from twelvefactor_services.management.artifacts import ArtifactStore
+from twelvefactor_services.management.byteranges import ByteRange, Multipart, RangeError, parse
 from twelvefactor_services.management.tls_http import TlsHandler, TlsServer
 
 log = logging.getLogger("twelvefactor.artifacts")
 SERVED_KEPT = 1000
 PATH_RE = re.compile(r"/artifacts/([0-9a-f]{64})\.swu")
-RANGE_RE = re.compile(r"bytes=(\d+)-(\d*)")
 CHUNK = 64 * 1024
 IDLE_TIMEOUT = 60.0
 
@@ -91,41 +94,55 @@ class _Handler(TlsHandler):
             self._refuse(404, "not found")
             return
         size = path.stat().st_size
-        start, end, status = 0, size - 1, 200
         spec = self.headers.get("Range")
+        ranges = [ByteRange(0, size - 1)]
         if spec is not None:
-            r = RANGE_RE.fullmatch(spec.strip())
-            if r is None:
-                self._refuse(400, "only a single 'bytes=N-' or 'bytes=N-M' range is supported")
+            try:
+                ranges = parse(spec, size)
+            except RangeError as exc:
+                self._refuse(400, str(exc))
                 return
-            start = int(r.group(1))
-            if r.group(2):
-                end = min(int(r.group(2)), size - 1)
-            if start >= size or start > end:
-                self.server.record(Served(device, sha, 416, start))
+            if not ranges:
+                self.server.record(Served(device, sha, 416, 0))
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
-            status = 206
-        self.server.record(Served(device, sha, status, start))
+        status = 200 if spec is None else 206
+        self.server.record(Served(device, sha, status, ranges[0].first))
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(end - start + 1))
         self.send_header("Accept-Ranges", "bytes")
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.end_headers()
-        left = end - start + 1
         with path.open("rb") as f:
-            f.seek(start)
-            while left > 0:
-                block = f.read(min(CHUNK, left))
-                if not block:
-                    break
-                self.wfile.write(block)
-                left -= len(block)
+            if len(ranges) == 1:
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(ranges[0].length))
+                if status == 206:
+                    self.send_header("Content-Range", ranges[0].content_range(size))
+                self.end_headers()
+                self._send_range(f, ranges[0], device)
+                return
+            body = Multipart(secrets.token_hex(16), tuple(ranges), size)
+            self.send_header("Content-Type", body.content_type)
+            self.send_header("Content-Length", str(body.content_length))
+            self.end_headers()
+            for piece in body.pieces():
+                if isinstance(piece, ByteRange):
+                    self._send_range(f, piece, device)
+                else:
+                    self.wfile.write(piece)
+                    self.server.count(device, len(piece))
+
+    def _send_range(self, f: Any, r: ByteRange, device: str) -> None:
+        f.seek(r.first)
+        left = r.length
+        while left > 0:
+            block = f.read(min(CHUNK, left))
+            if not block:
+                break
+            self.wfile.write(block)
+            self.server.count(device, len(block))
+            left -= len(block)
 
 
 class ArtifactServer(TlsServer):
@@ -141,6 +158,7 @@ class ArtifactServer(TlsServer):
         self.may_fetch = may_fetch
         # The last SERVED_KEPT answers only: a device retrying for weeks must not grow it.
         self._served: deque[Served] = deque(maxlen=SERVED_KEPT)
+        self._sent: dict[str, int] = {}  # body bytes sent, per device
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__(address, _Handler)
@@ -150,6 +168,15 @@ class ArtifactServer(TlsServer):
         """The answered requests kept, oldest first."""
         with self._lock:
             return list(self._served)
+
+    def sent_to(self, device: str) -> int:
+        """Body bytes sent to `device` since the server started (what crossed its link)."""
+        with self._lock:
+            return self._sent.get(device, 0)
+
+    def count(self, device: str, sent: int) -> None:
+        with self._lock:
+            self._sent[device] = self._sent.get(device, 0) + sent
 
     def record(self, served: Served) -> None:
         with self._lock:
