@@ -79,6 +79,9 @@ def test_good_update_survives_a_link_cut_and_switches_slots(
     assert entry["state"] == "succeeded", (entry, up.states)
     starts = up.ranged_requests()
     assert starts and min(starts) > 0, f"no Range request after the cut: {starts}"
+    # the artifact server counted what it sent for the job: the file, and whatever was
+    # in flight when the link was cut
+    assert entry["sent_bytes"] >= swu.stat().st_size, entry
     after = running_slot(device)
     assert after != before and up.boots[-1] == after
     device.wait_online("after the update")

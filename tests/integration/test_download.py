@@ -63,11 +63,13 @@ class Env:
         )
         self.artifact: Artifact = self.store.add(swu)
         self.allowed = {("dev-001", self.artifact.sha256)}
+        self.told: list[tuple[str, str, int]] = []  # what the server told its owner it sent
         self.server = ArtifactServer(
             ("127.0.0.1", 0),
             self.store,
             server_context(self.server_paths.cert, self.server_paths.key, self.pki.ca_cert),
             lambda device, sha: (device, sha) in self.allowed,
+            lambda device, sha, sent: self.told.append((device, sha, sent)),
         )
         self.server.start()
         self.port = self.server.server_address[1]
@@ -178,6 +180,11 @@ def test_cut_link_resumes_with_range_from_the_byte_reached(env: Env, tmp_path: P
     assert hashlib.sha256(dest.read_bytes()).hexdigest() == env.artifact.sha256
     assert env.server.served[-1] == Served("dev-001", env.artifact.sha256, 206, reached)
     assert len(env.server.served) == 2
+    # both requests counted: what was written before the cut, and the rest
+    wait_until(lambda: len(env.told) == 2, PACE.limit(ROUND_TRIP), "the answers told")
+    assert [t[:2] for t in env.told] == [("dev-001", env.artifact.sha256)] * 2
+    assert env.artifact.size - reached in [t[2] for t in env.told]  # the resumed request
+    assert sum(t[2] for t in env.told) >= env.artifact.size
 
 
 KILLED_DOWNLOAD = """
@@ -318,11 +325,16 @@ def test_several_ranges_answer_multipart_byteranges_and_the_bytes_sent_are_count
         data[4096:8192],
         data[-100:],
     ]
-    assert env.server.sent_to("dev-001") == len(body)  # framing included: what crossed
+    # counted after each write, which the client may have read first: waited for
+    counted = PACE.limit(ROUND_TRIP)
+    wait_until(lambda: env.server.sent_to("dev-001") == len(body), counted, "the count")
     status, _, whole = _raw_get_body(env, ctx, {})
     assert status == 200 and whole == data
-    assert env.server.sent_to("dev-001") == len(body) + size
+    wait_until(lambda: env.server.sent_to("dev-001") == len(body) + size, counted, "the count")
     assert env.server.sent_to("dev-002") == 0
+    sha = env.artifact.sha256
+    wait_until(lambda: len(env.told) == 2, counted, "the answers told")
+    assert env.told == [("dev-001", sha, len(body)), ("dev-001", sha, size)]
 
 
 def test_client_without_a_device_certificate_is_refused(env: Env) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from twelvefactor_agent.protocol.states import FINAL, TRANSITIONS
 from twelvefactor_agent.protocol.states import JOB_STATES as STATES
+from twelvefactor_services.management import jobstore
 from twelvefactor_services.management.jobs import (
     JobReport,
     JobReportError,
@@ -110,3 +112,37 @@ def test_parse_valid_report() -> None:
 def test_parse_rejects(raw: bytes, message: str) -> None:
     with pytest.raises(JobReportError, match=message):
         parse_job_report(raw)
+
+
+def test_bytes_sent_count_on_the_devices_unfinished_job_for_that_artifact(tmp_path: Path) -> None:
+    db = jobstore.connect(tmp_path / "registry.db")
+    art, other = "a" * 64, "b" * 64
+    for job, artifact, created in (("j-old", art, 1.0), ("j-new", art, 2.0), ("j-b", other, 3.0)):
+        db.execute(
+            "INSERT INTO update_jobs (id, artifact, target, created) VALUES (?, ?, 'x', ?)",
+            (job, artifact, created),
+        )
+    rows = [("j-old", "dev-1", "succeeded"), ("j-new", "dev-1", "downloading")]
+    rows += [("j-new", "dev-2", "downloading"), ("j-b", "dev-1", "queued")]
+    for job, device, state in rows:
+        db.execute(
+            "INSERT INTO device_jobs (job, device, state, updated) VALUES (?, ?, ?, 0)",
+            (job, device, state),
+        )
+    db.commit()
+    jobstore.add_sent(db, "dev-1", art, 1000)
+    jobstore.add_sent(db, "dev-1", art, 24)
+    sent = {(j, d): n for j, d, n in db.execute("SELECT job, device, sent_bytes FROM device_jobs")}
+    # the finished job of the same artifact, another device, another artifact: untouched
+    assert sent == {
+        ("j-old", "dev-1"): 0,
+        ("j-new", "dev-1"): 1024,
+        ("j-new", "dev-2"): 0,
+        ("j-b", "dev-1"): 0,
+    }
+    got = jobstore.get_job(db, "j-new")
+    assert got is not None
+    assert [(d["device"], d["sent_bytes"]) for d in got["devices"]] == [
+        ("dev-1", 1024),
+        ("dev-2", 0),
+    ]

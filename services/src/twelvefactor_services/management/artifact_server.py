@@ -35,6 +35,7 @@ CHUNK = 64 * 1024
 IDLE_TIMEOUT = 60.0
 
 MayFetch = Callable[[str, str], bool]  # (device id, sha256) -> allowed
+Sent = Callable[[str, str, int], None]  # (device id, sha256, body bytes sent in one request)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ def _common_name(peer: dict[str, Any]) -> str | None:
 class _Handler(TlsHandler):
     server: ArtifactServer
     timeout = IDLE_TIMEOUT
+    _sent = 0  # body bytes of the answer being sent
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), format % args)
@@ -111,6 +113,16 @@ class _Handler(TlsHandler):
                 return
         status = 200 if spec is None else 206
         self.server.record(Served(device, sha, status, ranges[0].first))
+        self._sent = 0
+        try:
+            self._answer(path, status, ranges, size, device)
+        finally:
+            if self._sent and self.server.on_sent is not None:
+                self.server.on_sent(device, sha, self._sent)
+
+    def _answer(
+        self, path: Path, status: int, ranges: list[ByteRange], size: int, device: str
+    ) -> None:
         self.send_response(status)
         self.send_header("Accept-Ranges", "bytes")
         with path.open("rb") as f:
@@ -131,7 +143,7 @@ class _Handler(TlsHandler):
                     self._send_range(f, piece, device)
                 else:
                     self.wfile.write(piece)
-                    self.server.count(device, len(piece))
+                    self._count(device, len(piece))
 
     def _send_range(self, f: Any, r: ByteRange, device: str) -> None:
         f.seek(r.first)
@@ -141,8 +153,12 @@ class _Handler(TlsHandler):
             if not block:
                 break
             self.wfile.write(block)
-            self.server.count(device, len(block))
+            self._count(device, len(block))
             left -= len(block)
+
+    def _count(self, device: str, sent: int) -> None:
+        self._sent += sent
+        self.server.count(device, sent)
 
 
 class ArtifactServer(TlsServer):
@@ -152,8 +168,10 @@ class ArtifactServer(TlsServer):
         store: ArtifactStore,
         context: ssl.SSLContext,
         may_fetch: MayFetch,
+        on_sent: Sent | None = None,
     ) -> None:
         self.store = store
+        self.on_sent = on_sent  # told after each answer with a body, also one cut short
         self.context = context
         self.may_fetch = may_fetch
         # The last SERVED_KEPT answers only: a device retrying for weeks must not grow it.

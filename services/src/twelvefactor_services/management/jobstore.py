@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS device_jobs (
     updated REAL NOT NULL,
     published INTEGER NOT NULL DEFAULT 0,
     install TEXT NOT NULL DEFAULT 'now', -- now, hold (download only) or cancel (a held job)
+    sent_bytes INTEGER NOT NULL DEFAULT 0, -- what the artifact server sent the device for it
     PRIMARY KEY (job, device)
 );
 CREATE INDEX IF NOT EXISTS device_jobs_device ON device_jobs(device, state);
@@ -85,6 +86,8 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         # registries made before download-only jobs
         registry.add_columns(db, "update_jobs", {"install_at": "REAL"})
         registry.add_columns(db, "device_jobs", {"install": "TEXT NOT NULL DEFAULT 'now'"})
+        # registries made before the artifact server's counters
+        registry.add_columns(db, "device_jobs", {"sent_bytes": "INTEGER NOT NULL DEFAULT 0"})
     return db
 
 
@@ -239,8 +242,8 @@ def get_job(db: sqlite3.Connection, job: str) -> dict[str, Any] | None:
     if row is None:
         return None
     devices = db.execute(
-        "SELECT device, state, percent, reason, updated, install FROM device_jobs WHERE job = ?"
-        " ORDER BY device",
+        "SELECT device, state, percent, reason, updated, install, sent_bytes FROM device_jobs"
+        " WHERE job = ? ORDER BY device",
         (job,),
     ).fetchall()
     return {**dict(row), "devices": [dict(d) for d in devices]}
@@ -259,6 +262,18 @@ def may_fetch(db: sqlite3.Connection, device: str, sha256: str) -> bool:
         (device, sha256),
     ).fetchone()
     return row is not None
+
+
+def add_sent(db: sqlite3.Connection, device: str, sha256: str, sent: int) -> None:
+    """Count `sent` bytes of artifact `sha256` the artifact server sent `device` (what
+    crossed its link, resumed and repeated requests included) on its unfinished job."""
+    with registry.write(db):
+        db.execute(
+            "UPDATE device_jobs SET sent_bytes = sent_bytes + ? WHERE device = ?"
+            f" AND state NOT IN {FINAL_SQL}"
+            " AND job IN (SELECT id FROM update_jobs WHERE artifact = ?)",
+            (sent, device, sha256),
+        )
 
 
 def unpublished(db: sqlite3.Connection) -> list[tuple[str, str, str, str]]:

@@ -134,12 +134,22 @@ class ManagementService:
                 cfg.artifact_store,
                 server_context(a.cert, a.key, a.device_ca),
                 self._may_fetch,
+                self._sent,
             )
 
     def _may_fetch(self, device: str, sha256: str) -> bool:
         db = jobstore.connect(self.cfg.db, readonly=True)  # a request thread's own connection
         try:
             return jobstore.may_fetch(db, device, sha256)
+        finally:
+            db.close()
+
+    def _sent(self, device: str, sha256: str, sent: int) -> None:
+        db = jobstore.connect(self.cfg.db)  # a request thread's own connection
+        try:
+            jobstore.add_sent(db, device, sha256, sent)
+        except sqlite3.Error as exc:  # a busy registry costs a counter, not the download
+            log.warning("artifact bytes sent to %s not counted: %s", device, exc)
         finally:
             db.close()
 
