@@ -100,7 +100,7 @@ def find_identity_plugin() -> Path:
 
 
 # The broker's TLS session lifetime, seconds: OpenSSL's default is 7,200 (docs/decisions.md,
-# "The broker resumes TLS sessions for a day").
+# "The broker keeps TLS sessions for a day, in its own cache").
 TLS_SESSION_LIFETIME = 86400
 MAX_TLS_SESSION_LIFETIME = 604800  # RFC 8446: a ticket lives at most seven days
 

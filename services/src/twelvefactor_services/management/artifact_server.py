@@ -6,9 +6,10 @@ an update job addressed to it names that artifact (`may_fetch`); otherwise,
 or if the artifact does not exist, 404 with the same body, so a device learns
 nothing about other devices' jobs. `Range: bytes=N-` (or `N-M`) answers 206
 with `Content-Range`; several ranges (SWUpdate's delta handler) answer 206
-`multipart/byteranges` (byteranges.py); no Range answers 200. The server
-counts the body bytes it sent to each device. The TLS handshake runs in the
-request's thread, so a client that stalls it holds up nobody else.
+`multipart/byteranges` (byteranges.py); no Range answers 200. After each
+answer the server tells its owner how many body bytes it sent (`on_sent`; the
+management service counts them per job in the registry). The TLS handshake runs
+in the request's thread, so a client that stalls it holds up nobody else.
 """
 
 from __future__ import annotations
@@ -115,14 +116,12 @@ class _Handler(TlsHandler):
         self.server.record(Served(device, sha, status, ranges[0].first))
         self._sent = 0
         try:
-            self._answer(path, status, ranges, size, device)
+            self._answer(path, status, ranges, size)
         finally:
             if self._sent and self.server.on_sent is not None:
                 self.server.on_sent(device, sha, self._sent)
 
-    def _answer(
-        self, path: Path, status: int, ranges: list[ByteRange], size: int, device: str
-    ) -> None:
+    def _answer(self, path: Path, status: int, ranges: list[ByteRange], size: int) -> None:
         self.send_response(status)
         self.send_header("Accept-Ranges", "bytes")
         with path.open("rb") as f:
@@ -132,7 +131,7 @@ class _Handler(TlsHandler):
                 if status == 206:
                     self.send_header("Content-Range", ranges[0].content_range(size))
                 self.end_headers()
-                self._send_range(f, ranges[0], device)
+                self._send_range(f, ranges[0])
                 return
             body = Multipart(secrets.token_hex(16), tuple(ranges), size)
             self.send_header("Content-Type", body.content_type)
@@ -140,12 +139,12 @@ class _Handler(TlsHandler):
             self.end_headers()
             for piece in body.pieces():
                 if isinstance(piece, ByteRange):
-                    self._send_range(f, piece, device)
+                    self._send_range(f, piece)
                 else:
                     self.wfile.write(piece)
-                    self._count(device, len(piece))
+                    self._sent += len(piece)
 
-    def _send_range(self, f: Any, r: ByteRange, device: str) -> None:
+    def _send_range(self, f: Any, r: ByteRange) -> None:
         f.seek(r.first)
         left = r.length
         while left > 0:
@@ -153,12 +152,8 @@ class _Handler(TlsHandler):
             if not block:
                 break
             self.wfile.write(block)
-            self._count(device, len(block))
+            self._sent += len(block)
             left -= len(block)
-
-    def _count(self, device: str, sent: int) -> None:
-        self._sent += sent
-        self.server.count(device, sent)
 
 
 class ArtifactServer(TlsServer):
@@ -176,7 +171,6 @@ class ArtifactServer(TlsServer):
         self.may_fetch = may_fetch
         # The last SERVED_KEPT answers only: a device retrying for weeks must not grow it.
         self._served: deque[Served] = deque(maxlen=SERVED_KEPT)
-        self._sent: dict[str, int] = {}  # body bytes sent, per device
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__(address, _Handler)
@@ -186,15 +180,6 @@ class ArtifactServer(TlsServer):
         """The answered requests kept, oldest first."""
         with self._lock:
             return list(self._served)
-
-    def sent_to(self, device: str) -> int:
-        """Body bytes sent to `device` since the server started (what crossed its link)."""
-        with self._lock:
-            return self._sent.get(device, 0)
-
-    def count(self, device: str, sent: int) -> None:
-        with self._lock:
-            self._sent[device] = self._sent.get(device, 0) + sent
 
     def record(self, served: Served) -> None:
         with self._lock:
