@@ -615,8 +615,11 @@ def test_sleeping_devices_are_counted_asleep_or_overdue_with_their_next_check_in
             probe.publish(mgmt_up(device, "online"), goodbye, retain=True)
         finally:
             probe.disconnect()
-    wait_until(
-        lambda: console.admin.get("/devices/dev-z2")["presence"] == "overdue",
+    wait_until(  # 404 until the service has taken the first message in
+        lambda: (
+            (r := console.admin.request("GET", "/devices/dev-z2"))[0] == 200
+            and r[1]["presence"] == "overdue"
+        ),
         what="dev-z2 overdue",
     )
     page = console.log_in("viewer")
