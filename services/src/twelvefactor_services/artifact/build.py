@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,17 +35,30 @@ from twelvefactor_services.artifact.swu import (
 )
 from twelvefactor_services.artifact.template import (
     COMPRESSIONS,
+    DELTA_TEMPLATE_NAME,
     Hardware,
     check_hardware,
+    check_url,
     check_version,
     default_template,
+    delta_description,
+    delta_image_names,
     description,
     image_name,
 )
+from twelvefactor_services.artifact.zchunk import make_zck, write_header
 
 ZSTD_LEVEL = 3  # oe-core's ZSTD_COMPRESSION_LEVEL default
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 EXT4_MAGIC_AT, EXT4_MAGIC = 1080, b"\x53\xef"  # the superblock's s_magic, little-endian
+
+
+@dataclass(frozen=True)
+class BuiltDelta:
+    swu: Path  # the signed .swu: sw-description, its signature, the zchunk header
+    zck: Path  # the zchunk file the artifact server serves, named in the .swu by digest
+    zck_sha256: str
+    description: str
 
 
 @dataclass(frozen=True)
@@ -154,17 +168,74 @@ def build_swu(
         )
         desc = work / DESCRIPTION
         desc.write_text(text)
-        members = [(DESCRIPTION, desc)]
-        if signer is not None:
-            sig = sign(text.encode(), signer)
-            problem = check_signature(text.encode(), sig, signer.cert, partial_chain=True)
-            if problem is not None:
-                raise ArtifactToolError(
-                    f"the signature does not verify against {signer.cert} as SWUpdate checks"
-                    f" it: {problem}"
-                )
-            (work / SIGNATURE).write_bytes(sig)
-            members.append((SIGNATURE, work / SIGNATURE))
+        members = [(DESCRIPTION, desc), *_signature(text, signer, work)]
         members.append((name, packed))
         write_swu(out, members)
     return Built(out, text, name, digest, signer is not None)
+
+
+def _signature(text: str, signer: Signer | None, work: Path) -> list[tuple[str, Path]]:
+    """The signature member over `text` (none without `signer`), checked as SWUpdate will."""
+    if signer is None:
+        return []
+    sig = sign(text.encode(), signer)
+    problem = check_signature(text.encode(), sig, signer.cert, partial_chain=True)
+    if problem is not None:
+        raise ArtifactToolError(
+            f"the signature does not verify against {signer.cert} as SWUpdate checks it: {problem}"
+        )
+    (work / SIGNATURE).write_bytes(sig)
+    return [(SIGNATURE, work / SIGNATURE)]
+
+
+def build_delta(
+    rootfs: Path,
+    out: Path,
+    zck_out: Path,
+    *,
+    version: str,
+    hardware: Sequence[Hardware],
+    signer: Signer | None,
+    url: str,
+    template: Path | None = None,
+) -> BuiltDelta:
+    """`out`: a delta .swu for `rootfs` (ext4, or its .zst), and `zck_out`: the zchunk file
+    its chunks come from, which the management service serves at
+    `url`/artifacts/<its sha256>.zck (the twelvefactor-update-delta recipe's pair)."""
+    check_version(version)
+    check_hardware(hardware)
+    url = check_url(url)
+    template = template if template is not None else default_template(DELTA_TEMPLATE_NAME)
+    try:
+        template_text = template.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactToolError(f"template {template}: {exc}") from None
+    kind = image_kind(rootfs)
+    zck_name, header_name = delta_image_names(hardware[0].board)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    zck_out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".twelvefactor-artifact-", dir=out.parent) as tmp:
+        work = Path(tmp)
+        raw = rootfs
+        if kind == "zstd":  # the chunks are cut from the file system as it is on the slot
+            raw = work / "rootfs.ext4"
+            run([tool("zstd", "zstd"), "-d", "-q", "-f", rootfs, "-o", raw], "zstd -d")
+        zck = make_zck(raw, work / zck_name)
+        header = write_header(zck, work / header_name)
+        zck_sha = sha256_file(zck)
+        text = delta_description(
+            template_text,
+            version=version,
+            hardware=hardware,
+            header=header_name,
+            header_sha256=sha256_file(header),
+            zck=zck_name,
+            zck_sha256=zck_sha,
+            url=url,
+        )
+        desc = work / DESCRIPTION
+        desc.write_text(text)
+        members = [(DESCRIPTION, desc), *_signature(text, signer, work), (header_name, header)]
+        write_swu(out, members)
+        shutil.move(zck, zck_out)
+    return BuiltDelta(out, zck_out, zck_sha, text)

@@ -3,6 +3,7 @@
 twelvefactor-artifact build ROOTFS.ext4 --version X.Y.Z --hardware BOARD=REV[,REV] ...
                       --key SIGNING.key --cert SIGNING.crt [--compress zstd|none]
                       [--template SW-DESCRIPTION] -o OUT.swu
+                      [--delta-url https://HOST[:PORT]]
 twelvefactor-artifact inspect FILE.swu [--json]
 twelvefactor-artifact verify FILE.swu --cert SIGNING.crt
 
@@ -19,11 +20,12 @@ from pathlib import Path
 
 from twelvefactor_services.artifact import ArtifactToolError
 from twelvefactor_services.artifact import inspect as inspecting
-from twelvefactor_services.artifact.build import build_swu
+from twelvefactor_services.artifact.build import build_delta, build_swu
 from twelvefactor_services.artifact.cms import Signer
 from twelvefactor_services.artifact.template import (
     COMPRESSIONS,
     Hardware,
+    check_url,
     check_version,
     parse_hardware,
 )
@@ -42,6 +44,13 @@ def _version(value: str) -> str:
 def _hardware(value: str) -> Hardware:
     try:
         return parse_hardware(value)
+    except ArtifactToolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _url(value: str) -> str:
+    try:
+        return check_url(value)
     except ArtifactToolError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -74,6 +83,18 @@ def _parser() -> argparse.ArgumentParser:
         help="sw-description template (default: the layer's, in this checkout)",
     )
     b.add_argument("-o", "--out", required=True, type=Path, help="the .swu to write")
+    b.add_argument(
+        "--delta-url",
+        type=_url,
+        metavar="https://HOST[:PORT]",
+        help="also a delta .swu (OUT.delta.swu) and its chunks (OUT.zck), which the"
+        " management service's artifact server at this address serves to devices",
+    )
+    b.add_argument(
+        "--delta-template",
+        type=Path,
+        help="the delta's sw-description template (default: the layer's)",
+    )
     i = sub.add_parser("inspect", help="version, hardware, files and signature of a .swu")
     i.add_argument("swu", type=Path, metavar="FILE.swu")
     i.add_argument("--json", action="store_true", help="one JSON object")
@@ -104,6 +125,25 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             print(built.path)
+            if args.delta_url is not None:
+                stem = args.out.with_suffix("")
+                delta = build_delta(
+                    args.rootfs,
+                    stem.with_name(stem.name + ".delta.swu"),
+                    stem.with_name(stem.name + ".zck"),
+                    version=args.version,
+                    hardware=args.hardware,
+                    signer=Signer(args.key, args.cert),
+                    url=args.delta_url,
+                    template=args.delta_template,
+                )
+                print(
+                    f"{PROG}: {delta.swu}: its chunks from {delta.zck}"
+                    f" (sha256 {delta.zck_sha256}), signed",
+                    file=sys.stderr,
+                )
+                print(delta.swu)
+                print(delta.zck)
         elif args.command == "inspect":
             found = inspecting.inspect(args.swu)
             print(inspecting.dumps(found) if args.json else inspecting.as_text(found))

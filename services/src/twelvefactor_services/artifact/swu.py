@@ -51,6 +51,8 @@ class SwuFile:
     section: str  # images | files | scripts
     sha256: str | None
     compressed: str | None  # "zstd", "zlib" (also `compressed = true`), ...; None: not compressed
+    type: str | None = None  # the handler: "raw", "delta", ...
+    url: str | None = None  # properties.url (the delta handler's chunks)
 
 
 @dataclass(frozen=True)
@@ -240,6 +242,8 @@ def parse_description(text: str) -> SwuInfo:
                 strings[(*key, pending)] = s
                 if entries and entries[-1] is not None:
                     entries[-1][pending] = s
+                elif len(entries) > 1 and entries[-2] is not None and path[-1] == "properties":
+                    entries[-2][f"properties.{pending}"] = s  # an entry's handler properties
             elif key in lists:
                 lists[key].append(s)
             pending = None
@@ -264,7 +268,14 @@ def parse_description(text: str) -> SwuInfo:
     if not hardware:
         raise SwuError("sw-description has no hardware-compatibility list")
     files = tuple(
-        SwuFile(e["filename"], section, e.get("sha256"), _compression(e.get("compressed")))
+        SwuFile(
+            e["filename"],
+            section,
+            e.get("sha256"),
+            _compression(e.get("compressed")),
+            e.get("type"),
+            e.get("properties.url"),
+        )
         for section, e in found
         if "filename" in e
     )

@@ -34,6 +34,7 @@ from twelvefactor_services.artifact import ArtifactToolError
 from twelvefactor_services.artifact.swu import (
     FILE_SECTIONS,
     SwuError,
+    SwuInfo,
     parse_description,
     settings,
 )
@@ -45,6 +46,14 @@ VERSION_VAR = "TWELVEFACTOR_UPDATE_VERSION"
 MACHINE_VAR = "MACHINE"
 REVISION_VAR = "TWELVEFACTOR_HW_REVISION"
 IMAGE_VAR = "TWELVEFACTOR_ROOTFS_IMAGE"
+# the delta template's (twelvefactor-update-delta_1.0.bb): the zchunk header in the
+# .swu, the .zck on the artifact server (named by its digest) and the server's URL
+DELTA_TEMPLATE_NAME = "sw-description-delta"
+ZCKHEADER_VAR = "TWELVEFACTOR_ROOTFS_ZCKHEADER"
+ZCK_VAR = "TWELVEFACTOR_ROOTFS_ZCK"
+URL_VAR = "TWELVEFACTOR_ARTIFACT_URL"
+DEPLOY_SHA256 = "twelvefactor_deploy_sha256"  # the layer's class: a deployed file's digest
+URL_RE = re.compile(r"https://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 IMAGE_BASENAME = "twelvefactor-image"  # the recipe's IMAGE_DEPENDS
 COMPRESSIONS = ("zstd", "none")
 
@@ -152,18 +161,35 @@ def find_checkout(*starts: Path) -> Path | None:
     return None
 
 
-def layer_template(top: Path) -> Path:
-    """The one sw-description template in the checkout `top`'s layer."""
-    found = sorted(p for p in (top / LAYER).rglob(TEMPLATE_NAME) if p.is_file())
+def delta_image_names(board: str) -> tuple[str, str]:
+    """The .zck and its header's names, as meta-swupdate's zchunk image types name them."""
+    zck = f"{IMAGE_BASENAME}-{board}.rootfs.ext4.zck"
+    return zck, f"{zck}.zckheader"
+
+
+def check_url(url: str) -> str:
+    """The artifact server's base URL as a device reaches it (https://HOST[:PORT])."""
+    url = url.rstrip("/")
+    if not URL_RE.fullmatch(url):
+        raise ArtifactToolError(
+            f"artifact URL {url!r} is not https://HOST[:PORT] (the management service's"
+            " artifact server inside the tunnel, as devices reach it)"
+        )
+    return url
+
+
+def layer_template(top: Path, name: str = TEMPLATE_NAME) -> Path:
+    """The one sw-description template called `name` in the checkout `top`'s layer."""
+    found = sorted(p for p in (top / LAYER).rglob(name) if p.is_file())
     if len(found) != 1:
         raise ArtifactToolError(
-            f"expected one {TEMPLATE_NAME} template in {top / LAYER}, found "
+            f"expected one {name} template in {top / LAYER}, found "
             f"{[str(p) for p in found] or 'none'}"
         )
     return found[0]
 
 
-def default_template() -> Path:
+def default_template(name: str = TEMPLATE_NAME) -> Path:
     """The layer's template, from the checkout this tool runs from or the current one."""
     top = find_checkout(Path(__file__).resolve().parent, Path.cwd().resolve())
     if top is None:
@@ -173,12 +199,19 @@ def default_template() -> Path:
             f" give --template PATH ({LAYER}/recipes-support/twelvefactor-update/files/"
             f"{TEMPLATE_NAME} in a checkout)"
         )
-    return layer_template(top)
+    return layer_template(top, name)
 
 
-def render(text: str, values: dict[str, str], digests: dict[str, str]) -> str:
+def render(
+    text: str,
+    values: dict[str, str],
+    digests: dict[str, str],
+    deployed: dict[str, str] | None = None,
+) -> str:
     """meta-swupdate's two substitutions: `@@VAR@@` from `values`, then
-    `$swupdate_get_sha256(NAME)` from `digests` (file name -> sha256)."""
+    `$swupdate_get_sha256(NAME)` from `digests` (file name -> sha256); and the
+    layer's `$twelvefactor_deploy_sha256(NAME)` (a file left in the deploy folder,
+    not packed) from `deployed`."""
 
     def value(m: re.Match[str]) -> str:
         if m.group(1) not in values:
@@ -193,7 +226,15 @@ def render(text: str, values: dict[str, str], digests: dict[str, str]) -> str:
             raise ArtifactToolError(f"sw-description: $swupdate_get_sha256({name}) names no file")
         return digests[name]
 
-    return re.sub(r"\$swupdate_get_sha256\(([^)]+)\)", digest, text)
+    text = re.sub(r"\$swupdate_get_sha256\(([^)]+)\)", digest, text)
+
+    def deploy(m: re.Match[str]) -> str:
+        name = m.group(1).strip()
+        if deployed is None or name not in deployed:
+            raise ArtifactToolError(f"sw-description: ${DEPLOY_SHA256}({name}) names no file")
+        return deployed[name]
+
+    return re.sub(rf"\${DEPLOY_SHA256}\(([^)]+)\)", deploy, text)
 
 
 def description(
@@ -232,6 +273,60 @@ def description(
         )
     except SwuError as exc:
         raise ArtifactToolError(f"the sw-description template does not render: {exc}") from None
+    return text
+
+
+def delta_description(
+    template: str,
+    *,
+    version: str,
+    hardware: Sequence[Hardware],
+    header: str,
+    header_sha256: str,
+    zck: str,
+    zck_sha256: str,
+    url: str,
+) -> str:
+    """The sw-description of a delta artifact: `header` (the zchunk header of the
+    root file system, digest `header_sha256`) in the .swu, the chunks fetched from
+    `url`/artifacts/`zck_sha256`.zck."""
+    check_version(version)
+    check_hardware(hardware)
+    url = check_url(url)
+    texts = [
+        render(
+            template,
+            {
+                VERSION_VAR: version,
+                MACHINE_VAR: hw.board,
+                REVISION_VAR: '", "'.join(hw.revisions),
+                ZCKHEADER_VAR: header,
+                ZCK_VAR: zck,
+                URL_VAR: url,
+            },
+            {header: header_sha256},
+            {zck: zck_sha256},
+        )
+        for hw in hardware
+    ]
+    try:
+        text = _side_by_side(texts, [hw.board for hw in hardware])
+        info = parse_description(text)
+    except SwuError as exc:
+        raise ArtifactToolError(f"the delta template does not render: {exc}") from None
+    _check_release(info, version=version, hardware=hardware)
+    want = f"{url}/artifacts/{zck_sha256}.zck"
+    if not info.files:
+        raise ArtifactToolError(
+            f'the delta template names no image (filename = "@@{ZCKHEADER_VAR}@@")'
+        )
+    for f in info.files:
+        if (f.filename, f.sha256, f.type, f.url) != (header, header_sha256, "delta", want):
+            raise ArtifactToolError(
+                f"the delta template's entry for {f.filename!r} is not a delta image of"
+                f' "@@{ZCKHEADER_VAR}@@" with its sha256 and url = "@@{URL_VAR}@@/artifacts/'
+                f'${DEPLOY_SHA256}(@@{ZCK_VAR}@@).zck" (type {f.type!r}, url {f.url!r})'
+            )
     return text
 
 
@@ -276,17 +371,8 @@ def _without_compression(text: str) -> str:
     return text
 
 
-def _check(
-    text: str,
-    *,
-    version: str,
-    hardware: Sequence[Hardware],
-    image: str,
-    sha256: str,
-    compress: str,
-) -> None:
-    """Refuse a rendered sw-description that does not say what was asked."""
-    info = parse_description(text)
+def _check_release(info: SwuInfo, *, version: str, hardware: Sequence[Hardware]) -> None:
+    """Refuse a rendered sw-description whose version or hardware is not what was asked."""
     if info.version != version:
         raise ArtifactToolError(
             f"the template's software.version renders to {info.version!r}, not {version!r}:"
@@ -298,6 +384,20 @@ def _check(
             f"the template's hardware-compatibility renders to {info.hardware}, not {wanted}:"
             f' it must be [ "@@{REVISION_VAR}@@" ] in the software.@@{MACHINE_VAR}@@ block'
         )
+
+
+def _check(
+    text: str,
+    *,
+    version: str,
+    hardware: Sequence[Hardware],
+    image: str,
+    sha256: str,
+    compress: str,
+) -> None:
+    """Refuse a rendered sw-description that does not say what was asked."""
+    info = parse_description(text)
+    _check_release(info, version=version, hardware=hardware)
     if not info.files:
         raise ArtifactToolError(
             f'the template names no image (filename = "@@{IMAGE_VAR}@@" in an images entry)'
