@@ -50,7 +50,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({DOWNLOADING, DOWNLOADED, FAILED}),
     DOWNLOADING: frozenset({DOWNLOADING, DOWNLOADED, INSTALLING, FAILED}),
     DOWNLOADED: frozenset({DOWNLOADING, INSTALLING, FAILED}),
-    INSTALLING: frozenset({INSTALLING, REBOOTING, FAILED}),
+    # installing -> downloading: a delta the device gave up for the full .swu (issue 14)
+    INSTALLING: frozenset({INSTALLING, DOWNLOADING, REBOOTING, FAILED}),
     REBOOTING: frozenset({VERIFYING, ROLLED_BACK, FAILED}),
     VERIFYING: frozenset({SUCCEEDED, ROLLED_BACK, FAILED}),
     SUCCEEDED: frozenset(),

@@ -36,6 +36,14 @@ DOWNGRADE = "downgrade"
 NO_SPACE = "no_space"
 
 
+class Delta(NamedTuple):
+    """A job's delta .swu (issue 14): tried first, the full .swu if anything fails."""
+
+    sha256: str
+    size: int
+    url: str
+
+
 class UpdateJob(NamedTuple):
     job: str
     device: str
@@ -45,6 +53,7 @@ class UpdateJob(NamedTuple):
     size: int
     url: str
     install: str = INSTALL_NOW  # "now", "hold" (download only) or "cancel" (a held job)
+    delta: Delta | None = None
 
 
 class Refusal(NamedTuple):
@@ -71,10 +80,17 @@ def parse_job(payload: bytes) -> UpdateJob:
     version = envelope.text(doc, "version", pattern=VERSION_RE, error=JobError)
     sha = envelope.text(doc, "sha256", pattern=SHA256_RE, error=JobError)
     size = envelope.integer(doc, "size", 1, MAX_SIZE, error=JobError)
-    url = envelope.text(doc, "url", error=JobError)
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise JobError(f"url must be https://host..., got {url!r}")
+    url = _url(envelope.text(doc, "url", error=JobError))
+    delta: Delta | None = None
+    if "delta" in doc:
+        d = doc["delta"]
+        if not isinstance(d, dict):
+            raise JobError("delta must be an object {sha256, size, url}")
+        delta = Delta(
+            envelope.text(d, "sha256", pattern=SHA256_RE, error=JobError),
+            envelope.integer(d, "size", 1, MAX_SIZE, error=JobError),
+            _url(envelope.text(d, "url", error=JobError)),
+        )
     hw = doc.get("hardware")
     if not isinstance(hw, dict) or not hw:
         raise JobError("hardware must be a non-empty object {board: [revisions]}")
@@ -87,7 +103,14 @@ def parse_job(payload: bytes) -> UpdateJob:
     install = doc.get("install", INSTALL_NOW)
     if install not in INSTALL_MODES:
         raise JobError(f"install must be one of {', '.join(INSTALL_MODES)}, got {install!r}")
-    return UpdateJob(job, device, version, hardware, sha, size, url, install)
+    return UpdateJob(job, device, version, hardware, sha, size, url, install, delta)
+
+
+def _url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise JobError(f"url must be https://host..., got {url!r}")
+    return url
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -162,14 +185,26 @@ def _maybe_key(version: str | None) -> tuple[int, ...] | None:
 
 
 def report_payload(
-    job: str, state: str, *, ts: float, percent: int | None = None, reason: str | None = None
+    job: str,
+    state: str,
+    *,
+    ts: float,
+    percent: int | None = None,
+    reason: str | None = None,
+    path: str | None = None,
+    fallback: str | None = None,
 ) -> bytes:
-    """A report for `mgmt/<id>/up/update` (docs/protocol.md, "Updates")."""
+    """A report for `mgmt/<id>/up/update` (docs/protocol.md, "Updates"); `path` is the
+    artifact in hand ("delta" or "full"), `fallback` why a delta was given up."""
     doc: dict[str, Any] = {"v": envelope.V, "job": job, "state": state, "ts": ts}
     if percent is not None:
         doc["percent"] = percent
     if reason is not None:
         doc["reason"] = reason
+    if path is not None:
+        doc["path"] = path
+    if fallback is not None:
+        doc["fallback"] = fallback
     return envelope.dumps(doc)
 
 

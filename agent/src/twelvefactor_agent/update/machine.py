@@ -85,6 +85,7 @@ ENV_RETRY = 10.0
 ENV_TRIES = 30
 MAX_REASON = 512  # the protocol's bound on a report's reason
 CANCELLED = "cancelled: the job was cancelled before its install"
+INTERRUPTED = steps.INTERRUPTED
 
 
 class Facts(NamedTuple):
@@ -325,18 +326,19 @@ class UpdateMachine:
         if facts.running_slot is None:
             return self._refuse(job.job, "no_slot: cannot tell which slot is running")
         self.phase = Phase.RESUMING
+        full = (job.sha256, job.size, job.url)
         record = Record(
             job.job,
             job.version,
-            job.sha256,
-            job.size,
-            job.url,
+            *(job.delta or full),
             DOWNLOADING,
             facts.running_slot,
             hold=job.install == INSTALL_HOLD,
+            full=full if job.delta else None,
         )
+        what = f"{job.size} bytes" + (f", by delta ({job.delta.size})" if job.delta else "")
         return [
-            Log(logging.INFO, f"update job {job.job}: version {job.version}, {job.size} bytes"),
+            Log(logging.INFO, f"update job {job.job}: version {job.version}, {what}"),
             *self._save(record),
             Survey(),
         ]
@@ -423,7 +425,7 @@ class UpdateMachine:
         self._errors += 1
         note = Log(logging.WARNING, f"update job {self.record.job}: download failed: {error}")
         if self._errors >= MAX_DOWNLOAD_ERRORS:
-            return [note, *self._carry_on(steps.Finish(FAILED, f"download_failed: {error}"))]
+            return [note, *self._fail(f"download_failed: {error}")]
         return [note, self._pause()]
 
     def checksum_mismatch(self, error: str) -> list[Action]:
@@ -433,7 +435,7 @@ class UpdateMachine:
         self._checksum_errors += 1
         note = Log(logging.WARNING, f"update job {self.record.job}: {error}")
         if self._checksum_errors >= MAX_CHECKSUM_ERRORS:
-            return [note, *self._carry_on(steps.Finish(FAILED, f"checksum_mismatch: {error}"))]
+            return [note, *self._fail(f"checksum_mismatch: {error}")]
         return [note, self._pause()]
 
     def install_progress(self, done: int, total: int) -> list[Action]:
@@ -456,8 +458,7 @@ class UpdateMachine:
         """SWUpdate refused the file without writing: the file is bad, drop it."""
         if self.phase is not Phase.DRY_RUN or self.record is None:
             return []
-        finish = steps.Finish(FAILED, f"swupdate_refused: {error}")
-        return [DeleteArtifact(self.record.sha256), *self._carry_on(finish)]
+        return [DeleteArtifact(self.record.sha256), *self._fail(f"swupdate_refused: {error}")]
 
     def slot_written(self) -> list[Action]:
         """SWUpdate installed the idle slot: see which one it selected."""
@@ -469,7 +470,7 @@ class UpdateMachine:
     def install_failed(self, error: str) -> list[Action]:
         if self.phase is not Phase.WRITING_SLOT:
             return []
-        return self._carry_on(steps.Finish(FAILED, f"install_failed: {error}"))
+        return self._fail(f"install_failed: {error}")
 
     def rebooting_reported(self) -> list[Action]:
         """`rebooting` was acknowledged, or not in time: request the reboot."""
@@ -532,12 +533,39 @@ class UpdateMachine:
             Log(logging.INFO, f"update job {job}: final report acknowledged"),
         ]
 
+    def _fail(self, reason: str) -> list[Action]:
+        """The artifact in hand failed: the job fails, unless it was the delta: then the
+        full .swu is fetched and installed (SWUpdate's delta handler has no fallback)."""
+        record = self.record
+        assert record is not None
+        if record.full is None:
+            return self._carry_on(steps.Finish(FAILED, reason))
+        sha, size, url = record.full
+        note = f"update job {record.job}: the delta failed ({reason}); fetching the full .swu"
+        # its own install attempts: power cuts during the delta's do not count against it
+        full = record._replace(
+            sha256=sha, size=size, url=url, full=None, fallback=reason[:MAX_REASON], installs=0
+        )
+        return [
+            Log(logging.WARNING, note),
+            DeleteArtifact(record.sha256),
+            *self._save(full._replace(state=DOWNLOADING)),
+            *self._carry_on(steps.Download()),
+        ]
+
     # -- steps.Step: where the job goes next -------------------------------------------
 
     def _carry_on(self, step: steps.Step, running_slot: str | None = None) -> list[Action]:
         record = self.record
         assert record is not None
         note = Log(logging.INFO, f"update job {record.job}: {type(step).__name__.lower()}")
+        if (
+            isinstance(step, steps.Finish)
+            and step.reason.startswith(INTERRUPTED)
+            and record.full is not None
+            and record.final is None
+        ):
+            return self._fail(step.reason)  # the delta's installs never finished
         if isinstance(step, steps.Download):
             return [note, *self._download()]
         if isinstance(step, steps.Hold):

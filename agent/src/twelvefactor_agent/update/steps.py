@@ -31,6 +31,7 @@ from twelvefactor_agent.protocol.states import (
 )
 
 MAX_INSTALLS = 5  # install attempts (each power cut during SWUpdate is one) before giving up
+INTERRUPTED = "install_interrupted"
 HANDLED_KEPT = 32  # finished job ids remembered, so a retained job is not run twice
 
 STATES = (DOWNLOADING, DOWNLOADED, INSTALLING, REBOOTING)
@@ -56,6 +57,15 @@ class Record(NamedTuple):
     final: str | None = None
     reason: str | None = None
     hold: bool = False  # a download-only job not released yet: stop once downloaded
+    # On a delta (issue 14), sha256/size/url are the delta .swu's and `full` the
+    # full .swu's, taken if anything about the delta fails; `fallback` says what.
+    full: tuple[str, int, str] | None = None
+    fallback: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The artifact in hand: "delta" or "full"."""
+        return "full" if self.full is None else "delta"
 
     def finished(self, state: str, reason: str | None) -> Record:
         return self._replace(final=state, reason=reason)
@@ -72,6 +82,12 @@ def parse_record(raw: bytes) -> Record:
         raise RecordError(f"not JSON: {exc}") from None
     if not isinstance(doc, dict) or doc.pop("v", None) != 1:
         raise RecordError("not a version 1 record")
+    full = doc.get("full")
+    if full is not None:
+        ok = isinstance(full, list) and len(full) == 3
+        if not ok or [type(v) for v in full] != [str, int, str]:
+            raise RecordError("full is not [sha256, size, url]")
+        doc["full"] = tuple(full)
     try:
         record = Record(**doc)
     except TypeError as exc:
@@ -90,6 +106,8 @@ def parse_record(raw: bytes) -> Record:
     for key, kind in types.items():
         if not isinstance(getattr(record, key), kind):
             raise RecordError(f"{key} has the wrong type")
+    if record.fallback is not None and not isinstance(record.fallback, str):
+        raise RecordError("fallback has the wrong type")
     if record.state not in STATES:
         raise RecordError(f"unknown state {record.state!r}")
     if record.final not in (None, *FINAL):
@@ -183,9 +201,7 @@ def resume(
         if target is not None:  # SWUpdate finished before the agent could note it
             return Reboot(target)
         if record.installs >= MAX_INSTALLS:
-            return Finish(
-                "failed", f"install_interrupted: {record.installs} attempts did not finish"
-            )
+            return Finish("failed", f"{INTERRUPTED}: {record.installs} attempts did not finish")
         return Install()
     # rebooting
     target = record.target_slot or other(record.from_slot)

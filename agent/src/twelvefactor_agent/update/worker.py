@@ -238,7 +238,7 @@ class Updater(threading.Thread):
             self.paths.artifact(action.sha256).unlink(missing_ok=True)
         elif isinstance(action, Report):
             job, state, percent, reason = action
-            payload = report_payload(job, state, ts=time.time(), percent=percent, reason=reason)
+            payload = self._payload(job, state, percent=percent, reason=reason)
             self.publish(payload, None)
         elif isinstance(action, ReportFinal):
             self._report_final(action)
@@ -270,7 +270,7 @@ class Updater(threading.Thread):
             return self._swupdate(action)
         if isinstance(action, ReportRebooting):
             acked = threading.Event()
-            payload = report_payload(action.job, REBOOTING, ts=time.time())
+            payload = self._payload(action.job, REBOOTING)
             if self.publish(payload, acked):
                 acked.wait(action.wait)
             return lambda m: m.rebooting_reported()
@@ -354,14 +354,28 @@ class Updater(threading.Thread):
         sent = True
         for i, state in enumerate(action.chain):
             last = i == len(action.chain) - 1
-            payload = report_payload(
-                action.job, state, ts=time.time(), reason=action.reason if last else None
-            )
+            payload = self._payload(action.job, state, reason=action.reason if last else None)
             sent = self.publish(payload, acked if last else None) and sent
         if sent:
             threading.Thread(
                 target=self._await_final, args=(action.job, acked), daemon=True
             ).start()
+
+    def _payload(
+        self, job: str, state: str, *, percent: int | None = None, reason: str | None = None
+    ) -> bytes:
+        """A report, saying which artifact the job is on and why a delta was given up."""
+        record = self.machine.record if self.machine is not None else None
+        mine = record is not None and record.job == job
+        return report_payload(
+            job,
+            state,
+            ts=time.time(),
+            percent=percent,
+            reason=reason,
+            path=record.path if mine and record else None,
+            fallback=record.fallback if mine and record else None,
+        )
 
     def _await_final(self, job: str, acked: threading.Event) -> None:
         if acked.wait(ACK_WAIT):  # else the next connect repeats it

@@ -1,8 +1,10 @@
 """HTTPS artifact server: `.swu` files to devices, mutual TLS, HTTP Range.
 
 `GET /artifacts/<sha256>.swu` with a device client certificate (signed by the
-PKI's device CA; its CN is the device id). A device gets an artifact only if
-an update job addressed to it names that artifact (`may_fetch`); otherwise,
+PKI's device CA; its CN is the device id), or `.zck` for a delta's chunks
+(the artifact store says which file a digest is: an artifact's `.swu`, its
+delta's `.swu` or its `.zck`). A device gets a file only if an update job
+addressed to it names the artifact it belongs to (`may_fetch`); otherwise,
 or if the artifact does not exist, 404 with the same body, so a device learns
 nothing about other devices' jobs. `Range: bytes=N-` (or `N-M`) answers 206
 with `Content-Range`; several ranges (SWUpdate's delta handler) answer 206
@@ -31,11 +33,11 @@ from twelvefactor_services.management.tls_http import TlsHandler, TlsServer
 
 log = logging.getLogger("twelvefactor.artifacts")
 SERVED_KEPT = 1000
-PATH_RE = re.compile(r"/artifacts/([0-9a-f]{64})\.swu")
+PATH_RE = re.compile(r"/artifacts/([0-9a-f]{64})(\.swu|\.zck)")
 CHUNK = 64 * 1024
 IDLE_TIMEOUT = 60.0
 
-MayFetch = Callable[[str, str], bool]  # (device id, sha256) -> allowed
+MayFetch = Callable[[str, str], bool]  # (device id, sha256 of the file) -> allowed
 Sent = Callable[[str, str, int], None]  # (device id, sha256, body bytes sent in one request)
 
 
@@ -91,8 +93,8 @@ class _Handler(TlsHandler):
             self._refuse(404, "not found")
             return
         sha = m.group(1)
-        path = self.server.store.path(sha)
-        if not self.server.may_fetch(device, sha) or not path.exists():
+        path = self.server.store.served(sha, m.group(2))
+        if path is None or not self.server.may_fetch(device, sha):
             self.server.record(Served(device, sha, 404, 0))
             self._refuse(404, "not found")
             return

@@ -5,6 +5,15 @@ them (version, hardware compatibility from the sw-description, size, when it
 was added). Both are written to a temporary name and renamed, so a reader
 never sees half an artifact. Adding the same file twice gives the same
 artifact.
+
+An artifact may have a delta (issue 14): a second, small `.swu` of the same
+release (`<sha>.swu` too, but no record of its own: it is the artifact's)
+whose images SWUpdate's delta handler builds from the running slot and the
+chunks of a zchunk file, `<sha>.zck`, that its signed sw-description names by
+digest. The `.zck` comes first (`add_zck`), then the delta (`add_delta`),
+which is refused unless it is what every device of the release can install:
+the same version and hardware, signed, every image a delta whose chunks are a
+stored `.zck` whose header is the one the `.swu` carries.
 """
 
 from __future__ import annotations
@@ -22,12 +31,16 @@ from typing import Any
 from twelvefactor_agent.protocol.names import SHA256_RE, VERSION_RE
 
 from twelvefactor_services.artifact import ArtifactToolError
-from twelvefactor_services.artifact.swu import SwuError, describe
+from twelvefactor_services.artifact.swu import Archive, SwuError, describe, read_archive
 from twelvefactor_services.artifact.verify import verify
+from twelvefactor_services.artifact.zchunk import LEAD_MAX, header_length
 
 
 class ArtifactError(ValueError):
     pass
+
+
+ZCK_URL_RE = re.compile(r"https://[^/]+/artifacts/([0-9a-f]{64})\.zck")
 
 
 def _compiles(pattern: str) -> bool:
@@ -45,9 +58,16 @@ class Artifact:
     hardware: dict[str, list[str]]  # board ("" = any board) -> revisions
     size: int
     added: float
+    # {"sha256", "size"} of its delta .swu and {"zck", "zck_size"} of the chunks' file
+    delta: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    def shas(self) -> tuple[str, ...]:
+        """Every file a device fetches for it: the .swu, and the delta's two if any."""
+        d = self.delta
+        return (self.sha256,) if d is None else (self.sha256, d["sha256"], d["zck"])
 
 
 class ArtifactStore:
@@ -59,10 +79,149 @@ class ArtifactStore:
         self.root = root
         self.signing_cert = signing_cert
 
-    def path(self, sha256: str) -> Path:
+    def path(self, sha256: str, suffix: str = ".swu") -> Path:
         if not SHA256_RE.fullmatch(sha256):
             raise ArtifactError(f"invalid artifact id {sha256!r}: 64 lowercase hex digits")
-        return self.root / f"{sha256}.swu"
+        return self.root / f"{sha256}{suffix}"
+
+    def _copy_in(self, src: Path, suffix: str) -> tuple[str, int]:
+        """`src` stored as `<sha256><suffix>` (written aside, synced, renamed)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".add-")
+        tmp = Path(tmp_name)
+        try:
+            h = hashlib.sha256()
+            with src.open("rb") as f, os.fdopen(fd, "wb") as out:
+                while block := f.read(1 << 20):
+                    h.update(block)
+                    out.write(block)
+                out.flush()
+                os.fsync(out.fileno())
+            sha = h.hexdigest()
+            size = tmp.stat().st_size
+            tmp.replace(self.path(sha, suffix))
+            return sha, size
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _write_record(self, artifact: Artifact) -> None:
+        meta = self.root / f".{artifact.sha256}.json.tmp"
+        meta.write_text(json.dumps(artifact.to_json(), indent=1) + "\n")
+        meta.replace(self.root / f"{artifact.sha256}.json")
+
+    def add_zck(self, sha256: str, src: Path) -> dict[str, Any]:
+        """Store the zchunk file a delta of artifact `sha256` will name: {"zck", "zck_size"}."""
+        if self.get(sha256) is None:
+            raise ArtifactError(f"no artifact {sha256!r}")
+        try:
+            with src.open("rb") as f:
+                header_length(f.read(LEAD_MAX))
+        except OSError as exc:
+            raise ArtifactError(f"{src}: {exc.strerror}") from None
+        except ArtifactToolError as exc:
+            raise ArtifactError(f"{src}: {exc}") from None
+        sha, size = self._copy_in(src, ".zck")
+        return {"zck": sha, "zck_size": size}
+
+    def add_delta(self, sha256: str, src: Path) -> Artifact:
+        """Attach the delta .swu `src` to artifact `sha256` (its .zck stored before)."""
+        artifact = self.get(sha256)
+        if artifact is None:
+            raise ArtifactError(f"no artifact {sha256!r}")
+        try:
+            info = describe(src)
+            with src.open("rb") as f:
+                archive = read_archive(f)
+        except OSError as exc:
+            raise ArtifactError(f"{src}: {exc.strerror}") from None
+        except SwuError as exc:
+            raise ArtifactError(f"{src}: {exc}") from None
+        found = {board: list(revs) for board, revs in info.hardware.items()}
+        if (info.version, found) != (artifact.version, artifact.hardware):
+            raise ArtifactError(
+                f"{src}: a delta of version {info.version!r} for {found} cannot stand for"
+                f" artifact {sha256[:12]} (version {artifact.version!r} for {artifact.hardware})"
+            )
+        if not info.files or any(f.type != "delta" for f in info.files):
+            raise ArtifactError(
+                f'{src}: not a delta artifact: every image must be of type "delta"'
+                " (twelvefactor-artifact build --delta-url)"
+            )
+        matches = [ZCK_URL_RE.fullmatch(f.url or "") for f in info.files]
+        zcks = {m.group(1) if m else None for m in matches}
+        if len(zcks) != 1 or None in zcks:
+            urls = sorted({str(f.url) for f in info.files})
+            raise ArtifactError(
+                f"{src}: its images' url must be one https://HOST[:PORT]/artifacts/<sha256>.zck"
+                f" of this service's, not {urls}"
+            )
+        zck = next(iter(zcks))
+        assert zck is not None
+        zck_path = self.path(zck, ".zck")
+        if not zck_path.exists():
+            raise ArtifactError(
+                f"{src}: its chunks' file {zck[:12]}.zck is not here: add the .zck first"
+            )
+        self._same_header(src, archive, info.files[0].filename, zck_path)
+        if self.signing_cert is not None:
+            problems = verify(src, self.signing_cert)
+            if problems:
+                raise ArtifactError(
+                    f"{src}: devices would refuse it ({self.signing_cert.name}): "
+                    + "; ".join(problems)
+                )
+        sha, size = self._copy_in(src, ".swu")
+        delta = {"sha256": sha, "size": size, "zck": zck, "zck_size": zck_path.stat().st_size}
+        old = artifact.delta
+        updated = Artifact(**{**artifact.to_json(), "delta": delta})
+        self._write_record(updated)
+        if old is not None:
+            self._drop_delta(old, keep=updated)
+        return updated
+
+    @staticmethod
+    def _same_header(src: Path, archive: Archive, name: str, zck: Path) -> None:
+        """The .swu's header must be the stored .zck's: else every device's handler fails."""
+        member = archive.get(name)
+        if member is None:
+            raise ArtifactError(f"{src}: sw-description names {name!r}, which it does not hold")
+        with zck.open("rb") as f:
+            try:
+                length = header_length(f.read(LEAD_MAX))
+            except ArtifactToolError as exc:
+                raise ArtifactError(f"{zck.name}: {exc}") from None
+            f.seek(0)
+            stored = hashlib.sha256(f.read(length)).hexdigest()
+        if (member.size, member.sha256) != (length, stored):
+            raise ArtifactError(
+                f"{src}: its {name} is not the header of {zck.name}: the chunks would not match"
+            )
+
+    def _drop_delta(self, delta: dict[str, Any], keep: Artifact | None = None) -> None:
+        kept = keep.shas() if keep is not None else ()
+        if delta["sha256"] not in kept:
+            self.path(delta["sha256"]).unlink(missing_ok=True)
+        if delta["zck"] not in kept:
+            self.path(delta["zck"], ".zck").unlink(missing_ok=True)
+
+    def owner(self, sha256: str) -> Artifact | None:
+        """The artifact a file a device asks for belongs to (its .swu, or its delta's)."""
+        for artifact in self.list():
+            if sha256 in artifact.shas():
+                return artifact
+        return None
+
+    def served(self, sha256: str, suffix: str) -> Path | None:
+        """The file a device may be sent for `<sha256><suffix>`: an artifact's .swu or its
+        delta's .swu or .zck; None for anything else."""
+        artifact = self.owner(sha256)
+        if artifact is None:
+            return None
+        is_zck = artifact.delta is not None and artifact.delta["zck"] == sha256
+        if (suffix == ".zck") != is_zck:
+            return None
+        path = self.path(sha256, suffix)
+        return path if path.exists() else None
 
     def add(
         self,
@@ -100,35 +259,24 @@ class ArtifactStore:
                     f"{src}: devices would refuse it ({self.signing_cert.name}): "
                     + "; ".join(problems)
                 )
+        if any(f.type == "delta" for f in info.files):
+            raise ArtifactError(
+                f"{src}: a delta artifact installs only beside its release's full one:"
+                " add the full .swu, then this as its delta"
+            )
         if version is not None and version != info.version:
             raise ArtifactError(
                 f"{src}: sw-description says version {info.version!r}, not {version!r}"
             )
         if hardware is not None and hardware != found:
             raise ArtifactError(f"{src}: sw-description says hardware {found}, not {hardware}")
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".add-")
-        tmp = Path(tmp_name)
-        try:
-            h = hashlib.sha256()
-            with src.open("rb") as f, os.fdopen(fd, "wb") as out:
-                while block := f.read(1 << 20):
-                    h.update(block)
-                    out.write(block)
-                out.flush()
-                os.fsync(out.fileno())
-            sha = h.hexdigest()
-            existing = self.get(sha)
-            if existing is not None:
-                return existing
-            artifact = Artifact(sha, info.version, found, tmp.stat().st_size, time.time())
-            tmp.replace(self.path(sha))
-            meta = self.root / f".{sha}.json.tmp"
-            meta.write_text(json.dumps(artifact.to_json(), indent=1) + "\n")
-            meta.replace(self.root / f"{sha}.json")
-            return artifact
-        finally:
-            tmp.unlink(missing_ok=True)
+        sha, size = self._copy_in(src, ".swu")
+        existing = self.get(sha)
+        if existing is not None:
+            return existing
+        artifact = Artifact(sha, info.version, found, size, time.time())
+        self._write_record(artifact)
+        return artifact
 
     def get(self, sha256: str) -> Artifact | None:
         if not SHA256_RE.fullmatch(sha256):
@@ -164,8 +312,11 @@ class ArtifactStore:
         meta = self.root / f"{sha256}.json"
         if not meta.exists() and not path.exists():
             return False
+        found = self.get(sha256)
         meta.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
+        if found is not None and found.delta is not None:
+            self._drop_delta(found.delta)
         return True
 
     def list(self) -> list[Artifact]:

@@ -173,6 +173,9 @@ def _print_artifact(a: dict[str, Any]) -> None:
     print(f"artifact {a['sha256']}")
     print(f"  version {a['version']}, {a['size']} bytes, added {iso(a['added'])}")
     print(f"  hardware {_hardware_text(a['hardware'])}")
+    if a.get("delta"):
+        d = a["delta"]
+        print(f"  delta {d['sha256'][:12]}, {d['size']} bytes; chunks {d['zck'][:12]}.zck")
     if "signature" in a:
         sig = a["signature"]
         said = {"not_checked": "not checked (no --artifact-signing-cert)"}.get(sig["status"])
@@ -192,7 +195,10 @@ def _print_job(j: dict[str, Any]) -> None:
         pct = "" if d["percent"] is None else f" {d['percent']}%"
         why = f": {d['reason']}" if d["reason"] else ""
         mode = {"hold": ", held", "cancel": ", cancel sent"}.get(d["install"], "")
-        print(f"  {d['device']}  {d['state']}{pct}{why}  ({iso(d['updated'])}{mode})")
+        path = f", by {d['path']}" if d.get("path") else ""
+        print(f"  {d['device']}  {d['state']}{pct}{why}  ({iso(d['updated'])}{mode}{path})")
+        if d.get("fallback"):
+            print(f"    the delta was given up: {d['fallback']}")
 
 
 def _artifact(api: ManagementClient, args: argparse.Namespace) -> int:
@@ -202,7 +208,12 @@ def _artifact(api: ManagementClient, args: argparse.Namespace) -> int:
             query["version"] = args.version
         if args.hardware:
             query["hardware"] = args.hardware
+        if (args.delta is None) != (args.zck is None):
+            raise SystemExit("--delta and --zck go together: the delta .swu and its chunks")
         added = api.upload("/artifacts", args.file, query)
+        if args.delta is not None:
+            api.upload(f"/artifacts/{added['sha256']}/zck", args.zck, {})
+            added = api.upload(f"/artifacts/{added['sha256']}/delta", args.delta, {})
         _print_json(added) if args.json else _print_artifact(added)
         return 0
     if args.action == "show":
@@ -613,6 +624,13 @@ def _fleet_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     p.add_argument(
         "--hardware", action="append", metavar="BOARD=REV[,REV]", help="expected compatibility"
     )
+    p.add_argument(
+        "--delta",
+        type=Path,
+        metavar="DELTA.swu",
+        help="its delta (twelvefactor-artifact build --delta-url), which devices try first",
+    )
+    p.add_argument("--zck", type=Path, metavar="FILE.zck", help="the delta's chunks (with --delta)")
     asub.add_parser("list", help="stored artifacts")
     p = asub.add_parser("show", help="one artifact, by any unique prefix of its id")
     p.add_argument("id")

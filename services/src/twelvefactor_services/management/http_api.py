@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from twelvefactor_agent.protocol.names import DEVICE_ID_RE, FLEET_GROUP_RE, JOB_ID_RE
 
@@ -47,6 +47,7 @@ _DEVICE, _GROUP, _JOB = DEVICE_ID_RE.pattern, FLEET_GROUP_RE.pattern, JOB_ID_RE.
 _OPERATOR = operators.NAME_RE.pattern
 _ROLLOUT = r"r-[0-9a-f]{1,12}"
 MAX_BODY = 64 * 1024
+T = TypeVar("T")
 MAX_ARTIFACT = 4 * 1024**3  # default upload limit (serve --max-artifact-bytes)
 HISTORY_PAGE = 100  # online changes per page of /devices/<id>/history
 IDLE_TIMEOUT = 60.0
@@ -433,6 +434,26 @@ def delete_artifact(req: Request) -> Answer:
     return 200, {"sha256": sha, "version": found.version, "deleted": True}
 
 
+def _upload(req: Request, take: Callable[[Path], T]) -> T:
+    """The request's body in a file beside the store, given to `take`; its refusal a 400."""
+    store = req.server.artifacts
+    store.root.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=store.root, prefix=".upload-")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            req.handler.copy_body(out, req.server.max_artifact)
+        try:
+            return take(tmp)
+        except ArtifactError as exc:
+            # the temporary name means nothing to the operator: say "the upload"
+            raise Problem(
+                400, "invalid_artifact", str(exc).replace(str(tmp), "the upload")
+            ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def upload_artifact(req: Request) -> Answer:
     """POST /artifacts?version=V&hardware=BOARD=REV,REV: the body is the .swu."""
     version = req.query.get("version", [None])[-1]
@@ -444,22 +465,24 @@ def upload_artifact(req: Request) -> Answer:
         hardware = hardware or {}
         hardware[board] = revs.split(",")
     store = req.server.artifacts
-    store.root.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=store.root, prefix=".upload-")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            req.handler.copy_body(out, req.server.max_artifact)
-        try:
-            added = store.add(tmp, version=version, hardware=hardware)
-        except ArtifactError as exc:
-            # the temporary name means nothing to the operator: say "the upload"
-            raise Problem(
-                400, "invalid_artifact", str(exc).replace(str(tmp), "the upload")
-            ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    added = _upload(req, lambda tmp: store.add(tmp, version=version, hardware=hardware))
     req.audit_detail = {"sha256": added.sha256, "version": added.version}
+    return 201, added.to_json()
+
+
+def upload_delta_part(req: Request) -> Answer:
+    """POST /artifacts/{id}/zck, then /artifacts/{id}/delta: the chunks' zchunk file, then
+    the delta .swu naming it (issue 14). The delta replaces any the artifact had."""
+    store = req.server.artifacts
+    sha = _unique("artifact", req.match.group(1), [a.sha256 for a in store.list()])
+    if store.get(sha) is None:
+        raise Problem(404, "unknown_artifact", f"no artifact {sha!r}")
+    if req.match.group(2) == "zck":
+        zck = _upload(req, lambda tmp: store.add_zck(sha, tmp))
+        req.audit_detail = {"sha256": sha, **zck}
+        return 201, zck
+    added = _upload(req, lambda tmp: store.add_delta(sha, tmp))
+    req.audit_detail = {"sha256": sha, "delta": added.delta}
     return 201, added.to_json()
 
 
@@ -729,6 +752,14 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("GET", "/artifacts", "viewer", list_artifacts, "/artifacts"),
     Route("POST", "/artifacts", "operator", upload_artifact, "/artifacts", upload=True),
+    Route(
+        "POST",
+        rf"/artifacts/([0-9a-f]{{{PREFIX_MIN},64}})/(zck|delta)",
+        "operator",
+        upload_delta_part,
+        "/artifacts/{id}/{part}",
+        upload=True,
+    ),
     Route(
         "GET",
         rf"/artifacts/([0-9a-f]{{{PREFIX_MIN},64}})",

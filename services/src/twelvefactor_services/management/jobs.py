@@ -60,6 +60,11 @@ class JobReport:
     percent: int | None
     reason: str | None
     ts: float
+    path: str | None = None  # the artifact the device is on: "delta" or "full"
+    fallback: str | None = None  # why it gave a delta up for the full .swu
+
+
+PATHS = ("delta", "full")
 
 
 def parse_job_report(payload: bytes) -> JobReport:
@@ -75,7 +80,11 @@ def parse_job_report(payload: bytes) -> JobReport:
     if state == FAILED and not reason:
         raise JobReportError("failed needs a reason")
     ts = envelope.number(doc, "ts", error=JobReportError)
-    return JobReport(job, state, percent, reason, ts)
+    path = doc.get("path")
+    if path is not None and path not in PATHS:
+        raise JobReportError(f"invalid path {path!r}: expected one of {list(PATHS)}")
+    fallback = envelope.optional_text(doc, "fallback", max_len=MAX_REASON, error=JobReportError)
+    return JobReport(job, state, percent, reason, ts, path, fallback)
 
 
 def advance(current: JobState, report: JobReport) -> JobState:

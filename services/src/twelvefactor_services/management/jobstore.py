@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS device_jobs (
     published INTEGER NOT NULL DEFAULT 0,
     install TEXT NOT NULL DEFAULT 'now', -- now, hold (download only) or cancel (a held job)
     sent_bytes INTEGER NOT NULL DEFAULT 0, -- what the artifact server sent the device for it
+    path TEXT, -- the artifact the device last said it is on: delta or full
+    fallback TEXT, -- why the device gave the delta up for the full .swu
     PRIMARY KEY (job, device)
 );
 CREATE INDEX IF NOT EXISTS device_jobs_device ON device_jobs(device, state);
@@ -88,6 +90,8 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         registry.add_columns(db, "device_jobs", {"install": "TEXT NOT NULL DEFAULT 'now'"})
         # registries made before the artifact server's counters
         registry.add_columns(db, "device_jobs", {"sent_bytes": "INTEGER NOT NULL DEFAULT 0"})
+        # registries made before delta updates
+        registry.add_columns(db, "device_jobs", {"path": "TEXT", "fallback": "TEXT"})
     return db
 
 
@@ -242,7 +246,8 @@ def get_job(db: sqlite3.Connection, job: str) -> dict[str, Any] | None:
     if row is None:
         return None
     devices = db.execute(
-        "SELECT device, state, percent, reason, updated, install, sent_bytes FROM device_jobs"
+        "SELECT device, state, percent, reason, updated, install, sent_bytes, path, fallback"
+        " FROM device_jobs"
         " WHERE job = ? ORDER BY device",
         (job,),
     ).fetchall()
@@ -298,20 +303,28 @@ def mark_published(db: sqlite3.Connection, device: str, job: str, install: str) 
 def job_document(
     job: str, device: str, artifact: Artifact, base_url: str, install: str = INSTALL_NOW
 ) -> bytes:
-    """The retained payload of `mgmt/<device>/down/update` (docs/protocol.md)."""
-    return envelope.dumps(
-        {
-            "install": install,
-            "v": envelope.V,
-            "job": job,
-            "device": device,
-            "version": artifact.version,
-            "hardware": artifact.hardware,
-            "sha256": artifact.sha256,
-            "size": artifact.size,
-            "url": f"{base_url.rstrip('/')}/artifacts/{artifact.sha256}.swu",
+    """The retained payload of `mgmt/<device>/down/update` (docs/protocol.md); with
+    `delta` when the artifact has one (the device tries it first)."""
+    base = base_url.rstrip("/")
+    doc: dict[str, Any] = {
+        "install": install,
+        "v": envelope.V,
+        "job": job,
+        "device": device,
+        "version": artifact.version,
+        "hardware": artifact.hardware,
+        "sha256": artifact.sha256,
+        "size": artifact.size,
+        "url": f"{base}/artifacts/{artifact.sha256}.swu",
+    }
+    if artifact.delta is not None:
+        sha = artifact.delta["sha256"]
+        doc["delta"] = {
+            "sha256": sha,
+            "size": artifact.delta["size"],
+            "url": f"{base}/artifacts/{sha}.swu",
         }
-    )
+    return envelope.dumps(doc)
 
 
 def apply_report(db: sqlite3.Connection, device: str, report: JobReport) -> Outcome:
@@ -332,9 +345,19 @@ def apply_report(db: sqlite3.Connection, device: str, report: JobReport) -> Outc
             db.execute("ROLLBACK")
             return Outcome(device, report.job, current.state, None, str(exc))
         db.execute(
-            "UPDATE device_jobs SET state = ?, percent = ?, reason = ?, updated = ?"
+            "UPDATE device_jobs SET state = ?, percent = ?, reason = ?, updated = ?,"
+            " path = COALESCE(?, path), fallback = COALESCE(?, fallback)"
             " WHERE job = ? AND device = ?",
-            (nxt.state, nxt.percent, nxt.reason, nxt.updated, report.job, device),
+            (
+                nxt.state,
+                nxt.percent,
+                nxt.reason,
+                nxt.updated,
+                report.path,
+                report.fallback,
+                report.job,
+                device,
+            ),
         )
     except BaseException:
         if db.in_transaction:

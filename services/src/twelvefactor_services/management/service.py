@@ -137,17 +137,28 @@ class ManagementService:
                 self._sent,
             )
 
+    def _release(self, sha256: str) -> str | None:
+        """The artifact a served file belongs to (itself, or the one whose delta it is)."""
+        owner = self.cfg.artifact_store.owner(sha256)
+        return None if owner is None else owner.sha256
+
     def _may_fetch(self, device: str, sha256: str) -> bool:
+        release = self._release(sha256)
+        if release is None:
+            return False
         db = jobstore.connect(self.cfg.db, readonly=True)  # a request thread's own connection
         try:
-            return jobstore.may_fetch(db, device, sha256)
+            return jobstore.may_fetch(db, device, release)
         finally:
             db.close()
 
     def _sent(self, device: str, sha256: str, sent: int) -> None:
+        release = self._release(sha256)
+        if release is None:  # the artifact was deleted during the answer
+            return
         db = jobstore.connect(self.cfg.db)  # a request thread's own connection
         try:
-            jobstore.add_sent(db, device, sha256, sent)
+            jobstore.add_sent(db, device, release, sent)
         except sqlite3.Error as exc:  # a busy registry costs a counter, not the download
             log.warning("artifact bytes sent to %s not counted: %s", device, exc)
         finally:
