@@ -317,6 +317,24 @@ class Hub:
         artifact: dict[str, Any] = self.api.upload("/artifacts", swu, {})
         return artifact
 
+    def add_delta(self, sha256: str, delta: Path, zck: Path) -> dict[str, Any]:
+        """Give artifact `sha256` its delta: the .zck first, then the delta .swu."""
+        self.api.upload(f"/artifacts/{sha256}/zck", zck, {})
+        artifact: dict[str, Any] = self.api.upload(f"/artifacts/{sha256}/delta", delta, {})
+        return artifact
+
+    @property
+    def artifact_url(self) -> str:
+        """The management service's artifact server as devices reach it, in the tunnel."""
+        return f"https://{HUB_ADDRESS}:{self.info['management_https_port']}"
+
+    def stored(self, name: str) -> Path:
+        """A file of the management service's artifact store (the tests alter one)."""
+        found = sorted(self.root.rglob(name))
+        if len(found) != 1:
+            raise HubError(f"{name}: {len(found)} in the hub's store")
+        return found[0]
+
     def create_job(self, sha256: str, device_id: str, *, download_only: bool = False) -> str:
         request = {"artifact": sha256, "device": device_id, "download_only": download_only}
         status, body = self.management_send("POST", "/jobs", request)

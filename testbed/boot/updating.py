@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import hashlib
 import re
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twelvefactor_services.artifact import swu as swuformat
+from twelvefactor_services.artifact.build import build_delta
+from twelvefactor_services.artifact.template import Hardware
+
 from refimage import disk, updates
+from refimage import swu as refswu
 from testbed.boot.device import ROOT, Device
 from testbed.boot.pace import PACE, REFERENCE_BOOT
 from testbed.boot.vm import KERNEL_SLOT, LOGIN_SECONDS, VMError
@@ -41,6 +47,42 @@ SLOT_PARTITION = {"A": "rootfs-a", "B": "rootfs-b"}
 
 def build_update(boot_image: Path, kind: str, version: str) -> Path:
     return updates.build(ROOT, boot_image, ROOT / "build" / "refimage", kind=kind, version=version)
+
+
+def build_delta_update(swu: Path, url: str) -> tuple[Path, Path]:
+    """The delta .swu and .zck of the full update `swu` (its root file system, the same
+    version and hardware), its chunks named at the artifact server `url`: made by the
+    artifact tool as `twelvefactor-artifact build --delta-url` makes them, cached beside
+    `swu` per URL."""
+    folder = swu.parent / f"delta-{hashlib.sha256(url.encode()).hexdigest()[:12]}"
+    out, zck = folder / "update.delta.swu", folder / "update.zck"
+    if out.exists() and zck.exists() and out.stat().st_mtime >= swu.stat().st_mtime:
+        return out, zck
+    info = swuformat.describe(swu)
+    image = info.files[0].filename
+    folder.mkdir(parents=True, exist_ok=True)
+    rootfs = folder / image
+    with swu.open("rb") as archive, rootfs.open("wb") as out_file:
+        subprocess.run(
+            ["cpio", "-i", "--quiet", "--to-stdout", image],
+            stdin=archive,
+            stdout=out_file,
+            check=True,
+        )
+    hardware = [Hardware(board, revs) for board, revs in info.hardware.items()]
+    try:
+        build_delta(
+            rootfs,
+            out,
+            zck,
+            version=info.version,
+            hardware=hardware,
+            signer=refswu.signer(ROOT),
+            url=url,
+        )
+    finally:
+        rootfs.unlink(missing_ok=True)
+    return out, zck
 
 
 def running_slot(device: Device) -> str:
@@ -82,13 +124,21 @@ class Updating:
         *,
         job: str = "",
         download_only: bool = False,
+        delta: tuple[Path, Path] | None = None,
+        before_job: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        """A new job for `swu` (held after its download if `download_only`), or (`job`)
-        one that exists already."""
+        """A new job for `swu` (held after its download if `download_only`; with `delta`,
+        its delta .swu and .zck; `before_job` sees the stored artifact), or (`job`) one
+        that exists already."""
         self.device = device
         self.hub = device.hub
         if swu is not None:
             artifact = self.hub.add_artifact(swu)
+            if delta is not None:
+                artifact = self.hub.add_delta(artifact["sha256"], *delta)
+            if before_job is not None:
+                before_job(artifact)
+            self.artifact = artifact
             self.sha256 = str(artifact["sha256"])
             self.job = self.hub.create_job(
                 self.sha256, device.device_id, download_only=download_only
@@ -96,6 +146,7 @@ class Updating:
         else:
             self.job = job
             self.sha256 = str(self.hub.management_get(f"/jobs/{job}")[1].get("artifact", ""))
+            self.artifact = {"sha256": self.sha256}
         self.boots: list[str] = []  # the slot of every boot since the job started
         self.powered_on = 0.0  # wall clock of the last power-on by this object
         self.states: list[tuple[str, Any]] = []

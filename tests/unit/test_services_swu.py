@@ -106,7 +106,9 @@ def test_archive_errors(data: bytes, message: str) -> None:
 
 def test_the_files_sw_description_names() -> None:
     info = parse_description(rendered())
-    image = SwuFile("rootfs.ext4.zlib", "images", "$swupdate_get_sha256(rootfs.ext4.zlib)", "zstd")
+    image = SwuFile(
+        "rootfs.ext4.zlib", "images", "$swupdate_get_sha256(rootfs.ext4.zlib)", "zstd", "raw"
+    )
     assert info.files == (image, image)  # copy1 and copy2
     text = """
     software = { version = "1"; hardware-compatibility = [ "1" ];
@@ -119,8 +121,13 @@ def test_the_files_sw_description_names() -> None:
     assert parse_description(text).files == (
         SwuFile("a", "images", "x", "zlib"),  # the older boolean: true is zlib
         SwuFile("b", "files", None, None),
-        SwuFile("c.lua", "scripts", None, "zlib"),
+        SwuFile("c.lua", "scripts", None, "zlib", "lua"),
     )
+    delta = """software = { version = "1"; b = { hardware-compatibility = [ "1" ];
+        images: ( { filename = "h"; type = "delta"; sha256 = "y";
+            properties: { url = "https://hub:8443/artifacts/z.zck"; chain = "raw"; }; } ); }; };"""
+    url = "https://hub:8443/artifacts/z.zck"  # an entry's handler properties: its url
+    assert parse_description(delta).files == (SwuFile("h", "images", "y", None, "delta", url),)
 
 
 def test_settings_with_their_spans() -> None:
