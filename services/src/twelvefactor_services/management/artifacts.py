@@ -121,7 +121,28 @@ class ArtifactStore:
         except ArtifactToolError as exc:
             raise ArtifactError(f"{src}: {exc}") from None
         sha, size = self._copy_in(src, ".zck")
+        pending = self._pending(sha256)
+        if sha not in pending:
+            with (self.root / f"{sha256}.zcks").open("a") as f:
+                f.write(sha + "\n")
         return {"zck": sha, "zck_size": size}
+
+    def _pending(self, sha256: str) -> list[str]:
+        """The .zck files uploaded for artifact `sha256` that no delta of it named yet."""
+        try:
+            lines = (self.root / f"{sha256}.zcks").read_text().split()
+        except FileNotFoundError:
+            return []
+        return [z for z in lines if SHA256_RE.fullmatch(z)]
+
+    def _drop_pending(self, sha256: str, keep: tuple[str, ...] = ()) -> None:
+        """Forget the .zck files uploaded for `sha256` but never used (another artifact's
+        delta may name the same file: that one stays)."""
+        used = {z for a in self.list() for z in a.shas()} | set(keep)
+        for zck in self._pending(sha256):
+            if zck not in used:
+                self.path(zck, ".zck").unlink(missing_ok=True)
+        (self.root / f"{sha256}.zcks").unlink(missing_ok=True)
 
     def add_delta(self, sha256: str, src: Path) -> Artifact:
         """Attach the delta .swu `src` to artifact `sha256` (its .zck stored before)."""
@@ -177,6 +198,7 @@ class ArtifactStore:
         self._write_record(updated)
         if old is not None:
             self._drop_delta(old, keep=updated)
+        self._drop_pending(sha256)
         return updated
 
     @staticmethod
@@ -317,6 +339,7 @@ class ArtifactStore:
         path.unlink(missing_ok=True)
         if found is not None and found.delta is not None:
             self._drop_delta(found.delta)
+        self._drop_pending(sha256)
         return True
 
     def list(self) -> list[Artifact]:
