@@ -32,8 +32,15 @@ IMAGE_INSTALL = "\
     ${CORE_IMAGE_EXTRA_INSTALL} \
 "
 
-# A/B disk: ESP, rootfs-a, rootfs-b, data (files/wic/*.wks.in)
-IMAGE_FSTYPES = "wic ext4.zst"
+# A/B disk: ESP, rootfs-a, rootfs-b, data (files/wic/*.wks.in); ext4.zst for
+# the full update (twelvefactor-update), and the ext4 as a zchunk file with its
+# header for the delta update (twelvefactor-update-delta): the conversions of
+# meta-swupdate's image_types_zchunk (`zck -u --chunk-hash-type sha256`, the
+# uncompressed chunk digests SWUpdate compares with the running slot's). An
+# image class, so that it comes after image_types and adds to its
+# CONVERSIONTYPES.
+IMAGE_FSTYPES = "wic ext4.zst ext4.zck ext4.zck.zckheader"
+IMAGE_CLASSES += "image_types_zchunk"
 WKS_FILE = "twelvefactor-ab.wks.in"
 WKS_FILE:aarch64 = "twelvefactor-ab-uboot.wks.in"
 # mounts come from the layer's mount units, not from fstab lines wic would add

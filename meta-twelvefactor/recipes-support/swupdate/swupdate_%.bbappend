@@ -1,15 +1,25 @@
 # twelvefactor distribution: signed images only (CMS), hardware compatibility,
 # systemd, the machine's bootloader (GRUB on EFI machines, U-Boot on arm
 # boards), the selection of the slot that is not running, the certificate the
-# device trusts, and no web server.
+# device trusts, no web server, and the delta handler with its settings file.
 FILESEXTRAPATHS:prepend:twelvefactor := "${THISDIR}/files:"
 
+# CONFIG_DELTA=y (twelvefactor.cfg): swupdate.inc adds zchunk to DEPENDS for
+# it, but curl only for CONFIG_DOWNLOAD or CONFIG_SURICATTA, which the layer
+# leaves out; the delta handler fetches its chunks with libcurl (and
+# SWUpdate's Kconfig hides DELTA without it).
+DEPENDS:append:twelvefactor = " curl"
+
+# swupdate-settings.conf is SWUpdate's settings file (libconfig), installed as
+# /etc/swupdate.cfg; not named *.cfg here, since cml1.bbclass merges every
+# *.cfg in SRC_URI into SWUpdate's Kconfig .config as a fragment.
 SRC_URI:append:twelvefactor = " \
     file://twelvefactor.cfg \
     file://hwrevision \
     file://twelvefactor-swupdate-selection \
     file://20-twelvefactor \
     file://swupdate-socket-twelvefactor.conf \
+    file://swupdate-settings.conf \
     file://0001-swupdate-client-do-not-miss-the-end-of-a-quickly-refused-image.patch \
 "
 SRC_URI:append:twelvefactor:x86-64 = " file://twelvefactor-grub.cfg"
@@ -37,6 +47,7 @@ do_install:append:twelvefactor() {
     fi
     install -d ${D}${sysconfdir}
     install -m 0644 ${UNPACKDIR}/hwrevision ${D}${sysconfdir}/hwrevision
+    install -m 0644 ${UNPACKDIR}/swupdate-settings.conf ${D}${sysconfdir}/swupdate.cfg
     install -d ${D}${sysconfdir}/swupdate
     install -m 0644 ${TWELVEFACTOR_SWU_CERT} ${D}${sysconfdir}/swupdate/update-signing.crt
     install -d ${D}${bindir}
@@ -49,6 +60,7 @@ do_install:append:twelvefactor() {
 
 FILES:${PN}:append:twelvefactor = " \
     ${sysconfdir}/hwrevision \
+    ${sysconfdir}/swupdate.cfg \
     ${sysconfdir}/swupdate/update-signing.crt \
     ${bindir}/twelvefactor-swupdate-selection \
     ${systemd_system_unitdir}/swupdate.socket.d \
