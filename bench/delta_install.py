@@ -5,17 +5,18 @@ the reference image's SWUpdate, Debian 13's 2024.12, built with libzck) does wit
 delta `.swu` of the reference `good` update, fetching from the management service's
 artifact server (`ArtifactServer`, mutual TLS, multi-range answers), in one guest:
 
-1. on the host, the update's new root file system (uncompressed) made into a zchunk
-   file with `zck -u -h sha256` (zstd chunks, SHA-256 chunk hashes and the
-   uncompressed hashes the handler compares with the running slot); its header goes
-   into a signed `.swu` (type `delta` chained to `raw`, `source` the running slot,
-   `url` the artifact server), the `.zck` stays on the server;
+1. on the host, the artifact tool's `build_delta` (`twelvefactor-artifact build
+   --delta-url`) makes the delta `.swu` of the update (the layer's
+   sw-description-delta: the zchunk header, type `delta` chained to `raw`,
+   `source` the running slot, `url` the artifact server) and its `.zck`; the
+   management service's artifact store takes the full `.swu`, the `.zck` and the
+   delta as an operator adds them (`artifact add --delta --zck`);
 2. the guest (the reference image, TCG, booted from slot A) installs that `.swu` into
    slot B with `swupdate -i`; SWUpdate indexes slot A, fetches the missing chunks;
 3. slot B is read back and its sha256 compared with the new root file system's.
 
-Made here by hand, because the layer has none of it yet: the sw-description (one
-collection, A to B), the guest's `swupdate.cfg` with a `delta` section naming a test
+Made here by hand, because the bench runs the image unprovisioned (no tunnel, no
+identity on /data): the guest's `swupdate.cfg` with a `delta` section naming a test
 device's certificate (on /run), its link address (QEMU's user network: the host is
 10.0.2.2) and an empty firewall (the image lets nothing out but its tunnel). Prints
 the bytes each way and the ratio delta / full (target <= 10 %, issue 14).
@@ -33,7 +34,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from twelvefactor_services.artifact import swu as swuformat
+from twelvefactor_services.artifact.build import build_delta
+from twelvefactor_services.artifact.template import Hardware
 from twelvefactor_services.management.artifact_server import ArtifactServer, server_context
+from twelvefactor_services.management.artifacts import ArtifactStore
 
 from refimage import image as refimage_image
 from refimage import swu, updates
@@ -42,61 +47,8 @@ from testbed.stack import make_pki
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_TIMEOUT = 1800.0
-ZCK_MAGIC = b"\x00ZCK1"
 SECTOR = 512
 DEVICE = "dev-delta"
-
-
-def zck_header_length(lead: bytes) -> int:
-    """The length of a zchunk file's header, lead included, from its first bytes: the
-    magic, the hash type and the header's size (zchunk's compressed integers: 7 bits a
-    byte, low first, the high bit set on the last byte), then the header's digest."""
-    if not lead.startswith(ZCK_MAGIC):
-        raise SystemExit("not a zchunk file")
-    at, values = len(ZCK_MAGIC), []
-    for _ in range(2):
-        value = shift = 0
-        while True:
-            byte = lead[at]
-            at += 1
-            value |= (byte & 0x7F) << shift
-            shift += 7
-            if byte & 0x80:
-                break
-        values.append(value)
-    hash_type, size = values
-    if hash_type != 1:  # SHA-256, what `zck -h sha256` writes
-        raise SystemExit(f"zchunk header hash type {hash_type}, not SHA-256")
-    return at + 32 + size
-
-
-def description(version: str, board: str, revision: str, header: Path, url: str) -> str:
-    return f"""software =
-{{
-\tversion = "{version}";
-\t{board} = {{
-\t\thardware-compatibility: [ "{revision}" ];
-\t\tstable = {{
-\t\t\tcopy2 = {{
-\t\t\t\timages: (
-\t\t\t\t\t{{
-\t\t\t\t\t\tfilename = "{header.name}";
-\t\t\t\t\t\tdevice = "/dev/disk/by-partlabel/rootfs-b";
-\t\t\t\t\t\ttype = "delta";
-\t\t\t\t\t\tsha256 = "{swu.sha256_file(header)}";
-\t\t\t\t\t\tproperties: {{
-\t\t\t\t\t\t\turl = "{url}";
-\t\t\t\t\t\t\tchain = "raw";
-\t\t\t\t\t\t\tsource = "/dev/disk/by-partlabel/rootfs-a";
-\t\t\t\t\t\t\tmax-ranges = "150";
-\t\t\t\t\t\t}};
-\t\t\t\t\t}}
-\t\t\t\t);
-\t\t\t}};
-\t\t}};
-\t}};
-}}
-"""
 
 
 def main() -> int:
@@ -111,51 +63,47 @@ def main() -> int:
     full = updates.build(
         ROOT, image, ROOT / "build" / "refimage", kind="good", version=args.version
     )
-    board, revision = swu.hwrevision(image)
     with tempfile.TemporaryDirectory(prefix="bench-delta-") as tmp:
         work = Path(tmp)
-        with full.open("rb") as archive:
-            subprocess.run(["cpio", "-id", "--quiet"], stdin=archive, cwd=work, check=True)
+        info = swuformat.describe(full)
+        packed = work / info.files[0].filename
+        with full.open("rb") as archive, packed.open("wb") as out:
+            subprocess.run(
+                ["cpio", "-i", "--quiet", "--to-stdout", packed.name],
+                stdin=archive,
+                stdout=out,
+                check=True,
+            )
         raw = work / "rootfs.ext4"
-        subprocess.run(["zstd", "-d", "-q", next(work.glob("*.ext4.zst")), "-o", raw], check=True)
-        zck = work / "rootfs.zck"
-        subprocess.run(["zck", "-u", "-h", "sha256", "-o", zck, raw], check=True)
-        with zck.open("rb") as f:
-            lead = f.read(64)
-            f.seek(0)
-            header = work / "rootfs.zck.header"
-            header.write_bytes(f.read(zck_header_length(lead)))
-
+        subprocess.run(["zstd", "-d", "-q", packed, "-o", raw], check=True)
         pki = make_pki(work / "pki")
         served = pki.server("artifacts", ips=["10.0.2.2"])
         dev = pki.device(DEVICE)
-        zck_sha = swu.sha256_file(zck)
-
-        class OneFile:  # the artifact server's store, holding the .zck only
-            def path(self, sha256: str) -> Path:
-                return zck if sha256 == zck_sha else work / "none"
-
+        store = ArtifactStore(work / "store", ROOT / swu.SIGNING_CERT)
         sent: list[int] = []  # body bytes of each answer
         server = ArtifactServer(
             ("0.0.0.0", 0),
-            OneFile(),  # type: ignore[arg-type]
+            store,
             server_context(served.cert, served.key, pki.ca_cert),
             lambda device, sha: device == DEVICE,
             lambda device, sha, n: sent.append(n),
         )
-        server.start()
-        url = f"https://10.0.2.2:{server.server_address[1]}/artifacts/{zck_sha}.swu"
-        text = description(args.version, board, revision, header, url)
-        (work / swu.DESCRIPTION).write_text(text)
-        (work / swu.SIGNATURE).write_bytes(swu.sign(ROOT, text))
-        delta = swu.pack(
+        url = f"https://10.0.2.2:{server.server_address[1]}"
+        built = build_delta(
+            raw,
             work / "delta.swu",
-            [
-                (swu.DESCRIPTION, work / swu.DESCRIPTION),
-                (swu.SIGNATURE, work / swu.SIGNATURE),
-                (header.name, header),
-            ],
+            work / "rootfs.zck",
+            version=info.version,
+            hardware=[Hardware(b, r) for b, r in info.hardware.items()],
+            signer=swu.signer(ROOT),
+            url=url,
         )
+        artifact = store.add(full)
+        store.add_zck(artifact.sha256, built.zck)
+        store.add_delta(artifact.sha256, built.swu)
+        server.start()
+        delta = built.swu
+        header = next(m for m in _members(delta) if m.name.endswith(".zckheader"))
         delta_size = delta.stat().st_size
         with delta.open("ab") as f:  # whole sectors for the virtio disk (cpio ignores them)
             f.write(bytes(-delta_size % SECTOR))
@@ -209,7 +157,7 @@ def main() -> int:
         moved = delta_size + fetched
         print(log)
         print(f"root file system: {size} B raw; full .swu {full.stat().st_size} B")
-        print(f"zchunk file: {zck.stat().st_size} B, its header {header.stat().st_size} B")
+        print(f"zchunk file: {built.zck.stat().st_size} B, its header {header.size} B")
         print(f"delta .swu (sw-description, signature, header): {delta_size} B")
         requests = len(server.served)
         print(f"chunks fetched from the artifact server: {fetched} B in {requests} request(s)")
@@ -218,6 +166,11 @@ def main() -> int:
             f"moved: {moved} B, delta / full = {moved / full.stat().st_size:.4f} (target <= 0.10)"
         )
         return 0 if got == want else 1
+
+
+def _members(path: Path) -> tuple[swuformat.Member, ...]:
+    with path.open("rb") as f:
+        return swuformat.read_archive(f).members
 
 
 if __name__ == "__main__":
