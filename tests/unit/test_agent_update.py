@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from twelvefactor_agent.update.decide import (
     VERSION_UNKNOWN,
     WRONG_DEVICE,
     WRONG_HARDWARE,
+    Delta,
     JobError,
     Policy,
     ProgressGate,
@@ -62,6 +64,48 @@ def test_parse_and_accept() -> None:
     assert job.install == "now"  # no `install` field: install at once
     assert run(job) is None
     assert parse_job(doc(install="hold")).install == "hold"
+    assert job.delta is None  # no `delta`: the full .swu only
+
+
+DSHA = "cd" * 32
+DELTA = {"sha256": DSHA, "size": 2 * MiB, "url": "https://10.0.0.1:8443/artifacts/d.swu"}
+
+
+def test_parse_a_job_with_a_delta() -> None:
+    job = parse_job(doc(delta=DELTA))
+    assert job.delta == Delta(DSHA, 2 * MiB, "https://10.0.0.1:8443/artifacts/d.swu")
+    # the full .swu stays the job's own: what is installed if the delta fails
+    assert (job.sha256, job.size, job.url) == (
+        SHA,
+        100 * MiB,
+        "https://10.0.0.1:8443/artifacts/x.swu",
+    )
+    assert parse_job(doc(delta=DELTA, install="hold")).delta == job.delta
+    assert run(job) is None
+
+
+@pytest.mark.parametrize(
+    ("delta", "message"),
+    [
+        (None, "delta must be an object"),
+        ("https://10.0.0.1:8443/artifacts/d.swu", "delta must be an object"),
+        ([DSHA, 2 * MiB, DELTA["url"]], "delta must be an object"),
+        ({}, "delta: field 'sha256' is not a non-empty string"),
+        ({**DELTA, "sha256": "CD" * 32}, "delta: field 'sha256' is not valid"),
+        ({**DELTA, "sha256": "cd" * 31}, "delta: field 'sha256' is not valid"),
+        ({k: v for k, v in DELTA.items() if k != "size"}, "delta: field 'size' is not an integer"),
+        ({**DELTA, "size": 0}, "delta: field 'size' is not an integer"),
+        ({**DELTA, "size": "2"}, "delta: field 'size' is not an integer"),
+        ({**DELTA, "size": True}, "delta: field 'size' is not an integer"),
+        ({**DELTA, "size": 1.5}, "delta: field 'size' is not an integer"),
+        ({k: v for k, v in DELTA.items() if k != "url"}, "delta: field 'url' is not a non-empty"),
+        ({**DELTA, "url": "http://10.0.0.1/d.swu"}, "delta: url must be https"),
+        ({**DELTA, "url": "https:///d.swu"}, "delta: url must be https"),
+    ],
+)
+def test_parse_rejects_a_malformed_delta(delta: Any, message: str) -> None:
+    with pytest.raises(JobError, match=message):
+        parse_job(doc(delta=delta))
 
 
 @pytest.mark.parametrize(
@@ -153,6 +197,73 @@ def test_reports_are_what_the_service_parses() -> None:
     refusal = run(job, hwrevision="qemux86-64 2.0")
     r = parse_job_report(refusal_payload(job, refusal, 6.0))
     assert r.state == "failed" and r.reason is not None and r.reason.startswith("wrong_hardware: ")
+
+
+def test_reports_saying_path_and_fallback_are_what_the_service_parses() -> None:
+    from twelvefactor_services.management.jobs import parse_job_report
+
+    raw = report_payload("j-1", "downloading", ts=5.0, percent=0, path="full", fallback="why")
+    r = parse_job_report(raw)
+    assert (r.state, r.percent, r.path, r.fallback) == ("downloading", 0, "full", "why")
+    r = parse_job_report(report_payload("j-1", "installing", ts=5.0, percent=3, path="delta"))
+    assert (r.path, r.fallback) == ("delta", None)
+    assert b"path" not in report_payload("j-1", "downloading", ts=5.0, percent=0)
+
+
+def test_the_workers_reports_say_the_artifact_in_hand_and_why_a_delta_was_given_up(
+    tmp_path: Path,
+) -> None:
+    """The worker (not started: its machine fed here, its quick actions carried out)
+    publishes each report with the record's path and fallback, as the service reads them."""
+    from twelvefactor_agent.update.machine import DryRun, Facts, Fetch, UpdateMachine
+    from twelvefactor_agent.update.worker import Paths, Updater
+    from twelvefactor_services.management.jobs import JobReport, parse_job_report
+
+    sent: list[JobReport] = []
+
+    def publish(payload: bytes, acked: object) -> bool:
+        sent.append(parse_job_report(payload))
+        return False  # offline for the final report: no thread waits for its ack
+
+    updater = Updater(
+        device="dev-001",
+        identity=(tmp_path / "c", tmp_path / "k", tmp_path / "a"),
+        paths=Paths(tmp_path / "data", tmp_path / "run"),
+        publish=publish,
+    )
+    updater.paths.dir.mkdir(parents=True)
+    updater.machine = UpdateMachine(device="dev-001", uniform=lambda low, high: high)
+    facts = Facts("qemux86-64 1.0", "1.1", 1000 * MiB, 0, "A")
+
+    # a refusal, before any record: no path
+    updater._feed(lambda m: m.received(doc(job="j-0", device="dev-002")))
+    updater._feed(lambda m: m.examined(facts))
+    assert [(r.job, r.state, r.path, r.fallback) for r in sent] == [("j-0", "failed", None, None)]
+    sent.clear()
+
+    updater._feed(lambda m: m.received(doc(delta=DELTA)))
+    updater._feed(lambda m: m.examined(facts))
+    updater._feed(lambda m: m.surveyed(running_slot="A", boot_id="b-1", env={"slot": "A"}))
+    assert isinstance(updater._feed(lambda m: m.measured(None)), Fetch)
+    updater._feed(lambda m: m.fetched())
+    assert updater._feed(lambda m: m.measured(2 * MiB)) == DryRun(DSHA)
+    updater._feed(lambda m: m.dry_run_refused("no source slot"))
+    assert updater._feed(lambda m: m.measured(None)) == Fetch(
+        "https://10.0.0.1:8443/artifacts/x.swu", SHA, 100 * MiB
+    )
+    for _ in range(5):
+        updater._feed(lambda m: m.fetch_failed("HTTP 404"))
+        updater._feed(lambda m: m.waited())
+    why = "swupdate_refused: no source slot"
+    assert [(r.state, r.percent, r.path, r.fallback) for r in sent] == [
+        ("downloading", 0, "delta", None),
+        ("installing", 0, "delta", None),
+        ("downloading", 0, "full", why),
+        ("failed", None, "full", why),
+    ]
+    assert sent[-1].reason == "download_failed: HTTP 404"
+    record = updater.paths.record.read_bytes()
+    assert b'"fallback": "swupdate_refused: no source slot"' in record
 
 
 def test_progress_gate() -> None:

@@ -594,6 +594,287 @@ def test_an_unknown_install_mode_is_an_invalid_job() -> None:
     assert report.reason.startswith("invalid_job: install must be one of now, hold, cancel")
 
 
+# -- delta updates: the delta first, the full .swu if anything about it fails ---------------
+
+URL = "https://10.99.0.1:8443/artifacts/a.swu"
+DSHA = "cd" * 32
+DSIZE = 100
+DURL = "https://10.99.0.1:8443/artifacts/d.swu"
+DELTA = job(delta={"sha256": DSHA, "size": DSIZE, "url": DURL})
+
+
+def to_delta_download(d: Device, payload: bytes = DELTA) -> None:
+    """A delta job taken, up to the first Fetch: of the delta, the full .swu kept aside."""
+    assert isinstance(long(d(lambda m: m.received(payload))), Examine)
+    assert long(d(lambda m: m.examined(FACTS))) == Survey()
+    record = d.disk.record
+    assert record is not None and record.state == "downloading"
+    assert (record.sha256, record.size, record.url) == (DSHA, DSIZE, DURL)
+    assert record.full == (SHA, SIZE, URL) and record.path == "delta"
+    assert record.fallback is None
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-1", env=ENV_A))
+    assert long(out) == Measure(DSHA)
+    out = d(lambda m: m.measured(None))
+    assert reports(out) == [("downloading", 0)]
+    assert long(out) == Fetch(DURL, DSHA, DSIZE)
+
+
+def to_delta_dry_run(d: Device) -> None:
+    to_delta_download(d)
+    assert long(d(lambda m: m.fetched())) == Measure(DSHA)
+    assert d.disk.record is not None and d.disk.record.state == "installing"
+    out = d(lambda m: m.measured(DSIZE))
+    assert reports(out) == [("installing", 0)] and long(out) == DryRun(DSHA)
+
+
+def delta_download_fails(d: Device) -> list[Action]:
+    to_delta_download(d)
+    for _ in range(um.MAX_DOWNLOAD_ERRORS - 1):
+        assert isinstance(long(d(lambda m: m.fetch_failed("HTTP 404 Not Found"))), Wait)
+        assert long(d(lambda m: m.waited())) == Fetch(DURL, DSHA, DSIZE)
+    return d(lambda m: m.fetch_failed("HTTP 404 Not Found"))
+
+
+def delta_checksum_mismatches(d: Device) -> list[Action]:
+    to_delta_download(d)
+    for _ in range(um.MAX_CHECKSUM_ERRORS - 1):
+        assert isinstance(long(d(lambda m: m.checksum_mismatch("sha256 x is not y"))), Wait)
+        d(lambda m: m.waited())
+    return d(lambda m: m.checksum_mismatch("sha256 x is not y"))
+
+
+def delta_dry_run_refused(d: Device) -> list[Action]:
+    to_delta_dry_run(d)
+    return d(lambda m: m.dry_run_refused("delta handler: no source"))
+
+
+def delta_install_fails(d: Device) -> list[Action]:
+    to_delta_dry_run(d)
+    assert d(lambda m: m.dry_run_passed()) == [WriteSlot(DSHA)]
+    return d(lambda m: m.install_failed("delta handler: chunk hash mismatch"))
+
+
+def fell_back(d: Device, out: list[Action], reason: str) -> Record:
+    """The delta dropped, the record on the full .swu, its download begun."""
+    assert DeleteArtifact(DSHA) in out
+    assert not any(isinstance(a, ReportFinal) for a in out)
+    assert not any(isinstance(a, Report) and a.state == "failed" for a in out)
+    record = d.disk.record
+    assert record is not None and record == d.m.record
+    assert (record.sha256, record.size, record.url) == (SHA, SIZE, URL)
+    assert record.full is None and record.path == "full"
+    assert record.fallback == reason
+    assert record.installs == 0 and record.state == "downloading" and record.final is None
+    # the record says so before anything is fetched
+    (save,) = [a for a in out if isinstance(a, SaveRecord)]
+    assert out.index(save) < len(out) - 1 and save.record == record
+    assert long(out) == Measure(SHA) and d.m.phase is Phase.MEASURING_DOWNLOAD
+    return record
+
+
+@pytest.mark.parametrize(
+    ("fail", "reason"),
+    [
+        (delta_download_fails, "download_failed: HTTP 404 Not Found"),
+        (delta_checksum_mismatches, "checksum_mismatch: sha256 x is not y"),
+        (delta_dry_run_refused, "swupdate_refused: delta handler: no source"),
+        (delta_install_fails, "install_failed: delta handler: chunk hash mismatch"),
+    ],
+)
+def test_a_failed_delta_falls_back_to_the_full_swu(
+    fail: Callable[[Device], list[Action]], reason: str
+) -> None:
+    d = Device()
+    fell_back(d, fail(d), reason)
+    out = d(lambda m: m.measured(None))
+    assert long(out) == Fetch(URL, SHA, SIZE)
+    # from an install, downloading is a state change: said at once (installing ->
+    # downloading, the transition the fallback added)
+    if reason.startswith(("swupdate_refused", "install_failed")):
+        assert reports(out) == [("downloading", 0)]
+    # the full .swu then installs as any job's
+    assert long(d(lambda m: m.fetched())) == Measure(SHA)
+    assert d.disk.record is not None and d.disk.record.installs == 1
+    assert long(d(lambda m: m.measured(SIZE))) == DryRun(SHA)
+    assert d(lambda m: m.dry_run_passed()) == [WriteSlot(SHA)]
+
+
+def test_a_long_fallback_reason_is_cut_to_the_protocols_bound() -> None:
+    d = Device()
+    to_delta_dry_run(d)
+    out = d(lambda m: m.dry_run_refused("x" * 2000))
+    record = fell_back(d, out, ("swupdate_refused: " + "x" * 2000)[: um.MAX_REASON])
+    assert record.fallback is not None and len(record.fallback) == um.MAX_REASON
+
+
+def test_the_full_swus_own_download_failure_then_ends_the_job() -> None:
+    d = Device()
+    first = fell_back(d, delta_download_fails(d), "download_failed: HTTP 404 Not Found")
+    assert long(d(lambda m: m.measured(None))) == Fetch(URL, SHA, SIZE)
+    # the full .swu has its own count of download errors
+    for _ in range(um.MAX_DOWNLOAD_ERRORS - 1):
+        assert isinstance(long(d(lambda m: m.fetch_failed("HTTP 403 Forbidden"))), Wait)
+        assert long(d(lambda m: m.waited())) == Fetch(URL, SHA, SIZE)
+    out = d(lambda m: m.fetch_failed("HTTP 403 Forbidden"))
+    reason = "download_failed: HTTP 403 Forbidden"
+    assert final(out) == ReportFinal("j-1", ("failed",), reason)
+    assert DeleteArtifact(SHA) in out and long(out) is None
+    record = d.disk.record
+    assert record is not None and record.final == "failed" and record.reason == reason
+    # what made the device give the delta up is still said beside it
+    assert record.path == "full" and record.fallback == first.fallback
+
+
+@pytest.mark.parametrize(
+    ("last", "reason"),
+    [
+        (lambda m: m.dry_run_refused("bad signature"), "swupdate_refused: bad signature"),
+        (lambda m: m.install_failed("raw handler: write error"), "install_failed: raw handler"),
+    ],
+)
+def test_the_full_swus_own_install_failure_then_ends_the_job(
+    last: Callable[[UpdateMachine], list[Action]], reason: str
+) -> None:
+    d = Device()
+    first = fell_back(
+        d, delta_install_fails(d), "install_failed: delta handler: chunk hash mismatch"
+    )
+    d(lambda m: m.measured(None))
+    d(lambda m: m.fetched())
+    assert long(d(lambda m: m.measured(SIZE))) == DryRun(SHA)
+    if "install_failed" in reason:
+        assert d(lambda m: m.dry_run_passed()) == [WriteSlot(SHA)]
+    out = d(last)
+    report = final(out)
+    assert report.chain == ("failed",) and report.reason is not None
+    assert report.reason.startswith(reason)
+    assert DeleteArtifact(SHA) in out and long(out) is None
+    assert not any(isinstance(a, Measure | Fetch) for a in out)  # no second fallback
+    record = d.disk.record
+    assert record is not None and record.final == "failed" and record.reason == report.reason
+    assert record.path == "full" and record.fallback == first.fallback
+
+
+def test_a_power_cut_during_the_delta_resumes_it_and_falls_back_once_attempts_run_out() -> None:
+    d = Device()
+    to_delta_dry_run(d)
+    for attempt in range(2, MAX_INSTALLS + 1):
+        assert long(d.boot()) == Survey()
+        out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-x", env=ENV_A))
+        assert long(out) == Measure(DSHA)  # the delta again, one attempt more
+        record = d.disk.record
+        assert record is not None and record.installs == attempt and record.path == "delta"
+        assert isinstance(long(d(lambda m: m.measured(DSIZE))), DryRun)
+    d.boot()
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-y", env=ENV_A))
+    record = fell_back(d, out, f"install_interrupted: {MAX_INSTALLS} attempts did not finish")
+    assert not any(isinstance(a, ReportFinal) for a in out)
+    # a power cut right after the fallback: the full .swu's download goes on
+    assert long(d.boot()) == Survey()
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-z", env=ENV_A))
+    assert long(out) == Measure(SHA) and d.disk.record == record
+    out = d(lambda m: m.measured(SIZE // 2))
+    assert reports(out) == [("downloading", 50)] and long(out) == Fetch(URL, SHA, SIZE)
+    # the full .swu's install has its own attempts, and no fallback after them
+    d(lambda m: m.fetched())
+    assert d.disk.record is not None and d.disk.record.installs == 1
+    for _ in range(MAX_INSTALLS - 1):
+        d.boot()
+        out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-w", env=ENV_A))
+        assert long(out) == Measure(SHA)
+    d.boot()
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-v", env=ENV_A))
+    reason = final(out).reason
+    assert reason == f"install_interrupted: {MAX_INSTALLS} attempts did not finish"
+    assert d.disk.record is not None and d.disk.record.fallback == record.fallback
+
+
+def test_a_power_cut_during_the_delta_download_resumes_the_delta() -> None:
+    d = Device()
+    to_delta_download(d)
+    d.boot()
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-2", env=ENV_A))
+    assert long(out) == Measure(DSHA)
+    assert long(d(lambda m: m.measured(DSIZE // 2))) == Fetch(DURL, DSHA, DSIZE)
+
+
+def test_a_finished_delta_job_repeats_its_report_after_a_power_cut_without_falling_back() -> None:
+    """A final record of the delta (its report not yet acknowledged) is not a failed
+    install: no fallback, the same report again."""
+    d = Device()
+    to_delta_dry_run(d)
+    for _ in range(MAX_INSTALLS - 1):
+        d.boot()
+        d(lambda m: m.surveyed(running_slot="A", boot_id="b", env=ENV_A))
+        d(lambda m: m.measured(DSIZE))
+    record = d.disk.record
+    assert record is not None
+    d.disk.record = record.finished("failed", f"install_interrupted: {MAX_INSTALLS} attempts")
+    d.boot()
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="b", env=ENV_A))
+    assert final(out).reason == f"install_interrupted: {MAX_INSTALLS} attempts"
+    assert not any(isinstance(a, SaveRecord | Measure) for a in out)
+
+
+def test_cancelling_a_held_delta_job_does_not_fall_back() -> None:
+    d = Device()
+    to_delta_download(d, job(install="hold", delta={"sha256": DSHA, "size": DSIZE, "url": DURL}))
+    assert long(d(lambda m: m.fetched())) == Measure(DSHA)
+    out = d(lambda m: m.measured(DSIZE))
+    assert reports(out) == [("downloaded", None)] and d.m.phase is Phase.HELD
+    out = d(lambda m: m.received(job(install="cancel")))
+    assert DeleteArtifact(DSHA) in out and long(out) is None
+    assert final(out) == ReportFinal("j-1", ("failed",), um.CANCELLED)
+    assert not any(isinstance(a, Fetch | Measure) for a in out)
+    record = d.disk.record
+    assert record is not None and record.final == "failed" and record.reason == um.CANCELLED
+    assert record.path == "delta" and record.fallback is None
+
+
+def test_a_held_delta_that_fails_to_download_holds_the_full_swu() -> None:
+    d = Device()
+    to_delta_download(d, job(install="hold", delta={"sha256": DSHA, "size": DSIZE, "url": DURL}))
+    for _ in range(um.MAX_CHECKSUM_ERRORS):
+        d(lambda m: m.checksum_mismatch("bad"))
+        d(lambda m: m.waited())
+    record = d.disk.record
+    assert record is not None and record.hold and record.path == "full"
+    d(lambda m: m.measured(None))
+    assert long(d(lambda m: m.fetched())) == Measure(SHA)
+    out = d(lambda m: m.measured(SIZE))
+    assert reports(out) == [("downloaded", None)] and d.m.phase is Phase.HELD
+
+
+def test_a_delta_that_installs_goes_on_to_the_reboot_and_succeeds_on_it() -> None:
+    d = Device()
+    to_delta_dry_run(d)
+    assert d(lambda m: m.dry_run_passed()) == [WriteSlot(DSHA)]
+    assert d(lambda m: m.slot_written()) == [Survey()]
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-1", env=INSTALLED_B))
+    (saved,) = [a.record for a in out if isinstance(a, SaveRecord)]
+    assert saved.state == "rebooting" and saved.target_slot == "B"
+    assert saved.path == "delta" and saved.fallback is None and saved.sha256 == DSHA
+    assert DeleteArtifact(DSHA) in out and DeleteArtifact(SHA) not in out
+    assert long(out) == ReportRebooting("j-1", um.ACK_WAIT)
+    assert long(d(lambda m: m.rebooting_reported())) == RequestReboot("j-1")
+    d.boot()
+    d(lambda m: m.surveyed(running_slot="B", boot_id="boot-2", env=TRYING_B))
+    out = d(lambda m: m.surveyed(running_slot="B", boot_id="boot-2", env=CONFIRMED_B))
+    assert final(out) == ReportFinal("j-1", ("rebooting", "verifying", "succeeded"), None)
+    assert d.disk.record is not None and d.disk.record.path == "delta"
+
+
+def test_a_delta_that_selects_no_slot_fails_without_falling_back() -> None:
+    """SWUpdate said it installed: the slot is written, the full .swu would not help."""
+    d = Device()
+    to_delta_dry_run(d)
+    d(lambda m: m.dry_run_passed())
+    d(lambda m: m.slot_written())
+    out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-1", env=ENV_A))
+    assert final(out).reason == "boot_environment: SWUpdate succeeded but selected no new slot"
+    assert d.disk.record is not None and d.disk.record.path == "delta"
+
+
 # -- any sequence of events ----------------------------------------------------------------
 
 
@@ -602,7 +883,11 @@ def outcomes(action: Action | None) -> list[Callable[[UpdateMachine], list[Actio
     if isinstance(action, Examine):
         return [lambda m: m.examined(FACTS), lambda m: m.examined(FACTS._replace(free_bytes=0))]
     if action is None:  # nothing in flight (idle, held, or the final report out)
-        return [lambda m: m.received(HOLD), lambda m: m.received(job())]
+        return [
+            lambda m: m.received(HOLD),
+            lambda m: m.received(job()),
+            lambda m: m.received(DELTA),
+        ]
     if isinstance(action, Survey):
         return [
             lambda m, s=s, b=b, e=e: m.surveyed(running_slot=s, boot_id=b, env=e)
@@ -611,7 +896,11 @@ def outcomes(action: Action | None) -> list[Callable[[UpdateMachine], list[Actio
             for e in (ENV_A, INSTALLED_B, CONFIRMED_B, FELL_BACK, None)
         ]
     if isinstance(action, Measure):
-        return [lambda m: m.measured(None), lambda m: m.measured(SIZE // 2)]
+        return [
+            lambda m: m.measured(None),
+            lambda m: m.measured(SIZE // 2),
+            lambda m: m.measured(DSIZE),
+        ]
     if isinstance(action, Fetch):
         return [
             lambda m: m.fetch_progress(SIZE // 3, SIZE),
@@ -636,6 +925,7 @@ def outcomes(action: Action | None) -> list[Callable[[UpdateMachine], list[Actio
 STRAY: list[Callable[[UpdateMachine], list[Action]]] = [
     lambda m: m.received(job()),
     lambda m: m.received(HOLD),
+    lambda m: m.received(DELTA),
     lambda m: m.received(job(install="cancel")),
     lambda m: m.received(job("j-2")),
     lambda m: m.received(b"[]"),
@@ -686,6 +976,12 @@ def test_any_sequence_of_events_keeps_the_rules(data: st.DataObject) -> None:
         if needed is not None:
             record = d.disk.record
             assert record is not None and record.state == needed and record.final is None
+            # the artifact in hand (the delta, or the full .swu it fell back to)
+            if isinstance(action, Fetch):
+                assert action == Fetch(record.url, record.sha256, record.size)
+            if isinstance(action, DryRun | WriteSlot):
+                assert action.sha256 == record.sha256
+            assert (record.full is None) == (record.sha256 == SHA)
             # no step of a job after its end
             assert record.job not in finals
         if isinstance(action, Examine):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from twelvefactor_agent.update import steps
 from twelvefactor_agent.update.steps import (
@@ -26,6 +28,54 @@ def test_record_round_trips() -> None:
     assert steps.parse_record(r.to_json()) == r
     done = r.finished("failed", "install_failed: x")
     assert steps.parse_record(done.to_json()) == done
+
+
+FULL = ("1" * 64, 5000, "https://10.0.0.1:8443/full.swu")
+DELTA_RECORD = RECORD._replace(full=FULL)
+
+
+def test_a_delta_record_round_trips_with_its_full_swu() -> None:
+    assert DELTA_RECORD.path == "delta" and RECORD.path == "full"
+    assert steps.parse_record(DELTA_RECORD.to_json()) == DELTA_RECORD
+    assert steps.parse_record(DELTA_RECORD.to_json()).full == FULL  # a tuple, as saved
+    fell_back = RECORD._replace(fallback="install_failed: delta handler: x", installs=0)
+    parsed = steps.parse_record(fell_back.to_json())
+    assert parsed == fell_back and parsed.path == "full"
+
+
+def test_a_record_from_before_delta_updates_reads_as_the_full_path() -> None:
+    raw = RECORD.to_json().replace(b',\n "full": null', b"").replace(b',\n "fallback": null', b"")
+    assert b"full" not in raw and b"fallback" not in raw
+    parsed = steps.parse_record(raw)
+    assert parsed == RECORD and parsed.path == "full" and parsed.fallback is None
+
+
+@pytest.mark.parametrize(
+    "full",
+    [
+        "x",
+        {"sha256": FULL[0], "size": FULL[1], "url": FULL[2]},
+        [FULL[0], FULL[1]],
+        [*FULL, "extra"],
+        [FULL[0], str(FULL[1]), FULL[2]],
+        [FULL[0], True, FULL[2]],
+        [FULL[0], 5000.0, FULL[2]],
+        [None, FULL[1], FULL[2]],
+    ],
+)
+def test_a_malformed_full_is_refused(full: object) -> None:
+    doc = json.loads(DELTA_RECORD.to_json())
+    doc["full"] = full
+    with pytest.raises(RecordError, match=r"full is not \[sha256, size, url\]"):
+        steps.parse_record(json.dumps(doc).encode())
+
+
+@pytest.mark.parametrize("fallback", [1, ["x"], {"why": "x"}, True])
+def test_a_fallback_of_the_wrong_type_is_refused(fallback: object) -> None:
+    doc = json.loads(RECORD.to_json())
+    doc["fallback"] = fallback
+    with pytest.raises(RecordError, match="fallback has the wrong type"):
+        steps.parse_record(json.dumps(doc).encode())
 
 
 @pytest.mark.parametrize(

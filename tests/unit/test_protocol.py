@@ -225,9 +225,19 @@ def test_desired_configuration(version: int, config: dict[str, Any]) -> None:
     assert reconfig.parse_desired(raw) == reconfig.Version(version, config)
 
 
-@given(job_ids, devices, versions, digests, st.integers(1, update.MAX_SIZE))
-def test_update_job(job: str, device: str, version: str, sha: str, size: int) -> None:
-    artifact = Artifact(sha, version, {"qemux86-64": ["1.0", "1.1"]}, size, 0.0)
+@given(
+    job_ids,
+    devices,
+    versions,
+    digests,
+    st.integers(1, update.MAX_SIZE),
+    st.none() | st.tuples(digests, st.integers(1, update.MAX_SIZE), digests),
+)
+def test_update_job(
+    job: str, device: str, version: str, sha: str, size: int, delta: tuple[str, int, str] | None
+) -> None:
+    stored = None if delta is None else dict(zip(("sha256", "size", "zck"), delta, strict=True))
+    artifact = Artifact(sha, version, {"qemux86-64": ["1.0", "1.1"]}, size, 0.0, stored)
     raw = jobstore.job_document(job, device, artifact, "https://10.0.0.1:8443/")
     assert update.parse_job(raw) == update.UpdateJob(
         job,
@@ -237,6 +247,9 @@ def test_update_job(job: str, device: str, version: str, sha: str, size: int) ->
         sha,
         size,
         f"https://10.0.0.1:8443/artifacts/{sha}.swu",
+        delta=None
+        if delta is None
+        else update.Delta(delta[0], delta[1], f"https://10.0.0.1:8443/artifacts/{delta[0]}.swu"),
     )
 
 
@@ -246,8 +259,18 @@ def test_update_job(job: str, device: str, version: str, sha: str, size: int) ->
     timestamps,
     st.integers(0, 100),
     st.text(min_size=1, max_size=jobs.MAX_REASON),
+    st.none() | st.sampled_from(["delta", "full"]),
+    st.none() | st.text(min_size=1, max_size=jobs.MAX_REASON),
 )
-def test_job_report(job: str, state: str, ts: float, percent: int, reason: str) -> None:
+def test_job_report(
+    job: str,
+    state: str,
+    ts: float,
+    percent: int,
+    reason: str,
+    path: str | None,
+    fallback: str | None,
+) -> None:
     with_percent = state in states.WITH_PERCENT
     raw = update.report_payload(
         job,
@@ -255,6 +278,8 @@ def test_job_report(job: str, state: str, ts: float, percent: int, reason: str) 
         ts=ts,
         percent=percent if with_percent else None,
         reason=reason if state == states.FAILED else None,
+        path=path,
+        fallback=fallback,
     )
     assert jobs.parse_job_report(raw) == jobs.JobReport(
         job,
@@ -262,6 +287,8 @@ def test_job_report(job: str, state: str, ts: float, percent: int, reason: str) 
         percent if with_percent else None,
         reason if state == states.FAILED else None,
         ts,
+        path,
+        fallback,
     )
 
 

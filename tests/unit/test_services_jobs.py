@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 from twelvefactor_agent.protocol.states import FINAL, TRANSITIONS
 from twelvefactor_agent.protocol.states import JOB_STATES as STATES
+from twelvefactor_agent.update.decide import Delta, parse_job
 from twelvefactor_services.management import jobstore
+from twelvefactor_services.management.artifacts import Artifact
 from twelvefactor_services.management.jobs import (
+    MAX_REASON,
     JobReport,
     JobReportError,
     JobState,
@@ -146,3 +149,140 @@ def test_bytes_sent_count_on_the_devices_unfinished_job_for_that_artifact(tmp_pa
         ("dev-1", 1024),
         ("dev-2", 0),
     ]
+
+
+# -- delta updates: the path a device is on, why it gave a delta up ---------------------------
+
+
+def test_installing_may_go_back_to_downloading_a_delta_given_up_for_the_full_swu() -> None:
+    assert "downloading" in TRANSITIONS["installing"]
+    s = advance(JobState("installing", 60), report("downloading", 0))
+    assert (s.state, s.percent) == ("downloading", 0)
+
+
+def test_parse_report_with_path_and_fallback() -> None:
+    r = parse_job_report(payload(path="delta"))
+    assert (r.path, r.fallback) == ("delta", None)
+    r = parse_job_report(payload(path="full", fallback="install_failed: delta handler"))
+    assert (r.path, r.fallback) == ("full", "install_failed: delta handler")
+    assert parse_job_report(payload(path=None, fallback=None)) == parse_job_report(payload())
+    assert parse_job_report(payload(fallback="x" * MAX_REASON)).fallback == "x" * MAX_REASON
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (payload(path="zck"), "invalid path 'zck'"),
+        (payload(path="Delta"), "invalid path 'Delta'"),
+        (payload(path=""), "invalid path ''"),
+        (payload(path=1), "invalid path 1"),
+        (payload(path=["delta"]), "invalid path"),
+        (payload(fallback="x" * (MAX_REASON + 1)), "field 'fallback' is longer than 512"),
+        (payload(fallback=5), "field 'fallback' is not a string"),
+    ],
+)
+def test_parse_rejects_a_bad_path_or_fallback(raw: bytes, message: str) -> None:
+    with pytest.raises(JobReportError, match=message):
+        parse_job_report(raw)
+
+
+def _one_job(tmp_path: Path) -> Any:
+    db = jobstore.connect(tmp_path / "registry.db")
+    job = jobstore.insert_job(db, "a" * 64, ["dev-1", "dev-2"], "group:g", 1.0)
+    db.commit()
+    return db, job
+
+
+def _devices(db: Any, job: str) -> dict[str, tuple[Any, ...]]:
+    got = jobstore.get_job(db, job)
+    assert got is not None
+    return {
+        d["device"]: (d["state"], d["percent"], d["path"], d["fallback"]) for d in got["devices"]
+    }
+
+
+def test_reports_store_the_path_and_fallback_and_get_job_shows_them(tmp_path: Path) -> None:
+    db, job = _one_job(tmp_path)
+    # a job no device has reported on yet says nothing of either
+    assert _devices(db, job)["dev-1"] == ("queued", None, None, None)
+
+    def apply(r: JobReport) -> jobstore.Outcome:
+        return jobstore.apply_report(db, "dev-1", r)
+
+    assert apply(JobReport(job, "downloading", 10, None, 2.0, "delta")).after == "downloading"
+    assert _devices(db, job)["dev-1"] == ("downloading", 10, "delta", None)
+    apply(JobReport(job, "installing", 5, None, 3.0, "delta"))
+    why = "swupdate_refused: delta handler: no source"
+    out = apply(JobReport(job, "downloading", 0, None, 4.0, "full", why))
+    assert (out.before, out.after, out.ignored) == ("installing", "downloading", None)
+    assert _devices(db, job)["dev-1"] == ("downloading", 0, "full", why)
+    # a report without them (an agent older than delta updates, say) keeps what was said
+    apply(JobReport(job, "downloading", 40, None, 5.0))
+    assert _devices(db, job)["dev-1"] == ("downloading", 40, "full", why)
+    apply(JobReport(job, "failed", None, "download_failed: HTTP 404", 6.0, "full", why))
+    assert _devices(db, job)["dev-1"] == ("failed", None, "full", why)
+    # the other device of the job: untouched
+    assert _devices(db, job)["dev-2"] == ("queued", None, None, None)
+    listed = [j for j in jobstore.list_jobs(db) if j["id"] == job]
+    assert [(d["path"], d["fallback"]) for d in listed[0]["devices"]] == [
+        ("full", why),
+        (None, None),
+    ]
+
+
+def test_an_ignored_report_stores_neither_path_nor_fallback(tmp_path: Path) -> None:
+    db, job = _one_job(tmp_path)
+    jobstore.apply_report(db, "dev-1", JobReport(job, "downloading", 10, None, 2.0, "delta"))
+    # not a legal transition (downloading -> verifying): nothing of it is kept
+    out = jobstore.apply_report(
+        db, "dev-1", JobReport(job, "verifying", None, None, 3.0, "full", "why")
+    )
+    assert out.ignored is not None and out.after is None
+    assert _devices(db, job)["dev-1"] == ("downloading", 10, "delta", None)
+    # a job that is not the device's
+    out = jobstore.apply_report(
+        db, "dev-9", JobReport(job, "downloading", 10, None, 3.0, "full", "why")
+    )
+    assert out.ignored == "no such job for this device"
+
+
+def test_a_registry_from_before_delta_updates_gains_the_columns(tmp_path: Path) -> None:
+    db, job = _one_job(tmp_path)
+    db.execute("ALTER TABLE device_jobs DROP COLUMN path")
+    db.execute("ALTER TABLE device_jobs DROP COLUMN fallback")
+    db.commit()
+    db.close()
+    db = jobstore.connect(tmp_path / "registry.db")
+    assert _devices(db, job)["dev-1"] == ("queued", None, None, None)
+    jobstore.apply_report(db, "dev-1", JobReport(job, "downloading", 0, None, 2.0, "delta"))
+    assert _devices(db, job)["dev-1"] == ("downloading", 0, "delta", None)
+
+
+BASE = "https://10.99.0.1:8443/"
+
+
+def test_the_job_document_names_the_delta_when_the_artifact_has_one() -> None:
+    sha, dsha = "a" * 64, "d" * 64
+    plain = Artifact(sha, "2.0", {"qemux86-64": ["1.0"]}, 5000, 1.0)
+    doc = json.loads(jobstore.job_document("j-000000000001", "dev-1", plain, BASE))
+    assert "delta" not in doc
+    assert (doc["sha256"], doc["size"], doc["url"]) == (
+        sha,
+        5000,
+        f"https://10.99.0.1:8443/artifacts/{sha}.swu",
+    )
+    delta = {"sha256": dsha, "size": 300, "zck": "e" * 64, "zck_size": 4000}
+    with_delta = Artifact(sha, "2.0", {"qemux86-64": ["1.0"]}, 5000, 1.0, delta)
+    raw = jobstore.job_document("j-000000000001", "dev-1", with_delta, BASE, "hold")
+    doc = json.loads(raw)
+    # the delta's .swu, served beside the full one; its chunks' .zck is named inside it
+    assert doc["delta"] == {
+        "sha256": dsha,
+        "size": 300,
+        "url": f"https://10.99.0.1:8443/artifacts/{dsha}.swu",
+    }
+    assert (doc["sha256"], doc["size"], doc["install"]) == (sha, 5000, "hold")
+    # what the agent reads of it
+    job = parse_job(raw)
+    assert job.delta == Delta(dsha, 300, f"https://10.99.0.1:8443/artifacts/{dsha}.swu")
+    assert (job.sha256, job.size) == (sha, 5000) and job.install == "hold"

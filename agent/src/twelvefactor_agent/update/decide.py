@@ -86,11 +86,14 @@ def parse_job(payload: bytes) -> UpdateJob:
         d = doc["delta"]
         if not isinstance(d, dict):
             raise JobError("delta must be an object {sha256, size, url}")
-        delta = Delta(
-            envelope.text(d, "sha256", pattern=SHA256_RE, error=JobError),
-            envelope.integer(d, "size", 1, MAX_SIZE, error=JobError),
-            _url(envelope.text(d, "url", error=JobError)),
-        )
+        try:
+            delta = Delta(
+                envelope.text(d, "sha256", pattern=SHA256_RE, error=JobError),
+                envelope.integer(d, "size", 1, MAX_SIZE, error=JobError),
+                _url(envelope.text(d, "url", error=JobError)),
+            )
+        except JobError as exc:  # said as the delta's: the job's own fields are the same
+            raise JobError(f"delta: {exc}") from None
     hw = doc.get("hardware")
     if not isinstance(hw, dict) or not hw:
         raise JobError("hardware must be a non-empty object {board: [revisions]}")
