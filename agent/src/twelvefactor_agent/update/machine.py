@@ -541,6 +541,7 @@ class UpdateMachine:
         if record.full is None:
             return self._carry_on(steps.Finish(FAILED, reason))
         sha, size, url = record.full
+        self._gate = ProgressGate()  # the full download's first report goes out at once
         note = f"update job {record.job}: the delta failed ({reason}); fetching the full .swu"
         # its own install attempts: power cuts during the delta's do not count against it
         full = record._replace(
