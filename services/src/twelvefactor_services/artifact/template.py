@@ -41,7 +41,7 @@ from twelvefactor_services.artifact.swu import (
 
 LAYER = "meta-twelvefactor"
 TEMPLATE_NAME = "sw-description"
-# the variables the template names (twelvefactor-update_1.0.bb sets them)
+# the variables the templates name (twelvefactor-update.inc and the two recipes set them)
 VERSION_VAR = "TWELVEFACTOR_UPDATE_VERSION"
 MACHINE_VAR = "MACHINE"
 REVISION_VAR = "TWELVEFACTOR_HW_REVISION"
