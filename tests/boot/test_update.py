@@ -22,6 +22,7 @@ from testbed.boot.device import Device
 from testbed.boot.updating import (
     BOOTLIMIT,
     Updating,
+    build_delta_update,
     build_update,
     job_limit,
     partition_digest,
@@ -32,6 +33,7 @@ from testbed.boot.updating import (
 # Older than any image the tests boot (DISTRO_VERSION 1.0 and the updates to
 # 1.1-1.3), so the refusals below do not depend on what an earlier test installed.
 OLDER = "0.9"
+DELTA_TARGET = 0.10  # delta / full .swu, RAUC's documented figure for one package (issue 14)
 
 
 def test_good_update_survives_a_link_cut_and_switches_slots(
@@ -171,13 +173,22 @@ def test_a_rollout_whose_first_phase_fails_never_reaches_the_second(
 def test_broken_update_rolls_back_within_the_boot_limit(
     updating_device: Device, boot_image: Path
 ) -> None:
+    """By delta (issue 14): the device's SWUpdate builds the new slot from the running one
+    and the chunks it lacks; the slot boots, never confirms, and GRUB goes back."""
     device = updating_device
     old = running_slot(device)
     before = version(device)
-    up = Updating(device, build_update(boot_image, "broken", "1.2"))
-    entry = up.wait_final(job_limit(boots=BOOTLIMIT + 1, windows=BOOTLIMIT))
+    full = build_update(boot_image, "broken", "1.2")
+    delta = build_delta_update(full, device.hub.artifact_url)
+    up = Updating(device, full, delta=delta)
+    entry = up.wait_final(job_limit(boots=BOOTLIMIT + 1, windows=BOOTLIMIT, delta=1))
     assert entry["state"] == "rolled_back", (entry, up.states)
     assert "did not confirm" in str(entry["reason"]), entry
+    assert entry["path"] == "delta" and entry["fallback"] is None, entry
+    moved = entry["sent_bytes"]  # the delta .swu (the agent) and the chunks (SWUpdate)
+    ratio = moved / full.stat().st_size
+    print(f"\ndelta update: {moved} B sent, the full .swu {full.stat().st_size} B ({ratio:.4f})")
+    assert ratio <= DELTA_TARGET, (moved, full.stat().st_size)
     new = "B" if old == "A" else "A"
     # every boot of the new slot failed to confirm, then GRUB went back
     assert up.boots == [new] * BOOTLIMIT + [old], up.boots

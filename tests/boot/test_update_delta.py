@@ -1,13 +1,13 @@
-"""Delta updates end to end (issue 14): the device's SWUpdate builds the idle slot from the
-running one and the chunks it lacks, fetched from the management service's artifact
-server inside the tunnel; anything wrong with the delta and the agent takes the full .swu.
+"""A delta whose chunks are not what its signed header says (issue 14): the device's
+SWUpdate refuses them, nothing is activated, and the agent installs the full .swu.
 
-The updates are the reference builder's `good` kind (the image with os-release
-changed), each made into a delta by the artifact tool (`build_delta_update`) for the
-hub's artifact address. The first job's chunks are altered on the hub after they were
-stored (every 4 KiB of the .zck past its header: whatever chunks the device asks for
-are not what the signed header says), so the device must refuse them and fall back;
-the second is clean and goes by delta, both ways between the slots. Machinery:
+The update is the reference builder's `good` kind (the image with os-release
+changed), made into a delta by the artifact tool (`build_delta_update`) for the
+hub's artifact address; its `.zck` is altered on the hub after it was stored
+(a byte in every 4 KiB past the header: whatever chunks the device asks for are
+not what the signed header says). A clean delta installs in
+test_update.py::test_broken_update_rolls_back_within_the_boot_limit (delivered
+by delta, measured there against the full `.swu`). Machinery:
 testbed/boot/updating.py.
 """
 
@@ -28,9 +28,7 @@ from testbed.boot.updating import (
     version,
 )
 
-# newer than every version the session's other update tests install (1.x)
-TAMPERED, CLEAN = "2.1", "2.2"
-TARGET = 0.10  # delta / full .swu, RAUC's documented figure for one package (issue 14)
+RELEASE = "2.1"  # newer than every version the session's other update tests install
 
 
 def _tamper(zck: Path) -> None:
@@ -46,49 +44,28 @@ def _tamper(zck: Path) -> None:
             f.write(bytes([byte[0] ^ 0xFF]))
 
 
-def _delta_job(
-    device: Device, boot_image: Path, release: str, *, tamper: bool = False
-) -> tuple[Updating, Path]:
-    full = build_update(boot_image, "good", release)
-    delta = build_delta_update(full, device.hub.artifact_url)
-
-    def alter(artifact: dict[str, Any]) -> None:
-        if tamper:
-            _tamper(device.hub.stored(f"{artifact['delta']['zck']}.zck"))
-
-    return Updating(device, full, delta=delta, before_job=alter), full
-
-
-def test_a_release_installs_by_delta_and_a_tampered_chunk_falls_back_to_the_full_swu(
+def test_a_delta_with_altered_chunks_is_refused_and_the_full_swu_installs(
     updating_device: Device, boot_image: Path
 ) -> None:
     device = updating_device
     first = running_slot(device)
+    full = build_update(boot_image, "good", RELEASE)
 
-    up, full = _delta_job(device, boot_image, TAMPERED, tamper=True)
+    def alter(artifact: dict[str, Any]) -> None:
+        _tamper(device.hub.stored(f"{artifact['delta']['zck']}.zck"))
+
+    delta = build_delta_update(full, device.hub.artifact_url)
+    up = Updating(device, full, delta=delta, before_job=alter)
+    # the delta's refusal, reported as the device falls back, before the full's install
+    fell = up.wait(lambda e: e["path"] == "full", "the fallback", job_limit(boots=0, delta=1))
+    assert fell["fallback"], fell  # why the delta was given up, in the device's words
+    assert str(fell["fallback"]).startswith(("swupdate_refused", "install_failed")), fell
+    assert running_slot(device) == first and up.boots == []
+    assert device.vm.check("twelvefactor-bootenv get upgrade_available") == "0"
     entry = up.wait_final(job_limit(boots=1))
     assert entry["state"] == "succeeded", (entry, up.states)
-    assert entry["path"] == "full", entry
-    assert entry["fallback"], entry  # why the delta was given up, in the device's words
-    # the dry run or the install refused the altered chunks; nothing was activated
-    # until the full .swu's install selected the other slot
-    assert any(w in entry["fallback"] for w in ("swupdate_refused", "install_failed")), entry
-    second = running_slot(device)
-    assert second != first and version(device) == TAMPERED
+    assert (entry["path"], entry["fallback"]) == ("full", fell["fallback"]), entry
+    assert running_slot(device) != first and version(device) == RELEASE
     assert entry["sent_bytes"] >= full.stat().st_size, entry
-
-    up, full = _delta_job(device, boot_image, CLEAN)
-    entry = up.wait_final(job_limit(boots=1))
-    assert entry["state"] == "succeeded", (entry, up.states)
-    assert entry["path"] == "delta" and entry["fallback"] is None, entry
-    assert running_slot(device) == first and version(device) == CLEAN
-    device.wait_online("after the delta update")
-    moved = entry["sent_bytes"]  # the delta .swu (the agent) and the chunks (SWUpdate)
-    ratio = moved / full.stat().st_size
-    print(
-        f"\ndelta update: {moved} B sent against the full .swu's {full.stat().st_size} B"
-        f" ({ratio:.4f}; target <= {TARGET})"
-    )
-    assert ratio <= TARGET, (moved, full.stat().st_size)
     changes = [(a, b) for a, b in up.transitions() if a != b]
-    assert ("installing", "downloading") not in changes, changes
+    assert ("installing", "downloading") in changes, changes
