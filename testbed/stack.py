@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from twelvefactor_agent.update.download import ClientIdentity
 from twelvefactor_services.broker import Broker
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Validity
@@ -52,6 +53,12 @@ def http_send(svc: ServiceProcess, method: str, path: str, body: Any = None) -> 
     if svc.api is None:
         raise ValueError(f"{svc.name} has no operator API")
     return svc.api.request(method, path, body)
+
+
+def download_identity(stack: Stack, device: str) -> ClientIdentity:
+    """A device's certificate, key and CA as the agent's downloader takes them."""
+    ident = stack.device(device)
+    return ClientIdentity(ident.cert, ident.key, ident.ca)
 
 
 def wait_until(

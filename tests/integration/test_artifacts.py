@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from twelvefactor_agent.update.decide import decide, parse_job
-from twelvefactor_agent.update.download import ClientIdentity, DownloadError, download
+from twelvefactor_agent.update.download import DownloadError, download
 from twelvefactor_services.artifact.build import build_swu
 from twelvefactor_services.artifact.cms import Signer
 from twelvefactor_services.artifact.swu import newc_archive
@@ -28,7 +28,7 @@ from twelvefactor_services.artifact.template import parse_hardware
 
 from testbed.pace import PACE, ROUND_TRIP
 from testbed.probe import Probe
-from testbed.stack import ServiceProcess, Stack, http_get, http_send, wait_until
+from testbed.stack import ServiceProcess, Stack, download_identity, http_get, http_send, wait_until
 
 DESCRIPTION = """software = {{ version = "{version}";
   qemux86-64 = {{ hardware-compatibility: [ "1.0" ]; }}; }};"""
@@ -55,11 +55,6 @@ def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=PACE.steps_of("cli"),
     )
-
-
-def identity(stack: Stack, device: str) -> ClientIdentity:
-    ident = stack.device(device)
-    return ClientIdentity(ident.cert, ident.key, ident.ca)
 
 
 def test_artifact_cli(stack: Stack, management: ServiceProcess, tmp_path: Path) -> None:
@@ -172,7 +167,7 @@ def test_job_end_to_end(
             tmp_path / "other",
             sha256=offered.sha256,
             size=offered.size,
-            identity=identity(stack, "dev-002"),
+            identity=download_identity(stack, "dev-002"),
         )
     report(dev, "dev-001", offered.job, "downloading", percent=0)
     wait_state(management, offered.job, "dev-001", "downloading")
@@ -181,7 +176,7 @@ def test_job_end_to_end(
         tmp_path / "job.swu.part",
         sha256=offered.sha256,
         size=offered.size,
-        identity=identity(stack, "dev-001"),
+        identity=download_identity(stack, "dev-001"),
     )
     report(dev, "dev-001", offered.job, "downloading", percent=100)
     report(dev, "dev-001", offered.job, "installing", percent=40)
@@ -202,7 +197,7 @@ def test_job_end_to_end(
             tmp_path / "again",
             sha256=offered.sha256,
             size=offered.size,
-            identity=identity(stack, "dev-001"),
+            identity=download_identity(stack, "dev-001"),
         )
 
 

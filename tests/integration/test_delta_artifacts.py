@@ -31,7 +31,7 @@ from twelvefactor_services.artifact.template import parse_hardware
 
 from testbed.pace import PACE, ROUND_TRIP
 from testbed.probe import Probe
-from testbed.stack import ServiceProcess, Stack, http_get, http_send, wait_until
+from testbed.stack import ServiceProcess, Stack, download_identity, http_get, http_send, wait_until
 
 SIGNING = Path(__file__).parents[2] / "meta-twelvefactor" / "files" / "dev-signing"
 CERT = SIGNING / "twelvefactor-dev-update.crt"
@@ -215,7 +215,7 @@ def test_the_job_names_the_delta_and_the_device_with_it_gets_its_chunks(
         assert offered.delta is not None
         assert offered.delta.sha256 == art["delta"]["sha256"]
         assert offered.delta.url == f"{url}/artifacts/{offered.delta.sha256}.swu"
-        me, other = identity(stack, "dev-001"), identity(stack, "dev-002")
+        me, other = download_identity(stack, "dev-001"), download_identity(stack, "dev-002")
         download(
             offered.delta.url,
             tmp_path / "d.swu",
@@ -265,11 +265,6 @@ def test_the_job_names_the_delta_and_the_device_with_it_gets_its_chunks(
         dev.disconnect()
     shown = cli(stack, service, "job", "show", job["id"])
     assert "by full" in shown.stdout and "the delta was given up: install_failed: x" in shown.stdout
-
-
-def identity(stack: Stack, device: str) -> ClientIdentity:
-    ident = stack.device(device)
-    return ClientIdentity(ident.cert, ident.key, ident.ca)
 
 
 def _device(svc: ServiceProcess, job: str) -> dict[str, Any]:

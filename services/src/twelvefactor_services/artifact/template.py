@@ -251,21 +251,8 @@ def description(
     check_hardware(hardware)
     if compress not in COMPRESSIONS:
         raise ArtifactToolError(f"compression {compress!r} is not one of {COMPRESSIONS}")
-    texts = [
-        render(
-            template,
-            {
-                VERSION_VAR: version,
-                MACHINE_VAR: hw.board,
-                REVISION_VAR: '", "'.join(hw.revisions),
-                IMAGE_VAR: image,
-            },
-            {image: sha256},
-        )
-        for hw in hardware
-    ]
     try:
-        text = _side_by_side(texts, [hw.board for hw in hardware])
+        text = _for_boards(template, hardware, version, {IMAGE_VAR: image}, {image: sha256})
         if compress == "none":
             text = _without_compression(text)
         _check(
@@ -293,24 +280,11 @@ def delta_description(
     check_version(version)
     check_hardware(hardware)
     url = check_url(url)
-    texts = [
-        render(
-            template,
-            {
-                VERSION_VAR: version,
-                MACHINE_VAR: hw.board,
-                REVISION_VAR: '", "'.join(hw.revisions),
-                ZCKHEADER_VAR: header,
-                ZCK_VAR: zck,
-                URL_VAR: url,
-            },
-            {header: header_sha256},
-            {zck: zck_sha256},
-        )
-        for hw in hardware
-    ]
+    values = {ZCKHEADER_VAR: header, ZCK_VAR: zck, URL_VAR: url}
     try:
-        text = _side_by_side(texts, [hw.board for hw in hardware])
+        text = _for_boards(
+            template, hardware, version, values, {header: header_sha256}, {zck: zck_sha256}
+        )
         info = parse_description(text)
     except SwuError as exc:
         raise ArtifactToolError(f"the delta template does not render: {exc}") from None
@@ -328,6 +302,33 @@ def delta_description(
                 f'${DEPLOY_SHA256}(@@{ZCK_VAR}@@).zck" (type {f.type!r}, url {f.url!r})'
             )
     return text
+
+
+def _for_boards(
+    template: str,
+    hardware: Sequence[Hardware],
+    version: str,
+    values: dict[str, str],
+    digests: dict[str, str],
+    deployed: dict[str, str] | None = None,
+) -> str:
+    """`template` rendered for each board (its revisions, `values`) and the boards' blocks
+    put side by side."""
+    texts = [
+        render(
+            template,
+            {
+                VERSION_VAR: version,
+                MACHINE_VAR: hw.board,
+                REVISION_VAR: '", "'.join(hw.revisions),
+                **values,
+            },
+            digests,
+            deployed,
+        )
+        for hw in hardware
+    ]
+    return _side_by_side(texts, [hw.board for hw in hardware])
 
 
 def _side_by_side(texts: list[str], boards: list[str]) -> str:

@@ -24,6 +24,8 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,17 @@ def _compiles(pattern: str) -> bool:
     except re.error:
         return False
     return True
+
+
+@contextmanager
+def _faults(src: Path) -> Iterator[None]:
+    """Reading `src` as a .swu: what is wrong with it as an ArtifactError."""
+    try:
+        yield
+    except OSError as exc:
+        raise ArtifactError(f"{src}: {exc.strerror}") from None
+    except SwuError as exc:
+        raise ArtifactError(f"{src}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -149,14 +162,9 @@ class ArtifactStore:
         artifact = self.get(sha256)
         if artifact is None:
             raise ArtifactError(f"no artifact {sha256!r}")
-        try:
+        with _faults(src), src.open("rb") as f:
             info = describe(src)
-            with src.open("rb") as f:
-                archive = read_archive(f)
-        except OSError as exc:
-            raise ArtifactError(f"{src}: {exc.strerror}") from None
-        except SwuError as exc:
-            raise ArtifactError(f"{src}: {exc}") from None
+            archive = read_archive(f)
         found = {board: list(revs) for board, revs in info.hardware.items()}
         if (info.version, found) != (artifact.version, artifact.hardware):
             raise ArtifactError(
@@ -253,12 +261,8 @@ class ArtifactStore:
         hardware: dict[str, list[str]] | None = None,
     ) -> Artifact:
         """Store `src`; `version`/`hardware`, if given, must agree with its sw-description."""
-        try:
+        with _faults(src):
             info = describe(src)
-        except OSError as exc:
-            raise ArtifactError(f"{src}: {exc.strerror}") from None
-        except SwuError as exc:
-            raise ArtifactError(f"{src}: {exc}") from None
         found = {board: list(revs) for board, revs in info.hardware.items()}
         if not VERSION_RE.fullmatch(info.version):
             # Every agent refuses a job for such a version (protocol.names.VERSION_RE).
