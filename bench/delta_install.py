@@ -39,8 +39,8 @@ from twelvefactor_services.artifact.build import build_delta
 from twelvefactor_services.artifact.template import Hardware
 from twelvefactor_services.management.artifact_server import ArtifactServer, server_context
 from twelvefactor_services.management.artifacts import ArtifactStore
+from update_install import guest_seconds, sector_padded  # beside this script
 
-from bench.update_install import guest_seconds, sector_padded
 from refimage import image as refimage_image
 from refimage import swu, updates
 from testbed.boot.vm import VM
