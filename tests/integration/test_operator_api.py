@@ -140,7 +140,7 @@ def test_every_route_but_health_and_login_needs_a_token(
         path = path.replace("/jobs/{id}", "/jobs/j-000000000000")
         path = path.replace("/tokens/{id}", "/tokens/" + "0" * 16)
         path = path.replace("/rollouts/{id}", "/rollouts/r-000000000000")
-        path = path.replace("{action}", "pause")
+        path = path.replace("{action}", "pause").replace("{part}", "zck")
         for key, value in SAMPLES.items():
             path = path.replace(key, value)
         assert "{" not in path, path
