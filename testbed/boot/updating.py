@@ -143,7 +143,6 @@ class Updating:
                 artifact = self.hub.add_delta(artifact["sha256"], *delta)
             if before_job is not None:
                 before_job(artifact)
-            self.artifact = artifact
             self.sha256 = str(artifact["sha256"])
             self.job = self.hub.create_job(
                 self.sha256, device.device_id, download_only=download_only
@@ -151,7 +150,6 @@ class Updating:
         else:
             self.job = job
             self.sha256 = str(self.hub.management_get(f"/jobs/{job}")[1].get("artifact", ""))
-            self.artifact = {"sha256": self.sha256}
         self.boots: list[str] = []  # the slot of every boot since the job started
         self.powered_on = 0.0  # wall clock of the last power-on by this object
         self.states: list[tuple[str, Any]] = []

@@ -16,12 +16,12 @@ import json
 import os
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_artifacts import cli
 from twelvefactor_agent.update.decide import parse_job
 from twelvefactor_agent.update.download import ClientIdentity, download
 from twelvefactor_services.artifact.build import BuiltDelta, build_delta, build_swu
@@ -75,21 +75,6 @@ def release(
     return full.path, delta
 
 
-def cli(stack: Stack, svc: ServiceProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "twelvefactor_services.management.cli",
-            *args,
-            *stack.api_options(svc),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=PACE.steps_of("cli"),
-    )
-
-
 def upload(svc: ServiceProcess, path: str, file: Path) -> tuple[int, Any]:
     assert svc.api is not None
     with file.open("rb") as f:
@@ -102,7 +87,7 @@ def ranges(url: str, identity: ClientIdentity, spec: str) -> tuple[int, dict[str
     ctx.load_cert_chain(str(identity.cert), str(identity.key))
     parts = url.split("/", 3)
     host, port = parts[2].rsplit(":", 1)
-    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=PACE.limit(5.0))
+    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=PACE.limit(ROUND_TRIP))
     try:
         conn.request("GET", "/" + parts[3], headers={"Range": spec})
         answer = conn.getresponse()
@@ -175,11 +160,11 @@ def test_a_delta_is_kept_only_as_every_device_can_install_it(
     assert status == 201, art
     assert art["delta"]["zck"] == delta.zck_sha256
     assert art["delta"]["size"] == delta.swu.stat().st_size
-    shown = cli(stack, service, "artifact", "show", sha[:12])
+    shown = cli(stack, "artifact", "show", sha[:12])
     assert f"delta {art['delta']['sha256'][:12]}" in shown.stdout, shown
     # the .zck files uploaded for it and not used are gone; deleting it takes its delta
     assert sorted(p.name for p in stack.artifact_dir.glob("*.zck")) == [f"{delta.zck_sha256}.zck"]
-    assert cli(stack, service, "artifact", "delete", sha[:12]).returncode == 0
+    assert cli(stack, "artifact", "delete", sha[:12]).returncode == 0
     assert sorted(p.name for p in stack.artifact_dir.iterdir()) == []
 
 
@@ -190,7 +175,6 @@ def test_the_job_names_the_delta_and_the_device_with_it_gets_its_chunks(
     full, delta = release(tmp_path / "r", "4.0", url)
     added = cli(
         stack,
-        service,
         "artifact",
         "add",
         "--json",
@@ -263,7 +247,7 @@ def test_the_job_names_the_delta_and_the_device_with_it_gets_its_chunks(
         assert (entry["path"], entry["fallback"]) == ("full", "install_failed: x"), entry
     finally:
         dev.disconnect()
-    shown = cli(stack, service, "job", "show", job["id"])
+    shown = cli(stack, "job", "show", job["id"])
     assert "by full" in shown.stdout and "the delta was given up: install_failed: x" in shown.stdout
 
 

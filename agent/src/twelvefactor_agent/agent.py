@@ -368,6 +368,9 @@ class Agent:
         in_flight = (updater is not None and updater.has_mail) or (
             mgmt is not None and mgmt.updates_pending
         )
+        # so does an event not yet handled: the retained configuration comes before the
+        # greeting's acknowledgement but is applied (and reported) one loop turn later
+        in_flight = in_flight or not self.events.empty()
         return Progress(
             # a check-in with nothing to send opens no solution session
             sessions_up=mgmt is not None and mgmt.online and (sol is None or sol.online),

@@ -140,11 +140,7 @@ def build_swu(
     check_hardware(hardware)
     if compress not in COMPRESSIONS:
         raise ArtifactToolError(f"--compress {compress!r} is not one of {', '.join(COMPRESSIONS)}")
-    template = template if template is not None else default_template()
-    try:
-        template_text = template.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactToolError(f"template {template}: {exc}") from None
+    template_text = _read_template(template or default_template())
     kind = image_kind(rootfs)
     if kind == "zstd" and compress == "none":
         raise ArtifactToolError(
@@ -172,6 +168,13 @@ def build_swu(
         members.append((name, packed))
         write_swu(out, members)
     return Built(out, text, name, digest, signer is not None)
+
+
+def _read_template(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactToolError(f"template {path}: {exc}") from None
 
 
 def _signature(text: str, signer: Signer | None, work: Path) -> list[tuple[str, Path]]:
@@ -205,11 +208,7 @@ def build_delta(
     check_version(version)
     check_hardware(hardware)
     url = check_url(url)
-    template = template if template is not None else default_template(DELTA_TEMPLATE_NAME)
-    try:
-        template_text = template.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactToolError(f"template {template}: {exc}") from None
+    template_text = _read_template(template or default_template(DELTA_TEMPLATE_NAME))
     kind = image_kind(rootfs)
     zck_name, header_name = delta_image_names(hardware[0].board)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -97,6 +97,17 @@ class ArtifactStore:
             raise ArtifactError(f"invalid artifact id {sha256!r}: 64 lowercase hex digits")
         return self.root / f"{sha256}{suffix}"
 
+    def _check_signed(self, src: Path) -> None:
+        """Refuse what the devices would: a signature the signing certificate does not
+        verify, or a file sw-description does not match (when the service has one)."""
+        if self.signing_cert is None:
+            return
+        problems = verify(src, self.signing_cert)
+        if problems:
+            raise ArtifactError(
+                f"{src}: devices would refuse it ({self.signing_cert.name}): " + "; ".join(problems)
+            )
+
     def _copy_in(self, src: Path, suffix: str) -> tuple[str, int]:
         """`src` stored as `<sha256><suffix>` (written aside, synced, renamed)."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -192,13 +203,7 @@ class ArtifactStore:
                 f"{src}: its chunks' file {zck[:12]}.zck is not here: add the .zck first"
             )
         self._same_header(src, archive, info.files[0].filename, zck_path)
-        if self.signing_cert is not None:
-            problems = verify(src, self.signing_cert)
-            if problems:
-                raise ArtifactError(
-                    f"{src}: devices would refuse it ({self.signing_cert.name}): "
-                    + "; ".join(problems)
-                )
+        self._check_signed(src)
         sha, size = self._copy_in(src, ".swu")
         delta = {"sha256": sha, "size": size, "zck": zck, "zck_size": zck_path.stat().st_size}
         old = artifact.delta
@@ -278,13 +283,7 @@ class ArtifactStore:
             for rev in revs:
                 if rev.startswith("#RE:") and not _compiles(rev[4:]):
                     raise ArtifactError(f"{src}: hardware pattern {rev!r} is not a valid regex")
-        if self.signing_cert is not None:
-            problems = verify(src, self.signing_cert)
-            if problems:
-                raise ArtifactError(
-                    f"{src}: devices would refuse it ({self.signing_cert.name}): "
-                    + "; ".join(problems)
-                )
+        self._check_signed(src)
         if any(f.type == "delta" for f in info.files):
             raise ArtifactError(
                 f"{src}: a delta artifact installs only beside its release's full one:"
