@@ -9,6 +9,13 @@
 # is made in: twelvefactor_deploy_sha256 gives the template the digest of a
 # file that is not in the archive but in DEPLOY_DIR_IMAGE.
 #
+# twelvefactor_zck_size gives the size of the file system a zchunk header (in
+# the archive) indexes: the delta handler's `source-size`, so that SWUpdate
+# indexes that much of the running slot rather than its whole partition (the
+# running file system is the previous release's; a different size costs only
+# chunks found or not). The header's layout is zchunk_format.txt's; the
+# artifact tool reads it the same way (twelvefactor_services.artifact.zchunk).
+#
 # twelvefactor_deploy_zck (a postfunc of do_swuimage) copies that .zck next
 # to the .swu, as ${IMAGE_NAME}.zck with the ${IMAGE_LINK_NAME}.zck link,
 # after checking that the copy is the file the signed sw-description names:
@@ -31,6 +38,52 @@ def twelvefactor_deploy_sha256(d, s, filename):
     if not os.path.isfile(path):
         bb.fatal("twelvefactor_deploy_sha256: %s is not in DEPLOY_DIR_IMAGE (%s)" % (filename, path))
     return twelvefactor_file_sha256(path)
+
+def twelvefactor_zck_size(d, s, filename):
+    import os
+
+    with open(os.path.join(s, filename), 'rb') as f:
+        header = f.read()
+    at = 0
+
+    def integer():
+        # a compressed integer: 7 bits a byte, low first, the high bit set on the last
+        nonlocal at
+        value = shift = 0
+        while at < len(header) and shift <= 63:
+            byte = header[at]
+            at += 1
+            value |= (byte & 0x7f) << shift
+            shift += 7
+            if byte & 0x80:
+                return value
+        bb.fatal("twelvefactor_zck_size: %s is cut short" % filename)
+
+    if not header.startswith(b'\x00ZCK1'):
+        bb.fatal("twelvefactor_zck_size: %s is not a zchunk header" % filename)
+    at = 5
+    if integer() != 1:
+        bb.fatal("twelvefactor_zck_size: %s's header digest is not SHA-256" % filename)
+    integer()  # header size
+    at += 32 + 32  # the header's digest, the data's
+    flags = integer()
+    if flags & 1:
+        bb.fatal("twelvefactor_zck_size: %s has data streams" % filename)
+    integer()  # compression type
+    if flags & 2:  # optional elements: id, size, data
+        for _ in range(integer()):
+            integer()
+            at += integer()
+    integer()  # index size
+    digest = {0: 20, 1: 32, 2: 64, 3: 16}[integer()] * (2 if flags & 4 else 1)
+    total = 0
+    for number in range(integer()):
+        at += digest
+        integer()  # compressed length
+        size = integer()
+        if number:  # the first entry is the compression dictionary, not data
+            total += size
+    return str(total)
 
 python twelvefactor_deploy_zck() {
     import os

@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import ssl
 import subprocess
 import time
@@ -25,7 +26,7 @@ from test_artifacts import cli
 from twelvefactor_agent.update.decide import parse_job
 from twelvefactor_agent.update.download import ClientIdentity, download
 from twelvefactor_services.artifact.build import BuiltDelta, build_delta, build_swu
-from twelvefactor_services.artifact.cms import Signer
+from twelvefactor_services.artifact.cms import Signer, sign
 from twelvefactor_services.artifact.swu import newc_archive, read_archive
 from twelvefactor_services.artifact.template import parse_hardware
 
@@ -73,6 +74,17 @@ def release(
         url=url,
     )
     return full.path, delta
+
+
+def member(swu: Path, name: str, work: Path) -> bytes:
+    """One member of the .swu `swu`, as cpio extracts it."""
+    out = work / "member"
+    subprocess.run(
+        ["sh", "-c", f"cpio -i --quiet --to-stdout '{name}' < {swu} > {out}"],
+        check=True,
+        timeout=PACE.limit(TOOLS),
+    )
+    return out.read_bytes()
 
 
 def upload(svc: ServiceProcess, path: str, file: Path) -> tuple[int, Any]:
@@ -135,26 +147,30 @@ def test_a_delta_is_kept_only_as_every_device_can_install_it(
     # the right sw-description carrying another file's header: the chunks would not match
     with delta.swu.open("rb") as f:
         names = [m.name for m in read_archive(f).members]
+    mine = {name: member(delta.swu, name, tmp_path) for name in names}
     swapped = tmp_path / "swapped.swu"
-    header = tmp_path / "r31" / "header"
-    subprocess.run(
-        ["sh", "-c", f"cpio -i --quiet --to-stdout '{names[2]}' < {other.swu} > {header}"],
-        check=True,
+    swapped.write_bytes(
+        newc_archive([*list(mine.items())[:2], (names[2], member(other.swu, names[2], tmp_path))])
     )
-    mine = tmp_path / "r30" / "member"
-    members = []
-    for name in names:
-        if name == names[2]:
-            members.append((name, header.read_bytes()))
-            continue
-        subprocess.run(
-            ["sh", "-c", f"cpio -i --quiet --to-stdout '{name}' < {delta.swu} > {mine}"],
-            check=True,
-        )
-        members.append((name, mine.read_bytes()))
-    swapped.write_bytes(newc_archive(members))
     status, body = upload(service, f"/artifacts/{sha}/delta", swapped)
     assert status == 400 and "is not the header of" in str(body), body
+    # signed, but its source-size is not the size its header indexes
+    text = mine[names[0]].decode()
+    size = re.search(r'source-size = "([0-9]+)"', text)
+    assert size and int(size.group(1)) == 8 * 1024 * 1024, text
+    text = text.replace(size.group(0), 'source-size = "4096"')
+    resized = tmp_path / "resized.swu"
+    resized.write_bytes(
+        newc_archive(
+            [
+                (names[0], text.encode()),
+                (names[1], sign(text.encode(), SIGNER)),
+                (names[2], mine[names[2]]),
+            ]
+        )
+    )
+    status, body = upload(service, f"/artifacts/{sha}/delta", resized)
+    assert status == 400 and "source-size 4096 is not the 8388608 bytes" in str(body), body
     # and the right one
     status, art = upload(service, f"/artifacts/{sha}/delta", delta.swu)
     assert status == 201, art

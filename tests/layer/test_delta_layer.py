@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import subprocess
 import types
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +21,7 @@ from urllib.parse import urlsplit
 import libconf
 import pytest
 from twelvefactor_agent.enrol.datafiles import DEVICE_CA, DEVICE_CERT, DEVICE_KEY
+from twelvefactor_services.artifact.zchunk import data_size, make_zck, write_header
 
 from refimage import image_contents as ic
 from refimage import layer_files as lf
@@ -30,7 +33,11 @@ DELTA_RECIPE = UPDATE / "twelvefactor-update-delta_1.0.bb"
 DELTA_CLASS = LAYER / "classes-recipe/twelvefactor_delta.bbclass"
 MACHINES = ("qemux86-64", "qemuarm64", "raspberrypi4-64")
 URL = "https://10.99.0.1:8443"
-DIGEST = {"swupdate_get_sha256": "a" * 64, "twelvefactor_deploy_sha256": "b" * 64}
+DIGEST = {
+    "swupdate_get_sha256": "a" * 64,
+    "twelvefactor_deploy_sha256": "b" * 64,
+    "twelvefactor_zck_size": "123456",
+}
 
 
 def _render(name: str, machine: str) -> tuple[str, list[tuple[str, str]]]:
@@ -87,6 +94,7 @@ def test_delta_template_differs_from_the_full_one_only_in_its_images(machine: st
     assert sorted(delta_calls) == sorted(
         [("swupdate_get_sha256", f"{base}.zck.zckheader")] * 2
         + [("twelvefactor_deploy_sha256", f"{base}.zck")] * 2
+        + [("twelvefactor_zck_size", f"{base}.zck.zckheader")] * 2
     )
     for copy, target, source in (
         ("copy1", "rootfs-a", "rootfs-b"),
@@ -101,6 +109,7 @@ def test_delta_template_differs_from_the_full_one_only_in_its_images(machine: st
         assert props["chain"] == "raw"
         assert props["source"] == f"/dev/disk/by-partlabel/{source}"
         assert props["url"] == f"{URL}/artifacts/{DIGEST['twelvefactor_deploy_sha256']}.zck"
+        assert props["source-size"] == DIGEST["twelvefactor_zck_size"]
 
 
 def _python_defs(text: str) -> str:
@@ -119,6 +128,34 @@ def test_deploy_sha256_is_the_digest_of_the_deployed_file(tmp_path: Path) -> Non
     assert callable(function)
     assert function(d, "/unused", "x.zck") == hashlib.sha256(b"chunks" * 1000).hexdigest()
     assert not fatal
+
+
+@pytest.mark.parametrize("size", ["8M", "40M"])
+def test_zck_size_is_the_file_systems_as_the_artifact_tool_reads_it(
+    tmp_path: Path, size: str
+) -> None:
+    # real mkfs.ext4 and zck (the layer's zchunk-native makes the same header)
+    for tool in ("mkfs.ext4", "zck"):
+        assert shutil.which(tool) or Path("/sbin", tool).exists(), f"{tool}: run scripts/setup"
+    fs = tmp_path / "rootfs.ext4"
+    subprocess.run(["truncate", "-s", size, fs], check=True)
+    mkfs = shutil.which("mkfs.ext4") or "/sbin/mkfs.ext4"
+    subprocess.run([mkfs, "-q", "-F", "-d", LAYER, fs], check=True)
+    zck = make_zck(fs, tmp_path / "rootfs.ext4.zck")
+    header = write_header(zck, tmp_path / "rootfs.ext4.zck.zckheader")
+
+    def fatal(message: str) -> None:
+        raise AssertionError(message)
+
+    namespace: dict[str, object] = {"bb": types.SimpleNamespace(fatal=fatal)}
+    exec(_python_defs(DELTA_CLASS.read_text()), namespace)
+    function = namespace["twelvefactor_zck_size"]
+    assert callable(function)
+    got = function(types.SimpleNamespace(), str(tmp_path), header.name)
+    assert got == str(fs.stat().st_size) == str(data_size(header.read_bytes()))
+    (tmp_path / "not-zck").write_bytes(b"\x00ZCK2" + header.read_bytes()[5:])
+    with pytest.raises(AssertionError, match="not a zchunk header"):
+        function(types.SimpleNamespace(), str(tmp_path), "not-zck")
 
 
 def _assigned(text: str, name: str) -> str:

@@ -46,7 +46,7 @@ from twelvefactor_services.artifact.template import (
     description,
     image_name,
 )
-from twelvefactor_services.artifact.zchunk import make_zck, write_header
+from twelvefactor_services.artifact.zchunk import data_size, make_zck, write_header
 
 ZSTD_LEVEL = 3  # oe-core's ZSTD_COMPRESSION_LEVEL default
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -231,6 +231,7 @@ def build_delta(
             zck=zck_name,
             zck_sha256=zck_sha,
             url=url,
+            size=data_size(header.read_bytes()),
         )
         desc = work / DESCRIPTION
         desc.write_text(text)

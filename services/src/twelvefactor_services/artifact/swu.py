@@ -53,6 +53,7 @@ class SwuFile:
     compressed: str | None  # "zstd", "zlib" (also `compressed = true`), ...; None: not compressed
     type: str | None = None  # the handler: "raw", "delta", ...
     url: str | None = None  # properties.url (the delta handler's chunks)
+    source_size: str | None = None  # properties.source-size (what the handler indexes)
 
 
 @dataclass(frozen=True)
@@ -275,6 +276,7 @@ def parse_description(text: str) -> SwuInfo:
             _compression(e.get("compressed")),
             e.get("type"),
             e.get("properties.url"),
+            e.get("properties.source-size"),
         )
         for section, e in found
         if "filename" in e

@@ -24,7 +24,7 @@ here reads a file except `layer_template`/`default_template`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +52,10 @@ DELTA_TEMPLATE_NAME = "sw-description-delta"
 ZCKHEADER_VAR = "TWELVEFACTOR_ROOTFS_ZCKHEADER"
 ZCK_VAR = "TWELVEFACTOR_ROOTFS_ZCK"
 URL_VAR = "TWELVEFACTOR_ARTIFACT_URL"
-DEPLOY_SHA256 = "twelvefactor_deploy_sha256"  # the layer's class: a deployed file's digest
+# the layer's class (twelvefactor_delta.bbclass): a deployed file's digest, and the size
+# of the file system a zchunk header indexes (the delta handler's `source-size`)
+DEPLOY_SHA256 = "twelvefactor_deploy_sha256"
+ZCK_SIZE = "twelvefactor_zck_size"
 URL_RE = re.compile(r"https://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
 IMAGE_BASENAME = "twelvefactor-image"  # the recipe's IMAGE_DEPENDS
 COMPRESSIONS = ("zstd", "none")
@@ -206,12 +209,13 @@ def render(
     text: str,
     values: dict[str, str],
     digests: dict[str, str],
-    deployed: dict[str, str] | None = None,
+    calls: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str:
     """meta-swupdate's two substitutions: `@@VAR@@` from `values`, then
     `$swupdate_get_sha256(NAME)` from `digests` (file name -> sha256); and the
-    layer's `$twelvefactor_deploy_sha256(NAME)` (a file left in the deploy folder,
-    not packed) from `deployed`."""
+    layer's functions (`$twelvefactor_deploy_sha256(NAME)`, a file left in the
+    deploy folder, `$twelvefactor_zck_size(NAME)`) from `calls` (function ->
+    argument -> value)."""
 
     def value(m: re.Match[str]) -> str:
         if m.group(1) not in values:
@@ -220,21 +224,15 @@ def render(
 
     text = re.sub(r"@@([A-Z0-9_]+)@@", value, text)
 
-    def digest(m: re.Match[str]) -> str:
-        name = m.group(1).strip()
-        if name not in digests:
-            raise ArtifactToolError(f"sw-description: $swupdate_get_sha256({name}) names no file")
-        return digests[name]
+    def call(m: re.Match[str]) -> str:
+        function, name = m.group(1), m.group(2).strip()
+        answers = digests if function == "swupdate_get_sha256" else (calls or {}).get(function, {})
+        if name not in answers:
+            raise ArtifactToolError(f"sw-description: ${function}({name}) names no file")
+        return answers[name]
 
-    text = re.sub(r"\$swupdate_get_sha256\(([^)]+)\)", digest, text)
-
-    def deploy(m: re.Match[str]) -> str:
-        name = m.group(1).strip()
-        if deployed is None or name not in deployed:
-            raise ArtifactToolError(f"sw-description: ${DEPLOY_SHA256}({name}) names no file")
-        return deployed[name]
-
-    return re.sub(rf"\${DEPLOY_SHA256}\(([^)]+)\)", deploy, text)
+    functions = "|".join(("swupdate_get_sha256", DEPLOY_SHA256, ZCK_SIZE))
+    return re.sub(rf"\$({functions})\(([^)]+)\)", call, text)
 
 
 def description(
@@ -273,17 +271,23 @@ def delta_description(
     zck: str,
     zck_sha256: str,
     url: str,
+    size: int,
 ) -> str:
     """The sw-description of a delta artifact: `header` (the zchunk header of the
-    root file system, digest `header_sha256`) in the .swu, the chunks fetched from
-    `url`/artifacts/`zck_sha256`.zck."""
+    root file system, digest `header_sha256`, indexing `size` bytes) in the .swu,
+    the chunks fetched from `url`/artifacts/`zck_sha256`.zck."""
     check_version(version)
     check_hardware(hardware)
     url = check_url(url)
     values = {ZCKHEADER_VAR: header, ZCK_VAR: zck, URL_VAR: url}
     try:
         text = _for_boards(
-            template, hardware, version, values, {header: header_sha256}, {zck: zck_sha256}
+            template,
+            hardware,
+            version,
+            values,
+            {header: header_sha256},
+            {DEPLOY_SHA256: {zck: zck_sha256}, ZCK_SIZE: {header: str(size)}},
         )
         info = parse_description(text)
     except SwuError as exc:
@@ -301,6 +305,11 @@ def delta_description(
                 f' "@@{ZCKHEADER_VAR}@@" with its sha256 and url = "@@{URL_VAR}@@/artifacts/'
                 f'${DEPLOY_SHA256}(@@{ZCK_VAR}@@).zck" (type {f.type!r}, url {f.url!r})'
             )
+        if f.source_size not in (None, str(size)):
+            raise ArtifactToolError(
+                f"the delta template's entry for {f.filename!r} has source-size"
+                f' {f.source_size!r}, not "${ZCK_SIZE}(@@{ZCKHEADER_VAR}@@)" ({size})'
+            )
     return text
 
 
@@ -310,7 +319,7 @@ def _for_boards(
     version: str,
     values: dict[str, str],
     digests: dict[str, str],
-    deployed: dict[str, str] | None = None,
+    calls: Mapping[str, Mapping[str, str]] | None = None,
 ) -> str:
     """`template` rendered for each board (its revisions, `values`) and the boards' blocks
     put side by side."""
@@ -324,7 +333,7 @@ def _for_boards(
                 **values,
             },
             digests,
-            deployed,
+            calls,
         )
         for hw in hardware
     ]

@@ -9,6 +9,9 @@ chunks that SWUpdate's delta handler compares with the running slot).
 (lead, index, signatures) is what travels inside the signed `.swu`; its own
 SHA-256 (in the lead) covers every chunk digest, so a chunk fetched later
 cannot be altered without the handler noticing.
+`data_size` adds up the index's uncompressed chunk lengths: the size of the
+file system the chunks rebuild, which the delta's `source-size` uses to bound
+what the handler reads of the running slot.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from twelvefactor_services.artifact.cms import run, tool
 MAGIC = b"\x00ZCK1"
 SHA256_TYPE = 1  # zchunk's hash type for SHA-256 (the header digest)
 DIGEST_LEN = 32
+# zchunk's chunk hash types (zck.h: SHA-1, SHA-256, SHA-512, SHA-512/128) and their lengths
+CHUNK_DIGEST_LEN = {0: 20, 1: 32, 2: 64, 3: 16}
+FLAG_STREAMS = 1  # reserved by the format, made by no zck release
+FLAG_OPTIONAL_ELEMENTS = 2
+FLAG_UNCOMPRESSED_DIGESTS = 4
 LEAD_MAX = len(MAGIC) + 2 * 10 + DIGEST_LEN  # two compressed integers of up to 10 bytes
 
 
@@ -67,3 +75,41 @@ def write_header(zck: Path, out: Path) -> Path:
         raise ArtifactToolError(f"{zck}: the zchunk header is cut short")
     out.write_bytes(data)
     return out
+
+
+def data_size(header: bytes) -> int:
+    """The uncompressed size of the data a zchunk `header` indexes (its chunks but the
+    first, the compression dictionary, which is not part of the data)."""
+    length = header_length(header[:LEAD_MAX])
+    if len(header) < length:
+        raise ArtifactToolError(f"the zchunk header is cut short ({len(header)} of {length} bytes)")
+    at = len(MAGIC)
+    _, at = _integer(header, at)  # header digest type, checked by header_length
+    _, at = _integer(header, at)  # header size
+    at += DIGEST_LEN + DIGEST_LEN  # the header's digest, then the data's
+    flags, at = _integer(header, at)
+    if flags & FLAG_STREAMS:
+        raise ArtifactToolError("a zchunk file with data streams: not one zck makes")
+    _, at = _integer(header, at)  # compression type
+    if flags & FLAG_OPTIONAL_ELEMENTS:
+        count, at = _integer(header, at)
+        for _ in range(count):
+            _, at = _integer(header, at)  # element id
+            size, at = _integer(header, at)
+            at += size
+    _, at = _integer(header, at)  # index size
+    hash_type, at = _integer(header, at)
+    if hash_type not in CHUNK_DIGEST_LEN:
+        raise ArtifactToolError(f"zchunk chunk hash type {hash_type} is not one zchunk defines")
+    digest = CHUNK_DIGEST_LEN[hash_type] * (2 if flags & FLAG_UNCOMPRESSED_DIGESTS else 1)
+    count, at = _integer(header, at)
+    total = 0
+    for number in range(count):
+        at += digest
+        _, at = _integer(header, at)  # compressed length
+        size, at = _integer(header, at)
+        if at > length:
+            raise ArtifactToolError("the zchunk index runs past its header")
+        if number:
+            total += size
+    return total

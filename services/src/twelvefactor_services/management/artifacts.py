@@ -24,7 +24,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,9 +33,15 @@ from typing import Any
 from twelvefactor_agent.protocol.names import SHA256_RE, VERSION_RE
 
 from twelvefactor_services.artifact import ArtifactToolError
-from twelvefactor_services.artifact.swu import Archive, SwuError, describe, read_archive
+from twelvefactor_services.artifact.swu import (
+    Archive,
+    SwuError,
+    SwuFile,
+    describe,
+    read_archive,
+)
 from twelvefactor_services.artifact.verify import verify
-from twelvefactor_services.artifact.zchunk import LEAD_MAX, header_length
+from twelvefactor_services.artifact.zchunk import LEAD_MAX, data_size, header_length
 
 
 class ArtifactError(ValueError):
@@ -202,7 +208,7 @@ class ArtifactStore:
             raise ArtifactError(
                 f"{src}: its chunks' file {zck[:12]}.zck is not here: add the .zck first"
             )
-        self._same_header(src, archive, info.files[0].filename, zck_path)
+        self._same_header(src, archive, info.files, zck_path)
         self._check_signed(src)
         sha, size = self._copy_in(src, ".swu")
         delta = {"sha256": sha, "size": size, "zck": zck, "zck_size": zck_path.stat().st_size}
@@ -215,8 +221,10 @@ class ArtifactStore:
         return updated
 
     @staticmethod
-    def _same_header(src: Path, archive: Archive, name: str, zck: Path) -> None:
-        """The .swu's header must be the stored .zck's: else every device's handler fails."""
+    def _same_header(src: Path, archive: Archive, files: Sequence[SwuFile], zck: Path) -> None:
+        """The .swu's header must be the stored .zck's: else every device's handler
+        fails; a `source-size` must be the size of the file system it indexes."""
+        name = files[0].filename
         member = archive.get(name)
         if member is None:
             raise ArtifactError(f"{src}: sw-description names {name!r}, which it does not hold")
@@ -226,10 +234,20 @@ class ArtifactStore:
             except ArtifactToolError as exc:
                 raise ArtifactError(f"{zck.name}: {exc}") from None
             f.seek(0)
-            stored = hashlib.sha256(f.read(length)).hexdigest()
-        if (member.size, member.sha256) != (length, stored):
+            header = f.read(length)
+        if (member.size, member.sha256) != (length, hashlib.sha256(header).hexdigest()):
             raise ArtifactError(
                 f"{src}: its {name} is not the header of {zck.name}: the chunks would not match"
+            )
+        try:
+            size = str(data_size(header))
+        except ArtifactToolError as exc:
+            raise ArtifactError(f"{zck.name}: {exc}") from None
+        wrong = sorted({str(f.source_size) for f in files} - {"None", size})
+        if wrong:
+            raise ArtifactError(
+                f"{src}: source-size {', '.join(wrong)} is not the {size} bytes its header"
+                " indexes: the handler reads that much of the running slot to find its chunks"
             )
 
     def _drop_delta(self, delta: dict[str, Any], keep: Artifact | None = None) -> None:
