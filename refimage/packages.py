@@ -12,6 +12,8 @@ The layer tests check the table both ways.
 
 from __future__ import annotations
 
+import fnmatch
+
 from refimage import image_contents
 
 SUITE = "trixie"
@@ -44,3 +46,14 @@ DPKG_EXCLUDES: tuple[str, ...] = (
     "path-exclude=/usr/share/doc/*",
     "path-include=/usr/share/doc/*/copyright",
 )
+
+
+def installed(path: str) -> bool:
+    """Whether dpkg, given DPKG_EXCLUDES, installs the file `path` (absolute): the
+    last filter that matches decides, and a path no filter matches is installed."""
+    keep = True
+    for rule in DPKG_EXCLUDES:
+        kind, pattern = rule.split("=", 1)
+        if fnmatch.fnmatchcase(path, pattern):
+            keep = kind == "path-include"
+    return keep

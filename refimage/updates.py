@@ -20,6 +20,14 @@ functions (refimage/swu.py; twelvefactor_services.artifact):
              sw-description is the only thing that can refuse it.
   other-hw   like good, but hardware-compatibility names a revision the image's
              /etc/hwrevision does not have.
+  package    a one-package release: like good, plus the agent's version
+             (twelvefactor_agent.__version__ + "+r<version>", which it reports to
+             the management service) and one Debian package, dosfstools, replaced
+             by another Debian release's build of it (bookworm's 4.2-1, pinned by
+             its pool path and sha256, fetched once from the Debian mirror):
+             its programs change throughout, as a rebuilt package's do, and
+             fsck.fat runs at every boot (boot.mount's systemd-fsck@), so a
+             device that confirms the release has run it. x86-64 images only.
 
 Everything is cached under OUT_ROOT/updates, keyed by its inputs: the image
 (its refimage key, or the digest of its rootfs-a partition), the kind, the
@@ -39,6 +47,7 @@ import shutil
 import struct
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,14 +56,15 @@ from twelvefactor_services.artifact import ArtifactToolError
 from twelvefactor_services.artifact import swu as swuformat
 from twelvefactor_services.artifact.template import check_version
 
-from refimage import disk, image, imagesize, swu
+from refimage import agent, disk, image, imagesize, packages, swu
 from refimage.lock import locked
-from refimage.progress import BuildError, say, step
+from refimage.progress import BuildError, run, say, step
 
 UPDATES = "updates"
 SWU_NAME = "update.swu"
 ROOTFS_NAME = "rootfs.ext4.zst"
 MANIFEST = "manifest.json"
+FETCH_SECONDS = 60  # one 142 kB .deb from the Debian mirror
 KEEP = 16  # cache folders kept (about 190 MB each); the least recently used go first
 BUILDER = Path(__file__).resolve()
 
@@ -74,12 +84,28 @@ SKIPPABLE_FRAME = struct.pack("<II", 0x184D2A5E, 8) + b"tampered"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+# The package kind's package: a leaf (its programs need only libc), so another
+# release's build of it runs on this image's libraries.
+PACKAGE_NAME = "dosfstools"
+PACKAGE_POOL = "pool/main/d/dosfstools/dosfstools_4.2-1_amd64.deb"
+PACKAGE_SHA256 = "71b0471242f7bb777264cdab55c141f1fc043b443105633a38708e125f90c4ea"
+PACKAGE_PROBE = "/usr/sbin/fsck.fat"  # a file the image must have from that package
+AGENT_INIT = f"/{agent.DIST_PACKAGES}/twelvefactor_agent/__init__.py"
+AGENT_VERSION_RE = re.compile(r'^__version__ = "([^"]+)"$', re.M)
+
+
 @dataclass(frozen=True)
 class Kind:
     broken: bool = False  # the root file system with the broken agent drop-in
+    package: bool = False  # ... with one package and the agent's version changed
     signed: bool = True
     tampered: bool = False
     other_hw: bool = False
+
+    @property
+    def variant(self) -> str:
+        """Its root file system: kinds of one variant and version share one."""
+        return "broken" if self.broken else "package" if self.package else "plain"
 
 
 KINDS: dict[str, Kind] = {
@@ -88,6 +114,7 @@ KINDS: dict[str, Kind] = {
     "unsigned": Kind(signed=False),
     "tampered": Kind(tampered=True),
     "other-hw": Kind(other_hw=True),
+    "package": Kind(package=True),
 }
 
 
@@ -112,7 +139,7 @@ def build(top: Path, image_path: Path, out_root: Path, *, kind: str, version: st
     with locked(folder):
         ident = image_identity(image_path)
         board, revision = swu.hwrevision(image_path)
-        fs_key = _key(ident, "broken" if spec.broken else "plain", version, _code())
+        fs_key = _key(ident, spec.variant, version, _code())
         key = _key(fs_key, kind, *_signing_inputs(top))
         name = f"{kind}-{version}-{key[:16]}"
         out = folder / name / SWU_NAME
@@ -120,7 +147,7 @@ def build(top: Path, image_path: Path, out_root: Path, *, kind: str, version: st
             say(f"update {kind} {version}: cached ({name})")
             os.utime(out.parent)
             return out
-        packed = _rootfs(folder, fs_key, image_path, ident, spec.broken, version)
+        packed = _rootfs(folder, fs_key, image_path, ident, spec, version)
         with step(f"update {kind} {version}: sw-description, signature, cpio"):
             hardware = f"{revision}-other" if spec.other_hw else revision
             _swu(top, folder / name, packed, spec, board, hardware, version)
@@ -211,10 +238,10 @@ def _key(*parts: str) -> str:
 
 
 def _rootfs(
-    folder: Path, fs_key: str, image_path: Path, ident: str, broken: bool, version: str
+    folder: Path, fs_key: str, image_path: Path, ident: str, spec: Kind, version: str
 ) -> Path:
     """The compressed, changed copy of rootfs-a (cached by fs_key)."""
-    variant = "broken" if broken else "plain"
+    variant = spec.variant
     done = folder / f"rootfs-{variant}-{version}-{fs_key[:16]}"
     packed = done / ROOTFS_NAME
     if packed.is_file():
@@ -229,7 +256,9 @@ def _rootfs(
         fs = work / "rootfs.ext4"
         with step(f"rootfs {variant} {version}: rootfs-a copied out, files changed (debugfs)"):
             disk.extract(image_path, "rootfs-a", fs)
-            _change(fs, work, broken=broken, version=version)
+            _change(fs, work, broken=spec.broken, version=version)
+            if spec.package:
+                _change_package(fs, work, _fetch_package(folder.parent), version)
         with step(f"rootfs {variant} {version}: sized as oe-core sizes an ext4 image"):
             imagesize.shrink_like_oe(fs)
         with step(f"rootfs {variant} {version}: zstd -{swu.ZSTD_LEVEL}"):
@@ -272,6 +301,105 @@ def _change(fs: Path, work: Path, *, broken: bool, version: str) -> None:
     for dest, text in wanted.items():
         if _cat(fs, dest).decode() != text:
             raise BuildError(f"debugfs did not write {dest} into {fs}")
+
+
+def _fetch_package(out_root: Path) -> Path:
+    """The package kind's .deb, from the builder's apt cache or the Debian mirror."""
+    cache = out_root / "apt-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    deb = cache / Path(PACKAGE_POOL).name
+    if not deb.is_file():
+        url = f"{packages.MIRROR}/{PACKAGE_POOL}"
+        partial = deb.with_name(f"{deb.name}.part-{os.getpid()}")
+        try:
+            with urllib.request.urlopen(url, timeout=FETCH_SECONDS) as answer:
+                partial.write_bytes(answer.read())
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise BuildError(
+                f"the package update's {PACKAGE_NAME}: cannot fetch {url}: {exc}"
+            ) from None
+        partial.rename(deb)
+    digest = hashlib.sha256(deb.read_bytes()).hexdigest()
+    if digest != PACKAGE_SHA256:
+        deb.unlink()
+        raise BuildError(
+            f"{deb.name} from the mirror has sha256 {digest}, not the pinned {PACKAGE_SHA256}"
+        )
+    return deb
+
+
+def package_files(tree: Path) -> tuple[list[str], dict[str, Path], dict[str, str]]:
+    """What an unpacked .deb (`tree`, from dpkg-deb -x) puts on the image, as dpkg with
+    the image's DPKG_EXCLUDES would: its regular files and symbolic links, and the
+    folders they are in (parents first)."""
+    files: dict[str, Path] = {}
+    links: dict[str, str] = {}
+    for path in sorted(tree.rglob("*")):
+        dest = "/" + path.relative_to(tree).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        if not packages.installed(dest):
+            continue
+        if path.is_symlink():
+            links[dest] = os.readlink(path)
+        elif path.is_file():
+            files[dest] = path
+        else:
+            raise BuildError(f"{dest} in the package is neither a file, a folder nor a link")
+    folders = sorted(
+        {str(parent) for dest in [*files, *links] for parent in Path(dest).parents} - {"/"},
+        key=lambda f: (f.count("/"), f),
+    )
+    return folders, files, links
+
+
+def _change_package(fs: Path, work: Path, deb: Path, version: str) -> None:
+    """Replace the package's files in `fs` with the .deb's, and set the agent's version."""
+    if _stat(fs, PACKAGE_PROBE) is None:
+        raise BuildError(
+            f"the image has no {PACKAGE_PROBE}: the package kind replaces {PACKAGE_NAME}, which"
+            " it must have"
+        )
+    tree = work / "deb"
+    run(["dpkg-deb", "-x", deb, tree])
+    folders, files, links = package_files(tree)
+    # a package built before the /usr merge names /sbin/...; dpkg writes through the
+    # image's /sbin -> usr/sbin link, debugfs does not follow links: resolve them here
+    top = {f"/{d}": _resolve(fs, f"/{d}") for d in {p.split("/")[1] for p in [*files, *links]}}
+
+    def merged(path: str) -> str:
+        first, _, rest = path[1:].partition("/")
+        return f"{top[f'/{first}']}/{rest}" if rest else top[f"/{first}"]
+
+    folders = list(dict.fromkeys(merged(f) for f in folders))
+    files = {merged(dest): src for dest, src in files.items()}
+    links = {merged(dest): target for dest, target in links.items()}
+    init = _cat(fs, AGENT_INIT).decode()
+    found = AGENT_VERSION_RE.search(init)
+    if found is None:
+        raise BuildError(f"{AGENT_INIT} sets no __version__")
+    agent_init = work / "agent-init.py"
+    agent_init.write_text(
+        AGENT_VERSION_RE.sub(f'__version__ = "{found.group(1)}+r{version}"', init, count=1)
+    )
+    agent_init.chmod(0o644)
+    files[AGENT_INIT] = agent_init
+    requests = [f'mkdir "{d}"' for d in folders if _stat(fs, d) is None]
+    for dest, src in files.items():
+        if _stat(fs, dest) is not None:
+            requests.append(f'rm "{dest}"')
+        requests.append(f'write "{src}" "{dest}"')
+    for dest, target in links.items():
+        if _stat(fs, dest) is not None:
+            requests.append(f'rm "{dest}"')
+        requests.append(f'symlink "{dest}" "{target}"')
+    _debugfs(fs, requests, write=True)
+    for dest, src in files.items():
+        if _cat(fs, dest) != src.read_bytes():
+            raise BuildError(f"debugfs did not write {dest} into {fs}")
+    shutil.rmtree(tree)  # the work folder becomes the cache entry
+    agent_init.unlink()
 
 
 def _debugfs(fs: Path, requests: list[str], *, write: bool = False) -> str:

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CERT = ROOT / "meta-twelvefactor/files/dev-signing/twelvefactor-dev-update.crt"
 OUT = ROOT / "build" / "refimage"  # the builder's cache, shared with the boot tests
 VERSION = "1.1"
-SIGNED = ("good", "broken", "tampered", "other-hw")
+SIGNED = ("good", "broken", "tampered", "other-hw", "package")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,15 @@ def _rootfs_of(folder: Path, out: Path) -> Path:
 def _debugfs(fs: Path, request: str) -> str:
     done = subprocess.run(["debugfs", "-R", request, fs], capture_output=True, text=True)
     return done.stdout
+
+
+def _debugfs_err(fs: Path, request: str) -> str:
+    done = subprocess.run(["debugfs", "-R", request, fs], capture_output=True, text=True)
+    return done.stderr
+
+
+def _cat_bytes(fs: Path, path: str) -> bytes:
+    return subprocess.run(["debugfs", "-R", f"cat {path}", fs], capture_output=True).stdout
 
 
 def test_signed_kinds_verify_and_unsigned_has_no_signature(
@@ -153,7 +162,7 @@ def test_version_and_hardware_in_sw_description(built: dict[str, Path], boot_ima
             assert info.hardware == {board: (revision,)}, kind
 
 
-@pytest.mark.parametrize("kind", ["good", "broken"])
+@pytest.mark.parametrize("kind", ["good", "broken", "package"])
 def test_root_file_system_inside_the_swu(
     built: dict[str, Path], boot_image: Path, tmp_path: Path, kind: str
 ) -> None:
@@ -186,6 +195,24 @@ def test_root_file_system_inside_the_swu(
     # the rest is the image's, e.g. its /etc/hwrevision
     original = partfs.read_text(boot_image, "rootfs-a", "/etc/hwrevision")
     assert _debugfs(fs, "cat /etc/hwrevision") == original
+    # the package kind: the agent's version, and every file of the other build of
+    # dosfstools dpkg would install, through the image's merged-/usr links
+    init = _debugfs(fs, f"cat {updates.AGENT_INIT}")
+    image_init = partfs.read_text(boot_image, "rootfs-a", updates.AGENT_INIT)
+    probe = _cat_bytes(fs, updates.PACKAGE_PROBE)
+    if kind != "package":
+        assert init == image_init
+        assert probe == partfs.read(boot_image, "rootfs-a", updates.PACKAGE_PROBE)
+        return
+    (old,) = updates.AGENT_VERSION_RE.findall(image_init)
+    assert updates.AGENT_VERSION_RE.findall(init) == [f"{old}+r{VERSION}"]
+    deb = tmp_path / "deb"
+    subprocess.run(["dpkg-deb", "-x", updates._fetch_package(OUT), deb], check=True)
+    assert probe == (deb / "sbin" / Path(updates.PACKAGE_PROBE).name).read_bytes()
+    assert probe != partfs.read(boot_image, "rootfs-a", updates.PACKAGE_PROBE)
+    assert 'Fast link dest: "fsck.fat"' in _debugfs(fs, "stat /usr/sbin/fsck.vfat")
+    assert _debugfs(fs, "cat /usr/share/doc/dosfstools/copyright").startswith("Format:")
+    assert "File not found" in _debugfs_err(fs, "stat /usr/share/man/man8/fsck.fat.8.gz")
 
 
 def test_a_second_call_takes_the_cache(built: dict[str, Path], boot_image: Path) -> None:

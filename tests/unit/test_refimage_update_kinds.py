@@ -15,7 +15,7 @@ from helpers import require_tool
 from twelvefactor_services.artifact import inspect as inspecting
 from twelvefactor_services.artifact.verify import verify
 
-from refimage import imagesize, swu, updates
+from refimage import imagesize, packages, swu, updates
 from refimage.progress import BuildError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,3 +124,80 @@ def test_a_partition_sized_ext4_image_shrinks_to_oe_cores_size(tmp_path: Path) -
         check=True,
     )
     assert listed.stdout == "qemux86-64 1.0\n"
+
+
+def test_dpkg_path_filters_keep_copyrights_and_drop_manuals() -> None:
+    assert packages.installed("/usr/sbin/fsck.fat")
+    assert packages.installed("/usr/share/doc/dosfstools/copyright")
+    assert not packages.installed("/usr/share/doc/dosfstools/changelog.gz")
+    assert not packages.installed("/usr/share/man/man8/fsck.fat.8.gz")
+    assert packages.installed("/usr/share/locale/locale.alias")
+    assert not packages.installed("/usr/share/locale/de/LC_MESSAGES/x.mo")
+
+
+def _deb(folder: Path) -> Path:
+    """A pre-/usr-merge package, as bookworm's dosfstools is: /sbin, links, manuals."""
+    tree = folder / "pkg"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        "Package: dosfstools\nVersion: 9.9-1\nArchitecture: amd64\n"
+        "Maintainer: t <t@example.org>\nDescription: test\n"
+    )
+    (tree / "sbin").mkdir()
+    (tree / "sbin/fsck.fat").write_bytes(b"\x7fELF new fsck")
+    (tree / "sbin/fsck.fat").chmod(0o755)
+    (tree / "sbin/fsck.vfat").symlink_to("fsck.fat")
+    (tree / "usr/share/doc/dosfstools").mkdir(parents=True)
+    (tree / "usr/share/doc/dosfstools/copyright").write_text("Format: test\n")
+    (tree / "usr/share/doc/dosfstools/changelog.gz").write_bytes(b"not installed")
+    (tree / "usr/share/man/man8").mkdir(parents=True)
+    (tree / "usr/share/man/man8/fsck.fat.8.gz").write_bytes(b"not installed")
+    subprocess.run(
+        [require_tool("dpkg-deb"), "-b", "--root-owner-group", tree, folder / "t.deb"],
+        check=True,
+        capture_output=True,
+    )
+    return folder / "t.deb"
+
+
+def _merged_usr_fs(folder: Path, *, with_probe: bool = True) -> Path:
+    tree = folder / "root"
+    (tree / "usr/sbin").mkdir(parents=True)
+    (tree / "sbin").symlink_to("usr/sbin")
+    if with_probe:
+        (tree / "usr/sbin/fsck.fat").write_bytes(b"\x7fELF old fsck")
+    init = tree / updates.AGENT_INIT.lstrip("/")
+    init.parent.mkdir(parents=True)
+    init.write_text('"""The agent."""\n\n__version__ = "0.4.2"\n')
+    fs = folder / "rootfs.ext4"
+    subprocess.run([require_tool("mkfs.ext4"), "-q", "-d", tree, fs, "4M"], check=True)
+    return fs
+
+
+def _read(fs: Path, path: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["debugfs", "-R", f"cat {path}", fs], capture_output=True)
+
+
+def test_package_kind_writes_the_package_through_the_merged_usr_links(tmp_path: Path) -> None:
+    require_tool("debugfs")
+    fs = _merged_usr_fs(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    updates._change_package(fs, work, _deb(tmp_path), "3.1")
+    assert _read(fs, "/usr/sbin/fsck.fat").stdout == b"\x7fELF new fsck"
+    link = subprocess.run(["debugfs", "-R", "stat /usr/sbin/fsck.vfat", fs], capture_output=True)
+    assert b'Fast link dest: "fsck.fat"' in link.stdout
+    mode = subprocess.run(["debugfs", "-R", "stat /usr/sbin/fsck.fat", fs], capture_output=True)
+    assert b"Mode:  0755" in mode.stdout
+    assert _read(fs, "/usr/share/doc/dosfstools/copyright").stdout == b"Format: test\n"
+    for dropped in ("/usr/share/doc/dosfstools/changelog.gz", "/usr/share/man/man8/fsck.fat.8.gz"):
+        assert b"not found" in _read(fs, dropped).stderr, dropped
+    assert b'__version__ = "0.4.2+r3.1"' in _read(fs, updates.AGENT_INIT).stdout
+    assert list(work.iterdir()) == []  # the work folder becomes the cache entry
+
+
+def test_package_kind_refuses_an_image_without_the_package(tmp_path: Path) -> None:
+    require_tool("debugfs")
+    fs = _merged_usr_fs(tmp_path, with_probe=False)
+    with pytest.raises(BuildError, match=r"the image has no /usr/sbin/fsck\.fat"):
+        updates._change_package(fs, tmp_path, _deb(tmp_path), "3.1")
