@@ -2,8 +2,10 @@
 
 Issue 14, before the layer ships delta artifacts: what SWUpdate's `delta` handler (in
 the reference image's SWUpdate, Debian 13's 2024.12, built with libzck) does with a
-delta `.swu` of the reference `good` update, fetching from the management service's
-artifact server (`ArtifactServer`, mutual TLS, multi-range answers), in one guest:
+delta `.swu` of a reference update (by default the `package` kind, a one-package
+release: the agent's version and another build of dosfstools), fetching from the
+management service's artifact server (`ArtifactServer`, mutual TLS, multi-range
+answers), in one guest:
 
 1. on the host, the artifact tool's `build_delta` (`twelvefactor-artifact build
    --delta-url`) makes the delta `.swu` of the update (the layer's
@@ -21,7 +23,7 @@ device's certificate (on /run), its link address (QEMU's user network: the host 
 10.0.2.2) and an empty firewall (the image lets nothing out but its tunnel). Prints
 the bytes each way and the ratio delta / full (target <= 10 %, issue 14).
 
-    sudo .venv/bin/python bench/delta_install.py [--image IMG] [--version 9.0]
+    sudo .venv/bin/python bench/delta_install.py [--image IMG] [--version 9.0] [--kind package]
 """
 
 from __future__ import annotations
@@ -36,7 +38,11 @@ from pathlib import Path
 
 from twelvefactor_services.artifact import swu as swuformat
 from twelvefactor_services.artifact.build import build_delta
-from twelvefactor_services.artifact.template import Hardware
+from twelvefactor_services.artifact.template import (
+    DELTA_TEMPLATE_NAME,
+    Hardware,
+    default_template,
+)
 from twelvefactor_services.management.artifact_server import ArtifactServer, server_context
 from twelvefactor_services.management.artifacts import ArtifactStore
 from update_install import guest_seconds, sector_padded  # beside this script
@@ -56,6 +62,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, help="disk image (default: the reference image)")
     parser.add_argument("--version", default="9.0", help="the update's version")
+    parser.add_argument(
+        "--kind",
+        default="package",
+        choices=("package", "good"),
+        help="the update: one package changed (default), or only os-release",
+    )
     args = parser.parse_args()
     if shutil.which("zck") is None or shutil.which("zstd") is None:
         print(
@@ -64,11 +76,14 @@ def main() -> int:
         )
         return 2
     image = args.image or refimage_image.build(ROOT / "build" / "refimage").disk
-    full = updates.build(
-        ROOT, image, ROOT / "build" / "refimage", kind="good", version=args.version
+    built_full = updates.build(
+        ROOT, image, ROOT / "build" / "refimage", kind=args.kind, version=args.version
     )
     with tempfile.TemporaryDirectory(prefix="bench-delta-") as tmp:
         work = Path(tmp)
+        # a copy: another build may prune the cache while the guest installs
+        full = work / "full.swu"
+        shutil.copyfile(built_full, full)
         info = swuformat.describe(full)
         packed = work / info.files[0].filename
         with full.open("rb") as archive, packed.open("wb") as out:
@@ -93,14 +108,28 @@ def main() -> int:
             lambda device, sha, n: sent.append(n),
         )
         url = f"https://10.0.2.2:{server.server_address[1]}"
-        built = build_delta(
-            raw,
-            work / "delta.swu",
-            work / "rootfs.zck",
-            version=info.version,
-            hardware=[Hardware(b, r) for b, r in info.hardware.items()],
-            signer=swu.signer(ROOT),
-            url=url,
+        hardware = [Hardware(b, r) for b, r in info.hardware.items()]
+        # the same delta without source-size: SWUpdate indexes the whole source partition
+        whole_template = work / "sw-description-delta-whole"
+        whole_template.write_text(
+            "".join(
+                line
+                for line in default_template(DELTA_TEMPLATE_NAME).read_text().splitlines(True)
+                if "source-size" not in line and "index the running file system" not in line
+            )
+        )
+        built, whole = (
+            build_delta(
+                raw,
+                work / name,
+                work / "rootfs.zck",
+                version=info.version,
+                hardware=hardware,
+                signer=swu.signer(ROOT),
+                url=url,
+                template=template,
+            )
+            for name, template in (("delta.swu", None), ("whole.swu", whole_template))
         )
         artifact = store.add(full)
         store.add_zck(artifact.sha256, built.zck)
@@ -109,8 +138,9 @@ def main() -> int:
         delta = built.swu
         header = next(m for m in _members(delta) if m.name.endswith(".zckheader"))
         delta_size = delta.stat().st_size
-        with delta.open("ab") as f:  # whole sectors for the virtio disk (cpio ignores them)
-            f.write(bytes(-delta_size % SECTOR))
+        for f in (delta, whole.swu):
+            with f.open("ab") as out_file:  # whole sectors for the virtio disk (cpio ignores them)
+                out_file.write(bytes(-f.stat().st_size % SECTOR))
         disk = work / "disk.img"
         shutil.copyfile(image, disk)
         vm = VM(disk, work / "vm")
@@ -119,7 +149,7 @@ def main() -> int:
         zstd = shutil.which("zstd") or "zstd"
         sector_padded(packed, work / "payload.zst", zstd_frame=True)
         zstd_sectors = sector_padded(Path(zstd), work / "zstd.bin", zstd_frame=False)
-        vm.extra_drives = [delta, work / "payload.zst", work / "zstd.bin"]  # vdb-vdd
+        vm.extra_drives = [delta, work / "payload.zst", work / "zstd.bin", whole.swu]  # vdb-vde
         vm.power_on()
         try:
             vm.login()
@@ -141,14 +171,23 @@ def main() -> int:
                 b'delta: { cafile = "/run/ca.crt"; sslkey = "/run/dev.key";'
                 b' sslcert = "/run/dev.crt"; };\n',
             )
-            sectors = delta.stat().st_size // SECTOR
-            vm.check(f"dd if=/dev/vdb of=/run/delta.swu bs={SECTOR} count={sectors} status=none")
-            # the install, chunk fetch included (guest_seconds: the log is /run/bench.log)
-            install = guest_seconds(
-                vm,
-                "swupdate -f /run/swupdate.cfg -v -k /etc/swupdate/update-signing.crt"
-                " -e stable,copy2 -i /run/delta.swu",
-            )
+            for drive, f in (("vdb", delta), ("vde", whole.swu)):
+                vm.check(
+                    f"dd if=/dev/{drive} of=/run/{f.name} bs={SECTOR}"
+                    f" count={f.stat().st_size // SECTOR} status=none"
+                )
+            # the installs, chunk fetch included (guest_seconds: the log is /run/bench.log);
+            # first the whole partition indexed, then the shipped delta (source-size),
+            # whose log and slot B are the ones checked
+            installs = {}
+            for f in (whole.swu, delta):
+                answers = len(sent)  # the artifact server's answers before this install
+                installs[f.name] = guest_seconds(
+                    vm,
+                    "swupdate -f /run/swupdate.cfg -v -k /etc/swupdate/update-signing.crt"
+                    f" -e stable,copy2 -i /run/{f.name}",
+                )
+            install = installs[delta.name]
             log = vm.run("grep -E 'Total bytes|downloaded|SWUpdate' /run/bench.log").output
             size = raw.stat().st_size
             got = vm.check(
@@ -171,16 +210,19 @@ def main() -> int:
             vm.power_cut()
             server.stop()
         want = hashlib.sha256(raw.read_bytes()).hexdigest()
-        fetched = sum(sent)
+        fetched = sum(sent[answers:])  # the shipped delta's answers
         moved = delta_size + fetched
         print(log)
         print(f"root file system: {size} B raw; full .swu {full.stat().st_size} B")
         print(f"zchunk file: {built.zck.stat().st_size} B, its header {header.size} B")
         print(f"delta .swu (sw-description, signature, header): {delta_size} B")
-        requests = len(server.served)
+        requests = len(sent) - answers
         print(f"chunks fetched from the artifact server: {fetched} B in {requests} request(s)")
         print(f"slot B after the install: {'the new root file system' if got == want else 'WRONG'}")
         print(f"delta install (index, chunk fetch, write): {install:8.1f} s")
+        whole_s = installs[whole.swu.name]
+        print(f"the same without source-size (index the whole partition): {whole_s:8.1f} s")
+        print(f"source-size saves: {whole_s / install:6.2f} x")
         print(f"zstd -dc | dd of the full payload (fsync): {unpack:8.1f} s   (the baseline)")
         print(f"ratio (install + chunk fetch) / (zstd | dd): {install / unpack:6.2f}")
         print(

@@ -258,7 +258,7 @@ def _rootfs(
             disk.extract(image_path, "rootfs-a", fs)
             _change(fs, work, broken=spec.broken, version=version)
             if spec.package:
-                _change_package(fs, work, _fetch_package(folder.parent), version)
+                _change_package(fs, work, fetch_package(folder.parent), version)
         with step(f"rootfs {variant} {version}: sized as oe-core sizes an ext4 image"):
             imagesize.shrink_like_oe(fs)
         with step(f"rootfs {variant} {version}: zstd -{swu.ZSTD_LEVEL}"):
@@ -303,7 +303,7 @@ def _change(fs: Path, work: Path, *, broken: bool, version: str) -> None:
             raise BuildError(f"debugfs did not write {dest} into {fs}")
 
 
-def _fetch_package(out_root: Path) -> Path:
+def fetch_package(out_root: Path) -> Path:
     """The package kind's .deb, from the builder's apt cache or the Debian mirror."""
     cache = out_root / "apt-cache"
     cache.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,6 +88,17 @@ def build_delta_update(swu: Path, url: str) -> tuple[Path, Path]:
     finally:
         rootfs.unlink(missing_ok=True)
     return out, zck
+
+
+def package_probe_sha256() -> str:
+    """sha256 of the file the package kind's .deb puts at updates.PACKAGE_PROBE."""
+    deb = updates.fetch_package(ROOT / "build" / "refimage")
+    with tempfile.TemporaryDirectory(prefix="package-probe-") as tmp:
+        subprocess.run(["dpkg-deb", "-x", deb, tmp], check=True)
+        _, files, _ = updates.package_files(Path(tmp))
+        # the .deb names it before the /usr merge (/sbin), the image after it
+        (src,) = (f for d, f in files.items() if Path(d).name == Path(updates.PACKAGE_PROBE).name)
+        return hashlib.sha256(src.read_bytes()).hexdigest()
 
 
 def running_slot(device: Device) -> str:

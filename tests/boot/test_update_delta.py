@@ -1,14 +1,18 @@
-"""A delta whose chunks are not what its signed header says (issue 14): the device's
-SWUpdate refuses them, nothing is activated, and the agent installs the full .swu.
+"""Delta updates on the device (issue 14).
 
-The update is the reference builder's `good` kind (the image with os-release
-changed), made into a delta by the artifact tool (`build_delta_update`) for the
-hub's artifact address; its `.zck` is altered on the hub after it was stored
-(a byte in every 4 KiB past the header: whatever chunks the device asks for are
-not what the signed header says). A clean delta installs in
-test_update.py::test_broken_update_rolls_back_within_the_boot_limit (delivered
-by delta, measured there against the full `.swu`). Machinery:
-testbed/boot/updating.py.
+A one-package release (the reference builder's `package` kind: the agent's
+version and another build of dosfstools, whose fsck.fat checks the ESP at every
+boot) installs by delta from the running slot into the other and back again,
+each time confirmed by the new slot, with the bytes moved against the full
+`.swu` printed and held to RAUC's figure for one package (10 %).
+
+Then a delta whose chunks are not what its signed header says: the device's
+SWUpdate refuses them, nothing is activated, and the agent installs the full
+.swu. That update is the `good` kind (os-release changed), made into a delta
+by the artifact tool (`build_delta_update`) for the hub's artifact address; its
+`.zck` is altered on the hub after it was stored (a byte in every 4 KiB past the
+header: whatever chunks the device asks for are not what the signed header
+says). Machinery: testbed/boot/updating.py.
 """
 
 from __future__ import annotations
@@ -18,17 +22,56 @@ from typing import Any
 
 from twelvefactor_services.artifact.zchunk import LEAD_MAX, header_length
 
+from refimage import updates
 from testbed.boot.device import Device
 from testbed.boot.updating import (
     Updating,
     build_delta_update,
     build_update,
     job_limit,
+    package_probe_sha256,
     running_slot,
     version,
 )
 
-RELEASE = "2.1"  # newer than every version the session's other update tests install
+# newer than every version the session's other update tests install, in this order
+THERE_AND_BACK = ("2.0", "2.1")
+RELEASE = "2.2"
+DELTA_TARGET = 0.10  # delta / full .swu, RAUC's documented figure for one package
+ESP_FSCK = "systemd-fsck@dev-disk-by\\x2dpartlabel-esp.service"  # boot.mount Wants it
+
+
+def test_a_one_package_release_installs_by_delta_there_and_back(
+    updating_device: Device, boot_image: Path
+) -> None:
+    device = updating_device
+    slots = [running_slot(device)]
+    agent = str(device.meta()["agent_version"]).split("+")[0]
+    probe = package_probe_sha256()
+    assert device.vm.check(f"sha256sum {updates.PACKAGE_PROBE}").split()[0] != probe
+    for release in THERE_AND_BACK:
+        full = build_update(boot_image, "package", release)
+        up = Updating(device, full, delta=build_delta_update(full, device.hub.artifact_url))
+        entry = up.wait_final(job_limit(boots=1, delta=1))
+        assert entry["state"] == "succeeded", (entry, up.states)
+        assert (entry["path"], entry["fallback"]) == ("delta", None), entry
+        moved = entry["sent_bytes"]  # the delta .swu (the agent) and the chunks (SWUpdate)
+        ratio = moved / full.stat().st_size
+        print(
+            f"\none-package release {release} by delta, slot {slots[-1]} -> {up.boots}:"
+            f" {moved} B sent, the full .swu {full.stat().st_size} B ({ratio:.4f})"
+        )
+        assert ratio <= DELTA_TARGET, (moved, full.stat().st_size)
+        slots.append(running_slot(device))
+        assert up.boots == [slots[-1]] and slots[-1] != slots[-2], (up.boots, slots)
+        # the device runs the new release: its version, its agent's, its package's
+        # fsck.fat, which checked the ESP at this boot (boot.mount's systemd-fsck@)
+        meta = device.meta()
+        assert (version(device), meta["agent_version"]) == (release, f"{agent}+r{release}")
+        assert device.vm.check(f"sha256sum {updates.PACKAGE_PROBE}").split()[0] == probe
+        fsck = device.vm.check(f"systemctl show -p ActiveState -p Result --value '{ESP_FSCK}'")
+        assert fsck.split() == ["active", "success"], fsck
+    assert slots[0] == slots[2], slots
 
 
 def _tamper(zck: Path) -> None:

@@ -207,7 +207,7 @@ def test_root_file_system_inside_the_swu(
     (old,) = updates.AGENT_VERSION_RE.findall(image_init)
     assert updates.AGENT_VERSION_RE.findall(init) == [f"{old}+r{VERSION}"]
     deb = tmp_path / "deb"
-    subprocess.run(["dpkg-deb", "-x", updates._fetch_package(OUT), deb], check=True)
+    subprocess.run(["dpkg-deb", "-x", updates.fetch_package(OUT), deb], check=True)
     assert probe == (deb / "sbin" / Path(updates.PACKAGE_PROBE).name).read_bytes()
     assert probe != partfs.read(boot_image, "rootfs-a", updates.PACKAGE_PROBE)
     assert 'Fast link dest: "fsck.fat"' in _debugfs(fs, "stat /usr/sbin/fsck.vfat")
