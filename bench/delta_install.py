@@ -181,6 +181,8 @@ def main() -> int:
             # whose log and slot B are the ones checked
             installs = {}
             for f in (whole.swu, delta):
+                # each from a cold page cache: the first would warm the source for the second
+                vm.check("sync && echo 3 > /proc/sys/vm/drop_caches")
                 answers = len(sent)  # the artifact server's answers before this install
                 installs[f.name] = guest_seconds(
                     vm,
