@@ -69,8 +69,11 @@ def test_a_one_package_release_installs_by_delta_there_and_back(
         meta = device.meta()
         assert (version(device), meta["agent_version"]) == (release, f"{agent}+r{release}")
         assert device.vm.check(f"sha256sum {updates.PACKAGE_PROBE}").split()[0] == probe
-        fsck = device.vm.check(f"systemctl show -p ActiveState -p Result --value '{ESP_FSCK}'")
-        assert fsck.split() == ["active", "success"], fsck
+        fsck = device.vm.check(f"systemctl show -p ActiveState -p Result '{ESP_FSCK}'")
+        assert dict(p.split("=", 1) for p in fsck.split()) == {
+            "ActiveState": "active",
+            "Result": "success",
+        }, fsck
     assert slots[0] == slots[2], slots
 
 
