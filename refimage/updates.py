@@ -65,7 +65,10 @@ SWU_NAME = "update.swu"
 ROOTFS_NAME = "rootfs.ext4.zst"
 MANIFEST = "manifest.json"
 FETCH_SECONDS = 60  # one 142 kB .deb from the Debian mirror
-KEEP = 16  # cache folders kept (about 190 MB each); the least recently used go first
+KEEP = 16  # cache folders kept (about 90 MB each); the least recently used go first
+# ... but none used within this long: the boot tier's sessions build into one cache at
+# once (about 26 folders in a run), and one must not remove what another is installing
+KEEP_SECONDS = 3 * 3600
 BUILDER = Path(__file__).resolve()
 
 OS_RELEASE = "/etc/os-release"
@@ -505,14 +508,16 @@ def _write_manifest(folder: Path, values: dict[str, object]) -> None:
 
 def _prune(folder: Path, keep: set[Path]) -> None:
     """Remove what was made from a reference image the builder has since removed,
-    then all but the KEEP most recently used folders (never the ones just used)."""
+    then all but the KEEP most recently used folders (never the ones just used, nor
+    any used in the last KEEP_SECONDS)."""
     entries = sorted(
         (p for p in folder.iterdir() if p.is_dir() and (p / MANIFEST).is_file()),
         key=lambda p: p.stat().st_mtime,
         reverse=True,
     )
     for n, entry in enumerate(entries):
-        if entry not in keep and (n >= KEEP or _image_gone(entry / MANIFEST)):
+        recent = time.time() - entry.stat().st_mtime < KEEP_SECONDS
+        if entry not in keep and ((n >= KEEP and not recent) or _image_gone(entry / MANIFEST)):
             shutil.rmtree(entry)
 
 

@@ -46,6 +46,7 @@ CONFIRM_SECONDS = 20.0
 # on 2026-12-03 at a 67 s boot.
 DELTA_SECONDS = 210.0
 BOOTLIMIT = 3
+DELTA_TARGET = 0.10  # delta / full .swu, RAUC's documented figure for one package (issue 14)
 FINAL = ("succeeded", "failed", "rolled_back")
 SLOT_PARTITION = {"A": "rootfs-a", "B": "rootfs-b"}
 
