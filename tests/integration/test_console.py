@@ -319,8 +319,10 @@ def test_a_download_shows_its_percent_and_moves_without_a_reload(
         )
         job = json.loads(device.wait_for(timeout=PACE.limit(ROUND_TRIP)).payload)["job"]
 
-        def report(percent: int) -> None:
-            payload = report_payload(job, DOWNLOADING, ts=time.time(), percent=percent)
+        def report(percent: int, path: str = "delta", fallback: str | None = None) -> None:
+            payload = report_payload(
+                job, DOWNLOADING, ts=time.time(), percent=percent, path=path, fallback=fallback
+            )
             device.publish(mgmt_up("dev-p1", "update"), payload)
 
         report(42)
@@ -341,7 +343,14 @@ def test_a_download_shows_its_percent_and_moves_without_a_reload(
         console.visit(
             page, "device-downloading", "#device-jobs td[data-percent='85']", to="#/device/dev-p1"
         )
-        report(100)
+        assert page.text_content("#device-jobs td.path") == "delta"
+        # the delta given up: the full .swu's download starts again from 0 %
+        report(10, "full", "install_failed: swupdate exited with 1")
+        page.wait_for_selector("#device-jobs td[data-percent='10']", timeout=rollout_wait())
+        assert page.text_content("#device-jobs td.path") == (
+            "full (the delta was given up: install_failed: swupdate exited with 1)"
+        )
+        report(100, "full")
         page.wait_for_selector("#device-jobs td[data-percent='100']", timeout=rollout_wait())
         console.finish(page)
     finally:

@@ -47,6 +47,13 @@ function jobCell(d) {
   return h("td", { class: d.state, "data-percent": d.percent }, `${d.state} `, h("progress", { max: 100, value: d.percent }), ` ${d.percent} %`);
 }
 
+// Which artifact the device is on (delta or full, docs/updates.md), and why it gave a
+// delta up for the full .swu.
+function jobPath(d) {
+  if (!d.path) return "";
+  return d.fallback ? `${d.path} (the delta was given up: ${d.fallback})` : d.path;
+}
+
 // Progress reports are not events (one per few percent per device would flood the feed):
 // a page showing a job under way looks again every few seconds.
 const MOVING_REFRESH = 3000;
@@ -431,11 +438,11 @@ async function devicePage(main, id) {
     h(
       "table",
       { id: "device-jobs" },
-      h("tr", {}, ["job", "artifact", "state", "reason", "updated"].map((t) => h("th", { text: t }))),
+      h("tr", {}, ["job", "artifact", "state", "by", "reason", "updated"].map((t) => h("th", { text: t }))),
       jobs.flatMap((j) =>
         j.devices
           .filter((d) => d.device === id)
-          .map((d) => h("tr", {}, h("td", { text: j.id }), h("td", { text: j.artifact.slice(0, 12) }), jobCell(d), h("td", { text: d.reason || "" }), h("td", { text: when(d.updated) }))),
+          .map((d) => h("tr", {}, h("td", { text: j.id }), h("td", { text: j.artifact.slice(0, 12) }), jobCell(d), h("td", { class: "path", text: jobPath(d) }), h("td", { text: d.reason || "" }), h("td", { text: when(d.updated) }))),
       ),
     ),
   );
