@@ -377,6 +377,14 @@ def _change_package(fs: Path, work: Path, deb: Path, version: str) -> None:
 
     folders = list(dict.fromkeys(merged(f) for f in folders))
     files = {merged(dest): src for dest, src in files.items()}
+    if PACKAGE_PROBE in files:  # ELF e_machine: the .deb's programs must run on the image
+        theirs, ours = files[PACKAGE_PROBE].read_bytes()[18:20], _cat(fs, PACKAGE_PROBE)[18:20]
+        if theirs != ours:
+            raise BuildError(
+                f"{deb.name} is built for another machine than the image's {PACKAGE_PROBE}"
+                f" (ELF e_machine {theirs.hex()} against {ours.hex()}): the package kind is"
+                " for x86-64 images"
+            )
     links = {merged(dest): target for dest, target in links.items()}
     init = _cat(fs, AGENT_INIT).decode()
     found = AGENT_VERSION_RE.search(init)

@@ -135,7 +135,15 @@ def test_dpkg_path_filters_keep_copyrights_and_drop_manuals() -> None:
     assert not packages.installed("/usr/share/locale/de/LC_MESSAGES/x.mo")
 
 
-def _deb(folder: Path) -> Path:
+def _elf(machine: int, text: bytes) -> bytes:
+    """Enough of an ELF file for its e_machine (offset 18): the builder compares it."""
+    return b"\x7fELF" + bytes(14) + machine.to_bytes(2, "little") + text
+
+
+X86_64, AARCH64 = 0x3E, 0xB7
+
+
+def _deb(folder: Path, machine: int = X86_64) -> Path:
     """A pre-/usr-merge package, as bookworm's dosfstools is: /sbin, links, manuals."""
     tree = folder / "pkg"
     (tree / "DEBIAN").mkdir(parents=True)
@@ -144,7 +152,7 @@ def _deb(folder: Path) -> Path:
         "Maintainer: t <t@example.org>\nDescription: test\n"
     )
     (tree / "sbin").mkdir()
-    (tree / "sbin/fsck.fat").write_bytes(b"\x7fELF new fsck")
+    (tree / "sbin/fsck.fat").write_bytes(_elf(machine, b"new fsck"))
     (tree / "sbin/fsck.fat").chmod(0o755)
     (tree / "sbin/fsck.vfat").symlink_to("fsck.fat")
     (tree / "usr/share/doc/dosfstools").mkdir(parents=True)
@@ -165,7 +173,7 @@ def _merged_usr_fs(folder: Path, *, with_probe: bool = True) -> Path:
     (tree / "usr/sbin").mkdir(parents=True)
     (tree / "sbin").symlink_to("usr/sbin")
     if with_probe:
-        (tree / "usr/sbin/fsck.fat").write_bytes(b"\x7fELF old fsck")
+        (tree / "usr/sbin/fsck.fat").write_bytes(_elf(X86_64, b"old fsck"))
     init = tree / updates.AGENT_INIT.lstrip("/")
     init.parent.mkdir(parents=True)
     init.write_text('"""The agent."""\n\n__version__ = "0.4.2"\n')
@@ -184,7 +192,7 @@ def test_package_kind_writes_the_package_through_the_merged_usr_links(tmp_path: 
     work = tmp_path / "work"
     work.mkdir()
     updates._change_package(fs, work, _deb(tmp_path), "3.1")
-    assert _read(fs, "/usr/sbin/fsck.fat").stdout == b"\x7fELF new fsck"
+    assert _read(fs, "/usr/sbin/fsck.fat").stdout == _elf(X86_64, b"new fsck")
     link = subprocess.run(["debugfs", "-R", "stat /usr/sbin/fsck.vfat", fs], capture_output=True)
     assert b'Fast link dest: "fsck.fat"' in link.stdout
     mode = subprocess.run(["debugfs", "-R", "stat /usr/sbin/fsck.fat", fs], capture_output=True)
@@ -201,3 +209,10 @@ def test_package_kind_refuses_an_image_without_the_package(tmp_path: Path) -> No
     fs = _merged_usr_fs(tmp_path, with_probe=False)
     with pytest.raises(BuildError, match=r"the image has no /usr/sbin/fsck\.fat"):
         updates._change_package(fs, tmp_path, _deb(tmp_path), "3.1")
+
+
+def test_package_kind_refuses_a_package_for_another_machine(tmp_path: Path) -> None:
+    require_tool("debugfs")
+    fs = _merged_usr_fs(tmp_path)
+    with pytest.raises(BuildError, match="e_machine b700 against 3e00"):
+        updates._change_package(fs, tmp_path, _deb(tmp_path, AARCH64), "3.1")
