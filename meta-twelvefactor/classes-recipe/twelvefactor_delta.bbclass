@@ -75,7 +75,11 @@ def twelvefactor_zck_size(d, s, filename):
             integer()
             at += integer()
     integer()  # index size
-    digest = {0: 20, 1: 32, 2: 64, 3: 16}[integer()] * (2 if flags & 4 else 1)
+    lengths = {0: 20, 1: 32, 2: 64, 3: 16}  # SHA-1, SHA-256, SHA-512, SHA-512/128
+    hash_type = integer()
+    if hash_type not in lengths:
+        bb.fatal("twelvefactor_zck_size: %s has chunk hash type %d, not one zchunk defines" % (filename, hash_type))
+    digest = lengths[hash_type] * (2 if flags & 4 else 1)
     total = 0
     for number in range(integer()):
         at += digest

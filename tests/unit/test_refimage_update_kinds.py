@@ -7,7 +7,10 @@ from the reference image (tests/boot/test_update_images.py) and installs them.""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -216,3 +219,24 @@ def test_package_kind_refuses_a_package_for_another_machine(tmp_path: Path) -> N
     fs = _merged_usr_fs(tmp_path)
     with pytest.raises(BuildError, match="e_machine b700 against 3e00"):
         updates._change_package(fs, tmp_path, _deb(tmp_path, AARCH64), "3.1")
+
+
+def test_prune_keeps_what_was_used_lately_and_drops_the_oldest_beyond_keep(
+    tmp_path: Path,
+) -> None:
+    """Several boot sessions build into one cache at once: a count alone let one remove
+    the .swu another was installing."""
+    now = time.time()
+    entries = []
+    for n in range(updates.KEEP + 4):
+        entry = tmp_path / f"good-1.{n}-x"
+        entry.mkdir()
+        (entry / updates.MANIFEST).write_text(json.dumps({"image": "/elsewhere.img"}))
+        entries.append(entry)
+    updates._prune(tmp_path, keep=set())
+    assert all(e.exists() for e in entries)  # all used just now
+    old = now - updates.KEEP_SECONDS - 60
+    for n, entry in enumerate(entries):  # the first ones the least recently used
+        os.utime(entry, (old + n, old + n))
+    updates._prune(tmp_path, keep={entries[0]})
+    assert [e.exists() for e in entries] == [True] + [False] * 3 + [True] * updates.KEEP
