@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import time
@@ -143,6 +144,60 @@ def test_a_metered_device_sleeps_and_brings_everything_at_its_next_check_in(
     assert agent.client().status()["config"]["version"] == version  # type: ignore[index]
     # The second check-in resumed both TLS sessions: no certificate crossed the link again.
     assert agent.log_file.read_text().count("(TLS resumed)") == 2
+
+
+def test_queued_data_wakes_a_metered_device_by_its_size_and_then_by_its_age(
+    stack: Stack, services: Any, tmp_path: Path
+) -> None:
+    """An alarm must not wait four hours (issue 18): data queued past `early_bytes` brings
+    a check-in at once, and a small message left queued brings one when it is
+    `early_age` old (the shortest allowed, a minute), neither waiting for the schedule."""
+    management, _ = services
+    early_bytes, early_age = 2048, 60
+    link = {**LINK, "early_bytes": early_bytes, "early_age": early_age}
+    agent = HostAgent(stack, "dev-e", tmp_path / "dev-e", link=link)
+    archive = stack.archive_dir / "dev-e.jsonl"
+
+    def archived(count: int, what: str, timeout: float) -> list[dict[str, Any]]:
+        return wait_until(
+            lambda: (r := read_archive(archive)) and len(r) >= count and r,
+            timeout=timeout,
+            what=what,
+        )
+
+    def wakes() -> list[str]:
+        return re.findall(r"link: checking in \(([a-z ]+)\)", agent.log_file.read_text())
+
+    try:
+        started = time.time()
+        PACE.timed("agent", agent.start)
+        asleep_again(management, agent, started, "dev-e")
+        assert wakes() == []  # the check-in at start is not an early one
+        # by size: three readings of 1,000 B pass 2,048 B on the third
+        with agent.client() as client:
+            big = [client.publish("burst", bytes([i]) * 1000) for i in range(3)]
+        by_size = time.time()
+        records = archived(
+            3, "the burst archived", PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP)
+        )
+        assert [r["seq"] for r in records] == big
+        assert wakes() == ["queue size"]
+        asleep_again(management, agent, by_size, "dev-e")
+        # by age: one small reading, far below the size, goes when a minute old
+        with agent.client() as client:
+            small = client.publish("burst", b"alarm")
+        queued = time.time()
+        records = archived(
+            4,
+            "the small reading archived",
+            early_age + PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP),
+        )
+        assert [r["seq"] for r in records] == [*big, small]  # in order, exactly once
+        assert records[-1]["received_ts"] >= queued + early_age - 1, (records[-1], queued)
+        assert wakes() == ["queue size", "queue age"]
+        asleep_again(management, agent, queued, "dev-e")
+    finally:
+        agent.close()
 
 
 def test_a_device_powered_off_while_asleep_is_overdue_once_its_window_has_passed(
