@@ -99,3 +99,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=["tcg", "kvm"],
         help="QEMU accelerator (default tcg: the CI machines have no KVM)",
     )
+    group.addoption(
+        "--epoch-boot-elsewhere",
+        action="store_true",
+        help="no boot at systemd's epoch before this session's first update: another"
+        " session of the same run makes one before its updates (scripts/test: the boot"
+        " session, test_device.py then the power cuts)",
+    )

@@ -93,6 +93,25 @@ def build_delta_update(swu: Path, url: str) -> tuple[Path, Path]:
     return out, zck
 
 
+def root_image_digest(swu: Path) -> tuple[str, int]:
+    """sha256 and size of the root file system inside `swu`, decompressed: the bytes its
+    install writes at the start of the idle slot."""
+    image = swuformat.describe(swu).files[0].filename
+    with swu.open("rb") as archive:
+        cpio = subprocess.Popen(
+            ["cpio", "-i", "--quiet", "--to-stdout", image], stdin=archive, stdout=subprocess.PIPE
+        )
+        zstd = subprocess.Popen(["zstd", "-dc"], stdin=cpio.stdout, stdout=subprocess.PIPE)
+        assert cpio.stdout is not None and zstd.stdout is not None
+        cpio.stdout.close()  # zstd holds it
+        h, size = hashlib.sha256(), 0
+        while block := zstd.stdout.read(4 << 20):
+            h.update(block)
+            size += len(block)
+        assert zstd.wait() == 0 and cpio.wait() == 0, image
+    return h.hexdigest(), size
+
+
 def package_probe_sha256() -> str:
     """sha256 of the file the package kind's .deb puts at updates.PACKAGE_PROBE."""
     deb = updates.fetch_package(ROOT / "build" / "refimage")
@@ -118,9 +137,13 @@ def job_limit(boots: int, windows: int = 0, link: float = 0.0, delta: int = 0) -
     return PACE.limit(work, windows * window + link)
 
 
-def partition_digest(image: Path, slot: str) -> str:
-    """sha256 of a slot's partition, read from the host side of the disk image."""
+def partition_digest(image: Path, slot: str, length: int | None = None) -> str:
+    """sha256 of a slot's partition (its first `length` bytes), read from the host side
+    of the disk image."""
     offset, size = disk.read_table(image)[SLOT_PARTITION[slot]]
+    if length is not None:
+        assert length <= size, (length, size)
+        size = length
     h = hashlib.sha256()
     with image.open("rb") as f:
         f.seek(offset)
@@ -211,6 +234,27 @@ class Updating:
                 raise VMError(f"job {self.job} ended {entry} waiting for {what}; {self.states}")
             time.sleep(0.5)
         raise VMError(f"job {self.job}: no {what} in {timeout:.0f} s; last {entry}; {self.states}")
+
+    def wait_swupdate(
+        self, lines: str, done: Callable[[list[str]], bool], what: str, timeout: float
+    ) -> list[str]:
+        """Until `done` holds for the lines of this boot's SWUpdate journal that match the
+        extended regular expression `lines` (SWUpdate is the daemon the agent hands the
+        file to; it says where a delta install stands, which no report does: the .swu
+        fed to it is the zchunk header, fed whole before the handler starts). Raises
+        when the job ends first."""
+        deadline = time.monotonic() + timeout
+        command = f"journalctl -b -u swupdate --no-pager -o cat | grep -E '{lines}' || true"
+        while time.monotonic() < deadline:
+            self.keep_powered()
+            journal = self.device.vm.check(command).splitlines()
+            if done(journal):
+                return journal
+            entry = self.state()
+            if entry["state"] in FINAL:
+                raise VMError(f"job {self.job} ended {entry} waiting for {what}; {self.states}")
+            time.sleep(0.5)
+        raise VMError(f"job {self.job}: no {what} in {timeout:.0f} s; {self.states}")
 
     def wait_final(self, timeout: float) -> dict[str, Any]:
         return self.wait(lambda e: e["state"] in FINAL, "a final state", timeout, final_ok=True)

@@ -137,12 +137,14 @@ def device(
 
 
 @pytest.fixture(scope="module")
-def after_an_epoch_boot(device: Device) -> Device:
+def after_an_epoch_boot(request: pytest.FixtureRequest, device: Device) -> Device:
     """The first update comes after a boot at systemd's epoch: a SWUpdate started
     on such a clock refused every later update (docs/decisions.md, "SWUpdate
     starts on demand, not at boot"). test_device.py ends with such a boot; where the
-    update tests run in a session of their own (scripts/test), the first module makes one."""
-    if device.epoch_boots == 0:
+    update tests run in a session of their own, the first module makes one, unless
+    --epoch-boot-elsewhere says another session of the run covers it (scripts/test:
+    a boot of about two minutes, with the hub's stale wait, saved twice)."""
+    if device.epoch_boots == 0 and not request.config.getoption("epoch_boot_elsewhere"):
         device.power_cycle_at_the_epoch()
         # the device's first handshakes carry a stamp older than the hub's last:
         # the tunnel may come up only once the hub forgets it (STALE_AFTER quiet)

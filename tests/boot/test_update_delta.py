@@ -2,9 +2,13 @@
 
 A one-package release (the reference builder's `package` kind: the agent's
 version and another build of dosfstools, whose fsck.fat checks the ESP at every
-boot) installs by delta from slot A into slot B and the new slot confirms, with
-the bytes moved against the full `.swu` printed and held to RAUC's figure for
-one package (10 %). The way back by delta, from B into A, is test_update.py's
+boot) installs by delta from slot A into slot B through a power cut made while
+the chunks come over a slow link and SWUpdate writes the idle slot (its journal
+says what it will fetch and not that it has; the kernel counts sectors written to
+the slot): the old slot boots, the install starts again, and the new slot
+confirms, with the bytes moved against the full `.swu` printed and held to
+RAUC's figure for one package (10 %: they include the chunks fetched before the
+cut). The way back by delta, from B into A, is test_update.py's
 broken update, which runs after this file in the same session: its slot boots
 (three times) but never confirms, by design.
 
@@ -19,6 +23,7 @@ says). Machinery: testbed/boot/updating.py.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ from refimage import updates
 from testbed.boot.device import Device
 from testbed.boot.updating import (
     DELTA_TARGET,
+    SLOT_PARTITION,
     Updating,
     build_delta_update,
     build_update,
@@ -42,30 +48,73 @@ from testbed.boot.updating import (
 PACKAGE_RELEASE = "1.0.1"
 RELEASE = "1.0.2"
 ESP_FSCK = "systemd-fsck@dev-disk-by\\x2dpartlabel-esp.service"  # boot.mount Wants it
+# What SWUpdate's delta handler says as it goes (handlers/delta_handler.c), and the
+# link's rate for the chunks (about 8 KB/s: the cut lands seconds into them)
+STARTED, FETCHING, FETCHED = (
+    "Software Update started",
+    "Total bytes to be downloaded",
+    "Total downloaded data",
+)
+SWUPDATE_SAYS = "|".join((STARTED, FETCHING, FETCHED))
+SLOW_LINK = "64kbit"
 
 
-def test_a_one_package_release_installs_by_delta_and_confirms(
+def test_a_one_package_release_installs_by_delta_through_a_power_cut_and_confirms(
     updating_device: Device, boot_image: Path
 ) -> None:
     device = updating_device
+    vm = device.vm
     old = running_slot(device)
     agent = str(device.meta()["agent_version"]).split("+")[0]
     probe = package_probe_sha256()
-    assert device.vm.check(f"sha256sum {updates.PACKAGE_PROBE}").split()[0] != probe
+    assert vm.check(f"sha256sum {updates.PACKAGE_PROBE}").split()[0] != probe
     full = build_update(boot_image, "package", PACKAGE_RELEASE)
     size = full.stat().st_size  # read now: the cache is shared with the other sessions
+    idle = "B" if old == "A" else "A"
+    written = _sectors_written(device, idle)
     up = Updating(device, full, delta=build_delta_update(full, device.hub.artifact_url))
+    # The cut: while the chunks come (on a slow link from the moment the install starts:
+    # they would take minutes) and SWUpdate writes the idle slot, in one: the handler
+    # writes the new slot in order, from the running one and the chunks as they come.
+    said = up.wait_swupdate(
+        SWUPDATE_SAYS,
+        lambda lines: sum(STARTED in line for line in lines) >= 2,  # the dry run, the install
+        "the install's start",
+        job_limit(boots=0, delta=1),
+    )
+    assert not any(FETCHING in line for line in said), said
+    device.hub.underlay.limit_rate(SLOW_LINK)
+    try:
+        said = up.wait_swupdate(
+            SWUPDATE_SAYS,
+            lambda lines: any(FETCHING in line for line in lines),
+            "the chunks' fetch",
+            job_limit(boots=0, delta=1),
+        )
+        deadline = time.monotonic() + job_limit(boots=0)
+        while _sectors_written(device, idle) == written:  # the slot's write has begun
+            assert time.monotonic() < deadline, "SWUpdate wrote nothing to the idle slot"
+            time.sleep(0.5)
+        said = up.wait_swupdate(SWUPDATE_SAYS, lambda _: True, "", job_limit(boots=0))
+        vm.power_cut()
+    finally:
+        device.hub.underlay.limit_rate(None)
+    assert not any(FETCHED in line for line in said), said  # the cut came before the end
+    up.power_on()
+    device.wait_online("power cut while fetching the chunks and writing the slot")
+    assert running_slot(device) == old  # a half-written slot is never selected
     entry = up.wait_final(job_limit(boots=1, delta=1))
     assert entry["state"] == "succeeded", (entry, up.states)
     assert (entry["path"], entry["fallback"]) == ("delta", None), entry
     moved = entry["sent_bytes"]  # the delta .swu (the agent) and the chunks (SWUpdate)
     print(
-        f"\none-package release {PACKAGE_RELEASE} by delta, slot {old} -> {up.boots}:"
+        f"\none-package release {PACKAGE_RELEASE} by delta through a power cut,"
+        f" slot {old} -> {up.boots}:"
         f" {moved} B sent, the full .swu {size} B ({moved / size:.4f})"
     )
     assert moved / size <= DELTA_TARGET, (moved, size)
     new = running_slot(device)
-    assert up.boots == [new] and new != old, (up.boots, old)
+    assert up.boots == [old, new] and new != old, (up.boots, old)
     # the device runs the new release: its version, its agent's, its package's
     # fsck.fat, which checked the ESP at this boot (boot.mount's systemd-fsck@)
     meta = device.meta()
@@ -79,6 +128,12 @@ def test_a_one_package_release_installs_by_delta_and_confirms(
         "ActiveState": "active",
         "Result": "success",
     }, fsck
+
+
+def _sectors_written(device: Device, slot: str) -> int:
+    """Sectors the kernel has written to a slot's partition since this boot."""
+    name = f"$(basename $(readlink -f /dev/disk/by-partlabel/{SLOT_PARTITION[slot]}))"
+    return int(device.vm.check(f"cat /sys/class/block/{name}/stat").split()[6])
 
 
 def _tamper(zck: Path) -> None:
