@@ -88,12 +88,19 @@ OBSERVER_SUFFIX = "-eye"
 class Stack(ServicesStack):
     """PKI + broker + services in ``root``; start the pieces a test needs."""
 
-    def __init__(self, root: Path, *, address: str = LOCALHOST) -> None:
+    def __init__(
+        self, root: Path, *, address: str = LOCALHOST, solution_database: str | None = None
+    ) -> None:
         pki_dir = root / "pki"
         if not (pki_dir / "ca.crt").exists():
             make_pki(pki_dir)
         # A test may watch what the broker carries to a device as `<id>-eye`.
-        super().__init__(root, address=address, observer_suffix=OBSERVER_SUFFIX)
+        super().__init__(
+            root,
+            address=address,
+            observer_suffix=OBSERVER_SUFFIX,
+            solution_database=solution_database,
+        )
 
     # -- endpoints and identities -------------------------------------------------
 

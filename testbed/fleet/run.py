@@ -419,7 +419,7 @@ def run(opts: Options) -> dict[str, Any]:
         sent = sum(d["seq"] for d in tally.values())
 
         def in_archive() -> int:
-            accepted, owed = solution_counts(stack.solution_db)
+            accepted, owed = solution_counts(Path(stack.solution_db))  # the bench: SQLite
             return accepted - owed
 
         archived_at = wait_for(in_archive, sent, stall, "archive holds every message", poll=0.5)

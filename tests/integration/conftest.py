@@ -18,6 +18,7 @@ from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.process import LaunchError
 
 from testbed.pace import PACE
+from testbed.postgres import Postgres, PostgresError, bindir
 from testbed.probe import Probe
 from testbed.stack import ServiceProcess, Stack
 
@@ -95,3 +96,30 @@ def services(stack: Stack) -> tuple[ServiceProcess, ServiceProcess]:
         return stack.start_all(max_backoff=2.0)
     except LaunchError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """Debian's PostgreSQL server, started by the tests in a folder of its own on a free
+    port (never the machine's own cluster); stopped at the end of the session."""
+    try:
+        bindir()
+    except PostgresError as exc:
+        pytest.fail(f"{exc}", pytrace=False)
+    server = Postgres()
+    try:
+        server.start()
+    except PostgresError as exc:
+        pytest.fail(f"{exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store keeps its state: a SQLite file (the embedded default), or a fresh
+    database of the session's PostgreSQL server; every test that takes it runs on both."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    server: Postgres = request.getfixturevalue("postgres")
+    return server.new_database()

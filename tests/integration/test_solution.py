@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from twelvefactor_services.solution.cli import main as solution_cli
+from twelvefactor_services.solution.delivery import LEASE_TTL
 from twelvefactor_services.solution.envelope import parse_envelope
 from twelvefactor_services.solution.receivers import ArchiveReceiver, read_archive
 from twelvefactor_services.solution.store import Store
@@ -219,6 +220,46 @@ def test_nothing_lost_while_the_service_is_down_or_killed(stack: Stack, probes: 
     wait_archived(stack, "dev-104", list(range(1, 51)))
 
 
+def test_two_copies_on_one_database_deliver_every_message_once_through_a_kill9(
+    database: str,
+    tmp_path: Path,
+    run_stack: Callable[[Stack], Stack],
+    probes: MakeProbe,
+    webhook: Webhook,
+) -> None:
+    """Issue 15: two copies of the solution service on one database (SQLite, the
+    embedded default, and PostgreSQL), one killed with SIGKILL in the middle of a burst:
+    every message is archived and given to the webhook exactly once, in order (the
+    copies both take every message; the database decides which one stores it, and the
+    receivers' leases which copy delivers)."""
+    stack = run_stack(Stack(tmp_path / "stack", solution_database=database))
+    first = stack.solution(webhook=webhook.url, max_backoff=2.0)
+    second = stack.solution(webhook=webhook.url, max_backoff=2.0)
+    first.start()
+    second.start()
+    dev = sensor(stack, probes, "dev-107")
+    send(dev, "dev-107", range(1, 21))
+    first.kill()  # no goodbye: its leases run out, the other copy takes over
+    send(dev, "dev-107", range(21, 41))
+    # the leases' timer, then the other copy's next look (a third of it) and the work
+    deadline = PACE.limit(4 * ROUND_TRIP, LEASE_TTL * 4 / 3)
+    wait_until(
+        lambda: archived(stack, "dev-107") == list(range(1, 41)), deadline, "the archive's 40"
+    )
+    wait_until(lambda: len(webhook.taken) >= 40, deadline, "the webhook's 40 messages")
+    time.sleep(PACE.limit(ROUND_TRIP))  # a second delivery would come now
+    assert seqs(webhook) == list(range(1, 41))
+    first.start()  # back: nothing is delivered twice
+    send(dev, "dev-107", range(35, 46))  # a device resending what it is unsure of
+    wait_until(
+        lambda: archived(stack, "dev-107") == list(range(1, 46)), deadline, "the archive's 45"
+    )
+    wait_until(lambda: len(webhook.taken) >= 45, deadline, "the webhook's 45 messages")
+    time.sleep(PACE.limit(ROUND_TRIP))
+    assert seqs(webhook) == list(range(1, 46))
+    assert Store(database).counts() == {"accepted": 45}
+
+
 def test_archive_is_exactly_once_across_a_restart(stack: Stack, probes: MakeProbe) -> None:
     svc = stack.solution()
     svc.start()
@@ -275,9 +316,9 @@ def test_archive_receiver_streams_a_large_file_instead_of_reading_it_whole(
     assert len(lines) == 20_001 and json.loads(lines[-1]) == {"seq": 20_001}
 
 
-def test_store_dedups_in_one_transaction_and_leases_one_deliverer(tmp_path: Path) -> None:
+def test_store_dedups_in_one_transaction_and_leases_one_deliverer(database: str) -> None:
     env = parse_envelope("dev-1", ("data", "s"), json.dumps(envelope("dev-1", 1, "s")).encode())
-    a, b = Store(tmp_path / "s.db"), Store(tmp_path / "s.db")
+    a, b = Store(database), Store(database)
     assert a.accept(env, 1.0, ["archive", "webhook"]) is True
     assert b.accept(env, 2.0, ["archive", "webhook"]) is False
     assert a.counts() == {"accepted": 1, "pending.archive": 1, "pending.webhook": 1}
@@ -289,6 +330,25 @@ def test_store_dedups_in_one_transaction_and_leases_one_deliverer(tmp_path: Path
     assert not b.lease("archive", "copy-b", now=105.0, ttl=10.0)
     assert a.lease("archive", "copy-a", now=105.0, ttl=10.0)  # renewal
     assert b.lease("archive", "copy-b", now=116.0, ttl=10.0)  # expired: taken over
+    assert not a.lease("archive", "copy-a", now=117.0, ttl=10.0)
+    # refusals counted, then the message set aside; the device's next one may go
+    [first] = a.pending("archive")
+    a.delivered(first.id)
+    env2 = parse_envelope("dev-1", ("data", "s"), json.dumps(envelope("dev-1", 2, "s")).encode())
+    assert a.accept(env2, 3.0, ["archive"]) is True
+    [item] = a.pending("archive", skip=["dev-9"])
+    assert a.pending("archive", skip=["dev-1"]) == []
+    assert a.failed(item.id, "refused", max_attempts=2, now=200.0) == 1
+    assert b.failed(item.id, "refused again", max_attempts=2, now=201.0) == 0
+    assert a.pending("archive") == []
+    [letter] = b.dead_letters()
+    assert (letter["device"], letter["seq"], letter["attempts"]) == ("dev-1", 2, 2)
+    assert (letter["last_error"], letter["set_aside"]) == ("refused again", 201.0)
+    assert a.counts() == {"accepted": 2, "dead.archive": 1}
+    b.release("archive", "copy-b")
+    assert a.lease("archive", "copy-a", now=118.0, ttl=10.0)  # released: free at once
+    a.close()
+    b.close()
 
 
 def test_full_stack_fixture_serves_both_sides(

@@ -119,8 +119,12 @@ class ServicesStack:
         management_port: int | None = None,
         solution_port: int | None = None,
         observer_suffix: str | None = None,
+        solution_database: str | None = None,
     ) -> None:
+        """`solution_database`: where the solution copies keep their state (a SQLite
+        file's path or a postgresql:// URL; default solution/solution.db)."""
         self.root = root
+        self.solution_database = solution_database
         root.mkdir(parents=True, exist_ok=True)
         pki_dir = root / "pki"
         if not (pki_dir / "ca.crt").exists():
@@ -302,8 +306,9 @@ class ServicesStack:
         return self.root / "management" / "registry.db"
 
     @property
-    def solution_db(self) -> Path:
-        return self.root / "solution" / "solution.db"
+    def solution_db(self) -> str:
+        """The solution copies' database: a SQLite file's path or a PostgreSQL URL."""
+        return self.solution_database or str(self.root / "solution" / "solution.db")
 
     @property
     def artifact_dir(self) -> Path:

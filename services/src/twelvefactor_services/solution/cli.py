@@ -84,7 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the service in the foreground")
     service_args.add_service_args(serve)
-    serve.add_argument("--db", type=Path, required=True, help="dedup + outbox (SQLite)")
+    serve.add_argument(
+        "--db",
+        required=True,
+        help="dedup, outbox and leases: a SQLite file's path or a postgresql:// URL",
+    )
     serve.add_argument("--archive-dir", type=Path, required=True)
     serve.add_argument("--webhook", help="also POST every message to this URL")
     serve.add_argument("--webhook-timeout", type=float, default=10.0)
@@ -123,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device")
     p.add_argument("--json", action="store_true", help="the archive's JSON lines as they are")
     d = sub.add_parser("dead-letters", help="messages a receiver refused too often (JSON lines)")
-    d.add_argument("--db", type=Path, required=True)
+    d.add_argument("--db", required=True, help="a SQLite file's path or a postgresql:// URL")
     args = parser.parse_args(argv)
     if args.command == "archive":
         return _archive(args.archive_dir, args.device, args.json)
@@ -170,8 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return SolutionService(cfg).run()
 
 
-def _dead_letters(db: Path) -> int:
-    if not db.exists():
+def _dead_letters(db: str) -> int:
+    if "://" not in db and not Path(db).exists():
         print(f"twelvefactor-solution: {db} does not exist", file=sys.stderr)
         return 1
     store = Store(db)

@@ -22,6 +22,11 @@ from twelvefactor_services.solution.store import Store
 log = logging.getLogger("twelvefactor.solution.delivery")
 
 
+# How long a copy's right to deliver lasts unrenewed: a copy killed while holding it
+# delays its receiver's messages this long at most, then another copy takes over.
+LEASE_TTL = 15.0
+
+
 class DeliveryWorker(threading.Thread):
     """Delivers while it holds the receiver's lease, so copies never deliver twice at once.
 
@@ -31,12 +36,12 @@ class DeliveryWorker(threading.Thread):
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: str | Path,
         receiver: Receiver,
         owner: str,
         stop: threading.Event,
         *,
-        lease_ttl: float = 15.0,
+        lease_ttl: float = LEASE_TTL,
         max_backoff: float = 30.0,
         max_attempts: int = 10,
     ) -> None:
@@ -54,7 +59,7 @@ class DeliveryWorker(threading.Thread):
         self.waiting: dict[str, tuple[float, int]] = {}
 
     def run(self) -> None:
-        store = Store(self.db_path)  # SQLite connections stay in their thread
+        store = Store(self.db_path)  # a connection pool of its own (SQLite: in its thread)
         try:
             self._loop(store)
         except Exception:

@@ -51,7 +51,7 @@ SESSION_EXPIRY = 7 * 86400
 
 @dataclass(frozen=True)
 class SolutionConfig:
-    db: Path
+    db: str | Path  # a SQLite file's path or a postgresql:// URL
     identity: Identity
     broker: Endpoint
     # None: a plain persistent subscription per copy (the default). mosquitto 2.0

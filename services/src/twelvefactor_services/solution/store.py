@@ -1,4 +1,6 @@
-"""Deduplication, outbox and receiver leases in SQLite (shared by all service copies).
+"""Deduplication, outbox and receiver leases (shared by all service copies), in a SQLite
+file or in PostgreSQL (twelvefactor_services.database; the schema is versioned by the
+migrations beside this module).
 
 A message is accepted once per (device, seq): the dedup row and one outbox row
 per receiver are written in one transaction, and the MQTT message is
@@ -10,71 +12,32 @@ receiver will never take must not hold back the device's later ones for ever.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import sqlalchemy as sa
+
+from twelvefactor_services import database
 from twelvefactor_services.solution.envelope import Envelope
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    device TEXT NOT NULL,
-    queue_id TEXT NOT NULL,             -- the device's queue file ('' before version 1)
-    seq INTEGER NOT NULL,
-    stream TEXT NOT NULL,
-    ts REAL NOT NULL,
-    received_ts REAL NOT NULL,
-    PRIMARY KEY (device, queue_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    receiver TEXT NOT NULL,
-    device TEXT NOT NULL,
-    queue_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    record TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    UNIQUE (receiver, device, queue_id, seq)
-);
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY,              -- the outbox row's id
-    receiver TEXT NOT NULL,
-    device TEXT NOT NULL,
-    queue_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    record TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    last_error TEXT,
-    set_aside REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS leases (
-    receiver TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    until REAL NOT NULL
-);
-"""
-
-
-VERSION = 1  # PRAGMA user_version: 1 = deduplication per (device, queue_id, seq)
-# Version 0 deduplicated on (device, seq): its rows move over with queue_id ''.
-MIGRATE_FROM_0 = (
-    """
+PACKAGE = "twelvefactor_services.solution"
+VERSION_TABLE = "solution_schema"
+# A SQLite file made before the migrations: PRAGMA user_version 1 is revision 0001;
+# version 0 deduplicated on (device, seq), and its rows move over with queue_id ''.
+MIGRATE_FROM_0 = """
 ALTER TABLE messages RENAME TO messages_v0;
 ALTER TABLE outbox RENAME TO outbox_v0;
 DROP TABLE IF EXISTS dead_letters;
+DROP TABLE IF EXISTS leases;
 """
-    + SCHEMA
-    + """
+COPY_FROM_0 = """
 INSERT INTO messages SELECT device, '', seq, stream, ts, received_ts FROM messages_v0;
 INSERT INTO outbox (id, receiver, device, queue_id, seq, record, attempts, last_error)
     SELECT id, receiver, device, '', seq, record, attempts, last_error FROM outbox_v0;
 DROP TABLE messages_v0;
 DROP TABLE outbox_v0;
 """
-)
 
 
 @dataclass(frozen=True)
@@ -87,40 +50,36 @@ class Pending:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # an acked message must survive power loss
-        self.db.execute("PRAGMA busy_timeout=10000")
+    def __init__(self, target: str | Path) -> None:
+        """`target`: a SQLite file's path, or a postgresql:// URL."""
+        self.db = database.engine(target)
         self._migrate()
 
+    def _statements(self, script: str) -> list[str]:
+        return [s for s in script.split(";") if s.strip()]
+
     def _migrate(self) -> None:
-        with self._write():
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if version == VERSION:
-                return
-            old = self.db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
-            ).fetchone()
-            script = MIGRATE_FROM_0 if old else SCHEMA
-            for statement in script.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
-            self.db.execute(f"PRAGMA user_version = {VERSION}")
+        if database.revision(self.db, VERSION_TABLE) is None and self.db.dialect.name == "sqlite":
+            with self.db.begin() as conn:
+                old = conn.exec_driver_sql(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+                ).fetchone()
+                version = conn.exec_driver_sql("PRAGMA user_version").scalar()
+                if old is not None and version == 0:
+                    for statement in self._statements(MIGRATE_FROM_0):
+                        conn.exec_driver_sql(statement)
+            if old is not None:
+                if version == 0:
+                    database.migrate(self.db, PACKAGE, VERSION_TABLE)
+                    with self.db.begin() as conn:
+                        for statement in self._statements(COPY_FROM_0):
+                            conn.exec_driver_sql(statement)
+                    return
+                database.stamp(self.db, PACKAGE, VERSION_TABLE, "0001")
+        database.migrate(self.db, PACKAGE, VERSION_TABLE)
 
     def close(self) -> None:
-        self.db.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        self.db.dispose()
 
     def accept(self, env: Envelope, received_ts: float, receivers: Sequence[str]) -> bool:
         """True for a new (device, queue_id, seq); False for a duplicate (nothing written)."""
@@ -130,99 +89,138 @@ class Store:
         self, envs: Sequence[Envelope], received_ts: float, receivers: Sequence[str]
     ) -> int:
         """Store the messages of one publish in one transaction; how many were new
-        (a duplicate writes nothing)."""
+        (a duplicate writes nothing; two copies racing on one message: one wins)."""
         new = 0
-        with self._write():
+        with self.db.begin() as conn:
             for env in envs:
-                cur = self.db.execute(
-                    "INSERT OR IGNORE INTO messages (device, queue_id, seq, stream, ts,"
-                    " received_ts) VALUES (?, ?, ?, ?, ?, ?)",
-                    (env.device, env.queue_id, env.seq, env.stream, env.ts, received_ts),
+                cur = conn.execute(
+                    sa.text(
+                        "INSERT INTO messages (device, queue_id, seq, stream, ts, received_ts)"
+                        " VALUES (:device, :queue_id, :seq, :stream, :ts, :received_ts)"
+                        " ON CONFLICT DO NOTHING"
+                    ),
+                    {
+                        "device": env.device,
+                        "queue_id": env.queue_id,
+                        "seq": env.seq,
+                        "stream": env.stream,
+                        "ts": env.ts,
+                        "received_ts": received_ts,
+                    },
                 )
                 if cur.rowcount != 1:
                     continue
                 new += 1
                 record = env.record(received_ts)
-                self.db.executemany(
-                    "INSERT INTO outbox (receiver, device, queue_id, seq, record)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [(r, env.device, env.queue_id, env.seq, record) for r in receivers],
-                )
+                if receivers:
+                    conn.execute(
+                        sa.text(
+                            "INSERT INTO outbox (receiver, device, queue_id, seq, record)"
+                            " VALUES (:receiver, :device, :queue_id, :seq, :record)"
+                        ),
+                        [
+                            {
+                                "receiver": r,
+                                "device": env.device,
+                                "queue_id": env.queue_id,
+                                "seq": env.seq,
+                                "record": record,
+                            }
+                            for r in receivers
+                        ],
+                    )
         return new
 
     def pending(self, receiver: str, limit: int = 100, skip: Collection[str] = ()) -> list[Pending]:
         """The receiver's backlog, per device in the order accepted, leaving out the devices
         in `skip` (those waiting to retry: another device's messages go on meanwhile)."""
-        marks = ",".join("?" * len(skip))
-        rows = self.db.execute(
-            "SELECT id, device, queue_id, seq, record FROM outbox WHERE receiver = ?"
-            f" AND device NOT IN ({marks}) ORDER BY device, id LIMIT ?",
-            (receiver, *skip, limit),
-        ).fetchall()
+        query = sa.text(
+            "SELECT id, device, queue_id, seq, record FROM outbox WHERE receiver = :receiver"
+            " AND device NOT IN :skip ORDER BY device, id LIMIT :limit"
+        ).bindparams(sa.bindparam("skip", expanding=True, type_=sa.Text))
+        with database.reading(self.db) as conn:
+            rows = conn.execute(
+                query, {"receiver": receiver, "skip": list(skip), "limit": limit}
+            ).fetchall()
         return [Pending(*r) for r in rows]
 
     def delivered(self, item_id: int) -> None:
-        self.db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+        with self.db.begin() as conn:
+            conn.execute(sa.text("DELETE FROM outbox WHERE id = :id"), {"id": item_id})
 
     def failed(self, item_id: int, error: str, max_attempts: int, now: float) -> int:
         """Count a refusal; the attempts so far. At `max_attempts` the message moves to
         the dead letters (and 0 is returned: the device's next message may go)."""
-        with self._write():
-            self.db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE id = ?",
-                (error[:500], item_id),
-            )
-            row = self.db.execute("SELECT attempts FROM outbox WHERE id = ?", (item_id,)).fetchone()
-            if row is None:
+        with self.db.begin() as conn:
+            attempts = conn.execute(
+                sa.text(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = :error"
+                    " WHERE id = :id RETURNING attempts"
+                ),
+                {"error": error[:500], "id": item_id},
+            ).scalar()
+            if attempts is None:
                 return 0
-            if row[0] < max_attempts:
-                return int(row[0])
-            self.db.execute(
-                "INSERT INTO dead_letters (id, receiver, device, queue_id, seq, record, attempts,"
-                " last_error, set_aside) SELECT id, receiver, device, queue_id, seq, record,"
-                " attempts, last_error, ? FROM outbox WHERE id = ?",
-                (now, item_id),
+            if attempts < max_attempts:
+                return int(attempts)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO dead_letters (id, receiver, device, queue_id, seq, record,"
+                    " attempts, last_error, set_aside) SELECT id, receiver, device, queue_id,"
+                    " seq, record, attempts, last_error, :now FROM outbox WHERE id = :id"
+                ),
+                {"now": now, "id": item_id},
             )
-            self.db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            conn.execute(sa.text("DELETE FROM outbox WHERE id = :id"), {"id": item_id})
             return 0
 
     def dead_letters(self) -> list[dict[str, object]]:
         """Messages a receiver refused too often, oldest first."""
-        cur = self.db.execute(
-            "SELECT receiver, device, queue_id, seq, attempts, last_error, set_aside, record"
-            " FROM dead_letters ORDER BY set_aside, id"
-        )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+        with database.reading(self.db) as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT receiver, device, queue_id, seq, attempts, last_error, set_aside,"
+                    " record FROM dead_letters ORDER BY set_aside, id"
+                )
+            ).mappings()
+            return [dict(row) for row in rows]
 
     def lease(self, receiver: str, owner: str, now: float, ttl: float) -> bool:
-        """Take or renew the right to deliver to ``receiver`` (one copy at a time, in order)."""
-        with self._write():
-            row = self.db.execute(
-                "SELECT owner, until FROM leases WHERE receiver = ?", (receiver,)
-            ).fetchone()
-            if row is not None and row[0] != owner and row[1] > now:
-                return False
-            self.db.execute(
-                "INSERT INTO leases (receiver, owner, until) VALUES (?, ?, ?)"
-                " ON CONFLICT (receiver) DO UPDATE SET owner = excluded.owner,"
-                " until = excluded.until",
-                (receiver, owner, now + ttl),
+        """Take or renew the right to deliver to ``receiver`` (one copy at a time, in order):
+        one statement, so two copies asking at once cannot both have it."""
+        with self.db.begin() as conn:
+            cur = conn.execute(
+                sa.text(
+                    "INSERT INTO leases (receiver, owner, until) VALUES (:receiver, :owner, :until)"
+                    " ON CONFLICT (receiver) DO UPDATE SET owner = excluded.owner,"
+                    " until = excluded.until"
+                    " WHERE leases.owner = excluded.owner OR leases.until <= :now"
+                ),
+                {"receiver": receiver, "owner": owner, "until": now + ttl, "now": now},
             )
-            return True
+            return cur.rowcount == 1
 
     def release(self, receiver: str, owner: str) -> None:
-        self.db.execute("DELETE FROM leases WHERE receiver = ? AND owner = ?", (receiver, owner))
+        with self.db.begin() as conn:
+            conn.execute(
+                sa.text("DELETE FROM leases WHERE receiver = :receiver AND owner = :owner"),
+                {"receiver": receiver, "owner": owner},
+            )
 
     def counts(self) -> dict[str, int]:
         """Accepted messages and each receiver's backlog."""
-        out = {"accepted": self.db.execute("SELECT count(*) FROM messages").fetchone()[0]}
-        for receiver, n in self.db.execute(
-            "SELECT receiver, count(*) FROM outbox GROUP BY receiver"
-        ):
-            out[f"pending.{receiver}"] = n
-        for receiver, n in self.db.execute(
-            "SELECT receiver, count(*) FROM dead_letters GROUP BY receiver"
-        ):
-            out[f"dead.{receiver}"] = n
+        with database.reading(self.db) as conn:
+            out = {
+                "accepted": int(
+                    conn.execute(sa.text("SELECT count(*) FROM messages")).scalar() or 0
+                )
+            }
+            for receiver, n in conn.execute(
+                sa.text("SELECT receiver, count(*) FROM outbox GROUP BY receiver")
+            ):
+                out[f"pending.{receiver}"] = n
+            for receiver, n in conn.execute(
+                sa.text("SELECT receiver, count(*) FROM dead_letters GROUP BY receiver")
+            ):
+                out[f"dead.{receiver}"] = n
         return out

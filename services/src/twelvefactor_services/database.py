@@ -1,0 +1,130 @@
+"""Where a service keeps its state: a SQLite file (the embedded default, a path) or a
+PostgreSQL server (a `postgresql://` URL), through SQLAlchemy Core, with the schema
+versioned by Alembic migrations kept in the repository beside each store.
+
+One code path for both engines: the statements are SQL both accept (`ON CONFLICT`,
+`RETURNING`; SQLite 3.35 or newer), with named parameters. What differs is set up
+here, once:
+
+- SQLite: WAL, `synchronous=FULL` (an acknowledged message survives a power loss),
+  a 10 s busy wait, and every write transaction `BEGIN IMMEDIATE`, so two copies of a
+  service serialise at the start of a write rather than fail at its end;
+- PostgreSQL: read committed, which with `ON CONFLICT` and single-statement updates
+  is what several copies need (no table is read and then written from the read).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+POSTGRES_SCHEMES = ("postgresql://", "postgresql+psycopg://")
+
+
+class DatabaseError(RuntimeError):
+    pass
+
+
+def url_of(target: str | Path) -> str:
+    """A path is a SQLite file (its folder made); a postgresql:// URL is taken as it is
+    (psycopg 3 as the driver)."""
+    text = str(target)
+    if text.startswith("postgresql://"):
+        return "postgresql+psycopg://" + text.removeprefix("postgresql://")
+    if text.startswith(POSTGRES_SCHEMES):
+        return text
+    if "://" in text:
+        raise DatabaseError(f"{text}: a SQLite file's path or a postgresql:// URL")
+    path = Path(text)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def _sqlite_connect(dbapi: sqlite3.Connection, _record: Any) -> None:
+    dbapi.isolation_level = None  # SQLAlchemy's begin hook below opens transactions
+    dbapi.execute("PRAGMA journal_mode=WAL")
+    dbapi.execute("PRAGMA synchronous=FULL")
+    dbapi.execute("PRAGMA busy_timeout=10000")
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def engine(target: str | Path) -> sa.Engine:
+    url = url_of(target)
+    if url.startswith("sqlite"):
+        made = sa.create_engine(url, connect_args={"timeout": 10.0})
+        sa.event.listen(made, "connect", _sqlite_connect)
+        sa.event.listen(made, "begin", _sqlite_begin)
+        if sqlite3.sqlite_version_info < (3, 35):
+            raise DatabaseError(f"SQLite {sqlite3.sqlite_version}: 3.35 or newer (RETURNING)")
+        return made
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def migrate(db: sa.Engine, package: str, version_table: str) -> None:
+    """Bring the schema to the newest revision of `package`'s migrations (its
+    `migrations` folder), recorded in `version_table` (one per store: the stores may
+    share a PostgreSQL database)."""
+    config = Config()
+    config.set_main_option("script_location", f"{package}:migrations")
+    config.attributes["version_table"] = version_table
+    with db.begin() as conn:
+        _one_at_a_time(conn, version_table)
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def _one_at_a_time(conn: sa.Connection, version_table: str) -> None:
+    """Copies (and threads) starting together migrate one after the other: the others
+    then find the schema at its head. SQLite: BEGIN IMMEDIATE already serialises;
+    PostgreSQL: a transaction-scoped advisory lock named by the version table."""
+    if conn.dialect.name == "postgresql":
+        key = zlib.crc32(version_table.encode())
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def revision(db: sa.Engine, version_table: str) -> str | None:
+    """The revision the database is at (None: none yet)."""
+    with db.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"version_table": version_table})
+        return context.get_current_revision()
+
+
+def head(package: str) -> str:
+    config = Config()
+    config.set_main_option("script_location", f"{package}:migrations")
+    found = ScriptDirectory.from_config(config).get_current_head()
+    if found is None:
+        raise DatabaseError(f"{package}: no migrations")
+    return found
+
+
+def stamp(db: sa.Engine, package: str, version_table: str, rev: str) -> None:
+    """Record `rev` without running it: a file made before the migrations existed."""
+    config = Config()
+    config.set_main_option("script_location", f"{package}:migrations")
+    config.attributes["version_table"] = version_table
+    with db.begin() as conn:
+        _one_at_a_time(conn, version_table)
+        config.attributes["connection"] = conn
+        command.stamp(config, rev)
+
+
+@contextmanager
+def reading(db: sa.Engine) -> Iterator[sa.Connection]:
+    """A connection for reads only (no write lock taken on SQLite)."""
+    with db.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")

@@ -1,0 +1,1 @@
+"""The solution store's schema, versioned (Alembic): see twelvefactor_services.database."""
