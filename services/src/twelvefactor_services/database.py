@@ -16,6 +16,7 @@ here, once:
 from __future__ import annotations
 
 import sqlite3
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,8 +27,8 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
+BUSY_SECONDS = 10.0  # SQLite: how long a writer waits for another's transaction
 POSTGRES_SCHEMES = ("postgresql://", "postgresql+psycopg://")
 
 
@@ -52,9 +53,19 @@ def url_of(target: str | Path) -> str:
 
 def _sqlite_connect(dbapi: sqlite3.Connection, _record: Any) -> None:
     dbapi.isolation_level = None  # SQLAlchemy's begin hook below opens transactions
-    dbapi.execute("PRAGMA journal_mode=WAL")
+    # WAL stays with the file: the first connection to a new file switches it. The switch
+    # needs the file to itself, and SQLite refuses it at once ("database is locked", no
+    # busy wait) while another connection reads: tried again for the busy timeout.
+    deadline = time.monotonic() + BUSY_SECONDS
+    while dbapi.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        try:
+            dbapi.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
     dbapi.execute("PRAGMA synchronous=FULL")
-    dbapi.execute("PRAGMA busy_timeout=10000")
+    dbapi.execute(f"PRAGMA busy_timeout={int(BUSY_SECONDS * 1000)}")
 
 
 def _sqlite_begin(conn: sa.Connection) -> None:
@@ -65,7 +76,7 @@ def _sqlite_begin(conn: sa.Connection) -> None:
 def engine(target: str | Path) -> sa.Engine:
     url = url_of(target)
     if url.startswith("sqlite"):
-        made = sa.create_engine(url, connect_args={"timeout": 10.0})
+        made = sa.create_engine(url, connect_args={"timeout": BUSY_SECONDS})
         sa.event.listen(made, "connect", _sqlite_connect)
         sa.event.listen(made, "begin", _sqlite_begin)
         if sqlite3.sqlite_version_info < (3, 35):
@@ -77,23 +88,39 @@ def engine(target: str | Path) -> sa.Engine:
 def migrate(db: sa.Engine, package: str, version_table: str) -> None:
     """Bring the schema to the newest revision of `package`'s migrations (its
     `migrations` folder), recorded in `version_table` (one per store: the stores may
-    share a PostgreSQL database)."""
-    config = Config()
-    config.set_main_option("script_location", f"{package}:migrations")
-    config.attributes["version_table"] = version_table
+    share a PostgreSQL database); one copy of a service at a time."""
     with db.begin() as conn:
-        _one_at_a_time(conn, version_table)
-        config.attributes["connection"] = conn
-        command.upgrade(config, "head")
+        one_at_a_time(conn, version_table)
+        upgrade(conn, package, version_table)
 
 
-def _one_at_a_time(conn: sa.Connection, version_table: str) -> None:
-    """Copies (and threads) starting together migrate one after the other: the others
-    then find the schema at its head. SQLite: BEGIN IMMEDIATE already serialises;
-    PostgreSQL: a transaction-scoped advisory lock named by the version table."""
+def one_at_a_time(conn: sa.Connection, version_table: str) -> None:
+    """Copies (and threads) starting together migrate one after the other, each in one
+    transaction: the others then find the schema at its head. SQLite: the transaction's
+    BEGIN IMMEDIATE already serialises; PostgreSQL: a transaction-scoped advisory lock
+    named by the version table."""
     if conn.dialect.name == "postgresql":
         key = zlib.crc32(version_table.encode())
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def upgrade(conn: sa.Connection, package: str, version_table: str) -> None:
+    """Alembic's upgrade to head, in the caller's transaction."""
+    command.upgrade(_config(conn, package, version_table), "head")
+
+
+def stamp(conn: sa.Connection, package: str, version_table: str, rev: str) -> None:
+    """Record `rev` without running it (a file made before the migrations existed), in
+    the caller's transaction."""
+    command.stamp(_config(conn, package, version_table), rev)
+
+
+def _config(conn: sa.Connection, package: str, version_table: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", f"{package}:migrations")
+    config.attributes["version_table"] = version_table
+    config.attributes["connection"] = conn
+    return config
 
 
 def revision(db: sa.Engine, version_table: str) -> str | None:
@@ -101,26 +128,6 @@ def revision(db: sa.Engine, version_table: str) -> str | None:
     with db.connect() as conn:
         context = MigrationContext.configure(conn, opts={"version_table": version_table})
         return context.get_current_revision()
-
-
-def head(package: str) -> str:
-    config = Config()
-    config.set_main_option("script_location", f"{package}:migrations")
-    found = ScriptDirectory.from_config(config).get_current_head()
-    if found is None:
-        raise DatabaseError(f"{package}: no migrations")
-    return found
-
-
-def stamp(db: sa.Engine, package: str, version_table: str, rev: str) -> None:
-    """Record `rev` without running it: a file made before the migrations existed."""
-    config = Config()
-    config.set_main_option("script_location", f"{package}:migrations")
-    config.attributes["version_table"] = version_table
-    with db.begin() as conn:
-        _one_at_a_time(conn, version_table)
-        config.attributes["connection"] = conn
-        command.stamp(config, rev)
 
 
 @contextmanager

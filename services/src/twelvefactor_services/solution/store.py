@@ -59,24 +59,33 @@ class Store:
         return [s for s in script.split(";") if s.strip()]
 
     def _migrate(self) -> None:
-        if database.revision(self.db, VERSION_TABLE) is None and self.db.dialect.name == "sqlite":
-            with self.db.begin() as conn:
-                old = conn.exec_driver_sql(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
-                ).fetchone()
-                version = conn.exec_driver_sql("PRAGMA user_version").scalar()
-                if old is not None and version == 0:
-                    for statement in self._statements(MIGRATE_FROM_0):
-                        conn.exec_driver_sql(statement)
-            if old is not None:
-                if version == 0:
-                    database.migrate(self.db, PACKAGE, VERSION_TABLE)
-                    with self.db.begin() as conn:
-                        for statement in self._statements(COPY_FROM_0):
-                            conn.exec_driver_sql(statement)
-                    return
-                database.stamp(self.db, PACKAGE, VERSION_TABLE, "0001")
-        database.migrate(self.db, PACKAGE, VERSION_TABLE)
+        """To the newest schema, in one transaction, one copy at a time; a SQLite file
+        made before the migrations is adopted in the same transaction."""
+        with self.db.begin() as conn:
+            database.one_at_a_time(conn, VERSION_TABLE)
+            legacy = self._legacy_version(conn)
+            if legacy == 0:
+                for statement in self._statements(MIGRATE_FROM_0):
+                    conn.exec_driver_sql(statement)
+            elif legacy is not None:
+                database.stamp(conn, PACKAGE, VERSION_TABLE, "0001")
+            database.upgrade(conn, PACKAGE, VERSION_TABLE)
+            if legacy == 0:
+                for statement in self._statements(COPY_FROM_0):
+                    conn.exec_driver_sql(statement)
+
+    @staticmethod
+    def _legacy_version(conn: sa.Connection) -> int | None:
+        """A SQLite file's user_version when it holds the tables and no migrations yet."""
+        if conn.dialect.name != "sqlite":
+            return None
+        tables = {
+            row[0]
+            for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if VERSION_TABLE in tables or "messages" not in tables:
+            return None
+        return int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
 
     def close(self) -> None:
         self.db.dispose()
