@@ -1,7 +1,9 @@
-"""The fleet simulator against the real stack: N devices, one broker, SQLite (issue 15).
+"""The fleet simulator against the real stack: N devices, one broker (issue 15).
 
 Starts the test bed's stack (mosquitto with the project's plugin, one
-management and one solution copy, SQLite) and N simulated devices
+management and one solution copy; the registry in SQLite, the solution service's
+store in SQLite or, with ``--solution-db postgresql``, in a PostgreSQL server started
+for the run) and N simulated devices
 (testbed/fleet/sim.py: real MQTT 5 clients, mutual TLS, a certificate each,
 the agent's protocol code and backoff, many per process), then, in order:
 
@@ -46,6 +48,12 @@ def main() -> int:
     parser.add_argument("--connect-threads", type=int, default=32, help="per worker")
     parser.add_argument("--payload", type=int, default=64, help="bytes per data message")
     parser.add_argument("--work", type=Path, default=Path("build/fleet"))
+    parser.add_argument(
+        "--solution-db",
+        choices=["sqlite", "postgresql"],
+        default="sqlite",
+        help="the solution service's store (postgresql: a server started for the run)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="py-spy the services into this folder")
     args = parser.parse_args()
@@ -61,6 +69,7 @@ def main() -> int:
         payload_bytes=args.payload,
         work=args.work.resolve(),
         profile=args.profile,
+        solution_db=args.solution_db,
     )
     try:
         opts.check()
@@ -73,7 +82,8 @@ def main() -> int:
     print(f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}")
     print(
         f"health every {opts.health_interval:g} s, data every {opts.data_interval:g} s"
-        f" per device ({opts.payload_bytes} B), steady {opts.seconds:g} s"
+        f" per device ({opts.payload_bytes} B), steady {opts.seconds:g} s;"
+        f" the solution service's store: {opts.solution_db}"
     )
     print(
         "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f},"

@@ -38,6 +38,7 @@ from testbed.fleet.watch import (
     percentile,
     solution_counts,
 )
+from testbed.postgres import Postgres
 from testbed.stack import Stack
 
 # A wait fails when its count has not moved for FACTOR times the longest time this run
@@ -69,6 +70,7 @@ class Options:
     payload_bytes: int
     work: Path
     profile: Path | None = None  # py-spy's samples of the services go here (collapsed stacks)
+    solution_db: str = "sqlite"  # or "postgresql": a server of the run's own (testbed/postgres)
     keepalive: int = int(agent_default("agent", "keepalive"))
     backoff: tuple[float, float, float] = (
         agent_default("backoff", "initial"),
@@ -286,11 +288,11 @@ def profile(out: Path, pid: int | None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def fresh_stack(work: Path) -> Stack:
+def fresh_stack(work: Path, solution_database: str | None = None) -> Stack:
     """The stack in ``work``: the PKI (and the devices' certificates) kept, all state new."""
     for folder in ("broker", "management", "solution"):
         shutil.rmtree(work / folder, ignore_errors=True)
-    return Stack(work)
+    return Stack(work, solution_database=solution_database)
 
 
 class Cpu:
@@ -319,7 +321,11 @@ def run(opts: Options) -> dict[str, Any]:
     figures: dict[str, Any] = {"devices": opts.devices, "workers": opts.workers}
     ids = [f"sim-{i:05d}" for i in range(1, opts.devices + 1)]
     started = time.perf_counter()
-    stack = fresh_stack(work)
+    server = Postgres() if opts.solution_db == "postgresql" else None
+    if server is not None:
+        server.start()
+    figures["solution store"] = opts.solution_db
+    stack = fresh_stack(work, None if server is None else server.url)
     made, took = certificates(stack, ids)
     figures["certificates made"] = made
     figures["certificates (s)"] = took
@@ -419,7 +425,7 @@ def run(opts: Options) -> dict[str, Any]:
         sent = sum(d["seq"] for d in tally.values())
 
         def in_archive() -> int:
-            accepted, owed = solution_counts(Path(stack.solution_db))  # the bench: SQLite
+            accepted, owed = solution_counts(stack.solution_db)
             return accepted - owed
 
         archived_at = wait_for(in_archive, sent, stall, "archive holds every message", poll=0.5)
@@ -487,6 +493,8 @@ def run(opts: Options) -> dict[str, Any]:
         stack.stop()
         for p in profilers:  # py-spy writes its file when the process it samples has ended
             p.wait(60)
+        if server is not None:
+            server.stop()
     if fleet.finals:
         figures["cpu simulator (s)"] = sum(f[1] for f in fleet.finals)
         figures["connect errors"] = sum(f[2] for f in fleet.finals)

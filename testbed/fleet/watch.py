@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlalchemy as sa
+from twelvefactor_services import database
 from twelvefactor_services.management.api_client import ApiError, ManagementClient
 
 
@@ -122,11 +124,26 @@ def health_samples(db: Path, since: float) -> dict[str, set[float]]:
     return found
 
 
-def solution_counts(db: Path) -> tuple[int, int]:
-    """(messages the solution service accepted, of those still owed to the archive)."""
-    if not db.exists():
+def solution_counts(target: str) -> tuple[int, int]:
+    """(messages the solution service accepted, of those still owed to the archive), from
+    its SQLite file (read-only) or its PostgreSQL database."""
+    if "://" in target:
+        db = database.engine(target)
+        try:
+            with database.reading(db) as pg:
+                accepted = pg.execute(sa.text("SELECT count(*) FROM messages")).scalar()
+                owed = pg.execute(
+                    sa.text("SELECT count(*) FROM outbox WHERE receiver = 'archive'")
+                ).scalar()
+        except sa.exc.ProgrammingError:  # no tables yet: the service has not started
+            return 0, 0
+        finally:
+            db.dispose()
+        return int(accepted or 0), int(owed or 0)
+    path = Path(target)
+    if not path.exists():
         return 0, 0
-    conn = _readonly(db)
+    conn = _readonly(path)
     try:
         accepted = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
         owed = conn.execute("SELECT count(*) FROM outbox WHERE receiver = 'archive'").fetchone()[0]

@@ -1,7 +1,8 @@
 """The fleet simulator (bench/fleet.py) at small N against the real stack: it loses nothing
 and measures every figure.
 
-Twenty simulated devices (real MQTT 5 clients with their own certificates, the agent's
+Twenty simulated devices, twice (the solution service's store in SQLite, then in
+PostgreSQL), (real MQTT 5 clients with their own certificates, the agent's
 protocol code and backoff) go through the bench's whole run: connect, steady health and
 data, a rollout to all of them, a broker restart, the archive read back. The waits inside
 fail on a stall measured against this run's own slowest step (bench/fleet.py, FACTOR).
@@ -15,14 +16,19 @@ from typing import Any
 import pytest
 
 from testbed.fleet import run as bench_fleet
+from testbed.postgres import PostgresError, bindir
 
 pytestmark = pytest.mark.integration
 
 DEVICES = 20
 
 
-@pytest.fixture(scope="module")
-def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def figures(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """One run with the solution service's store in SQLite, one in PostgreSQL (a server
+    of the run's own: Debian's, started by the bench)."""
     opts = bench_fleet.Options(
         devices=DEVICES,
         seconds=6.0,
@@ -32,8 +38,15 @@ def figures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         connect_threads=2,
         payload_bytes=64,
         work=tmp_path_factory.mktemp("fleet"),
+        solution_db=request.param,
     )
-    return bench_fleet.run(opts)
+    try:
+        bindir()
+    except PostgresError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    made = bench_fleet.run(opts)
+    assert made["solution store"] == request.param
+    return made
 
 
 def test_nothing_is_lost(figures: dict[str, Any]) -> None:
