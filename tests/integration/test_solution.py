@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twelvefactor_services import database as databases
 from twelvefactor_services.solution.cli import main as solution_cli
 from twelvefactor_services.solution.delivery import LEASE_TTL
 from twelvefactor_services.solution.envelope import parse_envelope
 from twelvefactor_services.solution.receivers import ArchiveReceiver, read_archive
-from twelvefactor_services.solution.store import Store
+from twelvefactor_services.solution.store import VERSION_TABLE, Store
 
 from testbed.pace import PACE, ROUND_TRIP
 from testbed.probe import Probe
@@ -432,6 +433,7 @@ def test_a_store_of_the_old_schema_is_migrated(tmp_path: Path) -> None:
     )
     db.close()
     store = Store(tmp_path / "s.db")
+    assert databases.revision(store.db, VERSION_TABLE) == "0001"  # adopted by the migrations
     assert [(p.device, p.queue_id, p.seq) for p in store.pending("webhook")] == [("dev-1", "", 7)]
     env = parse_envelope("dev-1", ("data", "s"), json.dumps(envelope("dev-1", 7, "s")).encode())
     assert store.accept(env, 3.0, ["webhook"]) is True  # the same seq of a new queue is new

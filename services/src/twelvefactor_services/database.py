@@ -125,7 +125,7 @@ def _config(conn: sa.Connection, package: str, version_table: str) -> Config:
 
 def revision(db: sa.Engine, version_table: str) -> str | None:
     """The revision the database is at (None: none yet)."""
-    with db.connect() as conn:
+    with reading(db) as conn:
         context = MigrationContext.configure(conn, opts={"version_table": version_table})
         return context.get_current_revision()
 
