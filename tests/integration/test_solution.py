@@ -258,7 +258,9 @@ def test_two_copies_on_one_database_deliver_every_message_once_through_a_kill9(
     wait_until(lambda: len(webhook.taken) >= 45, deadline, "the webhook's 45 messages")
     time.sleep(PACE.limit(ROUND_TRIP))
     assert seqs(webhook) == list(range(1, 46))
-    assert Store(database).counts() == {"accepted": 45}
+    store = Store(database)
+    assert store.counts() == {"accepted": 45}
+    store.close()
 
 
 def test_archive_is_exactly_once_across_a_restart(stack: Stack, probes: MakeProbe) -> None:
