@@ -17,6 +17,8 @@ import random
 import time
 from pathlib import Path
 
+import pytest
+
 from testbed.boot.device import Device
 from testbed.boot.updating import (
     Updating,
@@ -34,7 +36,7 @@ ORDER = ["queued", "downloading", "downloaded", "installing", "rebooting", "veri
 
 
 def test_an_update_through_a_link_cut_a_hold_and_power_cuts_never_bricks(
-    updating_device: Device, boot_image: Path
+    updating_device: Device, boot_image: Path, pytestconfig: pytest.Config
 ) -> None:
     device = updating_device
     vm = device.vm
@@ -43,12 +45,15 @@ def test_an_update_through_a_link_cut_a_hold_and_power_cuts_never_bricks(
     swu = build_update(boot_image, "good", "1.3")
     up = Updating(device, swu, download_only=True)
     cuts: list[tuple[str, int]] = []
-    # Two random points of the download after the link cut, then two of the install
-    # proper (50-99 %: 0-49 % is SWUpdate's dry run, which writes nothing). The
-    # download's points stay below 60 %: a cut is made when a report shows the point
-    # passed, a few per cent late, and the download resumes where the disk has it.
-    downloading = sorted(rng.sample(range(20, 60), 2))
-    installing = sorted(rng.sample(range(55, 95), 2))
+    # Random points of the download after the link cut, then of the install proper
+    # (50-99 %: 0-49 % is SWUpdate's dry run, which writes nothing): 5 and 3 as the
+    # update issue asks, or as --power-cuts says. The download's points stay below
+    # 60 %: a cut is made when a report shows the point passed, a few per cent late,
+    # and the download resumes where the disk has it; with the points to 95 % a
+    # resumed download ended before the next one was reported.
+    n_download, n_install = pytestconfig.getoption("power_cuts")
+    downloading = sorted(rng.sample(range(LINK_CUT + 5, 60), n_download))
+    installing = sorted(rng.sample(range(55, 95), n_install))
     limit = job_limit(boots=1, link=LINK_SECONDS)
 
     def cut_at(state: str, threshold: int) -> None:
@@ -91,7 +96,7 @@ def test_an_update_through_a_link_cut_a_hold_and_power_cuts_never_bricks(
     finally:
         device.hub.underlay.limit_rate(None)
     assert entry["state"] == "succeeded", (entry, cuts, up.states)
-    assert [state for state, _ in cuts] == ["downloading"] * 2 + ["installing"] * 2, cuts
+    assert [s for s, _ in cuts] == ["downloading"] * n_download + ["installing"] * n_install, cuts
     starts = up.ranged_requests()
     assert starts and min(starts) > 0, f"no Range request after the cuts: {starts}"
     # the artifact server counted what it sent for the job: the file, and whatever was
@@ -99,7 +104,7 @@ def test_an_update_through_a_link_cut_a_hold_and_power_cuts_never_bricks(
     assert entry["sent_bytes"] >= swu.stat().st_size, entry
     new = running_slot(device)
     assert new != old and up.boots[-1] == new
-    device.wait_online("after the update with a link cut and 4 power cuts")
+    device.wait_online(f"after the update with a link cut and {len(cuts)} power cuts")
     assert device.meta()["slot"] == new
     assert version(device) == "1.3"
     # The new slot confirmed itself: no update pending in the boot environment, and
