@@ -3,7 +3,7 @@
 The image is a parameter: `pytest tests/boot --image PATH` runs these tests
 against any image with the twelvefactor disk contract (GPT names esp,
 rootfs-a, rootfs-b, data; root logs in on the serial console), for example a
-Yocto `twelvefactor-image-qemux86-64.wic` built with kas/dev.yml. Without
+Yocto `twelvefactor-image-qemux86-64.rootfs.wic` built with kas/dev.yml. Without
 --image the reference image is built (or taken from its cache in
 build/refimage). One provisioned copy of the image is booted once per session
 and shared by the tests; a power cycle restarts QEMU.

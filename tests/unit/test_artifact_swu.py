@@ -266,7 +266,7 @@ def test_an_already_compressed_image_is_packed_as_it_is(
 
 
 def test_a_disk_image_is_refused(tmp_path: Path) -> None:
-    disk = tmp_path / "twelvefactor-image-qemux86-64.wic"
+    disk = tmp_path / "twelvefactor-image-qemux86-64.rootfs.wic"
     disk.write_bytes(b"\0" * 512 + b"EFI PART" + b"\0" * 4096)
     with pytest.raises(ArtifactToolError, match=r"neither an ext4 .* not a disk image \(\.wic\)"):
         build_swu(disk, tmp_path / "u.swu", version="1.0", hardware=QEMU, signer=DEV)

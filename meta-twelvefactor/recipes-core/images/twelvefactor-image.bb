@@ -38,8 +38,9 @@ IMAGE_INSTALL = "\
 # meta-swupdate's image_types_zchunk (`zck -u --chunk-hash-type sha256`, the
 # uncompressed chunk digests SWUpdate compares with the running slot's). An
 # image class, so that it comes after image_types and adds to its
-# CONVERSIONTYPES.
-IMAGE_FSTYPES = "wic ext4.zst ext4.zck ext4.zck.zckheader"
+# CONVERSIONTYPES. wic.bmap: the block map bmaptool writes an SD card with
+# (only the blocks in use; docs/boards.md).
+IMAGE_FSTYPES = "wic wic.bmap ext4.zst ext4.zck ext4.zck.zckheader"
 IMAGE_CLASSES += "image_types_zchunk"
 WKS_FILE = "twelvefactor-ab.wks.in"
 WKS_FILE:aarch64 = "twelvefactor-ab-uboot.wks.in"
