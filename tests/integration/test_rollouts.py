@@ -42,7 +42,7 @@ from twelvefactor_services.management.registry import Registry
 from testbed.hostagent import HostAgent
 from testbed.pace import PACE, ROUND_TRIP
 from testbed.probe import Probe, ProbeError
-from testbed.stack import ServiceProcess, Stack, wait_until
+from testbed.stack import ServiceProcess, Stack, http_get, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -490,3 +490,77 @@ def test_a_held_job_installs_at_its_time_and_a_cancelled_hold_ends_failed(
     )
     done = run_cli(stack, management, "job", "install", made["id"])
     assert done.returncode == 1 and "has no device waiting for its install" in done.stderr
+
+
+QUIET = 3.0  # the management service's --job-quiet-after here (600 s by default)
+
+
+def test_a_final_report_lost_on_the_way_arrives_when_the_quiet_job_is_offered_again(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The real agent finishes a job while no management service is subscribed (a copy
+    killed with the report in flight, a broker restart: the broker drops it, and the agent
+    forgets a final report once the broker has it). The service offers the quiet job
+    again and the agent answers with its final report again; then the retained job is
+    cleared, so a reconnect brings nothing (docs/protocol.md, "Updates")."""
+    management = stack.management(job_quiet_after=QUIET)
+    management.start(PACE.steps_of("services"))
+    device = "dev-lost"
+    agent = HostAgent(stack, device, tmp_path / device)
+    try:
+        agent.start()
+
+        def online() -> bool:
+            status, body = http_get(management, f"/devices/{device}")
+            return status == 200 and body["presence"] == "online"
+
+        wait_until(online, what=f"{device} online")
+        added = add_artifact(stack, management, tmp_path / "a.swu")
+        agent.stop()  # away while the job is made and published
+        made = cli(
+            stack, management, "job", "create", "--json",
+            "--artifact", added["sha256"][:12], "--device", device,
+        )  # fmt: skip
+        job = json.loads(made)["id"]
+        wait_until(
+            lambda: f"published update job {job} for {device}" in management.log_file.read_text(),
+            what="the job published",
+        )
+        management.stop()  # nobody subscribed to the devices' reports now
+        agent.start()  # takes the retained job: refused here (no /etc/hwrevision), reported
+        done = f"update job {job} refused: no_hwrevision"
+        wait_until(lambda: done in agent.log_file.read_text(), what="the agent's refusal")
+        management.start(PACE.steps_of("services"))
+
+        def state() -> dict[str, Any]:
+            shown: dict[str, Any] = json.loads(cli(stack, management, "job", "show", job, "--json"))
+            return shown["devices"][0]
+
+        assert state()["state"] == "queued"  # the report was lost
+        ended = wait_until(
+            lambda: s if (s := state())["state"] == "failed" else None,
+            PACE.limit(ROUND_TRIP, fixed=QUIET + 2),
+            "the final report, again",
+        )
+        assert str(ended["reason"]).startswith("no_hwrevision: "), ended
+        log = management.log_file.read_text()
+        assert f"job {job}: nothing from {device} for a while, offered again" in log
+        again = f"update job {job} already handled: reporting failed again"
+        assert again in agent.log_file.read_text()
+        wait_until(
+            lambda: f"cleared update job {job} for {device}" in management.log_file.read_text(),
+            what="the retained job cleared",
+        )
+        # a restarted agent is offered nothing: no report of the job again (before, the
+        # agent may have answered the job twice: its session's queued copy and the
+        # retained one its subscription brings, both while no service listened)
+        answered = agent.log_file.read_text().count(again)
+        agent.stop()
+        agent.start()
+        wait_until(online, what=f"{device} back")
+        time.sleep(PACE.limit(ROUND_TRIP, fixed=QUIET + 2))  # two rounds of offers' time
+        assert agent.log_file.read_text().count(again) == answered
+        assert state()["state"] == "failed"
+    finally:
+        agent.close()
+        management.stop()

@@ -79,6 +79,7 @@ class Disk:
     def __init__(self) -> None:
         self.record: Record | None = None
         self.handled: list[str] = []
+        self.outcomes: dict[str, tuple[str, str | None]] = {}
 
     def take(self, actions: list[Action]) -> list[Action]:
         for action in actions:
@@ -88,6 +89,7 @@ class Disk:
                 self.record = None
             elif isinstance(action, Remember):
                 self.handled = list(action.jobs)
+                self.outcomes = {j: (state, reason) for j, state, reason in action.outcomes}
         return actions
 
 
@@ -103,7 +105,13 @@ class Device:
         return self.disk.take(event(self.m))
 
     def boot(self) -> list[Action]:
-        self.m = UpdateMachine(device=DEVICE, uniform=ceiling, handled=self.disk.handled, **self.kw)
+        self.m = UpdateMachine(
+            device=DEVICE,
+            uniform=ceiling,
+            handled=self.disk.handled,
+            outcomes=self.disk.outcomes,
+            **self.kw,
+        )
         return self(lambda m: m.start(self.disk.record))
 
 
@@ -489,6 +497,36 @@ def test_a_retained_job_already_handled_is_ignored() -> None:
     out = d(lambda m: m.received(job()))
     assert not reports(out) and long(out) is None
     assert out == [Log(logging.INFO, "update job j-1 already handled")]
+
+
+def test_a_job_offered_again_after_its_end_gets_its_final_report_again() -> None:
+    """The service offers a job again when it heard nothing of it for a while: a final
+    report lost with a service copy, or across a broker restart (docs/protocol.md)."""
+    d = Device()
+    to_reboot(d)
+    d(lambda m: m.rebooting_reported())
+    d.boot()
+    d(lambda m: m.surveyed(running_slot="B", boot_id="boot-2", env=TRYING_B))
+    d(lambda m: m.surveyed(running_slot="B", boot_id="boot-2", env=CONFIRMED_B))
+    d(lambda m: m.final_acked("j-1"))
+    assert d.disk.outcomes == {"j-1": ("succeeded", None)}
+    again = ReportFinal("j-1", ("rebooting", "verifying", "succeeded"), None)
+    assert final(d(lambda m: m.received(job()))) == again
+    d.boot()  # kept on /data
+    out = d(lambda m: m.received(job()))
+    assert out[0] == Log(logging.INFO, "update job j-1 already handled: reporting succeeded again")
+    assert final(out) == again and long(out) is None and d.m.phase is Phase.IDLE
+    # its acknowledgement changes nothing: there is no record to forget
+    assert d(lambda m: m.final_acked("j-1")) == [] and d.disk.handled == ["j-1"]
+    # a refusal is remembered with its reason, and a newer job is still taken
+    other = job("j-2", hardware={"other-board": ["1.0"]})
+    assert isinstance(long(d(lambda m: m.received(other))), Examine)
+    out = d(lambda m: m.examined(FACTS))
+    (refusal,) = [a for a in out if isinstance(a, Report)]
+    assert refusal.state == "failed" and str(refusal.reason).startswith("wrong_hardware")
+    assert d.disk.outcomes["j-2"] == ("failed", refusal.reason)
+    assert final(d(lambda m: m.received(other))) == ReportFinal("j-2", ("failed",), refusal.reason)
+    assert isinstance(long(d(lambda m: m.received(job("j-3")))), Examine)
 
 
 def test_the_job_in_hand_arriving_again_changes_nothing() -> None:

@@ -286,3 +286,54 @@ def test_the_job_document_names_the_delta_when_the_artifact_has_one() -> None:
     job = parse_job(raw)
     assert job.delta == Delta(dsha, 300, f"https://10.99.0.1:8443/artifacts/{dsha}.swu")
     assert (job.sha256, job.size) == (sha, 5000) and job.install == "hold"
+
+
+def test_an_ended_job_is_cleared_and_a_quiet_one_is_offered_again(tmp_path: Path) -> None:
+    """A final report lost on the way (a service copy killed with it in flight, a broker
+    restart) must still arrive: an online device's job with no report for a while is
+    offered again, and the device answers a job it finished with its final report again.
+    Once the final report is in, the retained job is cleared (docs/protocol.md)."""
+    db, job = _one_job(tmp_path)
+    db.executemany(
+        "INSERT INTO devices (id, first_seen, online) VALUES (?, 0, ?)",
+        [("dev-1", 1), ("dev-2", 0)],
+    )
+    db.commit()
+
+    def pending() -> list[tuple[str, str, bool]]:
+        return [(d, j, ended) for d, j, _, _, ended in jobstore.unpublished(db)]
+
+    assert pending() == [("dev-1", job, False), ("dev-2", job, False)]
+    for device in ("dev-1", "dev-2"):
+        jobstore.mark_published(db, device, job, "now", 10.0)
+    db.commit()
+    assert pending() == []
+    # quiet since the creation (1.0) and the offer (10.0): not yet at 100 s ...
+    assert jobstore.offer_quiet_again(db, 100.0, quiet=600.0) == []
+    # ... at 700 s: dev-1 only (dev-2 is offline: its retained job waits for its connect)
+    assert jobstore.offer_quiet_again(db, 700.0, quiet=600.0) == [("dev-1", job)]
+    assert pending() == [("dev-1", job, False)]
+    jobstore.mark_published(db, "dev-1", job, "now", 700.0)
+    db.commit()
+    # a report resets the quiet time, and the offer just made counts too
+    jobstore.apply_report(db, "dev-1", JobReport(job, "downloading", 10, None, 1000.0))
+    assert jobstore.offer_quiet_again(db, 1500.0, quiet=600.0) == []
+    assert pending() == []
+    # a held download waits for the go, quiet by design: never offered again
+    db.execute("UPDATE device_jobs SET install = 'hold' WHERE device = 'dev-1'")
+    jobstore.apply_report(db, "dev-1", JobReport(job, "downloaded", None, None, 1100.0))
+    assert jobstore.offer_quiet_again(db, 9000.0, quiet=600.0) == []
+    db.execute("UPDATE device_jobs SET install = 'now' WHERE device = 'dev-1'")
+    db.commit()
+    # the end: the retained document is to be cleared, once
+    out = jobstore.apply_report(db, "dev-1", JobReport(job, "failed", None, "x: y", 1600.0))
+    assert out.after == "failed"
+    assert pending() == [("dev-1", job, True)]
+    jobstore.mark_published(db, "dev-1", job, "now", 1601.0)
+    db.commit()
+    assert pending() == []
+    # the same final report again (the device answering an offer) changes nothing
+    out = jobstore.apply_report(db, "dev-1", JobReport(job, "failed", None, "x: y", 1700.0))
+    assert out.after is None and pending() == []
+    # an ended job is never offered again
+    assert jobstore.offer_quiet_again(db, 9999.0, quiet=600.0) == []

@@ -192,6 +192,7 @@ class ServicesStack:
         artifact_port: int | None = None,
         signing_cert: Path | None = None,
         overdue_after: float | None = None,
+        job_quiet_after: float | None = None,
     ) -> ServiceProcess:
         """A management service copy (not started); copies share one registry and .swu store.
 
@@ -229,6 +230,7 @@ class ServicesStack:
                 *self._artifact_args(),
                 *([] if signing_cert is None else ["--artifact-signing-cert", str(signing_cert)]),
                 *([] if overdue_after is None else ["--overdue-after", str(overdue_after)]),
+                *([] if job_quiet_after is None else ["--job-quiet-after", str(job_quiet_after)]),
             ],
             run,
             api=ManagementClient(

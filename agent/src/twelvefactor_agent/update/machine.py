@@ -117,9 +117,11 @@ class DeleteRecord(NamedTuple):
 
 
 class Remember(NamedTuple):
-    """Write the ids of the jobs handled (so a retained job is not taken twice)."""
+    """Write the ids of the jobs handled (so a retained job is not taken twice), and how
+    each ended (its final report is sent again when the service offers the job again)."""
 
     jobs: tuple[str, ...]
+    outcomes: tuple[tuple[str, str, str | None], ...] = ()
 
 
 class DeleteArtifact(NamedTuple):
@@ -246,11 +248,14 @@ class UpdateMachine:
         device: str,
         uniform: Uniform,
         handled: list[str] | None = None,
+        outcomes: dict[str, tuple[str, str | None]] | None = None,
         policy: Policy = DEFAULT_POLICY,
     ) -> None:
         self.device = device
         self.policy = policy
         self.handled = list(handled or [])
+        # job -> (final state, reason), for the handled jobs whose end is known
+        self.outcomes = {j: o for j, o in (outcomes or {}).items() if j in self.handled}
         self.record: Record | None = None
         self.phase = Phase.IDLE
         self._uniform = uniform
@@ -287,7 +292,7 @@ class UpdateMachine:
                 return [note]
             return [note, *self._refuse(job_id, f"{INVALID_JOB}: {exc}")]
         if job.job in self.handled:
-            return [Log(logging.INFO, f"update job {job.job} already handled")]
+            return self._again(job.job)
         busy = self.record.job if self.record is not None else None
         if busy is None and self.phase is Phase.EXAMINING and self._offered is not None:
             busy = self._offered.job
@@ -527,8 +532,9 @@ class UpdateMachine:
         self.record = None
         self._last = None
         self.phase = Phase.IDLE
+        reason = None if record.final == SUCCEEDED else (record.reason or "")[:MAX_REASON]
         return [
-            *self._remember(job),
+            *self._remember(job, record.final, reason),
             DeleteRecord(),
             Log(logging.INFO, f"update job {job}: final report acknowledged"),
         ]
@@ -676,11 +682,27 @@ class UpdateMachine:
 
     def _refuse(self, job: str, reason: str) -> list[Action]:
         """A job refused before it started: no record, one report."""
-        return [*self._remember(job), Report(job, FAILED, reason=reason[:MAX_REASON])]
+        reason = reason[:MAX_REASON]
+        return [*self._remember(job, FAILED, reason), Report(job, FAILED, reason=reason)]
 
-    def _remember(self, job: str) -> list[Action]:
+    def _again(self, job: str) -> list[Action]:
+        """A job offered again after it ended: its final report once more. The service
+        offers a job again when it heard nothing of it for a while (a final report lost
+        with a service copy, or across a broker restart), and clears the job once it has
+        the final one (docs/protocol.md, "Updates")."""
+        outcome = self.outcomes.get(job)
+        if outcome is None:  # remembered before outcomes were kept
+            return [Log(logging.INFO, f"update job {job} already handled")]
+        state, reason = outcome
+        note = Log(logging.INFO, f"update job {job} already handled: reporting {state} again")
+        return [note, ReportFinal(job, steps.final_chain(state), reason)]
+
+    def _remember(self, job: str, state: str, reason: str | None) -> list[Action]:
         self.handled = steps.remember(self.handled, job)
-        return [Remember(tuple(self.handled))]
+        self.outcomes[job] = (state, reason)
+        self.outcomes = {j: o for j, o in self.outcomes.items() if j in self.handled}
+        kept = tuple((j, *self.outcomes[j]) for j in self.handled if j in self.outcomes)
+        return [Remember(tuple(self.handled), kept)]
 
 
 def _job_id(payload: bytes) -> str | None:

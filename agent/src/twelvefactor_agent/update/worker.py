@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from twelvefactor_agent.device import bootenv, sysinfo
-from twelvefactor_agent.protocol.states import REBOOTING
+from twelvefactor_agent.protocol.states import FINAL, REBOOTING
 from twelvefactor_agent.update import machine, steps
 from twelvefactor_agent.update.decide import DEFAULT_POLICY, Policy, report_payload
 from twelvefactor_agent.update.machine import (
@@ -172,11 +172,13 @@ class Updater(threading.Thread):
         try:
             self.paths.dir.mkdir(parents=True, exist_ok=True)
             record = self._load()
+            handled, outcomes = self._handled()
             with self._lock:
                 self.machine = UpdateMachine(
                     device=self.device,
                     uniform=random.uniform,
-                    handled=self._handled(),
+                    handled=handled,
+                    outcomes=outcomes,
                     policy=self.policy,
                 )
             self._drive(lambda m: m.start(record))
@@ -232,7 +234,11 @@ class Updater(threading.Thread):
         elif isinstance(action, DeleteRecord):
             self.paths.record.unlink(missing_ok=True)
         elif isinstance(action, Remember):
-            doc = {"v": 1, "jobs": list(action.jobs)}
+            doc = {
+                "v": 1,
+                "jobs": list(action.jobs),
+                "outcomes": {j: [state, reason] for j, state, reason in action.outcomes},
+            }
             write_atomic(self.paths.handled, json.dumps(doc).encode(), 0o640)
         elif isinstance(action, DeleteArtifact):
             self.paths.artifact(action.sha256).unlink(missing_ok=True)
@@ -383,16 +389,31 @@ class Updater(threading.Thread):
 
     # -- files -------------------------------------------------------------------
 
-    def _handled(self) -> list[str]:
+    def _handled(self) -> tuple[list[str], dict[str, tuple[str, str | None]]]:
+        """The handled ids and the outcomes kept with them (files written before outcomes
+        were kept have none: those jobs are only not taken twice)."""
         try:
             doc = json.loads(self.paths.handled.read_bytes())
         except FileNotFoundError:
-            return []
+            return [], {}
         except (OSError, ValueError) as exc:
             log.warning("ignoring %s: %s", self.paths.handled, exc)
-            return []
-        ids = doc.get("jobs") if isinstance(doc, dict) else None
-        return [j for j in ids if isinstance(j, str)] if isinstance(ids, list) else []
+            return [], {}
+        if not isinstance(doc, dict):
+            return [], {}
+        ids = doc.get("jobs")
+        jobs = [j for j in ids if isinstance(j, str)] if isinstance(ids, list) else []
+        found = doc.get("outcomes")
+        outcomes: dict[str, tuple[str, str | None]] = {}
+        for job, entry in found.items() if isinstance(found, dict) else []:
+            if (
+                isinstance(entry, list)
+                and len(entry) == 2
+                and entry[0] in FINAL
+                and (entry[1] is None or isinstance(entry[1], str))
+            ):
+                outcomes[job] = (entry[0], entry[1])
+        return jobs, outcomes
 
     def _load(self) -> Record | None:
         try:

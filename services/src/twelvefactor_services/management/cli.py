@@ -33,6 +33,7 @@ from twelvefactor_services.management.api_client import (
     credentials_file,
 )
 from twelvefactor_services.management.configlogic import OverlayError, check_overlay
+from twelvefactor_services.management.jobs import JOB_QUIET_AFTER
 from twelvefactor_services.management.logic import OVERDUE_AFTER
 
 if TYPE_CHECKING:
@@ -779,6 +780,15 @@ def _serve_parser(sub: Any) -> None:
         f"(default {OVERDUE_AFTER:.0f}: the link's and its clock's slack)",
     )
     serve.add_argument(
+        "--job-quiet-after",
+        type=_seconds,
+        default=JOB_QUIET_AFTER,
+        metavar="SECONDS",
+        help="an online device's unfinished update job with no report for this long is"
+        " offered again (the device answers a job it finished with its final report:"
+        f" one lost on the way still arrives; default {JOB_QUIET_AFTER:.0f})",
+    )
+    serve.add_argument(
         "--artifact-signing-cert",
         type=Path,
         metavar="FILE",
@@ -863,6 +873,7 @@ def _serve(args: argparse.Namespace) -> int:
         artifacts=_serving(args),
         signing_cert=_signing_cert(args.artifact_signing_cert),
         overdue_after=args.overdue_after,
+        job_quiet_after=args.job_quiet_after,
     )
     ManagementService(cfg).run()
     return 0

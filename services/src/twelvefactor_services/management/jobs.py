@@ -37,6 +37,14 @@ class JobReportError(ProtocolError):
     """A report that is not a valid update report."""
 
 
+# Seconds without a report before an online device's unfinished job is offered again
+# (jobstore.offer_quiet_again): longer than the pause between any two reports of a
+# working job (a download reports every 5 %, an install every few seconds, a reboot
+# within the boot limit), short enough that a lost final report does not hold a
+# rollout for long (the management service's --job-quiet-after).
+JOB_QUIET_AFTER = 600.0
+
+
 class TransitionError(ValueError):
     """A report that is valid but not legal from the job's current state."""
 

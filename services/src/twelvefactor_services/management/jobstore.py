@@ -24,6 +24,7 @@ from typing import Any
 
 from twelvefactor_agent.protocol import envelope
 from twelvefactor_agent.protocol.states import (
+    DOWNLOADED,
     FINAL,
     INSTALL_CANCEL,
     INSTALL_HOLD,
@@ -59,6 +60,7 @@ CREATE TABLE IF NOT EXISTS device_jobs (
     sent_bytes INTEGER NOT NULL DEFAULT 0, -- what the artifact server sent the device for it
     path TEXT, -- the artifact the device last said it is on: delta or full
     fallback TEXT, -- why the device gave the delta up for the full .swu
+    published_at REAL, -- when the job document last went out
     PRIMARY KEY (job, device)
 );
 CREATE INDEX IF NOT EXISTS device_jobs_device ON device_jobs(device, state);
@@ -92,6 +94,8 @@ def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
         registry.add_columns(db, "device_jobs", {"sent_bytes": "INTEGER NOT NULL DEFAULT 0"})
         # registries made before delta updates
         registry.add_columns(db, "device_jobs", {"path": "TEXT", "fallback": "TEXT"})
+        # registries made before jobs were offered again (offer_quiet_again)
+        registry.add_columns(db, "device_jobs", {"published_at": "REAL"})
     return db
 
 
@@ -281,23 +285,52 @@ def add_sent(db: sqlite3.Connection, device: str, sha256: str, sent: int) -> Non
         )
 
 
-def unpublished(db: sqlite3.Connection) -> list[tuple[str, str, str, str]]:
-    """(device, job, artifact, install) whose job has not been published (again) yet."""
+def unpublished(db: sqlite3.Connection) -> list[tuple[str, str, str, str, bool]]:
+    """(device, job, artifact, install, ended) whose job has not been published (again) yet;
+    an ended job's retained document is to be cleared (in creation order: before a newer
+    job of the same device goes out)."""
     return [
-        (r[0], r[1], r[2], r[3])
+        (r[0], r[1], r[2], r[3], r[4] in FINAL)
         for r in db.execute(
-            "SELECT d.device, d.job, u.artifact, d.install FROM device_jobs d JOIN update_jobs u"
-            " ON u.id = d.job WHERE d.published = 0 ORDER BY u.created"
+            "SELECT d.device, d.job, u.artifact, d.install, d.state FROM device_jobs d"
+            " JOIN update_jobs u ON u.id = d.job WHERE d.published = 0 ORDER BY u.created"
         )
     ]
 
 
-def mark_published(db: sqlite3.Connection, device: str, job: str, install: str) -> None:
+def mark_published(
+    db: sqlite3.Connection, device: str, job: str, install: str, now: float | None = None
+) -> None:
     """``install`` is the mode that went out: a release made meanwhile stays unpublished."""
     db.execute(
-        "UPDATE device_jobs SET published = 1 WHERE job = ? AND device = ? AND install = ?",
-        (job, device, install),
+        "UPDATE device_jobs SET published = 1, published_at = ?"
+        " WHERE job = ? AND device = ? AND install = ?",
+        (now, job, device, install),
     )
+
+
+def offer_quiet_again(db: sqlite3.Connection, now: float, quiet: float) -> list[tuple[str, str]]:
+    """(device, job) of the unfinished jobs of online devices that have reported nothing
+    for `quiet` seconds since their last report and their last offer: marked to be
+    published again. A device answers a job it has finished with its final report again
+    (docs/protocol.md, "Updates"): so a final report lost on the way (a service copy
+    killed with it in flight, a broker restart) still arrives. A device that is offline
+    gets the retained job when it connects; a held download (`downloaded`, waiting for the
+    go) is quiet by design and is not offered again."""
+    cutoff = now - quiet
+    with registry.write(db):
+        rows = db.execute(
+            f"SELECT d.device, d.job FROM device_jobs d JOIN devices v ON v.id = d.device"
+            f" WHERE d.state NOT IN {FINAL_SQL} AND d.published = 1 AND v.online = 1"
+            f" AND NOT (d.state = '{DOWNLOADED}' AND d.install = '{INSTALL_HOLD}')"
+            " AND d.updated < ? AND COALESCE(d.published_at, 0) < ?",
+            (cutoff, cutoff),
+        ).fetchall()
+        db.executemany(
+            "UPDATE device_jobs SET published = 0 WHERE device = ? AND job = ? AND published = 1",
+            [(r[0], r[1]) for r in rows],
+        )
+    return [(r[0], r[1]) for r in rows]
 
 
 def job_document(
@@ -344,9 +377,13 @@ def apply_report(db: sqlite3.Connection, device: str, report: JobReport) -> Outc
         except TransitionError as exc:
             db.execute("ROLLBACK")
             return Outcome(device, report.job, current.state, None, str(exc))
+        # The job's end: its retained document is cleared (published = 0, see unpublished),
+        # so that the device is not offered it again at every connect.
+        ended = nxt.state in FINAL and current.state not in FINAL
         db.execute(
             "UPDATE device_jobs SET state = ?, percent = ?, reason = ?, updated = ?,"
-            " path = COALESCE(?, path), fallback = COALESCE(?, fallback)"
+            " path = COALESCE(?, path), fallback = COALESCE(?, fallback),"
+            " published = CASE WHEN ? THEN 0 ELSE published END"
             " WHERE job = ? AND device = ?",
             (
                 nxt.state,
@@ -355,6 +392,7 @@ def apply_report(db: sqlite3.Connection, device: str, report: JobReport) -> Outc
                 nxt.updated,
                 report.path,
                 report.fallback,
+                ended,
                 report.job,
                 device,
             ),

@@ -32,7 +32,11 @@ from twelvefactor_services.management.artifacts import ArtifactStore
 from twelvefactor_services.management.configlogic import desired_document
 from twelvefactor_services.management.http_api import MAX_ARTIFACT, ApiServer
 from twelvefactor_services.management.http_api import server_context as api_context
-from twelvefactor_services.management.jobs import JobReportError, parse_job_report
+from twelvefactor_services.management.jobs import (
+    JOB_QUIET_AFTER,
+    JobReportError,
+    parse_job_report,
+)
 from twelvefactor_services.management.logic import (
     OVERDUE_AFTER,
     ConfigReport,
@@ -80,6 +84,8 @@ class ManagementConfig:
     artifacts: ArtifactServing | None = None  # None: no artifact server in this copy
     signing_cert: Path | None = None  # what devices check .swu signatures with
     overdue_after: float = OVERDUE_AFTER  # seconds a sleeping device may be late
+    # seconds without a report before an online device's unfinished job is offered again
+    job_quiet_after: float = JOB_QUIET_AFTER
 
     @property
     def artifact_store(self) -> ArtifactStore:
@@ -282,9 +288,12 @@ class ManagementService:
         try:
             released = jobstore.release_due(db, time.time())
             moves = rolloutstore.tick(db, time.time())
+            again = jobstore.offer_quiet_again(db, time.time(), self.cfg.job_quiet_after)
         except sqlite3.Error as exc:  # a busy or damaged registry: try again next round
             log.warning("rollouts not moved: %s", exc)
             return
+        for device, job in again:
+            log.info("job %s: nothing from %s for a while, offered again", job, device)
         for job, count in released:
             log.info("job %s: install time reached, %d device(s) released", job, count)
         for rollout, action, reason in moves:
@@ -294,17 +303,17 @@ class ManagementService:
         if self.cfg.artifacts is None:
             return  # without an artifact server a job cannot be fetched: hold it
         store = self.cfg.artifact_store
-        for device, job, sha, install in jobstore.unpublished(db):
-            artifact = store.get(sha)
-            if artifact is None:
-                log.error("job %s names artifact %s, which is gone from the store", job, sha)
-                continue
-            info = self.client.publish(
-                mgmt_down(device, "update"),
-                jobstore.job_document(job, device, artifact, self.cfg.artifacts.url, install),
-                qos=1,
-                retain=True,
-            )
+        for device, job, sha, install, ended in jobstore.unpublished(db):
+            if ended:  # its final report arrived: the retained job goes
+                document = b""
+            else:
+                artifact = store.get(sha)
+                if artifact is None:
+                    log.error("job %s names artifact %s, which is gone from the store", job, sha)
+                    continue
+                base = self.cfg.artifacts.url
+                document = jobstore.job_document(job, device, artifact, base, install)
+            info = self.client.publish(mgmt_down(device, "update"), document, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout=10)
             except (RuntimeError, ValueError) as exc:
@@ -312,8 +321,11 @@ class ManagementService:
                 return
             if not info.is_published():
                 return
-            jobstore.mark_published(db, device, job, install)
-            log.info("published update job %s for %s (install: %s)", job, device, install)
+            jobstore.mark_published(db, device, job, install, time.time())
+            if ended:
+                log.info("cleared update job %s for %s (ended)", job, device)
+            else:
+                log.info("published update job %s for %s (install: %s)", job, device, install)
 
     def _publish_desired(self, registry: Registry) -> None:
         for device, version, config in registry.unpublished():
