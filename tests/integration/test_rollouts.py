@@ -37,6 +37,7 @@ from twelvefactor_agent.update.download import (
 )
 from twelvefactor_agent.update.machine import CANCELLED, UpdateMachine
 from twelvefactor_agent.update.steps import Record, other
+from twelvefactor_services.management import jobstore
 from twelvefactor_services.management.registry import Registry
 
 from testbed.hostagent import HostAgent
@@ -530,13 +531,19 @@ def test_a_final_report_lost_on_the_way_arrives_when_the_quiet_job_is_offered_ag
         agent.start()  # takes the retained job: refused here (no /etc/hwrevision), reported
         done = f"update job {job} refused: no_hwrevision"
         wait_until(lambda: done in agent.log_file.read_text(), what="the agent's refusal")
+        # the report was lost: the registry (read while no service runs) has the job queued
+        db = jobstore.connect(stack.registry_db, readonly=True)
+        try:
+            stored = jobstore.get_job(db, job)
+        finally:
+            db.close()
+        assert stored is not None and stored["devices"][0]["state"] == "queued", stored
         management.start(PACE.steps_of("services"))
 
         def state() -> dict[str, Any]:
             shown: dict[str, Any] = json.loads(cli(stack, management, "job", "show", job, "--json"))
             return shown["devices"][0]
 
-        assert state()["state"] == "queued"  # the report was lost
         ended = wait_until(
             lambda: s if (s := state())["state"] == "failed" else None,
             PACE.limit(ROUND_TRIP, fixed=QUIET + 2),

@@ -532,9 +532,8 @@ class UpdateMachine:
         self.record = None
         self._last = None
         self.phase = Phase.IDLE
-        reason = None if record.final == SUCCEEDED else (record.reason or "")[:MAX_REASON]
         return [
-            *self._remember(job, record.final, reason),
+            *self._remember(job, record.final, _final_reason(record)),
             DeleteRecord(),
             Log(logging.INFO, f"update job {job}: final report acknowledged"),
         ]
@@ -677,8 +676,7 @@ class UpdateMachine:
     def _final_report(self, record: Record) -> ReportFinal:
         assert record.final is not None
         self._last = (record.final, None)
-        reason = None if record.final == SUCCEEDED else (record.reason or "")[:MAX_REASON]
-        return ReportFinal(record.job, steps.final_chain(record.final), reason)
+        return ReportFinal(record.job, steps.final_chain(record.final), _final_reason(record))
 
     def _refuse(self, job: str, reason: str) -> list[Action]:
         """A job refused before it started: no record, one report."""
@@ -703,6 +701,11 @@ class UpdateMachine:
         self.outcomes = {j: o for j, o in self.outcomes.items() if j in self.handled}
         kept = tuple((j, *self.outcomes[j]) for j in self.handled if j in self.outcomes)
         return [Remember(tuple(self.handled), kept)]
+
+
+def _final_reason(record: Record) -> str | None:
+    """The reason a final report carries: none for a success."""
+    return None if record.final == SUCCEEDED else (record.reason or "")[:MAX_REASON]
 
 
 def _job_id(payload: bytes) -> str | None:

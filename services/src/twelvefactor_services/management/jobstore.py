@@ -298,9 +298,7 @@ def unpublished(db: sqlite3.Connection) -> list[tuple[str, str, str, str, bool]]
     ]
 
 
-def mark_published(
-    db: sqlite3.Connection, device: str, job: str, install: str, now: float | None = None
-) -> None:
+def mark_published(db: sqlite3.Connection, device: str, job: str, install: str, now: float) -> None:
     """``install`` is the mode that went out: a release made meanwhile stays unpublished."""
     db.execute(
         "UPDATE device_jobs SET published = 1, published_at = ?"
