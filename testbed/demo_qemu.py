@@ -276,8 +276,9 @@ class HubCloud:
         return Path(self.hub.info["admin_token_file"])
 
     @property
-    def registry(self) -> Path:
-        return Path(self.hub.info["registry"])
+    def registry(self) -> str:
+        """The management database: a SQLite file's path or a PostgreSQL URL."""
+        return str(self.hub.info["registry"])
 
     @property
     def archive_dir(self) -> Path:

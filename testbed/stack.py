@@ -89,7 +89,12 @@ class Stack(ServicesStack):
     """PKI + broker + services in ``root``; start the pieces a test needs."""
 
     def __init__(
-        self, root: Path, *, address: str = LOCALHOST, solution_database: str | None = None
+        self,
+        root: Path,
+        *,
+        address: str = LOCALHOST,
+        solution_database: str | None = None,
+        management_database: str | None = None,
     ) -> None:
         pki_dir = root / "pki"
         if not (pki_dir / "ca.crt").exists():
@@ -100,6 +105,7 @@ class Stack(ServicesStack):
             address=address,
             observer_suffix=OBSERVER_SUFFIX,
             solution_database=solution_database,
+            management_database=management_database,
         )
 
     # -- endpoints and identities -------------------------------------------------

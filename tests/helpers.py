@@ -110,13 +110,12 @@ class ConsoleApi:
 
     def __init__(self, srv: http_api.ApiServer, ca: Path) -> None:
         self.srv, self.ca = srv, ca
-        db = operators.connect(srv.db_path)
+        db = srv.db
         now = time.time()
         operators.add_operator(db, "olga", "operator", None, now)
         operators.add_operator(db, "vera", "viewer", None, now)
         self.olga = operators.create_token(db, "olga", "test", now, None)["token"]
         self.vera = operators.create_token(db, "vera", "test", now, None)["token"]
-        db.close()
 
     @property
     def port(self) -> int:
@@ -158,8 +157,4 @@ class ConsoleApi:
         return answer.status, json.loads(answer.body)
 
     def audit(self) -> list[dict[str, Any]]:
-        db = operators.connect(self.srv.db_path)
-        try:
-            return operators.audit(db, limit=100, before=None)
-        finally:
-            db.close()
+        return operators.audit(self.srv.db, limit=100, before=None)

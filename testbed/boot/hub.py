@@ -32,8 +32,9 @@ from typing import Any
 
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import TABLE, Peer
-from twelvefactor_services.hub.service import Settings, init, load_settings, registry_path
+from twelvefactor_services.hub.service import Settings, init, load_settings, registry_target
 from twelvefactor_services.management.api_client import ManagementClient
+from twelvefactor_services.management.store import Db
 from twelvefactor_services.solution.receivers import read_archive
 
 from refimage import provision
@@ -221,11 +222,11 @@ class Hub:
         """Register the device's key in the registry, as an operator does
         (`twelvefactor-hub peer`); the running hub applies it within a second.
         The peer gets one /32 (AllowedIPs): it cannot send from another's address."""
-        peers = PeerStore(registry_path(self.root))
+        db = Db(registry_target(self.root))
         try:
-            peer = peers.add(load_settings(self.root).tunnel, device_id, public_key)
+            peer = PeerStore(db).add(load_settings(self.root).tunnel, device_id, public_key)
         finally:
-            peers.close()
+            db.close()
         deadline = time.monotonic() + START_TIMEOUT
         while public_key not in self._wg_cmd("show", self.ifname, "peers"):
             if self._hub is None or self._hub.poll() is not None or time.monotonic() > deadline:

@@ -1,7 +1,7 @@
 """What the services make of the simulated fleet, watched from outside them.
 
-- ``RegistryWatch`` reads the management service's registry (SQLite, read-only,
-  WAL: a reader never blocks the service's writer) every ``interval`` seconds.
+- ``RegistryWatch`` reads the management service's registry (reads only: on SQLite
+  in WAL a reader never blocks the service's writer) every ``interval`` seconds.
   A device's health record carries the device's own send time (``health_ts``),
   and simulator and services share this machine's clock, so the latency from
   send to record is the time a new ``health_ts`` is first seen minus itself,
@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Sequence
@@ -29,7 +28,9 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from twelvefactor_services import database
+from twelvefactor_services.management import store
 from twelvefactor_services.management.api_client import ApiError, ManagementClient
+from twelvefactor_services.management.store import Db
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -41,15 +42,16 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[rank - 1]
 
 
-def _readonly(db: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+def _readonly(db: str) -> Db:
+    """The registry as it is (no schema made): a SQLite file's path or a PostgreSQL URL."""
+    return Db(db, migrate=False)
 
 
 @dataclass
 class RegistryWatch:
     """Polls the registry: health latencies and when each device's metadata was last seen."""
 
-    db: Path
+    db: str
     interval: float = 0.05
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (seen, latency)
     meta_ts: dict[str, float] = field(default_factory=dict)
@@ -70,9 +72,14 @@ class RegistryWatch:
         self._thread.join(30)
 
     def _run(self) -> None:
-        while not self.db.exists() and not self._stop.is_set():
-            time.sleep(self.interval)
-        conn = _readonly(self.db)
+        conn = None
+        while conn is None and not self._stop.is_set():
+            try:
+                conn = _readonly(self.db)
+            except FileNotFoundError:  # the service has not made it yet
+                time.sleep(self.interval)
+        if conn is None:
+            return
         try:
             while not self._stop.is_set():
                 started = time.time()
@@ -80,7 +87,7 @@ class RegistryWatch:
                     rows = conn.execute(
                         "SELECT id, health_ts, meta_ts, online FROM devices"
                     ).fetchall()
-                except sqlite3.OperationalError:  # the schema is being made
+                except store.Error:  # the schema is being made
                     rows = []
                 seen = time.time()
                 with self.lock:
@@ -111,7 +118,7 @@ class RegistryWatch:
             return [lat for seen, lat in self.latencies if start <= seen <= end]
 
 
-def health_samples(db: Path, since: float) -> dict[str, set[float]]:
+def health_samples(db: str, since: float) -> dict[str, set[float]]:
     """The device times of the health samples the registry recorded at or after ``since``."""
     conn = _readonly(db)
     try:
@@ -126,32 +133,21 @@ def health_samples(db: Path, since: float) -> dict[str, set[float]]:
 
 def solution_counts(target: str) -> tuple[int, int]:
     """(messages the solution service accepted, of those still owed to the archive), from
-    its SQLite file (read-only) or its PostgreSQL database."""
-    if "://" in target:
-        db = database.engine(target)
-        try:
-            with database.reading(db) as pg:
-                accepted = pg.execute(sa.text("SELECT count(*) FROM messages")).scalar()
-                owed = pg.execute(
-                    sa.text("SELECT count(*) FROM outbox WHERE receiver = 'archive'")
-                ).scalar()
-        except sa.exc.ProgrammingError:  # no tables yet: the service has not started
-            return 0, 0
-        finally:
-            db.dispose()
-        return int(accepted or 0), int(owed or 0)
-    path = Path(target)
-    if not path.exists():
+    its SQLite file or its PostgreSQL database (reads only)."""
+    if "://" not in target and not Path(target).exists():
         return 0, 0
-    conn = _readonly(path)
+    db = database.engine(target)
     try:
-        accepted = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
-        owed = conn.execute("SELECT count(*) FROM outbox WHERE receiver = 'archive'").fetchone()[0]
-    except sqlite3.OperationalError:
+        with database.reading(db) as conn:
+            accepted = conn.execute(sa.text("SELECT count(*) FROM messages")).scalar()
+            owed = conn.execute(
+                sa.text("SELECT count(*) FROM outbox WHERE receiver = 'archive'")
+            ).scalar()
+    except sa.exc.DBAPIError:  # no tables yet: the service has not started
         return 0, 0
     finally:
-        conn.close()
-    return int(accepted), int(owed)
+        db.dispose()
+    return int(accepted or 0), int(owed or 0)
 
 
 def archive_seqs(archive_dir: Path, device: str) -> dict[str, set[int]]:

@@ -13,8 +13,9 @@ from typing import Any
 
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import provisioning
-from twelvefactor_services.hub.service import Settings, init, load_settings, registry_path
+from twelvefactor_services.hub.service import Settings, init, load_settings, registry_target
 from twelvefactor_services.management import registry
+from twelvefactor_services.management.store import Db
 from twelvefactor_services.pki import Pki
 
 from testbed.network.device import Device
@@ -89,7 +90,8 @@ class Lab:
             ),
         )
         pki = Pki(self.hub_root / "pki")
-        peers = PeerStore(registry_path(self.hub_root))
+        db = Db(registry_target(self.hub_root))
+        peers = PeerStore(db)
         settings = load_settings(self.hub_root)
         hub_public = (self.hub_root / "hub" / "wg.pub").read_text().strip()
         for letter, (device_id, (v4, v6)) in zip("ab", DEVICES.items(), strict=True):
@@ -105,7 +107,7 @@ class Lab:
                 ports=settings.ports,
             )
             dev.provision(conf, pki.device(device_id).cert.parent)
-        peers.close()
+        db.close()
         self._hub, self.hub_info = start_hub(
             self.hub_ns.name, self.hub_root, self.hub_if, self.root / "hub.log"
         )
@@ -174,7 +176,7 @@ class Lab:
         return read_log(self.root / "hub.log")[-4000:]
 
     def registry_device(self, device_id: str) -> dict[str, Any] | None:
-        db = registry.connect(Path(self.hub_info["registry"]), readonly=True)
+        db = Db(self.hub_info["registry"], migrate=False)
         try:
             return registry.get_device(db, device_id)
         finally:
@@ -182,7 +184,7 @@ class Lab:
 
     def history(self, device_id: str) -> list[dict[str, Any]]:
         """The device's online history in the registry, oldest first."""
-        db = registry.connect(Path(self.hub_info["registry"]), readonly=True)
+        db = Db(self.hub_info["registry"], migrate=False)
         try:
             return registry.history(db, device_id)
         finally:

@@ -18,8 +18,9 @@ from twelvefactor_agent.enrol.device import make_request
 from twelvefactor_services.hub.cli import main as hub
 from twelvefactor_services.hub.enrol import HubEnrolError, decommission, enrol
 from twelvefactor_services.hub.peers import PeerStore
-from twelvefactor_services.hub.service import Settings, init, registry_path
+from twelvefactor_services.hub.service import Settings, init, registry_target
 from twelvefactor_services.management import logic, registry
+from twelvefactor_services.management.store import Db
 from twelvefactor_services.pki import Pki, PkiError
 
 pytestmark = pytest.mark.integration
@@ -47,12 +48,12 @@ def test_one_step_registers_the_device_everywhere(root: Path, tmp_path: Path) ->
     )
     pki = Pki(root / "pki")
     assert not pki.device_paths("dev-007").key.exists(), "the key never left the device"
-    peers = PeerStore(registry_path(root))
+    peers = PeerStore(Db(registry_target(root)))
     peer = peers.get("dev-007")
-    peers.close()
+    peers.db.close()
     assert peer is not None and peer.public_key == request.wireguard_public_key
     assert response.network.tunnel_address_v4 == f"{peer.address_v4}/24"
-    db = registry.connect(registry_path(root), readonly=True)
+    db = Db(registry_target(root), migrate=False)
     shown = registry.get_device(db, "dev-007")
     assert shown is not None
     assert shown["hardware"] == {"board": "qemux86-64", "revision": "1.0"}
@@ -82,9 +83,9 @@ def test_refusals_leave_nothing_behind(root: Path, tmp_path: Path) -> None:
         with pytest.raises(HubEnrolError, match=match):
             enrol(root, request, **args)  # type: ignore[arg-type]
         assert not Pki(root / "pki").device_paths("dev-009").cert.exists()
-        peers = PeerStore(registry_path(root))
+        peers = PeerStore(Db(registry_target(root)))
         assert peers.get("dev-009") is None
-        peers.close()
+        peers.db.close()
     # a request whose CN is not the device id it claims
     d = ec.new_private_key()
     forged = Request(
@@ -110,15 +111,15 @@ def test_decommission_revokes_removes_the_peer_and_retires_with_history(
     root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     enrol(root, _request(tmp_path, "dev-020"), endpoint="192.0.2.1", group="field")
-    reg = registry.Registry(registry_path(root))
+    reg = registry.Registry(Db(registry_target(root)))
     reg.apply("dev-020", logic.OnlineReport(True, None, None), 100.0)
-    reg.close()
+    reg.db.close()
     assert hub(["decommission", str(root), "dev-020"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["peer_removed"] is True
     pki = Pki(root / "pki")
     assert int(out["revoked_serial"], 16) in pki.revoked()
-    db = registry.connect(registry_path(root), readonly=True)
+    db = Db(registry_target(root), migrate=False)
     shown = registry.get_device(db, "dev-020")
     assert shown is not None and shown["retired"]["group"] == "field"
     assert shown["retired"]["at"] > 0

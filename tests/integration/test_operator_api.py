@@ -199,7 +199,7 @@ def test_tokens_for_scripts_are_shown_once_and_revocable(
     assert all("token" not in t and "secret_sha256" not in t for t in listed)
     # the database holds only the secret's hash
     secret = made["token"].rsplit("_", 1)[1]
-    assert secret.encode() not in stack.registry_db.read_bytes()
+    assert secret.encode() not in Path(stack.registry_db).read_bytes()
     admin.call("DELETE", f"/tokens/{made['id']}")
     assert script.request("GET", "/whoami")[0] == 401
 

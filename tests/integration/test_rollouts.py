@@ -39,6 +39,7 @@ from twelvefactor_agent.update.machine import CANCELLED, UpdateMachine
 from twelvefactor_agent.update.steps import Record, other
 from twelvefactor_services.management import jobstore
 from twelvefactor_services.management.registry import Registry
+from twelvefactor_services.management.store import Db
 
 from testbed.hostagent import HostAgent
 from testbed.pace import PACE, ROUND_TRIP
@@ -383,7 +384,7 @@ def test_a_good_release_goes_through_every_phase_and_a_cancel_stops_the_next(
 def test_a_rollout_by_tags_takes_the_enrolled_devices_with_all_of_them(
     stack: Stack, management: ServiceProcess, tmp_path: Path
 ) -> None:
-    reg = Registry(stack.registry_db)
+    reg = Registry(Db(stack.registry_db))
     try:
         for i, tags in enumerate([["bench", "site:b"], ["bench"], ["bench", "site:b"], ["site:b"]]):
             reg.enrol(
@@ -391,7 +392,7 @@ def test_a_rollout_by_tags_takes_the_enrolled_devices_with_all_of_them(
             )
         reg.retire("tag-2", 2.0, None)  # decommissioned: never in a rollout again
     finally:
-        reg.close()
+        reg.db.close()
     added = add_artifact(stack, management, tmp_path / "t.swu")
     made = cli(
         stack, management, "rollout", "create", "--artifact", added["sha256"][:8],
@@ -532,7 +533,7 @@ def test_a_final_report_lost_on_the_way_arrives_when_the_quiet_job_is_offered_ag
         done = f"update job {job} refused: no_hwrevision"
         wait_until(lambda: done in agent.log_file.read_text(), what="the agent's refusal")
         # the report was lost: the registry (read while no service runs) has the job queued
-        db = jobstore.connect(stack.registry_db, readonly=True)
+        db = Db(stack.registry_db, migrate=False)
         try:
             stored = jobstore.get_job(db, job)
         finally:

@@ -212,8 +212,9 @@ def test_enrolment_page_from_nothing_to_online_then_decommission(lab: Lab, tmp_p
     assert record["retired"]["group"] == "lab" and record["retired"]["at"] > 0
     assert record["hardware"] == {"board": "qemux86-64", "revision": "1.0"}
     from twelvefactor_services.management import registry
+    from twelvefactor_services.management.store import Db
 
-    db = registry.connect(Path(lab.hub_info["registry"]), readonly=True)
+    db = Db(lab.hub_info["registry"], migrate=False)
     try:
         assert [h["online"] for h in registry.history(db, DEVICE)][:2] == [True, False]
     finally:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from twelvefactor_services.management import registry
+from twelvefactor_services.management.store import Db
 
 from testbed.network.lab import HUB_UNDERLAY, INTERNET, Lab
 from testbed.network.probes import Capture, sent_by_device
@@ -50,19 +51,19 @@ def test_agent_refuses_a_configuration_naming_a_third_endpoint(lab: Lab, tmp_pat
 def test_endpoint_moved_outside_the_allowlist_is_dropped_and_reverted(
     lab: Lab, tmp_path: Path
 ) -> None:
-    db_path = Path(lab.hub_info["registry"])
+    db_path = lab.hub_info["registry"]
     before = _dropped_outbound(lab)
-    reg = registry.Registry(db_path)
+    reg = registry.Registry(Db(db_path))
     try:
         version = reg.set_device_config(
             lab.a.id, {"management": {"host": INTERNET[0]}}, time.time()
         )
     finally:
-        reg.close()
+        reg.db.close()
     with Capture(lab.a.ns, "eth0", tmp_path / "underlay.pcap") as cap:
         deadline = time.monotonic() + 120  # confirm_window is 20 s in the lab
         while True:
-            db = registry.connect(db_path, readonly=True)
+            db = Db(db_path, migrate=False)
             try:
                 found = registry.device_config(db, lab.a.id)
             finally:

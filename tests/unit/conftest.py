@@ -14,6 +14,7 @@ import pytest
 from helpers import ConsoleApi, api_certificate
 from twelvefactor_services.management import http_api
 from twelvefactor_services.management.artifacts import ArtifactStore
+from twelvefactor_services.management.store import Db
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def api(tmp_path: Path) -> Iterator[ConsoleApi]:
     cert, key, ca = api_certificate(tmp_path / "pki")
     srv = http_api.ApiServer(
         ("127.0.0.1", 0),
-        tmp_path / "registry.db",
+        Db(tmp_path / "registry.db"),
         lambda: {"ok": True},
         http_api.server_context(cert, key),
         ["127.0.0.1"],

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 from helpers import ConsoleApi
-from twelvefactor_services.management import operators, registry, rolloutstore
+from twelvefactor_services.management import operators, registry
 from twelvefactor_services.management.logic import parse_report
 from twelvefactor_services.management.operators import Principal
+from twelvefactor_services.management.store import Db
 
 pytestmark = pytest.mark.unit
 
@@ -30,7 +31,7 @@ def health(reg: registry.Registry, device: str, ts: float, load: float, dropped:
 
 
 def test_the_health_series_keeps_the_newest_samples_of_each_device(tmp_path: Path) -> None:
-    reg = registry.Registry(tmp_path / "registry.db")
+    reg = registry.Registry(Db(tmp_path / "registry.db"))
     health(reg, "dev-b", 1.0, 9.0)  # a bystander
     for i in range(registry.HEALTH_KEPT + 50):
         health(reg, "dev-a", float(i + 1), i / 100, dropped=i)
@@ -55,7 +56,7 @@ def test_the_health_series_keeps_the_newest_samples_of_each_device(tmp_path: Pat
     ]
     assert [s["ts"] for s in registry.health_series(reg.db, "dev-a", limit=2)] == [1049.0, 1050.0]
     assert len(registry.health_series(reg.db, "dev-b")) == 1
-    reg.close()
+    reg.db.close()
 
 
 def test_a_health_report_with_odd_fields_is_still_a_sample(tmp_path: Path) -> None:
@@ -79,8 +80,8 @@ def online(reg: registry.Registry, device: str, up: bool, reason: str) -> None:
 
 def test_the_events_feed_is_in_order_and_goes_on_from_its_cursor(api: ConsoleApi) -> None:
     # the operator API's registry, as it prepared it (its tables and the events' triggers)
-    db = rolloutstore.connect(api.srv.db_path)
-    reg = registry.Registry(api.srv.db_path)
+    db = api.srv.db
+    reg = registry.Registry(api.srv.db)
     admin = Principal("admin", "admin", "0" * 16)
 
     steps = [
@@ -152,8 +153,6 @@ def test_the_events_feed_is_in_order_and_goes_on_from_its_cursor(api: ConsoleApi
     rest_cursor = registry.parse_cursor(page["next"])
     assert rest_cursor is not None
     assert len(registry.events(db, rest_cursor, audit=True)["events"]) == 6
-    reg.close()
-    db.close()
 
 
 def test_a_cursor_is_checked() -> None:

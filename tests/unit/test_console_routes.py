@@ -40,7 +40,7 @@ def test_an_artifact_is_deleted_only_when_nothing_unfinished_uses_it(
     jobbed = store.add(swu(tmp_path / "a.swu", "2.0")).sha256
     rolled = store.add(swu(tmp_path / "b.swu", "2.1")).sha256
     free = store.add(swu(tmp_path / "c.swu", "2.2")).sha256
-    db = rolloutstore.connect(api.srv.db_path)
+    db = api.srv.db
     job = jobstore.create_job(db, store, jobbed, device="dev-1", now=time.time())["id"]
     spec = parse_spec({"artifact": rolled, "devices": ["dev-2"], "start_at": 4_000_000_000})
     rollout = rolloutstore.create(db, store, spec, time.time(), "olga")["id"]
@@ -80,7 +80,6 @@ def test_an_artifact_is_deleted_only_when_nothing_unfinished_uses_it(
     # the job ends, the rollout is cancelled: both may go
     db.execute("UPDATE device_jobs SET state = 'succeeded' WHERE job = ?", (job,))
     rolloutstore.control(db, rollout, "cancel", time.time(), "olga")
-    db.close()
     assert api("DELETE", f"/artifacts/{jobbed}", api.olga)[0] == 200
     assert api("DELETE", f"/artifacts/{rolled}", api.olga)[0] == 200
     assert api("GET", "/artifacts", api.olga)[1] == []

@@ -109,10 +109,9 @@ def test_the_events_feed_waits_for_the_next_event(
     )
     started = time.monotonic()
     waiting.start()
-    reg = registry.Registry(api.srv.db_path)
+    reg = registry.Registry(api.srv.db)
     raw = json.dumps({"v": 1, "online": True, "reason": "", "ts": time.time()}).encode()
     reg.apply("dev-a", parse_report("dev-a", "online", raw), time.time())
-    reg.close()
     waiting.join(limit)
     assert time.monotonic() - started < http_api.EVENTS_WAIT
     events = got["events"]

@@ -41,6 +41,7 @@ from twelvefactor_services.management.logic import (
     PayloadError,
     parse_report,
 )
+from twelvefactor_services.management.store import Db
 from twelvefactor_services.solution import proxyconfig
 from twelvefactor_services.solution.proxy import DEVICE_HEADERS, Plan, Refused, plan
 
@@ -307,10 +308,13 @@ def _view(reg: registry.Registry, device: str) -> str:
     )
 
 
+_FOLDER = tempfile.TemporaryDirectory(prefix="tf-fuzz-")  # removed when the run ends
+
+
 @cache
 def memory_registry() -> registry.Registry:
     """One registry for all examples (state builds up), with a bystander device dev-g."""
-    reg = registry.Registry(Path(":memory:"))
+    reg = registry.Registry(Db(Path(_FOLDER.name) / "registry.db"))
     for kind, body in (
         ("online", {"v": 1, "online": True, "ts": 5.0}),
         ("meta", {"v": 1, "ts": 5.0, "device": "dev-g"}),

@@ -13,6 +13,7 @@ from twelvefactor_services.management.configlogic import (
     effective,
 )
 from twelvefactor_services.management.logic import ConfigReport, PayloadError, parse_report
+from twelvefactor_services.management.store import Db
 
 
 def test_effective_is_group_then_device_table_by_table() -> None:
@@ -57,7 +58,7 @@ def test_config_reports() -> None:
 
 
 def test_versions_only_go_up_and_follow_every_change(tmp_path: Path) -> None:
-    reg = registry.Registry(tmp_path / "r.db")
+    reg = registry.Registry(Db(tmp_path / "r.db"))
     assert reg.set_device_config("dev-a", {"agent": {"keepalive": 10}}, 1.0) == 1
     assert reg.set_device_config("dev-a", {"agent": {"keepalive": 10}}, 2.0) == 1, "no change"
     assert reg.set_group_config("g", {"queue": {"max_age": 600}}, 3.0) == {}
@@ -81,13 +82,13 @@ def test_versions_only_go_up_and_follow_every_change(tmp_path: Path) -> None:
     # the next version set starts above it, so the device does not ignore it.
     reg.apply("dev-x", ConfigReport(41, "applied", None), 12.0)
     assert reg.set_device_config("dev-x", {"agent": {"keepalive": 10}}, 13.0) == 42
-    reg.close()
+    reg.db.close()
 
 
 def test_a_report_that_overtakes_the_publish_acknowledgement_counts(tmp_path: Path) -> None:
     """The device can apply a version and report it before the service has recorded
     the broker's acknowledgement of the publish: that report is the device's answer."""
-    reg = registry.Registry(tmp_path / "r.db")
+    reg = registry.Registry(Db(tmp_path / "r.db"))
     reg.set_device_config("dev-a", {"agent": {"keepalive": 10}}, 1.0)
     reg.mark_published("dev-a", 1)
     assert reg.set_device_config("dev-a", {"agent": {"keepalive": 20}}, 2.0) == 2
@@ -98,13 +99,13 @@ def test_a_report_that_overtakes_the_publish_acknowledgement_counts(tmp_path: Pa
     reg.apply("dev-a", ConfigReport(3, "applied", None), 4.0)  # never set: a lie
     shown = registry.device_config(reg.db, "dev-a")
     assert shown is not None and shown["reported"]["version"] == 2
-    reg.close()
+    reg.db.close()
 
 
 def test_a_device_cannot_freeze_its_groups_configuration(tmp_path: Path) -> None:
     """Issue 19, finding 2: a reported version of 2^63-1 made the next recomputation
     overflow SQLite, and every change to the device's group failed from then on."""
-    reg = registry.Registry(tmp_path / "registry.db")
+    reg = registry.Registry(Db(tmp_path / "registry.db"))
     reg.set_group_config("field", {"agent": {"keepalive": 10}}, 1.0)
     reg.add_members("field", ["dev-1", "dev-2"], 1.0)
     versions = reg.set_group_config("field", {"agent": {"keepalive": 20}}, 2.0)

@@ -21,6 +21,7 @@ from twelvefactor_services.management.jobs import (
     advance,
     parse_job_report,
 )
+from twelvefactor_services.management.store import Db
 
 
 def report(state: str, percent: int | None = None, reason: str | None = None) -> JobReport:
@@ -118,7 +119,7 @@ def test_parse_rejects(raw: bytes, message: str) -> None:
 
 
 def test_bytes_sent_count_on_the_devices_unfinished_job_for_that_artifact(tmp_path: Path) -> None:
-    db = jobstore.connect(tmp_path / "registry.db")
+    db = Db(tmp_path / "registry.db")
     art, other = "a" * 64, "b" * 64
     for job, artifact, created in (("j-old", art, 1.0), ("j-new", art, 2.0), ("j-b", other, 3.0)):
         db.execute(
@@ -132,7 +133,6 @@ def test_bytes_sent_count_on_the_devices_unfinished_job_for_that_artifact(tmp_pa
             "INSERT INTO device_jobs (job, device, state, updated) VALUES (?, ?, ?, 0)",
             (job, device, state),
         )
-    db.commit()
     jobstore.add_sent(db, "dev-1", art, 1000)
     jobstore.add_sent(db, "dev-1", art, 24)
     sent = {(j, d): n for j, d, n in db.execute("SELECT job, device, sent_bytes FROM device_jobs")}
@@ -187,9 +187,8 @@ def test_parse_rejects_a_bad_path_or_fallback(raw: bytes, message: str) -> None:
 
 
 def _one_job(tmp_path: Path) -> Any:
-    db = jobstore.connect(tmp_path / "registry.db")
+    db = Db(tmp_path / "registry.db")
     job = jobstore.insert_job(db, "a" * 64, ["dev-1", "dev-2"], "group:g", 1.0)
-    db.commit()
     return db, job
 
 
@@ -250,9 +249,9 @@ def test_a_registry_from_before_delta_updates_gains_the_columns(tmp_path: Path) 
     db, job = _one_job(tmp_path)
     db.execute("ALTER TABLE device_jobs DROP COLUMN path")
     db.execute("ALTER TABLE device_jobs DROP COLUMN fallback")
-    db.commit()
+    db.execute("DROP TABLE management_schema")  # made before the migrations, too
     db.close()
-    db = jobstore.connect(tmp_path / "registry.db")
+    db = Db(tmp_path / "registry.db")
     assert _devices(db, job)["dev-1"] == ("queued", None, None, None)
     jobstore.apply_report(db, "dev-1", JobReport(job, "downloading", 0, None, 2.0, "delta"))
     assert _devices(db, job)["dev-1"] == ("downloading", 0, "delta", None)
@@ -298,7 +297,6 @@ def test_an_ended_job_is_cleared_and_a_quiet_one_is_offered_again(tmp_path: Path
         "INSERT INTO devices (id, first_seen, online) VALUES (?, 0, ?)",
         [("dev-1", 1), ("dev-2", 0)],
     )
-    db.commit()
 
     def pending() -> list[tuple[str, str, bool]]:
         return [(d, j, ended) for d, j, _, _, ended in jobstore.unpublished(db)]
@@ -306,7 +304,6 @@ def test_an_ended_job_is_cleared_and_a_quiet_one_is_offered_again(tmp_path: Path
     assert pending() == [("dev-1", job, False), ("dev-2", job, False)]
     for device in ("dev-1", "dev-2"):
         jobstore.mark_published(db, device, job, "now", 10.0)
-    db.commit()
     assert pending() == []
     # quiet since the creation (1.0) and the offer (10.0): not yet at 100 s ...
     assert jobstore.offer_quiet_again(db, 100.0, quiet=600.0) == []
@@ -314,7 +311,6 @@ def test_an_ended_job_is_cleared_and_a_quiet_one_is_offered_again(tmp_path: Path
     assert jobstore.offer_quiet_again(db, 700.0, quiet=600.0) == [("dev-1", job)]
     assert pending() == [("dev-1", job, False)]
     jobstore.mark_published(db, "dev-1", job, "now", 700.0)
-    db.commit()
     # a report resets the quiet time, and the offer just made counts too
     jobstore.apply_report(db, "dev-1", JobReport(job, "downloading", 10, None, 1000.0))
     assert jobstore.offer_quiet_again(db, 1500.0, quiet=600.0) == []
@@ -324,13 +320,11 @@ def test_an_ended_job_is_cleared_and_a_quiet_one_is_offered_again(tmp_path: Path
     jobstore.apply_report(db, "dev-1", JobReport(job, "downloaded", None, None, 1100.0))
     assert jobstore.offer_quiet_again(db, 9000.0, quiet=600.0) == []
     db.execute("UPDATE device_jobs SET install = 'now' WHERE device = 'dev-1'")
-    db.commit()
     # the end: the retained document is to be cleared, once
     out = jobstore.apply_report(db, "dev-1", JobReport(job, "failed", None, "x: y", 1600.0))
     assert out.after == "failed"
     assert pending() == [("dev-1", job, True)]
     jobstore.mark_published(db, "dev-1", job, "now", 1601.0)
-    db.commit()
     assert pending() == []
     # the same final report again (the device answering an offer) changes nothing
     out = jobstore.apply_report(db, "dev-1", JobReport(job, "failed", None, "x: y", 1700.0))

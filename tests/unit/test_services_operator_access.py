@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 from twelvefactor_services.management import operators
 from twelvefactor_services.management.access import Refused, Site, bearer, check_request
 from twelvefactor_services.management.operators import OperatorError
+from twelvefactor_services.management.store import Db
 
 SITE = Site.of(["mgmt.example.com", "127.0.0.1", "::1"], 9443)
 
@@ -75,11 +75,11 @@ def test_bearer() -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> sqlite3.Connection:
-    return operators.connect(tmp_path / "registry.db")
+def db(tmp_path: Path) -> Db:
+    return Db(tmp_path / "registry.db")
 
 
-def test_tokens_expire_and_are_revoked(db: sqlite3.Connection) -> None:
+def test_tokens_expire_and_are_revoked(db: Db) -> None:
     operators.add_operator(db, "ana", "operator", None, 1000.0)
     made = operators.create_token(db, "ana", "ci", 1000.0, ttl=3600)
     who = operators.authenticate(db, made["token"], 1001.0)
@@ -95,7 +95,7 @@ def test_tokens_expire_and_are_revoked(db: sqlite3.Connection) -> None:
         operators.revoke_token(db, long_lived["id"], 2002.0)
 
 
-def test_passwords_are_scrypt_hashes_and_checked(db: sqlite3.Connection) -> None:
+def test_passwords_are_scrypt_hashes_and_checked(db: Db) -> None:
     operators.add_operator(db, "bo", "viewer", "twelve chars!", 0.0)
     stored = db.execute("SELECT password FROM operators WHERE name = 'bo'").fetchone()[0]
     assert stored.startswith("scrypt$") and "twelve" not in stored
@@ -106,7 +106,7 @@ def test_passwords_are_scrypt_hashes_and_checked(db: sqlite3.Connection) -> None
         operators.add_operator(db, "cy", "viewer", "short", 0.0)
 
 
-def test_names_roles_and_the_last_admin(db: sqlite3.Connection) -> None:
+def test_names_roles_and_the_last_admin(db: Db) -> None:
     with pytest.raises(OperatorError, match="operator name 'Root!'"):
         operators.add_operator(db, "Root!", "admin", None, 0.0)
     with pytest.raises(OperatorError, match="role 'root': one of viewer, operator, admin"):
@@ -130,7 +130,7 @@ def test_names_roles_and_the_last_admin(db: sqlite3.Connection) -> None:
 
 
 def test_the_audit_log_pages_back_and_keeps_the_newest(
-    db: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+    db: Db, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(operators, "AUDIT_KEPT", 1500)
     for i in range(3000):

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from twelvefactor_services.management import jobstore, rolloutstore
+from twelvefactor_services.management import jobstore
 from twelvefactor_services.management.rollouts import (
     PAUSED,
     RUNNING,
@@ -19,6 +19,7 @@ from twelvefactor_services.management.rollouts import (
     parse_spec,
     phase_sizes,
 )
+from twelvefactor_services.management.store import Db
 
 SHA = "a" * 64
 
@@ -182,7 +183,7 @@ def test_a_registry_from_before_download_only_gets_its_columns(tmp_path: Path) -
     )
     old.close()
     for _ in range(2):
-        db = rolloutstore.connect(path)
+        db = Db(path)
         job = jobstore.get_job(db, "j-000000000001")
         assert job is not None and job["install_at"] is None
         assert job["devices"][0]["install"] == "now"

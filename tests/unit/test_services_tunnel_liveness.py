@@ -22,6 +22,7 @@ from twelvefactor_services.management.logic import (
     presence,
     tunnel_transition,
 )
+from twelvefactor_services.management.store import Db
 
 pytestmark = pytest.mark.unit
 
@@ -101,9 +102,9 @@ def states(reg: registry.Registry, device: str) -> list[tuple[bool, str | None]]
 
 
 def test_the_hubs_word_reaches_the_registry_through_the_shared_database(tmp_path: Path) -> None:
-    db = tmp_path / "registry.db"
-    peers = PeerStore(db)  # the hub's connection
-    reg = registry.Registry(db)  # the management service's
+    path = tmp_path / "registry.db"
+    peers = PeerStore(Db(path))  # the hub's connections
+    reg = registry.Registry(Db(path))  # the management service's
     report(reg, "dev-a", True, None, 10.0)
     report(reg, "dev-b", True, None, 10.0)
     seq = apply_all(reg, 0, 11.0)
@@ -129,8 +130,8 @@ def test_the_hubs_word_reaches_the_registry_through_the_shared_database(tmp_path
     seq = apply_all(reg, seq, 150.0)
     assert states(reg, "dev-b")[-1] == (False, "shutdown")
     assert apply_all(reg, seq, 160.0) == seq
-    peers.close()
-    reg.close()
+    peers.db.close()
+    reg.db.close()
 
 
 def test_an_older_registry_gets_the_columns_and_its_online_devices_follow_the_tunnel(
@@ -147,14 +148,14 @@ def test_an_older_registry_gets_the_columns_and_its_online_devices_follow_the_tu
         " VALUES ('dev-old', 1.0, 1, 1.0);"
     )
     old.close()
-    reg = registry.Registry(path)
+    reg = registry.Registry(Db(path))
     tunnelstate.record(reg.db, "dev-old", False, time.time() - 80)
     t = reg.apply_tunnel(reg.tunnel_changes(0)[0], time.time())
     assert t is not None and t.online is False
     tunnelstate.record(reg.db, "dev-old", True, time.time())
     t = reg.apply_tunnel(reg.tunnel_changes(1)[0], time.time())
     assert t is not None and t.online is True  # its sessions never said goodbye
-    reg.close()
+    reg.db.close()
 
 
 def test_a_goodbye_that_says_asleep_carries_its_next_check_in() -> None:
@@ -182,7 +183,7 @@ def test_presence_follows_the_announced_interval_on_the_services_clock() -> None
 
 
 def test_the_registry_shows_a_sleeping_device_asleep_then_overdue(tmp_path: Path) -> None:
-    reg = registry.Registry(tmp_path / "registry.db")
+    reg = registry.Registry(Db(tmp_path / "registry.db"))
     now = time.time()
 
     def goodbye(device: str, said: float, back_in: float, heard: float) -> None:
@@ -210,7 +211,7 @@ def test_the_registry_shows_a_sleeping_device_asleep_then_overdue(tmp_path: Path
     report(reg, "dev-n", True, None, now)  # it checks in
     d = registry.get_device(reg.db, "dev-n")
     assert d is not None and (d["presence"], d["next_checkin"]) == ("online", None)
-    reg.close()
+    reg.db.close()
 
 
 def test_a_change_the_hub_could_not_record_is_reported_again() -> None:

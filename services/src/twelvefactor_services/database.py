@@ -123,6 +123,25 @@ def _config(conn: sa.Connection, package: str, version_table: str) -> Config:
     return config
 
 
+def run_alembic_env() -> None:
+    """The body of each store's migrations/env.py: run on the connection `migrate`
+    (or `upgrade`, `stamp`) gives, in the caller's transaction."""
+    from alembic import context
+
+    config = context.config
+    context.configure(
+        connection=config.attributes["connection"],
+        version_table=config.attributes["version_table"],
+        transaction_per_migration=False,
+        # the whole upgrade in the caller's transaction, SQLite too (BEGIN IMMEDIATE there):
+        # Alembic's SQLite default ends it before the tables are made, so a second copy
+        # starting at that moment found the schema stamped and no tables
+        transactional_ddl=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def revision(db: sa.Engine, version_table: str) -> str | None:
     """The revision the database is at (None: none yet)."""
     with reading(db) as conn:

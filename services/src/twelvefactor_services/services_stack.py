@@ -26,6 +26,7 @@ from pathlib import Path
 from twelvefactor_services.broker import Broker, BrokerConfig, BrokerTls
 from twelvefactor_services.management import operators
 from twelvefactor_services.management.api_client import ManagementClient
+from twelvefactor_services.management.store import Db
 from twelvefactor_services.pki import (
     API_SERVER,
     ARTIFACT_SERVER,
@@ -120,11 +121,14 @@ class ServicesStack:
         solution_port: int | None = None,
         observer_suffix: str | None = None,
         solution_database: str | None = None,
+        management_database: str | None = None,
     ) -> None:
-        """`solution_database`: where the solution copies keep their state (a SQLite
-        file's path or a postgresql:// URL; default solution/solution.db)."""
+        """`solution_database`, `management_database`: where the copies keep their state
+        (a SQLite file's path or a postgresql:// URL; default solution/solution.db and
+        management/registry.db)."""
         self.root = root
         self.solution_database = solution_database
+        self.management_database = management_database
         root.mkdir(parents=True, exist_ok=True)
         pki_dir = root / "pki"
         if not (pki_dir / "ca.crt").exists():
@@ -166,7 +170,7 @@ class ServicesStack:
         """The bootstrap admin's token, made with the first admin on first use."""
         path = self.admin_token_file
         if not path.exists():
-            db = operators.connect(self.registry_db)
+            db = Db(self.registry_db)
             try:
                 operators.add_operator(db, ADMIN, "admin", None, time.time())
                 made = operators.create_token(db, ADMIN, "services stack", time.time())
@@ -214,7 +218,9 @@ class ServicesStack:
                 "serve",
                 *self._service_args("management"),
                 "--db",
-                str(self.registry_db),
+                self.registry_db,
+                "--artifact-dir",
+                str(self.artifact_dir),
                 "--instance",
                 str(n),
                 "--api-port",
@@ -304,8 +310,9 @@ class ServicesStack:
         ]
 
     @property
-    def registry_db(self) -> Path:
-        return self.root / "management" / "registry.db"
+    def registry_db(self) -> str:
+        """The management copies' database: a SQLite file's path or a PostgreSQL URL."""
+        return self.management_database or str(self.root / "management" / "registry.db")
 
     @property
     def solution_db(self) -> str:

@@ -21,10 +21,11 @@ from twelvefactor_services.hub.service import (
     init,
     load_settings,
     public_key,
-    registry_path,
+    registry_target,
     serve_forever,
 )
 from twelvefactor_services.hub.stale import DEFAULT_AFTER
+from twelvefactor_services.management.store import Db
 from twelvefactor_services.process import CommandError
 
 PROG = "twelvefactor-hub"
@@ -179,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("enrol", "decommission"):
             return _enrolment(args)
         settings = load_settings(args.root)
-        store = PeerStore(registry_path(args.root))
+        db = Db(registry_target(args.root))
+        store = PeerStore(db)
         try:
             if args.command == "peer":
                 peer = store.add(settings.tunnel, args.device, args.public_key)
@@ -210,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
                 )
         finally:
-            store.close()
+            db.close()
     except (PlanError, HubError, CommandError, ValueError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

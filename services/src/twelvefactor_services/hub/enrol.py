@@ -39,13 +39,14 @@ from twelvefactor_agent.enrol.device import install_response, make_request
 
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import PlanError, check_public_key, network_settings
-from twelvefactor_services.hub.service import load_settings, public_key, registry_path
+from twelvefactor_services.hub.service import load_settings, public_key, registry_target
 from twelvefactor_services.management.registry import (
     EnrolmentError,
     Registry,
     check_enrolment,
     enrolment,
 )
+from twelvefactor_services.management.store import Db
 from twelvefactor_services.pki import Pki, PkiError, validate_device_id
 
 
@@ -70,8 +71,8 @@ def enrol(
     settings = load_settings(root)
     pki = pki_of(root)
     device = request.device
-    registry = Registry(registry_path(root))
-    peers = PeerStore(registry_path(root))
+    db = Db(registry_target(root))
+    registry, peers = Registry(db), PeerStore(db)
     try:
         # everything checked before anything is written
         try:
@@ -131,8 +132,7 @@ def enrol(
     except (PlanError, EnrolmentError) as exc:
         raise HubEnrolError(str(exc)) from None
     finally:
-        peers.close()
-        registry.close()
+        db.close()
 
 
 def enrol_new(
@@ -184,8 +184,8 @@ def decommission(root: Path, device: str, now: float | None = None) -> Decommiss
     except PkiError as exc:
         raise HubEnrolError(str(exc)) from None
     pki = pki_of(root)
-    registry = Registry(registry_path(root))
-    peers = PeerStore(registry_path(root))
+    db = Db(registry_target(root))
+    registry, peers = Registry(db), PeerStore(db)
     try:
         known = enrolment(registry.db, device)
         if known is not None and known["retired"] is not None and peers.get(device) is None:
@@ -203,5 +203,4 @@ def decommission(root: Path, device: str, now: float | None = None) -> Decommiss
     except (PkiError, EnrolmentError) as exc:
         raise HubEnrolError(str(exc)) from None
     finally:
-        peers.close()
-        registry.close()
+        db.close()

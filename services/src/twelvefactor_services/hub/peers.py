@@ -1,4 +1,4 @@
-"""The hub's tunnel peers, kept in the management registry's SQLite database.
+"""The hub's tunnel peers, kept in the management database (management/store.py).
 
 A device's WireGuard key and tunnel addresses are registry data like its
 certificate's name: one table `tunnel_peers` next to the management
@@ -10,36 +10,17 @@ not the `devices` table, which fills on first contact.
 from __future__ import annotations
 
 import ipaddress
-import sqlite3
 import time
-from pathlib import Path
 
 from twelvefactor_services.hub.plan import Peer, PlanError, Tunnel, allocate, check_public_key
 from twelvefactor_services.management import tunnelstate
+from twelvefactor_services.management.store import Db
 from twelvefactor_services.pki import PkiError, validate_device_id
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tunnel_peers (
-    device TEXT PRIMARY KEY,
-    public_key TEXT NOT NULL UNIQUE,
-    address_v4 TEXT NOT NULL UNIQUE,
-    address_v6 TEXT UNIQUE,
-    added REAL NOT NULL
-);
-"""
 
 
 class PeerStore:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA busy_timeout=10000")
-        self.db.executescript(SCHEMA)
-        tunnelstate.create(self.db)
-
-    def close(self) -> None:
-        self.db.close()
+    def __init__(self, db: Db) -> None:
+        self.db = db
 
     def peers(self) -> list[Peer]:
         rows = self.db.execute(
@@ -65,8 +46,7 @@ class PeerStore:
         except PkiError as exc:
             raise PlanError(str(exc)) from None
         check_public_key(public_key)
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with self.db.write():
             existing = self.peers()
             for p in existing:
                 if p.device == device:
@@ -78,10 +58,6 @@ class PeerStore:
                 "INSERT INTO tunnel_peers VALUES (?, ?, ?, ?, ?)",
                 (device, public_key, str(v4), None if v6 is None else str(v6), time.time()),
             )
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
         return Peer(device, public_key, v4, v6)
 
     def record_liveness(self, device: str, alive: bool, last_rx: float) -> None:

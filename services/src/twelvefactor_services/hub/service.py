@@ -35,7 +35,6 @@ import datetime as dt
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -62,6 +61,8 @@ from twelvefactor_services.hub.plan import (
     wg_config,
 )
 from twelvefactor_services.hub.stale import DEFAULT_AFTER, StaleTracker, parse_dump
+from twelvefactor_services.management import store
+from twelvefactor_services.management.store import Db
 from twelvefactor_services.ntp import SntpServer
 from twelvefactor_services.pki import PkiError
 from twelvefactor_services.process import CommandError, run, stop
@@ -85,6 +86,8 @@ class Settings:
     management_https: int
     # seconds without an authenticated packet before a peer is forgotten (stale.py)
     stale_after: float = DEFAULT_AFTER
+    # the management database (a postgresql:// URL); None: the SQLite file of the layout
+    registry: str | None = None
 
     @property
     def tunnel(self) -> Tunnel:
@@ -99,9 +102,14 @@ def settings_file(root: Path) -> Path:
     return root / "hub" / "settings.json"
 
 
-def registry_path(root: Path) -> Path:
-    """The management registry (ServicesStack's layout), which holds the peers too."""
-    return root / "management" / "registry.db"
+def registry_target(root: Path) -> str:
+    """The management database, which holds the peers too: the settings' `registry` URL,
+    or the SQLite file of ServicesStack's layout."""
+    try:
+        registry = json.loads(settings_file(root).read_text()).get("registry")
+    except FileNotFoundError:
+        registry = None
+    return str(registry or root / "management" / "registry.db")
 
 
 def load_settings(root: Path) -> Settings:
@@ -166,8 +174,10 @@ class Hub:
             address=str(self.tunnel.hub_v4),
             management_port=self.settings.management_mqtt,
             solution_port=self.settings.solution_mqtt,
+            management_database=self.settings.registry,
         )
-        self.peers = PeerStore(registry_path(root))
+        self.db = Db(registry_target(root))
+        self.peers = PeerStore(self.db)
         self._wg: subprocess.Popen[bytes] | None = None
         self._ntp: SntpServer | None = None
         self._applied: list[Peer] | None = None
@@ -220,7 +230,7 @@ class Hub:
             "management_api_port": management.api_port,
             "admin_token_file": str(self.stack.admin_token_file),
             "service_port": self.stack.broker.cfg.service_port,
-            "registry": str(registry_path(self.root)),
+            "registry": registry_target(self.root),
             "archive_dir": str(self.stack.archive_dir),
             "pki_dir": str(self.stack.pki.root),
             "wireguard_go_pid": self._wg.pid,
@@ -276,7 +286,7 @@ class Hub:
                 continue
             try:
                 self.peers.record_liveness(device, change.alive, wall - (now - change.last_rx))
-            except sqlite3.Error as exc:  # told again next round: the registry is busy
+            except store.Error as exc:  # told again next round: the registry is busy
                 self._liveness.undecide(change.key)
                 print(f"twelvefactor-hub: {device}: tunnel state not recorded: {exc}", flush=True)
                 continue
@@ -306,8 +316,8 @@ class Hub:
             try:
                 self.sync_peers()
                 self.watch_peers(time.monotonic())
-            # sqlite3.Error: sync_peers reads the registry, which another process may hold
-            except (PlanError, HubError, CommandError, ValueError, sqlite3.Error) as exc:
+            # store.Error: sync_peers reads the registry, which another process may hold
+            except (PlanError, HubError, CommandError, ValueError, store.Error) as exc:
                 print(f"twelvefactor-hub: peers not applied: {exc}", flush=True)
             try:
                 self.sync_crl()
@@ -322,7 +332,7 @@ class Hub:
         run("nft", "delete", "table", "inet", TABLE, check=False)
         stop(self._wg, timeout=10)
         self._wg = None
-        self.peers.close()
+        self.db.close()
 
 
 def serve_forever(root: Path, interface: str) -> int:

@@ -16,7 +16,6 @@ import datetime as dt
 import getpass
 import json
 import os
-import sqlite3
 import sys
 import time
 import tomllib
@@ -35,11 +34,14 @@ from twelvefactor_services.management.api_client import (
 from twelvefactor_services.management.configlogic import OverlayError, check_overlay
 from twelvefactor_services.management.jobs import JOB_QUIET_AFTER
 from twelvefactor_services.management.logic import OVERDUE_AFTER
+from twelvefactor_services.management.store import Db
+from twelvefactor_services.management.store import Error as StoreError
 
 if TYPE_CHECKING:
     from twelvefactor_services.management.service import ArtifactServing, OperatorApi
 
 PROG = "twelvefactor-management"
+DB_HELP = "the management database: a SQLite file (made if missing) or a postgresql:// URL"
 
 
 def iso(value: float | None) -> str:
@@ -527,7 +529,7 @@ def _login(args: argparse.Namespace) -> int:
 
 def _bootstrap(args: argparse.Namespace) -> int:
     """The first admin and a token for them, on the service host (before any API call works)."""
-    db = operators.connect(args.db)
+    db = Db(args.db)
     try:
         password = None
         if args.password_file is not None:
@@ -755,7 +757,7 @@ def _seconds(text: str) -> float:
 def _serve_parser(sub: Any) -> None:
     serve = sub.add_parser("serve", help="run the service in the foreground")
     service_args.add_service_args(serve)
-    serve.add_argument("--db", type=Path, required=True, help="registry (SQLite)")
+    serve.add_argument("--db", required=True, help=DB_HELP)
     serve.add_argument("--api-host", default="127.0.0.1", help="operator API address to bind")
     serve.add_argument("--api-port", type=int, default=9443, help="operator API port (HTTPS)")
     serve.add_argument("--api-cert", type=Path, required=True, help="operator API certificate")
@@ -770,7 +772,9 @@ def _serve_parser(sub: Any) -> None:
     serve.add_argument(
         "--max-artifact-bytes", type=int, default=4 * 1024**3, help="largest .swu upload"
     )
-    serve.add_argument("--artifact-dir", type=Path, help="default: artifacts/ next to --db")
+    serve.add_argument(
+        "--artifact-dir", type=Path, help="default: artifacts/ next to --db (a SQLite file)"
+    )
     serve.add_argument(
         "--overdue-after",
         type=_seconds,
@@ -819,7 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     p = sub.add_parser("bootstrap", help="on the service host: the first admin and a token")
-    p.add_argument("--db", type=Path, required=True, help="registry (SQLite)")
+    p.add_argument("--db", required=True, help=DB_HELP)
     p.add_argument("--operator", required=True, help="the admin's name")
     p.add_argument("--token-file", help="write the token here (mode 0600) instead of printing it")
     p.add_argument("--password-file", help="also give the admin a password ('-': stdin)")
@@ -851,7 +855,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"{PROG}: {problem}", file=sys.stderr)
         return 2 if exc.status in (400, 413, 415) else 1  # bad input: 2, refused: 1
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, StoreError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
 
@@ -860,6 +864,9 @@ def _serve(args: argparse.Namespace) -> int:
     from twelvefactor_services.management.service import ManagementConfig, ManagementService
 
     service_args.setup_logging(args.log_level)
+    if "://" in args.db and args.artifact_dir is None:
+        print(f"{PROG}: --db {args.db} is a database server: give --artifact-dir", file=sys.stderr)
+        return 2
     ident = service_args.identity(args, "management")
     cfg = ManagementConfig(
         db=args.db,

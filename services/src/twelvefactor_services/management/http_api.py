@@ -40,6 +40,8 @@ from twelvefactor_services.management.configlogic import (
 from twelvefactor_services.management.logic import OVERDUE_AFTER
 from twelvefactor_services.management.operators import OperatorError, Principal
 from twelvefactor_services.management.rollouts import ENDED, RolloutError, parse_spec
+from twelvefactor_services.management.store import Db
+from twelvefactor_services.management.store import Error as StoreError
 from twelvefactor_services.management.tls_http import TlsHandler, TlsServer
 
 log = logging.getLogger(__name__)
@@ -143,27 +145,17 @@ class Route:
 # -- handlers ------------------------------------------------------------------
 
 
-def _registry(req: Request) -> registry.Registry:
-    try:
-        return registry.Registry(req.server.db_path)
-    except Exception as exc:
-        raise Problem(503, "registry_unavailable", str(exc)) from exc
-
-
 def _read(req: Request, work: Callable[[Any], Any]) -> Any:
-    return _with_db(req.server.db_path, work)
+    return _with_db(req.server.db, work)
 
 
 def _change(req: Request, work: Callable[[registry.Registry], Any]) -> Answer:
-    reg = _registry(req)
     try:
-        result = work(reg)
+        result = _with_db(req.server.db, lambda db: work(registry.Registry(db)))
     except OverlayError as exc:
         raise Problem(400, "invalid", exc.problems) from None
     except KeyError as exc:
         raise Problem(404, "unknown_group", f"no group {exc.args[0]!r}") from None
-    finally:
-        reg.close()
     req.server.changed()
     return 200, result
 
@@ -411,25 +403,22 @@ def delete_artifact(req: Request) -> Answer:
     found = store.get(sha)
     if found is None:
         raise Problem(404, "unknown_artifact", f"no artifact {sha!r}")
-    db = rolloutstore.connect(req.server.db_path)
-    try:
-        # under the write lock: no job or rollout is written between the look and the removal
-        # (jobs and rollouts look their artifact up under the same lock)
-        with registry.write(db):
-            users = artifact_users(db).get(sha, [])
-            if users:
-                raise Problem(
-                    409,
-                    "in_use",
-                    [
-                        f"artifact {sha[:12]} is in use by {u['kind']} {u['id']} ({u['state']}):"
-                        f" delete it when the {u['kind']} has ended"
-                        for u in users
-                    ],
-                )
-            store.remove(sha)
-    finally:
-        db.close()
+    db = req.server.db
+    # under the write lock: no job or rollout is written between the look and the removal
+    # (jobs and rollouts look their artifact up under the same lock)
+    with db.write():
+        users = artifact_users(db).get(sha, [])
+        if users:
+            raise Problem(
+                409,
+                "in_use",
+                [
+                    f"artifact {sha[:12]} is in use by {u['kind']} {u['id']} ({u['state']}):"
+                    f" delete it when the {u['kind']} has ended"
+                    for u in users
+                ],
+            )
+        store.remove(sha)
     req.audit_detail = {"sha256": sha, "version": found.version}
     return 200, {"sha256": sha, "version": found.version, "deleted": True}
 
@@ -518,7 +507,7 @@ def create_job(req: Request) -> Answer:
         isinstance(install_at, bool) or not isinstance(install_at, int | float) or install_at < 0
     ):
         raise Problem(400, "invalid", "install_at must be a time in seconds since the epoch")
-    db = jobstore.connect(req.server.db_path)
+    db = req.server.db
     try:
         job = jobstore.create_job(
             db,
@@ -532,8 +521,6 @@ def create_job(req: Request) -> Answer:
         )
     except jobstore.JobError as exc:
         raise Problem(409, "refused", str(exc)) from None
-    finally:
-        db.close()
     req.server.changed()
     return 201, job
 
@@ -548,7 +535,7 @@ def control_job(req: Request) -> Answer:
     ):
         raise Problem(400, "invalid", 'the body must be {} or {"devices": [ID, ...]}')
     change = jobstore.release if req.match.group(2) == "install" else jobstore.cancel_held
-    db = jobstore.connect(req.server.db_path)
+    db = req.server.db
     try:
         ids = [r[0] for r in db.execute("SELECT id FROM update_jobs")]
         job = _unique("job", req.match.group(1), ids)
@@ -557,20 +544,15 @@ def control_job(req: Request) -> Answer:
         found = jobstore.get_job(db, job)
     except jobstore.JobError as exc:
         raise Problem(409, "refused", str(exc)) from None
-    finally:
-        db.close()
     req.server.changed()
     return 200, {**(found or {}), "changed": changed}
 
 
 def _rollout_db(req: Request, work: Callable[[Any], Any]) -> Any:
-    db = rolloutstore.connect(req.server.db_path)
     try:
-        return work(db)
+        return _with_db(req.server.db, work)
     except RolloutError as exc:  # a valid request the fleet's state does not allow
         raise Problem(409, "refused", exc.problems) from None
-    finally:
-        db.close()
 
 
 def list_rollouts(req: Request) -> Answer:
@@ -854,18 +836,19 @@ class ApiServer(TlsServer):
     def __init__(
         self,
         address: tuple[str, int],
-        db_path: Path,
+        db: Db,
         health: Callable[[], dict[str, Any]],
         context: ssl.SSLContext,
         names: list[str],
+        *,
+        artifacts: ArtifactStore,
         changed: Callable[[], None] = lambda: None,
-        artifacts: ArtifactStore | None = None,
         max_artifact: int = MAX_ARTIFACT,
         overdue_after: float = OVERDUE_AFTER,
     ) -> None:
-        self.db_path = db_path
+        self.db = db
         self.overdue_after = overdue_after  # a sleeping device's slack past its check-in
-        self.artifacts = artifacts or ArtifactStore(db_path.parent / "artifacts")
+        self.artifacts = artifacts
         self.health = health
         self.changed = changed  # a desired configuration changed: publish soon
         self.context = context
@@ -874,12 +857,6 @@ class ApiServer(TlsServer):
         self._lock = threading.Lock()
         super().__init__(address, Handler)
         self.site = Site.of([*names, address[0]], self.server_address[1])
-        operators.connect(db_path).close()  # the tables exist before the first request
-        db = rolloutstore.connect(db_path)
-        try:
-            registry.add_event_triggers(db)  # job state changes for GET /events
-        finally:
-            db.close()
 
     def start(self) -> threading.Thread:
         t = threading.Thread(target=self.serve_forever, name="http-api", daemon=True)
@@ -1046,9 +1023,7 @@ class Handler(TlsHandler):
         token = bearer(self.headers.get("Authorization"))
         if token is None:
             raise Problem(401, "unauthorized", "send Authorization: Bearer TOKEN")
-        who = _with_db(
-            self.server.db_path, lambda db: operators.authenticate(db, token, time.time())
-        )
+        who = _with_db(self.server.db, lambda db: operators.authenticate(db, token, time.time()))
         if who is None:
             raise Problem(401, "unauthorized", "the token is unknown, expired or revoked")
         return who  # type: ignore[no-any-return]
@@ -1058,7 +1033,7 @@ class Handler(TlsHandler):
     ) -> None:
         try:
             _with_db(
-                self.server.db_path,
+                self.server.db,
                 lambda db: operators.record(db, time.time(), who, method, path, status, detail),
             )
         except Exception:
@@ -1068,9 +1043,10 @@ class Handler(TlsHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
 
 
-def _with_db(path: Path, work: Callable[[Any], Any]) -> Any:
-    db = operators.connect(path)
+def _with_db(db: Db, work: Callable[[Db], Any]) -> Any:
+    """`work` on the database; one out of reach is a 503, not a crash of the request."""
     try:
         return work(db)
-    finally:
-        db.close()
+    except StoreError as exc:
+        log.warning("the database: %s", exc)
+        raise Problem(503, "registry_unavailable", "the database is out of reach") from None

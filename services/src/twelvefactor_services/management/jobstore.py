@@ -1,4 +1,4 @@
-"""Update jobs in the registry's SQLite file: who gets which artifact, and how far each got.
+"""Update jobs in the management database (store.py): who gets which artifact, and how far each got.
 
 `update_jobs` is one row per job (artifact, target); `device_jobs` one row
 per device the job addresses, holding its state (management/jobs.py decides
@@ -17,9 +17,7 @@ unpublished, so the publisher sends the same job again with the new mode.
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twelvefactor_agent.protocol import envelope
@@ -31,7 +29,6 @@ from twelvefactor_agent.protocol.states import (
     INSTALL_NOW,
 )
 
-from twelvefactor_services.management import registry
 from twelvefactor_services.management.artifacts import Artifact, ArtifactStore
 from twelvefactor_services.management.jobs import (
     JobReport,
@@ -39,32 +36,8 @@ from twelvefactor_services.management.jobs import (
     TransitionError,
     advance,
 )
+from twelvefactor_services.management.store import Db
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS update_jobs (
-    id TEXT PRIMARY KEY,
-    artifact TEXT NOT NULL,             -- sha256 of the .swu
-    target TEXT NOT NULL,               -- "device:<id>" or "group:<name>"
-    created REAL NOT NULL,
-    install_at REAL                     -- a download-only job installs from then on
-);
-CREATE TABLE IF NOT EXISTS device_jobs (
-    job TEXT NOT NULL REFERENCES update_jobs(id),
-    device TEXT NOT NULL,
-    state TEXT NOT NULL,
-    percent INTEGER,
-    reason TEXT,
-    updated REAL NOT NULL,
-    published INTEGER NOT NULL DEFAULT 0,
-    install TEXT NOT NULL DEFAULT 'now', -- now, hold (download only) or cancel (a held job)
-    sent_bytes INTEGER NOT NULL DEFAULT 0, -- what the artifact server sent the device for it
-    path TEXT, -- the artifact the device last said it is on: delta or full
-    fallback TEXT, -- why the device gave the delta up for the full .swu
-    published_at REAL, -- when the job document last went out
-    PRIMARY KEY (job, device)
-);
-CREATE INDEX IF NOT EXISTS device_jobs_device ON device_jobs(device, state);
-"""
 FINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(FINAL)) + ")"
 
 
@@ -83,28 +56,12 @@ class Outcome:
     ignored: str | None = None
 
 
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    db = registry.connect(path, readonly=readonly)
-    if not readonly:
-        db.executescript(SCHEMA)
-        # registries made before download-only jobs
-        registry.add_columns(db, "update_jobs", {"install_at": "REAL"})
-        registry.add_columns(db, "device_jobs", {"install": "TEXT NOT NULL DEFAULT 'now'"})
-        # registries made before the artifact server's counters
-        registry.add_columns(db, "device_jobs", {"sent_bytes": "INTEGER NOT NULL DEFAULT 0"})
-        # registries made before delta updates
-        registry.add_columns(db, "device_jobs", {"path": "TEXT", "fallback": "TEXT"})
-        # registries made before jobs were offered again (offer_quiet_again)
-        registry.add_columns(db, "device_jobs", {"published_at": "REAL"})
-    return db
-
-
 def new_job_id() -> str:
     return "j-" + secrets.token_hex(6)
 
 
 def create_job(
-    db: sqlite3.Connection,
+    db: Db,
     store: ArtifactStore,
     sha256: str,
     *,
@@ -118,8 +75,7 @@ def create_job(
         raise JobError("a job targets exactly one of a device or a group")
     if install_at is not None and not download_only:
         raise JobError("install_at is for a download-only job")
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with db.write():
         # Under the write lock: an artifact deleted meanwhile (its delete holds the same
         # lock) is gone here, not named by a job whose devices could not fetch it.
         if store.get(sha256) is None:
@@ -137,19 +93,15 @@ def create_job(
         job = insert_job(
             db, sha256, devices, target, now, hold=download_only, install_at=install_at
         )
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
     found = get_job(db, job)
     assert found is not None
     return found
 
 
-def busy_devices(db: sqlite3.Connection, devices: list[str]) -> dict[str, str]:
+def busy_devices(db: Db, devices: list[str]) -> dict[str, str]:
     """device -> its unfinished job, for those of ``devices`` that have one."""
     found: dict[str, str] = {}
-    for i in range(0, len(devices), 500):  # SQLite's limit on parameters
+    for i in range(0, len(devices), 500):  # (SQLite's limit on parameters)
         chunk = devices[i : i + 500]
         rows = db.execute(
             f"SELECT device, job FROM device_jobs WHERE state NOT IN {FINAL_SQL}"
@@ -161,7 +113,7 @@ def busy_devices(db: sqlite3.Connection, devices: list[str]) -> dict[str, str]:
 
 
 def insert_job(
-    db: sqlite3.Connection,
+    db: Db,
     sha256: str,
     devices: list[str],
     target: str,
@@ -188,9 +140,7 @@ def insert_job(
     return job
 
 
-def set_install(
-    db: sqlite3.Connection, job: str, mode: str, devices: list[str] | None = None
-) -> list[str]:
+def set_install(db: Db, job: str, mode: str, devices: list[str] | None = None) -> list[str]:
     """Held, unfinished devices of ``job`` (all, or those of ``devices``) set to ``mode``,
     to be published again; the devices changed (inside the caller's transaction)."""
     rows = db.execute(
@@ -206,10 +156,8 @@ def set_install(
     return held
 
 
-def _change_holds(
-    db: sqlite3.Connection, job: str, mode: str, devices: list[str] | None
-) -> list[str]:
-    with registry.write(db):
+def _change_holds(db: Db, job: str, mode: str, devices: list[str] | None) -> list[str]:
+    with db.write():
         if db.execute("SELECT 1 FROM update_jobs WHERE id = ?", (job,)).fetchone() is None:
             raise KeyError(job)
         changed = set_install(db, job, mode, devices)
@@ -218,17 +166,17 @@ def _change_holds(
     return changed
 
 
-def release(db: sqlite3.Connection, job: str, devices: list[str] | None = None) -> list[str]:
+def release(db: Db, job: str, devices: list[str] | None = None) -> list[str]:
     """The operator's go: the held devices of ``job`` install; the devices released."""
     return _change_holds(db, job, INSTALL_NOW, devices)
 
 
-def cancel_held(db: sqlite3.Connection, job: str, devices: list[str] | None = None) -> list[str]:
+def cancel_held(db: Db, job: str, devices: list[str] | None = None) -> list[str]:
     """The held devices of ``job`` drop the file and end the job `failed` (`cancelled`)."""
     return _change_holds(db, job, INSTALL_CANCEL, devices)
 
 
-def release_due(db: sqlite3.Connection, now: float) -> list[tuple[str, int]]:
+def release_due(db: Db, now: float) -> list[tuple[str, int]]:
     """Release the download-only jobs whose `install_at` has come: (job, devices released)."""
     done: list[tuple[str, int]] = []
     due = db.execute(
@@ -238,14 +186,14 @@ def release_due(db: sqlite3.Connection, now: float) -> list[tuple[str, int]]:
         (now,),
     ).fetchall()
     for (job,) in due:
-        with registry.write(db):  # (another copy may have released it meanwhile)
+        with db.write():  # (another copy may have released it meanwhile)
             changed = set_install(db, job, INSTALL_NOW, None)
         if changed:
             done.append((job, len(changed)))
     return done
 
 
-def get_job(db: sqlite3.Connection, job: str) -> dict[str, Any] | None:
+def get_job(db: Db, job: str) -> dict[str, Any] | None:
     row = db.execute("SELECT * FROM update_jobs WHERE id = ?", (job,)).fetchone()
     if row is None:
         return None
@@ -258,12 +206,12 @@ def get_job(db: sqlite3.Connection, job: str) -> dict[str, Any] | None:
     return {**dict(row), "devices": [dict(d) for d in devices]}
 
 
-def list_jobs(db: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_jobs(db: Db) -> list[dict[str, Any]]:
     ids = [r[0] for r in db.execute("SELECT id FROM update_jobs ORDER BY created, id")]
     return [j for j in (get_job(db, i) for i in ids) if j is not None]
 
 
-def may_fetch(db: sqlite3.Connection, device: str, sha256: str) -> bool:
+def may_fetch(db: Db, device: str, sha256: str) -> bool:
     """The artifact server's rule: an unfinished job addressed to `device` names it."""
     row = db.execute(
         "SELECT 1 FROM device_jobs d JOIN update_jobs u ON u.id = d.job"
@@ -273,10 +221,10 @@ def may_fetch(db: sqlite3.Connection, device: str, sha256: str) -> bool:
     return row is not None
 
 
-def add_sent(db: sqlite3.Connection, device: str, sha256: str, sent: int) -> None:
+def add_sent(db: Db, device: str, sha256: str, sent: int) -> None:
     """Count `sent` bytes of artifact `sha256` the artifact server sent `device` (what
     crossed its link, resumed and repeated requests included) on its unfinished job."""
-    with registry.write(db):
+    with db.write():
         db.execute(
             "UPDATE device_jobs SET sent_bytes = sent_bytes + ? WHERE device = ?"
             f" AND state NOT IN {FINAL_SQL}"
@@ -285,7 +233,7 @@ def add_sent(db: sqlite3.Connection, device: str, sha256: str, sent: int) -> Non
         )
 
 
-def unpublished(db: sqlite3.Connection) -> list[tuple[str, str, str, str, bool]]:
+def unpublished(db: Db) -> list[tuple[str, str, str, str, bool]]:
     """(device, job, artifact, install, ended) whose job has not been published (again) yet;
     an ended job's retained document is to be cleared (in creation order: before a newer
     job of the same device goes out)."""
@@ -298,7 +246,7 @@ def unpublished(db: sqlite3.Connection) -> list[tuple[str, str, str, str, bool]]
     ]
 
 
-def mark_published(db: sqlite3.Connection, device: str, job: str, install: str, now: float) -> None:
+def mark_published(db: Db, device: str, job: str, install: str, now: float) -> None:
     """``install`` is the mode that went out: a release made meanwhile stays unpublished."""
     db.execute(
         "UPDATE device_jobs SET published = 1, published_at = ?"
@@ -307,7 +255,7 @@ def mark_published(db: sqlite3.Connection, device: str, job: str, install: str, 
     )
 
 
-def offer_quiet_again(db: sqlite3.Connection, now: float, quiet: float) -> list[tuple[str, str]]:
+def offer_quiet_again(db: Db, now: float, quiet: float) -> list[tuple[str, str]]:
     """(device, job) of the unfinished jobs of online devices that have reported nothing
     for `quiet` seconds since their last report and their last offer: marked to be
     published again. A device answers a job it has finished with its final report again
@@ -316,7 +264,7 @@ def offer_quiet_again(db: sqlite3.Connection, now: float, quiet: float) -> list[
     gets the retained job when it connects; a held download (`downloaded`, waiting for the
     go) is quiet by design and is not offered again."""
     cutoff = now - quiet
-    with registry.write(db):
+    with db.write():
         rows = db.execute(
             f"SELECT d.device, d.job FROM device_jobs d JOIN devices v ON v.id = d.device"
             f" WHERE d.state NOT IN {FINAL_SQL} AND d.published = 1 AND v.online = 1"
@@ -358,22 +306,19 @@ def job_document(
     return envelope.dumps(doc)
 
 
-def apply_report(db: sqlite3.Connection, device: str, report: JobReport) -> Outcome:
+def apply_report(db: Db, device: str, report: JobReport) -> Outcome:
     """Move the device's job by a report; an unknown job or an illegal move changes nothing."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with db.write():
         row = db.execute(
             "SELECT state, percent, reason, updated FROM device_jobs WHERE job = ? AND device = ?",
             (report.job, device),
         ).fetchone()
         if row is None:
-            db.execute("ROLLBACK")
             return Outcome(device, report.job, None, None, "no such job for this device")
         current = JobState(row["state"], row["percent"], row["reason"], row["updated"])
         try:
             nxt = advance(current, report)
         except TransitionError as exc:
-            db.execute("ROLLBACK")
             return Outcome(device, report.job, current.state, None, str(exc))
         # The job's end: its retained document is cleared (published = 0, see unpublished),
         # so that the device is not offered it again at every connect.
@@ -395,9 +340,4 @@ def apply_report(db: sqlite3.Connection, device: str, report: JobReport) -> Outc
                 device,
             ),
         )
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
     return Outcome(device, report.job, current.state, nxt.state)

@@ -1,4 +1,4 @@
-"""Operators, their API tokens and the audit log, in the registry database.
+"""Operators, their API tokens and the audit log, in the management database (store.py).
 
 An operator has a role (viewer < operator < admin: each may do what the ones
 before it may) and optionally a password (for `POST /login`, which hands out a
@@ -16,12 +16,10 @@ import hmac
 import json
 import re
 import secrets
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from twelvefactor_services.management import registry
+from twelvefactor_services.management.store import Db, Row
 
 ROLES = ("viewer", "operator", "admin")
 NAME_RE = re.compile(r"[a-z][a-z0-9._-]{0,63}")
@@ -34,36 +32,6 @@ LOGIN_TTL = 12 * 3600.0  # a token from a password login lasts a working day
 AUDIT_KEPT = 100_000  # newest entries kept
 AUDIT_PAGE_MAX = 1000
 _SCRYPT = (2**14, 8, 1)  # n, r, p: 16 MiB and ~50 ms per check
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS operators (
-    name TEXT PRIMARY KEY,
-    role TEXT NOT NULL,
-    password TEXT,                      -- scrypt$n$r$p$salt$hash, or NULL: tokens only
-    created REAL NOT NULL,
-    disabled REAL                       -- when removed; kept for the audit log's names
-);
-CREATE TABLE IF NOT EXISTS api_tokens (
-    id TEXT PRIMARY KEY,
-    operator TEXT NOT NULL REFERENCES operators(name),
-    secret_sha256 TEXT NOT NULL,
-    label TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL,                       -- NULL: until revoked
-    last_used REAL,
-    revoked REAL
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,
-    operator TEXT,                      -- NULL: not authenticated
-    token TEXT,
-    method TEXT NOT NULL,
-    path TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    detail TEXT                         -- JSON: the request body (passwords left out)
-);
-"""
 
 
 class OperatorError(Exception):
@@ -84,13 +52,6 @@ class Principal:
 
     def may(self, role: str) -> bool:
         return ROLES.index(self.role) >= ROLES.index(role)
-
-
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    db = registry.connect(path, readonly=readonly)
-    if not readonly:
-        db.executescript(SCHEMA)
-    return db
 
 
 def check_name(name: object) -> str:
@@ -140,32 +101,33 @@ def _secret_sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _active(db: sqlite3.Connection, name: str) -> sqlite3.Row | None:
-    row: sqlite3.Row | None = db.execute(
+def _active(db: Db, name: str) -> Row | None:
+    row: Row | None = db.execute(
         "SELECT * FROM operators WHERE name = ? AND disabled IS NULL", (name,)
     ).fetchone()
     return row
 
 
 def add_operator(
-    db: sqlite3.Connection, name: object, role: object, password: str | None, now: float
+    db: Db, name: object, role: object, password: str | None, now: float
 ) -> dict[str, Any]:
     name, role = check_name(name), check_role(role)
     stored = None if password is None else hash_password(check_password(password))
-    with registry.write(db):
+    with db.write():
         old = db.execute("SELECT disabled FROM operators WHERE name = ?", (name,)).fetchone()
         if old is not None and old["disabled"] is None:
             raise OperatorError(f"operator {name!r} exists", 409)
         # a removed name may be given again: the audit log keeps what it did before
         db.execute(
-            "INSERT OR REPLACE INTO operators (name, role, password, created, disabled) "
-            "VALUES (?, ?, ?, ?, NULL)",
+            "INSERT INTO operators (name, role, password, created, disabled) "
+            "VALUES (?, ?, ?, ?, NULL) ON CONFLICT (name) DO UPDATE SET role = excluded.role,"
+            " password = excluded.password, created = excluded.created, disabled = NULL",
             (name, role, stored, now),
         )
     return get_operator(db, name) or {}
 
 
-def get_operator(db: sqlite3.Connection, name: str) -> dict[str, Any] | None:
+def get_operator(db: Db, name: str) -> dict[str, Any] | None:
     row = _active(db, name)
     if row is None:
         return None
@@ -177,12 +139,12 @@ def get_operator(db: sqlite3.Connection, name: str) -> dict[str, Any] | None:
     }
 
 
-def list_operators(db: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_operators(db: Db) -> list[dict[str, Any]]:
     names = [r[0] for r in db.execute("SELECT name FROM operators WHERE disabled IS NULL")]
     return [op for n in sorted(names) if (op := get_operator(db, n)) is not None]
 
 
-def _admins_left(db: sqlite3.Connection, without: str) -> int:
+def _admins_left(db: Db, without: str) -> int:
     row = db.execute(
         "SELECT COUNT(*) FROM operators WHERE role = 'admin' AND disabled IS NULL AND name != ?",
         (without,),
@@ -191,7 +153,7 @@ def _admins_left(db: sqlite3.Connection, without: str) -> int:
 
 
 def change_operator(
-    db: sqlite3.Connection,
+    db: Db,
     name: str,
     *,
     role: str | None = None,
@@ -200,7 +162,7 @@ def change_operator(
     if role is not None:
         check_role(role)
     stored = None if password is None else hash_password(check_password(password))
-    with registry.write(db):
+    with db.write():
         row = _active(db, name)
         if row is None:
             raise OperatorError(f"no operator {name!r}", 404)
@@ -215,9 +177,9 @@ def change_operator(
     return get_operator(db, name) or {}
 
 
-def remove_operator(db: sqlite3.Connection, name: str, now: float) -> None:
+def remove_operator(db: Db, name: str, now: float) -> None:
     """Disable the operator and revoke every token of theirs."""
-    with registry.write(db):
+    with db.write():
         row = _active(db, name)
         if row is None:
             raise OperatorError(f"no operator {name!r}", 404)
@@ -230,7 +192,7 @@ def remove_operator(db: sqlite3.Connection, name: str, now: float) -> None:
 
 
 def create_token(
-    db: sqlite3.Connection,
+    db: Db,
     operator: str,
     label: str,
     now: float,
@@ -243,7 +205,7 @@ def create_token(
         raise OperatorError("a token lasts from 60 s to 10 years (or until revoked)")
     token_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     expires = None if ttl is None else now + ttl
-    with registry.write(db):
+    with db.write():
         if _active(db, operator) is None:
             raise OperatorError(f"no operator {operator!r}", 404)
         db.execute(
@@ -256,7 +218,7 @@ def create_token(
     return {**found, "token": f"tfm_{token_id}_{secret}"}
 
 
-def get_token(db: sqlite3.Connection, token_id: str) -> dict[str, Any] | None:
+def get_token(db: Db, token_id: str) -> dict[str, Any] | None:
     row = db.execute(
         "SELECT id, operator, label, created, expires, last_used, revoked "
         "FROM api_tokens WHERE id = ?",
@@ -265,7 +227,7 @@ def get_token(db: sqlite3.Connection, token_id: str) -> dict[str, Any] | None:
     return None if row is None else dict(row)
 
 
-def list_tokens(db: sqlite3.Connection, operator: str | None = None) -> list[dict[str, Any]]:
+def list_tokens(db: Db, operator: str | None = None) -> list[dict[str, Any]]:
     sql = "SELECT id FROM api_tokens WHERE revoked IS NULL"
     args: tuple[str, ...] = ()
     if operator is not None:
@@ -274,8 +236,8 @@ def list_tokens(db: sqlite3.Connection, operator: str | None = None) -> list[dic
     return [t for i in ids if (t := get_token(db, i)) is not None]
 
 
-def revoke_token(db: sqlite3.Connection, token_id: str, now: float) -> None:
-    with registry.write(db):
+def revoke_token(db: Db, token_id: str, now: float) -> None:
+    with db.write():
         cur = db.execute(
             "UPDATE api_tokens SET revoked = ? WHERE id = ? AND revoked IS NULL", (now, token_id)
         )
@@ -283,7 +245,7 @@ def revoke_token(db: sqlite3.Connection, token_id: str, now: float) -> None:
             raise OperatorError(f"no token {token_id!r}", 404)
 
 
-def authenticate(db: sqlite3.Connection, token: str, now: float) -> Principal | None:
+def authenticate(db: Db, token: str, now: float) -> Principal | None:
     """The operator a bearer token stands for, or None (unknown, wrong, expired, revoked)."""
     m = TOKEN_RE.fullmatch(token)
     if m is None:
@@ -306,7 +268,7 @@ def authenticate(db: sqlite3.Connection, token: str, now: float) -> Principal | 
     return Principal(row["name"], row["role"], row["id"])
 
 
-def login(db: sqlite3.Connection, name: str, password: str, now: float) -> dict[str, Any] | None:
+def login(db: Db, name: str, password: str, now: float) -> dict[str, Any] | None:
     """A token for a password login, or None when the name or password is wrong."""
     row = _active(db, name) if NAME_RE.fullmatch(name) else None
     if not password_matches(None if row is None else row["password"], password):
@@ -315,7 +277,7 @@ def login(db: sqlite3.Connection, name: str, password: str, now: float) -> dict[
 
 
 def record(
-    db: sqlite3.Connection,
+    db: Db,
     now: float,
     who: Principal | None,
     method: str,
@@ -325,10 +287,10 @@ def record(
 ) -> None:
     """Append one entry to the audit log (and drop the oldest beyond AUDIT_KEPT)."""
     text = None if detail is None else json.dumps(detail, sort_keys=True)[:4096]
-    with registry.write(db):
-        cur = db.execute(
+    with db.write():
+        added = db.execute(
             "INSERT INTO audit (ts, operator, token, method, path, status, detail) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 now,
                 None if who is None else who.name,
@@ -338,14 +300,12 @@ def record(
                 status,
                 text,
             ),
-        )
-        if cur.lastrowid is not None and cur.lastrowid % 1000 == 0:
-            db.execute("DELETE FROM audit WHERE id <= ?", (cur.lastrowid - AUDIT_KEPT,))
+        ).scalar()
+        if added % 1000 == 0:
+            db.execute("DELETE FROM audit WHERE id <= ?", (added - AUDIT_KEPT,))
 
 
-def audit(
-    db: sqlite3.Connection, *, limit: int = 100, before: int | None = None
-) -> list[dict[str, Any]]:
+def audit(db: Db, *, limit: int = 100, before: int | None = None) -> list[dict[str, Any]]:
     """Audit entries, newest first; ``before`` pages back from an entry's id."""
     rows = db.execute(
         "SELECT * FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?",

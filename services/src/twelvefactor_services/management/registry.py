@@ -1,4 +1,5 @@
-"""The device registry in SQLite (WAL, busy timeout: several service copies share it).
+"""The device registry, in the management database (store.py: SQLite or PostgreSQL,
+shared by every service copy and the hub).
 
 A device appears in `devices` on first contact. Enrolment (`twelvefactor-hub
 enrol`) records it before that in `enrolments`: its hardware, tags, the
@@ -12,11 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from twelvefactor_agent.protocol.names import FLEET_GROUP_RE, TAG_RE
@@ -38,6 +35,7 @@ from twelvefactor_services.management.logic import (
     presence,
     tunnel_transition,
 )
+from twelvefactor_services.management.store import Db, Row
 from twelvefactor_services.management.tunnelstate import TunnelChange
 
 log = logging.getLogger("twelvefactor.management")
@@ -46,139 +44,8 @@ HEALTH_KEPT = 1000  # health samples kept per device, newest (the console's char
 EVENTS_KEPT = 10_000  # rows of `events` kept, newest
 EVENTS_PAGE = 200  # events per source in one answer of `events`
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS devices (
-    id TEXT PRIMARY KEY,
-    first_seen REAL NOT NULL,
-    online INTEGER,
-    last_online_change REAL,
-    health TEXT,
-    health_ts REAL,
-    meta TEXT,
-    meta_ts REAL,
-    session_online INTEGER,             -- what its sessions last said; online is this and:
-    tunnel_quiet_since REAL,            -- the hub found its tunnel quiet (tunnelstate.py)
-    checkin_due REAL,                   -- asleep: when it said it will be back (service clock)
-    checkin_said REAL                   -- the device time stamp of that announcement
-);
-CREATE TABLE IF NOT EXISTS online_history (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    device TEXT NOT NULL REFERENCES devices(id),
-    online INTEGER NOT NULL,
-    reason TEXT,
-    ts REAL NOT NULL,
-    device_ts REAL
-);
-CREATE INDEX IF NOT EXISTS online_history_device ON online_history(device, id);
-CREATE TABLE IF NOT EXISTS config_groups (
-    name TEXT PRIMARY KEY,
-    overlay TEXT NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS config_members (
-    device TEXT PRIMARY KEY,            -- a device is in at most one group
-    grp TEXT NOT NULL REFERENCES config_groups(name)
-);
-CREATE TABLE IF NOT EXISTS enrolments (
-    device TEXT PRIMARY KEY,
-    hardware TEXT,                      -- JSON {board, revision} from the device's request
-    tags TEXT NOT NULL,                 -- JSON list, sorted
-    certificate_serial TEXT,            -- hex
-    enrolled REAL,                      -- NULL: made before enrolment existed, retired since
-    retired REAL,                       -- when it was decommissioned, or NULL
-    retired_group TEXT                  -- the fleet group it was in then
-);
-CREATE TABLE IF NOT EXISTS device_config (
-    device TEXT PRIMARY KEY,
-    overlay TEXT,                       -- the device's own overlay (JSON), or NULL
-    version INTEGER NOT NULL,           -- desired version: only ever goes up
-    desired TEXT NOT NULL,              -- effective configuration of that version (JSON)
-    updated REAL NOT NULL,
-    published INTEGER NOT NULL DEFAULT 0,  -- the version last published (retained)
-    reported_version INTEGER,
-    reported_status TEXT,
-    reported_error TEXT,
-    reported_ts REAL
-);
-CREATE TABLE IF NOT EXISTS health_samples (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    device TEXT NOT NULL,
-    ts REAL NOT NULL,                   -- the report's own time (device clock)
-    load1 REAL,
-    memory_available_kb INTEGER,
-    memory_total_kb INTEGER,
-    data_free_bytes INTEGER,
-    data_total_bytes INTEGER,
-    queue_depth INTEGER,
-    queue_dropped INTEGER
-);
-CREATE INDEX IF NOT EXISTS health_samples_device ON health_samples(device, id);
--- Changes no other table keeps a history of (job states, configuration reports), for the
--- events feed; online changes, rollout events and the audit log are read where they are.
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts REAL NOT NULL,                   -- the service's clock
-    kind TEXT NOT NULL,                 -- job, config
-    device TEXT,
-    subject TEXT,                       -- the job id, the configuration version
-    state TEXT,
-    reason TEXT
-);
-"""
 
-_NOW_SQL = "((julianday('now') - 2440587.5) * 86400.0)"
-# device_jobs keeps each job's current state only: a trigger records every change of it, from
-# whichever code path (jobstore) makes it. Made by `add_event_triggers` once jobstore's tables
-# exist (jobstore imports this module, not the other way round).
-_JOB_TRIGGERS = f"""
-CREATE TRIGGER IF NOT EXISTS device_jobs_event_insert AFTER INSERT ON device_jobs BEGIN
-    INSERT INTO events (ts, kind, device, subject, state, reason)
-        VALUES ({_NOW_SQL}, 'job', new.device, new.job, new.state, new.reason);
-    DELETE FROM events WHERE id <= last_insert_rowid() - {EVENTS_KEPT};
-END;
-CREATE TRIGGER IF NOT EXISTS device_jobs_event_update AFTER UPDATE OF state ON device_jobs
-    WHEN old.state IS NOT new.state BEGIN
-    INSERT INTO events (ts, kind, device, subject, state, reason)
-        VALUES ({_NOW_SQL}, 'job', new.device, new.job, new.state, new.reason);
-    DELETE FROM events WHERE id <= last_insert_rowid() - {EVENTS_KEPT};
-END;
-"""
-
-
-def add_event_triggers(db: sqlite3.Connection) -> None:
-    """Record job state changes in `events` (device_jobs must exist: jobstore.connect)."""
-    db.executescript(_JOB_TRIGGERS)
-
-
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    if readonly:
-        if not path.exists():
-            raise FileNotFoundError(f"no registry at {path}")
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, timeout=10.0, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(SCHEMA)
-        tunnelstate.create(db)
-        added = add_columns(
-            db,
-            "devices",
-            {
-                "session_online": "INTEGER",
-                "tunnel_quiet_since": "REAL",
-                "checkin_due": "REAL",
-                "checkin_said": "REAL",
-            },
-        )
-        if "session_online" in added:  # what an older registry shows is what its sessions said
-            db.execute("UPDATE devices SET session_online = online")
-    db.execute("PRAGMA busy_timeout=10000")
-    db.row_factory = sqlite3.Row
-    return db
-
-
-def _online_state(db: sqlite3.Connection, device: str) -> OnlineState | None:
+def _online_state(db: Db, device: str) -> OnlineState | None:
     row = db.execute(
         "SELECT online, last_online_change, session_online AS session, tunnel_quiet_since"
         " FROM devices WHERE id = ?",
@@ -195,46 +62,20 @@ def _online_state(db: sqlite3.Connection, device: str) -> OnlineState | None:
 
 
 def _flag(value: int | None) -> bool | None:
-    """An SQLite boolean that may be unknown."""
+    """A boolean kept as an integer, that may be unknown."""
     return None if value is None else bool(value)
 
 
-def add_columns(db: sqlite3.Connection, table: str, columns: dict[str, str]) -> list[str]:
-    """Add the ``columns`` (name -> declaration) a registry made by an older version lacks;
-    the names added."""
-    added = []
-    with write(db):  # under the write lock: two service copies starting together add each once
-        have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-        for name, declaration in columns.items():
-            if name not in have:
-                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
-                added.append(name)
-    return added
-
-
-@contextmanager
-def write(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")  # take the write lock first: no upgrade deadlock between copies
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
 class Registry:
-    def __init__(self, path: Path) -> None:
-        self.db = connect(path)
-
-    def close(self) -> None:
-        self.db.close()
+    def __init__(self, db: Db) -> None:
+        self.db = db
 
     def apply(self, device: str, report: Report, now: float) -> Transition | None:
         """Record one report; returns the online transition it caused, if any."""
-        with write(self.db):
+        with self.db.write():
             self.db.execute(
-                "INSERT OR IGNORE INTO devices (id, first_seen) VALUES (?, ?)", (device, now)
+                "INSERT INTO devices (id, first_seen) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (device, now),
             )
             row = self.db.execute(
                 "SELECT health_ts, meta_ts FROM devices WHERE id = ?", (device,)
@@ -282,7 +123,7 @@ class Registry:
             return
         self.db.execute(
             "UPDATE devices SET checkin_due = ?, checkin_said = ? WHERE id = ?"
-            " AND checkin_said IS NOT ?",
+            " AND checkin_said IS DISTINCT FROM ?",
             (due, report.device_ts, device, report.device_ts),
         )
 
@@ -290,7 +131,7 @@ class Registry:
         """Record the hub's word on a device's tunnel; the online transition it caused, if any.
 
         A device never seen on MQTT is not in `devices` yet: nothing to record."""
-        with write(self.db):
+        with self.db.write():
             state = _online_state(self.db, change.device)
             if state is None:
                 return None
@@ -387,16 +228,16 @@ class Registry:
         )
 
     def _config_event(self, device: str, report: ConfigReport, now: float) -> None:
-        cur = self.db.execute(
+        added = self.db.execute(
             "INSERT INTO events (ts, kind, device, subject, state, reason)"
-            " VALUES (?, 'config', ?, ?, ?, ?)",
+            " VALUES (?, 'config', ?, ?, ?, ?) RETURNING id",
             (now, device, str(report.version), report.status, report.error),
-        )
-        self.db.execute("DELETE FROM events WHERE id <= ?", ((cur.lastrowid or 0) - EVENTS_KEPT,))
+        ).scalar()
+        self.db.execute("DELETE FROM events WHERE id <= ?", (added - EVENTS_KEPT,))
 
     def set_device_config(self, device: str, overlay: Overlay | None, now: float) -> int:
         """Set (or with None clear) a device's own overlay; its desired version."""
-        with write(self.db):
+        with self.db.write():
             self._ensure_config_row(device, now)
             self.db.execute(
                 "UPDATE device_config SET overlay = ? WHERE device = ?",
@@ -406,7 +247,7 @@ class Registry:
 
     def set_group_config(self, group: str, overlay: Overlay, now: float) -> dict[str, int]:
         """Create or replace a group's overlay; the new desired version of each member."""
-        with write(self.db):
+        with self.db.write():
             self.db.execute(
                 "INSERT INTO config_groups (name, overlay, updated) VALUES (?, ?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET overlay = excluded.overlay,"
@@ -423,7 +264,7 @@ class Registry:
 
     def add_members(self, group: str, devices: list[str], now: float) -> dict[str, int]:
         """Put devices in a group (moving them out of any other); their desired versions."""
-        with write(self.db):
+        with self.db.write():
             if not self._group_exists(group):
                 raise KeyError(group)
             out = {}
@@ -438,7 +279,7 @@ class Registry:
             return out
 
     def remove_members(self, group: str, devices: list[str], now: float) -> dict[str, int]:
-        with write(self.db):
+        with self.db.write():
             if not self._group_exists(group):
                 raise KeyError(group)
             out = {}
@@ -464,7 +305,7 @@ class Registry:
     ) -> dict[str, Any]:
         """Record an enrolled device and, with ``group``, make it a member (the group is
         made with an empty configuration if it does not exist), in one transaction."""
-        with write(self.db):
+        with self.db.write():
             kept = check_enrolment(self.db, device, group, tags)
             self.db.execute(
                 "INSERT INTO enrolments (device, hardware, tags, certificate_serial, enrolled)"
@@ -479,8 +320,8 @@ class Registry:
             )
             if group is not None:
                 self.db.execute(
-                    "INSERT OR IGNORE INTO config_groups (name, overlay, updated)"
-                    " VALUES (?, '{}', ?)",
+                    "INSERT INTO config_groups (name, overlay, updated)"
+                    " VALUES (?, '{}', ?) ON CONFLICT DO NOTHING",
                     (group, now),
                 )
                 self._ensure_config_row(device, now)
@@ -497,7 +338,7 @@ class Registry:
         configuration is made for it again); every other row stays, its online history
         included. A device made before enrolment existed gets its enrolment row now.
         Its enrolment as ``enrolment`` shows it."""
-        with write(self.db):
+        with self.db.write():
             row = self.db.execute(
                 "SELECT retired FROM enrolments WHERE device = ?", (device,)
             ).fetchone()
@@ -529,10 +370,10 @@ class Registry:
         return [(r["device"], r["version"], json.loads(r["desired"])) for r in rows]
 
     def mark_published(self, device: str, version: int) -> None:
-        with write(self.db):
+        with self.db.write():
             self.db.execute(
-                "UPDATE device_config SET published = MAX(published, ?) WHERE device = ?",
-                (version, device),
+                "UPDATE device_config SET published = ? WHERE device = ? AND published < ?",
+                (version, device, version),
             )
 
     def _group_exists(self, group: str) -> bool:
@@ -541,8 +382,8 @@ class Registry:
 
     def _ensure_config_row(self, device: str, now: float) -> None:
         self.db.execute(
-            "INSERT OR IGNORE INTO device_config (device, overlay, version, desired, updated)"
-            " VALUES (?, NULL, 0, '{}', ?)",
+            "INSERT INTO device_config (device, overlay, version, desired, updated)"
+            " VALUES (?, NULL, 0, '{}', ?) ON CONFLICT DO NOTHING",
             (device, now),
         )
 
@@ -569,7 +410,7 @@ class Registry:
         return version
 
 
-def device_config(db: sqlite3.Connection, device: str) -> dict[str, Any] | None:
+def device_config(db: Db, device: str) -> dict[str, Any] | None:
     """A device's configuration as the API and CLI show it, or None if it has none."""
     row = db.execute(
         "SELECT d.*, m.grp FROM device_config d LEFT JOIN config_members m"
@@ -596,7 +437,7 @@ def device_config(db: sqlite3.Connection, device: str) -> dict[str, Any] | None:
     }
 
 
-def group_config(db: sqlite3.Connection, group: str) -> dict[str, Any] | None:
+def group_config(db: Db, group: str) -> dict[str, Any] | None:
     row = db.execute("SELECT * FROM config_groups WHERE name = ?", (group,)).fetchone()
     if row is None:
         return None
@@ -614,7 +455,7 @@ def group_config(db: sqlite3.Connection, group: str) -> dict[str, Any] | None:
     }
 
 
-def list_groups(db: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_groups(db: Db) -> list[dict[str, Any]]:
     names = [r["name"] for r in db.execute("SELECT name FROM config_groups ORDER BY name")]
     return [g for g in (group_config(db, n) for n in names) if g is not None]
 
@@ -633,9 +474,7 @@ def check_tags(tags: list[str]) -> list[str]:
     return sorted(set(tags))
 
 
-def check_enrolment(
-    db: sqlite3.Connection, device: str, group: str | None, tags: list[str]
-) -> list[str]:
+def check_enrolment(db: Db, device: str, group: str | None, tags: list[str]) -> list[str]:
     """EnrolmentError unless ``device`` may be enrolled now; the tags as kept."""
     row = db.execute("SELECT retired FROM enrolments WHERE device = ?", (device,)).fetchone()
     if row is not None:
@@ -648,12 +487,12 @@ def check_enrolment(
     return check_tags(tags)
 
 
-def enrolment(db: sqlite3.Connection, device: str) -> dict[str, Any] | None:
+def enrolment(db: Db, device: str) -> dict[str, Any] | None:
     row = db.execute("SELECT * FROM enrolments WHERE device = ?", (device,)).fetchone()
     return None if row is None else _enrolment(row)
 
 
-def _enrolment(row: sqlite3.Row) -> dict[str, Any]:
+def _enrolment(row: Row) -> dict[str, Any]:
     return {
         "hardware": json.loads(row["hardware"]) if row["hardware"] else None,
         "tags": json.loads(row["tags"]),
@@ -674,7 +513,7 @@ _NOT_ENROLLED: dict[str, Any] = {
 }
 
 
-def _device(row: sqlite3.Row, *, full: bool, overdue_after: float) -> dict[str, Any]:
+def _device(row: Row, *, full: bool, overdue_after: float) -> dict[str, Any]:
     online = _flag(row["online"])
     out: dict[str, Any] = {
         "id": row["id"],
@@ -714,31 +553,27 @@ SELECT e.device, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.hardware, e.t
 """
 
 
-def list_devices(
-    db: sqlite3.Connection, overdue_after: float = OVERDUE_AFTER
-) -> list[dict[str, Any]]:
-    rows = db.execute(f"SELECT * FROM ({_DEVICES_AND_ENROLMENTS}) ORDER BY id").fetchall()
+def list_devices(db: Db, overdue_after: float = OVERDUE_AFTER) -> list[dict[str, Any]]:
+    rows = db.execute(f"SELECT * FROM ({_DEVICES_AND_ENROLMENTS}) AS d ORDER BY id").fetchall()
     return [_device(r, full=False, overdue_after=overdue_after) for r in rows]
 
 
-def get_device(
-    db: sqlite3.Connection, device: str, overdue_after: float = OVERDUE_AFTER
-) -> dict[str, Any] | None:
+def get_device(db: Db, device: str, overdue_after: float = OVERDUE_AFTER) -> dict[str, Any] | None:
     row = db.execute(
-        f"SELECT * FROM ({_DEVICES_AND_ENROLMENTS}) WHERE id = ?", (device,)
+        f"SELECT * FROM ({_DEVICES_AND_ENROLMENTS}) AS d WHERE id = ?", (device,)
     ).fetchone()
     return None if row is None else _device(row, full=True, overdue_after=overdue_after)
 
 
 def history(
-    db: sqlite3.Connection, device: str, *, limit: int = HISTORY_KEPT, before: int | None = None
+    db: Db, device: str, *, limit: int = HISTORY_KEPT, before: int | None = None
 ) -> list[dict[str, Any]]:
     """The device's last `limit` online changes (before entry id `before`), oldest first.
 
     Each entry has its `id`: the next page back is `before=<the first entry's id>`."""
     rows = db.execute(
         "SELECT * FROM (SELECT id, online, reason, ts, device_ts FROM online_history"
-        " WHERE device = ? AND id < ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+        " WHERE device = ? AND id < ? ORDER BY id DESC LIMIT ?) AS h ORDER BY id",
         (device, 2**63 - 1 if before is None else before, limit),
     ).fetchall()
     return [
@@ -789,12 +624,12 @@ def health_sample(body: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def health_series(
-    db: sqlite3.Connection, device: str, *, since: float | None = None, limit: int = HEALTH_KEPT
+    db: Db, device: str, *, since: float | None = None, limit: int = HEALTH_KEPT
 ) -> list[dict[str, Any]]:
     """The device's last ``limit`` health samples (with ts after ``since``), oldest first."""
     rows = db.execute(
         "SELECT * FROM (SELECT * FROM health_samples WHERE device = ? AND ts > ?"
-        " ORDER BY id DESC LIMIT ?) ORDER BY id",
+        " ORDER BY id DESC LIMIT ?) AS h ORDER BY id",
         (device, -1.0 if since is None else since, limit),
     ).fetchall()
     return [
@@ -825,22 +660,20 @@ def parse_cursor(text: str) -> dict[str, int] | None:
     return {letter: int(m.group(i + 1)) for i, (letter, _) in enumerate(EVENT_SOURCES)}
 
 
-def _event_rows(
-    db: sqlite3.Connection, letter: str, limit: int, after: dict[str, int] | None
-) -> list[sqlite3.Row]:
+def _event_rows(db: Db, letter: str, limit: int, after: dict[str, int] | None) -> list[Row]:
     table = dict(EVENT_SOURCES)[letter]
     where = " AND status < 400" if letter == "a" else ""  # changes made, not refusals
     if after is None:  # the newest
         sql = (
-            f"SELECT * FROM (SELECT * FROM {table} WHERE 1 {where} ORDER BY id DESC LIMIT ?)"
-            " ORDER BY id"
+            f"SELECT * FROM (SELECT * FROM {table} WHERE TRUE {where} ORDER BY id DESC LIMIT ?)"
+            " AS newest ORDER BY id"
         )
         return db.execute(sql, (limit,)).fetchall()
     sql = f"SELECT * FROM {table} WHERE id > ? {where} ORDER BY id LIMIT ?"
     return db.execute(sql, (after[letter], limit)).fetchall()
 
 
-def _event(letter: str, r: sqlite3.Row) -> dict[str, Any]:
+def _event(letter: str, r: Row) -> dict[str, Any]:
     out: dict[str, Any] = {"id": f"{letter}{r['id']}", "ts": r["ts"]}
     if letter == "o":
         out |= {
@@ -871,7 +704,7 @@ def _event(letter: str, r: sqlite3.Row) -> dict[str, Any]:
 
 
 def events(
-    db: sqlite3.Connection,
+    db: Db,
     after: dict[str, int] | None,
     *,
     audit: bool,
@@ -882,18 +715,15 @@ def events(
     out. The tables of jobstore, rolloutstore and operators must exist."""
     found: list[tuple[float, int, int, dict[str, Any]]] = []
     cursor: dict[str, int] = {}
-    db.execute("BEGIN")  # one snapshot of every table (WAL): the cursor matches the rows
-    try:
+    with db.snapshot():  # one state of every table: the cursor matches the rows
         for order, (letter, table) in enumerate(EVENT_SOURCES):
             if after is None:
-                cursor[letter] = db.execute(f"SELECT MAX(id) FROM {table}").fetchone()[0] or 0
+                cursor[letter] = db.execute(f"SELECT MAX(id) FROM {table}").scalar() or 0
             skip = letter == "a" and not audit
             rows = [] if skip else _event_rows(db, letter, limit, after)
             if after is not None:
                 cursor[letter] = rows[-1]["id"] if rows else after[letter]
             found += [(r["ts"], order, r["id"], _event(letter, r)) for r in rows]
-    finally:
-        db.execute("COMMIT")
     found.sort(key=lambda f: f[:3])
     return {
         "events": [f[3] for f in found],

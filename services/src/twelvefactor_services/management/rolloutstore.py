@@ -1,4 +1,4 @@
-"""Rollouts in the registry's SQLite file, moved on by `tick` (rules: rollouts.py).
+"""Rollouts in the management database (store.py), moved on by `tick` (rules: rollouts.py).
 
 `rollouts` holds one row per rollout (its request, state, current phase and
 why it is in that state), `rollout_devices` each device's phase and, once its
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 from typing import Any
 
 from twelvefactor_agent.protocol.states import (
@@ -28,7 +27,7 @@ from twelvefactor_agent.protocol.states import (
     SUCCEEDED,
 )
 
-from twelvefactor_services.management import jobstore, registry
+from twelvefactor_services.management import jobstore
 from twelvefactor_services.management.artifacts import ArtifactStore
 from twelvefactor_services.management.rollouts import (
     ABORTED,
@@ -46,47 +45,7 @@ from twelvefactor_services.management.rollouts import (
     decide,
     phase_sizes,
 )
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS rollouts (
-    id TEXT PRIMARY KEY,
-    spec TEXT NOT NULL,                 -- the request (JSON)
-    state TEXT NOT NULL,
-    reason TEXT,
-    phase INTEGER NOT NULL DEFAULT -1,  -- current phase, 0-based; -1 before the start
-    phases INTEGER NOT NULL,
-    created REAL NOT NULL,
-    created_by TEXT,
-    updated REAL NOT NULL,
-    accepted_failed INTEGER NOT NULL DEFAULT 0,
-    accepted_executed INTEGER NOT NULL DEFAULT 0,
-    go REAL                             -- download only: when the installs began
-);
-CREATE TABLE IF NOT EXISTS rollout_devices (
-    rollout TEXT NOT NULL REFERENCES rollouts(id),
-    device TEXT NOT NULL,
-    phase INTEGER NOT NULL,
-    job TEXT,                           -- set when its phase starts
-    skipped TEXT,                       -- why it got no job
-    PRIMARY KEY (rollout, device)
-);
-CREATE TABLE IF NOT EXISTS rollout_events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    rollout TEXT NOT NULL,
-    ts REAL NOT NULL,
-    state TEXT NOT NULL,
-    reason TEXT
-);
-"""
-_FINAL_SQL = "(" + ",".join(f"'{s}'" for s in sorted(FINAL)) + ")"
-
-
-def connect(path: Any, *, readonly: bool = False) -> sqlite3.Connection:
-    db = jobstore.connect(path, readonly=readonly)
-    if not readonly:
-        db.executescript(SCHEMA)
-        registry.add_columns(db, "rollouts", {"go": "REAL"})  # before download-only rollouts
-    return db
+from twelvefactor_services.management.store import Db
 
 
 def _spec_json(spec: Spec) -> str:
@@ -117,7 +76,7 @@ def _spec(text: str) -> Spec:
     return Spec(**doc)
 
 
-def _event(db: sqlite3.Connection, rollout: str, now: float, state: str, reason: str) -> None:
+def _event(db: Db, rollout: str, now: float, state: str, reason: str) -> None:
     db.execute(
         "UPDATE rollouts SET state = ?, reason = ?, updated = ? WHERE id = ?",
         (state, reason, now, rollout),
@@ -128,11 +87,9 @@ def _event(db: sqlite3.Connection, rollout: str, now: float, state: str, reason:
     )
 
 
-def create(
-    db: sqlite3.Connection, store: ArtifactStore, spec: Spec, now: float, who: str | None
-) -> dict[str, Any]:
+def create(db: Db, store: ArtifactStore, spec: Spec, now: float, who: str | None) -> dict[str, Any]:
     rollout = "r-" + secrets.token_hex(6)
-    with registry.write(db):
+    with db.write():
         if store.get(spec.artifact) is None:  # under the lock an artifact delete also holds
             raise RolloutError([f"unknown artifact {spec.artifact!r}"])
         retired = {
@@ -180,11 +137,11 @@ def create(
     return found
 
 
-def ids(db: sqlite3.Connection) -> list[str]:
+def ids(db: Db) -> list[str]:
     return [r[0] for r in db.execute("SELECT id FROM rollouts ORDER BY created, id")]
 
 
-def get(db: sqlite3.Connection, rollout: str) -> dict[str, Any] | None:
+def get(db: Db, rollout: str) -> dict[str, Any] | None:
     row = db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout,)).fetchone()
     if row is None:
         return None
@@ -232,7 +189,7 @@ def get(db: sqlite3.Connection, rollout: str) -> dict[str, Any] | None:
     }
 
 
-def list_all(db: sqlite3.Connection) -> list[dict[str, Any]]:
+def list_all(db: Db) -> list[dict[str, Any]]:
     out = []
     for rollout in ids(db):
         found = get(db, rollout)
@@ -242,11 +199,9 @@ def list_all(db: sqlite3.Connection) -> list[dict[str, Any]]:
     return out
 
 
-def control(
-    db: sqlite3.Connection, rollout: str, action: str, now: float, who: str
-) -> dict[str, Any]:
+def control(db: Db, rollout: str, action: str, now: float, who: str) -> dict[str, Any]:
     """pause, resume or cancel; RolloutError if the rollout's state does not allow it."""
-    with registry.write(db):
+    with db.write():
         row = db.execute(
             "SELECT state, phase, go, spec FROM rollouts WHERE id = ?", (rollout,)
         ).fetchone()
@@ -297,7 +252,7 @@ def control(
     return found
 
 
-def _progress(db: sqlite3.Connection, rollout: str, phase: int) -> Progress:
+def _progress(db: Db, rollout: str, phase: int) -> Progress:
     row = db.execute(
         "SELECT phases, accepted_failed, accepted_executed FROM rollouts WHERE id = ?", (rollout,)
     ).fetchone()
@@ -330,17 +285,17 @@ def _progress(db: sqlite3.Connection, rollout: str, phase: int) -> Progress:
     )
 
 
-def _phase_jobs(db: sqlite3.Connection, rollout: str, phase: int | None) -> list[str]:
+def _phase_jobs(db: Db, rollout: str, phase: int | None) -> list[str]:
     """The jobs of the rollout's ``phase`` (None: of every phase)."""
-    rows = db.execute(
-        "SELECT DISTINCT job FROM rollout_devices WHERE rollout = ? AND job IS NOT NULL"
-        " AND (? IS NULL OR phase = ?) ORDER BY job",
-        (rollout, phase, phase),
-    )
+    sql = "SELECT DISTINCT job FROM rollout_devices WHERE rollout = ? AND job IS NOT NULL"
+    if phase is None:
+        rows = db.execute(sql + " ORDER BY job", (rollout,))
+    else:
+        rows = db.execute(sql + " AND phase = ? ORDER BY job", (rollout, phase))
     return [r[0] for r in rows]
 
 
-def _go(db: sqlite3.Connection, rollout: str, phase: int, now: float, reason: str) -> int:
+def _go(db: Db, rollout: str, phase: int, now: float, reason: str) -> int:
     """A download-only rollout's installs begin with the current phase; devices released."""
     db.execute("UPDATE rollouts SET go = ? WHERE id = ?", (now, rollout))
     released = sum(
@@ -350,14 +305,14 @@ def _go(db: sqlite3.Connection, rollout: str, phase: int, now: float, reason: st
     return released
 
 
-def _cancel_holds(db: sqlite3.Connection, rollout: str) -> int:
+def _cancel_holds(db: Db, rollout: str) -> int:
     """Held downloads of a cancelled or aborted rollout are dropped by their devices."""
     return sum(
         len(jobstore.set_install(db, job, INSTALL_CANCEL)) for job in _phase_jobs(db, rollout, None)
     )
 
 
-def _start_phase(db: sqlite3.Connection, rollout: str, spec: Spec, phase: int, now: float) -> int:
+def _start_phase(db: Db, rollout: str, spec: Spec, phase: int, now: float) -> int:
     if spec.download_only and phase > 0:  # its job was made held at the start: release it
         jobs = _phase_jobs(db, rollout, phase)
         db.execute("UPDATE rollouts SET phase = ? WHERE id = ?", (phase, rollout))
@@ -371,16 +326,14 @@ def _start_phase(db: sqlite3.Connection, rollout: str, spec: Spec, phase: int, n
     return sent
 
 
-def _phases(db: sqlite3.Connection, rollout: str) -> list[int]:
+def _phases(db: Db, rollout: str) -> list[int]:
     rows = db.execute(
         "SELECT DISTINCT phase FROM rollout_devices WHERE rollout = ? ORDER BY phase", (rollout,)
     )
     return [r[0] for r in rows]
 
 
-def _make_phase_job(
-    db: sqlite3.Connection, rollout: str, spec: Spec, phase: int, now: float
-) -> int:
+def _make_phase_job(db: Db, rollout: str, spec: Spec, phase: int, now: float) -> int:
     devices = [
         r[0]
         for r in db.execute(
@@ -405,7 +358,7 @@ def _make_phase_job(
     return len(free)
 
 
-def tick(db: sqlite3.Connection, now: float) -> list[tuple[str, str, str]]:
+def tick(db: Db, now: float) -> list[tuple[str, str, str]]:
     """Move every active rollout one step; (rollout, action, reason) for each move made."""
     moves: list[tuple[str, str, str]] = []
     active = [
@@ -415,7 +368,7 @@ def tick(db: sqlite3.Connection, now: float) -> list[tuple[str, str, str]]:
         )
     ]
     for rollout in active:
-        with registry.write(db):
+        with db.write():
             row = db.execute("SELECT * FROM rollouts WHERE id = ?", (rollout,)).fetchone()
             if row["state"] not in (SCHEDULED, RUNNING):
                 continue  # another copy moved it meanwhile

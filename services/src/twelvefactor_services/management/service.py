@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 from twelvefactor_agent.protocol.topics import MANAGEMENT_UP, mgmt_down, parse_up
 
-from twelvefactor_services.management import jobstore, rolloutstore
+from twelvefactor_services.management import jobstore, rolloutstore, store
 from twelvefactor_services.management.access import certificate_names
 from twelvefactor_services.management.artifact_server import ArtifactServer, server_context
 from twelvefactor_services.management.artifacts import ArtifactStore
@@ -44,6 +43,7 @@ from twelvefactor_services.management.logic import (
     parse_report,
 )
 from twelvefactor_services.management.registry import Registry
+from twelvefactor_services.management.store import Db
 from twelvefactor_services.mqtt import (
     Connection,
     Endpoint,
@@ -73,7 +73,7 @@ class OperatorApi:
 
 @dataclass(frozen=True)
 class ManagementConfig:
-    db: Path
+    db: str  # a SQLite file's path or a postgresql:// URL
     identity: Identity
     broker: Endpoint
     group: str
@@ -89,7 +89,12 @@ class ManagementConfig:
 
     @property
     def artifact_store(self) -> ArtifactStore:
-        return ArtifactStore(self.artifact_dir or self.db.parent / "artifacts", self.signing_cert)
+        folder = self.artifact_dir
+        if folder is None:
+            if "://" in self.db:
+                raise ValueError(f"{self.db} is a database server: the artifacts need a folder")
+            folder = Path(self.db).parent / "artifacts"
+        return ArtifactStore(folder, self.signing_cert)
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,8 @@ class ArtifactServing:
 class ManagementService:
     def __init__(self, cfg: ManagementConfig) -> None:
         self.cfg = cfg
-        self.registry: Registry | None = None  # opened in the MQTT thread that uses it
+        self.db = Db(cfg.db)  # every thread's (a pool of connections), the schema made
+        self.registry = Registry(self.db)
         self.conn = Connection()
         self.subscribed = threading.Event()
         self.handled = 0  # messages taken from the broker, valid or not (load sharing is visible)
@@ -122,7 +128,7 @@ class ManagementService:
         api = cfg.api
         self.http = ApiServer(
             (api.host, api.port),
-            cfg.db,
+            self.db,
             self.health,
             api_context(api.cert, api.key),
             [*certificate_names(api.cert), *api.names],
@@ -131,7 +137,6 @@ class ManagementService:
             max_artifact=api.max_artifact,
             overdue_after=cfg.overdue_after,
         )
-        self.jobs_db: sqlite3.Connection | None = None  # the MQTT thread's connection
         self.artifact_server: ArtifactServer | None = None
         if cfg.artifacts is not None:
             a = cfg.artifacts
@@ -152,23 +157,16 @@ class ManagementService:
         release = self._release(sha256)
         if release is None:
             return False
-        db = jobstore.connect(self.cfg.db, readonly=True)  # a request thread's own connection
-        try:
-            return jobstore.may_fetch(db, device, release)
-        finally:
-            db.close()
+        return jobstore.may_fetch(self.db, device, release)
 
     def _sent(self, device: str, sha256: str, sent: int) -> None:
         release = self._release(sha256)
         if release is None:  # the artifact was deleted during the answer
             return
-        db = jobstore.connect(self.cfg.db)  # a request thread's own connection
         try:
-            jobstore.add_sent(db, device, release, sent)
-        except sqlite3.Error as exc:  # a busy registry costs a counter, not the download
+            jobstore.add_sent(self.db, device, release, sent)
+        except store.Error as exc:  # a busy registry costs a counter, not the download
             log.warning("artifact bytes sent to %s not counted: %s", device, exc)
-        finally:
-            db.close()
 
     def health(self) -> dict[str, Any]:
         ok = self.conn.connected.is_set() and self.subscribed.is_set()
@@ -223,8 +221,6 @@ class ManagementService:
         except PayloadError as exc:
             log.warning("dropped %r from %s: %s", up.rest[0], up.device, exc)
             return
-        if self.registry is None:
-            self.registry = Registry(self.cfg.db)
         t = self.registry.apply(up.device, report, time.time())
         if isinstance(report, ConfigReport):
             log.info(
@@ -244,31 +240,26 @@ class ManagementService:
         except JobReportError as exc:
             log.warning("dropped update report from %s: %s", device, exc)
             return
-        if self.jobs_db is None:
-            self.jobs_db = jobstore.connect(self.cfg.db)
-        out = jobstore.apply_report(self.jobs_db, device, report)
+        out = jobstore.apply_report(self.db, device, report)
         if out.ignored is not None:
             log.warning("%s: update report for %s ignored: %s", device, report.job, out.ignored)
         else:
             log.info("%s: job %s %s -> %s", device, report.job, out.before, out.after)
 
     def _publisher(self) -> None:
-        registry = Registry(self.cfg.db)  # this thread's own connections
-        jobs_db = rolloutstore.connect(self.cfg.db)
         tunnel_seq = 0
-        try:
-            while not self.stopping.is_set():
-                self.publish_wake.wait(PUBLISH_INTERVAL)
-                self.publish_wake.clear()
-                tunnel_seq = self._apply_tunnel(registry, tunnel_seq)
-                self._move_rollouts(jobs_db)
+        while not self.stopping.is_set():
+            self.publish_wake.wait(PUBLISH_INTERVAL)
+            self.publish_wake.clear()
+            tunnel_seq = self._apply_tunnel(self.registry, tunnel_seq)
+            self._move_rollouts(self.db)
+            try:
                 if self.conn.connected.is_set():
-                    self._publish_desired(registry)
+                    self._publish_desired(self.registry)
                 if self.conn.connected.is_set():
-                    self._publish_jobs(jobs_db)
-        finally:
-            registry.close()
-            jobs_db.close()
+                    self._publish_jobs(self.db)
+            except store.Error as exc:  # a database out of reach: the next round tries again
+                log.warning("nothing published this round: %s", exc)
 
     def _apply_tunnel(self, registry: Registry, seq: int) -> int:
         """The hub's changes to devices' tunnels since change `seq`; the last one applied."""
@@ -279,17 +270,17 @@ class ManagementService:
                 if t is not None:
                     state = "online" if t.online else "offline"
                     log.info("%s is %s (%s)", change.device, state, t.reason)
-        except sqlite3.Error as exc:  # a busy or damaged registry: try again next round
+        except store.Error as exc:  # a busy or damaged registry: try again next round
             log.warning("tunnel states not applied: %s", exc)
         return seq
 
-    def _move_rollouts(self, db: sqlite3.Connection) -> None:
+    def _move_rollouts(self, db: Db) -> None:
         """Rollouts one step on, and download-only jobs whose install time came released."""
         try:
             released = jobstore.release_due(db, time.time())
             moves = rolloutstore.tick(db, time.time())
             again = jobstore.offer_quiet_again(db, time.time(), self.cfg.job_quiet_after)
-        except sqlite3.Error as exc:  # a busy or damaged registry: try again next round
+        except store.Error as exc:  # a busy or damaged registry: try again next round
             log.warning("rollouts not moved: %s", exc)
             return
         for device, job in again:
@@ -299,7 +290,7 @@ class ManagementService:
         for rollout, action, reason in moves:
             log.info("rollout %s: %s (%s)", rollout, action, reason)
 
-    def _publish_jobs(self, db: sqlite3.Connection) -> None:
+    def _publish_jobs(self, db: Db) -> None:
         if self.cfg.artifacts is None:
             return  # without an artifact server a job cannot be fetched: hold it
         store = self.cfg.artifact_store
@@ -382,10 +373,7 @@ class ManagementService:
         self.http.shutdown()
         if self.artifact_server is not None:
             self.artifact_server.stop()
-        if self.registry is not None:
-            self.registry.close()
-        if self.jobs_db is not None:
-            self.jobs_db.close()
+        self.db.close()
         if self.cfg.ready_file is not None:
             self.cfg.ready_file.unlink(missing_ok=True)
         log.info("stopped")

@@ -1,0 +1,1 @@
+"""The management store's schema, versioned (Alembic): see management/store.py."""

@@ -1,0 +1,221 @@
+"""Issue 15: the management database on SQLite (the embedded default) and on PostgreSQL
+(Debian's server, started by the tests): the same statements, the same answers, and two
+service copies on one database never doing one step twice.
+
+The tests that take `database` (tests/integration/conftest.py) run on both engines.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from twelvefactor_services.artifact.swu import newc_archive
+from twelvefactor_services.hub.peers import PeerStore
+from twelvefactor_services.hub.plan import Tunnel
+from twelvefactor_services.management import (
+    jobstore,
+    operators,
+    registry,
+    rolloutstore,
+    store,
+    tunnelstate,
+)
+from twelvefactor_services.management.artifacts import ArtifactStore
+from twelvefactor_services.management.jobs import JobReport
+from twelvefactor_services.management.logic import parse_report
+from twelvefactor_services.management.rollouts import parse_spec
+from twelvefactor_services.management.store import Db
+
+pytestmark = pytest.mark.integration
+
+
+def report(reg: registry.Registry, device: str, kind: str, body: dict[str, object]) -> None:
+    reg.apply(device, parse_report(device, kind, json.dumps({"v": 1, **body}).encode()), 0.0)
+
+
+def swu(path: Path, version: str) -> Path:
+    board = 'qemux86-64 = { hardware-compatibility: [ "1.0" ]; };'
+    desc = f'software = {{ version = "{version}"; {board} }};'
+    path.write_bytes(newc_archive([("sw-description", desc.encode()), ("rootfs.zst", b"x" * 100)]))
+    return path
+
+
+def test_the_schema_is_made_once_and_a_second_copy_finds_it(database: str) -> None:
+    first, second = Db(database), Db(database)  # two service copies starting
+    try:
+        tables = {
+            "devices",
+            "device_jobs",
+            "rollouts",
+            "operators",
+            "audit",
+            "tunnel_peers",
+            "tunnel_liveness",
+        }
+        for table in tables:
+            assert second.execute(f"SELECT COUNT(*) FROM {table}").scalar() == 0
+        assert second.execute("SELECT version_num FROM management_schema").scalar() == "0001"
+        reader = Db(database, migrate=False)  # a reader makes nothing
+        assert reader.execute("SELECT COUNT(*) FROM devices").scalar() == 0
+        reader.close()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_reports_configuration_enrolment_and_the_feed(database: str) -> None:
+    db = Db(database)
+    reg = registry.Registry(db)
+    try:
+        reg.enrol(
+            "dev-1", hardware={"board": "b", "revision": "1"}, group="field",
+            tags=["site:a"], certificate_serial=0xAB, now=1.0,
+        )  # fmt: skip
+        report(reg, "dev-1", "online", {"online": True, "ts": 10.0})
+        report(reg, "dev-1", "health", {"ts": 11.0, "uptime_s": 5, "load": [0.5, 0, 0]})
+        report(reg, "dev-1", "health", {"ts": 10.5, "uptime_s": 4})  # older: not the record
+        report(reg, "dev-1", "meta", {"ts": 11.0, "device": "dev-1", "os_version": "1.0"})
+        shown = registry.get_device(db, "dev-1")
+        assert shown is not None
+        assert shown["online"] is True and shown["health_ts"] == 11.0
+        assert shown["tags"] == ["site:a"] and shown["certificate_serial"] == "ab"
+        assert [s["load1"] for s in registry.health_series(db, "dev-1")] == [0.5]
+        # configuration: the group's overlay gives the device version 2, published once
+        assert reg.set_group_config("field", {"health": {"interval_s": 30}}, 2.0) == {"dev-1": 2}
+        assert [(d, v) for d, v, _ in reg.unpublished()] == [("dev-1", 2)]
+        reg.mark_published("dev-1", 2)
+        reg.mark_published("dev-1", 1)  # a late acknowledgement never goes back
+        assert reg.unpublished() == []
+        report(reg, "dev-1", "config", {"version": 2, "status": "applied"})
+        assert registry.device_config(db, "dev-1")["reported"]["status"] == "applied"
+        report(reg, "dev-1", "online", {"online": False, "ts": 20.0, "reason": "power"})
+        assert [h["online"] for h in registry.history(db, "dev-1")] == [True, False]
+        # a job's state changes reach the feed through the database's own trigger
+        job = jobstore.insert_job(db, "a" * 64, ["dev-1"], "device:dev-1", 3.0)
+        jobstore.apply_report(db, "dev-1", JobReport(job, "downloading", 0, None, 4.0))
+        feed = registry.events(db, None, audit=True)
+        kinds = [(e["kind"], e.get("state")) for e in feed["events"]]
+        assert ("config", "applied") in kinds
+        assert [k for k in kinds if k[0] == "job"] == [("job", "queued"), ("job", "downloading")]
+        cursor = registry.parse_cursor(feed["next"])
+        assert registry.events(db, cursor, audit=True)["events"] == []
+        retired = reg.retire("dev-1", 30.0, 0xAB)
+        assert retired["retired"] == {"at": 30.0, "group": "field"}
+    finally:
+        db.close()
+
+
+def test_operators_tokens_and_the_audit_log(database: str) -> None:
+    db = Db(database)
+    try:
+        operators.add_operator(db, "ada", "admin", "a long password!", 1.0)
+        made = operators.create_token(db, "ada", "script", 1.0)
+        who = operators.authenticate(db, made["token"], 2.0)
+        assert who is not None and who.role == "admin"
+        operators.record(db, 3.0, who, "POST", "/v1/x", 201, {"note": "100% done?"})
+        [entry] = operators.audit(db)
+        assert entry["detail"] == {"note": "100% done?"} and entry["operator"] == "ada"
+        operators.add_operator(db, "bo", "viewer", None, 4.0)
+        operators.remove_operator(db, "bo", 5.0)
+        operators.add_operator(db, "bo", "operator", None, 6.0)  # a removed name, given again
+        assert operators.get_operator(db, "bo") == {
+            "name": "bo", "role": "operator", "password": False, "created": 6.0,
+        }  # fmt: skip
+        with pytest.raises(operators.OperatorError, match="last admin"):
+            operators.remove_operator(db, "ada", 7.0)
+    finally:
+        db.close()
+
+
+def test_the_hubs_peers_and_tunnel_word_in_the_same_database(database: str) -> None:
+    hub, service = Db(database), Db(database)
+    try:
+        peers = PeerStore(hub)
+        tunnel = Tunnel.parse("10.77.0.0/24", None)
+        first = peers.add(tunnel, "dev-1", "A" * 43 + "=")
+        second = peers.add(tunnel, "dev-2", "B" * 43 + "=")
+        assert first.address_v4 != second.address_v4
+        reg = registry.Registry(service)
+        report(reg, "dev-1", "online", {"online": True, "ts": 1.0})
+        tunnelstate.record(hub, "dev-1", False, time.time() - 100)
+        [change] = reg.tunnel_changes(0)
+        t = reg.apply_tunnel(change, time.time())
+        assert t is not None and t.online is False
+        assert peers.remove("dev-2") and [p.device for p in peers.peers()] == ["dev-1"]
+    finally:
+        hub.close()
+        service.close()
+
+
+def test_two_copies_moving_one_rollout_start_each_phase_once(database: str, tmp_path: Path) -> None:
+    """Several service copies run `tick` every second on one database: each phase's job is
+    made once, whatever the interleaving (the stores' write rule, on either engine)."""
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    sha = artifacts.add(swu(tmp_path / "a.swu", "2.0")).sha256
+    copies = [Db(database) for _ in range(3)]
+    devices = [f"dev-{i:02}" for i in range(8)]
+    try:
+        spec = parse_spec(
+            {"artifact": sha, "devices": devices, "phases": [{"count": 2}, {"percent": 100}]}
+        )
+        made = rolloutstore.create(copies[0], artifacts, spec, 1.0, "ada")
+        go = threading.Barrier(len(copies))
+        errors: list[BaseException] = []
+
+        def tick(db: Db) -> None:
+            try:
+                go.wait()
+                for _ in range(5):
+                    rolloutstore.tick(db, 2.0)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=tick, args=(db,)) for db in copies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        jobs = copies[1].execute("SELECT id, target FROM update_jobs ORDER BY target").fetchall()
+        assert [j["target"] for j in jobs] == [f"rollout:{made['id']}:1"]  # phase 2 waits
+        for device in devices[:2]:
+            for state in ("downloading", "installing", "rebooting", "verifying", "succeeded"):
+                out = jobstore.apply_report(
+                    copies[2], device, JobReport(jobs[0]["id"], state, None, None, 3.0)
+                )
+                assert out.ignored is None, out
+        go = threading.Barrier(len(copies))
+        threads = [threading.Thread(target=tick, args=(db,)) for db in copies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert errors == []
+        jobs = copies[0].execute("SELECT target FROM update_jobs ORDER BY target").fetchall()
+        assert [j["target"] for j in jobs] == [f"rollout:{made['id']}:{p}" for p in (1, 2)]
+        shown = rolloutstore.get(copies[0], made["id"])
+        assert shown is not None and [e["state"] for e in shown["events"]] == [
+            "scheduled", "running", "running",
+        ]  # fmt: skip
+        second = {d["job"] for d in shown["devices"] if d["phase"] == 2}
+        assert len(second) == 1 and set(jobstore.busy_devices(copies[0], devices)) == set(
+            devices[2:]
+        )
+    finally:
+        for db in copies:
+            db.close()
+
+
+def test_a_database_out_of_reach_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no registry at"):
+        Db(tmp_path / "missing.db", migrate=False)
+    with pytest.raises(store.database.DatabaseError, match="postgresql:// URL"):
+        Db("mysql://somewhere/db")
+    down = Db("postgresql://nobody@127.0.0.1:1/none", migrate=False)
+    with pytest.raises(store.Error):
+        down.execute("SELECT 1")
+    down.close()
