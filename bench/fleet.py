@@ -1,9 +1,8 @@
 """The fleet simulator against the real stack: N devices, one broker (issue 15).
 
 Starts the test bed's stack (mosquitto with the project's plugin, one
-management and one solution copy; the registry in SQLite, the solution service's
-store in SQLite or, with ``--solution-db postgresql``, in a PostgreSQL server started
-for the run) and N simulated devices
+management and one solution copy; both services' stores in SQLite or, with
+``--database postgresql``, in a PostgreSQL server started for the run) and N simulated devices
 (testbed/fleet/sim.py: real MQTT 5 clients, mutual TLS, a certificate each,
 the agent's protocol code and backoff, many per process), then, in order:
 
@@ -49,10 +48,10 @@ def main() -> int:
     parser.add_argument("--payload", type=int, default=64, help="bytes per data message")
     parser.add_argument("--work", type=Path, default=Path("build/fleet"))
     parser.add_argument(
-        "--solution-db",
+        "--database",
         choices=["sqlite", "postgresql"],
         default="sqlite",
-        help="the solution service's store (postgresql: a server started for the run)",
+        help="both services' stores (postgresql: a server started for the run)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="py-spy the services into this folder")
@@ -69,7 +68,7 @@ def main() -> int:
         payload_bytes=args.payload,
         work=args.work.resolve(),
         profile=args.profile,
-        solution_db=args.solution_db,
+        database=args.database,
     )
     try:
         opts.check()
@@ -83,7 +82,7 @@ def main() -> int:
     print(
         f"health every {opts.health_interval:g} s, data every {opts.data_interval:g} s"
         f" per device ({opts.payload_bytes} B), steady {opts.seconds:g} s;"
-        f" the solution service's store: {opts.solution_db}"
+        f" the services' stores: {opts.database}"
     )
     print(
         "load average (1, 5, 15 min) before: {:.2f} {:.2f} {:.2f},"

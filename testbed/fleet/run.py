@@ -70,7 +70,8 @@ class Options:
     payload_bytes: int
     work: Path
     profile: Path | None = None  # py-spy's samples of the services go here (collapsed stacks)
-    solution_db: str = "sqlite"  # or "postgresql": a server of the run's own (testbed/postgres)
+    # both services' stores: "sqlite" or "postgresql" (a server of the run's own, testbed/postgres)
+    database: str = "sqlite"
     keepalive: int = int(agent_default("agent", "keepalive"))
     backoff: tuple[float, float, float] = (
         agent_default("backoff", "initial"),
@@ -288,11 +289,16 @@ def profile(out: Path, pid: int | None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def fresh_stack(work: Path, solution_database: str | None = None) -> Stack:
-    """The stack in ``work``: the PKI (and the devices' certificates) kept, all state new."""
+def fresh_stack(work: Path, server: Postgres | None = None) -> Stack:
+    """The stack in ``work``: the PKI (and the devices' certificates) kept, all state new
+    (with ``server``, both stores in new databases of it)."""
     for folder in ("broker", "management", "solution"):
         shutil.rmtree(work / folder, ignore_errors=True)
-    return Stack(work, solution_database=solution_database)
+    if server is None:
+        return Stack(work)
+    return Stack(
+        work, solution_database=server.new_database(), management_database=server.new_database()
+    )
 
 
 class Cpu:
@@ -321,11 +327,11 @@ def run(opts: Options) -> dict[str, Any]:
     figures: dict[str, Any] = {"devices": opts.devices, "workers": opts.workers}
     ids = [f"sim-{i:05d}" for i in range(1, opts.devices + 1)]
     started = time.perf_counter()
-    server = Postgres() if opts.solution_db == "postgresql" else None
+    server = Postgres() if opts.database == "postgresql" else None
     if server is not None:
         server.start()
-    figures["solution store"] = opts.solution_db
-    stack = fresh_stack(work, None if server is None else server.url)
+    figures["database"] = opts.database
+    stack = fresh_stack(work, server)
     made, took = certificates(stack, ids)
     figures["certificates made"] = made
     figures["certificates (s)"] = took

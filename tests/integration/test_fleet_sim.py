@@ -27,8 +27,8 @@ DEVICES = 20
 def figures(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    """One run with the solution service's store in SQLite, one in PostgreSQL (a server
-    of the run's own: Debian's, started by the bench)."""
+    """One run with both services' stores in SQLite, one in PostgreSQL (a server of the
+    run's own: Debian's, started by the bench)."""
     opts = bench_fleet.Options(
         devices=DEVICES,
         seconds=6.0,
@@ -38,14 +38,14 @@ def figures(
         connect_threads=2,
         payload_bytes=64,
         work=tmp_path_factory.mktemp("fleet"),
-        solution_db=request.param,
+        database=request.param,
     )
     try:
         bindir()
     except PostgresError as exc:
         pytest.fail(str(exc), pytrace=False)
     made = bench_fleet.run(opts)
-    assert made["solution store"] == request.param
+    assert made["database"] == request.param
     return made
 
 

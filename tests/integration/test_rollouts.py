@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +133,8 @@ class UpdatingDevice:
         elif isinstance(action, machine.Report):
             self._report(action.job, action.state, action.percent, action.reason)
         elif isinstance(action, machine.ReportFinal):
-            for i, state in enumerate(action.chain):
-                last = i == len(action.chain) - 1
-                self._report(action.job, state, None, action.reason if last else None)
+            *after, state = action.chain
+            self._report(action.job, state, None, action.reason, after)
             self._drive(lambda m: m.final_acked(action.job))  # the probe waited for the ack
         else:
             assert isinstance(action, machine.Log), action
@@ -206,9 +205,18 @@ class UpdatingDevice:
     def _artifact(self, sha256: str) -> Path:
         return self.work / f"{sha256}.swu"
 
-    def _report(self, job: str, state: str, percent: int | None, reason: str | None) -> None:
+    def _report(
+        self,
+        job: str,
+        state: str,
+        percent: int | None,
+        reason: str | None,
+        after: Sequence[str] = (),
+    ) -> None:
         self.reports.append((job, state))
-        payload = report_payload(job, state, ts=time.time(), percent=percent, reason=reason)
+        payload = report_payload(
+            job, state, ts=time.time(), percent=percent, reason=reason, after=after
+        )
         self.probe.publish(mgmt_up(self.device, "update"), payload)
 
     def close(self) -> None:
@@ -572,3 +580,53 @@ def test_a_final_report_lost_on_the_way_arrives_when_the_quiet_job_is_offered_ag
     finally:
         agent.close()
         management.stop()
+
+
+def test_two_copies_one_killed_in_the_middle_finish_the_rollout_once(
+    database: str, tmp_path: Path, run_stack: Callable[[Stack], Stack]
+) -> None:
+    """Issue 15, item 2: two management copies on one database (SQLite, PostgreSQL) and
+    one artifact address; the copy the operator used is killed with SIGKILL while the
+    second phase runs. The other copy finishes the rollout: each phase started once,
+    each device given one job, every job succeeded (a report lost with the killed copy
+    comes back when the quiet job is offered again)."""
+    stack = run_stack(Stack(tmp_path / "stack", management_database=database))
+    copies = [stack.management(job_quiet_after=QUIET) for _ in range(2)]
+    for copy in copies:
+        copy.start(PACE.steps_of("services"))
+    fleet: dict[str, UpdatingDevice] = {}
+    try:
+        for device in DEVICES:
+            (tmp_path / device).mkdir()
+            fleet[device] = UpdatingDevice(stack, device, tmp_path / device)
+            online = {"v": 1, "online": True, "ts": time.time()}  # offers go to online devices
+            fleet[device].probe.publish(mgmt_up(device, "online"), json.dumps(online).encode())
+        added = add_artifact(stack, copies[0], tmp_path / "k.swu")
+        made = cli(
+            stack, copies[0], "rollout", "create", "--artifact", added["sha256"][:8],
+            "--devices", ",".join(DEVICES), "--phase", "2", "--phase", "50%", "--phase", "100%",
+            "--json",
+        )  # fmt: skip
+        rid = json.loads(made)["id"]
+        wait_rollout(stack, copies[0], rid, lambda r: r["phase"] >= 2, "the second phase")
+        copies[0].kill()
+        r = wait_rollout(
+            stack, copies[1], rid, lambda r: r["state"] == "finished", "the end", fixed=2 * QUIET
+        )
+    finally:
+        for d in fleet.values():
+            d.close()
+    assert r["reason"] == "20 succeeded, 0 failed or rolled back"
+    assert [e["state"] for e in r["events"]] == [
+        "scheduled", "running", "running", "running", "finished",
+    ]  # fmt: skip
+    db = Db(stack.registry_db, migrate=False)
+    try:
+        targets = [row[0] for row in db.execute("SELECT target FROM update_jobs ORDER BY target")]
+        per_device = db.execute(
+            "SELECT device, COUNT(*) AS jobs FROM device_jobs GROUP BY device"
+        ).fetchall()
+    finally:
+        db.close()
+    assert targets == [f"rollout:{rid}:{phase}" for phase in (1, 2, 3)]
+    assert {row["device"]: row["jobs"] for row in per_device} == dict.fromkeys(DEVICES, 1)

@@ -53,6 +53,8 @@ TRYING_B = {**INSTALLED_B, "bootcount": "1"}
 CONFIRMED_B = {"slot": "B", "upgrade_available": "0", "bootcount": "0"}
 FELL_BACK = {**ENV_A, "rollback": "B"}
 
+SUCCEEDED_CHAIN = ("downloading", "installing", "rebooting", "verifying", "succeeded")
+
 
 def job(job_id: str = "j-1", **kw: Any) -> bytes:
     doc: dict[str, Any] = {
@@ -198,7 +200,9 @@ def test_a_good_job_end_to_end() -> None:
     ]
     assert d(lambda m: m.waited()) == [Survey()]
     out = d(lambda m: m.surveyed(running_slot="B", boot_id="boot-2", env=CONFIRMED_B))
-    assert final(out) == ReportFinal("j-1", ("rebooting", "verifying", "succeeded"), None)
+    assert final(out) == ReportFinal(
+        "j-1", ("downloading", "installing", "rebooting", "verifying", "succeeded"), None
+    )
     assert d.disk.record is not None and d.disk.record.final == "succeeded"
     assert long(out) is None
     out = d(lambda m: m.final_acked("j-1"))
@@ -452,7 +456,7 @@ def test_back_on_the_old_slot_is_a_rollback() -> None:
     d.boot()
     out = d(lambda m: m.surveyed(running_slot="A", boot_id="boot-4", env=FELL_BACK))
     report = final(out)
-    assert report.chain == ("rebooting", "rolled_back")
+    assert report.chain == ("downloading", "installing", "rebooting", "rolled_back")
     assert report.reason is not None and "did not confirm itself in 3 boots" in report.reason
 
 
@@ -510,7 +514,9 @@ def test_a_job_offered_again_after_its_end_gets_its_final_report_again() -> None
     d(lambda m: m.surveyed(running_slot="B", boot_id="boot-2", env=CONFIRMED_B))
     d(lambda m: m.final_acked("j-1"))
     assert d.disk.outcomes == {"j-1": ("succeeded", None)}
-    again = ReportFinal("j-1", ("rebooting", "verifying", "succeeded"), None)
+    again = ReportFinal(
+        "j-1", ("downloading", "installing", "rebooting", "verifying", "succeeded"), None
+    )
     assert final(d(lambda m: m.received(job()))) == again
     d.boot()  # kept on /data
     out = d(lambda m: m.received(job()))
@@ -898,7 +904,9 @@ def test_a_delta_that_installs_goes_on_to_the_reboot_and_succeeds_on_it() -> Non
     d.boot()
     d(lambda m: m.surveyed(running_slot="B", boot_id="boot-2", env=TRYING_B))
     out = d(lambda m: m.surveyed(running_slot="B", boot_id="boot-2", env=CONFIRMED_B))
-    assert final(out) == ReportFinal("j-1", ("rebooting", "verifying", "succeeded"), None)
+    assert final(out) == ReportFinal(
+        "j-1", ("downloading", "installing", "rebooting", "verifying", "succeeded"), None
+    )
     assert d.disk.record is not None and d.disk.record.path == "delta"
 
 

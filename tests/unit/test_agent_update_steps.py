@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from twelvefactor_agent.protocol.states import TRANSITIONS
 from twelvefactor_agent.update import steps
 from twelvefactor_agent.update.steps import (
     Download,
@@ -163,9 +164,21 @@ def test_unknown_slot_or_environment_fails() -> None:
 
 
 def test_final_chain_leads_through_legal_transitions() -> None:
-    assert steps.final_chain("succeeded") == ("rebooting", "verifying", "succeeded")
-    assert steps.final_chain("rolled_back") == ("rebooting", "rolled_back")
+    assert steps.final_chain("succeeded") == (
+        "downloading", "installing", "rebooting", "verifying", "succeeded",
+    )  # fmt: skip
+    assert steps.final_chain("rolled_back") == (
+        "downloading", "installing", "rebooting", "rolled_back",
+    )  # fmt: skip
     assert steps.final_chain("failed") == ("failed",)
+    # from wherever the service last heard, the chain ends the job as the device says
+    for final in ("succeeded", "rolled_back", "failed"):
+        for heard in ("queued", "downloading", "downloaded", "installing", "rebooting"):
+            state = heard
+            for step in steps.final_chain(final):
+                if step in TRANSITIONS[state]:  # the service skips the others
+                    state = step
+            assert state == final, (final, heard)
 
 
 def test_confirmed_and_remembered() -> None:

@@ -20,6 +20,7 @@ from twelvefactor_services.management.jobs import (
     TransitionError,
     advance,
     parse_job_report,
+    replayed,
 )
 from twelvefactor_services.management.store import Db
 
@@ -331,3 +332,55 @@ def test_an_ended_job_is_cleared_and_a_quiet_one_is_offered_again(tmp_path: Path
     assert out.after is None and pending() == []
     # an ended job is never offered again
     assert jobstore.offer_quiet_again(db, 9999.0, quiet=600.0) == []
+
+
+def test_a_step_the_job_has_passed_is_a_replay_and_a_skip_is_not() -> None:
+    """The head of a final report's chain is ignored quietly; a report out of order that
+    is not behind the job (installing -> succeeded) still gets its warning."""
+    assert replayed("rebooting", "downloading") and replayed("rebooting", "installing")
+    assert replayed("succeeded", "succeeded")  # the chain again, for a job offered again
+    assert not replayed("installing", "succeeded")
+    assert not replayed("queued", "rebooting")
+    assert not replayed("failed", "succeeded")  # a device contradicting the job's end
+
+
+CHAIN = ["downloading", "installing", "rebooting", "verifying"]
+
+
+@pytest.mark.parametrize(
+    "heard", ["queued", "downloading", "downloaded", "installing", "verifying"]
+)
+def test_a_final_report_with_its_steps_ends_the_job_from_wherever_the_service_stands(
+    heard: str,
+) -> None:
+    """One message (not one per step): two service copies may take a device's messages in
+    another order, so a chain sent as several could still leave the job stuck."""
+    final = parse_job_report(payload(state="succeeded", percent=..., after=CHAIN))
+    assert final.after == tuple(CHAIN)
+    assert advance(JobState(heard), final).state == "succeeded"
+    back = parse_job_report(
+        payload(state="rolled_back", percent=..., reason="bootcount", after=CHAIN[:3])
+    )
+    if heard == "verifying":
+        return
+    assert advance(JobState(heard), back).state == "rolled_back"
+    # without the steps, the same report from there is refused, as before
+    bare = parse_job_report(payload(state="succeeded", percent=...))
+    with pytest.raises(TransitionError, match=f"{heard} -> succeeded"):
+        advance(JobState(heard), bare)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (payload(after=CHAIN), "after is for a final report, not 'downloading'"),
+        (payload(state="succeeded", percent=..., after="rebooting"), "after must be a list"),
+        (payload(state="succeeded", percent=..., after=["succeeded"]), "after must be a list"),
+        (payload(state="succeeded", percent=..., after=["queued"]), "after must be a list"),
+        (payload(state="succeeded", percent=..., after=CHAIN * 2), "after must be a list"),
+        (payload(state="succeeded", percent=..., after=[1]), "after must be a list"),
+    ],
+)
+def test_parse_rejects_a_bad_after(raw: bytes, message: str) -> None:
+    with pytest.raises(JobReportError, match=message):
+        parse_job_report(raw)

@@ -198,17 +198,16 @@ class ServicesStack:
         overdue_after: float | None = None,
         job_quiet_after: float | None = None,
     ) -> ServiceProcess:
-        """A management service copy (not started); copies share one registry and .swu store.
-
-        The first copy serves artifacts on ``self.artifact_port``, later ones on a port of
-        their own, unless ``artifact_port`` says otherwise.
+        """A management service copy (not started); copies share one database, one .swu
+        store and one artifact address (``self.artifact_port``, which they all bind:
+        artifact_server.py), unless ``artifact_port`` says otherwise.
         """
         n = self._next_copy("management")
         run = self.root / "management"
         port = api_port if api_port is not None else free_port()
         creds = self.credentials["management"]
         if artifact_port is None:
-            artifact_port = self.artifact_port if n == 1 else free_port()
+            artifact_port = self.artifact_port
         svc = ServiceProcess(
             f"management-{n}",
             [

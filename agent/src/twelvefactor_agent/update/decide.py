@@ -14,6 +14,7 @@ checks spare the download, they are not the security boundary.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -196,10 +197,14 @@ def report_payload(
     reason: str | None = None,
     path: str | None = None,
     fallback: str | None = None,
+    after: Sequence[str] = (),
 ) -> bytes:
     """A report for `mgmt/<id>/up/update` (docs/protocol.md, "Updates"); `path` is the
-    artifact in hand ("delta" or "full"), `fallback` why a delta was given up."""
+    artifact in hand ("delta" or "full"), `fallback` why a delta was given up, `after`
+    (a final report) the steps that lead to it."""
     doc: dict[str, Any] = {"v": envelope.V, "job": job, "state": state, "ts": ts}
+    if after:
+        doc["after"] = list(after)
     if percent is not None:
         doc["percent"] = percent
     if reason is not None:

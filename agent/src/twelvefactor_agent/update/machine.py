@@ -138,8 +138,9 @@ class Report(NamedTuple):
 
 
 class ReportFinal(NamedTuple):
-    """Publish `chain` (the reports leading to the final state, `reason` on the last);
-    if all went out, call `final_acked` once the broker acknowledges the last."""
+    """Publish the final state (`chain`'s last, with `reason`) as one report whose `after`
+    lists the steps leading to it; if it went out, call `final_acked` once the broker
+    acknowledges it."""
 
     job: str
     chain: tuple[str, ...]

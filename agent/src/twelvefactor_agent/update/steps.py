@@ -148,16 +148,19 @@ Step = Download | Hold | Install | Reboot | Verify | Finish
 
 
 def final_chain(state: str) -> tuple[str, ...]:
-    """The reports that lead to final `state` from wherever the service last heard.
+    """The steps that lead to final `state` from wherever the service last heard, the
+    final state last (sent as one report: its `after` and its state).
 
-    The service takes only legal transitions and ignores the rest (a repeated
-    `rebooting`, say), so replaying the chain is harmless and makes a final
-    report land even if the earlier ones were lost while offline.
+    The service takes each step where it is legal and skips the rest (a step the
+    job has passed), so a final report lands even if earlier ones were lost: while
+    offline, or in flight to a service copy that died. It starts at `downloading`
+    (legal from `queued` on): a service that missed the first report must not be
+    left with a job it can never end.
     """
     if state == "succeeded":
-        return (REBOOTING, "verifying", "succeeded")
+        return (DOWNLOADING, INSTALLING, REBOOTING, "verifying", "succeeded")
     if state == "rolled_back":
-        return (REBOOTING, "rolled_back")
+        return (DOWNLOADING, INSTALLING, REBOOTING, "rolled_back")
     return (state,)
 
 

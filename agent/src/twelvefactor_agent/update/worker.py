@@ -27,7 +27,7 @@ import random
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from twelvefactor_agent.device import bootenv, sysinfo
@@ -355,20 +355,23 @@ class Updater(threading.Thread):
         return (lambda m: m.dry_run_passed()) if dry_run else (lambda m: m.slot_written())
 
     def _report_final(self, action: ReportFinal) -> None:
-        """The final report with the chain leading to it; the machine hears of its ack."""
+        """The final report, with the steps leading to it; the machine hears of its ack."""
         acked = threading.Event()
-        sent = True
-        for i, state in enumerate(action.chain):
-            last = i == len(action.chain) - 1
-            payload = self._payload(action.job, state, reason=action.reason if last else None)
-            sent = self.publish(payload, acked if last else None) and sent
-        if sent:
+        *after, state = action.chain
+        payload = self._payload(action.job, state, reason=action.reason, after=after)
+        if self.publish(payload, acked):
             threading.Thread(
                 target=self._await_final, args=(action.job, acked), daemon=True
             ).start()
 
     def _payload(
-        self, job: str, state: str, *, percent: int | None = None, reason: str | None = None
+        self,
+        job: str,
+        state: str,
+        *,
+        percent: int | None = None,
+        reason: str | None = None,
+        after: Sequence[str] = (),
     ) -> bytes:
         """A report, saying which artifact the job is on and why a delta was given up."""
         record = self.machine.record if self.machine is not None else None
@@ -379,6 +382,7 @@ class Updater(threading.Thread):
             ts=time.time(),
             percent=percent,
             reason=reason,
+            after=after,
             path=record.path if mine and record else None,
             fallback=record.fallback if mine and record else None,
         )

@@ -159,6 +159,11 @@ class _Handler(TlsHandler):
 
 
 class ArtifactServer(TlsServer):
+    # Several service copies serve one artifact address (the URL in every job document):
+    # the kernel spreads new connections over them, and a copy that dies leaves the others
+    # answering (SO_REUSEPORT: only processes of the same user may join the port).
+    allow_reuse_port = True
+
     def __init__(
         self,
         address: tuple[str, int],

@@ -35,6 +35,7 @@ from twelvefactor_services.management.jobs import (
     JOB_QUIET_AFTER,
     JobReportError,
     parse_job_report,
+    replayed,
 )
 from twelvefactor_services.management.logic import (
     OVERDUE_AFTER,
@@ -241,7 +242,13 @@ class ManagementService:
             log.warning("dropped update report from %s: %s", device, exc)
             return
         out = jobstore.apply_report(self.db, device, report)
-        if out.ignored is not None:
+        if (
+            out.ignored is not None
+            and out.before is not None
+            and replayed(out.before, report.state)
+        ):
+            log.debug("%s: update report for %s replayed: %s", device, report.job, out.ignored)
+        elif out.ignored is not None:
             log.warning("%s: update report for %s ignored: %s", device, report.job, out.ignored)
         else:
             log.info("%s: job %s %s -> %s", device, report.job, out.before, out.after)
