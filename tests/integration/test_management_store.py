@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from twelvefactor_services.artifact.swu import newc_archive
 from twelvefactor_services.hub.peers import PeerStore
-from twelvefactor_services.hub.plan import Tunnel
+from twelvefactor_services.hub.plan import PlanError, Tunnel
 from twelvefactor_services.management import (
     jobstore,
     operators,
@@ -58,7 +58,7 @@ def test_the_schema_is_made_once_and_a_second_copy_finds_it(database: str) -> No
         }
         for table in tables:
             assert second.execute(f"SELECT COUNT(*) FROM {table}").scalar() == 0
-        assert second.execute("SELECT version_num FROM management_schema").scalar() == "0001"
+        assert second.execute("SELECT version_num FROM management_schema").scalar() == "0002"
         reader = Db(database, migrate=False)  # a reader makes nothing
         assert reader.execute("SELECT COUNT(*) FROM devices").scalar() == 0
         reader.close()
@@ -219,3 +219,45 @@ def test_a_database_out_of_reach_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(store.Error):
         down.execute("SELECT 1")
     down.close()
+
+
+def test_each_shard_publishes_for_its_own_devices_and_the_fleet_is_one(database: str) -> None:
+    """Issue 15, item 3, in the database: a device belongs to the shard it was enrolled
+    on and then to the one its last connect came through; each shard's copies publish
+    only for theirs (and for a device no shard has claimed yet); every copy shows the
+    whole fleet. The hubs' peers stay apart."""
+    db = Db(database)
+    one, two, single = (
+        registry.Registry(db, "one"), registry.Registry(db, "two"), registry.Registry(db)
+    )  # fmt: skip
+    try:
+        one.enrol("dev-a", hardware=None, group=None, tags=[], certificate_serial=1, now=1.0)
+        two.enrol("dev-b", hardware=None, group=None, tags=[], certificate_serial=2, now=1.0)
+        report(two, "dev-b", "online", {"online": True, "ts": 2.0})
+        for device in ("dev-a", "dev-b", "dev-new"):  # dev-new: never enrolled nor seen
+            one.set_device_config(device, {"health": {"interval_s": 30}}, 3.0)
+        assert [d for d, _, _ in one.unpublished()] == ["dev-a", "dev-new"]
+        assert [d for d, _, _ in two.unpublished()] == ["dev-b", "dev-new"]
+        assert [d for d, _, _ in single.unpublished()] == ["dev-a", "dev-b", "dev-new"]
+        shown = {d["id"]: d["shard"] for d in registry.list_devices(db)}
+        assert shown == {"dev-a": "one", "dev-b": "two"}
+        # dev-a moves: its next connect comes through shard two
+        report(two, "dev-a", "online", {"online": True, "ts": 4.0})
+        assert registry.get_device(db, "dev-a")["shard"] == "two"
+        assert [d for d, _, _ in one.unpublished()] == ["dev-new"]
+        for device in ("dev-a", "dev-b"):
+            jobstore.insert_job(db, "a" * 64, [device], f"device:{device}", 5.0)
+        assert {j[0] for j in jobstore.unpublished(db, "two")} == {"dev-a", "dev-b"}
+        assert jobstore.unpublished(db, "one") == []
+        # the hubs' peers: each hub its own, one device id and key in the whole fleet
+        hub_one, hub_two = PeerStore(db, "one"), PeerStore(db, "two")
+        hub_one.add(Tunnel.parse("10.77.0.0/24", None), "dev-a", "A" * 43 + "=")
+        hub_two.add(Tunnel.parse("10.78.0.0/24", None), "dev-b", "B" * 43 + "=")
+        assert [p.device for p in hub_one.peers()] == ["dev-a"]
+        assert [p.device for p in hub_two.peers()] == ["dev-b"]
+        with pytest.raises(PlanError, match="dev-a is already a tunnel peer"):
+            hub_two.add(Tunnel.parse("10.78.0.0/24", None), "dev-a", "C" * 43 + "=")
+        assert not hub_two.remove("dev-a")  # another hub's peer
+        assert [p.device for p in PeerStore(db).peers()] == ["dev-a", "dev-b"]
+    finally:
+        db.close()

@@ -250,7 +250,10 @@ def test_a_registry_from_before_delta_updates_gains_the_columns(tmp_path: Path) 
     db, job = _one_job(tmp_path)
     db.execute("ALTER TABLE device_jobs DROP COLUMN path")
     db.execute("ALTER TABLE device_jobs DROP COLUMN fallback")
-    db.execute("DROP TABLE management_schema")  # made before the migrations, too
+    # made before the migrations, too (so before shards)
+    db.execute("DROP TABLE management_schema")
+    for table in ("devices", "enrolments", "tunnel_peers"):
+        db.execute(f"ALTER TABLE {table} DROP COLUMN shard")
     db.close()
     db = Db(tmp_path / "registry.db")
     assert _devices(db, job)["dev-1"] == ("queued", None, None, None)

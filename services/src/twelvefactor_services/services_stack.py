@@ -122,13 +122,15 @@ class ServicesStack:
         observer_suffix: str | None = None,
         solution_database: str | None = None,
         management_database: str | None = None,
+        shard: str | None = None,
     ) -> None:
         """`solution_database`, `management_database`: where the copies keep their state
         (a SQLite file's path or a postgresql:// URL; default solution/solution.db and
-        management/registry.db)."""
+        management/registry.db); `shard`: the hub shard this stack's broker is."""
         self.root = root
         self.solution_database = solution_database
         self.management_database = management_database
+        self.shard = shard  # the hub shard this stack's broker is (None: a fleet of one)
         root.mkdir(parents=True, exist_ok=True)
         pki_dir = root / "pki"
         if not (pki_dir / "ca.crt").exists():
@@ -167,12 +169,14 @@ class ServicesStack:
         return self.root / "management" / "admin.token"
 
     def admin_token(self) -> str:
-        """The bootstrap admin's token, made with the first admin on first use."""
+        """The bootstrap admin's token, made with the first admin on first use (another
+        shard's stack on the same database may have made the admin already)."""
         path = self.admin_token_file
         if not path.exists():
             db = Db(self.registry_db)
             try:
-                operators.add_operator(db, ADMIN, "admin", None, time.time())
+                if operators.get_operator(db, ADMIN) is None:
+                    operators.add_operator(db, ADMIN, "admin", None, time.time())
                 made = operators.create_token(db, ADMIN, "services stack", time.time())
             finally:
                 db.close()
@@ -236,6 +240,7 @@ class ServicesStack:
                 *([] if signing_cert is None else ["--artifact-signing-cert", str(signing_cert)]),
                 *([] if overdue_after is None else ["--overdue-after", str(overdue_after)]),
                 *([] if job_quiet_after is None else ["--job-quiet-after", str(job_quiet_after)]),
+                *([] if self.shard is None else ["--shard", self.shard]),
             ],
             run,
             api=ManagementClient(

@@ -48,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_AFTER,
         help="seconds without a packet from a peer before the hub forgets its handshake state",
     )
+    p.add_argument(
+        "--registry",
+        help="the management database shared by every shard (a postgresql:// URL, or a SQLite"
+        " file every hub can reach); default: management/registry.db in ROOT",
+    )
+    p.add_argument(
+        "--shard",
+        help="this hub's name among several (its devices, peers and publications); default:"
+        " the fleet's only hub",
+    )
     p = sub.add_parser("serve", help="run the hub in the foreground (root)")
     p.add_argument("root", type=Path)
     p.add_argument("--interface", required=True, help="WireGuard interface name to create")
@@ -172,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.solution_port,
                 args.https_port,
                 args.stale_after,
+                registry=args.registry,
+                shard=args.shard,
             )
             print(init(args.root, settings))
             return 0
@@ -181,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _enrolment(args)
         settings = load_settings(args.root)
         db = Db(registry_target(args.root))
-        store = PeerStore(db)
+        store = PeerStore(db, settings.shard)
         try:
             if args.command == "peer":
                 peer = store.add(settings.tunnel, args.device, args.public_key)

@@ -72,7 +72,7 @@ def enrol(
     pki = pki_of(root)
     device = request.device
     db = Db(registry_target(root))
-    registry, peers = Registry(db), PeerStore(db)
+    registry, peers = Registry(db, settings.shard), PeerStore(db, settings.shard)
     try:
         # everything checked before anything is written
         try:
@@ -184,8 +184,9 @@ def decommission(root: Path, device: str, now: float | None = None) -> Decommiss
     except PkiError as exc:
         raise HubEnrolError(str(exc)) from None
     pki = pki_of(root)
+    shard = load_settings(root).shard
     db = Db(registry_target(root))
-    registry, peers = Registry(db), PeerStore(db)
+    registry, peers = Registry(db, shard), PeerStore(db, shard)
     try:
         known = enrolment(registry.db, device)
         if known is not None and known["retired"] is not None and peers.get(device) is None:

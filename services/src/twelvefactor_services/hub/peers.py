@@ -19,12 +19,23 @@ from twelvefactor_services.pki import PkiError, validate_device_id
 
 
 class PeerStore:
-    def __init__(self, db: Db) -> None:
+    def __init__(self, db: Db, shard: str | None = None) -> None:
+        """`shard`: the hub whose peers these are when the fleet has several (each hub's
+        WireGuard interface carries its own devices only); None: the fleet's one hub."""
         self.db = db
+        self.shard = shard
+        self._mine: str = "" if shard is None else " WHERE shard = ?"
+        self._args: tuple[str, ...] = () if shard is None else (shard,)
 
     def peers(self) -> list[Peer]:
+        """This hub's peers."""
+        return self._peers(self._mine, self._args)
+
+    def _peers(self, where: str, args: tuple[str, ...]) -> list[Peer]:
         rows = self.db.execute(
-            "SELECT device, public_key, address_v4, address_v6 FROM tunnel_peers ORDER BY device"
+            f"SELECT device, public_key, address_v4, address_v6 FROM tunnel_peers{where}"
+            " ORDER BY device",
+            args,
         ).fetchall()
         return [
             Peer(
@@ -40,14 +51,16 @@ class PeerStore:
         return next((p for p in self.peers() if p.device == device), None)
 
     def add(self, tunnel: Tunnel, device: str, public_key: str) -> Peer:
-        """Register a device's key; it gets the next free /32 (and /128)."""
+        """Register a device's key; it gets the next free /32 (and /128). A device id, a
+        key and an address are one device's in the whole fleet, every shard's peers
+        included (give each shard tunnel networks of its own)."""
         try:
             validate_device_id(device)
         except PkiError as exc:
             raise PlanError(str(exc)) from None
         check_public_key(public_key)
         with self.db.write():
-            existing = self.peers()
+            existing = self._peers("", ())
             for p in existing:
                 if p.device == device:
                     raise PlanError(f"{device} is already a tunnel peer ({p.address_v4})")
@@ -55,8 +68,16 @@ class PeerStore:
                     raise PlanError(f"{p.device} already uses public key {public_key}")
             v4, v6 = allocate(tunnel, existing)
             self.db.execute(
-                "INSERT INTO tunnel_peers VALUES (?, ?, ?, ?, ?)",
-                (device, public_key, str(v4), None if v6 is None else str(v6), time.time()),
+                "INSERT INTO tunnel_peers (device, public_key, address_v4, address_v6, added,"
+                " shard) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    device,
+                    public_key,
+                    str(v4),
+                    None if v6 is None else str(v6),
+                    time.time(),
+                    self.shard,
+                ),
             )
         return Peer(device, public_key, v4, v6)
 
@@ -65,4 +86,8 @@ class PeerStore:
         tunnelstate.record(self.db, device, alive, last_rx)
 
     def remove(self, device: str) -> bool:
-        return self.db.execute("DELETE FROM tunnel_peers WHERE device = ?", (device,)).rowcount > 0
+        mine = "" if self.shard is None else " AND shard = ?"
+        removed = self.db.execute(
+            f"DELETE FROM tunnel_peers WHERE device = ?{mine}", (device, *self._args)
+        )
+        return removed.rowcount > 0

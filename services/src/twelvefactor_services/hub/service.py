@@ -88,6 +88,8 @@ class Settings:
     stale_after: float = DEFAULT_AFTER
     # the management database (a postgresql:// URL); None: the SQLite file of the layout
     registry: str | None = None
+    # this hub's name when the fleet has several (hub shards, docs/scale.md); None: one
+    shard: str | None = None
 
     @property
     def tunnel(self) -> Tunnel:
@@ -175,9 +177,10 @@ class Hub:
             management_port=self.settings.management_mqtt,
             solution_port=self.settings.solution_mqtt,
             management_database=self.settings.registry,
+            shard=self.settings.shard,
         )
         self.db = Db(registry_target(root))
-        self.peers = PeerStore(self.db)
+        self.peers = PeerStore(self.db, self.settings.shard)
         self._wg: subprocess.Popen[bytes] | None = None
         self._ntp: SntpServer | None = None
         self._applied: list[Peer] | None = None
@@ -231,6 +234,7 @@ class Hub:
             "admin_token_file": str(self.stack.admin_token_file),
             "service_port": self.stack.broker.cfg.service_port,
             "registry": registry_target(self.root),
+            "shard": self.settings.shard,
             "archive_dir": str(self.stack.archive_dir),
             "pki_dir": str(self.stack.pki.root),
             "wireguard_go_pid": self._wg.pid,

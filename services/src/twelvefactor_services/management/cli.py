@@ -776,6 +776,11 @@ def _serve_parser(sub: Any) -> None:
         "--artifact-dir", type=Path, help="default: artifacts/ next to --db (a SQLite file)"
     )
     serve.add_argument(
+        "--shard",
+        help="the hub shard whose broker this copy consumes from: it publishes only for the"
+        " devices of that shard (default: a fleet of one shard)",
+    )
+    serve.add_argument(
         "--overdue-after",
         type=_seconds,
         default=OVERDUE_AFTER,
@@ -881,6 +886,7 @@ def _serve(args: argparse.Namespace) -> int:
         signing_cert=_signing_cert(args.artifact_signing_cert),
         overdue_after=args.overdue_after,
         job_quiet_after=args.job_quiet_after,
+        shard=args.shard,
     )
     ManagementService(cfg).run()
     return 0

@@ -29,6 +29,7 @@ from twelvefactor_agent.protocol.states import (
     INSTALL_NOW,
 )
 
+from twelvefactor_services.management import registry
 from twelvefactor_services.management.artifacts import Artifact, ArtifactStore
 from twelvefactor_services.management.jobs import (
     JobReport,
@@ -233,15 +234,20 @@ def add_sent(db: Db, device: str, sha256: str, sent: int) -> None:
         )
 
 
-def unpublished(db: Db) -> list[tuple[str, str, str, str, bool]]:
-    """(device, job, artifact, install, ended) whose job has not been published (again) yet;
-    an ended job's retained document is to be cleared (in creation order: before a newer
-    job of the same device goes out)."""
+def unpublished(db: Db, shard: str | None = None) -> list[tuple[str, str, str, str, bool]]:
+    """(device, job, artifact, install, ended) whose job has not been published (again) yet,
+    of the devices `shard`'s copies publish for (registry.shard_filter); an ended job's
+    retained document is to be cleared (in creation order: before a newer job of the same
+    device goes out)."""
+    where, args = registry.shard_filter(shard)
     return [
         (r[0], r[1], r[2], r[3], r[4] in FINAL)
         for r in db.execute(
-            "SELECT d.device, d.job, u.artifact, d.install, d.state FROM device_jobs d"
-            " JOIN update_jobs u ON u.id = d.job WHERE d.published = 0 ORDER BY u.created"
+            "SELECT j.device, j.job, u.artifact, j.install, j.state FROM device_jobs j"
+            " JOIN update_jobs u ON u.id = j.job LEFT JOIN devices d ON d.id = j.device"
+            f" LEFT JOIN enrolments e ON e.device = j.device WHERE j.published = 0{where}"
+            " ORDER BY u.created",
+            args,
         )
     ]
 

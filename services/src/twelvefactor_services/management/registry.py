@@ -66,9 +66,25 @@ def _flag(value: int | None) -> bool | None:
     return None if value is None else bool(value)
 
 
+# A configuration or job goes out through the broker of the device's shard: the one its
+# last connect came through, else the one its enrolment named; a device neither says is
+# published by every shard's copy (the retained message is harmless where it is not).
+SHARD_OF = "COALESCE(d.shard, e.shard)"
+
+
+def shard_filter(shard: str | None) -> tuple[str, tuple[str, ...]]:
+    """The condition (on `devices d` and `enrolments e`) that a copy of `shard` publishes
+    for; a copy of no shard publishes for every device."""
+    if shard is None:
+        return "", ()
+    return f" AND ({SHARD_OF} IS NULL OR {SHARD_OF} = ?)", (shard,)
+
+
 class Registry:
-    def __init__(self, db: Db) -> None:
+    def __init__(self, db: Db, shard: str | None = None) -> None:
+        """`shard`: the hub shard whose broker this process consumes from (None: one)."""
         self.db = db
+        self.shard = shard
 
     def apply(self, device: str, report: Report, now: float) -> Transition | None:
         """Record one report; returns the online transition it caused, if any."""
@@ -83,6 +99,11 @@ class Registry:
             if isinstance(report, OnlineReport):
                 state = _online_state(self.db, device)
                 assert state is not None  # inserted above
+                if self.shard is not None:  # it connected through this shard's broker
+                    self.db.execute(
+                        "UPDATE devices SET shard = ? WHERE id = ? AND shard IS DISTINCT FROM ?",
+                        (self.shard, device, self.shard),
+                    )
                 self.db.execute(
                     "UPDATE devices SET session_online = ? WHERE id = ?",
                     (int(report.online), device),
@@ -308,14 +329,15 @@ class Registry:
         with self.db.write():
             kept = check_enrolment(self.db, device, group, tags)
             self.db.execute(
-                "INSERT INTO enrolments (device, hardware, tags, certificate_serial, enrolled)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO enrolments (device, hardware, tags, certificate_serial, enrolled,"
+                " shard) VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     device,
                     None if hardware is None else json.dumps(hardware),
                     json.dumps(kept),
                     f"{certificate_serial:x}",
                     now,
+                    self.shard,
                 ),
             )
             if group is not None:
@@ -362,10 +384,14 @@ class Registry:
         return found
 
     def unpublished(self) -> list[tuple[str, int, Overlay]]:
-        """Desired configurations not yet published: (device, version, config)."""
+        """Desired configurations not yet published, of this process's shard: (device,
+        version, config)."""
+        where, args = shard_filter(self.shard)
         rows = self.db.execute(
-            "SELECT device, version, desired FROM device_config WHERE published < version"
-            " ORDER BY device"
+            "SELECT c.device, c.version, c.desired FROM device_config c"
+            " LEFT JOIN devices d ON d.id = c.device LEFT JOIN enrolments e ON e.device = c.device"
+            f" WHERE c.published < c.version{where} ORDER BY c.device",
+            args,
         ).fetchall()
         return [(r["device"], r["version"], json.loads(r["desired"])) for r in rows]
 
@@ -525,6 +551,7 @@ def _device(row: Row, *, full: bool, overdue_after: float) -> dict[str, Any]:
         "last_online_change": row["last_online_change"],
         "health_ts": row["health_ts"],
         "meta_ts": row["meta_ts"],
+        "shard": row["shard"],  # the hub shard it belongs to (None: a fleet of one)
     }
     health = json.loads(row["health"]) if row["health"] else None
     # the version it runs, from its last health report (the console's filters and overview)
@@ -544,11 +571,11 @@ def _device(row: Row, *, full: bool, overdue_after: float) -> dict[str, Any]:
 _DEVICES_AND_ENROLMENTS = """
 SELECT d.id, d.first_seen, d.online, d.last_online_change, d.health, d.health_ts, d.meta,
        d.meta_ts, d.checkin_due, e.hardware, e.tags, e.certificate_serial, e.enrolled,
-       e.retired, e.retired_group
+       e.retired, e.retired_group, COALESCE(d.shard, e.shard) AS shard
   FROM devices d LEFT JOIN enrolments e ON e.device = d.id
 UNION ALL
 SELECT e.device, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.hardware, e.tags,
-       e.certificate_serial, e.enrolled, e.retired, e.retired_group
+       e.certificate_serial, e.enrolled, e.retired, e.retired_group, e.shard
   FROM enrolments e WHERE e.device NOT IN (SELECT id FROM devices)
 """
 

@@ -87,6 +87,7 @@ class ManagementConfig:
     overdue_after: float = OVERDUE_AFTER  # seconds a sleeping device may be late
     # seconds without a report before an online device's unfinished job is offered again
     job_quiet_after: float = JOB_QUIET_AFTER
+    shard: str | None = None  # the hub shard whose broker this copy consumes from
 
     @property
     def artifact_store(self) -> ArtifactStore:
@@ -114,7 +115,7 @@ class ManagementService:
     def __init__(self, cfg: ManagementConfig) -> None:
         self.cfg = cfg
         self.db = Db(cfg.db)  # every thread's (a pool of connections), the schema made
-        self.registry = Registry(self.db)
+        self.registry = Registry(self.db, cfg.shard)
         self.conn = Connection()
         self.subscribed = threading.Event()
         self.handled = 0  # messages taken from the broker, valid or not (load sharing is visible)
@@ -301,7 +302,7 @@ class ManagementService:
         if self.cfg.artifacts is None:
             return  # without an artifact server a job cannot be fetched: hold it
         store = self.cfg.artifact_store
-        for device, job, sha, install, ended in jobstore.unpublished(db):
+        for device, job, sha, install, ended in jobstore.unpublished(db, self.cfg.shard):
             if ended:  # its final report arrived: the retained job goes
                 document = b""
             else:
