@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,24 +144,7 @@ class Lab:
         return Device(ns, device_id, self.root / device_id, f"tn{letter}{self.tag}")
 
     def wait_online(self, dev: Device, timeout: float = 90) -> None:
-        """Both sessions up, and the management service has recorded the device online
-        (it does so a moment after the agent's CONNACK: a test reading the registry
-        right away saw no device at all)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            status = dev.status()
-            if status["management"] == "online" and status["solution"] == "online":
-                recorded = self.registry_device(dev.id)
-                if recorded is not None and recorded["online"] is True:
-                    return
-            if time.monotonic() > deadline:
-                tail = read_log(dev.agent_log)[-3000:] if dev.agent_log else ""
-                raise TestbedError(
-                    f"{dev.id} not online through the tunnel: {status}, "
-                    f"registry: {self.registry_device(dev.id)}\n"
-                    f"agent log {dev.agent_log}:\n{tail}\nhub:\n{self.hub_log()}"
-                )
-            time.sleep(0.2)
+        wait_online(dev, self.registry_device, self.hub_log, timeout)
 
     # -- views --------------------------------------------------------------------
 
@@ -230,6 +214,32 @@ class Lab:
         self._hub = None
         for ns in reversed(self._namespaces):
             ns.delete()
+
+
+def wait_online(
+    dev: Device,
+    recorded: Callable[[str], dict[str, Any] | None],
+    hub_log: Callable[[], str],
+    timeout: float = 90,
+) -> None:
+    """Both sessions up, and the management service has recorded the device online
+    (it does so a moment after the agent's CONNACK: a test reading the registry
+    right away saw no device at all)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = dev.status()
+        if status["management"] == "online" and status["solution"] == "online":
+            shown = recorded(dev.id)
+            if shown is not None and shown["online"] is True:
+                return
+        if time.monotonic() > deadline:
+            tail = read_log(dev.agent_log)[-3000:] if dev.agent_log else ""
+            raise TestbedError(
+                f"{dev.id} not online through the tunnel: {status}, "
+                f"registry: {recorded(dev.id)}\n"
+                f"agent log {dev.agent_log}:\n{tail}\nhub:\n{hub_log()[-4000:]}"
+            )
+        time.sleep(0.2)
 
 
 def make_lab() -> tuple[Lab, Path]:

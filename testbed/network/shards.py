@@ -9,7 +9,6 @@ agent, the layer's firewall, wireguard-go), each a peer of its own shard's hub o
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ from twelvefactor_services.management.store import Db
 from twelvefactor_services.pki import Pki
 
 from testbed.network.device import Device
-from testbed.network.lab import PORTS, STALE_AFTER, WG_PORT
+from testbed.network.lab import PORTS, STALE_AFTER, WG_PORT, wait_online
 from testbed.network.netns import Lan, Netns, tag
-from testbed.proc import TestbedError, read_log, stop
+from testbed.proc import read_log, stop
 from testbed.shipped_hub import start_hub
 
 # shard: (hub underlay v4, v6; tunnel networks, each shard its own)
@@ -125,21 +124,7 @@ class ShardLab:
             self.wait_online(dev)
 
     def wait_online(self, dev: Device, timeout: float = 90) -> None:
-        """Both sessions up and the registry has the device online."""
-        deadline = time.monotonic() + timeout
-        while True:
-            status = dev.status()
-            shown = self.device(dev.id)
-            up = status["management"] == status["solution"] == "online"
-            if up and shown is not None and shown["online"] is True:
-                return
-            if time.monotonic() > deadline:
-                tail = read_log(dev.agent_log)[-3000:] if dev.agent_log else ""
-                raise TestbedError(
-                    f"{dev.id} not online through its shard: {status}, registry: {shown}\n"
-                    f"agent log:\n{tail}"
-                )
-            time.sleep(0.2)
+        wait_online(dev, self.device, lambda: self.log(DEVICES[dev.id][0]), timeout)
 
     def device(self, device: str) -> dict[str, Any] | None:
         """The device as the one fleet's registry shows it."""

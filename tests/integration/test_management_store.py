@@ -12,7 +12,9 @@ import threading
 import time
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
+from helpers import api_certificate
 from twelvefactor_services.artifact.swu import newc_archive
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import PlanError, Tunnel
@@ -28,7 +30,13 @@ from twelvefactor_services.management.artifacts import ArtifactStore
 from twelvefactor_services.management.jobs import JobReport
 from twelvefactor_services.management.logic import parse_report
 from twelvefactor_services.management.rollouts import parse_spec
+from twelvefactor_services.management.service import (
+    ManagementConfig,
+    ManagementService,
+    OperatorApi,
+)
 from twelvefactor_services.management.store import Db
+from twelvefactor_services.mqtt import Endpoint, Identity
 
 pytestmark = pytest.mark.integration
 
@@ -151,6 +159,27 @@ def test_the_hubs_peers_and_tunnel_word_in_the_same_database(database: str) -> N
         service.close()
 
 
+def tick_together(copies: list[Db]) -> None:
+    """Every copy runs a rollout's `tick` five times, all starting at the same moment."""
+    go = threading.Barrier(len(copies))
+    errors: list[BaseException] = []
+
+    def tick(db: Db) -> None:
+        try:
+            go.wait()
+            for _ in range(5):
+                rolloutstore.tick(db, 2.0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=tick, args=(db,)) for db in copies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+
+
 def test_two_copies_moving_one_rollout_start_each_phase_once(database: str, tmp_path: Path) -> None:
     """Several service copies run `tick` every second on one database: each phase's job is
     made once, whatever the interleaving (the stores' write rule, on either engine)."""
@@ -163,23 +192,7 @@ def test_two_copies_moving_one_rollout_start_each_phase_once(database: str, tmp_
             {"artifact": sha, "devices": devices, "phases": [{"count": 2}, {"percent": 100}]}
         )
         made = rolloutstore.create(copies[0], artifacts, spec, 1.0, "ada")
-        go = threading.Barrier(len(copies))
-        errors: list[BaseException] = []
-
-        def tick(db: Db) -> None:
-            try:
-                go.wait()
-                for _ in range(5):
-                    rolloutstore.tick(db, 2.0)
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=tick, args=(db,)) for db in copies]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert errors == []
+        tick_together(copies)
         jobs = copies[1].execute("SELECT id, target FROM update_jobs ORDER BY target").fetchall()
         assert [j["target"] for j in jobs] == [f"rollout:{made['id']}:1"]  # phase 2 waits
         for device in devices[:2]:
@@ -188,13 +201,7 @@ def test_two_copies_moving_one_rollout_start_each_phase_once(database: str, tmp_
                     copies[2], device, JobReport(jobs[0]["id"], state, None, None, 3.0)
                 )
                 assert out.ignored is None, out
-        go = threading.Barrier(len(copies))
-        threads = [threading.Thread(target=tick, args=(db,)) for db in copies]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert errors == []
+        tick_together(copies)
         jobs = copies[0].execute("SELECT target FROM update_jobs ORDER BY target").fetchall()
         assert [j["target"] for j in jobs] == [f"rollout:{made['id']}:{p}" for p in (1, 2)]
         shown = rolloutstore.get(copies[0], made["id"])
@@ -261,3 +268,53 @@ def test_each_shard_publishes_for_its_own_devices_and_the_fleet_is_one(database:
         assert [p.device for p in PeerStore(db).peers()] == ["dev-a", "dev-b"]
     finally:
         db.close()
+
+
+class FailingOn(ManagementService):
+    """The real service, with one device whose messages fail while written (a fault
+    injected: the devices' input is checked before it reaches the database, so no real
+    message is known to fail there)."""
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        if "/dev-bad/" in topic:
+            self.db.execute("INSERT INTO devices (id, first_seen) VALUES ('dev-bad', 1)")
+            raise RuntimeError("a message that fails half way")
+        super().handle(topic, payload)
+
+
+def test_the_consumer_writes_a_group_in_one_go_and_one_bad_message_costs_only_itself(
+    database: str, tmp_path: Path
+) -> None:
+    cert, key, ca = api_certificate(tmp_path / "pki")
+    cfg = ManagementConfig(
+        db=database,
+        identity=Identity(cert, key, ca),
+        broker=Endpoint("127.0.0.1", 1),  # never connected: the messages are given below
+        group="g",
+        api=OperatorApi(cert, key, port=0),
+        artifact_dir=tmp_path / "artifacts",
+    )
+
+    def message(device: str, ts: float) -> mqtt.MQTTMessage:
+        msg = mqtt.MQTTMessage(mid=1, topic=f"mgmt/{device}/up/health".encode())
+        msg.payload = json.dumps({"v": 1, "ts": ts, "uptime_s": 1}).encode()
+        return msg
+
+    good = [message(f"dev-{i}", 10.0 + i) for i in range(20)]
+    batches = [
+        (ManagementService, good[:10]),  # a group: one transaction
+        (FailingOn, [*good[10:15], message("dev-bad", 1.0), *good[15:]]),
+    ]
+    for kind, batch in batches:
+        service = kind(cfg)
+        try:
+            service._write(batch)
+        finally:
+            service.http.server_close()
+            service.db.close()
+    db = Db(database)
+    try:
+        shown = {d["id"]: d["health_ts"] for d in registry.list_devices(db)}
+    finally:
+        db.close()
+    assert shown == {f"dev-{i}": 10.0 + i for i in range(20)}  # dev-bad's half is undone

@@ -63,6 +63,10 @@ def test_a_health_report_with_odd_fields_is_still_a_sample(tmp_path: Path) -> No
     assert registry.health_sample({"load": "high", "memory": [], "queue": {"depth": True}}) == (
         (None,) * 7
     )
+    # beyond what a 64-bit column holds: None, not a report that fails to be written
+    assert registry.health_sample({"memory": {"total_kb": 10**30, "available_kb": -(2**63)}})[
+        1:3
+    ] == (-(2**63), None)
 
 
 def tick() -> None:

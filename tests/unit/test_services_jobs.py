@@ -110,6 +110,7 @@ def test_parse_valid_report() -> None:
         (payload(percent=...), "percent"),
         (payload(state="failed", reason=None), "failed needs a reason"),
         (payload(state="failed", reason="x" * 600), "field 'reason' is longer than 512"),
+        (payload(state="failed", reason="disk\x00full"), "field 'reason' holds a NUL character"),
         (payload(ts="now"), "field 'ts' is not a finite number"),
         (payload(ts=...), "missing field 'ts'"),
     ],

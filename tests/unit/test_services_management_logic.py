@@ -50,6 +50,8 @@ def test_unknown_fields_are_ignored_and_kept() -> None:
         ("online", b'{"v":1,"online":1}', "'online' is not a boolean"),
         ("online", b'{"v":1,"online":true,"reason":5}', "'reason'"),
         ("online", b'{"v":1,"online":true,"ts":"now"}', "'ts'"),
+        ("online", b'{"v":1,"online":false,"reason":"a\\u0000b"}', "'reason' holds a NUL"),
+        ("config", b'{"v":1,"version":2,"status":"rejected","error":"\\u0000"}', "'error' holds"),
         ("health", b'{"v":1}', "missing field 'ts'"),
         ("health", b'{"v":1,"ts":true}', "'ts'"),
         ("health", b'{"v":1,"ts":NaN}', "NaN is not a JSON number"),

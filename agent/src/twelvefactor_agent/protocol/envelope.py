@@ -115,6 +115,7 @@ def text(
         raise error(f"field {field!r} is not a non-empty string: {value!r}"[:200])
     if max_len is not None and len(value) > max_len:
         raise error(f"field {field!r} is longer than {max_len} characters")
+    refuse_nul(field, value, error)
     if pattern is not None and not pattern.fullmatch(value):
         raise error(f"field {field!r} is not valid: {value!r}"[:200])
     return value
@@ -131,4 +132,12 @@ def optional_text(
         raise error(f"field {field!r} is not a string: {value!r}"[:200])
     if len(value) > max_len:
         raise error(f"field {field!r} is longer than {max_len} characters")
+    refuse_nul(field, value, error)
     return value
+
+
+def refuse_nul(field: str, value: str, error: Refusal = ProtocolError) -> None:
+    """A NUL character in a text field is refused: no text a device has a reason to send
+    holds one, and PostgreSQL's text cannot store it (the message would fail there)."""
+    if "\x00" in value:
+        raise error(f"field {field!r} holds a NUL character")

@@ -75,6 +75,8 @@ def _config_report(raw: bytes) -> ConfigReport:
     error = obj.get("error")
     if error is not None and not isinstance(error, str):
         raise PayloadError("field 'error' is not a string")
+    if error is not None:
+        envelope.refuse_nul("error", error, PayloadError)
     return ConfigReport(version, str(status), None if error is None else error[:4000])
 
 
@@ -95,6 +97,7 @@ def parse_report(device: str, kind: str, raw: bytes) -> Report:
         if reason is not None and not isinstance(reason, str):
             raise PayloadError(f"field 'reason' is not a string: {reason!r}"[:200])
         if reason is not None:
+            envelope.refuse_nul("reason", reason, PayloadError)
             reason = reason[:MAX_REASON]  # kept in the history: bounded
         ts = number(obj, "ts") if "ts" in obj else None
         next_checkin = None

@@ -624,8 +624,10 @@ def _number(value: Any) -> float | None:
 
 
 def _int(value: Any) -> int | None:
+    """A whole number a 64-bit column holds (a device's nonsense beyond it is None: it
+    would fail the whole report's write)."""
     n = _number(value)
-    return None if n is None else int(n)
+    return None if n is None or not -(2**63) <= n < 2**63 else int(n)
 
 
 def health_sample(body: dict[str, Any]) -> tuple[Any, ...]:

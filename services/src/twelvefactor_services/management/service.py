@@ -1,5 +1,12 @@
 """The management service process: MQTT consumer, registry writer, HTTP API, config publisher.
 
+The devices' messages are written by one thread in groups: what the broker has
+delivered meanwhile goes into one transaction (at most BATCH_MAX messages), and
+each message is acknowledged to the broker only after its group committed (a
+group that fails is written again one message at a time, so one bad message
+costs only itself). One transaction per message, in series on paho's network
+thread, was the first limit of the fleet bench (docs/scale.md).
+
 Desired configurations are set through the HTTP API or the CLI (which writes
 the registry directly); a publisher thread publishes every device whose
 desired version is newer than the one last published, retained, on
@@ -12,6 +19,7 @@ copies may publish the same version: it is the same retained document.
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 import time
@@ -58,6 +66,9 @@ from twelvefactor_services.topics import shared
 log = logging.getLogger("twelvefactor.management")
 KEEPALIVE = 30
 PUBLISH_INTERVAL = 1.0
+# messages in one write transaction at the most: bounds a group's time holding the write
+# lock (another copy, the API and the hub wait for it) and what one failure redoes
+BATCH_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -119,7 +130,9 @@ class ManagementService:
         self.conn = Connection()
         self.subscribed = threading.Event()
         self.handled = 0  # messages taken from the broker, valid or not (load sharing is visible)
-        self.client = make_client(f"management-{cfg.instance}", cfg.identity)
+        # acknowledged once written (_writer): the broker holds what is not
+        self.client = make_client(f"management-{cfg.instance}", cfg.identity, manual_ack=True)
+        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -205,10 +218,40 @@ class ManagementService:
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self.handled += 1
-        try:
-            self.handle(msg.topic, bytes(msg.payload))
-        except Exception:  # one bad message must never stop the service
-            log.exception("failed to handle a message on %s", msg.topic)
+        self.inbox.put(msg)
+
+    def _writer(self) -> None:
+        """Write the messages in groups, in the order they came, and acknowledge them."""
+        while not self.stopping.is_set() or not self.inbox.empty():
+            try:
+                batch = [self.inbox.get(timeout=0.5)]
+            except queue.Empty:
+                continue
+            while len(batch) < BATCH_MAX:  # what came while the last group was written
+                try:
+                    batch.append(self.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            self._write(batch)
+            for msg in batch:
+                if msg.qos > 0:
+                    self.client.ack(msg.mid, msg.qos)
+
+    def _write(self, batch: list[mqtt.MQTTMessage]) -> None:
+        if len(batch) > 1:
+            try:
+                with self.db.write():
+                    for msg in batch:
+                        self.handle(msg.topic, bytes(msg.payload))
+                return
+            except Exception as exc:  # the group is undone: each on its own, below
+                log.warning("a group of %d messages not written (%s): one by one", len(batch), exc)
+        for msg in batch:
+            try:
+                with self.db.write():  # all of the message or none of it
+                    self.handle(msg.topic, bytes(msg.payload))
+            except Exception:  # one bad message must never stop the service
+                log.exception("failed to handle a message on %s", msg.topic)
 
     def handle(self, topic: str, payload: bytes) -> None:
         up = parse_up(topic)
@@ -358,6 +401,8 @@ class ManagementService:
             )
         publisher = threading.Thread(target=self._publisher, name="publisher", daemon=True)
         publisher.start()
+        writer = threading.Thread(target=self._writer, name="writer", daemon=True)
+        writer.start()
         log.info("operator API on https://%s:%d", self.cfg.api.host, self.http.server_address[1])
 
         stop_requested = threading.Event()
@@ -378,6 +423,7 @@ class ManagementService:
         self.stopping.set()
         self.publish_wake.set()
         publisher.join(15)
+        writer.join(15)
         self.http.shutdown()
         if self.artifact_server is not None:
             self.artifact_server.stop()
