@@ -6,11 +6,16 @@ import json
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from twelvefactor_services import database as databases
 from twelvefactor_services.management.cli import main as management_cli
 
+from testbed.pace import PACE
+from testbed.postgres import Postgres
 from testbed.probe import Probe
 from testbed.stack import ServiceProcess, Stack, http_get, wait_until
 
@@ -278,3 +283,49 @@ def test_a_device_that_says_it_sleeps_is_asleep_until_its_check_in_then_overdue(
     assert "state      asleep since 20" in shown and "check-in   by 20" in shown
     assert management_cli(["devices", *api]) == 0
     assert re.search(r"dev-s2\s+overdue", capsys.readouterr().out)
+
+
+def test_health_sent_while_the_database_is_out_of_reach_is_written_when_it_is_back(
+    tmp_path: Path,
+    run_stack: Callable[[Stack], Stack],
+    probes: MakeProbe,
+    postgres: Postgres,
+) -> None:
+    """The management service on PostgreSQL; the database refuses every connection for a
+    while (its existing ones ended). What devices report meanwhile is held, not
+    acknowledged to the broker, and written once the database takes connections again:
+    nothing is lost to the outage."""
+    database = postgres.new_database()
+    name = database.rsplit("/", 1)[1]
+    stack = run_stack(Stack(tmp_path / "stack", management_database=database))
+    management = stack.management()
+    management.start(PACE.steps_of("services"))
+    dev = fake_device(stack, probes, "dev-out")
+    first = time.time()
+    dev.publish("mgmt/dev-out/up/health", health(first))
+    wait_device(management, "dev-out", lambda d: d["health_ts"] == first, "the first report")
+    admin = sa.create_engine(databases.url_of(postgres.url), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
+            conn.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+                ),
+                {"n": name},
+            )
+        sent = [first + i for i in range(1, 11)]
+        for ts in sent:
+            dev.publish("mgmt/dev-out/up/health", health(ts))
+        wait_until(
+            lambda: "the database is out of reach" in management.log_file.read_text(),
+            what="the service waiting for its database",
+        )
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
+    finally:
+        admin.dispose()
+    wait_device(management, "dev-out", lambda d: d["health_ts"] == sent[-1], "the last report")
+    status, series = http_get(management, "/devices/dev-out/health")
+    assert status == 200
+    assert [s["ts"] for s in series] == [first, *sent]  # every one, in order

@@ -69,6 +69,7 @@ PUBLISH_INTERVAL = 1.0
 # messages in one write transaction at the most: bounds a group's time holding the write
 # lock (another copy, the API and the hub wait for it) and what one failure redoes
 BATCH_MAX = 200
+UNAVAILABLE_RETRY = 1.0  # seconds between tries while the database is out of reach
 
 
 @dataclass(frozen=True)
@@ -238,20 +239,30 @@ class ManagementService:
                     self.client.ack(msg.mid, msg.qos)
 
     def _write(self, batch: list[mqtt.MQTTMessage]) -> None:
-        if len(batch) > 1:
+        """All of `batch` in one transaction; a group that fails is written again one
+        message at a time, so that a bad message costs only itself. While the database
+        is out of reach the group waits (its messages unacknowledged: the broker holds
+        the rest back) and is written when it is back; nothing is lost to the outage."""
+        while True:
             try:
                 with self.db.write():
                     for msg in batch:
                         self.handle(msg.topic, bytes(msg.payload))
                 return
-            except Exception as exc:  # the group is undone: each on its own, below
+            except store.Unavailable as exc:
+                if self.stopping.is_set():
+                    log.error("stopping with %d message(s) not written: %s", len(batch), exc)
+                    return
+                log.warning("the database is out of reach, %d message(s) wait: %s", len(batch), exc)
+                self.stopping.wait(UNAVAILABLE_RETRY)
+            except Exception as exc:  # one bad message must never stop the service
+                if len(batch) == 1:
+                    log.exception("failed to handle a message on %s", batch[0].topic)
+                    return
                 log.warning("a group of %d messages not written (%s): one by one", len(batch), exc)
-        for msg in batch:
-            try:
-                with self.db.write():  # all of the message or none of it
-                    self.handle(msg.topic, bytes(msg.payload))
-            except Exception:  # one bad message must never stop the service
-                log.exception("failed to handle a message on %s", msg.topic)
+                for msg in batch:
+                    self._write([msg])
+                return
 
     def handle(self, topic: str, payload: bytes) -> None:
         up = parse_up(topic)
@@ -344,12 +355,12 @@ class ManagementService:
     def _publish_jobs(self, db: Db) -> None:
         if self.cfg.artifacts is None:
             return  # without an artifact server a job cannot be fetched: hold it
-        store = self.cfg.artifact_store
+        artifacts = self.cfg.artifact_store
         for device, job, sha, install, ended in jobstore.unpublished(db, self.cfg.shard):
             if ended:  # its final report arrived: the retained job goes
                 document = b""
             else:
-                artifact = store.get(sha)
+                artifact = artifacts.get(sha)
                 if artifact is None:
                     log.error("job %s names artifact %s, which is gone from the store", job, sha)
                     continue
