@@ -132,12 +132,18 @@ def optional_text(
         raise error(f"field {field!r} is not a string: {value!r}"[:200])
     if len(value) > max_len:
         raise error(f"field {field!r} is longer than {max_len} characters")
-    refuse_nul(field, value, error)
-    return value
+    return without_nul(value)
 
 
 def refuse_nul(field: str, value: str, error: Refusal = ProtocolError) -> None:
-    """A NUL character in a text field is refused: no text a device has a reason to send
-    holds one, and PostgreSQL's text cannot store it (the message would fail there)."""
+    """A NUL character in an identifier or an address is refused (PostgreSQL's text
+    cannot store one, and none has a reason to hold one)."""
     if "\x00" in value:
         raise error(f"field {field!r} holds a NUL character")
+
+
+def without_nul(value: str) -> str:
+    """Free text (a reason, an error) with each NUL character made U+FFFD: the report is
+    kept (an error message may quote a value that held one), and PostgreSQL's text
+    cannot store a NUL."""
+    return value.replace("\x00", "\ufffd")

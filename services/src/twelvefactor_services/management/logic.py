@@ -76,7 +76,7 @@ def _config_report(raw: bytes) -> ConfigReport:
     if error is not None and not isinstance(error, str):
         raise PayloadError("field 'error' is not a string")
     if error is not None:
-        envelope.refuse_nul("error", error, PayloadError)
+        error = envelope.without_nul(error)
     return ConfigReport(version, str(status), None if error is None else error[:4000])
 
 
@@ -97,8 +97,7 @@ def parse_report(device: str, kind: str, raw: bytes) -> Report:
         if reason is not None and not isinstance(reason, str):
             raise PayloadError(f"field 'reason' is not a string: {reason!r}"[:200])
         if reason is not None:
-            envelope.refuse_nul("reason", reason, PayloadError)
-            reason = reason[:MAX_REASON]  # kept in the history: bounded
+            reason = envelope.without_nul(reason)[:MAX_REASON]  # kept in the history: bounded
         ts = number(obj, "ts") if "ts" in obj else None
         next_checkin = None
         if "next_checkin" in obj:
