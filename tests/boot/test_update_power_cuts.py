@@ -127,7 +127,9 @@ def _held_across_an_agent_restart(device: Device, up: Updating, old: str) -> Non
     held = f"update job {up.job}: downloaded; the install waits for the go"
 
     def held_notes() -> int:
-        grep = f"journalctl -b -u twelvefactor-agent --no-pager | grep -c -F '{held}'"
+        # (journalctl's own warnings, such as a volatile journal file it found truncated
+        # while journald wrote it, go to stderr: not into the count)
+        grep = f"journalctl -b -u twelvefactor-agent --no-pager 2>/dev/null | grep -c -F '{held}'"
         return int(vm.run(grep).output.strip() or 0)
 
     assert held_notes() == 1
