@@ -98,6 +98,10 @@ down_topics = st.builds(
 )
 
 
+# the examples' files (the agent's queue, a registry): removed when the run ends
+_FOLDER = tempfile.TemporaryDirectory(prefix="tf-fuzz-")
+
+
 class Properties:
     """What paho hands over: the MQTT 5 properties of a received message."""
 
@@ -109,8 +113,7 @@ class Properties:
 @cache
 def sessions() -> tuple[ManagementSession, SolutionSession, list[Any], list[Any]]:
     config = validate(BASE)
-    folder = Path(tempfile.mkdtemp(prefix="tf-fuzz-"))
-    queue = Queue(folder / "queue.db", config.queue)
+    queue = Queue(Path(_FOLDER.name) / "queue.db", config.queue)
     desired: list[Any] = []
     reports: list[Any] = []
 
@@ -306,9 +309,6 @@ def _view(reg: registry.Registry, device: str) -> str:
         ],
         sort_keys=True,
     )
-
-
-_FOLDER = tempfile.TemporaryDirectory(prefix="tf-fuzz-")  # removed when the run ends
 
 
 @cache
