@@ -10,7 +10,9 @@ connect and how long to back off comes from the agent's pure session machine
 full jitter), so a connect storm after a broker restart is the fleet's real one.
 What is not simulated: the durable queue (unacknowledged data is kept in memory
 and resent on reconnect, as the queue would), the download and the install (a
-job accepted is reported through every state to ``succeeded``).
+job accepted is reported through every state to ``succeeded``, the final report
+carrying its steps as the agent's does, and sent again when the job is offered
+again).
 
 Why one loop, not a thread per device: 2,000 devices are 4,000 TLS sessions;
 4,000 threads on 2 cores spend their time switching and in the GIL. Each
@@ -58,6 +60,7 @@ from twelvefactor_agent.session import payloads
 from twelvefactor_agent.session.machine import Action, SessionMachine
 from twelvefactor_agent.session.mqtt import SESSION_EXPIRY, new_client
 from twelvefactor_agent.update.decide import decide, parse_job, refusal_payload, report_payload
+from twelvefactor_agent.update.steps import final_chain
 from twelvefactor_agent.util.backoff import Backoff
 
 log = logging.getLogger("twelvefactor.fleet")
@@ -139,6 +142,8 @@ class Device:
         self.health_mids: dict[int, float] = {}  # the management connection's health mid -> ts
         self.health_acked_ts: list[float] = []  # what the broker acknowledged, by its ts
         self.jobs_done: set[str] = set()
+        # how each job ended, its final report: sent again when the job is offered again
+        self.finals: dict[str, bytes] = {}
         self.final_mids: dict[int, str] = {}  # the mid of a job's `succeeded` -> job
         self.config_report: bytes | None = None
         self.booted = time.monotonic()
@@ -460,7 +465,13 @@ class Worker:
             log.warning("%s: dropped a job: %s", d.spec.id, exc)
             return
         if job.job in d.jobs_done:
-            return  # the retained copy every reconnect brings
+            # the retained copy a reconnect brings, or the service offering a quiet job
+            # again: answered with its final report again, as the agent does (a report
+            # lost with a service copy or a broker restart still arrives)
+            final = d.finals.get(job.job)
+            if final is not None:
+                client.publish(up, final, qos=1)
+            return
         now = time.time()
         self.events.append(("job", d.spec.id, job.job, now))
         refusal = decide(
@@ -468,7 +479,8 @@ class Worker:
         )
         d.jobs_done.add(job.job)
         if refusal is not None:
-            client.publish(up, refusal_payload(job, refusal, now), qos=1)
+            d.finals[job.job] = refusal_payload(job, refusal, now)
+            client.publish(up, d.finals[job.job], qos=1)
             self.events.append(("job_end", d.spec.id, job.job, states.FAILED, now))
             return
         # No download and no install: every state the agent reports, in order.
@@ -481,7 +493,9 @@ class Worker:
             (states.VERIFYING, None),
         ):
             client.publish(up, report_payload(job.job, state, ts=now, percent=percent), qos=1)
-        info = client.publish(up, report_payload(job.job, states.SUCCEEDED, ts=now), qos=1)
+        chain = final_chain(states.SUCCEEDED)
+        d.finals[job.job] = report_payload(job.job, chain[-1], ts=now, after=chain[:-1])
+        info = client.publish(up, d.finals[job.job], qos=1)
         d.final_mids[info.mid] = job.job
 
     # -- paho callbacks (inside loop_read / loop_write: recorded, handled after) --------
