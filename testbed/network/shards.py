@@ -9,6 +9,7 @@ agent, the layer's firewall, wireguard-go), each a peer of its own shard's hub o
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ class ShardLab:
         self.devices: dict[str, Device] = {}
         self._procs: list[subprocess.Popen[bytes]] = []
         self._namespaces: list[Netns] = [self.lan.ns, *self.hubs.values()]
+        self.online_seconds = 0.0  # from the agents' start to both devices online, measured
 
     def hub_root(self, shard: str) -> Path:
         return self.root / f"hub-{shard}"
@@ -120,8 +122,10 @@ class ShardLab:
                 info["address_v4"], info["management_port"], info["solution_port"]
             )
             dev.start_agent(self.root / f"{device}-agent.log")
+        started = time.monotonic()
         for dev in self.devices.values():
             self.wait_online(dev)
+        self.online_seconds = time.monotonic() - started
 
     def wait_online(self, dev: Device, timeout: float = 90) -> None:
         wait_online(dev, self.device, lambda: self.log(DEVICES[dev.id][0]), timeout)

@@ -15,7 +15,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from helpers import api_certificate
-from twelvefactor_services.artifact.swu import newc_archive
+from test_artifacts import make_swu
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import PlanError, Tunnel
 from twelvefactor_services.management import (
@@ -43,13 +43,6 @@ pytestmark = pytest.mark.integration
 
 def report(reg: registry.Registry, device: str, kind: str, body: dict[str, object]) -> None:
     reg.apply(device, parse_report(device, kind, json.dumps({"v": 1, **body}).encode()), 0.0)
-
-
-def swu(path: Path, version: str) -> Path:
-    board = 'qemux86-64 = { hardware-compatibility: [ "1.0" ]; };'
-    desc = f'software = {{ version = "{version}"; {board} }};'
-    path.write_bytes(newc_archive([("sw-description", desc.encode()), ("rootfs.zst", b"x" * 100)]))
-    return path
 
 
 def test_the_schema_is_made_once_and_a_second_copy_finds_it(database: str) -> None:
@@ -184,7 +177,7 @@ def test_two_copies_moving_one_rollout_start_each_phase_once(database: str, tmp_
     """Several service copies run `tick` every second on one database: each phase's job is
     made once, whatever the interleaving (the stores' write rule, on either engine)."""
     artifacts = ArtifactStore(tmp_path / "artifacts")
-    sha = artifacts.add(swu(tmp_path / "a.swu", "2.0")).sha256
+    sha = artifacts.add(make_swu(tmp_path / "a.swu", size=100)).sha256
     copies = [Db(database) for _ in range(3)]
     devices = [f"dev-{i:02}" for i in range(8)]
     try:

@@ -70,7 +70,9 @@ def test_a_change_made_through_one_shard_reaches_a_device_of_the_other(
     made = cli(shards, "one", "config", "set", "dev-s2", "--file", str(overlay), answer="text")
     assert made.startswith("dev-s2: desired configuration version "), made
     version = int(made.split()[-1])
-    deadline = time.monotonic() + 120
+    # a change applied is a publish, a reconnect of the sessions and a report: a few
+    # times what bringing both devices online took in this run
+    deadline = time.monotonic() + max(30.0, 10 * shards.online_seconds)
     while True:
         shown = cli(shards, "one", "config", "show", "dev-s2")
         reported = shown["reported"] or {}

@@ -106,10 +106,6 @@ class Db:
         conn: sa.Connection | None = getattr(self._local, "conn", None)
         return conn
 
-    @property
-    def in_transaction(self) -> bool:
-        return self._tx is not None
-
     def _sql(self, sql: str) -> str:
         return sql.replace("%", "%%").replace("?", "%s") if self.postgres else sql
 
