@@ -190,6 +190,7 @@ class Worker:
         self.events_due = 0.0
         self.data_interval = 0.0  # seconds between data messages per device, 0: none
         self.data_generation = 0
+        self.health_on = True  # health every health_interval until the run's end is told
         self.stopping = False
         self.rng = random.Random(settings.seed)
         self.connect_errors = 0
@@ -386,7 +387,7 @@ class Worker:
     def _health(self, d: Device) -> None:
         """Health now and every health_interval while the management session is up."""
         s = d.mgmt
-        if not s.online or s.client is None:
+        if not s.online or s.client is None or not self.health_on:
             return
         depth = len(d.unacked)
         ts = time.time()
@@ -566,6 +567,8 @@ class Worker:
                         offset = self.rng.uniform(0, self.data_interval)
                         generation = self.data_generation
                         self.at(start + offset, functools.partial(self._data_tick, d, generation))
+            elif command[0] == "health off":  # the run's end: what was sent can be counted
+                self.health_on = False
             elif command[0] == "tally":
                 self.ctl.send(("tally", self._tally()))
             elif command[0] == "stop":

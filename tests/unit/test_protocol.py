@@ -286,10 +286,11 @@ def test_job_report(
         job,
         state,
         percent if with_percent else None,
-        reason if state == states.FAILED else None,
+        # free text keeps the report, a NUL made U+FFFD (PostgreSQL's text cannot hold one)
+        envelope.without_nul(reason) if state == states.FAILED else None,
         ts,
         path,
-        fallback,
+        None if fallback is None else envelope.without_nul(fallback),
     )
 
 
