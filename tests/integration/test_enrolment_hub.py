@@ -19,7 +19,7 @@ from twelvefactor_services.hub.cli import main as hub
 from twelvefactor_services.hub.enrol import HubEnrolError, decommission, enrol
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.service import Settings, init, registry_target
-from twelvefactor_services.management import logic, registry
+from twelvefactor_services.management import devicelist, logic, registry
 from twelvefactor_services.management.store import Db
 from twelvefactor_services.pki import Pki, PkiError
 
@@ -60,7 +60,7 @@ def test_one_step_registers_the_device_everywhere(root: Path, tmp_path: Path) ->
     assert shown["tags"] == ["site:b", "x"] and shown["retired"] is None
     assert shown["online"] is None and shown["first_seen"] is None  # not seen yet
     assert registry.group_config(db, "field")["members"] == ["dev-007"]  # type: ignore[index]
-    assert [d["id"] for d in registry.list_devices(db)] == ["dev-007"]
+    assert [d["id"] for d in devicelist.list_devices(db)] == ["dev-007"]
     db.close()
 
     # the same device, or the same WireGuard key, is not enrolled twice

@@ -283,6 +283,19 @@ def test_a_device_that_says_it_sleeps_is_asleep_until_its_check_in_then_overdue(
     assert "state      asleep since 20" in shown and "check-in   by 20" in shown
     assert management_cli(["devices", *api]) == 0
     assert re.search(r"dev-s2\s+overdue", capsys.readouterr().out)
+    # filtered by the service, a page at a time; the overview's counts
+    _, overdue = http_get(management, "/devices?presence=overdue&q=dev-s")
+    assert [x["id"] for x in overdue] == ["dev-s2"]
+    _, page = http_get(management, "/devices?limit=1&after=dev-s1")
+    assert [x["id"] for x in page] == ["dev-s2"]
+    status, problem = http_get(management, "/devices?presence=gone")
+    assert status == 400 and "presence must be one of" in problem["problems"][0]
+    assert http_get(management, "/devices?limit=1001")[0] == 400
+    _, counts = http_get(management, "/fleet")
+    assert counts["presence"]["asleep"] == 1 and counts["presence"]["overdue"] == 1
+    assert management_cli(["devices", "--presence", "asleep", *api]) == 0
+    out = capsys.readouterr().out
+    assert "dev-s1" in out and "dev-s2" not in out and "1 device(s)" in out
 
 
 def test_health_sent_while_the_database_is_out_of_reach_is_written_when_it_is_back(

@@ -11,14 +11,18 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import sqlalchemy as sa
 from helpers import api_certificate
 from test_artifacts import make_swu
+from twelvefactor_services import database as database_module
 from twelvefactor_services.hub.peers import PeerStore
 from twelvefactor_services.hub.plan import PlanError, Tunnel
 from twelvefactor_services.management import (
+    devicelist,
     jobstore,
     operators,
     registry,
@@ -59,7 +63,7 @@ def test_the_schema_is_made_once_and_a_second_copy_finds_it(database: str) -> No
         }
         for table in tables:
             assert second.execute(f"SELECT COUNT(*) FROM {table}").scalar() == 0
-        assert second.execute("SELECT version_num FROM management_schema").scalar() == "0002"
+        assert second.execute("SELECT version_num FROM management_schema").scalar() == "0003"
         reader = Db(database, migrate=False)  # a reader makes nothing
         assert reader.execute("SELECT COUNT(*) FROM devices").scalar() == 0
         reader.close()
@@ -239,7 +243,7 @@ def test_each_shard_publishes_for_its_own_devices_and_the_fleet_is_one(database:
         assert [d for d, _, _ in one.unpublished()] == ["dev-a", "dev-new"]
         assert [d for d, _, _ in two.unpublished()] == ["dev-b", "dev-new"]
         assert [d for d, _, _ in single.unpublished()] == ["dev-a", "dev-b", "dev-new"]
-        shown = {d["id"]: d["shard"] for d in registry.list_devices(db)}
+        shown = {d["id"]: d["shard"] for d in devicelist.list_devices(db)}
         assert shown == {"dev-a": "one", "dev-b": "two"}
         # dev-a moves: its next connect comes through shard two
         report(two, "dev-a", "online", {"online": True, "ts": 4.0})
@@ -307,7 +311,95 @@ def test_the_consumer_writes_a_group_in_one_go_and_one_bad_message_costs_only_it
             service.db.close()
     db = Db(database)
     try:
-        shown = {d["id"]: d["health_ts"] for d in registry.list_devices(db)}
+        shown = {d["id"]: d["health_ts"] for d in devicelist.list_devices(db)}
     finally:
         db.close()
     assert shown == {f"dev-{i}": 10.0 + i for i in range(20)}  # dev-bad's half is undone
+
+
+def test_devices_are_listed_a_page_at_a_time_filtered_and_counted(database: str) -> None:
+    db = Db(database)
+    reg = registry.Registry(db)
+    now = time.time()
+    try:
+        for i, (tags, group) in enumerate(
+            [(["site:a"], "field"), (["site:b", "x_y"], None), (["site:a"], "field")]
+        ):
+            reg.enrol(
+                f"dev-{i}", hardware=None, group=group, tags=tags, certificate_serial=i, now=now
+            )
+        reg.enrol("dev-9", hardware=None, group=None, tags=[], certificate_serial=9, now=now)
+        for device, version in (("dev-0", "2.0"), ("dev-1", "1.0"), ("dev-2", None)):
+            report(reg, device, "online", {"online": True, "ts": 10.0})
+            body = {"ts": 11.0} if version is None else {"ts": 11.0, "os_version": version}
+            report(reg, device, "health", body)
+        asleep = {"online": False, "reason": "asleep", "ts": 20.0, "next_checkin": 3620.0}
+        reg.apply(
+            "dev-2", parse_report("dev-2", "online", json.dumps({"v": 1, **asleep}).encode()), now
+        )
+        report(reg, "dev-3", "online", {"online": False, "reason": "lost"})  # never enrolled
+        reg.retire("dev-1", now, None)
+
+        def ids(**filters: Any) -> list[str]:
+            return [d["id"] for d in devicelist.list_devices(db, devicelist.DeviceQuery(**filters))]
+
+        assert ids() == ["dev-0", "dev-1", "dev-2", "dev-3", "dev-9"]
+        # keyset pages: each starts after the last id of the one before
+        assert ids(limit=2) == ["dev-0", "dev-1"]
+        assert ids(limit=2, after="dev-1") == ["dev-2", "dev-3"]
+        assert ids(limit=2, after="dev-3") == ["dev-9"]
+        assert ids(q="v-9") == ["dev-9"]
+        assert ids(group="field") == ["dev-0", "dev-2"]
+        assert ids(tag="site:a") == ["dev-0", "dev-2"]
+        assert ids(tag="x_y") == ["dev-1"]
+        assert ids(tag="x") == []  # a whole tag, not part of one ("x_y" is no "x")
+        assert ids(version="2.0") == ["dev-0"]
+        assert ids(version="unknown") == ["dev-2", "dev-3", "dev-9"]
+        assert ids(presence="online") == ["dev-0", "dev-1"]
+        assert ids(presence="asleep") == ["dev-2"]
+        assert ids(presence="offline") == ["dev-3"]
+        assert ids(presence="overdue", tag="site:a") == []
+        listed = {d["id"]: d for d in devicelist.list_devices(db)}
+        assert listed["dev-0"]["group"] == "field" and listed["dev-0"]["os_version"] == "2.0"
+        assert listed["dev-9"]["presence"] is None and listed["dev-9"]["tags"] == []
+        assert "health" not in listed["dev-0"]  # the whole report is the device's own page
+        assert registry.get_device(db, "dev-0")["health"]["os_version"] == "2.0"  # type: ignore[index]
+        # a device three hours past its check-in is overdue (the same rule, in SQL)
+        assert [d["id"] for d in devicelist.list_devices(
+            db, devicelist.DeviceQuery(presence="overdue"), overdue_after=-3 * 3600.0
+        )] == ["dev-2"]  # fmt: skip
+
+        assert devicelist.fleet(db) == {
+            "devices": 4,  # dev-1 is retired
+            "retired": 1,
+            "presence": {"online": 1, "asleep": 1, "overdue": 0, "offline": 1, "never_seen": 1},
+            "versions": [{"version": "2.0", "devices": 1}, {"version": None, "devices": 3}],
+            "tags": ["site:a", "site:b", "x_y"],
+        }
+        for bad in ({"limit": 0}, {"q": "DEV"}, {"q": "%"}, {"tag": "a b"}, {"presence": "gone"}):
+            with pytest.raises(devicelist.QueryError):
+                devicelist.DeviceQuery(**bad)  # type: ignore[arg-type]
+    finally:
+        db.close()
+
+
+def test_a_registry_from_before_the_version_column_is_given_it(database: str) -> None:
+    engine = database_module.engine(database)
+    with engine.begin() as conn:
+        database_module.upgrade(conn, store.PACKAGE, store.VERSION_TABLE, to="0002")
+        for device, health in (
+            ("dev-a", {"os_version": "3.1"}),
+            ("dev-b", {"os_version": 7}),  # a device's nonsense: no version
+            ("dev-c", None),
+        ):
+            conn.execute(
+                sa.text("INSERT INTO devices (id, first_seen, health) VALUES (:id, 1, :h)"),
+                {"id": device, "h": None if health is None else json.dumps(health)},
+            )
+    engine.dispose()
+    db = Db(database)  # the next start migrates
+    try:
+        got = dict(db.execute("SELECT id, os_version FROM devices ORDER BY id").fetchall())
+        assert got == {"dev-a": "3.1", "dev-b": None, "dev-c": None}
+    finally:
+        db.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from twelvefactor_services.hub.liveness import Change, LivenessTracker
 from twelvefactor_services.hub.peers import PeerStore
-from twelvefactor_services.management import registry, tunnelstate
+from twelvefactor_services.management import devicelist, registry, tunnelstate
 from twelvefactor_services.management.logic import (
     OVERDUE_AFTER,
     OnlineReport,
@@ -206,7 +206,7 @@ def test_the_registry_shows_a_sleeping_device_asleep_then_overdue(tmp_path: Path
     assert d is not None and (d["presence"], d["next_checkin"]) == ("overdue", now - 6600)
     # The same retained goodbye again, now (a service restart): the due time stays.
     goodbye("dev-n", now - 7200, 600, now)
-    listed = {x["id"]: x for x in registry.list_devices(reg.db)}
+    listed = {x["id"]: x for x in devicelist.list_devices(reg.db)}
     assert (listed["dev-n"]["presence"], listed["dev-n"]["next_checkin"]) == ("overdue", now - 6600)
     report(reg, "dev-n", True, None, now)  # it checks in
     d = registry.get_device(reg.db, "dev-n")

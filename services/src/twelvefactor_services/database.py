@@ -104,9 +104,9 @@ def one_at_a_time(conn: sa.Connection, version_table: str) -> None:
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
-def upgrade(conn: sa.Connection, package: str, version_table: str) -> None:
-    """Alembic's upgrade to head, in the caller's transaction."""
-    command.upgrade(_config(conn, package, version_table), "head")
+def upgrade(conn: sa.Connection, package: str, version_table: str, to: str = "head") -> None:
+    """Alembic's upgrade (to the newest revision), in the caller's transaction."""
+    command.upgrade(_config(conn, package, version_table), to)
 
 
 def stamp(conn: sa.Connection, package: str, version_table: str, rev: str) -> None:

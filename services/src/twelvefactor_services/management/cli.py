@@ -90,8 +90,20 @@ def _read_overlay(args: argparse.Namespace) -> Any:
 Command = Callable[[ManagementClient, argparse.Namespace], int]
 
 
+DEVICE_FILTERS = ("q", "group", "tag", "version", "presence")
+DEVICE_PAGE = 1000  # the most GET /devices gives at once
+
+
 def _devices(api: ManagementClient, args: argparse.Namespace) -> int:
-    rows = api.get("/devices")
+    """Every device the filters match, a page of the API's at a time."""
+    asked = {k: getattr(args, k) for k in DEVICE_FILTERS if getattr(args, k) is not None}
+    rows: list[dict[str, Any]] = []
+    while True:
+        after = {"after": rows[-1]["id"]} if rows else {}
+        page = api.get("/devices", limit=str(DEVICE_PAGE), **asked, **after)
+        rows += page
+        if len(page) < DEVICE_PAGE:
+            break
     if args.json:
         _print_json(rows)
         return 0
@@ -614,7 +626,13 @@ def _download_only_args(p: argparse.ArgumentParser, what: str) -> None:
 
 def _fleet_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     leaves: list[argparse.ArgumentParser] = []
-    leaves.append(sub.add_parser("devices", help="list devices"))
+    p = sub.add_parser("devices", help="list devices (all, or those matching every filter)")
+    p.add_argument("--search", dest="q", metavar="TEXT", help="part of the device id")
+    p.add_argument("--group", help="in this configuration group")
+    p.add_argument("--tag", help="enrolled with this tag")
+    p.add_argument("--version", help="running this version (unknown: none reported)")
+    p.add_argument("--presence", choices=("online", "asleep", "overdue", "offline"))
+    leaves.append(p)
     p = sub.add_parser("device", help="one device with its online history")
     p.add_argument("id")
     leaves.append(p)

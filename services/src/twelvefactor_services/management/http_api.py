@@ -28,7 +28,13 @@ from typing import Any, TypeVar
 
 from twelvefactor_agent.protocol.names import DEVICE_ID_RE, FLEET_GROUP_RE, JOB_ID_RE
 
-from twelvefactor_services.management import jobstore, operators, registry, rolloutstore
+from twelvefactor_services.management import (
+    devicelist,
+    jobstore,
+    operators,
+    registry,
+    rolloutstore,
+)
 from twelvefactor_services.management.access import Refused, Site, bearer, check_request
 from twelvefactor_services.management.artifacts import ArtifactError, ArtifactStore
 from twelvefactor_services.management.configlogic import (
@@ -194,7 +200,31 @@ def whoami(req: Request) -> Answer:
 
 
 def list_devices(req: Request) -> Answer:
-    return 200, _read(req, lambda db: registry.list_devices(db, req.server.overdue_after))
+    """A page of devices in id order (`limit`, `after` = the last id before), filtered by
+    `q` (part of the id), `group`, `tag`, `version` and `presence`."""
+
+    def word(name: str) -> str | None:
+        return req.query[name][-1] if name in req.query else None
+
+    limit = req.query_int("limit", 1, devicelist.PAGE_MAX, devicelist.PAGE)
+    try:
+        query = devicelist.DeviceQuery(
+            limit=limit or devicelist.PAGE,
+            after=word("after"),
+            q=word("q"),
+            group=word("group"),
+            tag=word("tag"),
+            version=word("version"),
+            presence=word("presence"),
+        )
+    except devicelist.QueryError as exc:
+        raise Problem(400, "bad_query", str(exc)) from None
+    overdue_after = req.server.overdue_after
+    return 200, _read(req, lambda db: devicelist.list_devices(db, query, overdue_after))
+
+
+def fleet_counts(req: Request) -> Answer:
+    return 200, _read(req, lambda db: devicelist.fleet(db, req.server.overdue_after))
 
 
 def _device(req: Request) -> str:
@@ -694,6 +724,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/openapi.json", "viewer", openapi, "/openapi.json"),
     Route("GET", "/whoami", "viewer", whoami, "/whoami"),
     Route("GET", "/devices", "viewer", list_devices, "/devices"),
+    Route("GET", "/fleet", "viewer", fleet_counts, "/fleet"),
     Route("GET", rf"/devices/({_DEVICE})", "viewer", get_device, "/devices/{id}"),
     Route(
         "GET", rf"/devices/({_DEVICE})/history", "viewer", device_history, "/devices/{id}/history"

@@ -125,9 +125,15 @@ class Registry:
                 return None
             assert isinstance(report, HealthReport)
             if is_newer(row["health_ts"], report.device_ts):
+                version = report.body.get("os_version")
                 self.db.execute(
-                    "UPDATE devices SET health = ?, health_ts = ? WHERE id = ?",
-                    (json.dumps(report.body), report.device_ts, device),
+                    "UPDATE devices SET health = ?, health_ts = ?, os_version = ? WHERE id = ?",
+                    (
+                        json.dumps(report.body),
+                        report.device_ts,
+                        version if isinstance(version, str) else None,
+                        device,
+                    ),
                 )
                 self._record_health_sample(device, report)
             return None
@@ -553,15 +559,14 @@ def _device(row: Row, *, full: bool, overdue_after: float) -> dict[str, Any]:
         "meta_ts": row["meta_ts"],
         "shard": row["shard"],  # the hub shard it belongs to (None: a fleet of one)
     }
-    health = json.loads(row["health"]) if row["health"] else None
-    # the version it runs, from its last health report (the console's filters and overview)
-    out["os_version"] = health.get("os_version") if isinstance(health, dict) else None
+    out["os_version"] = row["os_version"]  # from its last health report
+    out["group"] = row["grp"]  # its configuration group, if any
     enrolled = dict(_NOT_ENROLLED) if row["tags"] is None else _enrolment(row)
     if not full:
         enrolled.pop("certificate_serial")
     out |= enrolled
     if full:
-        out["health"] = health
+        out["health"] = json.loads(row["health"]) if row["health"] else None
         out["meta"] = json.loads(row["meta"]) if row["meta"] else None
     return out
 
@@ -570,25 +575,28 @@ def _device(row: Row, *, full: bool, overdue_after: float) -> dict[str, Any]:
 # first_seen and online null. The columns of both tables, side by side.
 _DEVICES_AND_ENROLMENTS = """
 SELECT d.id, d.first_seen, d.online, d.last_online_change, d.health, d.health_ts, d.meta,
-       d.meta_ts, d.checkin_due, e.hardware, e.tags, e.certificate_serial, e.enrolled,
-       e.retired, e.retired_group, COALESCE(d.shard, e.shard) AS shard
+       d.meta_ts, d.checkin_due, d.os_version, e.hardware, e.tags, e.certificate_serial,
+       e.enrolled, e.retired, e.retired_group, COALESCE(d.shard, e.shard) AS shard
   FROM devices d LEFT JOIN enrolments e ON e.device = d.id
 UNION ALL
-SELECT e.device, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.hardware, e.tags,
+SELECT e.device, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, e.hardware, e.tags,
        e.certificate_serial, e.enrolled, e.retired, e.retired_group, e.shard
   FROM enrolments e WHERE e.device NOT IN (SELECT id FROM devices)
 """
+# ... with the configuration group each is in (a device is in at most one)
+DEVICES_LISTED = f"""
+SELECT d.*, m.grp FROM ({_DEVICES_AND_ENROLMENTS}) AS d
+  LEFT JOIN config_members m ON m.device = d.id
+"""
 
 
-def list_devices(db: Db, overdue_after: float = OVERDUE_AFTER) -> list[dict[str, Any]]:
-    rows = db.execute(f"SELECT * FROM ({_DEVICES_AND_ENROLMENTS}) AS d ORDER BY id").fetchall()
-    return [_device(r, full=False, overdue_after=overdue_after) for r in rows]
+def device_summary(row: Row, overdue_after: float = OVERDUE_AFTER) -> dict[str, Any]:
+    """A device as GET /devices lists it (a row of DEVICES_LISTED)."""
+    return _device(row, full=False, overdue_after=overdue_after)
 
 
 def get_device(db: Db, device: str, overdue_after: float = OVERDUE_AFTER) -> dict[str, Any] | None:
-    row = db.execute(
-        f"SELECT * FROM ({_DEVICES_AND_ENROLMENTS}) AS d WHERE id = ?", (device,)
-    ).fetchone()
+    row = db.execute(f"SELECT * FROM ({DEVICES_LISTED}) AS d WHERE id = ?", (device,)).fetchone()
     return None if row is None else _device(row, full=True, overdue_after=overdue_after)
 
 
