@@ -25,6 +25,8 @@ from twelvefactor_agent.protocol.topics import mgmt_down, mgmt_up
 from twelvefactor_agent.update.decide import report_payload
 from twelvefactor_services.management.api_client import ManagementClient
 from twelvefactor_services.management.configlogic import OverlayError, check_overlay
+from twelvefactor_services.management.registry import Registry
+from twelvefactor_services.management.store import Db
 
 from testbed.hostagent import HostAgent
 from testbed.pace import PACE, REFERENCE, ROUND_TRIP
@@ -371,9 +373,10 @@ def test_a_viewer_sees_no_control_and_the_api_refuses_a_forced_change(
     page = console.log_in("viewer")
 
     def controls() -> list[str]:
-        """The buttons and inputs that would change something, shown and usable."""
+        """The buttons and inputs that would change something, shown and usable (those
+        marked data-reads only fetch or open a page)."""
         found: list[str] = page.eval_on_selector_all(
-            "button, input[type=submit]",
+            "button:not([data-reads]), input[type=submit]:not([data-reads])",
             "els => els.filter(e => e.offsetParent !== null && !e.disabled).map(e => e.id)",
         )
         return [f for f in found if f != "logout"]
@@ -642,3 +645,62 @@ def test_sleeping_devices_are_counted_asleep_or_overdue_with_their_next_check_in
     page.wait_for_selector("tr[data-device='dev-z2']", state="detached")
     console.visit(page, "device-asleep", "#device-state.asleep", to="#/device/dev-z1")
     assert page.text_content("#next-checkin").strip().startswith("next check-in by 20")
+
+
+def test_a_fleet_larger_than_a_page_is_shown_a_page_at_a_time_and_filtered_by_the_service(
+    console: Console,
+) -> None:
+    """Issue 15: the console never fetches the whole fleet. The devices page shows the
+    first page, "more" the next; a filter asks the service again; the overview's counts
+    come from GET /fleet."""
+    db = Db(console.stack.registry_db)
+    try:  # enrolled as the hub does, never seen
+        reg = Registry(db)
+        for i in range(130):
+            tags = ["site:even" if i % 2 == 0 else "site:odd"]
+            reg.enrol(
+                f"dev-p{i:03d}", hardware=None, group=None, tags=tags,
+                certificate_serial=1000 + i, now=time.time(),
+            )  # fmt: skip
+    finally:
+        db.close()
+    page = console.log_in("viewer")
+    version_row = "#versions tr:has(td a[href='#/devices?version=unknown']) td:nth-child(2)"
+    assert page.text_content(version_row) == "130"
+    assert page.text_content("#count-never-seen b") == "130"
+    assert page.text_content("#count-offline b") == "0"
+
+    def rows() -> int:
+        return int(page.eval_on_selector_all("#devices tbody tr", "rows => rows.length"))
+
+    console.visit(page, "devices-first-page", "tr[data-device='dev-p099']", to="#/devices")
+    assert rows() == 100 and page.query_selector("tr[data-device='dev-p100']") is None
+    page.click("#devices-more")
+    page.wait_for_selector("tr[data-device='dev-p129']")
+    assert rows() == 130 and page.is_hidden("#devices-more")
+    assert page.text_content("#devices-shown") == "130 shown"
+    page.select_option("#filter-tag", "site:odd")
+    page.wait_for_selector("tr[data-device='dev-p000']", state="detached")
+    wait_until(lambda: rows() == 65, ui_wait() / 1000, what="65 rows")
+    page.fill("#device-search", "p12")  # dev-p121, 123, 125, 127, 129
+    wait_until(lambda: rows() == 5, ui_wait() / 1000, what="5 rows")
+    assert page.text_content("tr[data-device='dev-p129'] td:nth-child(2)") == "never seen"
+    console.shots(page, "devices-filtered")
+    page.fill("#device-search", "P_%")  # nothing an id holds: no rows, no error
+    wait_until(lambda: rows() == 0, ui_wait() / 1000, what="0 rows")
+    # the configuration page offers a device as its id is typed (the service's matches)
+    console.visit(page, "config-pick", "#config-device", to="#/config")
+
+    def offered() -> list[str]:
+        return list(
+            page.eval_on_selector_all("#config-device-ids option", "os => os.map(o => o.value)")
+        )
+
+    page.fill("#config-device", "p12")
+    wait_until(lambda: len(offered()) == 10, ui_wait() / 1000, what="ten offered")
+    page.fill("#config-device", "dev-p007")
+    wait_until(lambda: offered() == ["dev-p007"], ui_wait() / 1000, what="dev-p007 offered")
+    page.click("#config-device-open")
+    page.wait_for_selector("#device-config-facts")
+    assert page.evaluate("location.hash") == "#/config/device/dev-p007"
+    console.finish(page)

@@ -254,6 +254,7 @@ def test_a_registry_from_before_delta_updates_gains_the_columns(tmp_path: Path) 
     db.execute("DROP TABLE management_schema")
     for table in ("devices", "enrolments", "tunnel_peers"):
         db.execute(f"ALTER TABLE {table} DROP COLUMN shard")
+    db.execute("ALTER TABLE devices DROP COLUMN os_version")  # and before 0003
     db.close()
     db = Db(tmp_path / "registry.db")
     assert _devices(db, job)["dev-1"] == ("queued", None, None, None)

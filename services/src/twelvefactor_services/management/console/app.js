@@ -137,8 +137,10 @@ async function follow(mine) {
 }
 
 // online, asleep (until its announced check-in), overdue (missed it), offline
+// enrolled and never seen: presence null (the overview counts it apart, the State filter
+// "offline" does not find it)
 function presenceOf(d) {
-  return d.presence || "offline";
+  return d.presence || "never-seen";
 }
 
 function describe(e) {
@@ -207,8 +209,8 @@ function loginPage(main) {
 }
 
 async function overviewPage(main) {
-  const [devices, jobs] = await Promise.all([api("GET", "/devices"), api("GET", "/jobs")]);
-  const live = devices.filter((d) => !d.retired);
+  // the service counts (GET /fleet): a fleet of thousands is never fetched whole
+  const [fleet, jobs] = await Promise.all([api("GET", "/fleet"), api("GET", "/jobs")]);
   const updating = new Set();
   let failed = 0;
   for (const job of jobs) {
@@ -217,18 +219,14 @@ async function overviewPage(main) {
       if (d.state === "failed" || d.state === "rolled_back") failed += 1;
     }
   }
-  const versions = {};
-  for (const d of live) versions[d.os_version || "unknown"] = (versions[d.os_version || "unknown"] || 0) + 1;
   const count = (id, label, n) => h("div", { class: "count", id }, h("b", { text: n }), label);
   main.append(
     h("h1", { text: "Overview" }),
     h(
       "div",
       { class: "counts" },
-      count("count-online", "online", live.filter((d) => presenceOf(d) === "online").length),
-      count("count-asleep", "asleep", live.filter((d) => presenceOf(d) === "asleep").length),
-      count("count-overdue", "overdue", live.filter((d) => presenceOf(d) === "overdue").length),
-      count("count-offline", "offline", live.filter((d) => presenceOf(d) === "offline").length),
+      ["online", "asleep", "overdue", "offline"].map((p) => count(`count-${p}`, p, fleet.presence[p])),
+      count("count-never-seen", "never seen (enrolled)", fleet.presence.never_seen),
       count("count-updating", "updating", updating.size),
       count("count-failed", "failed (jobs)", failed),
     ),
@@ -237,9 +235,9 @@ async function overviewPage(main) {
       "table",
       { id: "versions" },
       h("tr", {}, h("th", { text: "version" }), h("th", { text: "devices" })),
-      Object.entries(versions)
-        .sort()
-        .map(([v, n]) => h("tr", {}, h("td", { text: v }), h("td", { text: n }))),
+      fleet.versions.map((v) =>
+        h("tr", {}, h("td", {}, h("a", { href: `#/devices?version=${encodeURIComponent(v.version ?? "unknown")}`, text: v.version ?? "unknown" })), h("td", { text: v.devices })),
+      ),
     ),
     h("h2", { text: "Recent events" }),
     eventList(state.recent.slice(-20)),
@@ -247,47 +245,76 @@ async function overviewPage(main) {
   return { onEvents: () => render() };
 }
 
+// The devices page asks the service for one page at a time, filtered there (GET /devices:
+// keyset pages in id order); "more" fetches the next page after the last row shown.
+const DEVICE_PAGE = 100;
+const DEVICE_PAGE_MAX = 1000; // the most GET /devices gives at once
+
 async function devicesPage(main) {
-  const [devices, groups] = await Promise.all([api("GET", "/devices"), api("GET", "/groups")]);
-  const groupOf = {};
-  for (const g of groups) for (const m of g.members) groupOf[m] = g.name;
-  const options = (values) => [h("option", { value: "", text: "all" }), ...[...new Set(values)].sort().map((v) => h("option", { value: v, text: v }))];
+  const [fleet, groups] = await Promise.all([api("GET", "/fleet"), api("GET", "/groups")]);
+  const options = (values) => [h("option", { value: "", text: "all" }), ...values.map((v) => h("option", { value: v, text: v }))];
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const search = h("input", { id: "device-search", type: "search", placeholder: "search id", value: params.get("q") || "" });
-  const group = h("select", { id: "filter-group" }, options(Object.values(groupOf)));
-  const tag = h("select", { id: "filter-tag" }, options(devices.flatMap((d) => d.tags)));
-  const version = h("select", { id: "filter-version" }, options(devices.map((d) => d.os_version || "unknown")));
-  const online = h(
-    "select",
-    { id: "filter-online" },
-    h("option", { value: "", text: "all" }),
-    ["online", "asleep", "overdue", "offline"].map((v) => h("option", { value: v, text: v })),
-  );
+  const group = h("select", { id: "filter-group" }, options(groups.map((g) => g.name).sort()));
+  const tag = h("select", { id: "filter-tag" }, options(fleet.tags));
+  const version = h("select", { id: "filter-version" }, options(fleet.versions.map((v) => v.version ?? "unknown")));
+  const online = h("select", { id: "filter-online" }, options(["online", "asleep", "overdue", "offline"]));
+  for (const [el, name] of [[group, "group"], [tag, "tag"], [version, "version"], [online, "presence"]]) el.value = params.get(name) || "";
   const body = h("tbody");
-  const shown = () => {
-    body.replaceChildren();
-    for (const d of devices) {
-      const st = presenceOf(d);
-      if (search.value && !d.id.includes(search.value.trim())) continue;
-      if (group.value && groupOf[d.id] !== group.value) continue;
-      if (tag.value && !d.tags.includes(tag.value)) continue;
-      if (version.value && (d.os_version || "unknown") !== version.value) continue;
-      if (online.value && st !== online.value) continue;
-      body.append(
-        h(
+  const more = h("button", { id: "devices-more", type: "button", hidden: true, "data-reads": true, text: "more" });
+  const shownCount = h("p", { class: "muted", id: "devices-shown" });
+  let rows = [];
+  let asked = 0; // which request is the latest: an older answer arriving late is dropped
+  const query = (limit, after) => {
+    const q = new URLSearchParams({ limit: String(limit) });
+    if (after) q.set("after", after);
+    const typed = search.value.trim().toLowerCase();
+    if (typed) q.set("q", typed);
+    for (const [el, name] of [[group, "group"], [tag, "tag"], [version, "version"], [online, "presence"]]) if (el.value) q.set(name, el.value);
+    return `/devices?${q}`;
+  };
+  const draw = () => {
+    body.replaceChildren(
+      ...rows.map((d) => {
+        const st = presenceOf(d);
+        return h(
           "tr",
           { "data-device": d.id },
           h("td", {}, h("a", { href: `#/device/${d.id}`, text: d.id })),
-          h("td", { class: st, text: d.retired ? "retired" : st }),
-          h("td", { text: groupOf[d.id] || "" }),
+          h("td", { class: st, text: d.retired ? "retired" : st.replace("-", " ") }),
+          h("td", { text: d.group || "" }),
           h("td", { text: d.tags.join(", ") }),
           h("td", { text: d.os_version || "" }),
           h("td", { text: when(d.last_online_change) }),
-        ),
-      );
-    }
+        );
+      }),
+    );
+    shownCount.textContent = `${rows.length} shown`;
   };
-  for (const el of [search, group, tag, version, online]) el.addEventListener("input", shown);
+  // the first `limit` matching devices again (a filter changed, or the fleet did)
+  const load = async (limit) => {
+    const mine = ++asked;
+    let page;
+    try {
+      page = await api("GET", query(limit));
+    } catch (e) {
+      if (e.status !== 400) throw e;
+      page = []; // a search no id can match (e.g. a character ids never hold)
+    }
+    if (mine !== asked) return;
+    rows = page;
+    more.hidden = page.length < limit;
+    draw();
+  };
+  more.addEventListener("click", async () => {
+    const mine = ++asked;
+    const page = await api("GET", query(DEVICE_PAGE, rows.length ? rows[rows.length - 1].id : null));
+    if (mine !== asked) return;
+    rows = rows.concat(page);
+    more.hidden = page.length < DEVICE_PAGE;
+    draw();
+  });
+  for (const el of [search, group, tag, version, online]) el.addEventListener("input", () => load(DEVICE_PAGE));
   main.append(
     h("h1", { text: "Devices" }),
     h(
@@ -305,15 +332,15 @@ async function devicesPage(main) {
       h("thead", {}, h("tr", {}, ["device", "state", "group", "tags", "version", "since"].map((t) => h("th", { text: t })))),
       body,
     ),
+    shownCount,
+    more,
   );
-  shown();
+  await load(DEVICE_PAGE);
   return {
-    // keep the filters: fetch the list again and redraw the rows only
+    // keep the filters and as many rows as are shown: fetch them again, redraw the rows only
     onEvents: async (events) => {
       if (!events.some((e) => e.device)) return;
-      const fresh = await api("GET", "/devices");
-      devices.splice(0, devices.length, ...fresh);
-      shown();
+      await load(Math.min(DEVICE_PAGE_MAX, Math.max(DEVICE_PAGE, rows.length)));
     },
   };
 }
@@ -380,7 +407,7 @@ async function devicePage(main, id) {
       "h1",
       {},
       `Device ${device.id} `,
-      h("span", { class: presenceOf(device), id: "device-state", text: presenceOf(device) }),
+      h("span", { class: presenceOf(device), id: "device-state", text: presenceOf(device).replace("-", " ") }),
       device.next_checkin && presenceOf(device) !== "online"
         ? h("small", { id: "next-checkin", text: ` next check-in by ${when(device.next_checkin)}` })
         : "",
@@ -830,13 +857,23 @@ async function deviceConfigs(devices) {
 }
 
 async function configPage(main) {
-  const [groups, devices] = await Promise.all([api("GET", "/groups"), api("GET", "/devices")]);
-  const pick = h(
-    "select",
-    { id: "config-device", onchange: (ev) => ev.target.value && (location.hash = `#/config/device/${ev.target.value}`) },
-    h("option", { value: "", text: "choose a device" }),
-    devices.filter((d) => !d.retired).map((d) => h("option", { value: d.id, text: d.id })),
-  );
+  const groups = await api("GET", "/groups");
+  // a device by its id, offered as typed from the service's matches (never the whole fleet)
+  const ids = h("datalist", { id: "config-device-ids" });
+  const pick = h("input", { id: "config-device", type: "search", list: "config-device-ids", placeholder: "device id", autocomplete: "off" });
+  let asked = 0;
+  pick.addEventListener("input", async () => {
+    const typed = pick.value.trim().toLowerCase();
+    const mine = ++asked;
+    const found = /^[a-z0-9-]{1,63}$/.test(typed) ? await api("GET", `/devices?limit=20&q=${encodeURIComponent(typed)}`) : [];
+    if (mine !== asked) return;
+    ids.replaceChildren(...found.filter((d) => !d.retired).map((d) => h("option", { value: d.id })));
+  });
+  const open = (ev) => {
+    ev.preventDefault();
+    const id = pick.value.trim().toLowerCase();
+    if (id) location.hash = `#/config/device/${id}`;
+  };
   main.append(
     h("h1", { text: "Configuration" }),
     h("p", { class: "muted", text: "A device's desired configuration is its group's overlay with its own laid over it." }),
@@ -857,7 +894,7 @@ async function configPage(main) {
       ),
     ),
     h("h2", { text: "A device's own overlay" }),
-    h("label", {}, "Device ", pick),
+    h("form", { id: "config-device-form", onsubmit: open }, h("label", {}, "Device ", pick, ids), " ", h("button", { id: "config-device-open", type: "submit", "data-reads": true, text: "open" })),
   );
   return { onEvents: (events) => events.some((e) => e.kind === "audit" && (e.path.startsWith("/groups") || e.path.startsWith("/devices"))) && render() };
 }
