@@ -187,8 +187,17 @@ class ApiProbe:
         self._thread.join(120)
 
     def _run(self) -> None:
-        # What a console or a script asks most: one device, the rollouts, the whole list.
-        kinds = ["GET /devices/{id}", "GET /devices/{id}", "GET /rollouts", "GET /devices"]
+        # What a console or a script asks most: one device, the rollouts, the overview's
+        # counts, the devices page's first 100, and a default page of 500 (a script
+        # listing the fleet) from a device on.
+        kinds = [
+            "GET /devices/{id}",
+            "GET /rollouts",
+            "GET /fleet",
+            "GET /devices/{id}",
+            "GET /devices?limit=100",
+            "GET /devices?after={id}",
+        ]
         i = 0
         while not self._stop.is_set():
             kind = kinds[i % len(kinds)]
