@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
+from twelvefactor_services import database
 from twelvefactor_services.services_stack import LOCALHOST, free_port
 
 VERSIONS = Path("/usr/lib/postgresql")
@@ -72,6 +74,26 @@ class Postgres:
         name = f"{DATABASE}_{self._made}"
         self._run(*self._createdb, name)
         return self.url_of(name)
+
+    def set_connections(self, url: str, allowed: bool) -> None:
+        """A database of the server refusing every new connection (its open ones ended:
+        an outage as its clients see one), or taking them again."""
+        name = url.rsplit("/", 1)[1]
+        admin = sa.create_engine(database.url_of(self.url), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                word = "true" if allowed else "false"
+                conn.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {word}'))
+                if not allowed:
+                    conn.execute(
+                        sa.text(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = :n"
+                        ),
+                        {"n": name},
+                    )
+        finally:
+            admin.dispose()
 
     def _run(self, *argv: str) -> None:
         done = subprocess.run(

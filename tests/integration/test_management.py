@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
-from twelvefactor_services import database as databases
 from twelvefactor_services.management.cli import main as management_cli
 
 from testbed.pace import PACE
@@ -309,7 +307,6 @@ def test_health_sent_while_the_database_is_out_of_reach_is_written_when_it_is_ba
     acknowledged to the broker, and written once the database takes connections again:
     nothing is lost to the outage."""
     database = postgres.new_database()
-    name = database.rsplit("/", 1)[1]
     stack = run_stack(Stack(tmp_path / "stack", management_database=database))
     management = stack.management()
     management.start(PACE.steps_of("services"))
@@ -317,16 +314,8 @@ def test_health_sent_while_the_database_is_out_of_reach_is_written_when_it_is_ba
     first = time.time()
     dev.publish("mgmt/dev-out/up/health", health(first))
     wait_device(management, "dev-out", lambda d: d["health_ts"] == first, "the first report")
-    admin = sa.create_engine(databases.url_of(postgres.url), isolation_level="AUTOCOMMIT")
+    postgres.set_connections(database, allowed=False)
     try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false'))
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
-                ),
-                {"n": name},
-            )
         sent = [first + i for i in range(1, 11)]
         for ts in sent:
             dev.publish("mgmt/dev-out/up/health", health(ts))
@@ -334,10 +323,8 @@ def test_health_sent_while_the_database_is_out_of_reach_is_written_when_it_is_ba
             lambda: "the database is out of reach" in management.log_file.read_text(),
             what="the service waiting for its database",
         )
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true'))
     finally:
-        admin.dispose()
+        postgres.set_connections(database, allowed=True)
     wait_device(management, "dev-out", lambda d: d["health_ts"] == sent[-1], "the last report")
     status, series = http_get(management, "/devices/dev-out/health")
     assert status == 200

@@ -20,10 +20,11 @@ from twelvefactor_services import database as databases
 from twelvefactor_services.solution.cli import main as solution_cli
 from twelvefactor_services.solution.delivery import LEASE_TTL
 from twelvefactor_services.solution.envelope import parse_envelope
-from twelvefactor_services.solution.receivers import ArchiveReceiver, read_archive
+from twelvefactor_services.solution.receivers import ArchiveReceiver, ReceiverError, read_archive
 from twelvefactor_services.solution.store import VERSION_TABLE, Store
 
 from testbed.pace import PACE, ROUND_TRIP
+from testbed.postgres import Postgres
 from testbed.probe import Probe
 from testbed.stack import ServiceProcess, Stack, wait_until
 
@@ -296,6 +297,29 @@ def test_archive_receiver_skips_what_it_already_wrote_and_repairs_a_torn_line(
         again.path("../etc")
 
 
+def test_archive_lines_are_made_durable_by_flush_and_offered_again_when_it_fails(
+    tmp_path: Path,
+) -> None:
+    """Issue 15: the archive fsyncs each file once per group of deliveries (flush), not
+    once per line; the outbox forgets only what a flush made durable. A flush that fails
+    (here the file is gone under it) is a ReceiverError, and what it held is taken again."""
+    receiver = ArchiveReceiver(tmp_path)
+    for seq in (1, 2):
+        receiver.deliver("dev-1", "", seq, json.dumps({"seq": seq}))
+    receiver.deliver("dev-2", "", 1, json.dumps({"seq": 1}))
+    receiver.flush()
+    assert read_archive(tmp_path / "dev-1.jsonl") == [{"seq": 1}, {"seq": 2}]
+    receiver.flush()  # nothing new: nothing to do
+    receiver.deliver("dev-2", "", 2, json.dumps({"seq": 2}))
+    (tmp_path / "dev-2.jsonl").unlink()
+    with pytest.raises(ReceiverError, match="archive write failed"):
+        receiver.flush()
+    for seq in (1, 2):  # the outbox offers both again: the file is read back, not trusted
+        receiver.deliver("dev-2", "", seq, json.dumps({"seq": seq}))
+    receiver.flush()
+    assert read_archive(tmp_path / "dev-2.jsonl") == [{"seq": 1}, {"seq": 2}]
+
+
 def test_archive_receiver_streams_a_large_file_instead_of_reading_it_whole(
     tmp_path: Path,
 ) -> None:
@@ -327,7 +351,7 @@ def test_store_dedups_in_one_transaction_and_leases_one_deliverer(database: str)
     assert a.counts() == {"accepted": 1, "pending.archive": 1, "pending.webhook": 1}
     [item] = b.pending("webhook")
     assert json.loads(item.record)["received_ts"] == 1.0
-    b.delivered(item.id)
+    b.delivered([item.id])
     assert a.pending("webhook") == []
     assert a.lease("archive", "copy-a", now=100.0, ttl=10.0)
     assert not b.lease("archive", "copy-b", now=105.0, ttl=10.0)
@@ -336,7 +360,7 @@ def test_store_dedups_in_one_transaction_and_leases_one_deliverer(database: str)
     assert not a.lease("archive", "copy-a", now=117.0, ttl=10.0)
     # refusals counted, then the message set aside; the device's next one may go
     [first] = a.pending("archive")
-    a.delivered(first.id)
+    a.delivered([first.id])
     env2 = parse_envelope("dev-1", ("data", "s"), json.dumps(envelope("dev-1", 2, "s")).encode())
     assert a.accept(env2, 3.0, ["archive"]) is True
     [item] = a.pending("archive", skip=["dev-9"])
@@ -348,6 +372,15 @@ def test_store_dedups_in_one_transaction_and_leases_one_deliverer(database: str)
     assert (letter["device"], letter["seq"], letter["attempts"]) == ("dev-1", 2, 2)
     assert (letter["last_error"], letter["set_aside"]) == ("refused again", 201.0)
     assert a.counts() == {"accepted": 2, "dead.archive": 1}
+    # the consumer's group: several publishes in one transaction, each one's new count
+    three = [
+        parse_envelope("dev-2", ("data", "s"), json.dumps(envelope("dev-2", n, "s")).encode())
+        for n in (1, 2, 3)
+    ]
+    assert a.accept_many([three[:2], [env2], three[1:]], 4.0, ["archive"]) == [2, 0, 1]
+    assert [p.seq for p in a.pending("archive")] == [1, 2, 3]
+    a.delivered([p.id for p in a.pending("archive")])
+    assert a.counts() == {"accepted": 5, "dead.archive": 1}
     b.release("archive", "copy-b")
     assert a.lease("archive", "copy-a", now=118.0, ttl=10.0)  # released: free at once
     a.close()
@@ -443,3 +476,38 @@ def test_a_store_of_the_old_schema_is_migrated(tmp_path: Path) -> None:
     assert store.counts() == {"accepted": 2, "pending.webhook": 2}
     store.close()
     assert Store(tmp_path / "s.db").counts()["accepted"] == 2  # and opens again as it is
+
+
+def test_data_sent_while_the_database_is_out_of_reach_is_archived_once_it_is_back(
+    tmp_path: Path,
+    run_stack: Callable[[Stack], Stack],
+    probes: MakeProbe,
+    postgres: Postgres,
+) -> None:
+    """Issue 15 (the consumer writes in groups): the solution service on PostgreSQL, the
+    database refusing every connection for a while. The group being stored waits
+    unacknowledged, the delivery worker waits too (it used to die with the first
+    database error), and once the database is back every message is archived once."""
+    database = postgres.new_database()
+    stack = run_stack(Stack(tmp_path / "stack", solution_database=database))
+    svc = stack.solution(max_backoff=2.0)
+    svc.start()
+    dev = sensor(stack, probes, "dev-109")
+    send(dev, "dev-109", range(1, 11))
+    wait_archived(stack, "dev-109", list(range(1, 11)))
+    postgres.set_connections(database, allowed=False)
+    try:
+        send(dev, "dev-109", range(11, 31))
+        waiting = ("the database is out of reach, ", "archive: the database is out of reach")
+        wait_until(
+            lambda: all(w in svc.log_file.read_text() for w in waiting),
+            what="the consumer and the delivery worker waiting for the database",
+        )
+    finally:
+        postgres.set_connections(database, allowed=True)
+    send(dev, "dev-109", range(31, 41))
+    wait_archived(stack, "dev-109", list(range(1, 41)))
+    assert svc.running, "the service stopped"
+    store = Store(database)
+    assert store.counts() == {"accepted": 40}
+    store.close()

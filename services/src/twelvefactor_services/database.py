@@ -29,6 +29,10 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 
 BUSY_SECONDS = 10.0  # SQLite: how long a writer waits for another's transaction
+# The database itself out of reach (a server down or refusing, a file locked past the
+# busy wait, a full disk): worth waiting for, unlike a statement it refuses.
+Unavailable = sa.exc.OperationalError
+UNAVAILABLE_RETRY = 1.0  # seconds between tries while the database is out of reach
 POSTGRES_SCHEMES = ("postgresql://", "postgresql+psycopg://")
 
 

@@ -19,7 +19,6 @@ copies may publish the same version: it is the same retained document.
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import threading
 import time
@@ -32,6 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 from twelvefactor_agent.protocol.topics import MANAGEMENT_UP, mgmt_down, parse_up
 
+from twelvefactor_services import database
 from twelvefactor_services.management import jobstore, rolloutstore, store
 from twelvefactor_services.management.access import certificate_names
 from twelvefactor_services.management.artifact_server import ArtifactServer, server_context
@@ -57,6 +57,7 @@ from twelvefactor_services.mqtt import (
     Connection,
     Endpoint,
     Identity,
+    Inbox,
     connect_properties,
     make_client,
     run_until,
@@ -69,7 +70,6 @@ PUBLISH_INTERVAL = 1.0
 # messages in one write transaction at the most: bounds a group's time holding the write
 # lock (another copy, the API and the hub wait for it) and what one failure redoes
 BATCH_MAX = 200
-UNAVAILABLE_RETRY = 1.0  # seconds between tries while the database is out of reach
 
 
 @dataclass(frozen=True)
@@ -131,15 +131,15 @@ class ManagementService:
         self.conn = Connection()
         self.subscribed = threading.Event()
         self.handled = 0  # messages taken from the broker, valid or not (load sharing is visible)
-        # acknowledged once written (_writer): the broker holds what is not
+        # acknowledged once written (the inbox's writer): the broker holds what is not
         self.client = make_client(f"management-{cfg.instance}", cfg.identity, manual_ack=True)
-        self.inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self.client.reconnect_delay_set(1, 30)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.stopping = threading.Event()
+        self.inbox = Inbox(self.client, self._write, self.stopping, BATCH_MAX)
         self.publish_wake = threading.Event()
         api = cfg.api
         self.http = ApiServer(
@@ -221,23 +221,6 @@ class ManagementService:
         self.handled += 1
         self.inbox.put(msg)
 
-    def _writer(self) -> None:
-        """Write the messages in groups, in the order they came, and acknowledge them."""
-        while not self.stopping.is_set() or not self.inbox.empty():
-            try:
-                batch = [self.inbox.get(timeout=0.5)]
-            except queue.Empty:
-                continue
-            while len(batch) < BATCH_MAX:  # what came while the last group was written
-                try:
-                    batch.append(self.inbox.get_nowait())
-                except queue.Empty:
-                    break
-            self._write(batch)
-            for msg in batch:
-                if msg.qos > 0:
-                    self.client.ack(msg.mid, msg.qos)
-
     def _write(self, batch: list[mqtt.MQTTMessage]) -> None:
         """All of `batch` in one transaction; a group that fails is written again one
         message at a time, so that a bad message costs only itself. While the database
@@ -254,7 +237,7 @@ class ManagementService:
                     log.error("stopping with %d message(s) not written: %s", len(batch), exc)
                     return
                 log.warning("the database is out of reach, %d message(s) wait: %s", len(batch), exc)
-                self.stopping.wait(UNAVAILABLE_RETRY)
+                self.stopping.wait(database.UNAVAILABLE_RETRY)
             except Exception as exc:  # one bad message must never stop the service
                 if len(batch) == 1:
                     log.exception("failed to handle a message on %s", batch[0].topic)
@@ -412,8 +395,7 @@ class ManagementService:
             )
         publisher = threading.Thread(target=self._publisher, name="publisher", daemon=True)
         publisher.start()
-        writer = threading.Thread(target=self._writer, name="writer", daemon=True)
-        writer.start()
+        self.inbox.start()
         log.info("operator API on https://%s:%d", self.cfg.api.host, self.http.server_address[1])
 
         stop_requested = threading.Event()
@@ -434,7 +416,7 @@ class ManagementService:
         self.stopping.set()
         self.publish_wake.set()
         publisher.join(15)
-        writer.join(15)
+        self.inbox.join(15)
         self.http.shutdown()
         if self.artifact_server is not None:
             self.artifact_server.stop()

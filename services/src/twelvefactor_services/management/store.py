@@ -34,9 +34,7 @@ WRITE_LOCK = zlib.crc32(b"twelvefactor management writes")  # PostgreSQL's advis
 # What the stores catch where a busy or unreachable database must cost a retry, not a
 # thread: every driver error comes wrapped in this.
 Error = sa.exc.SQLAlchemyError
-# The database itself out of reach (a server down or refusing, a file locked past the
-# busy wait, a full disk): worth waiting for, unlike a statement it refuses.
-Unavailable = sa.exc.OperationalError
+Unavailable = database.Unavailable
 
 
 class Row(tuple[Any, ...]):

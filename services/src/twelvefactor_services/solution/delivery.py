@@ -10,14 +10,16 @@ data for that receiver.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from pathlib import Path
 
+from twelvefactor_services import database
 from twelvefactor_services.solution.envelope import backoff
-from twelvefactor_services.solution.receivers import Receiver
-from twelvefactor_services.solution.store import Store
+from twelvefactor_services.solution.receivers import Receiver, ReceiverError
+from twelvefactor_services.solution.store import Pending, Store
 
 log = logging.getLogger("twelvefactor.solution.delivery")
 
@@ -66,7 +68,8 @@ class DeliveryWorker(threading.Thread):
             log.exception("%s: delivery worker failed", self.receiver.name)
             raise
         finally:
-            store.release(self.receiver.name, self.owner)
+            with contextlib.suppress(database.Unavailable):  # else it runs out by itself
+                store.release(self.receiver.name, self.owner)
             store.close()
 
     def _holds_lease(self, store: Store) -> bool:
@@ -75,33 +78,78 @@ class DeliveryWorker(threading.Thread):
     def _loop(self, store: Store) -> None:
         holding = False
         while not self.stop_event.is_set():
-            if not self._holds_lease(store):
-                holding = False
-                self.stop_event.wait(self.lease_ttl / 3)
-                continue
-            if not holding:
-                self.receiver.reset()
-                holding = True
-            now = time.monotonic()
-            self.waiting = {d: w for d, w in self.waiting.items() if w[0] > now}
-            batch = store.pending(self.receiver.name, skip=self.waiting.keys())
-            if not batch:
-                due = min((w[0] for w in self.waiting.values()), default=now + 1.0)
-                self.wake.wait(min(1.0, max(0.0, due - now)))
-                self.wake.clear()
-                continue
-            for item in batch:
-                if self.stop_event.is_set() or not self._holds_lease(store):
+            try:
+                holding = self._step(store, holding)
+            except database.Unavailable as exc:  # waits: the outbox keeps everything
+                log.warning("%s: the database is out of reach: %s", self.receiver.name, exc)
+                holding = False  # the lease may have run out meanwhile
+                self.stop_event.wait(database.UNAVAILABLE_RETRY)
+
+    def _step(self, store: Store, holding: bool) -> bool:
+        """One look at the outbox; whether this copy holds the lease."""
+        if not self._holds_lease(store):
+            self.stop_event.wait(self.lease_ttl / 3)
+            return False
+        if not holding:
+            self.receiver.reset()
+        now = time.monotonic()
+        self.waiting = {d: w for d, w in self.waiting.items() if w[0] > now}
+        batch = store.pending(self.receiver.name, skip=self.waiting.keys())
+        if not batch:
+            due = min((w[0] for w in self.waiting.values()), default=now + 1.0)
+            self.wake.wait(min(1.0, max(0.0, due - now)))
+            self.wake.clear()
+            return True
+        self._deliver(store, batch)
+        return True
+
+    def _deliver(self, store: Store, batch: list[Pending]) -> None:
+        """A batch to the receiver; every `receiver.group` messages made durable there
+        (flush) and forgotten by the outbox in one statement. The lease is renewed as the
+        batch goes (a slow receiver must not outlive it). A crash before the outbox
+        forgets hands those messages over again: the archive takes them once (it reads
+        its files back), a webhook (group 1) sees at most the one it was sent again."""
+        taken: list[int] = []
+        renewed = time.monotonic()
+        for item in batch:
+            if self.stop_event.is_set():
+                break
+            if time.monotonic() - renewed > self.lease_ttl / 3:
+                if not self._holds_lease(store):
                     break
-                if item.device in self.waiting:
-                    continue  # refused earlier in this batch: its later messages wait
-                try:
-                    self.receiver.deliver(item.device, item.queue_id, item.seq, item.record)
-                except Exception as exc:
-                    self._refused(store, item.id, item.device, item.seq, exc)
-                    continue
-                store.delivered(item.id)
-                self.delivered += 1
+                renewed = time.monotonic()
+            if item.device in self.waiting:
+                continue  # refused earlier in this batch: its later messages wait
+            try:
+                self.receiver.deliver(item.device, item.queue_id, item.seq, item.record)
+            except Exception as exc:
+                self._refused(store, item.id, item.device, item.seq, exc)
+                continue
+            taken.append(item.id)
+            if len(taken) >= self.receiver.group:
+                if not self._forget(store, taken):
+                    return
+                taken = []
+        if taken:
+            self._forget(store, taken)
+
+    def _forget(self, store: Store, taken: list[int]) -> bool:
+        """Flush the receiver and forget `taken` in the outbox; False if the flush failed
+        (all of them are offered again)."""
+        try:
+            self.receiver.flush()
+        except ReceiverError as exc:  # e.g. a full disk
+            log.warning(
+                "%s: %d message(s) not made durable, offered again: %s",
+                self.receiver.name,
+                len(taken),
+                exc,
+            )
+            self.stop_event.wait(1.0)
+            return False
+        store.delivered(taken)
+        self.delivered += len(taken)
+        return True
 
     def _refused(self, store: Store, item_id: int, device: str, seq: int, exc: Exception) -> None:
         attempts = store.failed(item_id, str(exc), self.max_attempts, time.time())

@@ -19,11 +19,16 @@ class ReceiverError(Exception):
 
 class Receiver(Protocol):
     name: str
+    group: int  # deliveries made durable (flush) and forgotten by the outbox together
 
     def reset(self) -> None:
         """Forget cached state: another copy may have delivered since we last held the lease."""
 
     def deliver(self, device: str, queue_id: str, seq: int, record: str) -> None: ...
+
+    def flush(self) -> None:
+        """Make what `deliver` took durable (the outbox forgets it next); ReceiverError if
+        it could not: all of it is offered again."""
 
 
 def archive_lines(path: Path) -> Iterator[bytes]:
@@ -45,7 +50,8 @@ def read_archive(path: Path) -> list[dict[str, Any]]:
 
 
 class ArchiveReceiver:
-    """Append-only JSON lines per device, ``<dir>/<device>.jsonl``, each line fsync'd.
+    """Append-only JSON lines per device, ``<dir>/<device>.jsonl``, fsync'd by `flush`
+    once per file and batch (before the outbox forgets the batch), not once per line.
 
     Exactly once per (device, seq), across restarts: the seqs already in a
     device's file are read back before its first append, so a message
@@ -54,11 +60,14 @@ class ArchiveReceiver:
     """
 
     name = "archive"
+    group = 100  # one fsync per file per 100 messages, not one per line
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         # device -> (queue_id, seq) already in its file ("" for lines before queue ids)
         self._seen: dict[str, set[tuple[str, int]]] = {}
+        self._unsynced: set[str] = set()  # devices whose file has lines not yet fsync'd
+        self._new_file = False  # a file made since the last flush: fsync the folder too
 
     def reset(self) -> None:
         self._seen.clear()
@@ -92,28 +101,43 @@ class ArchiveReceiver:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.path(device)
-        new = not path.exists()
+        self._new_file |= not path.exists()
         try:
             with open(path, "ab") as f:
                 f.write(record.encode() + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            if new:  # make the new file's directory entry durable too
-                fd = os.open(self.dir, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
         except OSError as exc:
             self._seen.pop(device, None)  # re-read the file before the retry
             raise ReceiverError(f"archive write failed: {exc}") from exc
         seen.add((queue_id, seq))
+        self._unsynced.add(device)
+
+    def flush(self) -> None:
+        unsynced, self._unsynced = self._unsynced, set()
+        try:
+            for device in sorted(unsynced):
+                _fsync(self.path(device))
+            if self._new_file:  # the new files' directory entries, durable too
+                _fsync(self.dir)
+                self._new_file = False
+        except OSError as exc:
+            for device in unsynced:
+                self._seen.pop(device, None)  # re-read the files before the retry
+            raise ReceiverError(f"archive write failed: {exc}") from exc
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class WebhookReceiver:
     """HTTP POST of each record (JSON) to a URL; any 2xx answer is success."""
 
     name = "webhook"
+    group = 1  # forgotten at once: a crash sends it at most one message again
 
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         if not url.startswith(("http://", "https://")):
@@ -123,6 +147,9 @@ class WebhookReceiver:
 
     def reset(self) -> None:
         pass
+
+    def flush(self) -> None:
+        pass  # a 2xx answer is the receiver's word that it has it
 
     def deliver(self, device: str, queue_id: str, seq: int, record: str) -> None:
         req = urllib.request.Request(

@@ -26,16 +26,18 @@ from paho.mqtt.reasoncodes import ReasonCode
 from twelvefactor_agent.protocol.envelope import ProtocolError
 from twelvefactor_agent.protocol.topics import SOLUTION_DATA_UP, SOLUTION_PROXY_UP, parse_up
 
+from twelvefactor_services import database
 from twelvefactor_services.mqtt import (
     Connection,
     Endpoint,
     Identity,
+    Inbox,
     connect_properties,
     make_client,
     run_until,
 )
 from twelvefactor_services.solution.delivery import DeliveryWorker
-from twelvefactor_services.solution.envelope import parse_data
+from twelvefactor_services.solution.envelope import Envelope, parse_data
 from twelvefactor_services.solution.proxyconfig import EMPTY, ProxyConfig
 from twelvefactor_services.solution.proxyexec import Proxy
 from twelvefactor_services.solution.receivers import Receiver
@@ -101,6 +103,7 @@ class SolutionService:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.inbox = Inbox(self.client, self._write, self.stop_requested)
         self.proxy = Proxy(
             cfg.proxy,
             self._publish_answer,
@@ -149,41 +152,69 @@ class SolutionService:
             except Exception:
                 log.exception("proxy request from %s not handled", up.device)
             return
-        try:
-            new = self.handle(msg.topic, bytes(msg.payload))
-        except Exception:
-            # Not acknowledged: stop, and the broker hands the message over again
-            # when this copy (or its restart) resumes the session.
-            log.exception("could not store a message from %s; stopping", msg.topic)
-            self.failed = True
-            c.disconnect()
-            self.stop_requested.set()
-            return
-        c.ack(msg.mid, msg.qos)
+        self.inbox.put(msg)  # data: stored in groups, acknowledged after (_write)
+
+    def _write(self, group: list[mqtt.MQTTMessage]) -> None:
+        """A group of data messages in one transaction. While the database is out of
+        reach the group waits, unacknowledged (nothing is lost to an outage); a group the
+        store refuses is written again one message at a time, and a message refused on
+        its own stops the service unacknowledged: the broker hands it over again when
+        this copy (or its restart) resumes the session."""
+        while True:
+            try:
+                new = self.handle_many([(m.topic, bytes(m.payload)) for m in group])
+            except database.Unavailable as exc:
+                if self.stop_requested.is_set():
+                    log.error("stopping with %d message(s) not stored: %s", len(group), exc)
+                    raise
+                log.warning("the database is out of reach, %d message(s) wait: %s", len(group), exc)
+                self.stop_requested.wait(database.UNAVAILABLE_RETRY)
+                continue
+            except Exception as exc:
+                if len(group) == 1:
+                    log.exception("could not store a message from %s; stopping", group[0].topic)
+                    self.failed = True
+                    self.client.disconnect()
+                    self.stop_requested.set()
+                    raise
+                log.warning("a group of %d messages not stored (%s): one by one", len(group), exc)
+                for msg in group:
+                    self._write([msg])
+                return
+            break
         if new:
             for w in self.workers:
                 w.wake.set()
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """Validate and store one message; True if it was new. Invalid ones are dropped."""
-        up = parse_up(topic)
-        if up is None or up.side != "sol":
-            log.warning("dropped message on unexpected topic %r", topic)
-            return False
-        try:
-            envs = parse_data(up.device, up.rest, payload)
-        except ProtocolError as exc:
-            log.warning("dropped message from %s on %s: %s", up.device, topic, exc)
-            return False
+        return self.handle_many([(topic, payload)]) > 0
+
+    def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> int:
+        """Validate the messages and store the valid ones in one transaction; how many
+        envelopes were new. Invalid ones are dropped (logged)."""
+        valid: list[tuple[str, list[Envelope]]] = []
+        for topic, payload in messages:
+            up = parse_up(topic)
+            if up is None or up.side != "sol":
+                log.warning("dropped message on unexpected topic %r", topic)
+                continue
+            try:
+                valid.append((up.device, parse_data(up.device, up.rest, payload)))
+            except ProtocolError as exc:
+                log.warning("dropped message from %s on %s: %s", up.device, topic, exc)
+        if not valid:
+            return 0
         if self.store is None:
             self.store = Store(self.cfg.db)
         names = [r.name for r in self.cfg.receivers]
-        new = self.store.accept_all(envs, time.time(), names)
-        if new < len(envs):
-            seqs = f"{envs[0].seq}" if len(envs) == 1 else f"{envs[0].seq}-{envs[-1].seq}"
-            some = "" if new == 0 else f" ({len(envs) - new} of {len(envs)})"
-            log.info("duplicate %s seq %s%s ignored", up.device, seqs, some)
-        return new > 0
+        counts = self.store.accept_many([envs for _, envs in valid], time.time(), names)
+        for (device, envs), new in zip(valid, counts, strict=True):
+            if new < len(envs):
+                seqs = f"{envs[0].seq}" if len(envs) == 1 else f"{envs[0].seq}-{envs[-1].seq}"
+                some = "" if new == 0 else f" ({len(envs) - new} of {len(envs)})"
+                log.info("duplicate %s seq %s%s ignored", device, seqs, some)
+        return sum(counts)
 
     def run(self) -> int:
         """Serve until SIGTERM or SIGINT; 1 if stopped by a storage failure."""
@@ -195,6 +226,7 @@ class SolutionService:
         signal.signal(signal.SIGINT, stop)
         for w in self.workers:
             w.start()
+        self.inbox.start()
         self.client.connect_async(
             self.cfg.broker.host,
             self.cfg.broker.port,
@@ -203,6 +235,7 @@ class SolutionService:
             properties=connect_properties(SESSION_EXPIRY),
         )
         run_until(self.client, self.stop_requested)
+        self.inbox.join(15)
         self.proxy.close()
         self.stop_event.set()
         for w in self.workers:

@@ -99,45 +99,61 @@ class Store:
     ) -> int:
         """Store the messages of one publish in one transaction; how many were new
         (a duplicate writes nothing; two copies racing on one message: one wins)."""
-        new = 0
+        return self.accept_many([envs], received_ts, receivers)[0]
+
+    def accept_many(
+        self, publishes: Sequence[Sequence[Envelope]], received_ts: float, receivers: Sequence[str]
+    ) -> list[int]:
+        """The messages of several publishes in one transaction (the consumer's group);
+        how many of each were new."""
+        counts: list[int] = []
         with self.db.begin() as conn:
-            for env in envs:
-                cur = conn.execute(
+            for envs in publishes:
+                counts.append(self._accept(conn, envs, received_ts, receivers))
+        return counts
+
+    @staticmethod
+    def _accept(
+        conn: sa.Connection, envs: Sequence[Envelope], received_ts: float, receivers: Sequence[str]
+    ) -> int:
+        new = 0
+        for env in envs:
+            cur = conn.execute(
+                sa.text(
+                    "INSERT INTO messages (device, queue_id, seq, stream, ts, received_ts)"
+                    " VALUES (:device, :queue_id, :seq, :stream, :ts, :received_ts)"
+                    " ON CONFLICT DO NOTHING"
+                ),
+                {
+                    "device": env.device,
+                    "queue_id": env.queue_id,
+                    "seq": env.seq,
+                    "stream": env.stream,
+                    "ts": env.ts,
+                    "received_ts": received_ts,
+                },
+            )
+            if cur.rowcount != 1:
+                continue
+            new += 1
+            record = env.record(received_ts)
+            if receivers:
+                conn.execute(
                     sa.text(
-                        "INSERT INTO messages (device, queue_id, seq, stream, ts, received_ts)"
-                        " VALUES (:device, :queue_id, :seq, :stream, :ts, :received_ts)"
-                        " ON CONFLICT DO NOTHING"
+                        "INSERT INTO outbox (receiver, device, queue_id, seq, record)"
+                        " VALUES (:receiver, :device, :queue_id, :seq, :record)"
                     ),
-                    {
-                        "device": env.device,
-                        "queue_id": env.queue_id,
-                        "seq": env.seq,
-                        "stream": env.stream,
-                        "ts": env.ts,
-                        "received_ts": received_ts,
-                    },
+                    [
+                        {
+                            "receiver": r,
+                            "device": env.device,
+                            "queue_id": env.queue_id,
+                            "seq": env.seq,
+                            "record": record,
+                        }
+                        for r in receivers
+                    ],
                 )
-                if cur.rowcount != 1:
-                    continue
-                new += 1
-                record = env.record(received_ts)
-                if receivers:
-                    conn.execute(
-                        sa.text(
-                            "INSERT INTO outbox (receiver, device, queue_id, seq, record)"
-                            " VALUES (:receiver, :device, :queue_id, :seq, :record)"
-                        ),
-                        [
-                            {
-                                "receiver": r,
-                                "device": env.device,
-                                "queue_id": env.queue_id,
-                                "seq": env.seq,
-                                "record": record,
-                            }
-                            for r in receivers
-                        ],
-                    )
         return new
 
     def pending(self, receiver: str, limit: int = 100, skip: Collection[str] = ()) -> list[Pending]:
@@ -153,9 +169,15 @@ class Store:
             ).fetchall()
         return [Pending(*r) for r in rows]
 
-    def delivered(self, item_id: int) -> None:
+    def delivered(self, item_ids: Collection[int]) -> None:
+        """Forget what the receiver took (after it made it durable: Receiver.flush)."""
+        if not item_ids:
+            return
+        query = sa.text("DELETE FROM outbox WHERE id IN :ids").bindparams(
+            sa.bindparam("ids", expanding=True, type_=sa.BigInteger)
+        )
         with self.db.begin() as conn:
-            conn.execute(sa.text("DELETE FROM outbox WHERE id = :id"), {"id": item_id})
+            conn.execute(query, {"ids": list(item_ids)})
 
     def failed(self, item_id: int, error: str, max_attempts: int, now: float) -> int:
         """Count a refusal; the attempts so far. At `max_attempts` the message moves to
