@@ -57,18 +57,18 @@ def asleep_again(
 
     def check() -> dict[str, Any] | None:
         d = device_of(svc, device_id)
+        if not (d.get("presence") == "asleep" and d["last_online_change"] > after):
+            return None
         link = agent.client().status()["link"]
-        if d.get("presence") == "asleep" and d["last_online_change"] > after:
-            assert isinstance(link, dict) and link["awake"] is False
-            # what the root helper twelvefactor-link reads (keepalive, time sync)
-            assert (agent.data_dir / "link").read_text() == "asleep\n"
-            return d
-        return None
+        assert isinstance(link, dict) and link["awake"] is False  # it said goodbye: asleep
+        # what the root helper twelvefactor-link reads (keepalive, time sync), written by
+        # the agent's loop once it is asleep (a moment after the goodbye went)
+        return d if (agent.data_dir / "link").read_text() == "asleep\n" else None
 
     return wait_until(
         check,
         timeout=PACE.limit(REFERENCE["online"] + 4 * ROUND_TRIP),
-        what=f"{device_id} asleep",
+        what=f"{device_id} asleep (the service's word, the agent's, its link file)",
     )
 
 
