@@ -477,15 +477,17 @@ def run(opts: Options) -> dict[str, Any]:
         # management service's new subscription (clean start), health has nowhere to go, and
         # what the broker had acknowledged but not yet handed to the (lagging) service at
         # the stop is gone too. Per device, such a loss is a gap in its recorded health
-        # that spans the stop: after the last report recorded from before it, before the
-        # first recorded from after it (one device's reports arrive in order). Any other
-        # gap is a loss the restart does not explain.
+        # that spans the restart: after the last report recorded from before the broker
+        # was back (some sent after the stop was asked reach the service while the broker
+        # shuts down: seen in CI, one lost just after one of those was recorded), before
+        # the first recorded from after it (one device's reports arrive in order). Any
+        # other gap is a loss the restart does not explain.
         in_window: list[float] = []
         outside: list[float] = []
         for dev, d in tally.items():
             seen = recorded.get(dev, set())
-            opens = max((ts for ts in seen if ts < t_stop), default=float("-inf"))
-            closes = min((ts for ts in seen if ts >= t_stop), default=float("inf"))
+            opens = max((ts for ts in seen if ts < t_up), default=float("-inf"))
+            closes = min((ts for ts in seen if ts >= t_up), default=float("inf"))
             for ts in d["health_acked_ts"]:
                 if ts not in seen:
                     (in_window if opens < ts < closes else outside).append(ts)

@@ -151,12 +151,17 @@ def test_another_device_reaches_neither_this_one_nor_the_hubs_other_ports(
     assert _dropped_inbound(device) - before < 100
     to_hub = nmap(spoke, HUB_ADDRESS, "-sS", "-p-", *_scan(ON_LINK_RATE))
     services = {f"tcp/{hub.info[k]}" for k in SERVICE_PORTS}
-    assert to_hub.ports_in("open") == services, to_hub.listed
-    assert set(to_hub.states) == {"open", "filtered"}, to_hub.listed
+    # one probe per port: a loaded host can miss an answer, so nothing but the services
+    # answers, and the services, scanned again with nmap's retries, all do
+    assert to_hub.ports_in("open") <= services, to_hub.listed
+    assert set(to_hub.states) <= {"open", "filtered"}, to_hub.listed
+    ports = ",".join(sorted(p.split("/")[1] for p in services))
+    assert nmap(spoke, HUB_ADDRESS, "-sS", "-p", ports).ports_in("open") == services
     udp = nmap(spoke, HUB_ADDRESS, "-sU", "--top-ports", str(UDP_PORTS), *_scan(ON_LINK_RATE))
     # the SNTP server answers; every other port is silent (no ICMP unreachable)
-    assert udp.ports_in("open") == {"udp/123"}, udp.listed
+    assert udp.ports_in("open") <= {"udp/123"}, udp.listed
     assert set(udp.states) <= {"open", "open|filtered", "filtered"}, udp.listed
+    assert nmap(spoke, HUB_ADDRESS, "-sU", "-p", "123").ports_in("open") == {"udp/123"}
     print(
         f"from another spoke: the device {to_device.elapsed:.0f} s, the hub TCP"
         f" {to_hub.elapsed:.0f} s, UDP {udp.elapsed:.0f} s"

@@ -58,7 +58,7 @@ def test_nothing_is_lost(figures: dict[str, Any]) -> None:
     # Health sent while the broker restarts can be dropped (the management service's shared
     # subscription: docs/scale.md, a finding of this bench): a gap in a device's recorded
     # health that spans the stop. No other gap is allowed.
-    assert figures["loss: health, outside the restart"] == 0
+    assert figures["loss: health, outside the restart"] == 0, figures
 
 
 def test_every_figure_is_measured(figures: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ def asleep(lab: Lab, after: float, until_wake: float = 0.0) -> float:
         link = lab.b.status()["link"]
         entries = lab.history(lab.b.id)
         said = [e for e in entries if e["ts"] > after and e["reason"] == "asleep"]
-        if link["awake"] is False and said:
+        if link.get("awake") is False and said:  # always-on until its config is read
             return float(link["next_checkin"])
         assert time.monotonic() < deadline, (link, entries[-3:])
         time.sleep(0.2)

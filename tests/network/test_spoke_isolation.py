@@ -68,13 +68,19 @@ def test_hub_answers_a_spoke_only_on_service_ports(stolen_b: Lab) -> None:
         f"tcp/{info['management_https_port']}",
     }
     tcp = nmap(lab.b.ns, info["address_v4"], "-sS", "-p-", *FAST)
-    assert tcp.ports_in("open") == services
+    # The fast scan sends each probe once: on a loaded machine an answer can be missed
+    # (seen: the MQTT port shown filtered). Nothing but the services answers it, and the
+    # services, scanned again with nmap's own retries, all do.
+    assert tcp.ports_in("open") <= services
     assert tcp.ports_in("closed", "unfiltered") == set()
     assert tcp.states["filtered"] == 65535 - len(tcp.listed)
+    ports = ",".join(sorted(p.split("/")[1] for p in services))
+    assert nmap(lab.b.ns, info["address_v4"], "-sS", "-p", ports).ports_in("open") == services
     # nmap's UDP probes include NTP: the hub answers it, and nothing else
     udp = nmap(lab.b.ns, info["address_v4"], "-sU", "--top-ports", "1000", "-p", "U:123", *FAST)
-    assert udp.ports_in("open") == {"udp/123"}
+    assert udp.ports_in("open") <= {"udp/123"}
     assert udp.ports_in("closed") == set()
+    assert nmap(lab.b.ns, info["address_v4"], "-sU", "-p", "123").ports_in("open") == {"udp/123"}
     # the operator's API and the services' own listener are not reachable
     inside = nmap(
         lab.b.ns,
