@@ -507,6 +507,15 @@ def run(opts: Options) -> dict[str, Any]:
         figures["api p99 (s)"] = percentile(answered, 99)
         for kind in sorted({k for _, k, _, _ in probe.calls}):
             figures[f"api p99 {kind} (s)"] = percentile(probe.latencies(kind), 99)
+        # by phase: the steady state, the rollout, the connect storm after the restart
+        # (until the registry has everyone), and the rest (the drain, the tally)
+        phases = [("steady", steady_from), ("rollout", t_roll), ("restart", t_stop)]
+        phases.append(("drain", seen_at))
+        for i, (phase, begins) in enumerate(phases):
+            ends = phases[i + 1][1] if i + 1 < len(phases) else float("inf")
+            during = [s for t, _, s, status in probe.calls if status == 200 and begins <= t < ends]
+            if during:
+                figures[f"api p99 {phase} (s)"] = percentile(during, 99)
         for name in ("broker", "management", "solution"):
             cpu.end(name)
         wall = time.time() - t0

@@ -251,7 +251,7 @@ def authenticate(db: Db, token: str, now: float) -> Principal | None:
     if m is None:
         return None
     row = db.execute(
-        "SELECT t.id, t.secret_sha256, t.expires, t.revoked, o.name, o.role "
+        "SELECT t.id, t.secret_sha256, t.expires, t.revoked, t.last_used, o.name, o.role "
         "FROM api_tokens t JOIN operators o ON o.name = t.operator "
         "WHERE t.id = ? AND o.disabled IS NULL",
         (m.group(1),),
@@ -260,11 +260,15 @@ def authenticate(db: Db, token: str, now: float) -> Principal | None:
         return None
     if row["revoked"] is not None or (row["expires"] is not None and row["expires"] <= now):
         return None
-    # last_used to the minute: a busy script must not make every GET a write
-    db.execute(
-        "UPDATE api_tokens SET last_used = ? WHERE id = ? AND (last_used IS NULL OR last_used < ?)",
-        (now, row["id"], now - 60),
-    )
+    # last_used to the minute: a busy script must not make every GET a write (on SQLite
+    # even an UPDATE that changes nothing waits for the write lock, which the consumer's
+    # groups hold most of the time in a connect storm: API calls of seconds, fleet bench)
+    if row["last_used"] is None or row["last_used"] < now - 60:
+        db.execute(
+            "UPDATE api_tokens SET last_used = ? WHERE id = ?"
+            " AND (last_used IS NULL OR last_used < ?)",
+            (now, row["id"], now - 60),
+        )
     return Principal(row["name"], row["role"], row["id"])
 
 

@@ -39,5 +39,9 @@ class TlsHandler(BaseHTTPRequestHandler):
         sock = self.request
         assert isinstance(sock, ssl.SSLSocket)
         sock.settimeout(HANDSHAKE_TIMEOUT)
+        # The headers and the body go out in two writes: with Nagle's algorithm the body
+        # waits for the client's delayed ACK of the headers, 40 ms on every answer
+        # (measured: 48 ms per GET on an idle machine, 8 ms without).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.do_handshake()  # raises on a client the context refuses
         super().setup()
