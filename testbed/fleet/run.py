@@ -26,7 +26,6 @@ from typing import Any
 from twelvefactor_agent.config.settings import _SCHEMA as AGENT_SETTINGS
 from twelvefactor_agent.session.mqtt import CONNECT_TIMEOUT
 from twelvefactor_services.artifact.swu import newc_archive
-from twelvefactor_services.management.api_client import ManagementClient
 
 from testbed.fleet.sim import DeviceSpec, SimSettings, run_worker
 from testbed.fleet.watch import (
@@ -358,10 +357,7 @@ def run(opts: Options) -> dict[str, Any]:
             ]
         watch.start()
         assert management.api is not None
-        probe = ApiProbe(
-            ManagementClient(management.api.url, token=stack.admin_token(), ca=stack.pki.ca_cert),
-            ids,
-        )
+        probe = ApiProbe(management.api.url, stack.admin_token(), stack.pki.ca_cert, ids)
         # 1. initial connect
         connect_stall = FACTOR * (stack_start + CONNECT_TIMEOUT + opts.backoff[2])
         t0 = time.time()

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import random
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -164,53 +167,55 @@ def archive_seqs(archive_dir: Path, device: str) -> dict[str, set[int]]:
     return found
 
 
+Call = tuple[float, str, float, int]  # (time, endpoint, seconds, status)
+# What a console or a script asks most: one device, the rollouts, the overview's counts,
+# the devices page's first 100, and a default page of 500 (a script listing the fleet)
+# from a device on.
+PROBED = [
+    "GET /devices/{id}",
+    "GET /rollouts",
+    "GET /fleet",
+    "GET /devices/{id}",
+    "GET /devices?limit=100",
+    "GET /devices?after={id}",
+]
+
+
 @dataclass
 class ApiProbe:
-    """Calls the operator API in a loop; (time, endpoint, seconds, status) per call."""
+    """Calls the operator API in a loop from a process of its own (as an operator's CLI or
+    browser is: the bench's own threads must not be in the latency measured); the calls
+    are read at `stop`."""
 
-    client: ManagementClient
+    url: str
+    token: str
+    ca: Path
     devices: Sequence[str]
     pause: float = 0.2
-    calls: list[tuple[float, str, float, int]] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="api-probe", daemon=True)
-        self._rng = random.Random(7)
+        context = multiprocessing.get_context("spawn")  # the bench has threads: no fork
+        self._stop = context.Event()
+        self._results, sent = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_probe,
+            args=(self.url, self.token, self.ca, list(self.devices), self.pause, self._stop, sent),
+            name="api-probe",
+            daemon=True,
+        )
 
     def start(self) -> None:
-        self._thread.start()
+        self._process.start()
 
     def stop(self) -> None:
+        if self._process.pid is None or self._stop.is_set():
+            return
         self._stop.set()
-        self._thread.join(120)
-
-    def _run(self) -> None:
-        # What a console or a script asks most: one device, the rollouts, the overview's
-        # counts, the devices page's first 100, and a default page of 500 (a script
-        # listing the fleet) from a device on.
-        kinds = [
-            "GET /devices/{id}",
-            "GET /rollouts",
-            "GET /fleet",
-            "GET /devices/{id}",
-            "GET /devices?limit=100",
-            "GET /devices?after={id}",
-        ]
-        i = 0
-        while not self._stop.is_set():
-            kind = kinds[i % len(kinds)]
-            i += 1
-            path = kind.split(" ", 1)[1].replace("{id}", self._rng.choice(list(self.devices)))
-            started = time.perf_counter()
-            try:
-                status, _ = self.client.request("GET", path)
-            except ApiError as exc:
-                self.errors.append(str(exc))
-                status = 0
-            self.calls.append((time.time(), kind, time.perf_counter() - started, status))
-            self._stop.wait(self.pause)
+        if self._results.poll(120):
+            self.calls, self.errors = self._results.recv()
+        self._process.join(30)
 
     def latencies(self, kind: str | None = None) -> list[float]:
         return [s for _, k, s, status in self.calls if status == 200 and kind in (None, k)]
@@ -226,3 +231,33 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
     ticks = os.sysconf("SC_CLK_TCK")
     return sum(int(x) for x in fields[11:15]) / ticks
+
+
+def _probe(
+    url: str,
+    token: str,
+    ca: Path,
+    devices: list[str],
+    pause: float,
+    stop: EventType,
+    sent: Connection,
+) -> None:
+    """The probe's process: PROBED in turn until `stop`, then every call sent back."""
+    client = ManagementClient(url, token=token, ca=ca)
+    rng = random.Random(7)
+    calls: list[Call] = []
+    errors: list[str] = []
+    i = 0
+    while not stop.is_set():
+        kind = PROBED[i % len(PROBED)]
+        i += 1
+        path = kind.split(" ", 1)[1].replace("{id}", rng.choice(devices))
+        started = time.perf_counter()
+        try:
+            status, _ = client.request("GET", path)
+        except ApiError as exc:
+            errors.append(str(exc))
+            status = 0
+        calls.append((time.time(), kind, time.perf_counter() - started, status))
+        stop.wait(pause)
+    sent.send((calls, errors))
