@@ -358,6 +358,7 @@ def run(opts: Options) -> dict[str, Any]:
         watch.start()
         assert management.api is not None
         probe = ApiProbe(management.api.url, stack.admin_token(), stack.pki.ca_cert, ids)
+        probe.prepare()
         # 1. initial connect
         connect_stall = FACTOR * (stack_start + CONNECT_TIMEOUT + opts.backoff[2])
         t0 = time.time()

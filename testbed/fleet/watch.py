@@ -197,17 +197,20 @@ class ApiProbe:
 
     def __post_init__(self) -> None:
         context = multiprocessing.get_context("spawn")  # the bench has threads: no fork
-        self._stop = context.Event()
+        self._go, self._stop = context.Event(), context.Event()
         self._results, sent = context.Pipe(duplex=False)
+        args = (self.url, self.token, self.ca, list(self.devices), self.pause)
         self._process = context.Process(
-            target=_probe,
-            args=(self.url, self.token, self.ca, list(self.devices), self.pause, self._stop, sent),
-            name="api-probe",
-            daemon=True,
+            target=_probe, args=(*args, self._go, self._stop, sent), name="api-probe", daemon=True
         )
 
-    def start(self) -> None:
+    def prepare(self) -> None:
+        """The probe's process started, waiting (its interpreter's start-up, a second of
+        CPU, must not fall into what is measured)."""
         self._process.start()
+
+    def start(self) -> None:
+        self._go.set()
 
     def stop(self) -> None:
         if self._process.pid is None or self._stop.is_set():
@@ -239,15 +242,20 @@ def _probe(
     ca: Path,
     devices: list[str],
     pause: float,
+    go: EventType,
     stop: EventType,
     sent: Connection,
 ) -> None:
-    """The probe's process: PROBED in turn until `stop`, then every call sent back."""
+    """The probe's process: from `go`, PROBED in turn until `stop`; then every call sent
+    back."""
     client = ManagementClient(url, token=token, ca=ca)
     rng = random.Random(7)
     calls: list[Call] = []
     errors: list[str] = []
     i = 0
+    while not go.wait(0.5):
+        if stop.is_set():
+            break
     while not stop.is_set():
         kind = PROBED[i % len(PROBED)]
         i += 1
