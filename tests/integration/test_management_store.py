@@ -89,6 +89,10 @@ def test_reports_configuration_enrolment_and_the_feed(database: str) -> None:
         assert shown["online"] is True and shown["health_ts"] == 11.0
         assert shown["tags"] == ["site:a"] and shown["certificate_serial"] == "ab"
         assert [s["load1"] for s in registry.health_series(db, "dev-1")] == [0.5]
+        report(reg, "dev-h", "health", {"ts": 3.0, "os_version": "2.1"})  # its first word
+        first = registry.get_device(db, "dev-h")
+        assert first is not None and (first["health_ts"], first["os_version"]) == (3.0, "2.1")
+        assert [s["ts"] for s in registry.health_series(db, "dev-h")] == [3.0]
         # configuration: the group's overlay gives the device version 2, published once
         assert reg.set_group_config("field", {"health": {"interval_s": 30}}, 2.0) == {"dev-1": 2}
         assert [(d, v) for d, v, _ in reg.unpublished()] == [("dev-1", 2)]
