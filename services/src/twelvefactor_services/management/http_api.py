@@ -1012,9 +1012,11 @@ class Handler(TlsHandler):
             log.exception("%s %s failed", method, path)
             self.close_connection = True
             status, answer = 500, {"error": "internal", "problems": [type(exc).__name__]}
-        self._send(status, answer)
+        # in the audit log before the answer: a client told a change is done (or refused)
+        # finds it there (written after, a quick client's next read could miss it)
         if method != "GET" and (route is None or route.audited):
             self._audit(who, method, path, status, None if req is None else req.audit_detail)
+        self._send(status, answer)
 
     def _console(self, path: str) -> None:
         """A file of the web console (no token: the pages hold no data; the API calls they
