@@ -10,17 +10,21 @@ import sys
 import threading
 import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from helpers import api_certificate
 from twelvefactor_services import database as databases
+from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.solution.cli import main as solution_cli
 from twelvefactor_services.solution.delivery import LEASE_TTL
 from twelvefactor_services.solution.envelope import parse_envelope
 from twelvefactor_services.solution.receivers import ArchiveReceiver, ReceiverError, read_archive
+from twelvefactor_services.solution.service import SolutionConfig, SolutionService
 from twelvefactor_services.solution.store import VERSION_TABLE, Store
 
 from testbed.pace import PACE, ROUND_TRIP
@@ -511,3 +515,46 @@ def test_data_sent_while_the_database_is_out_of_reach_is_archived_once_it_is_bac
     store = Store(database)
     assert store.counts() == {"accepted": 40}
     store.close()
+
+
+class StoreFailingOn(SolutionService):
+    """The real service, whose store fails on one device's messages (a fault injected: the
+    envelopes are checked before the database, so no real message is known to fail)."""
+
+    def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> int:
+        if any("/dev-bad/" in topic for topic, _ in messages):
+            raise RuntimeError("the store refuses this")
+        return super().handle_many(messages)
+
+
+def test_a_group_is_stored_at_once_and_a_message_refused_alone_stops_the_service(
+    tmp_path: Path,
+) -> None:
+    """The inbox (issue 15): a group in one transaction; a group the store refuses is
+    stored one message at a time, and the one refused alone stops the service with the
+    group unacknowledged (its messages before it are stored, the broker hands the group
+    over again to the restart, which takes them as duplicates)."""
+    cert, key, ca = api_certificate(tmp_path / "pki")
+    svc = StoreFailingOn(
+        SolutionConfig(
+            db=tmp_path / "solution.db",
+            identity=Identity(cert, key, ca),
+            broker=Endpoint("127.0.0.1", 1),  # never connected: the messages are given below
+            group=None,
+            receivers=[ArchiveReceiver(tmp_path / "archive")],
+        )
+    )
+
+    def message(device: str, seq: int) -> mqtt.MQTTMessage:
+        msg = mqtt.MQTTMessage(mid=seq, topic=f"sol/{device}/up/data/temperature".encode())
+        msg.payload = json.dumps(envelope(device, seq)).encode()
+        return msg
+
+    assert svc.inbox.write([message("dev-1", n) for n in range(1, 6)])
+    assert not svc.failed
+    refused = [message("dev-2", 1), message("dev-2", 2), message("dev-bad", 1), message("dev-2", 3)]
+    assert not svc.inbox.write(refused)
+    assert svc.failed and svc.stop_requested.is_set()
+    assert svc.store is not None
+    assert svc.store.counts() == {"accepted": 7, "pending.archive": 7}  # dev-2's 3 not tried
+    svc.store.close()

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twelvefactor_agent.protocol.topics import parse_up
+from twelvefactor_services.management import devicelist
 from twelvefactor_services.management.logic import (
     ConfigReport,
     HealthReport,
@@ -16,6 +20,7 @@ from twelvefactor_services.management.logic import (
     is_newer,
     online_transition,
     parse_report,
+    presence,
 )
 from twelvefactor_services.topics import share_group, shared
 
@@ -113,3 +118,27 @@ def test_a_nul_in_free_text_is_kept_as_a_replacement_character() -> None:
     raw = b'{"v":1,"version":2,"status":"rejected","error":"bad \\u0000"}'
     config = parse_report("dev-1", "config", raw)
     assert isinstance(config, ConfigReport) and config.error == "bad \ufffd"
+
+
+@settings(max_examples=300)
+@given(
+    st.none() | st.booleans(),
+    st.none() | st.floats(0, 4e9),
+    st.floats(0, 4e9),
+    st.sampled_from([0.0, 120.0, 3600.0]),
+)
+def test_the_presence_the_device_list_filters_on_in_sql_is_logic_presence(
+    online: bool | None, due: float | None, now: float, overdue_after: float
+) -> None:
+    """GET /devices filters and counts by presence in SQL (devicelist.PRESENCE_SQL): the same
+    rule as logic.presence, written twice, kept equal here (SQLite; the store tests run
+    every presence on PostgreSQL too)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        in_sql = conn.execute(
+            f"SELECT {devicelist.PRESENCE_SQL} FROM (SELECT ? AS online, ? AS checkin_due) AS d",
+            (overdue_after, now, None if online is None else int(online), due),
+        ).fetchone()[0]
+    finally:
+        conn.close()
+    assert in_sql == presence(online, due, now, overdue_after)

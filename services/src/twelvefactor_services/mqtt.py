@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import queue
 import ssl
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,57 +87,3 @@ class Connection:
     def on_disconnect(self, reason: ReasonCode) -> None:
         self.last_reason = str(reason)
         self.connected.clear()
-
-
-class Inbox:
-    """What paho delivered, written by one thread in groups and acknowledged after.
-
-    Each group is what arrived while the last one was written (at most `most`):
-    `write` takes it in one transaction, and only when `write` returns are its messages
-    acknowledged (a client made with `manual_ack`), so the broker keeps what a crash
-    or an outage left unwritten. A `write` that raises stops the writer with that group
-    unacknowledged (the service stops: the broker hands it over again on the restart).
-    """
-
-    def __init__(
-        self,
-        client: mqtt.Client,
-        write: Callable[[list[mqtt.MQTTMessage]], None],
-        stopping: threading.Event,
-        most: int = 200,
-    ) -> None:
-        self.client = client
-        self.write = write
-        self.stopping = stopping
-        self.most = most
-        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self.thread = threading.Thread(target=self._run, name="writer", daemon=True)
-
-    def put(self, msg: mqtt.MQTTMessage) -> None:
-        self.messages.put(msg)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def join(self, timeout: float) -> None:
-        self.thread.join(timeout)
-
-    def _run(self) -> None:
-        """Until stopping, and then until what was delivered is written."""
-        while not self.stopping.is_set() or not self.messages.empty():
-            try:
-                group = [self.messages.get(timeout=0.5)]
-            except queue.Empty:
-                continue
-            while len(group) < self.most:
-                try:
-                    group.append(self.messages.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self.write(group)
-            except Exception:  # the service logged it and stops: nothing more is taken
-                return
-            for msg in group:
-                if msg.qos > 0:
-                    self.client.ack(msg.mid, msg.qos)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twelvefactor_services import service_args
-from twelvefactor_services.management import operators
+from twelvefactor_services.management import devicelist, operators
 from twelvefactor_services.management.api_client import (
     ApiError,
     Credentials,
@@ -90,8 +90,7 @@ def _read_overlay(args: argparse.Namespace) -> Any:
 Command = Callable[[ManagementClient, argparse.Namespace], int]
 
 
-DEVICE_FILTERS = ("q", "group", "tag", "version", "presence")
-DEVICE_PAGE = 1000  # the most GET /devices gives at once
+DEVICE_FILTERS = ("q", "group", "tag", "version", "presence")  # devicelist.DeviceQuery's
 
 
 def _devices(api: ManagementClient, args: argparse.Namespace) -> int:
@@ -100,9 +99,9 @@ def _devices(api: ManagementClient, args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     while True:
         after = {"after": rows[-1]["id"]} if rows else {}
-        page = api.get("/devices", limit=str(DEVICE_PAGE), **asked, **after)
+        page = api.get("/devices", limit=str(devicelist.PAGE_MAX), **asked, **after)
         rows += page
-        if len(page) < DEVICE_PAGE:
+        if len(page) < devicelist.PAGE_MAX:
             break
     if args.json:
         _print_json(rows)
@@ -631,7 +630,7 @@ def _fleet_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     p.add_argument("--group", help="in this configuration group")
     p.add_argument("--tag", help="enrolled with this tag")
     p.add_argument("--version", help="running this version (unknown: none reported)")
-    p.add_argument("--presence", choices=("online", "asleep", "overdue", "offline"))
+    p.add_argument("--presence", choices=devicelist.PRESENCES)
     leaves.append(p)
     p = sub.add_parser("device", help="one device with its online history")
     p.add_argument("id")

@@ -28,7 +28,7 @@ UNKNOWN_VERSION = "unknown"  # the version filter's word for a device that repor
 _ID_PART_RE = re.compile(r"[a-z0-9-]{1,63}")
 
 # presence (logic.presence) in SQL; parameters: overdue_after, now
-_PRESENCE = (
+PRESENCE_SQL = (
     "CASE WHEN d.online IS NULL THEN NULL WHEN d.online <> 0 THEN 'online'"
     " WHEN d.checkin_due IS NULL THEN 'offline'"
     " WHEN d.checkin_due + ? >= ? THEN 'asleep' ELSE 'overdue' END"
@@ -92,7 +92,7 @@ def list_devices(
         where.append("d.os_version = ?")
         params.append(query.version)
     if query.presence is not None:
-        where.append(f"{_PRESENCE} = ?")
+        where.append(f"{PRESENCE_SQL} = ?")
         params += [overdue_after, time.time(), query.presence]
     rows = db.execute(
         f"SELECT * FROM ({DEVICES_LISTED}) AS d WHERE {' AND '.join(where)} ORDER BY d.id LIMIT ?",
@@ -105,7 +105,7 @@ def fleet(db: Db, overdue_after: float = OVERDUE_AFTER) -> dict[str, Any]:
     """The fleet in numbers: devices in service by presence and by version, the retired,
     and every tag and version in use (the console's filters offer them)."""
     rows = db.execute(
-        f"SELECT {_PRESENCE} AS presence, d.os_version, d.tags,"
+        f"SELECT {PRESENCE_SQL} AS presence, d.os_version, d.tags,"
         " CASE WHEN d.retired IS NULL THEN 0 ELSE 1 END AS retired, COUNT(*) AS n"
         f" FROM ({DEVICES_LISTED}) AS d GROUP BY 1, 2, 3, 4",
         (overdue_after, time.time()),

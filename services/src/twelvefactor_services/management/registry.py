@@ -5,7 +5,7 @@ A device appears in `devices` on first contact. Enrolment (`twelvefactor-hub
 enrol`) records it before that in `enrolments`: its hardware, tags, the
 certificate it was given and when; decommissioning marks it retired there
 (when, and the group it left) and keeps every other row, its online history
-included. `get_device` and `list_devices` show both.
+included. `get_device` and `devicelist.list_devices` show both.
 """
 
 from __future__ import annotations

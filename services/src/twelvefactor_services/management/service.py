@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 from twelvefactor_agent.protocol.topics import MANAGEMENT_UP, mgmt_down, parse_up
 
-from twelvefactor_services import database
+from twelvefactor_services.inbox import Inbox
 from twelvefactor_services.management import jobstore, rolloutstore, store
 from twelvefactor_services.management.access import certificate_names
 from twelvefactor_services.management.artifact_server import ArtifactServer, server_context
@@ -57,7 +57,6 @@ from twelvefactor_services.mqtt import (
     Connection,
     Endpoint,
     Identity,
-    Inbox,
     connect_properties,
     make_client,
     run_until,
@@ -139,7 +138,7 @@ class ManagementService:
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.stopping = threading.Event()
-        self.inbox = Inbox(self.client, self._write, self.stopping, BATCH_MAX)
+        self.inbox = Inbox(self.client, self._store, self._refused, self.stopping, log, BATCH_MAX)
         self.publish_wake = threading.Event()
         api = cfg.api
         self.http = ApiServer(
@@ -221,31 +220,18 @@ class ManagementService:
         self.handled += 1
         self.inbox.put(msg)
 
-    def _write(self, batch: list[mqtt.MQTTMessage]) -> None:
-        """All of `batch` in one transaction; a group that fails is written again one
-        message at a time, so that a bad message costs only itself. While the database
-        is out of reach the group waits (its messages unacknowledged: the broker holds
-        the rest back) and is written when it is back; nothing is lost to the outage."""
-        while True:
-            try:
-                with self.db.write():
-                    for msg in batch:
-                        self.handle(msg.topic, bytes(msg.payload))
-                return
-            except store.Unavailable as exc:
-                if self.stopping.is_set():
-                    log.error("stopping with %d message(s) not written: %s", len(batch), exc)
-                    return
-                log.warning("the database is out of reach, %d message(s) wait: %s", len(batch), exc)
-                self.stopping.wait(database.UNAVAILABLE_RETRY)
-            except Exception as exc:  # one bad message must never stop the service
-                if len(batch) == 1:
-                    log.exception("failed to handle a message on %s", batch[0].topic)
-                    return
-                log.warning("a group of %d messages not written (%s): one by one", len(batch), exc)
-                for msg in batch:
-                    self._write([msg])
-                return
+    def _store(self, group: list[mqtt.MQTTMessage]) -> None:
+        """A group of the devices' messages in one transaction (the inbox's writer)."""
+        with self.db.write():
+            for msg in group:
+                self.handle(msg.topic, bytes(msg.payload))
+
+    @staticmethod
+    def _refused(msg: mqtt.MQTTMessage, _exc: Exception) -> bool:
+        """One message the registry refused on its own: logged and dropped (a device's
+        bad message must never stop the service)."""
+        log.exception("failed to handle a message on %s", msg.topic)
+        return True
 
     def handle(self, topic: str, payload: bytes) -> None:
         up = parse_up(topic)

@@ -34,7 +34,6 @@ WRITE_LOCK = zlib.crc32(b"twelvefactor management writes")  # PostgreSQL's advis
 # What the stores catch where a busy or unreachable database must cost a retry, not a
 # thread: every driver error comes wrapped in this.
 Error = sa.exc.SQLAlchemyError
-Unavailable = database.Unavailable
 
 
 class Row(tuple[Any, ...]):

@@ -26,12 +26,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 from twelvefactor_agent.protocol.envelope import ProtocolError
 from twelvefactor_agent.protocol.topics import SOLUTION_DATA_UP, SOLUTION_PROXY_UP, parse_up
 
-from twelvefactor_services import database
+from twelvefactor_services.inbox import Inbox
 from twelvefactor_services.mqtt import (
     Connection,
     Endpoint,
     Identity,
-    Inbox,
     connect_properties,
     make_client,
     run_until,
@@ -103,7 +102,7 @@ class SolutionService:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
-        self.inbox = Inbox(self.client, self._write, self.stop_requested)
+        self.inbox = Inbox(self.client, self._store, self._refused, self.stop_requested, log)
         self.proxy = Proxy(
             cfg.proxy,
             self._publish_answer,
@@ -152,43 +151,23 @@ class SolutionService:
             except Exception:
                 log.exception("proxy request from %s not handled", up.device)
             return
-        self.inbox.put(msg)  # data: stored in groups, acknowledged after (_write)
+        self.inbox.put(msg)  # data: stored in groups, acknowledged after (inbox.py)
 
-    def _write(self, group: list[mqtt.MQTTMessage]) -> None:
-        """A group of data messages in one transaction. While the database is out of
-        reach the group waits, unacknowledged (nothing is lost to an outage); a group the
-        store refuses is written again one message at a time, and a message refused on
-        its own stops the service unacknowledged: the broker hands it over again when
-        this copy (or its restart) resumes the session."""
-        while True:
-            try:
-                new = self.handle_many([(m.topic, bytes(m.payload)) for m in group])
-            except database.Unavailable as exc:
-                if self.stop_requested.is_set():
-                    log.error("stopping with %d message(s) not stored: %s", len(group), exc)
-                    raise
-                log.warning("the database is out of reach, %d message(s) wait: %s", len(group), exc)
-                self.stop_requested.wait(database.UNAVAILABLE_RETRY)
-                continue
-            except Exception as exc:
-                if len(group) == 1:
-                    log.exception("could not store a message from %s; stopping", group[0].topic)
-                    self.failed = True
-                    self.client.disconnect()
-                    self.stop_requested.set()
-                    raise
-                log.warning("a group of %d messages not stored (%s): one by one", len(group), exc)
-                for msg in group:
-                    self._write([msg])
-                return
-            break
-        if new:
+    def _store(self, group: list[mqtt.MQTTMessage]) -> None:
+        """A group of data messages in one transaction (the inbox's writer); the delivery
+        workers woken for what was new."""
+        if self.handle_many([(m.topic, bytes(m.payload)) for m in group]):
             for w in self.workers:
                 w.wake.set()
 
-    def handle(self, topic: str, payload: bytes) -> bool:
-        """Validate and store one message; True if it was new. Invalid ones are dropped."""
-        return self.handle_many([(topic, payload)]) > 0
+    def _refused(self, msg: mqtt.MQTTMessage, _exc: Exception) -> bool:
+        """A message the store refused on its own stops the service, unacknowledged: the
+        broker hands it over again when this copy (or its restart) resumes the session."""
+        log.exception("could not store a message from %s; stopping", msg.topic)
+        self.failed = True
+        self.client.disconnect()
+        self.stop_requested.set()
+        return False
 
     def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> int:
         """Validate the messages and store the valid ones in one transaction; how many

@@ -92,20 +92,14 @@ class Store:
 
     def accept(self, env: Envelope, received_ts: float, receivers: Sequence[str]) -> bool:
         """True for a new (device, queue_id, seq); False for a duplicate (nothing written)."""
-        return self.accept_all([env], received_ts, receivers) == 1
-
-    def accept_all(
-        self, envs: Sequence[Envelope], received_ts: float, receivers: Sequence[str]
-    ) -> int:
-        """Store the messages of one publish in one transaction; how many were new
-        (a duplicate writes nothing; two copies racing on one message: one wins)."""
-        return self.accept_many([envs], received_ts, receivers)[0]
+        return self.accept_many([[env]], received_ts, receivers) == [1]
 
     def accept_many(
         self, publishes: Sequence[Sequence[Envelope]], received_ts: float, receivers: Sequence[str]
     ) -> list[int]:
         """The messages of several publishes in one transaction (the consumer's group);
-        how many of each were new."""
+        how many of each were new (a duplicate writes nothing; two copies racing on one
+        message: one wins)."""
         counts: list[int] = []
         with self.db.begin() as conn:
             for envs in publishes:
