@@ -1,6 +1,7 @@
 """refimage: build the reference image, .swu files, a provisioned copy.
 
-refimage build [--out DIR]                 the disk image (cached); prints its path
+refimage build [--out DIR] [--machine M]   the disk image (cached); prints its path
+                                           (M: qemux86-64, the default, or qemuarm64)
 refimage swu --out FILE [--version V]      a signed .swu of the image's root fs (either slot)
 refimage updates --version V KIND... [--image IMG]
                                            test .swu files (good broken unsigned tampered
@@ -17,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from refimage import image, provision, swu, updates
+from refimage import image, machines, provision, swu, updates
 from refimage.progress import BuildError, say, step
 
 DEFAULT_OUT = image.TOP / "build" / "refimage"
@@ -31,7 +32,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or take from the cache) the reference disk image")
-    b.add_argument("--out", type=Path, default=DEFAULT_OUT, help="build and cache folder")
+    b.add_argument(
+        "--out", type=Path, help="build and cache folder (default: build/refimage[-MACHINE])"
+    )
+    b.add_argument(
+        "--machine",
+        default=machines.DEFAULT,
+        choices=sorted(machines.MACHINES),
+        help="the Yocto machine the image stands in for (default %(default)s)",
+    )
     b.add_argument(
         "--no-console-login",
         action="store_true",
@@ -122,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         image.require_root()
         if args.command == "build":
-            img = image.build(args.out, console_login=not args.no_console_login)
+            out = args.out or image.default_out(args.machine)
+            img = image.build(out, console_login=not args.no_console_login, machine=args.machine)
             say(f"image ready in {time.monotonic() - began:.1f} s: {img.disk}")
             print(img.disk)
         elif args.command == "swu":

@@ -5,11 +5,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from refimage import agent, disk, grub, kmodules, layer, packages, reproducible, rootfs, system
+from refimage import (
+    agent,
+    disk,
+    grub,
+    kmodules,
+    layer,
+    machines,
+    packages,
+    reproducible,
+    rootfs,
+    system,
+    uboot,
+)
 from refimage.lock import locked
 from refimage.progress import BuildError, run, say, step
 
@@ -18,6 +31,7 @@ BUILDER = Path(__file__).resolve().parent
 DISK_NAME = "twelvefactor-refimage.img"
 ROOTFS_NAME = "rootfs.ext4"  # slot A's file system, kept for the .swu
 ROOTFS_LABEL = "rootfs-a"
+FIRMWARE_NAME = "u-boot.bin"  # arm64: what QEMU's -bios loads (U-Boot; x86-64 boots OVMF)
 MANIFEST = "manifest.json"
 KEEP_IMAGES = 2  # older cached images are removed
 
@@ -29,6 +43,16 @@ class Image:
     rootfs: Path  # the ext4 image of rootfs-a
     manifest: dict[str, object]
 
+    @property
+    def machine(self) -> str:
+        return str(self.manifest.get("machine", machines.DEFAULT))
+
+    @property
+    def firmware(self) -> Path | None:
+        """The bootloader QEMU starts with -bios, kept beside the disk (arm64: U-Boot)."""
+        path = self.directory / FIRMWARE_NAME
+        return path if path.is_file() else None
+
 
 def _sha(*parts: bytes) -> str:
     h = hashlib.sha256()
@@ -38,24 +62,34 @@ def _sha(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def base_key() -> str:
+def base_key(machine: str = machines.DEFAULT) -> str:
     # the package list comes from the layer (refimage/data/yocto-debian.toml)
     return _sha(
         (BUILDER / "packages.py").read_bytes(),
         (BUILDER / "rootfs.py").read_bytes(),
-        " ".join(packages.PACKAGES).encode(),
+        packages.arch(machine).encode(),
+        " ".join(packages.for_machine(machine)).encode(),
     )
+
+
+def boot_inputs(top: Path, machine: str) -> list[Path]:
+    """The layer files the machine's bootloader and its ESP are made from."""
+    if machines.get(machine).bootloader == "grub":
+        return [layer.grub_cfg(top)]
+    return [*uboot.inputs(), *uboot.fragments(machine)]
 
 
 def image_key(
     base: str,
     files: list[layer.DeviceFile],
     units: list[str],
-    grub_cfg: Path,
+    boot: list[Path],
     top: Path,
     console_login: bool,
+    machine: str = machines.DEFAULT,
 ) -> str:
-    parts = [base.encode(), b"console_login=%d" % console_login, grub_cfg.read_bytes()]
+    parts = [base.encode(), b"console_login=%d" % console_login, machine.encode()]
+    parts += [p.read_bytes() for p in boot]
     parts += [(top / system.DISTRO_CONF).read_bytes()]  # os-release's VERSION_ID
     parts += [p.read_bytes() for p in sorted(BUILDER.glob("*.py"))]
     # what decides the kept kernel modules: the layer's kernel fragment and the
@@ -70,8 +104,8 @@ def image_key(
     return _sha(*parts)
 
 
-def _base_tree(out: Path, log: Path) -> Path:
-    key = base_key()[:16]
+def _base_tree(out: Path, log: Path, machine: str) -> Path:
+    key = base_key(machine)[:16]
     base = out / f"base-{key}"
     done = base / "done"
     if done.exists():
@@ -79,9 +113,10 @@ def _base_tree(out: Path, log: Path) -> Path:
         return base / "root"
     for old in out.glob("base-*"):
         rootfs.remove_tree(old)
-    with step("base rootfs: mmdebstrap (Debian trixie packages)"):
+    arch = packages.arch(machine)
+    with step(f"base rootfs: mmdebstrap (Debian {packages.SUITE} {arch} packages)"):
         base.mkdir(parents=True)
-        rootfs.build_base(base / "root", out / "apt-cache", log)
+        rootfs.build_base(base / "root", out / "apt-cache", log, machine)
         done.write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     return base / "root"
 
@@ -97,20 +132,33 @@ def _load(directory: Path) -> Image:
     return Image(directory, directory / DISK_NAME, directory / ROOTFS_NAME, manifest)
 
 
-def build(out: Path, *, top: Path = TOP, console_login: bool = True) -> Image:
+def default_out(machine: str = machines.DEFAULT) -> Path:
+    """Where an image for `machine` is built and cached (one folder per machine)."""
+    suffix = "" if machine == machines.DEFAULT else f"-{machine}"
+    return TOP / "build" / f"refimage{suffix}"
+
+
+def build(
+    out: Path, *, top: Path = TOP, console_login: bool = True, machine: str = machines.DEFAULT
+) -> Image:
     """The reference image for the current sources, built or taken from the cache."""
+    machines.get(machine)
     out = out.resolve()
     with locked(out):
-        return _build(out, top, console_login)
+        return _build(out, top, console_login, machine)
 
 
-def _build(out: Path, top: Path, console_login: bool) -> Image:
+def _build(out: Path, top: Path, console_login: bool, machine: str) -> Image:
     log = out / "build.log"
-    files = layer.device_files(top)
+    files = layer.device_files(top, machine)
     units = layer.enabled_units(top)
-    grub_cfg = layer.grub_cfg(top)
-    base = _base_tree(out, log)
-    key = image_key(base_key(), files, units, grub_cfg, top, console_login)[:16]
+    boot = boot_inputs(top, machine)
+    firmware = uboot.build(out, log) if machines.get(machine).bootloader == "uboot" else None
+    base = _base_tree(out, log, machine)
+    key = image_key(base_key(machine), files, units, boot, top, console_login, machine)
+    if firmware is not None:
+        key = _sha(key.encode(), firmware.binary.read_bytes())
+    key = key[:16]
     directory = out / f"image-{key}"
     if (directory / MANIFEST).exists():
         say(f"image: cached ({directory.name})")
@@ -126,7 +174,13 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
     rootfs.remove_tree(tmp)
     tmp.mkdir()
     made = build_rootfs(
-        base, work, tmp / ROOTFS_NAME, top=top, console_login=console_login, log=log
+        base,
+        work,
+        tmp / ROOTFS_NAME,
+        top=top,
+        console_login=console_login,
+        log=log,
+        machine=machine,
     )
     distro = str(system.distro_variables(top).get("DISTRO"))
     epoch = made.fixed.epoch
@@ -135,14 +189,19 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
     )
     with step("file systems: data, ESP (mtools)"):
         disk.make_ext4(None, work / "data.ext4", "data", sizes["data"][1], log, data_fixed)
-        efi = work / "BOOTX64.EFI"
-        grub.make_efi(grub_cfg, efi, log)
-        env = work / "grubenv"
-        env.write_bytes(grub.env_block(grub.INITIAL_ENV))
+        if firmware is None:
+            efi = work / "BOOTX64.EFI"
+            grub.make_efi(layer.grub_cfg(top), efi, log)
+            env = work / "grubenv"
+            env.write_bytes(grub.env_block(grub.INITIAL_ENV))
+            esp = {"EFI/BOOT/BOOTX64.EFI": efi, "grub/grubenv": env}
+        else:
+            esp = uboot.esp_files(firmware, work, log, machine)
+            shutil.copyfile(firmware.binary, tmp / FIRMWARE_NAME)
         disk.make_esp(
             work / "esp.vfat",
             sizes["esp"][1],
-            {"EFI/BOOT/BOOTX64.EFI": efi, "grub/grubenv": env},
+            esp,
             log,
             (epoch, reproducible.fat_volume_id(distro, "esp")),
         )
@@ -154,6 +213,7 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
         disk.write_into(image, work / "data.ext4", *sizes["data"])
         manifest: dict[str, object] = {
             "key": key,
+            "machine": machine,
             "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "console_login": console_login,
             "layer_files": [[f.destination, f"{f.mode:04o}", f.digest()] for f in files],
@@ -163,10 +223,13 @@ def _build(out: Path, top: Path, console_login: bool) -> Image:
             "source_date_epoch": made.fixed.epoch,
             "rootfs_uuid": made.fixed.uuid,
             "rootfs_hash_seed": made.fixed.hash_seed,
-            "packages": list(packages.PACKAGES),
+            "packages": list(packages.for_machine(machine)),
             "partitions": {name: list(v) for name, v in sizes.items()},
-            "grub_cfg": str(grub_cfg),
+            "boot_files": [str(p) for p in boot],
+            "esp": sorted(esp),
         }
+        if firmware is not None:
+            manifest["firmware"] = {"file": FIRMWARE_NAME, **firmware.manifest}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         tmp.rename(directory)
     rootfs.remove_tree(work)
@@ -205,19 +268,20 @@ def build_rootfs(
     top: Path = TOP,
     console_login: bool = True,
     log: Path,
+    machine: str = machines.DEFAULT,
 ) -> Rootfs:
     """Slot A's ext4 image from the cached base tree: the same bytes for the same inputs.
 
     The tree is assembled in `work`/root (which must not exist yet) and left there."""
     fixed = rootfs_settings(top)
-    files = layer.device_files(top)
+    files = layer.device_files(top, machine)
     units = layer.enabled_units(top)
     stage = work / "root"
     with step("root tree: copy of the base"):
         rootfs.unmount_below(base)  # a /proc mmdebstrap left behind is not copied
         run(["cp", "-a", "--reflink=auto", base, stage])
     with step("root tree: only the kernel modules the layer's image would have"):
-        modules = kmodules.keep(stage)
+        modules = kmodules.keep(stage, machine)
     with step(f"root tree: {len(files)} layer files, the agent, system settings"):
         layer.install(files, stage)
         scripts = agent.install(top / "agent", stage)
@@ -227,7 +291,7 @@ def build_rootfs(
             system.chroot_quiet(stage, "groupadd", "-f", *params)
         for params in layer.user_params(top):
             system.chroot_quiet(stage, "useradd", *params)
-        system.configure(stage, console_login=console_login)
+        system.configure(stage, console_login=console_login, machine=machine)
         system.enable(stage, units)
     with step(f"root tree: reproducible (SOURCE_DATE_EPOCH={fixed.epoch})"):
         reproducible.remove_noise(stage)

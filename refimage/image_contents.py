@@ -349,9 +349,14 @@ def table_entry(package: str, section: str = "image") -> tuple[str, DebianEntry]
     return None
 
 
+# The Debian architecture of each machine; "@ARCH@" in the table's package names.
+DEBIAN_ARCH = {"qemux86-64": "amd64", "qemuarm64": "arm64", "raspberrypi4-64": "arm64"}
+
+
 def debian_packages(machine: str = "qemux86-64") -> list[str]:
     """The Debian packages the reference image installs: the table's image of the
     closure, then the test tools. Raises ReadError for a package with no entry."""
+    arch = DEBIAN_ARCH[machine]
     found = closure(machine)
     if found.unknown:
         raise ReadError(f"packages nothing describes: {found.unknown}")
@@ -363,7 +368,7 @@ def debian_packages(machine: str = "qemux86-64") -> list[str]:
         out += found_entry[1]["debian"]
     for entry in debian_table()["test-tools"].values():
         out += entry["debian"]
-    return sorted(set(out))
+    return sorted({name.replace("@ARCH@", arch) for name in out})
 
 
 # -- kernel ---------------------------------------------------------------------------

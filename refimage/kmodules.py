@@ -10,8 +10,8 @@ network. So the image keeps only:
 - the modules of the options the layer builds in (=y in twelvefactor.cfg) that
   Debian builds as modules, and of the kernel-module-* packages in the image's
   package closure (refimage/image_contents.py);
-- MACHINE below: what linux-yocto builds in for qemux86-64 that Debian builds
-  as modules, each with its reason;
+- MACHINE below: what linux-yocto builds in for the machine (qemux86-64,
+  qemuarm64) that Debian builds as modules, each with its reason;
 - the modules those depend on (modules.dep).
 
 Everything else below /usr/lib/modules/<version>/kernel is deleted and depmod
@@ -29,17 +29,15 @@ from types import ModuleType
 from refimage import image_contents, packages
 from refimage.progress import BuildError, run
 
-# What linux-yocto builds in for qemux86-64 (its BSP's virtio and the standard
-# kernel type's file systems) and the QEMU machine of the boot tests uses; module
+# What linux-yocto builds in for both QEMU machines (their BSPs' virtio and the
+# standard kernel type's file systems) and the boot tests' QEMU uses; module
 # names as Debian's kernel has them.
-MACHINE: dict[str, str] = {
+COMMON: dict[str, str] = {
     "virtio_blk": "the disk (VIRTIO_BLK, linux-yocto's qemu virtio config)",
     "virtio_net": "the NIC (VIRTIO_NET)",
     "virtio-rng": "entropy from the host (HW_RANDOM_VIRTIO)",
     "ext4": "the root and data file systems (EXT4_FS, standard kernel type)",
     "crc32c_generic": "ext4's metadata checksums (CRYPTO_CRC32C)",
-    "crc32c-intel": "the same, accelerated (CRYPTO_CRC32C_INTEL on x86-64)",
-    "efivarfs": "systemd mounts efivarfs on an EFI boot (EFIVAR_FS, x86-64 EFI config)",
     # Debian's kernel mounts FAT with iocharset=ascii and utf8 by default
     # (FAT_DEFAULT_IOCHARSET, FAT_DEFAULT_UTF8); linux-yocto keeps Kconfig's
     # iso8859-1, which the layer builds in (NLS_ISO8859_1=y)
@@ -55,6 +53,19 @@ MACHINE: dict[str, str] = {
     "inet_diag": "socket diagnostics (INET_DIAG)",
     "tcp_diag": "TCP socket diagnostics (INET_TCP_DIAG)",
     "udp_diag": "UDP socket diagnostics (INET_UDP_DIAG)",
+}
+MACHINE: dict[str, dict[str, str]] = {
+    "qemux86-64": COMMON
+    | {
+        "crc32c-intel": "ext4's checksums, accelerated (CRYPTO_CRC32C_INTEL on x86-64)",
+        "efivarfs": "systemd mounts efivarfs on an EFI boot (EFIVAR_FS, x86-64 EFI config)",
+    },
+    # U-Boot's booti is no EFI boot: no efivarfs
+    "qemuarm64": COMMON
+    | {
+        "virtio_mmio": "the disk on QEMU's virt machine (VIRTIO_MMIO, qemuarm64's BSP)",
+        "rtc-pl031": "the virt machine's clock (RTC_DRV_PL031, qemuarm64's BSP)",
+    },
 }
 
 _SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")
@@ -80,7 +91,9 @@ def debian_config(root: Path, version: str) -> dict[str, str]:
     return config
 
 
-def layer_modules(contents: ModuleType, config: dict[str, str]) -> dict[str, str]:
+def layer_modules(
+    contents: ModuleType, config: dict[str, str], machine: str = "qemux86-64"
+) -> dict[str, str]:
     """Module -> why, for what the layer's kernel has that Debian builds as a module."""
     out: dict[str, str] = {}
     for option, value in contents.kernel_fragment().items():
@@ -98,7 +111,7 @@ def layer_modules(contents: ModuleType, config: dict[str, str]) -> dict[str, str
                 "add its module to KERNEL_MODULES in refimage/image_contents.py"
             )
         out[module] = f"CONFIG_{option}=y in twelvefactor.cfg"
-    closure = contents.closure("qemux86-64").packages
+    closure = contents.closure(machine).packages
     for package, parent in closure.items():
         if package.startswith("kernel-module-"):
             module = package[len("kernel-module-") :].replace("-", "_")
@@ -128,11 +141,13 @@ def builtin(root: Path, version: str) -> set[str]:
     return {_name(line) for line in path.read_text().split()}
 
 
-def keep(root: Path) -> dict[str, str]:
+def keep(root: Path, machine: str = "qemux86-64") -> dict[str, str]:
     """Prune the tree's kernel modules to the kept ones; returns module -> why."""
     version = kernel_version(root)
-    wanted = {**MACHINE, **layer_modules(image_contents, debian_config(root, version))}
-    wanted |= {m.replace("-", "_"): "in the initramfs" for m in packages.INITRAMFS_MODULES}
+    config = debian_config(root, version)
+    wanted = {**MACHINE[machine], **layer_modules(image_contents, config, machine)}
+    initramfs = packages.initramfs_modules(machine)
+    wanted |= {m.replace("-", "_"): "in the initramfs" for m in initramfs}
     wanted = {m.replace("-", "_"): why for m, why in wanted.items()}
     deps = modules_dep(root, version)
     built = builtin(root, version)

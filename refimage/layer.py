@@ -30,12 +30,12 @@ class DeviceFile:
         return hashlib.sha256(self.source.read_bytes()).hexdigest()
 
 
-def device_files(top: Path) -> list[DeviceFile]:
-    """Every file the layer's recipes install (for the default machine, qemux86-64)."""
+def device_files(top: Path, machine: str = layer_files.DEFAULT_MACHINE) -> list[DeviceFile]:
+    """Every file the layer's recipes install for `machine`."""
     if top.resolve() != layer_files.REPO:
         raise BuildError(f"the layer's files are read from {layer_files.REPO}, not {top}")
     out = []
-    for f in layer_files.device_files():
+    for f in layer_files.device_files(machine):
         if not f.source.is_file():
             raise BuildError(f"{f.recipe}: source {f.source} does not exist")
         if not f.dest.startswith("/") or ".." in f.dest.split("/"):

@@ -90,6 +90,35 @@ def _applies(overrides: list[str], machine: str) -> bool:
     return all(o in active or o in {"append", "prepend", "${PN}"} for o in overrides)
 
 
+IMAGE_RECIPE = LAYER / "recipes-core/images/twelvefactor-image.bb"
+# What meta-raspberrypi (wrynose, conf/machine/include/rpi-base.inc) puts on
+# the boot partition with RPI_USE_U_BOOT = "1", besides firmware and DTBs:
+# RPI_EXTRA_IMAGE_BOOT_FILES. The layer's image recipe adds to or removes from it.
+RPI_EXTRA_BOOT_FILES = ["${KERNEL_IMAGETYPE}", "u-boot.bin;${SDIMG_KERNELIMAGE}", "boot.scr"]
+
+
+def image_boot_files(machine: str) -> list[str]:
+    """IMAGE_BOOT_FILES of twelvefactor-image on `machine` (the layer's assignments,
+    appends and removes applied to the machine's default): "deployed[;on the ESP]"."""
+    value = list(RPI_EXTRA_BOOT_FILES) if machine == "raspberrypi4-64" else []
+    appends: list[str] = []
+    removes: list[str] = []
+    for line in _logical_lines(IMAGE_RECIPE.read_text()):
+        m = re.match(r'^IMAGE_BOOT_FILES((?::[A-Za-z0-9_-]+)*)\s*=\s*"(.*)"', line)
+        if not m:
+            continue
+        overrides = [o for o in m.group(1).split(":") if o]
+        words = m.group(2).split()
+        if "append" in overrides or "remove" in overrides:
+            op = "append" if "append" in overrides else "remove"
+            condition = [o for o in overrides if o != op]
+            if _applies(condition, machine):
+                (appends if op == "append" else removes).extend(words)
+        elif _applies(overrides, machine):
+            value = words
+    return [w for w in value + appends if w not in removes]
+
+
 def src_uri_files(recipe: Path, machine: str = DEFAULT_MACHINE) -> list[str]:
     """file:// names in SRC_URI (every override that applies to `machine`)."""
     names: list[str] = []

@@ -23,6 +23,17 @@ VARIANT = "minbase"
 
 PACKAGES: tuple[str, ...] = tuple(image_contents.debian_packages("qemux86-64"))
 
+
+def for_machine(machine: str) -> tuple[str, ...]:
+    """The Debian packages of the reference image for `machine`."""
+    return tuple(image_contents.debian_packages(machine))
+
+
+def arch(machine: str) -> str:
+    """The machine's Debian architecture (mmdebstrap --arch)."""
+    return image_contents.DEBIAN_ARCH[machine]
+
+
 # Modules the initramfs needs to find and mount root=PARTLABEL=... on the
 # disks QEMU offers (virtio-blk, virtio-scsi, AHCI, NVMe); MODULES=list keeps
 # the initramfs small (about 36 MB with Debian's default MODULES=most).
@@ -36,6 +47,15 @@ INITRAMFS_MODULES: tuple[str, ...] = (
     "ext4",
     "crc32c_generic",
 )
+# QEMU's arm64 virt machine: U-Boot reads its environment from the disk before
+# it enumerates PCI, so the disk is a virtio-mmio device there.
+INITRAMFS_MODULES_ARM64: tuple[str, ...] = ("virtio_mmio",)
+
+
+def initramfs_modules(machine: str) -> tuple[str, ...]:
+    extra = INITRAMFS_MODULES_ARM64 if arch(machine) == "arm64" else ()
+    return INITRAMFS_MODULES + extra
+
 
 # Documentation, manuals and translations are of no use on a device.
 DPKG_EXCLUDES: tuple[str, ...] = (

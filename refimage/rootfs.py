@@ -69,11 +69,33 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def build_base(dest: Path, apt_cache: Path, log: Path) -> None:
-    """Run mmdebstrap into `dest` (a new directory)."""
+# binfmt_misc entries that run another architecture's programs (QEMU user
+# emulation), which mmdebstrap needs to configure a foreign tree
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+EMULATORS = {"arm64": "qemu-aarch64"}
+
+
+def check_emulation(arch: str) -> None:
+    """A foreign tree's maintainer scripts run through QEMU user emulation:
+    refuse early, and say how, when binfmt_misc does not hand them to QEMU."""
+    name = EMULATORS.get(arch)
+    if name is None or os.uname().machine == {"arm64": "aarch64"}.get(arch):
+        return
+    entry = BINFMT / name
+    if not entry.is_file() or "enabled" not in entry.read_text().splitlines()[0]:
+        raise BuildError(
+            f"building an {arch} tree needs {entry} enabled (QEMU user emulation): "
+            "scripts/setup mounts binfmt_misc and registers qemu-user-static's entry"
+        )
+
+
+def build_base(dest: Path, apt_cache: Path, log: Path, machine: str = "qemux86-64") -> None:
+    """Run mmdebstrap into `dest` (a new directory): the image's packages for `machine`."""
+    arch = packages.arch(machine)
+    check_emulation(arch)
     remove_tree(dest)
     apt_cache.mkdir(parents=True, exist_ok=True)
-    modules = "\\n".join(packages.INITRAMFS_MODULES)
+    modules = "\\n".join(packages.initramfs_modules(machine))
     # Written before the packages are installed, so the kernel's postinst
     # builds the small initramfs once.
     conf = "$1/etc/initramfs-tools/conf.d/twelvefactor-refimage"
@@ -87,7 +109,8 @@ def build_base(dest: Path, apt_cache: Path, log: Path) -> None:
         "mmdebstrap",
         "--mode=root",
         f"--variant={packages.VARIANT}",
-        "--include=" + ",".join(packages.PACKAGES),
+        f"--architectures={arch}",
+        "--include=" + ",".join(packages.for_machine(machine)),
         *(f"--dpkgopt={opt}" for opt in packages.DPKG_EXCLUDES),
         # Keep downloaded packages between builds (mmdebstrap's documented recipe).
         "--skip=essential/unlink",

@@ -5,11 +5,12 @@ serial-console access for the tests, and Debian units a device does not run.
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 from pathlib import Path
 
-from refimage import layer
+from refimage import layer, machines
 from refimage.progress import BuildError, run
 
 TOP = Path(__file__).resolve().parent.parent
@@ -62,15 +63,20 @@ MASKED_UNITS = (
 YOCTO_DEFAULT_UNITS = ("systemd-networkd.service",)
 
 
-# The layer builds SWUpdate with CONFIG_BOOTLOADER_DEFAULT_GRUB (its config
-# fragment twelvefactor-grub.cfg); Debian's build defaults to no bootloader, so
-# an update would never switch slots. This drop-in, sourced by swupdate.sh
-# before the layer's 20-twelvefactor, selects GRUB the same way at run time.
-SWUPDATE_BOOTLOADER = (
-    Path("usr/lib/swupdate/conf.d/10-refimage-bootloader"),
-    "# refimage: Debian's SWUpdate has no default bootloader; the layer's build selects GRUB.\n"
-    'SWUPDATE_ARGS="${SWUPDATE_ARGS} -B grub"\n',
-)
+# The layer builds SWUpdate with CONFIG_BOOTLOADER_DEFAULT_GRUB on x86-64 and
+# CONFIG_BOOTLOADER_DEFAULT_UBOOT on arm64 (its fragments twelvefactor-grub.cfg,
+# twelvefactor-uboot.cfg); Debian's build defaults to no bootloader, so an
+# update would never switch slots. This drop-in, sourced by swupdate.sh before
+# the layer's 20-twelvefactor, selects the same bootloader at run time.
+SWUPDATE_BOOTLOADER = Path("usr/lib/swupdate/conf.d/10-refimage-bootloader")
+
+
+def swupdate_bootloader(bootloader: str) -> str:
+    return (
+        "# refimage: Debian's SWUpdate has no default bootloader; the layer's build "
+        f"selects {bootloader}.\n"
+        f'SWUPDATE_ARGS="${{SWUPDATE_ARGS}} -B {bootloader}"\n'
+    )
 
 
 def distro_variables(top: Path = TOP) -> dict[str, str]:
@@ -137,7 +143,7 @@ def chroot(root: Path, *argv: str) -> bytes:
     return run(["chroot", root, *argv])
 
 
-def configure(root: Path, *, console_login: bool) -> None:
+def configure(root: Path, *, console_login: bool, machine: str = machines.DEFAULT) -> None:
     (root / "etc/fstab").write_text(FSTAB)
     (root / "etc/hostname").write_text(HOSTNAME)
     write_os_release(root)
@@ -155,14 +161,18 @@ def configure(root: Path, *, console_login: bool) -> None:
         chroot(root, "passwd", "--delete", "root")
     else:
         chroot(root, "passwd", "--lock", "root")
-    kernel_links(root)
-    path, text = SWUPDATE_BOOTLOADER
-    (root / path).parent.mkdir(parents=True, exist_ok=True)
-    (root / path).write_text(text)
+    described = machines.get(machine)
+    kernel_links(root, described.kernel)
+    path = root / SWUPDATE_BOOTLOADER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(swupdate_bootloader(described.bootloader))
 
 
-def kernel_links(root: Path) -> None:
-    """/boot/bzImage and /boot/initrd, the names the layer's grub.cfg loads."""
+def kernel_links(root: Path, kernel: str = "bzImage") -> None:
+    """/boot/<kernel> and /boot/initrd, the names the layer's boot script loads.
+
+    U-Boot's booti takes an uncompressed arm64 Image (KERNEL_IMAGETYPE "Image"
+    on qemuarm64); Debian installs it gzipped, so it is unpacked into a file."""
     boot = root / "boot"
     kernels = sorted(p.name for p in boot.glob("vmlinuz-*"))
     if len(kernels) != 1:
@@ -171,11 +181,16 @@ def kernel_links(root: Path) -> None:
     initrd = boot / f"initrd.img-{version}"
     if not initrd.is_file():
         raise BuildError(f"no initramfs for kernel {version} in {boot}")
-    for link, target in (("bzImage", kernels[0]), ("initrd", initrd.name)):
-        path = boot / link
+    for name in (kernel, "initrd"):
+        path = boot / name
         if path.is_symlink() or path.exists():
             path.unlink()
-        os.symlink(target, path)
+    raw = (boot / kernels[0]).read_bytes()
+    if kernel == "Image" and raw[:2] == b"\x1f\x8b":
+        (boot / kernel).write_bytes(gzip.decompress(raw))
+    else:
+        os.symlink(kernels[0], boot / kernel)
+    os.symlink(initrd.name, boot / "initrd")
 
 
 def chroot_quiet(root: Path, *argv: str) -> None:

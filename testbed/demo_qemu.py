@@ -40,11 +40,12 @@ from twelvefactor_services.process import LaunchError
 from refimage import image as refimage_image
 from refimage import system
 from refimage.progress import BuildError
+from testbed.boot.board import OVMF_CODE, OVMF_VARS
 from testbed.boot.device import Device, provision_device
 from testbed.boot.hub import HUB_ADDRESS, WG_PORT, Hub, connect_in_netns
 from testbed.boot.pace import PACE, REFERENCE_BOOT
 from testbed.boot.updating import CONFIRM_SECONDS, build_update
-from testbed.boot.vm import OVMF_CODE, OVMF_VARS, VMError
+from testbed.boot.vm import VMError
 from testbed.hostagent import HostAgent
 from testbed.proc import TestbedError
 from testbed.stack import Stack

@@ -103,7 +103,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--image",
         type=Path,
         default=None,
-        help="disk image to boot (default: build the reference image)",
+        help="disk image to boot (default: build the reference image); its machine is read"
+        " from its ESP (GRUB: x86-64 with OVMF; U-Boot: arm64 virt, u-boot.bin beside it)",
+    )
+    group.addoption(
+        "--machine",
+        default="qemux86-64",
+        choices=["qemux86-64", "qemuarm64"],
+        help="the machine of the reference image built when no --image is given",
     )
     group.addoption(
         "--accel",

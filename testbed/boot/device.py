@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed.boot import board
 from testbed.boot.hub import HUB_ADDRESS, TUNNEL_NETWORK, WG_PORT, Hub
 from testbed.boot.pace import PACE, REFERENCE_BOOT
 from testbed.boot.underlay import UNDERLAY_HOST
@@ -151,5 +152,12 @@ def provision_device(boot_image: Path, hub: Hub, work: Path, device_id: str, acc
         management_https_port=int(hub.info["management_https_port"]),
     )
     disk = provision.provision(boot_image, work / "device.img", certs, tunnel)
-    vm = VM(disk, work / "vm", netns=hub.netns, nic=hub.underlay.qemu_nic(), accel=accel)
+    vm = VM(
+        disk,
+        work / "vm",
+        netns=hub.netns,
+        nic=hub.underlay.qemu_nic(),
+        accel=accel,
+        board=board.of_image(boot_image),
+    )
     return Device(vm, hub, device_id, public, str(peer.address_v4))

@@ -1,4 +1,5 @@
-"""A QEMU x86-64 machine (OVMF + the disk image) driven over its serial console.
+"""A QEMU machine (x86-64 with OVMF, or arm64's virt with U-Boot) booting the
+disk image, driven over its serial console.
 
 QEMU runs with -no-reboot: a reboot or a power cut ends the process, and the
 test starts it again, which is what a power cycle looks like (an OVMF warm
@@ -23,19 +24,19 @@ from typing import TextIO
 
 import pexpect
 
+from testbed.boot.board import OVMF_VARS, X86_64, Board
 from testbed.boot.pace import PACE
 from testbed.proc import read_log
 
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 PROMPT = "TFBOOT-PROMPT# "
 # Reference times (pace.py scales them by this run's boots): power-on to the
 # login prompt, and a command on the console (most take well under a second).
 LOGIN_SECONDS = 45.0
 COMMAND_SECONDS = 40.0
 COMMAND_TIMEOUT = 120.0  # pexpect's default read limit; every wait here names its own
-# The kernel prints its command line early; the layer's grub.cfg puts the slot on it.
-KERNEL_SLOT = r"Command line:[^\n]*twelvefactor\.slot=([AB])"
+# The kernel prints its command line early ("Command line:" on x86-64, "Kernel
+# command line:" everywhere); the layer's boot scripts put the slot on it.
+KERNEL_SLOT = r"[Cc]ommand line:[^\n]*twelvefactor\.slot=([AB])"
 
 
 def accel_option(accel: str) -> str:
@@ -76,8 +77,10 @@ class VM:
         nic: str = "user,id=net0,model=virtio-net-pci",
         accel: str = "tcg",
         memory_mib: int = 1024,
+        board: Board = X86_64,
     ) -> None:
         self.disk = disk
+        self.board = board
         self.workdir = workdir
         self.netns = netns
         self.nic = nic  # QEMU -nic: its netdev is net0
@@ -85,7 +88,8 @@ class VM:
         self.memory_mib = memory_mib
         workdir.mkdir(parents=True, exist_ok=True)
         self.vars = workdir / "OVMF_VARS.fd"
-        shutil.copyfile(OVMF_VARS, self.vars)
+        if not board.uboot:
+            shutil.copyfile(OVMF_VARS, self.vars)
         self.console_log = workdir / "console.log"
         self.boots = 0
         # read-only raw disks attached from the next power-on (e.g. an update file)
@@ -102,9 +106,8 @@ class VM:
 
     def argv(self) -> list[str]:
         qemu = [
-            "qemu-system-x86_64",
-            "-machine",
-            "q35",
+            self.board.qemu,
+            *self._machine(),
             "-accel",
             accel_option(self.accel),
             "-m",
@@ -117,12 +120,7 @@ class VM:
             "-serial",
             "stdio",
             "-no-reboot",
-            "-drive",
-            f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
-            "-drive",
-            f"if=pflash,format=raw,unit=1,file={self.vars}",
-            "-drive",
-            f"if=virtio,format=raw,file={self.disk},cache=unsafe",
+            *self._disk(),
             "-nic",
             self.nic,
             "-object",
@@ -135,11 +133,29 @@ class VM:
         if self.capture is not None:
             # every frame of the guest's NIC, both ways, as QEMU passes it on
             qemu += ["-object", f"filter-dump,id=dump0,netdev=net0,file={self.capture}"]
-        for extra in self.extra_drives:
-            qemu += ["-drive", f"if=virtio,format=raw,readonly=on,file={extra}"]
+        for n, extra in enumerate(self.extra_drives):
+            qemu += ["-drive", f"if=none,id=extra{n},format=raw,readonly=on,file={extra}"]
+            qemu += ["-device", f"virtio-blk-pci,drive=extra{n}"]
         if self.netns is not None:
             return ["ip", "netns", "exec", self.netns, *qemu]
         return qemu
+
+    def _machine(self) -> list[str]:
+        if self.board.uboot:
+            # cortex-a57: what Yocto's qemuarm64 runs; cheaper under TCG than "max"
+            return ["-machine", "virt", "-cpu", "cortex-a57", "-bios", str(self.board.firmware)]
+        return [
+            "-machine", "q35",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.board.firmware}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
+        ]  # fmt: skip
+
+    def _disk(self) -> list[str]:
+        drive = f"if=none,id=disk0,format=raw,file={self.disk},cache=unsafe"
+        # U-Boot reads its environment from the disk before it enumerates PCI
+        # (board_r.c: initr_env, then pci_init), so on virt the disk is virtio-mmio
+        device = "virtio-blk-device" if self.board.uboot else "virtio-blk-pci"
+        return ["-drive", drive, "-device", f"{device},drive=disk0"]
 
     def power_on(self) -> None:
         if self.running:

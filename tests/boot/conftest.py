@@ -20,6 +20,7 @@ import pytest
 from helpers import require_root, require_tool
 
 from refimage import image as refimage_image
+from testbed.boot import board
 from testbed.boot.device import Device, provision_device
 from testbed.boot.hub import STALE_AFTER, Hub
 from testbed.boot.pace import PACE
@@ -92,9 +93,17 @@ def boot_image(request: pytest.FixtureRequest) -> Path:
             pytest.fail(f"--image {path}: no such file", pytrace=False)
         return path
     require_root()
-    for tool in ("mmdebstrap", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk", "grub-mkstandalone"):
+    machine = request.config.getoption("machine")
+    tools = ["mmdebstrap", "mkfs.ext4", "mkfs.vfat", "mcopy", "sfdisk"]
+    if machine == "qemux86-64":
+        tools += ["grub-mkstandalone"]
+    else:  # U-Boot from source, the ESP as the layer's recipes make it
+        tools += ["aarch64-linux-gnu-gcc", "bison", "flex", "bc", "mkimage", "mkenvimage"]
+        tools += ["qemu-aarch64-static", "arch-test"]
+    for tool in tools:
         require_tool(tool)
-    return refimage_image.build(ROOT / "build" / "refimage").disk
+    out = refimage_image.default_out(machine)
+    return refimage_image.build(out, machine=machine).disk
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +125,7 @@ def device(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Device]:
     """A provisioned copy of the image, booted and online; shared by the session."""
-    for tool in ("qemu-system-x86_64", "debugfs", "fallocate"):
+    for tool in (board.of_image(boot_image).qemu, "debugfs", "fallocate", "mdir"):
         require_tool(tool)
     work = tmp_path_factory.mktemp("device")
     accel = _option(request.config, "accel", os.environ.get("TWELVEFACTOR_QEMU_ACCEL", "tcg"))

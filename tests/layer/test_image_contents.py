@@ -49,24 +49,26 @@ def test_every_package_of_the_image_is_described(machine: str) -> None:
 
 
 def test_reference_image_packages_map_from_the_layer_image() -> None:
-    from refimage import packages
+    from refimage import machines, packages
 
-    found = ic.closure("qemux86-64")
-    missing = sorted(p for p in found.packages if ic.table_entry(p) is None)
-    assert missing == [], f"no entry in data/yocto-debian.toml [image] for {missing}"
     image_table = ic.debian_table()["image"]
-    extras = sorted(
-        key
-        for key in image_table
-        if not any(ic.table_entry(p) == (key, image_table[key]) for p in found.packages)
-    )
+    used: set[str] = set()
+    for machine in machines.MACHINES:
+        found = ic.closure(machine)
+        missing = sorted(p for p in found.packages if ic.table_entry(p) is None)
+        assert missing == [], f"{machine}: no entry in data/yocto-debian.toml [image] for {missing}"
+        used |= {entry[0] for p in found.packages if (entry := ic.table_entry(p))}
+    extras = sorted(set(image_table) - used)
     assert extras == [], (
-        f"yocto-debian.toml [image] entries the layer image does not install: {extras}"
+        f"yocto-debian.toml [image] entries no reference image's layer image installs: {extras}"
     )
     installed = set(packages.PACKAGES)
     derived = set(ic.debian_packages("qemux86-64"))
     assert installed - derived == set(), f"reference image installs more: {installed - derived}"
     assert derived - installed == set(), f"reference image lacks: {derived - installed}"
+    arm64 = set(packages.for_machine("qemuarm64"))
+    assert arm64 - installed == {"libubootenv-tool", "libubootenv0.1", "linux-image-arm64"}
+    assert installed - arm64 == {"linux-image-amd64"}
 
 
 def test_test_tools_are_used_by_the_boot_tests_only() -> None:

@@ -37,14 +37,8 @@ AB_ENV = BOOT_DIR / "files/uboot-ab.env"
 ENVIMAGE = BOOT_DIR / "files/twelvefactor-uboot-envimage"
 ENV_RECIPE = BOOT_DIR / "twelvefactor-uboot-env_1.0.bb"
 UBOOT_APPEND = lf.LAYER / "recipes-bsp/u-boot/u-boot_%.bbappend"
-IMAGE_RECIPE = lf.LAYER / "recipes-core/images/twelvefactor-image.bb"
 KCONFIG_SYMBOLS = Path(__file__).parent / "data/uboot-kconfig-symbols.txt"
 UBOOT_QEMU = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
-
-# What meta-raspberrypi (wrynose, conf/machine/include/rpi-base.inc) puts on
-# the boot partition with RPI_USE_U_BOOT = "1", besides firmware and DTBs:
-# RPI_EXTRA_IMAGE_BOOT_FILES. The layer's image recipe adds to or removes from it.
-RPI_EXTRA_BOOT_FILES = ["${KERNEL_IMAGETYPE}", "u-boot.bin;${SDIMG_KERNELIMAGE}", "boot.scr"]
 
 # U-Boot's built-in environment as its build writes it (u-boot-initial-env,
 # `name=value` lines), standing in for the file the U-Boot recipe deploys; the
@@ -84,28 +78,6 @@ def fw_env_entries() -> list[tuple[str, int, int]]:
             path, offset, size = line.split()[:3]
             entries.append((path, int(offset, 0), int(size, 0)))
     return entries
-
-
-def image_boot_files(machine: str) -> list[str]:
-    """IMAGE_BOOT_FILES of twelvefactor-image on `machine` (the layer's assignments,
-    appends and removes applied to the machine's default)."""
-    value = list(RPI_EXTRA_BOOT_FILES) if machine == "raspberrypi4-64" else []
-    appends: list[str] = []
-    removes: list[str] = []
-    for line in lf._logical_lines(IMAGE_RECIPE.read_text()):
-        m = re.match(r'^IMAGE_BOOT_FILES((?::[A-Za-z0-9_-]+)*)\s*=\s*"(.*)"', line)
-        if not m:
-            continue
-        overrides = [o for o in m.group(1).split(":") if o]
-        words = m.group(2).split()
-        if "append" in overrides or "remove" in overrides:
-            op = "append" if "append" in overrides else "remove"
-            condition = [o for o in overrides if o != op]
-            if lf._applies(condition, machine):
-                (appends if op == "append" else removes).extend(words)
-        elif lf._applies(overrides, machine):
-            value = words
-    return [w for w in value + appends if w not in removes]
 
 
 def recipe_value(recipe: Path, name: str) -> str:
@@ -178,7 +150,7 @@ def esp_files(machine: str, out: Path) -> dict[str, Path]:
     if env is not None:
         built["twelvefactor/uboot.env"] = env
     files = {}
-    for entry in image_boot_files(machine):
+    for entry in lf.image_boot_files(machine):
         source, _, dest = entry.partition(";")
         if source in built:
             files[dest or Path(source).name] = built[source]
@@ -241,7 +213,7 @@ def test_environment_copies_are_named_alike_everywhere(machine: str) -> None:
     # libubootenv (fw_env.config): the same two files on the ESP, mounted at /boot
     assert fw_env_entries() == [(f"/boot/{name}", 0, size) for name in files]
     # the image puts both on the ESP: libubootenv refuses to work with one missing
-    on_esp = [entry.partition(";")[2] for entry in image_boot_files(machine)]
+    on_esp = [entry.partition(";")[2] for entry in lf.image_boot_files(machine)]
     missing = [name for name in files if name not in on_esp]
     assert not missing, f"{machine}: IMAGE_BOOT_FILES puts no {missing} on the ESP"
     assert int(recipe_value(ENV_RECIPE, "TWELVEFACTOR_UBOOT_ENV_SIZE"), 0) == size
@@ -255,7 +227,7 @@ def test_boot_script_and_image_environment_start_alike() -> None:
 
 def test_raspberry_pi_esp_holds_no_kernel() -> None:
     # boot.scr loads the kernel from the slot; a copy on the ESP is never updated.
-    entries = image_boot_files("raspberrypi4-64")
+    entries = lf.image_boot_files("raspberrypi4-64")
     assert "${KERNEL_IMAGETYPE}" not in entries, entries
     assert "boot.scr" in entries
 

@@ -76,8 +76,14 @@ if test -z "${tf_fdt}"; then
     if test -n "${fdt_addr}"; then setenv tf_fdt ${fdt_addr}; else setenv tf_fdt ${fdtcontroladdr}; fi
 fi
 
+# An initramfs in the slot goes with its kernel (grub.cfg does the same); the
+# layer's image has none, a kernel built with its disk drivers as modules needs one.
 if load ${devtype} ${devnum}:${tf_part} ${kernel_addr_r} /boot/Image; then
-    booti ${kernel_addr_r} - ${tf_fdt}
+    if test -e ${devtype} ${devnum}:${tf_part} /boot/initrd; then
+        load ${devtype} ${devnum}:${tf_part} ${ramdisk_addr_r} /boot/initrd && booti ${kernel_addr_r} ${ramdisk_addr_r}:${filesize} ${tf_fdt}
+    else
+        booti ${kernel_addr_r} - ${tf_fdt}
+    fi
 fi
 echo "twelvefactor: slot ${slot} did not boot"
 if test "${upgrade_available}" = "1"; then reset; fi
