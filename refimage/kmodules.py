@@ -64,7 +64,6 @@ MACHINE: dict[str, dict[str, str]] = {
     "qemuarm64": COMMON
     | {
         "virtio_mmio": "the disk on QEMU's virt machine (VIRTIO_MMIO, qemuarm64's BSP)",
-        "rtc-pl031": "the virt machine's clock (RTC_DRV_PL031, qemuarm64's BSP)",
     },
 }
 
