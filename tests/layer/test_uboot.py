@@ -473,4 +473,5 @@ def test_boot_script_without_a_slot_device_tree_boots_the_firmwares(uboot_disk: 
     assert env.get("tf_fdt") == env["fdt_addr"], env
     assert env["bootargs"] == (
         "root=PARTLABEL=rootfs-a ro rootwait twelvefactor.slot=A console=ttyAMA0,115200 panic=5"
+        " systemd.gpt_auto=0"
     )

@@ -50,7 +50,10 @@ if test "${board}" = "rpi"; then
 else
     setenv tf_console ttyAMA0,115200
 fi
-setenv bootargs "root=PARTLABEL=${tf_root} ro rootwait twelvefactor.slot=${slot} console=${tf_console} panic=5"
+# systemd.gpt_auto=0: the layer mounts its partitions itself; on a boot that is not
+# an EFI boot, systemd-gpt-auto-generator would add an automount of the ESP at
+# /efi, which a read-only root does not have (the unit fails, the system is degraded).
+setenv bootargs "root=PARTLABEL=${tf_root} ro rootwait twelvefactor.slot=${slot} console=${tf_console} panic=5 systemd.gpt_auto=0"
 if test -n "${tf_fwargs}"; then setenv bootargs "${tf_fwargs} ${bootargs}"; fi
 
 # Device tree: the slot's own (/boot/${fdtfile}, from the kernel the slot was
