@@ -248,15 +248,16 @@ def boot_script(out: Path, log: Path) -> Path:
     return script
 
 
-def environment(initial_env: Path, out: Path, log: Path) -> Path:
+def environment(initial_env: Path, out: Path, log: Path, *extra: str) -> Path:
     """The environment image as twelvefactor-uboot-env's do_compile makes it: the
-    layer's script on U-Boot's built-in environment."""
+    layer's script on U-Boot's built-in environment (and `extra` NAME=VALUE over it,
+    as the recipe passes tf_dtoverlays)."""
     size = lf._assignments(ENV_RECIPE.read_text()).get("TWELVEFACTOR_UBOOT_ENV_SIZE")
     if size is None:
         raise BuildError(f"{ENV_RECIPE.name} sets no TWELVEFACTOR_UBOOT_ENV_SIZE")
     image = out / "uboot.env"
-    run(["env", "MKENVIMAGE=mkenvimage", "sh", ENVIMAGE, initial_env, AB_ENV, size, image],
-        log=log)  # fmt: skip
+    run(["env", "MKENVIMAGE=mkenvimage", "sh", ENVIMAGE, initial_env, AB_ENV, size, image,
+         *extra], log=log)  # fmt: skip
     return image
 
 
