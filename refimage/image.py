@@ -43,16 +43,6 @@ class Image:
     rootfs: Path  # the ext4 image of rootfs-a
     manifest: dict[str, object]
 
-    @property
-    def machine(self) -> str:
-        return str(self.manifest.get("machine", machines.DEFAULT))
-
-    @property
-    def firmware(self) -> Path | None:
-        """The bootloader QEMU starts with -bios, kept beside the disk (arm64: U-Boot)."""
-        path = self.directory / FIRMWARE_NAME
-        return path if path.is_file() else None
-
 
 def _sha(*parts: bytes) -> str:
     h = hashlib.sha256()

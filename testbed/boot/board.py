@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from refimage import disk as disk_layout
+from refimage.image import FIRMWARE_NAME
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-UBOOT_NAME = "u-boot.bin"
 
 
 class BoardError(AssertionError):
@@ -62,7 +62,7 @@ def of_image(image: Path, firmware: Path | None = None) -> Board:
     """The board that boots `image`; U-Boot from `firmware` or beside the image."""
     names = {n.lower() for n in esp_names(image)}
     if "boot.scr" in names:
-        uboot = firmware or image.parent / UBOOT_NAME
+        uboot = firmware or image.parent / FIRMWARE_NAME
         if not uboot.is_file():
             raise BoardError(
                 f"{image} boots with U-Boot (boot.scr on its ESP), but there is no {uboot}: "

@@ -31,11 +31,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 DEVICE_ID = "boot-dev-1"
 _shared: dict[str, Device] = {}  # the session's device, for failure reports
+_login: list[tuple[str, float]] = []  # the first boot's power-on to login prompt, by board
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if PACE.boots:
         terminalreporter.section("boot: power-on to online")
+        for board_name, seconds in _login:
+            terminalreporter.write_line(
+                f"{seconds:7.1f} s  first boot to the login prompt ({board_name})"
+            )
         for what, seconds in PACE.boots:
             terminalreporter.write_line(f"{seconds:7.1f} s  {what}")
         terminalreporter.write_line(f"limits scaled by {PACE.ratio:.2f} (slowest boot / reference)")
@@ -136,7 +141,7 @@ def device(
         vm.capture = dev.first_boot_capture = work / "first-boot.pcap"
         dev.power_on()
         vm.capture = None  # read at power-on: later boots are not captured
-        vm.login()
+        _login.append((vm.board.arch, vm.login()))
         dev.wait_online("first boot")
         _shared["device"] = dev
         yield dev
