@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import require_root, require_tool
 
-from refimage import image, reproducible, rootfs
+from refimage import image, machines, reproducible, rootfs
 from refimage.lock import locked
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ def two_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         require_tool(tool)
     first = image.build(CACHE).rootfs  # the boot tier's image, built once per inputs
     with locked(CACHE):  # the base is not rebuilt or pruned under us
-        base = image._base_tree(CACHE, CACHE / "build.log")
+        base = image._base_tree(CACHE, CACHE / "build.log", machines.DEFAULT)
         work = tmp_path_factory.mktemp("rootfs")
         try:
             image.build_rootfs(base, work, work / "rootfs.ext4", log=work / "build.log")
