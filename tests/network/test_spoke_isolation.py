@@ -4,6 +4,7 @@ unreachable on every port, and on the hub only the service ports answer."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,10 +40,17 @@ def _hub_forward_drops(lab: Lab) -> int:
     return sum(int(n) for n in re.findall(r"counter packets (\d+)", text))
 
 
+def _hub_tunnel_received(lab: Lab) -> int:
+    """Packets the hub's WireGuard interface has taken out of the tunnel."""
+    text = lab.hub_ns.exec("ip", "-s", "-j", "link", "show", "dev", lab.hub_if)
+    return int(json.loads(text)[0]["stats64"]["rx"]["packets"])
+
+
 def test_device_a_unreachable_from_device_b_on_every_port(stolen_b: Lab, tmp_path: Path) -> None:
     lab = stolen_b
     a4, a6 = lab.tunnel_address(lab.a.id), lab.tunnel_address(lab.a.id, 6)
     before = _hub_forward_drops(lab)
+    received_before = _hub_tunnel_received(lab)
     with Capture(lab.a.ns, "tf0", tmp_path / "a-tunnel.pcap") as cap:
         tcp = nmap(lab.b.ns, a4, "-sS", "-p-", *FAST)
         tcp6 = nmap(lab.b.ns, a6, "-6", "-sS", "-p-", *FAST)
@@ -54,8 +62,15 @@ def test_device_a_unreachable_from_device_b_on_every_port(stolen_b: Lab, tmp_pat
     assert not answered
     b4, b6 = lab.tunnel_address(lab.b.id), lab.tunnel_address(lab.b.id, 6)
     assert cap.packets(f"src host {b4} or src host {b6}") == []
-    # the hub's forward rule is what stopped them (the hub forwards otherwise)
-    assert _hub_forward_drops(lab) - before >= 0.95 * (2 * 65535 + 1000)
+    # the hub's forward rule is what stopped them (the hub forwards otherwise): the
+    # scans reached the hub, and it dropped what arrived. Counted against what arrived,
+    # not against what nmap sent: on a loaded machine B's wireguard-go drops some of
+    # a 5,000-per-second scan before it is sent (run20: 93 % arrived).
+    received = _hub_tunnel_received(lab) - received_before
+    dropped = _hub_forward_drops(lab) - before
+    sent = 2 * 65535 + 1000
+    assert received >= 0.5 * sent, f"{received} of {sent} probes reached the hub"
+    assert dropped >= 0.95 * received, f"the hub dropped {dropped} of {received}"
 
 
 def test_hub_answers_a_spoke_only_on_service_ports(stolen_b: Lab) -> None:
