@@ -28,15 +28,15 @@ from twelvefactor_agent.update import steps
 
 from refimage import disk
 from refimage import layer_files as lf
+from refimage import uboot as uboot_build
 
 UBOOT_MACHINES = ("qemuarm64", "raspberrypi4-64")
-BOOT_DIR = lf.LAYER / "recipes-bsp/twelvefactor-boot-uboot"
-BOOT_CMD = BOOT_DIR / "files/boot.cmd"
-FW_ENV_CONFIG = BOOT_DIR / "files/fw_env.config"
-AB_ENV = BOOT_DIR / "files/uboot-ab.env"
-ENVIMAGE = BOOT_DIR / "files/twelvefactor-uboot-envimage"
-ENV_RECIPE = BOOT_DIR / "twelvefactor-uboot-env_1.0.bb"
-UBOOT_APPEND = lf.LAYER / "recipes-bsp/u-boot/u-boot_%.bbappend"
+# the layer's files, as the reference image's builder names them
+BOOT_CMD = uboot_build.BOOT_CMD
+FW_ENV_CONFIG = uboot_build.BOOT_DIR / "files/fw_env.config"
+AB_ENV = uboot_build.AB_ENV
+ENV_RECIPE = uboot_build.ENV_RECIPE
+UBOOT_APPEND = uboot_build.UBOOT_APPEND
 KCONFIG_SYMBOLS = Path(__file__).parent / "data/uboot-kconfig-symbols.txt"
 UBOOT_QEMU = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")
 
@@ -57,16 +57,11 @@ kernel_addr_r=0x00080000
 
 
 def fragment_options(machine: str) -> dict[str, str]:
-    """CONFIG_ options the layer's U-Boot fragments set for `machine`."""
+    """CONFIG_ options the layer's U-Boot fragments set for `machine` (wrynose's names)."""
     options: dict[str, str] = {}
-    for name in lf.src_uri_files(UBOOT_APPEND, machine):
-        source = lf.find_source(UBOOT_APPEND, name, machine)
-        assert source is not None, name
-        for line in source.read_text().splitlines():
-            if m := re.match(r"^(CONFIG_[A-Z0-9_]+)=(.*)$", line):
-                options[m.group(1)] = m.group(2).strip('"')
-            elif m := re.match(r"^# (CONFIG_[A-Z0-9_]+) is not set$", line):
-                options[m.group(1)] = "n"
+    for fragment in uboot_build.fragments(machine):
+        for name, value in uboot_build.parse_config(fragment.read_text()).items():
+            options[name] = value.strip('"')
     return options
 
 
@@ -114,41 +109,22 @@ def boot_cmd_defaults() -> dict[str, str]:
 
 
 def compile_boot_script(out: Path) -> Path:
-    mkimage = require_tool("mkimage")
-    script = out / "boot.scr"
-    args = ["-A", "arm64", "-T", "script", "-C", "none", "-n", "twelvefactor A/B"]
-    subprocess.run(
-        [mkimage, *args, "-d", str(BOOT_CMD), str(script)], check=True, capture_output=True
-    )
-    return script
+    require_tool("mkimage")
+    return uboot_build.boot_script(out, out / "build.log")
 
 
-def environment_image(out: Path, default_env: str = DEFAULT_ENV) -> Path | None:
-    """The environment image the layer deploys (twelvefactor-uboot-env's do_compile:
-    the layer's script on U-Boot's built-in environment), or None if it has none."""
-    if not ENVIMAGE.is_file() or not ENV_RECIPE.is_file():
-        return None
+def environment_image(out: Path, default_env: str = DEFAULT_ENV) -> Path:
+    """The environment image the layer deploys, made as the reference image makes it
+    (refimage/uboot.py: the layer's script on U-Boot's built-in environment)."""
     require_tool("mkenvimage")
     default = out / "u-boot-initial-env"
     default.write_text(default_env)
-    image = out / "uboot.env"
-    size = recipe_value(ENV_RECIPE, "TWELVEFACTOR_UBOOT_ENV_SIZE")
-    done = subprocess.run(
-        ["sh", str(ENVIMAGE), str(default), str(AB_ENV), size, str(image)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return image
+    return uboot_build.environment(default, out, out / "build.log")
 
 
 def esp_files(machine: str, out: Path) -> dict[str, Path]:
     """ESP path -> built file, for the IMAGE_BOOT_FILES entries the layer builds."""
-    built: dict[str, Path] = {"boot.scr": compile_boot_script(out)}
-    env = environment_image(out)
-    if env is not None:
-        built["twelvefactor/uboot.env"] = env
+    built = {"boot.scr": compile_boot_script(out), "twelvefactor/uboot.env": environment_image(out)}
     files = {}
     for entry in lf.image_boot_files(machine):
         source, _, dest = entry.partition(";")
