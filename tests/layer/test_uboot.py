@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +28,7 @@ from twelvefactor_agent.update import steps
 from refimage import disk
 from refimage import layer_files as lf
 from refimage import uboot as uboot_build
+from refimage.uboot_env import read_copy
 
 UBOOT_MACHINES = ("qemuarm64", "raspberrypi4-64")
 # the layer's files, as the reference image's builder names them
@@ -151,12 +151,6 @@ def copy_out(esp: Path, dest: Path) -> None:
     )
 
 
-def redundant_copy(raw: bytes) -> tuple[bool, int]:
-    """(CRC valid, flag byte) of one copy in U-Boot's redundant format."""
-    crc = int.from_bytes(raw[:4], "little")
-    return zlib.crc32(raw[5:]) == crc, raw[4]
-
-
 # --- static checks -------------------------------------------------------------
 
 
@@ -242,7 +236,8 @@ def test_fresh_esp_environment_is_read_and_written_by_libubootenv(
     for path, _, size in fw_env_entries():
         raw = (boot / Path(path).name).read_bytes()
         assert len(raw) == size
-        assert redundant_copy(raw) == (True, 1), path
+        copy = read_copy(raw)
+        assert (copy.whole, copy.serial) == (True, 1), path
 
     # what SWUpdate writes when it installs into slot B
     script = tmp_path / "swupdate.env"
@@ -255,9 +250,8 @@ def test_fresh_esp_environment_is_read_and_written_by_libubootenv(
     env = dict(line.partition("=")[::2] for line in done.stdout.splitlines())
     assert (env["slot"], env["upgrade_available"], env["bootcount"]) == ("B", "1", "0")
     assert env["bootcmd"] == "bootflow scan -lb"
-    flags = sorted(
-        redundant_copy((boot / Path(p).name).read_bytes()) for p, _, _ in fw_env_entries()
-    )
+    copies = [read_copy((boot / Path(p).name).read_bytes()) for p, _, _ in fw_env_entries()]
+    flags = sorted((c.whole, c.serial) for c in copies)
     assert flags == [(True, 1), (True, 2)], "the write went to the other copy, one serial up"
 
 
