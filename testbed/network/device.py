@@ -47,6 +47,8 @@ FAKETIME_LIB = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 NETDEV = "run/systemd/network/50-twelvefactor-tunnel.netdev"
 NETWORK = "run/systemd/network/50-twelvefactor-tunnel.network"
 TIMESYNCD = "run/systemd/timesyncd.conf.d/50-twelvefactor.conf"
+# the lab agents' reconnect backoff (seconds): short, so that tests wait for work, not timers
+AGENT_BACKOFF = {"initial": 0.5, "multiplier": 2.0, "cap": 2.0}
 
 
 def unit_file(text: str) -> list[tuple[str, str, str]]:
@@ -268,7 +270,7 @@ class Device:
             health_heartbeat=5,
             keepalive=10,
         )
-        doc["backoff"] = {"initial": 0.5, "multiplier": 2.0, "cap": 2.0}
+        doc["backoff"] = dict(AGENT_BACKOFF)
 
     def start_agent(
         self,
