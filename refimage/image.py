@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,6 @@ ROOTFS_NAME = "rootfs.ext4"  # slot A's file system, kept for the .swu
 ROOTFS_LABEL = "rootfs-a"
 FIRMWARE_NAME = "u-boot.bin"  # arm64: what QEMU's -bios loads (U-Boot; x86-64 boots OVMF)
 MANIFEST = "manifest.json"
-UBOOT_LOG = "build-uboot.log"  # its own: U-Boot builds while the base is configured
 KEEP_IMAGES = 2  # older cached images are removed
 
 
@@ -113,18 +111,6 @@ def _base_tree(out: Path, log: Path, machine: str) -> Path:
     return base / "root"
 
 
-def _firmware_and_base(out: Path, log: Path, machine: str) -> tuple[uboot.UBoot | None, Path]:
-    """U-Boot (where the machine boots it) and the base tree, side by side: the base of a
-    foreign machine is dpkg under QEMU user emulation on one core, the longest step of
-    the suite, and U-Boot's native cross build (about a minute) need not wait for it."""
-    if machines.get(machine).bootloader != "uboot":
-        return None, _base_tree(out, log, machine)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        firmware = pool.submit(uboot.build, out, out / UBOOT_LOG)
-        base = _base_tree(out, log, machine)  # on failure, the pool waits for U-Boot
-        return firmware.result(), base
-
-
 def _prune(out: Path, keep: Path) -> None:
     images = sorted(out.glob("image-*"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in [p for p in images if p != keep][KEEP_IMAGES - 1 :]:
@@ -157,7 +143,8 @@ def _build(out: Path, top: Path, console_login: bool, machine: str) -> Image:
     files = layer.device_files(top, machine)
     units = layer.enabled_units(top)
     boot = boot_inputs(top, machine)
-    firmware, base = _firmware_and_base(out, log, machine)
+    firmware = uboot.build(out, log) if machines.get(machine).bootloader == "uboot" else None
+    base = _base_tree(out, log, machine)
     key = image_key(base_key(machine), files, units, boot, top, console_login, machine)
     if firmware is not None:
         key = _sha(key.encode(), firmware.binary.read_bytes())
