@@ -36,6 +36,7 @@ from typing import Any, cast
 from twelvefactor_services.mqtt import Endpoint, Identity
 from twelvefactor_services.pki import Pki, PkiError
 from twelvefactor_services.process import LaunchError
+from twelvefactor_services.services_stack import ephemeral_ports
 
 from refimage import image as refimage_image
 from refimage import system
@@ -96,15 +97,11 @@ def next_version(version: str) -> str:
     return f"{head}.{int(last) + 1}" if head else str(int(last) + 1)
 
 
-def host_ephemeral_ports() -> tuple[int, int]:
-    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-    return int(low), int(high)
-
-
 def below_ephemeral(host: tuple[int, int], size: int = 8192) -> tuple[int, int]:
-    """The hub namespace's range for ports picked free: just below the host's ephemeral
-    range, where no outgoing connection of the host takes a port (a busy host has thousands),
-    so that the relay finds the API's port free on the host's loopback."""
+    """The hub namespace's ephemeral range: just below the host's, so that the ports its
+    services pick free (below the namespace's range: services_stack.free_port) are below the
+    host's too, where no outgoing connection of the host takes a port (a busy host has
+    thousands), and the relay finds the API's port free on the host's loopback."""
     low = host[0]
     if low - size < 1024:
         raise QemuDemoError(
@@ -236,7 +233,7 @@ class HubCloud:
     """The shipped hub in its namespace as the demo's cloud, its operator API on the host."""
 
     def __init__(self, root: Path) -> None:
-        self.hub = Hub(root, local_ports=below_ephemeral(host_ephemeral_ports()))
+        self.hub = Hub(root, local_ports=below_ephemeral(ephemeral_ports()))
         self.relay: Relay | None = None
 
     def start(self, tries: int = 3) -> None:

@@ -17,6 +17,7 @@ their own ``tls/`` folder (docs/pki.md).
 from __future__ import annotations
 
 import os
+import random
 import socket
 import sys
 import time
@@ -41,18 +42,37 @@ LOCALHOST = "127.0.0.1"
 ADMIN = "admin"  # the operator the stack bootstraps; its token is in management/admin.token
 
 _handed_out: set[int] = set()
+_pick = random.Random()  # its own: a test that seeds the module's generator changes nothing here
+PICK_BELOW = 16384  # how many ports under the ephemeral range free_port picks from
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (outgoing connections, bind to port 0)."""
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return int(low), int(high)
 
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now, never one this process handed out before.
 
-    The kernel picks it; a port handed out is often not bound yet (a stack picks
-    its broker's three ports before starting it), and the kernel may offer the
-    same one again, so each is remembered and a repeat is refused.
+    Picked at random below the kernel's ephemeral range: a port handed out is bound
+    only later (a service's start takes seconds on a loaded machine), and inside that
+    range any outgoing connection of any process may take it first as its source port
+    (CI, 5 December: a management service's API port, "Address already in use"). Below
+    it only another picker can, as unlikely as two equal draws from 16,384. Each port
+    is remembered and a repeat is refused; the bind (without SO_REUSEADDR) checks that
+    nothing holds it, not even a closed connection in TIME_WAIT.
     """
+    low = ephemeral_ports()[0]
+    first = max(1024, low - PICK_BELOW)
     while True:
+        # a range squeezed below 1024 leaves only the kernel's pick
+        wanted = _pick.randrange(first, low) if low - first >= 1024 else 0
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((LOCALHOST, 0))
+            try:
+                s.bind((LOCALHOST, wanted))
+            except OSError:
+                continue  # taken: draw again
             port: int = s.getsockname()[1]
         if port not in _handed_out:
             _handed_out.add(port)
