@@ -53,6 +53,12 @@ def main() -> int:
         default="sqlite",
         help="both services' stores (postgresql: a server started for the run)",
     )
+    parser.add_argument(
+        "--api-copy",
+        action="store_true",
+        help="probe the operator API on a management copy of its own (--no-consume) beside"
+        " the one that consumes",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="py-spy the services into this folder")
     args = parser.parse_args()
@@ -69,6 +75,7 @@ def main() -> int:
         work=args.work.resolve(),
         profile=args.profile,
         database=args.database,
+        api_copy=args.api_copy,
     )
     try:
         opts.check()

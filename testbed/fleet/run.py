@@ -71,6 +71,9 @@ class Options:
     profile: Path | None = None  # py-spy's samples of the services go here (collapsed stacks)
     # both services' stores: "sqlite" or "postgresql" (a server of the run's own, testbed/postgres)
     database: str = "sqlite"
+    # the operator API probed on a management copy of its own that takes no device messages
+    # (--no-consume), beside the copy that consumes; False: the consuming copy's own API
+    api_copy: bool = False
     keepalive: int = int(agent_default("agent", "keepalive"))
     backoff: tuple[float, float, float] = (
         agent_default("backoff", "initial"),
@@ -312,6 +315,10 @@ class Cpu:
         if pid is not None and at is not None:
             self._start[name] = (pid, at)
 
+    def measuring(self) -> list[str]:
+        """The processes begun and not ended yet."""
+        return list(self._start)
+
     def end(self, name: str) -> None:
         pid, at = self._start.pop(name, (None, 0.0))
         now = cpu_seconds(pid)
@@ -344,6 +351,12 @@ def run(opts: Options) -> dict[str, Any]:
         management, solution = stack.start_all()
         stack_start = time.perf_counter() - t
         figures["stack start (s)"] = stack_start
+        figures["api"] = "a copy of its own" if opts.api_copy else "the consuming copy"
+        operator = management
+        if opts.api_copy:
+            operator = stack.management(consume=False)
+            operator.start()
+            cpu.begin("management api", operator.pid)
         for name, pid in (
             ("broker", stack.broker.pid),
             ("management", management.pid),
@@ -356,8 +369,8 @@ def run(opts: Options) -> dict[str, Any]:
                 for name, pid in (("management", management.pid), ("solution", solution.pid))
             ]
         watch.start()
-        assert management.api is not None
-        probe = ApiProbe(management.api.url, stack.admin_token(), stack.pki.ca_cert, ids)
+        assert operator.api is not None
+        probe = ApiProbe(operator.api.url, stack.admin_token(), stack.pki.ca_cert, ids)
         probe.prepare()
         # 1. initial connect
         connect_stall = FACTOR * (stack_start + CONNECT_TIMEOUT + opts.backoff[2])
@@ -381,9 +394,9 @@ def run(opts: Options) -> dict[str, Any]:
         figures["registry poll (s)"] = watch.interval
         # 3. a rollout to every device, one phase
         sha = make_artifact(stack, work)
-        api = management.api
+        api = operator.api
         t_roll = time.time()
-        status, made_r = management.api.request(
+        status, made_r = api.request(
             "POST", "/rollouts", {"artifact": sha, "devices": ids, "phases": [{"percent": 100}]}
         )
         if status != 201:
@@ -513,7 +526,7 @@ def run(opts: Options) -> dict[str, Any]:
             during = [s for t, _, s, status in probe.calls if status == 200 and begins <= t < ends]
             if during:
                 figures[f"api p99 {phase} (s)"] = percentile(during, 99)
-        for name in ("broker", "management", "solution"):
+        for name in cpu.measuring():
             cpu.end(name)
         wall = time.time() - t0
         figures["wall (s)"] = wall

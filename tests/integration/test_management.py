@@ -15,7 +15,7 @@ from twelvefactor_services.management.cli import main as management_cli
 from testbed.pace import PACE
 from testbed.postgres import Postgres
 from testbed.probe import Probe
-from testbed.stack import ServiceProcess, Stack, http_get, wait_until
+from testbed.stack import ServiceProcess, Stack, http_get, http_send, wait_until
 
 MakeProbe = Callable[..., Probe]
 WILL = b'{"v":1,"online":false,"reason":"lost"}'
@@ -217,6 +217,34 @@ def test_two_copies_share_the_load_and_the_registry(stack: Stack, probes: MakePr
     handled = wait_until(counts, what="all messages handled")
     assert sum(handled) == len(devices) * 12  # online + meta + 10 health each, exactly once
     assert all(n > 0 for n in handled), handled
+
+
+def test_an_api_copy_takes_no_reports_and_serves_and_publishes_what_the_others_record(
+    stack: Stack, probes: MakeProbe
+) -> None:
+    """An API copy (--no-consume) beside a copy that consumes: every report is taken by the
+    other, the API copy shows what it recorded, and a configuration set through the API
+    copy reaches the device (a burst of reports never delays an operator's call: the bench
+    runs its API probe against such a copy, docs/scale.md)."""
+    consumer, api_copy = stack.management(), stack.management(consume=False)
+    consumer.start(PACE.steps_of("services"))
+    api_copy.start(PACE.steps_of("services"))
+    status, said = http_get(api_copy, "/healthz")
+    assert status == 200 and said["ok"] and said["consumes"] is False, said
+    dev = fake_device(stack, probes, "dev-030")
+    ts = time.time()
+    for i in range(5):
+        dev.publish("mgmt/dev-030/up/health", health(ts + i))
+    wait_device(api_copy, "dev-030", lambda d: d["health_ts"] == ts + 4, "dev-030's last health")
+    assert http_get(api_copy, "/healthz")[1]["handled"] == 0
+    assert http_get(consumer, "/healthz")[1]["handled"] == 7  # online, meta, 5 health
+
+    dev.subscribe("mgmt/dev-030/down/config")
+    status, _ = http_send(api_copy, "PUT", "/devices/dev-030/config", {"agent": {"keepalive": 12}})
+    assert status == 200
+    got = dev.wait_for(lambda m: m.topic == "mgmt/dev-030/down/config" and bool(m.payload))
+    assert got.json()["config"]["agent"] == {"keepalive": 12}, got.json()
+    assert http_get(api_copy, "/healthz")[1]["handled"] == 0
 
 
 def test_device_text_cannot_forge_a_log_line_and_nan_is_refused(

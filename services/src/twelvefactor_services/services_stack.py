@@ -221,10 +221,12 @@ class ServicesStack:
         signing_cert: Path | None = None,
         overdue_after: float | None = None,
         job_quiet_after: float | None = None,
+        consume: bool = True,
     ) -> ServiceProcess:
         """A management service copy (not started); copies share one database, one .swu
         store and one artifact address (``self.artifact_port``, which they all bind:
-        artifact_server.py), unless ``artifact_port`` says otherwise.
+        artifact_server.py), unless ``artifact_port`` says otherwise. ``consume=False``:
+        an API copy, which takes none of the devices' messages.
         """
         n = self._next_copy("management")
         run = self.root / "management"
@@ -261,6 +263,7 @@ class ServicesStack:
                 *([] if overdue_after is None else ["--overdue-after", str(overdue_after)]),
                 *([] if job_quiet_after is None else ["--job-quiet-after", str(job_quiet_after)]),
                 *([] if self.shard is None else ["--shard", self.shard]),
+                *([] if consume else ["--no-consume"]),
             ],
             run,
             api=ManagementClient(

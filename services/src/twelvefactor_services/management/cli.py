@@ -798,6 +798,14 @@ def _serve_parser(sub: Any) -> None:
         " devices of that shard (default: a fleet of one shard)",
     )
     serve.add_argument(
+        "--no-consume",
+        dest="consume",
+        action="store_false",
+        help="an API copy: serve the operator API and publish, but take none of the devices'"
+        " messages (beside copies that do: a burst of reports never delays an operator's"
+        " call; docs/scale.md)",
+    )
+    serve.add_argument(
         "--overdue-after",
         type=_seconds,
         default=OVERDUE_AFTER,
@@ -904,6 +912,7 @@ def _serve(args: argparse.Namespace) -> int:
         overdue_after=args.overdue_after,
         job_quiet_after=args.job_quiet_after,
         shard=args.shard,
+        consume=args.consume,
     )
     ManagementService(cfg).run()
     return 0

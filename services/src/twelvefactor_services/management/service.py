@@ -99,6 +99,9 @@ class ManagementConfig:
     # seconds without a report before an online device's unfinished job is offered again
     job_quiet_after: float = JOB_QUIET_AFTER
     shard: str | None = None  # the hub shard whose broker this copy consumes from
+    # False: an API copy, which takes none of the devices' messages (its operator API and
+    # its publisher only), so that no burst of reports delays an operator's call
+    consume: bool = True
 
     @property
     def artifact_store(self) -> ArtifactStore:
@@ -184,11 +187,12 @@ class ManagementService:
             log.warning("artifact bytes sent to %s not counted: %s", device, exc)
 
     def health(self) -> dict[str, Any]:
-        ok = self.conn.connected.is_set() and self.subscribed.is_set()
+        ok = self.conn.connected.is_set() and (self.subscribed.is_set() or not self.cfg.consume)
         return {
             "ok": ok,
             "instance": self.cfg.instance,
             "mqtt": "connected" if self.conn.connected.is_set() else "disconnected",
+            "consumes": self.cfg.consume,
             "subscribed": self.subscribed.is_set(),
             "handled": self.handled,
         }
@@ -199,7 +203,10 @@ class ManagementService:
             log.error("broker refused the connection: %s", rc)
             return
         log.info("connected to %s:%d", self.cfg.broker.host, self.cfg.broker.port)
-        c.subscribe(shared(self.cfg.group, MANAGEMENT_UP), qos=1)
+        if self.cfg.consume:
+            c.subscribe(shared(self.cfg.group, MANAGEMENT_UP), qos=1)
+        else:  # an API copy: ready once it can publish
+            self._ready()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self.conn.on_disconnect(rc)
@@ -213,6 +220,9 @@ class ManagementService:
             log.error("subscription refused: %s", codes[0])
             return
         self.subscribed.set()
+        self._ready()
+
+    def _ready(self) -> None:
         if self.cfg.ready_file is not None and not self.cfg.ready_file.exists():
             self.cfg.ready_file.write_text(f"{self.http.server_address[1]}\n")
 
@@ -381,7 +391,8 @@ class ManagementService:
             )
         publisher = threading.Thread(target=self._publisher, name="publisher", daemon=True)
         publisher.start()
-        self.inbox.start()
+        if self.cfg.consume:
+            self.inbox.start()
         log.info("operator API on https://%s:%d", self.cfg.api.host, self.http.server_address[1])
 
         stop_requested = threading.Event()
@@ -402,7 +413,8 @@ class ManagementService:
         self.stopping.set()
         self.publish_wake.set()
         publisher.join(15)
-        self.inbox.join(15)
+        if self.cfg.consume:
+            self.inbox.join(15)
         self.http.shutdown()
         if self.artifact_server is not None:
             self.artifact_server.stop()
