@@ -33,6 +33,7 @@ ROOTFS_NAME = "rootfs.ext4"  # slot A's file system, kept for the .swu
 ROOTFS_LABEL = "rootfs-a"
 FIRMWARE_NAME = "u-boot.bin"  # arm64: what QEMU's -bios loads (U-Boot; x86-64 boots OVMF)
 MANIFEST = "manifest.json"
+BUILD_LOG = "build.log"  # in the cache: every build step of the machine appends here
 KEEP_IMAGES = 2  # older cached images are removed
 
 
@@ -139,7 +140,7 @@ def build(
 
 
 def _build(out: Path, top: Path, console_login: bool, machine: str) -> Image:
-    log = out / "build.log"
+    log = out / BUILD_LOG
     files = layer.device_files(top, machine)
     units = layer.enabled_units(top)
     boot = boot_inputs(top, machine)

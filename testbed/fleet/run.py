@@ -37,6 +37,7 @@ from testbed.fleet.watch import (
     percentile,
     solution_counts,
 )
+from testbed.pace import PACE
 from testbed.postgres import Postgres
 from testbed.stack import Stack
 
@@ -355,7 +356,7 @@ def run(opts: Options) -> dict[str, Any]:
         operator = management
         if opts.api_copy:
             operator = stack.management(consume=False)
-            operator.start()
+            operator.start(PACE.steps_of("services"))  # as start_all starts its copies
             cpu.begin("management api", operator.pid)
         for name, pid in (
             ("broker", stack.broker.pid),

@@ -42,7 +42,7 @@ def two_builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         require_tool(tool)
     first = image.build(CACHE).rootfs  # the boot tier's image, built once per inputs
     with locked(CACHE):  # the base is not rebuilt or pruned under us
-        base = image._base_tree(CACHE, CACHE / "build.log", machines.DEFAULT)
+        base = image._base_tree(CACHE, CACHE / image.BUILD_LOG, machines.DEFAULT)
         work = tmp_path_factory.mktemp("rootfs")
         try:
             image.build_rootfs(base, work, work / "rootfs.ext4", log=work / "build.log")

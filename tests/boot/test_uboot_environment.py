@@ -56,7 +56,7 @@ def built() -> uboot.UBoot:
         require_tool(tool)
     out = refimage_image.default_out("qemuarm64")
     with locked(out):
-        return uboot.build(out, out / "build.log")
+        return uboot.build(out, out / refimage_image.BUILD_LOG)
 
 
 class Board:
