@@ -34,6 +34,7 @@ import contextlib
 import functools
 import heapq
 import itertools
+import json
 import logging
 import os
 import random
@@ -59,6 +60,7 @@ from twelvefactor_agent.protocol.envelope import ProtocolError, dumps
 from twelvefactor_agent.session import payloads
 from twelvefactor_agent.session.machine import Action, SessionMachine
 from twelvefactor_agent.session.mqtt import SESSION_EXPIRY, new_client
+from twelvefactor_agent.session.unheard import FIRST_RETRY, Unheard, nobody_heard
 from twelvefactor_agent.update.decide import decide, parse_job, refusal_payload, report_payload
 from twelvefactor_agent.update.steps import final_chain
 from twelvefactor_agent.util.backoff import Backoff
@@ -139,8 +141,15 @@ class Device:
         self.mid_seq: dict[int, int] = {}  # the solution connection's mid -> seq
         self.health_sent = 0
         self.health_acked = 0
-        self.health_mids: dict[int, float] = {}  # the management connection's health mid -> ts
-        self.health_acked_ts: list[float] = []  # what the broker acknowledged, by its ts
+        # the management connection's health mid -> ts, payload, "new" / "probe" / "again"
+        self.health_mids: dict[int, tuple[float, bytes, str]] = {}
+        self.health_acked_ts: list[float] = []  # what reached a subscriber, by its ts
+        # Reports the broker had no subscriber for, kept and sent again as the agent does.
+        rng = random.Random(f"{settings.seed}-{spec.id}-unheard")
+        cap = max(FIRST_RETRY, settings.health_interval)
+        self.unheard = Unheard(Backoff(FIRST_RETRY, 2.0, cap, rng.uniform))
+        self.health_unheard = 0  # PUBACKs that said "no matching subscribers"
+        self.health_again = 0  # reports sent again (probes and the rest after one is heard)
         self.jobs_done: set[str] = set()
         # how each job ended, its final report: sent again when the job is offered again
         self.finals: dict[str, bytes] = {}
@@ -348,6 +357,7 @@ class Worker:
             )
             client.publish(topics.mgmt_up(device, "meta"), self._meta(d, now), qos=1, retain=True)
             self._health(d)
+            self._schedule_probe(d)
             if d.config_report is not None:
                 client.publish(
                     topics.mgmt_up(device, "config"), d.config_report, qos=1, retain=True
@@ -365,6 +375,8 @@ class Worker:
             s.device.mid_seq.clear()
         else:
             s.device.final_mids.clear()
+            if any(kind == "probe" for _, _, kind in s.device.health_mids.values()):
+                s.device.unheard.lost()
             s.device.health_mids.clear()
 
     def _meta(self, d: Device, now: float) -> bytes:
@@ -403,15 +415,34 @@ class Worker:
             queue=QueueStats(depth, depth * self.settings.payload_bytes, 0, None),
             last_error=None,
         )
-        info = s.client.publish(topics.mgmt_up(d.spec.id, "health"), body, qos=1)
-        d.health_mids[info.mid] = ts
+        self._send_health(d, ts, body, "new")
         d.health_sent += 1
         generation = s.generation
         self.at(
             time.monotonic() + self.settings.health_interval,
             lambda: self._health(d) if s.generation == generation else None,
         )
+
+    def _send_health(self, d: Device, ts: float, body: bytes, kind: str) -> None:
+        s = d.mgmt
+        assert s.client is not None
+        info = s.client.publish(topics.mgmt_up(d.spec.id, "health"), body, qos=1)
+        d.health_mids[info.mid] = (ts, body, kind)
+        if kind != "new":
+            d.health_again += 1
         self._update_mask(s)
+
+    def _schedule_probe(self, d: Device) -> None:
+        if d.unheard.retry_at is not None:
+            self.at(d.unheard.retry_at, lambda: self._probe(d))
+
+    def _probe(self, d: Device) -> None:
+        """The oldest kept report again, if its time has come (session/unheard.py)."""
+        if not d.mgmt.online:
+            return  # the next connection's greeting, once heard, brings the rest
+        body = d.unheard.due(time.monotonic())
+        if body is not None:
+            self._send_health(d, json.loads(body)["ts"], body, "probe")
 
     def _data_tick(self, d: Device, generation: int) -> None:
         if generation != self.data_generation or self.data_interval <= 0:
@@ -532,13 +563,29 @@ class Worker:
             if seq is not None and not reason.is_failure:
                 d.unacked.pop(seq, None)
         else:
-            ts = d.health_mids.pop(mid, None)
-            if ts is not None and not reason.is_failure:
-                d.health_acked += 1
-                d.health_acked_ts.append(ts)
+            health = d.health_mids.pop(mid, None)
+            if health is not None and not reason.is_failure:
+                self._health_answered(d, health, reason)
             job = d.final_mids.pop(mid, None)
             if job is not None:
                 self.events.append(("job_end", d.spec.id, job, states.SUCCEEDED, time.time()))
+
+    def _health_answered(
+        self, d: Device, health: tuple[float, bytes, str], reason: ReasonCode
+    ) -> None:
+        ts, body, kind = health
+        if nobody_heard(reason):
+            d.health_unheard += 1
+            d.unheard.refused(body, time.monotonic(), probe=kind == "probe")
+            self._schedule_probe(d)
+            return
+        d.health_acked += 1
+        d.health_acked_ts.append(ts)
+        for kept in d.unheard.heard():
+            if d.mgmt.online:
+                self._send_health(d, json.loads(kept)["ts"], kept, "again")
+            else:  # cannot be (a PUBACK comes on a live connection), kept all the same
+                d.unheard.refused(kept, time.monotonic())
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -640,6 +687,10 @@ class Worker:
                 "health_sent": d.health_sent,
                 "health_acked": d.health_acked,
                 "health_acked_ts": list(d.health_acked_ts),
+                "health_unheard": d.health_unheard,
+                "health_again": d.health_again,
+                "health_kept": len(d.unheard),  # answered "no subscriber", not yet heard
+                "health_dropped": d.unheard.dropped,  # pushed out of the kept ones by newer
                 "jobs": sorted(d.jobs_done),
             }
             for d in self.devices

@@ -101,6 +101,51 @@ def test_online_health_metadata_and_offline_after_kill9(
     print(f"offline shown {time.monotonic() - killed_at:.1f} s after kill -9")
 
 
+def test_health_no_service_heard_is_sent_again_once_one_listens(
+    stack: Stack, services: Any, agents: list[HostAgent]
+) -> None:
+    """With no management copy subscribed (every copy down; a broker restart before they
+    subscribe again) the broker answers a health report "no matching subscribers" and
+    drops it. The agent keeps such reports and sends them again once one is heard
+    (session/unheard.py): the registry gets the reports of the outage, in time order."""
+    management, _ = services
+    agent = start_agent(stack, agents, "dev-h", health_interval=HEALTH, keepalive=KEEPALIVE)
+    wait_until(
+        lambda: (v := device_view(management, "dev-h")) and v["online"] and v.get("health"),
+        timeout=PACE.steps_of("online"),
+        what="dev-h online with health",
+    )
+    management.stop()
+    stopped = time.time()
+    kept = "no service heard a health report: kept, sent again later"
+    wait_until(
+        lambda: kept in agent.log_file.read_text(),
+        timeout=PACE.limit(ROUND_TRIP, fixed=HEALTH),
+        what="the agent keeps a report nobody heard",
+    )
+    time.sleep(HEALTH)  # one more report sent while nobody listens
+    management.start(PACE.steps_of("services"))
+    started = time.time()
+
+    def outage() -> list[float] | None:
+        status, series = http_get(management, "/devices/dev-h/health")
+        assert status == 200, series
+        during = [p["ts"] for p in series if stopped < p["ts"] < started]
+        return during if len(during) >= 2 else None
+
+    during = wait_until(
+        outage,
+        timeout=PACE.limit(ROUND_TRIP, fixed=2 * HEALTH),  # the next report, or the probe
+        what="the reports sent while no service listened, in the registry",
+    )
+    assert during == sorted(during)
+    status, series = http_get(management, "/devices/dev-h/health")
+    assert status == 200, series
+    stamps = [p["ts"] for p in series]
+    assert stamps == sorted(stamps), "the series is in the devices' time order"
+    assert len(stamps) == len(set(stamps)), "nothing recorded twice"
+
+
 def test_ten_thousand_messages_survive_broker_outage_and_kill9(
     stack: Stack, services: Any, agents: list[HostAgent]
 ) -> None:

@@ -54,11 +54,14 @@ def test_nothing_is_lost(figures: dict[str, Any]) -> None:
     assert figures["loss: data missing"] == 0
     assert figures["loss: data foreign"] == 0
     assert figures["loss: jobs not received"] == 0
-    assert figures["health acked by broker"] > DEVICES
-    # Health sent while the broker restarts can be dropped (the management service's shared
-    # subscription: docs/scale.md, a finding of this bench): a gap in a device's recorded
-    # health that spans the stop. No other gap is allowed.
+    assert figures["health heard (PUBACK success)"] > DEVICES
+    # Health the stopping broker acknowledged but had not handed to the management service
+    # (a clean session) is lost: a gap in a device's recorded health at the stop. What was
+    # sent once the broker was back, before the service had subscribed again, was answered
+    # "no matching subscribers" and sent again (session/unheard.py): nothing else is missing.
     assert figures["loss: health, outside the restart"] == 0, figures
+    assert figures["loss: health, after the broker was back"] == 0, figures
+    assert figures["loss: health, never heard"] == figures["loss: health, dropped unheard"] == 0
 
 
 def test_every_figure_is_measured(figures: dict[str, Any]) -> None:

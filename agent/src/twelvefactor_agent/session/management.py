@@ -27,6 +27,8 @@ from twelvefactor_agent.protocol import topics
 from twelvefactor_agent.protocol.envelope import dumps
 from twelvefactor_agent.session import healthchange, payloads
 from twelvefactor_agent.session.mqtt import LastError, MqttSession, StateCallback
+from twelvefactor_agent.session.unheard import FIRST_RETRY, Unheard, nobody_heard
+from twelvefactor_agent.util.backoff import Backoff
 
 # The metadata each client id last published in this process, without its time stamp.
 _META_SENT: dict[str, bytes] = {}
@@ -77,6 +79,13 @@ class ManagementSession(MqttSession):
         self.greeted = False
         self._greeting_mid: int | None = None
         self._meta_mid: tuple[int, bytes] | None = None  # the metadata's publish, unacked
+        # Health reports awaiting their PUBACK (mid -> payload, and "new", "probe" or
+        # "again"), and those the broker had no subscriber for (session/unheard.py).
+        self._health_out: dict[int, tuple[bytes, str]] = {}
+        probe_cap = max(FIRST_RETRY, float(config.agent.health_interval))
+        self._unheard = Unheard(
+            Backoff(FIRST_RETRY, 2.0, probe_cap, (rng or random.Random()).uniform)
+        )
 
     def subscriptions(self) -> list[str]:
         return [topics.mgmt_down(self.device, "#")]
@@ -158,11 +167,20 @@ class ManagementSession(MqttSession):
         self._greeting_mid = None
         self._meta_mid = None
         self._acks.clear()  # what is repeated comes from the update worker (session_up)
+        if any(kind == "probe" for _, kind in self._health_out.values()):
+            self._unheard.lost()
+        self._health_out.clear()  # the next connection is a new client, with new mids
 
     def after_io(self, now: float) -> float | None:
         if self._next_health is not None and now >= self._next_health and self.client is not None:
             self._sample_health(self.client, now)
-        return self._next_health
+        if self.client is None or not self.online:
+            return self._next_health  # kept reports wait for the next connection
+        probe = self._unheard.due(now)
+        if probe is not None:
+            self._publish_health_payload(self.client, probe, "probe")
+        due = [t for t in (self._next_health, self._unheard.retry_at) if t is not None]
+        return min(due, default=None)
 
     def farewell(self, client: mqtt.Client) -> bool:
         if self.next_checkin is not None:
@@ -186,6 +204,9 @@ class ManagementSession(MqttSession):
         acked = self._acks.pop(mid, None)
         if acked is not None and not reason.is_failure:
             acked.set()
+        health = self._health_out.pop(mid, None)
+        if health is not None and not reason.is_failure:
+            self._health_answered(health, reason)
         if reason.is_failure:
             self._fail(f"management: broker refused a message: {reason}")
 
@@ -207,7 +228,25 @@ class ManagementSession(MqttSession):
         self._next_health = now + self.config.agent.health_interval
         self._heartbeat_due = now + self.config.agent.health_heartbeat
         self._health_sent = sample
-        return client.publish(self.topic("health"), dumps(sample), qos=1).mid
+        return self._publish_health_payload(client, dumps(sample), "new")
+
+    def _publish_health_payload(self, client: mqtt.Client, payload: bytes, kind: str) -> int:
+        mid = client.publish(self.topic("health"), payload, qos=1).mid
+        self._health_out[mid] = (payload, kind)
+        return mid
+
+    def _health_answered(self, health: tuple[bytes, str], reason: ReasonCode) -> None:
+        payload, kind = health
+        if nobody_heard(reason):
+            if not len(self._unheard):
+                self.log.info("no service heard a health report: kept, sent again later")
+            self._unheard.refused(payload, time.monotonic(), probe=kind == "probe")
+            return
+        kept = self._unheard.heard()
+        if kept and self.client is not None:
+            self.log.info("a service hears again: %d kept health reports sent", len(kept))
+            for body in kept:
+                self._publish_health_payload(self.client, body, "again")
 
     def meta(self) -> bytes:
         env = bootenv.read_boot_env()

@@ -145,13 +145,13 @@ class Registry:
             (*kept, device, report.device_ts),
         )
         if newer.rowcount == 0:  # a device not seen before, or a report older than the last
-            first = self.db.execute(
+            self.db.execute(
                 "INSERT INTO devices (id, first_seen, health, health_ts, os_version)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (device, now, *kept),
             )
-            if first.rowcount == 0:
-                return
+        # An older report still joins the series: one nobody heard comes again after
+        # newer ones (session/unheard.py); health_series orders by the device's time.
         self._record_health_sample(device, report)
 
     def _record_checkin(self, device: str, report: OnlineReport, now: float) -> None:
@@ -679,10 +679,12 @@ def health_sample(body: dict[str, Any]) -> tuple[Any, ...]:
 def health_series(
     db: Db, device: str, *, since: float | None = None, limit: int = HEALTH_KEPT
 ) -> list[dict[str, Any]]:
-    """The device's last ``limit`` health samples (with ts after ``since``), oldest first."""
+    """The device's newest ``limit`` health samples (with ts after ``since``), oldest
+    first, by the device's time: a report it sent again (session/unheard.py) is recorded
+    after newer ones. The series keeps the last HEALTH_KEPT recorded."""
     rows = db.execute(
         "SELECT * FROM (SELECT * FROM health_samples WHERE device = ? AND ts > ?"
-        " ORDER BY id DESC LIMIT ?) AS h ORDER BY id",
+        " ORDER BY ts DESC, id DESC LIMIT ?) AS h ORDER BY ts, id",
         (device, -1.0 if since is None else since, limit),
     ).fetchall()
     return [
