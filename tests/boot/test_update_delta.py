@@ -8,9 +8,12 @@ says what it will fetch and not that it has; the kernel counts sectors written t
 the slot): the old slot boots, the install starts again, and the new slot
 confirms, with the bytes moved against the full `.swu` printed and held to
 RAUC's figure for one package (10 %: they include the chunks fetched before the
-cut). The way back by delta, from B into A, is test_update.py's
-broken update, which runs after this file in the same session: its slot boots
-(three times) but never confirms, by design.
+cut). Then the way back: the next one-package release by delta from that slot
+into the first one, through a power cut at another point of the install (SWUpdate
+has begun it, after its dry run, and the handler has fetched no chunk yet: it is
+reading the running slot for the chunks it holds), and the device confirms it.
+test_update.py's broken update, which runs after this file in the same session,
+goes by delta once more (its slot boots three times but never confirms, by design).
 
 Then a delta whose chunks are not what its signed header says: the device's
 SWUpdate refuses them, nothing is activated, and the agent installs the full
@@ -46,7 +49,8 @@ from testbed.boot.updating import (
 # scripts/test runs this file first on its session's device (slot A, version 1.0),
 # then test_update.py, whose updates (1.1 to 1.3) must be newer than these
 PACKAGE_RELEASE = "1.0.1"
-RELEASE = "1.0.2"
+NEXT_RELEASE = "1.0.2"
+RELEASE = "1.0.3"
 ESP_FSCK = "systemd-fsck@dev-disk-by\\x2dpartlabel-esp.service"  # boot.mount Wants it
 # What SWUpdate's delta handler says as it goes (handlers/delta_handler.c), and the
 # link's rate for the chunks (about 8 KB/s: the cut lands seconds into them)
@@ -128,6 +132,43 @@ def test_a_one_package_release_installs_by_delta_through_a_power_cut_and_confirm
         "ActiveState": "active",
         "Result": "success",
     }, fsck
+
+
+def test_the_next_release_goes_back_by_delta_through_a_power_cut_in_the_install(
+    updating_device: Device, boot_image: Path
+) -> None:
+    device = updating_device
+    old = running_slot(device)  # where the first test left the device
+    agent = str(device.meta()["agent_version"]).split("+")[0]
+    full = build_update(boot_image, "package", NEXT_RELEASE)
+    size = full.stat().st_size  # read now: the cache is shared with the other sessions
+    up = Updating(device, full, delta=build_delta_update(full, device.hub.artifact_url))
+    said = up.wait_swupdate(
+        SWUPDATE_SAYS,
+        lambda lines: sum(STARTED in line for line in lines) >= 2,  # the dry run, the install
+        "the install's start",
+        job_limit(boots=0, delta=1),
+    )
+    device.vm.power_cut()
+    assert not any(FETCHED in line for line in said), said  # the cut came before the end
+    where = "chunks fetching" if any(FETCHING in line for line in said) else "no chunk asked"
+    up.power_on()
+    device.wait_online("power cut in the delta install")
+    assert running_slot(device) == old  # an install begun is never selected
+    entry = up.wait_final(job_limit(boots=1, delta=1))
+    assert entry["state"] == "succeeded", (entry, up.states)
+    assert (entry["path"], entry["fallback"]) == ("delta", None), entry
+    moved = entry["sent_bytes"]
+    new = running_slot(device)
+    print(
+        f"\nnext release {NEXT_RELEASE} by delta through a power cut in the install"
+        f" ({where}), slot {old} -> {new}:"
+        f" {moved} B sent, the full .swu {size} B ({moved / size:.4f})"
+    )
+    assert moved / size <= DELTA_TARGET, (moved, size)
+    assert up.boots == [old, new] and new != old, (up.boots, old)
+    meta = device.meta()
+    assert (version(device), meta["agent_version"]) == (NEXT_RELEASE, f"{agent}+r{NEXT_RELEASE}")
 
 
 def _sectors_written(device: Device, slot: str) -> int:
