@@ -15,7 +15,7 @@ machine may be busier later in the run than at its start. Before the first
 step is measured, SLOWEST_SEEN is assumed.
 
 A test names the work it waits for in reference seconds (`PACE.limit(...)`):
-a step below (`PACE.steps_of("cli")` for one CLI run), a round trip
+a step below (`PACE.steps_of("cli")` for one CLI run: `PACE.run` runs one), a round trip
 (ROUND_TRIP, `wait_until`'s default), or a figure of its own measured in the
 reference run and written next to it (a rollout over 20 devices, 10,000
 messages drained). A protocol's own timer (a keepalive, a confirmation window,
@@ -46,10 +46,11 @@ room for a machine twice as busy as that.
 
 from __future__ import annotations
 
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -125,6 +126,43 @@ class Pace:
             raise PaceError(f"no reference figure for step {step!r} (known: {known})")
         return self.limit(count * self.reference[step])
 
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        step: str = "cli",
+        input: str | bytes | None = None,  # subprocess.run's name
+        text: bool = True,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess[Any]:
+        """Run a Python program (``python -m module ...``) whose work is one `step` (one
+        CLI call), output captured, within the step's limit. When the limit passes, the
+        machine may be busier than when this run's pace was last measured (the other
+        sessions' image builds come and go): the module's import alone, in a new
+        interpreter, is timed as `step` now, and the call gets the limit at that pace
+        before it counts as stuck (subprocess.TimeoutExpired, the process killed)."""
+        probe = _import_of(argv)
+        started = time.monotonic()
+        stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
+        with subprocess.Popen(
+            list(argv), stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text
+        ) as proc:
+            try:
+                out, err = proc.communicate(input, timeout=self.steps_of(step))
+            except subprocess.TimeoutExpired:
+                self.timed(step, lambda: subprocess.run(probe, capture_output=True, check=False))
+                rest = self.steps_of(step) - (time.monotonic() - started)
+                try:
+                    out, err = proc.communicate(timeout=max(rest, 0.0))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    raise
+        done = subprocess.CompletedProcess(list(argv), proc.returncode, out, err)
+        if check:
+            done.check_returncode()
+        return done
+
     def waited(self, what: str, seconds: float, limit: float) -> None:
         """A wait for `what` ended after `seconds` of its `limit`."""
         self.waits.append((what, seconds, limit))
@@ -144,6 +182,13 @@ class Pace:
                 f"{len(self.waits)} waits; the tightest: {what}, {took:.1f} s of {limit:.1f} s"
             )
         return lines
+
+
+def _import_of(argv: Sequence[str]) -> list[str]:
+    """What a call of ``python -m module ...`` costs before its work: the import."""
+    if len(argv) < 3 or argv[1] != "-m":
+        raise PaceError(f"not a `python -m module` call: {list(argv)}")
+    return [argv[0], "-c", f"import {argv[2]}"]
 
 
 PACE = Pace()

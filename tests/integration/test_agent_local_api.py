@@ -307,44 +307,31 @@ def test_no_listening_network_socket(agent: Agent) -> None:
 
 
 def test_a_live_agents_socket_is_not_taken_over(agent: Agent) -> None:
-    cli_limit = PACE.steps_of("cli")  # one run of the agent's CLI (a Python start)
-    proc = subprocess.run(
-        [sys.executable, "-m", "twelvefactor_agent.cli", "run", "--config", str(agent.config)],
-        capture_output=True, text=True, timeout=cli_limit,
-    )  # fmt: skip
+    proc = PACE.run(  # one run of the agent's CLI, within the run's pace
+        [sys.executable, "-m", "twelvefactor_agent.cli", "run", "--config", str(agent.config)]
+    )
     assert proc.returncode == 1
     assert "another agent is listening" in proc.stderr
     assert agent.client().status()["ok"] is True
 
 
 def test_cli_publish_status_and_check_config(agent: Agent) -> None:
-    cli_limit = PACE.steps_of("cli")  # one run of the agent's CLI (a Python start)
-    cli = [sys.executable, "-m", "twelvefactor_agent.cli"]
-    out = subprocess.run(
+    cli = [sys.executable, "-m", "twelvefactor_agent.cli"]  # each run within the run's pace
+    out = PACE.run(
         [*cli, "publish", "temperature", "--config", str(agent.config)],
-        input=b'{"t":21.5}\n', capture_output=True, timeout=cli_limit, check=True,
+        input=b'{"t":21.5}\n', text=False, check=True,
     )  # fmt: skip
     assert out.stdout == b"1\n"
-    out = subprocess.run(
-        [*cli, "status", "--socket", str(agent.socket)], capture_output=True, timeout=cli_limit,
-        check=True,
-    )  # fmt: skip
+    out = PACE.run([*cli, "status", "--socket", str(agent.socket)], check=True)
     assert json.loads(out.stdout)["queue"]["depth"] == 1
-    ok = subprocess.run([*cli, "check-config", "--config", str(agent.config)], timeout=cli_limit)
-    assert ok.returncode == 0
+    ok = PACE.run([*cli, "check-config", "--config", str(agent.config)])
+    assert ok.returncode == 0, ok.stderr
     bad = agent.root / "bad.toml"
     bad.write_text(agent.config.read_text() + '[weather]\nhost = "api.example.com"\n')
-    refused = subprocess.run(
-        [*cli, "check-config", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=cli_limit,
-    )
+    refused = PACE.run([*cli, "check-config", "--config", str(bad)])
     assert refused.returncode == 2
     assert refused.stderr.startswith(f"{bad}: config: weather: only two endpoints exist")
-    refused = subprocess.run(
-        [*cli, "run", "--config", str(bad)], capture_output=True, text=True, timeout=cli_limit
-    )
+    refused = PACE.run([*cli, "run", "--config", str(bad)])
     assert refused.returncode == 2
 
 

@@ -43,17 +43,14 @@ def make_swu(path: Path, version: str = "2.0", size: int = 600_000) -> Path:
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     """The operator CLI against the stack's running management copy, as its admin."""
     svc = next(s for s in stack.services if s.api is not None and s.running)
-    return subprocess.run(
+    return PACE.run(
         [
             sys.executable,
             "-m",
             "twelvefactor_services.management.cli",
             *args,
             *stack.api_options(svc),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=PACE.steps_of("cli"),
+        ]
     )
 
 

@@ -6,7 +6,6 @@ checked is the exit status systemd sees and the message the journal shows.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -75,11 +74,8 @@ def test_malformed_config_exits_2_naming_the_key(
 ) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(render(change(good(tmp_path))))  # type: ignore[operator]
-    proc = subprocess.run(
+    proc = PACE.run(
         [sys.executable, "-m", "twelvefactor_agent.cli", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=PACE.steps_of("cli"),
     )
     assert proc.returncode == 2, proc.stderr
     assert key in proc.stderr, proc.stderr
@@ -93,11 +89,8 @@ def test_unparseable_and_missing_files_exit_2(tmp_path: Path) -> None:
         (broken, f"{broken}: config: not valid TOML"),
         (tmp_path / "absent.toml", "absent.toml"),
     ):
-        proc = subprocess.run(
+        proc = PACE.run(
             [sys.executable, "-m", "twelvefactor_agent.cli", "run", "--config", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=PACE.steps_of("cli"),
         )
         assert proc.returncode == 2
         assert words in proc.stderr, proc.stderr
@@ -106,10 +99,7 @@ def test_unparseable_and_missing_files_exit_2(tmp_path: Path) -> None:
 def test_good_config_passes_the_check(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(render(good(tmp_path)))
-    proc = subprocess.run(
+    proc = PACE.run(
         [sys.executable, "-m", "twelvefactor_agent.cli", "check-config", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=PACE.steps_of("cli"),
     )
     assert proc.returncode == 0, proc.stderr

@@ -249,12 +249,7 @@ def run_cli(
     stack: Stack, management: ServiceProcess, *args: str
 ) -> subprocess.CompletedProcess[str]:
     api = stack.api_options(management)
-    return subprocess.run(
-        [sys.executable, "-m", "twelvefactor_services.management.cli", *args, *api],
-        capture_output=True,
-        text=True,
-        timeout=PACE.steps_of("cli"),
-    )
+    return PACE.run([sys.executable, "-m", "twelvefactor_services.management.cli", *args, *api])
 
 
 def cli(stack: Stack, management: ServiceProcess, *args: str) -> str:

@@ -117,6 +117,17 @@ def seqs(hook: Webhook) -> list[int]:
     return [m["seq"] for m in hook.taken]
 
 
+def at_most_one_repeat(got: list[int], last: int) -> list[int]:
+    """1..last in order, given at least once: a crash between a POST and its outbox
+    delete repeats that one message, right after it (a webhook's group is 1). The
+    repeated seqs, at most one."""
+    distinct = [seq for i, seq in enumerate(got) if i == 0 or seq != got[i - 1]]
+    assert distinct == list(range(1, last + 1)), got
+    repeated = [seq for i, seq in enumerate(got) if i > 0 and seq == got[i - 1]]
+    assert len(repeated) <= 1, got
+    return repeated
+
+
 @pytest.fixture
 def webhook() -> Iterator[Webhook]:
     hook = Webhook()
@@ -235,9 +246,10 @@ def test_two_copies_on_one_database_deliver_every_message_once_through_a_kill9(
 ) -> None:
     """Issue 15: two copies of the solution service on one database (SQLite, the
     embedded default, and PostgreSQL), one killed with SIGKILL in the middle of a burst:
-    every message is archived and given to the webhook exactly once, in order (the
-    copies both take every message; the database decides which one stores it, and the
-    receivers' leases which copy delivers)."""
+    every message is archived exactly once and given to the webhook in order, at least
+    once: the POST in flight when the copy died may come again, once, and nothing else
+    (the copies both take every message; the database decides which one stores it, and
+    the receivers' leases which copy delivers; docs/services.md, "webhook")."""
     stack = run_stack(Stack(tmp_path / "stack", solution_database=database))
     first = stack.solution(webhook=webhook.url, max_backoff=2.0)
     second = stack.solution(webhook=webhook.url, max_backoff=2.0)
@@ -252,17 +264,17 @@ def test_two_copies_on_one_database_deliver_every_message_once_through_a_kill9(
     wait_until(
         lambda: archived(stack, "dev-107") == list(range(1, 41)), deadline, "the archive's 40"
     )
-    wait_until(lambda: len(webhook.taken) >= 40, deadline, "the webhook's 40 messages")
+    wait_until(lambda: len(set(seqs(webhook))) >= 40, deadline, "the webhook's 40 messages")
     time.sleep(PACE.limit(ROUND_TRIP))  # a second delivery would come now
-    assert seqs(webhook) == list(range(1, 41))
+    repeated = at_most_one_repeat(seqs(webhook), 40)
     first.start()  # back: nothing is delivered twice
     send(dev, "dev-107", range(35, 46))  # a device resending what it is unsure of
     wait_until(
         lambda: archived(stack, "dev-107") == list(range(1, 46)), deadline, "the archive's 45"
     )
-    wait_until(lambda: len(webhook.taken) >= 45, deadline, "the webhook's 45 messages")
+    wait_until(lambda: len(set(seqs(webhook))) >= 45, deadline, "the webhook's 45 messages")
     time.sleep(PACE.limit(ROUND_TRIP))
-    assert seqs(webhook) == list(range(1, 46))
+    assert at_most_one_repeat(seqs(webhook), 45) == repeated  # none since the kill's
     store = Store(database)
     assert store.counts() == {"accepted": 45}
     store.close()

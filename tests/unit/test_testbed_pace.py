@@ -3,6 +3,11 @@ reference, a limit scales the work's reference time by it and keeps fixed timers
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 
 from testbed.pace import FACTOR, REFERENCE, SLACK, SLOWEST_SEEN, Pace, PaceError
@@ -69,3 +74,55 @@ def test_bad_input_is_refused_with_the_reason() -> None:
         pace.limit(-1.0)
     with pytest.raises(PaceError, match="no reference figure"):
         pace.steps_of("nothing")
+
+
+def _module(tmp_path: Path, name: str, body: str) -> list[str]:
+    (tmp_path / f"{name}.py").write_text(body)
+    return [sys.executable, "-m", name]
+
+
+def test_a_call_past_its_limit_on_a_machine_now_slower_gets_the_limit_at_the_new_pace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import costs 1.5 s here (a machine busier than the pace measured so far): past
+    the call's first limit (about 1 s), the import timed alone sets the new pace."""
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    argv = _module(tmp_path, "slow_start", "import time\ntime.sleep(1.5)\nprint('done')\n")
+    pace = Pace(reference={"cli": 0.001})
+    pace.record("cli", 0.001)  # x1: the first limit is FACTOR * 0.001 + SLACK
+    done = pace.run(argv)
+    assert (done.returncode, done.stdout) == (0, "done\n")
+    assert pace.ratio > 1000  # the probe, 1.5 s against 0.001 s, was recorded
+    assert pace.steps[-1][0] == "cli" and pace.steps[-1][1] >= 1.5
+
+
+def test_a_call_stuck_in_its_work_on_a_machine_as_fast_as_before_times_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    body = "import time\nif __name__ == '__main__':\n    time.sleep(60)\n"
+    argv = _module(tmp_path, "stuck_work", body)
+    pace = Pace(reference={"cli": 0.5})
+    pace.record("cli", 0.5)
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        pace.run(argv)
+    assert time.monotonic() - started < 30  # killed at the limit, not after its sleep
+    assert len(pace.steps) == 2 and pace.ratio < 2  # the probe was quick: no new pace
+
+
+def test_input_check_and_bytes_are_passed_as_subprocess_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    argv = _module(
+        tmp_path, "echo_fail", "import sys\nsys.stdout.write(sys.stdin.read())\nsys.exit(3)\n"
+    )
+    pace = Pace(reference={"cli": 0.5})
+    pace.record("cli", 0.5)
+    done = pace.run(argv, input=b"abc", text=False)
+    assert (done.returncode, done.stdout) == (3, b"abc")
+    with pytest.raises(subprocess.CalledProcessError):
+        pace.run(argv, input="x", check=True)
+    with pytest.raises(PaceError, match="python -m module"):
+        pace.run(["ls"])
