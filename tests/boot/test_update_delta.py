@@ -80,12 +80,7 @@ def test_a_one_package_release_installs_by_delta_through_a_power_cut_and_confirm
     # The cut: while the chunks come (on a slow link from the moment the install starts:
     # they would take minutes) and SWUpdate writes the idle slot, in one: the handler
     # writes the new slot in order, from the running one and the chunks as they come.
-    said = up.wait_swupdate(
-        SWUPDATE_SAYS,
-        lambda lines: sum(STARTED in line for line in lines) >= 2,  # the dry run, the install
-        "the install's start",
-        job_limit(boots=0, delta=1),
-    )
+    said = _install_started(up)
     assert not any(FETCHING in line for line in said), said
     device.hub.underlay.limit_rate(SLOW_LINK)
     try:
@@ -143,12 +138,7 @@ def test_the_next_release_goes_back_by_delta_through_a_power_cut_in_the_install(
     full = build_update(boot_image, "package", NEXT_RELEASE)
     size = full.stat().st_size  # read now: the cache is shared with the other sessions
     up = Updating(device, full, delta=build_delta_update(full, device.hub.artifact_url))
-    said = up.wait_swupdate(
-        SWUPDATE_SAYS,
-        lambda lines: sum(STARTED in line for line in lines) >= 2,  # the dry run, the install
-        "the install's start",
-        job_limit(boots=0, delta=1),
-    )
+    said = _install_started(up)
     device.vm.power_cut()
     assert not any(FETCHED in line for line in said), said  # the cut came before the end
     where = "chunks fetching" if any(FETCHING in line for line in said) else "no chunk asked"
@@ -169,6 +159,17 @@ def test_the_next_release_goes_back_by_delta_through_a_power_cut_in_the_install(
     assert up.boots == [old, new] and new != old, (up.boots, old)
     meta = device.meta()
     assert (version(device), meta["agent_version"]) == (NEXT_RELEASE, f"{agent}+r{NEXT_RELEASE}")
+
+
+def _install_started(up: Updating) -> list[str]:
+    """Until SWUpdate has begun the install (its second start: the dry run came first);
+    what its journal says by then."""
+    return up.wait_swupdate(
+        SWUPDATE_SAYS,
+        lambda lines: sum(STARTED in line for line in lines) >= 2,
+        "the install's start",
+        job_limit(boots=0, delta=1),
+    )
 
 
 def _sectors_written(device: Device, slot: str) -> int:
